@@ -1,0 +1,83 @@
+//! Bearer tokens: only their SHA-256 is stored; each carries a project and scopes.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use sha2::{Digest, Sha256};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// Scope for imports and their status.
+pub const WRITE: &str = "public-api:write";
+/// Scope for media-library reads.
+pub const READ: &str = "public-api:read";
+/// Every scope a token can have.
+pub const SCOPES: &[&str] = &[WRITE, READ];
+
+/// Hex SHA-256 of a token, the form stored in the database.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub project_id: i64,
+    pub scopes: Vec<String>,
+}
+
+impl Caller {
+    /// Fails with 403 unless the token has `scope`.
+    pub fn require(&self, scope: &'static str) -> Result<(), ApiError> {
+        if self.scopes.iter().any(|s| s == scope) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(scope))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(ApiError::Unauthorized(
+                "Send the access token as 'Authorization: Bearer <token>'.",
+            ))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::Unauthorized(
+                "Send the access token as 'Authorization: Bearer <token>'.",
+            ))?;
+        let client = state.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT project_id, scopes, expires_at IS NOT NULL AND expires_at <= now(),
+                        revoked_at IS NOT NULL
+                 FROM tokens WHERE token_hash = $1",
+                &[&hash_token(token)],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Err(ApiError::Unauthorized("The access token is invalid."));
+        };
+        if row.get::<_, bool>(2) {
+            return Err(ApiError::Unauthorized("The access token expired."));
+        }
+        if row.get::<_, bool>(3) {
+            return Err(ApiError::Unauthorized("The access token was revoked."));
+        }
+        Ok(Caller {
+            project_id: row.get(0),
+            scopes: row.get(1),
+        })
+    }
+}

@@ -1,0 +1,273 @@
+//! Parsing and checking an import batch before anything is stored. Every problem names its
+//! field path (`videos[3].url`) and says how to fix it.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// Largest `context`, as in Livingdocs.
+pub const MAX_CONTEXT_BYTES: usize = 8192;
+const MAX_SYSTEM_NAME: usize = 200;
+const MAX_ID: usize = 1024;
+const MAX_FILE_NAME: usize = 1024;
+const MAX_URL: usize = 8192;
+
+/// The body of `POST /api/v1/import/videos` as sent.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawBatch {
+    system_name: String,
+    #[serde(default)]
+    webhook: Option<String>,
+    #[serde(default)]
+    context: Option<Box<RawValue>>,
+    videos: Vec<RawVideo>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawVideo {
+    url: String,
+    id: String,
+    file_name: String,
+    metadata: Map<String, Value>,
+}
+
+/// A batch that passed every check.
+#[derive(Debug)]
+pub struct Batch {
+    pub system_name: String,
+    pub webhook: Option<String>,
+    /// The caller's context, byte for byte.
+    pub context: Option<String>,
+    pub videos: Vec<Video>,
+}
+
+/// One video of a valid batch.
+#[derive(Debug)]
+pub struct Video {
+    pub url: String,
+    pub external_id: String,
+    pub file_name: String,
+    pub metadata: Value,
+}
+
+/// Parses `body` and checks it against the limits; collects every problem it can.
+pub fn batch(body: &[u8], max_videos: usize) -> Result<Batch, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let raw: RawBatch = serde_path_to_error::deserialize(&mut de).map_err(parse_error)?;
+    de.end()
+        .map_err(|e| ApiError::invalid("body", format!("is not valid JSON: {e}")))?;
+
+    let mut errors = Vec::new();
+    let mut bad = |field: String, message: &str| errors.push((field, message.to_string()));
+
+    let system_name = raw.system_name.trim().to_string();
+    if system_name.is_empty() {
+        bad("systemName".into(), "must not be empty");
+    } else if system_name.len() > MAX_SYSTEM_NAME {
+        bad("systemName".into(), "must be at most 200 characters");
+    }
+    if let Some(webhook) = &raw.webhook {
+        if let Err(why) = check_url(webhook) {
+            bad("webhook".into(), &why);
+        }
+    }
+    let context = match raw.context {
+        Some(ctx) if ctx.get() != "null" => {
+            if !ctx.get().starts_with('{') {
+                bad("context".into(), "must be a JSON object");
+            } else if ctx.get().len() > MAX_CONTEXT_BYTES {
+                bad(
+                    "context".into(),
+                    &format!(
+                        "is {} bytes; it may be at most {MAX_CONTEXT_BYTES} bytes",
+                        ctx.get().len()
+                    ),
+                );
+            }
+            Some(ctx.get().to_string())
+        }
+        _ => None,
+    };
+    if raw.videos.is_empty() {
+        bad("videos".into(), "must contain at least one video");
+    } else if raw.videos.len() > max_videos {
+        bad(
+            "videos".into(),
+            &format!(
+                "has {} videos; a batch may have at most {max_videos}: split it into several batches",
+                raw.videos.len()
+            ),
+        );
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, video) in raw.videos.iter().enumerate() {
+        if let Err(why) = check_url(&video.url) {
+            bad(format!("videos[{i}].url"), &why);
+        }
+        let id = video.id.as_str();
+        if id.trim().is_empty() {
+            bad(format!("videos[{i}].id"), "must not be empty");
+        } else if id.len() > MAX_ID {
+            bad(format!("videos[{i}].id"), "must be at most 1024 characters");
+        } else if let Some(first) = seen.insert(id, i) {
+            bad(
+                format!("videos[{i}].id"),
+                &format!("duplicates videos[{first}].id {id:?}; ids must be unique within a batch"),
+            );
+        }
+        if video.file_name.len() > MAX_FILE_NAME {
+            bad(
+                format!("videos[{i}].fileName"),
+                "must be at most 1024 characters",
+            );
+        }
+    }
+    if !errors.is_empty() {
+        errors.truncate(100);
+        return Err(ApiError::Invalid(errors));
+    }
+    Ok(Batch {
+        system_name,
+        webhook: raw.webhook,
+        context,
+        videos: raw
+            .videos
+            .into_iter()
+            .map(|v| Video {
+                url: v.url,
+                external_id: v.id,
+                file_name: v.file_name,
+                metadata: Value::Object(v.metadata),
+            })
+            .collect(),
+    })
+}
+
+/// Only absolute http(s) URLs with a host; `data:` URLs are named explicitly.
+fn check_url(url: &str) -> Result<(), String> {
+    if url.len() > MAX_URL {
+        return Err("must be at most 8192 characters".into());
+    }
+    if url.trim_start().to_ascii_lowercase().starts_with("data:") {
+        return Err("data: URLs are not allowed; give an http or https URL to the file".into());
+    }
+    let parsed = url::Url::parse(url).map_err(|e| format!("is not a valid URL ({e})"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "must be an http or https URL, not {}:",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err("must name a host".into());
+    }
+    Ok(())
+}
+
+/// Turns a serde error into the field it concerns.
+fn parse_error(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = error.path().to_string();
+    let inner = error.into_inner();
+    if inner.is_syntax() || inner.is_eof() {
+        return ApiError::invalid("body", format!("is not valid JSON: {inner}"));
+    }
+    let message = inner.to_string();
+    // serde reports a missing field at its parent; name the field itself.
+    if let Some(rest) = message.strip_prefix("missing field `") {
+        let name = rest.split('`').next().unwrap_or_default();
+        let field = if path == "." || path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{path}.{name}")
+        };
+        return ApiError::invalid(field, "is required");
+    }
+    let message = message
+        .split(" at line ")
+        .next()
+        .unwrap_or(&message)
+        .to_string();
+    let field = if path == "." || path.is_empty() {
+        "body".to_string()
+    } else {
+        path
+    };
+    ApiError::invalid(field, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(body: &str) -> Vec<(String, String)> {
+        match batch(body.as_bytes(), 3) {
+            Err(ApiError::Invalid(f)) => f,
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    const VIDEO: &str = r#"{"url":"https://a.example/v.mp4","id":"a","fileName":"a","metadata":{}}"#;
+
+    #[test]
+    fn missing_fields_are_named_with_their_path() {
+        let f = fields(r#"{"systemName":"s","videos":[{"id":"a","fileName":"a","metadata":{}}]}"#);
+        assert_eq!(f[0].0, "videos[0].url");
+        assert_eq!(fields(r#"{"videos":[]}"#)[0].0, "systemName");
+    }
+
+    #[test]
+    fn wrong_types_are_named_with_their_path() {
+        let f = fields(&format!(
+            r#"{{"systemName":"s","videos":[{VIDEO},{{"url":"https://a/b","id":7,"fileName":"a","metadata":{{}}}}]}}"#
+        ));
+        assert_eq!(f[0].0, "videos[1].id");
+        assert!(f[0].1.contains("expected a string"), "{}", f[0].1);
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported() {
+        let body = r#"{"systemName":"s","webhook":"ftp://x/y","context":[1],"videos":[
+            {"url":"data:video/mp4;base64,AAAA","id":"a","fileName":"a","metadata":{}},
+            {"url":"https://a.example/v.mp4","id":"a","fileName":"b","metadata":{}}]}"#;
+        let f = fields(body);
+        let names: Vec<&str> = f.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["webhook", "context", "videos[0].url", "videos[1].id"]);
+        assert!(f[2].1.contains("data: URLs are not allowed"));
+        assert!(f[3].1.contains("duplicates videos[0].id"));
+    }
+
+    #[test]
+    fn batch_size_and_context_size_are_bounded() {
+        let four = vec![VIDEO; 4].join(",").replace(r#""id":"a""#, r#""id":"X""#);
+        let f = fields(&format!(r#"{{"systemName":"s","videos":[{four}]}}"#));
+        assert!(f.iter().any(|(k, m)| k == "videos" && m.contains("at most 3")));
+        let big = "x".repeat(MAX_CONTEXT_BYTES);
+        let f = fields(&format!(
+            r#"{{"systemName":"s","context":{{"k":"{big}"}},"videos":[{VIDEO}]}}"#
+        ));
+        assert_eq!(f[0].0, "context");
+        assert!(fields(r#"{"systemName":"s","videos":[]}"#)[0].1.contains("at least one"));
+    }
+
+    #[test]
+    fn context_is_kept_byte_for_byte() {
+        let body = format!(
+            r#"{{"systemName":"s","context":{{ "b": 1.50, "a" : "\u00e9" }},"videos":[{VIDEO}]}}"#
+        );
+        let b = batch(body.as_bytes(), 3).unwrap();
+        assert_eq!(b.context.as_deref(), Some(r#"{ "b": 1.50, "a" : "\u00e9" }"#));
+    }
+
+    #[test]
+    fn malformed_json_is_reported_as_such() {
+        let f = fields(r#"{"systemName": "s", "videos": [}"#);
+        assert_eq!(f[0].0, "body");
+        assert!(f[0].1.starts_with("is not valid JSON"));
+    }
+}

@@ -1,0 +1,243 @@
+//! Layered configuration: built-in defaults, an optional TOML file, then
+//! `VIDEO_IMPORT__SECTION__KEY` environment variables.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Every setting of every binary; each binary reads the sections it needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub api: ApiSettings,
+    pub metrics: MetricsSettings,
+    pub storage: StorageSettings,
+    pub fetch: FetchSettings,
+    pub webhook: WebhookSettings,
+    pub log: LogSettings,
+}
+
+/// PostgreSQL connection and pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub pool_size: usize,
+    /// Seconds to wait for a pooled connection before failing the request.
+    pub pool_timeout_secs: u64,
+}
+
+/// RabbitMQ connection and queue naming.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    pub url: String,
+    /// Prefix of every exchange and queue name; lets several deployments (or tests) share a vhost.
+    pub prefix: String,
+    /// Unacknowledged deliveries a consumer may hold.
+    pub prefetch: u16,
+}
+
+/// The HTTP API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    pub listen: String,
+    /// Most videos accepted in one batch.
+    pub max_batch_size: usize,
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// Where the worker and notifier serve `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    pub listen: String,
+}
+
+/// Where downloaded videos are stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSettings {
+    pub root: String,
+}
+
+/// How the worker downloads videos.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchSettings {
+    /// Allow loopback, private and link-local addresses (tests, trusted networks).
+    pub allow_private_networks: bool,
+    /// CIDR ranges admitted even when private networks are refused (trusted archive hosts).
+    pub allowed_networks: Vec<String>,
+    pub connect_timeout_secs: u64,
+    /// Longest pause between two chunks of a body.
+    pub read_timeout_secs: u64,
+    /// Longest a whole download may take.
+    pub total_timeout_secs: u64,
+    /// Largest video accepted, in bytes.
+    pub max_bytes: u64,
+    pub max_redirects: usize,
+    /// Downloads running at once in one worker.
+    pub concurrency: usize,
+    /// Quick in-process tries of one download before it is handed back to the queue with a delay.
+    pub quick_retries: usize,
+    /// Delays (seconds) of the later tries that go back through RabbitMQ; their count is the
+    /// number of such tries before the video fails with its last reason.
+    pub retry_delays_secs: Vec<u64>,
+}
+
+/// How the notifier delivers webhooks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    pub allow_private_networks: bool,
+    pub allowed_networks: Vec<String>,
+    pub timeout_secs: u64,
+    /// Delays (seconds) before each retry after the first attempt fails.
+    pub retry_schedule_secs: Vec<u64>,
+    /// Deliveries running at once in one notifier.
+    pub concurrency: usize,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `tracing` filter, e.g. `info` or `video_import_worker=debug,info`.
+    pub filter: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database: DatabaseSettings {
+                url: "postgres://postgres@127.0.0.1:5432/video_import".into(),
+                pool_size: 16,
+                pool_timeout_secs: 10,
+            },
+            amqp: AmqpSettings {
+                url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+                prefix: "video-import".into(),
+                prefetch: 64,
+            },
+            api: ApiSettings {
+                listen: "127.0.0.1:8080".into(),
+                max_batch_size: 1000,
+                max_body_bytes: 16 * 1024 * 1024,
+            },
+            metrics: MetricsSettings {
+                listen: "127.0.0.1:9090".into(),
+            },
+            storage: StorageSettings {
+                root: "./data/videos".into(),
+            },
+            fetch: FetchSettings {
+                allow_private_networks: false,
+                allowed_networks: Vec::new(),
+                connect_timeout_secs: 10,
+                read_timeout_secs: 30,
+                total_timeout_secs: 3600,
+                max_bytes: 10 * 1024 * 1024 * 1024,
+                max_redirects: 5,
+                concurrency: 32,
+                quick_retries: 2,
+                retry_delays_secs: vec![30, 120, 600, 1800],
+            },
+            webhook: WebhookSettings {
+                allow_private_networks: false,
+                allowed_networks: Vec::new(),
+                timeout_secs: 15,
+                // Standard Webhooks' schedule after the immediate attempt: about three days.
+                retry_schedule_secs: vec![
+                    5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400,
+                ],
+                concurrency: 64,
+            },
+            log: LogSettings {
+                filter: "info".into(),
+                format: "text".into(),
+            },
+        }
+    }
+}
+
+/// Configuration that could not be loaded; the message names the key at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Settings {
+    /// Loads defaults, then `file` (if any), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let defaults = config::Config::try_from(&Settings::default())
+            .map_err(|e| ConfigError(e.to_string()))?;
+        let mut builder = config::Config::builder().add_source(defaults);
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("VIDEO_IMPORT")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("fetch.allowed_networks")
+                .with_list_parse_key("fetch.retry_delays_secs")
+                .with_list_parse_key("webhook.allowed_networks")
+                .with_list_parse_key("webhook.retry_schedule_secs")
+                .try_parsing(true),
+        );
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        for (key, list) in [
+            ("fetch.allowed_networks", &self.fetch.allowed_networks),
+            ("webhook.allowed_networks", &self.webhook.allowed_networks),
+        ] {
+            for net in list {
+                if net.parse::<ipnet::IpNet>().is_err() {
+                    return bad(key, &format!("{net:?} is not a CIDR network such as 10.1.0.0/16"));
+                }
+            }
+        }
+        for (key, addr) in [("api.listen", &self.api.listen), ("metrics.listen", &self.metrics.listen)] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return bad(key, &format!("{addr:?} is not an address such as 127.0.0.1:8080"));
+            }
+        }
+        if self.api.max_batch_size == 0 {
+            return bad("api.max_batch_size", "must be at least 1");
+        }
+        if self.fetch.concurrency == 0 {
+            return bad("fetch.concurrency", "must be at least 1");
+        }
+        if self.webhook.concurrency == 0 {
+            return bad("webhook.concurrency", "must be at least 1");
+        }
+        if self.amqp.prefetch == 0 {
+            return bad("amqp.prefetch", "must be at least 1");
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return bad("log.format", "must be text or json");
+        }
+        Ok(())
+    }
+}

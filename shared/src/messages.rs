@@ -1,0 +1,28 @@
+//! Messages exchanged over RabbitMQ. They carry ids only: PostgreSQL holds the state, so a
+//! redelivered or duplicated message is harmless.
+
+use serde::{Deserialize, Serialize};
+
+/// Download, store and upsert one video of a job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FetchVideo {
+    pub job_id: String,
+    /// Position of the video in the job's batch.
+    pub idx: i32,
+    /// How many earlier tries went back through the queue (0 on the first).
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+/// Deliver a finished job's webhook.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DeliverWebhook {
+    pub job_id: String,
+    /// Number of this attempt, starting at 1.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+}
+
+fn first_attempt() -> u32 {
+    1
+}

@@ -1,0 +1,67 @@
+//! Operational endpoints every binary serves: `/healthz`, `/readyz`, `/metrics`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use deadpool_postgres::Pool;
+use prometheus::{Encoder, Registry, TextEncoder};
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::Publisher;
+
+/// What readiness depends on: PostgreSQL and RabbitMQ answering.
+#[derive(Clone)]
+pub struct Ops {
+    pub pool: Pool,
+    pub publisher: Arc<Publisher>,
+    pub registry: Registry,
+}
+
+/// Routes for `/healthz`, `/readyz` and `/metrics`.
+pub fn router(ops: Ops) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(ops)
+}
+
+async fn readyz(State(ops): State<Ops>) -> impl IntoResponse {
+    let database = crate::db::ping(&ops.pool).await;
+    let broker = ops.publisher.ensure_connected().await.is_ok();
+    let body = serde_json::json!({
+        "database": if database { "ok" } else { "unreachable" },
+        "rabbitmq": if broker { "ok" } else { "unreachable" },
+    });
+    let status = if database && broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body))
+}
+
+async fn metrics(State(ops): State<Ops>) -> impl IntoResponse {
+    let mut buffer = Vec::new();
+    let encoder = TextEncoder::new();
+    if let Err(e) = encoder.encode(&ops.registry.gather(), &mut buffer) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
+    }
+    ([(header::CONTENT_TYPE, encoder.format_type().to_string())], buffer).into_response()
+}
+
+/// Serves the operational endpoints on `listen` until `shutdown` (worker and notifier).
+pub async fn serve(listen: &str, ops: Ops, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on metrics.listen {listen:?}: {e}"))?;
+    tracing::info!(address = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
+    axum::serve(listener, router(ops))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await?;
+    Ok(())
+}

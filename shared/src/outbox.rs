@@ -1,0 +1,158 @@
+//! Transactional outbox: messages are written in the same transaction as the state they
+//! announce, and a relay publishes them with confirms, then deletes them. A crash anywhere
+//! leaves the rows in place for the next relay run; consumers tolerate the duplicates.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{GenericClient, Pool};
+use prometheus::{IntCounter, IntGauge, Registry};
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::{Outgoing, Publisher};
+
+/// Rows published per round trip.
+const BATCH: i64 = 1000;
+
+/// Adds messages to the outbox inside the caller's transaction.
+pub async fn enqueue<C: GenericClient, M: Serialize>(
+    client: &C,
+    routing_key: &str,
+    messages: &[M],
+) -> Result<(), tokio_postgres::Error> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let payloads: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|m| serde_json::to_value(m).expect("messages serialize"))
+        .collect();
+    client
+        .execute(
+            "INSERT INTO outbox (routing_key, payload)
+             SELECT $1, p FROM unnest($2::jsonb[]) AS p",
+            &[&routing_key, &payloads],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Publishes outbox rows; every process that writes to the outbox runs one.
+#[derive(Clone)]
+pub struct Relay {
+    pool: Pool,
+    publisher: Arc<Publisher>,
+    wake: Arc<Notify>,
+    published: IntCounter,
+    failures: IntCounter,
+    backlog: IntGauge,
+}
+
+impl Relay {
+    /// A relay publishing through `publisher`; its metrics go to `registry`.
+    pub fn new(pool: Pool, publisher: Arc<Publisher>, registry: &Registry) -> Self {
+        let published =
+            IntCounter::new("outbox_published_total", "Outbox messages published and confirmed")
+                .expect("valid metric");
+        let failures = IntCounter::new(
+            "outbox_publish_failures_total",
+            "Outbox relay rounds that failed (broker or database down)",
+        )
+        .expect("valid metric");
+        let backlog = IntGauge::new(
+            "outbox_backlog",
+            "Messages the last relay round saw waiting in the outbox",
+        )
+        .expect("valid metric");
+        for m in [
+            Box::new(published.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(failures.clone()),
+            Box::new(backlog.clone()),
+        ] {
+            let _ = registry.register(m);
+        }
+        Self {
+            pool,
+            publisher,
+            wake: Arc::new(Notify::new()),
+            published,
+            failures,
+            backlog,
+        }
+    }
+
+    /// Asks the relay to publish now instead of at its next tick.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs until `shutdown`, publishing on wake-ups and every second.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut failing_since: Option<std::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            loop {
+                match self.publish_batch().await {
+                    Ok(n) => {
+                        if failing_since.take().is_some() {
+                            tracing::info!("outbox relay recovered");
+                        }
+                        if n < BATCH as usize {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        self.failures.inc();
+                        // Log once per outage, not once a second.
+                        if failing_since.is_none() {
+                            tracing::warn!(error = %format!("{error:#}"), "outbox relay cannot publish; accepted work waits in the outbox and will be published when the broker is back");
+                            failing_since = Some(std::time::Instant::now());
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes one batch; returns how many rows it published.
+    pub async fn publish_batch(&self) -> anyhow::Result<usize> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // SKIP LOCKED: relays of other processes take other rows instead of waiting.
+        let rows = tx
+            .query(
+                "SELECT id, routing_key, payload FROM outbox ORDER BY id LIMIT $1
+                 FOR UPDATE SKIP LOCKED",
+                &[&BATCH],
+            )
+            .await?;
+        self.backlog.set(rows.len() as i64);
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut messages = Vec::with_capacity(rows.len());
+        for row in &rows {
+            ids.push(row.get::<_, i64>(0));
+            let payload: serde_json::Value = row.get(2);
+            messages.push(Outgoing {
+                routing_key: row.get(1),
+                payload: serde_json::to_vec(&payload)?,
+                delay: None,
+            });
+        }
+        self.publisher.publish(&messages).await?;
+        tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids])
+            .await?;
+        tx.commit().await?;
+        self.published.inc_by(ids.len() as u64);
+        Ok(ids.len())
+    }
+}

@@ -1,0 +1,357 @@
+//! RabbitMQ: the queue topology and a publisher with confirms that reconnects by itself.
+//!
+//! Topology (all names start with `amqp.prefix`, here `P`):
+//! - exchange `P` (direct) routes `fetch` to quorum queue `P.fetch` and `webhook` to `P.webhook`;
+//! - both dead-letter to exchange `P.dead` (fanout) → queue `P.dead`, so a poison message that
+//!   exceeds the delivery limit is kept, not dropped;
+//! - delays are fanout exchanges `P.delay.Ns` → classic queues holding messages until their
+//!   per-message expiration, which then dead-letter back to `P` under their original routing key
+//!   (Debian's RabbitMQ has no delayed-message plugin).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use futures::future::try_join_all;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::Mutex;
+
+/// Routing key of "download and upsert this video" messages.
+pub const FETCH: &str = "fetch";
+/// Routing key of "deliver this job's webhook" messages.
+pub const WEBHOOK: &str = "webhook";
+
+/// How often a quorum queue redelivers one message before dead-lettering it.
+const DELIVERY_LIMIT: i64 = 20;
+
+/// Names of every exchange and queue, derived from the prefix.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    prefix: String,
+}
+
+impl Topology {
+    /// Topology whose names all start with `prefix`.
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// The main direct exchange.
+    pub fn exchange(&self) -> String {
+        self.prefix.clone()
+    }
+
+    /// The queue consumed for `routing_key`.
+    pub fn queue(&self, routing_key: &str) -> String {
+        format!("{}.{routing_key}", self.prefix)
+    }
+
+    /// Exchange and queue that keep dead-lettered messages.
+    pub fn dead(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    /// Exchange and queue that hold messages for `secs` seconds.
+    pub fn delay(&self, secs: u64) -> String {
+        format!("{}.delay.{secs}s", self.prefix)
+    }
+
+    /// Every queue name this topology may create, given the delays in use (for clean-up).
+    pub fn queue_names(&self, delays: &[u64]) -> Vec<String> {
+        let mut names = vec![self.queue(FETCH), self.queue(WEBHOOK), self.dead()];
+        names.extend(delays.iter().map(|d| self.delay(*d)));
+        names
+    }
+
+    /// Declares the exchanges and work queues; idempotent.
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                self.exchange().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.dead().into(),
+                ExchangeKind::Fanout,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_declare(
+                self.dead().into(),
+                QueueDeclareOptions::durable(),
+                table(&[("x-queue-type", AMQPValue::LongString("quorum".into()))]),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                self.dead().into(),
+                self.dead().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        for key in [FETCH, WEBHOOK] {
+            channel
+                .queue_declare(
+                    self.queue(key).into(),
+                    QueueDeclareOptions::durable(),
+                    table(&[
+                        ("x-queue-type", AMQPValue::LongString("quorum".into())),
+                        ("x-delivery-limit", AMQPValue::LongLongInt(DELIVERY_LIMIT)),
+                        (
+                            "x-dead-letter-exchange",
+                            AMQPValue::LongString(self.dead().into()),
+                        ),
+                    ]),
+                )
+                .await?;
+            channel
+                .queue_bind(
+                    self.queue(key).into(),
+                    self.exchange().into(),
+                    key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Declares the holding exchange and queue for one delay; idempotent.
+    pub async fn declare_delay(&self, channel: &Channel, secs: u64) -> lapin::Result<()> {
+        let name = self.delay(secs);
+        channel
+            .exchange_declare(
+                name.as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_declare(
+                name.as_str().into(),
+                QueueDeclareOptions::durable(),
+                table(&[(
+                    "x-dead-letter-exchange",
+                    AMQPValue::LongString(self.exchange().into()),
+                )]),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                name.as_str().into(),
+                name.as_str().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in entries {
+        t.insert(ShortString::from(*k), v.clone());
+    }
+    t
+}
+
+/// Opens a connection; a clear message when the broker is not there.
+pub async fn connect(url: &str) -> anyhow::Result<Connection> {
+    Connection::connect(url, ConnectionProperties::default())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot connect to RabbitMQ at amqp.url {:?}; is it running?",
+                crate::db::redact(url)
+            )
+        })
+}
+
+/// One message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub routing_key: String,
+    pub payload: Vec<u8>,
+    /// Hold the message this long before it reaches its queue.
+    pub delay: Option<Duration>,
+}
+
+struct Link {
+    connection: Connection,
+    channel: Channel,
+    delays: HashSet<u64>,
+}
+
+/// Publishes persistent messages and waits for the broker's confirms; reconnects on the next
+/// call after any failure.
+pub struct Publisher {
+    url: String,
+    topology: Topology,
+    link: Mutex<Option<Link>>,
+}
+
+impl Publisher {
+    /// A publisher that connects lazily.
+    pub fn new(url: &str, topology: Topology) -> Self {
+        Self {
+            url: url.to_string(),
+            topology,
+            link: Mutex::new(None),
+        }
+    }
+
+    /// The topology it publishes into.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Connects (if needed) and declares the topology; used at start and by `/readyz`.
+    pub async fn ensure_connected(&self) -> anyhow::Result<()> {
+        let mut guard = self.link.lock().await;
+        self.link_mut(&mut guard).await?;
+        Ok(())
+    }
+
+    async fn link_mut<'a>(&self, guard: &'a mut Option<Link>) -> anyhow::Result<&'a mut Link> {
+        if guard
+            .as_ref()
+            .is_some_and(|l| !l.connection.status().connected() || !l.channel.status().connected())
+        {
+            *guard = None;
+        }
+        if guard.is_none() {
+            let connection = connect(&self.url).await?;
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            self.topology.declare(&channel).await?;
+            *guard = Some(Link {
+                connection,
+                channel,
+                delays: HashSet::new(),
+            });
+        }
+        Ok(guard.as_mut().expect("link was just set"))
+    }
+
+    /// Publishes all messages and returns once the broker has confirmed every one.
+    pub async fn publish(&self, messages: &[Outgoing]) -> anyhow::Result<()> {
+        let mut guard = self.link.lock().await;
+        let result = self.publish_on(&mut guard, messages).await;
+        if result.is_err() {
+            // Drop the link: the next call starts from a fresh connection.
+            if let Some(link) = guard.take() {
+                let _ = link.connection.close(200, "reconnecting".into()).await;
+            }
+        }
+        result
+    }
+
+    async fn publish_on(
+        &self,
+        guard: &mut Option<Link>,
+        messages: &[Outgoing],
+    ) -> anyhow::Result<()> {
+        let link = self.link_mut(guard).await?;
+        let mut confirms = Vec::with_capacity(messages.len());
+        for message in messages {
+            let mut properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into());
+            let exchange = match message.delay {
+                Some(delay) => {
+                    let bucket = delay_bucket(delay);
+                    if !link.delays.contains(&bucket) {
+                        self.topology.declare_delay(&link.channel, bucket).await?;
+                        link.delays.insert(bucket);
+                    }
+                    properties =
+                        properties.with_expiration(delay.as_millis().max(1).to_string().into());
+                    self.topology.delay(bucket)
+                }
+                None => self.topology.exchange(),
+            };
+            let confirm = link
+                .channel
+                .basic_publish(
+                    exchange.into(),
+                    message.routing_key.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: false,
+                        ..Default::default()
+                    },
+                    &message.payload,
+                    properties,
+                )
+                .await?;
+            confirms.push(confirm);
+        }
+        let outcomes = try_join_all(confirms).await?;
+        if outcomes.iter().any(|c| !c.is_ack()) {
+            bail!("RabbitMQ refused (nacked) a published message");
+        }
+        Ok(())
+    }
+
+    /// Whether the publisher's connection is up right now.
+    pub async fn is_connected(&self) -> bool {
+        self.link
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|l| l.connection.status().connected())
+    }
+}
+
+/// Holding queues are shared by delays of similar length: the delay rounded down to two
+/// significant digits of seconds, so jittered delays reuse a few queues and a message never
+/// waits long behind one that expires later.
+pub fn delay_bucket(delay: Duration) -> u64 {
+    let secs = delay.as_secs().max(1);
+    let mut scale = 1;
+    while secs / scale >= 100 {
+        scale *= 10;
+    }
+    secs / scale * scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delay_buckets_keep_two_significant_digits() {
+        assert_eq!(delay_bucket(Duration::from_millis(300)), 1);
+        assert_eq!(delay_bucket(Duration::from_secs(7)), 7);
+        assert_eq!(delay_bucket(Duration::from_secs(99)), 99);
+        assert_eq!(delay_bucket(Duration::from_secs(123)), 120);
+        assert_eq!(delay_bucket(Duration::from_secs(86_399)), 86_000);
+    }
+}
