@@ -90,9 +90,10 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 Some(path) => {
                     let text = std::fs::read_to_string(&path)
                         .with_context(|| format!("cannot read {}", path.display()))?;
-                    Some(serde_json::from_str(&text).with_context(|| {
-                        format!("{} is not valid JSON", path.display())
-                    })?)
+                    Some(
+                        serde_json::from_str(&text)
+                            .with_context(|| format!("{} is not valid JSON", path.display()))?,
+                    )
                 }
                 None => None,
             };
@@ -135,7 +136,10 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                     &[&project_id, &hash_token(&token), &scopes],
                 )
                 .await?;
-            println!("{}", json!({"token": token, "project": project, "scopes": scopes}));
+            println!(
+                "{}",
+                json!({"token": token, "project": project, "scopes": scopes})
+            );
             Ok(())
         }
     }

@@ -44,7 +44,11 @@ pub async fn create(
     )
     .await?;
     let idx: Vec<i32> = (0..total).collect();
-    let external_ids: Vec<&str> = batch.videos.iter().map(|v| v.external_id.as_str()).collect();
+    let external_ids: Vec<&str> = batch
+        .videos
+        .iter()
+        .map(|v| v.external_id.as_str())
+        .collect();
     let urls: Vec<&str> = batch.videos.iter().map(|v| v.url.as_str()).collect();
     let file_names: Vec<&str> = batch.videos.iter().map(|v| v.file_name.as_str()).collect();
     let metadata: Vec<&Value> = batch.videos.iter().map(|v| &v.metadata).collect();

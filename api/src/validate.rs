@@ -212,7 +212,8 @@ mod tests {
         }
     }
 
-    const VIDEO: &str = r#"{"url":"https://a.example/v.mp4","id":"a","fileName":"a","metadata":{}}"#;
+    const VIDEO: &str =
+        r#"{"url":"https://a.example/v.mp4","id":"a","fileName":"a","metadata":{}}"#;
 
     #[test]
     fn missing_fields_are_named_with_their_path() {
@@ -237,22 +238,31 @@ mod tests {
             {"url":"https://a.example/v.mp4","id":"a","fileName":"b","metadata":{}}]}"#;
         let f = fields(body);
         let names: Vec<&str> = f.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(names, ["webhook", "context", "videos[0].url", "videos[1].id"]);
+        assert_eq!(
+            names,
+            ["webhook", "context", "videos[0].url", "videos[1].id"]
+        );
         assert!(f[2].1.contains("data: URLs are not allowed"));
         assert!(f[3].1.contains("duplicates videos[0].id"));
     }
 
     #[test]
     fn batch_size_and_context_size_are_bounded() {
-        let four = vec![VIDEO; 4].join(",").replace(r#""id":"a""#, r#""id":"X""#);
+        let four = vec![VIDEO; 4]
+            .join(",")
+            .replace(r#""id":"a""#, r#""id":"X""#);
         let f = fields(&format!(r#"{{"systemName":"s","videos":[{four}]}}"#));
-        assert!(f.iter().any(|(k, m)| k == "videos" && m.contains("at most 3")));
+        assert!(f
+            .iter()
+            .any(|(k, m)| k == "videos" && m.contains("at most 3")));
         let big = "x".repeat(MAX_CONTEXT_BYTES);
         let f = fields(&format!(
             r#"{{"systemName":"s","context":{{"k":"{big}"}},"videos":[{VIDEO}]}}"#
         ));
         assert_eq!(f[0].0, "context");
-        assert!(fields(r#"{"systemName":"s","videos":[]}"#)[0].1.contains("at least one"));
+        assert!(fields(r#"{"systemName":"s","videos":[]}"#)[0]
+            .1
+            .contains("at least one"));
     }
 
     #[test]
@@ -261,7 +271,10 @@ mod tests {
             r#"{{"systemName":"s","context":{{ "b": 1.50, "a" : "\u00e9" }},"videos":[{VIDEO}]}}"#
         );
         let b = batch(body.as_bytes(), 3).unwrap();
-        assert_eq!(b.context.as_deref(), Some(r#"{ "b": 1.50, "a" : "\u00e9" }"#));
+        assert_eq!(
+            b.context.as_deref(),
+            Some(r#"{ "b": 1.50, "a" : "\u00e9" }"#)
+        );
     }
 
     #[test]

@@ -154,9 +154,7 @@ impl Default for Settings {
                 allowed_networks: Vec::new(),
                 timeout_secs: 15,
                 // Standard Webhooks' schedule after the immediate attempt: about three days.
-                retry_schedule_secs: vec![
-                    5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400,
-                ],
+                retry_schedule_secs: vec![5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400],
                 concurrency: 64,
             },
             log: LogSettings {
@@ -214,13 +212,22 @@ impl Settings {
         ] {
             for net in list {
                 if net.parse::<ipnet::IpNet>().is_err() {
-                    return bad(key, &format!("{net:?} is not a CIDR network such as 10.1.0.0/16"));
+                    return bad(
+                        key,
+                        &format!("{net:?} is not a CIDR network such as 10.1.0.0/16"),
+                    );
                 }
             }
         }
-        for (key, addr) in [("api.listen", &self.api.listen), ("metrics.listen", &self.metrics.listen)] {
+        for (key, addr) in [
+            ("api.listen", &self.api.listen),
+            ("metrics.listen", &self.metrics.listen),
+        ] {
             if addr.parse::<std::net::SocketAddr>().is_err() {
-                return bad(key, &format!("{addr:?} is not an address such as 127.0.0.1:8080"));
+                return bad(
+                    key,
+                    &format!("{addr:?} is not an address such as 127.0.0.1:8080"),
+                );
             }
         }
         if self.api.max_batch_size == 0 {

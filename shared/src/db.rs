@@ -63,7 +63,10 @@ pub async fn migrate(pool: &Pool) -> anyhow::Result<Vec<i32>> {
     let mut applied = Vec::new();
     for (version, sql) in MIGRATIONS {
         let done = tx
-            .query_opt("SELECT 1 FROM schema_migrations WHERE version = $1", &[version])
+            .query_opt(
+                "SELECT 1 FROM schema_migrations WHERE version = $1",
+                &[version],
+            )
             .await?
             .is_some();
         if done {
@@ -72,8 +75,11 @@ pub async fn migrate(pool: &Pool) -> anyhow::Result<Vec<i32>> {
         tx.batch_execute(sql)
             .await
             .with_context(|| format!("migration {version} failed"))?;
-        tx.execute("INSERT INTO schema_migrations (version) VALUES ($1)", &[version])
-            .await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await?;
         applied.push(*version);
     }
     tx.commit().await?;

@@ -2,6 +2,7 @@
 //! topology, messages, the outbox relay, SSRF-safe HTTP clients and operational endpoints.
 
 pub mod config;
+pub mod consume;
 pub mod db;
 pub mod ids;
 pub mod messages;
@@ -9,5 +10,6 @@ pub mod netguard;
 pub mod ops;
 pub mod outbox;
 pub mod queue;
+pub mod retry;
 pub mod shutdown;
 pub mod telemetry;

@@ -190,6 +190,20 @@ pub fn client(policy: AddressPolicy, options: &ClientOptions) -> reqwest::Result
         .build()
 }
 
+/// An error and its causes on one line, without repeats.
+pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = e.source();
+    }
+    parts.join(": ")
+}
+
 /// The refusal inside a request error, if the error is one.
 pub fn refusal_in(error: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut source = Some(error);
@@ -237,7 +251,12 @@ mod tests {
 
     #[test]
     fn public_addresses_are_permitted() {
-        for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for ip in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(!refused(ip), "{ip} should be permitted");
         }
     }
@@ -256,7 +275,11 @@ mod tests {
             .check_url(&"http://169.254.169.254/latest".parse().unwrap())
             .unwrap_err();
         assert!(err.0.contains("169.254.169.254"), "{err}");
-        assert!(policy.check_url(&"ftp://example.com/a".parse().unwrap()).is_err());
-        assert!(policy.check_url(&"https://example.com/a.mp4".parse().unwrap()).is_ok());
+        assert!(policy
+            .check_url(&"ftp://example.com/a".parse().unwrap())
+            .is_err());
+        assert!(policy
+            .check_url(&"https://example.com/a.mp4".parse().unwrap())
+            .is_ok());
     }
 }

@@ -51,12 +51,16 @@ async fn metrics(State(ops): State<Ops>) -> impl IntoResponse {
     if let Err(e) = encoder.encode(&ops.registry.gather(), &mut buffer) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
     }
-    ([(header::CONTENT_TYPE, encoder.format_type().to_string())], buffer).into_response()
+    (
+        [(header::CONTENT_TYPE, encoder.format_type().to_string())],
+        buffer,
+    )
+        .into_response()
 }
 
 /// Serves the operational endpoints on `listen` until `shutdown` (worker and notifier).
-pub async fn serve(listen: &str, ops: Ops, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
+pub async fn serve(listen: String, ops: Ops, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on metrics.listen {listen:?}: {e}"))?;
     tracing::info!(address = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");

@@ -53,9 +53,11 @@ pub struct Relay {
 impl Relay {
     /// A relay publishing through `publisher`; its metrics go to `registry`.
     pub fn new(pool: Pool, publisher: Arc<Publisher>, registry: &Registry) -> Self {
-        let published =
-            IntCounter::new("outbox_published_total", "Outbox messages published and confirmed")
-                .expect("valid metric");
+        let published = IntCounter::new(
+            "outbox_published_total",
+            "Outbox messages published and confirmed",
+        )
+        .expect("valid metric");
         let failures = IntCounter::new(
             "outbox_publish_failures_total",
             "Outbox relay rounds that failed (broker or database down)",

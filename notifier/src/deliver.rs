@@ -1,0 +1,420 @@
+//! Delivering one job's webhook: build the payload from PostgreSQL, sign it, POST it without
+//! following redirects, record the attempt, and schedule the next one through a delay queue.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Pool;
+use futures::future::BoxFuture;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use rand::Rng;
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
+use video_import_shared::config::Settings;
+use video_import_shared::consume::{self, ConsumerConfig, Disposition};
+use video_import_shared::messages::DeliverWebhook;
+use video_import_shared::netguard::{self, AddressPolicy, ClientOptions};
+use video_import_shared::ops::{self, Ops};
+use video_import_shared::queue::{self, Outgoing, Publisher, Topology};
+use video_import_shared::retry::until_ok;
+use video_import_shared::{db, shutdown};
+
+use crate::sign;
+
+/// Most failed videos listed in one payload.
+const MAX_FAILURES: i64 = 100;
+
+struct Notifier {
+    pool: Pool,
+    client: reqwest::Client,
+    publisher: Arc<Publisher>,
+    schedule: Vec<Duration>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+}
+
+#[derive(Clone)]
+struct Metrics {
+    deliveries: IntCounterVec,
+    seconds: Histogram,
+}
+
+/// Runs the notifier until SIGTERM.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = shutdown::on_signal();
+    let pool = db::connect(&settings.database).await?;
+    let topology = Topology::new(&settings.amqp.prefix);
+    let publisher = Arc::new(Publisher::new(&settings.amqp.url, topology.clone()));
+    let registry = Registry::new();
+    let deliveries = IntCounterVec::new(
+        Opts::new(
+            "webhook_attempts_total",
+            "Webhook attempts by result: delivered, retry, failed",
+        ),
+        &["result"],
+    )?;
+    let seconds = Histogram::with_opts(
+        HistogramOpts::new(
+            "webhook_attempt_duration_seconds",
+            "Time of one webhook POST",
+        )
+        .buckets(vec![0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0]),
+    )?;
+    registry.register(Box::new(deliveries.clone()))?;
+    registry.register(Box::new(seconds.clone()))?;
+    let client = netguard::client(
+        AddressPolicy::new(
+            settings.webhook.allow_private_networks,
+            &settings.webhook.allowed_networks,
+        ),
+        &ClientOptions {
+            connect_timeout: Duration::from_secs(settings.webhook.timeout_secs.min(10)),
+            read_timeout: Duration::from_secs(settings.webhook.timeout_secs),
+            // A receiver's redirect is an answer, not an instruction: never followed.
+            max_redirects: 0,
+            user_agent: concat!("video-import-notifier/", env!("CARGO_PKG_VERSION")).into(),
+        },
+    )?;
+    let ops_task = tokio::spawn(ops::serve(
+        settings.metrics.listen.clone(),
+        Ops {
+            pool: pool.clone(),
+            publisher: publisher.clone(),
+            registry,
+        },
+        shutdown.clone(),
+    ));
+    let notifier = Arc::new(Notifier {
+        pool,
+        client,
+        publisher,
+        schedule: settings
+            .webhook
+            .retry_schedule_secs
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect(),
+        metrics: Metrics {
+            deliveries,
+            seconds,
+        },
+        shutdown: shutdown.clone(),
+    });
+    let timeout = Duration::from_secs(settings.webhook.timeout_secs);
+    let handler: consume::Handler = Arc::new(move |data| -> BoxFuture<'static, Disposition> {
+        let notifier = notifier.clone();
+        Box::pin(async move { notifier.handle(&data, timeout).await })
+    });
+    consume::run(
+        ConsumerConfig {
+            url: settings.amqp.url.clone(),
+            queue: topology.queue(queue::WEBHOOK),
+            topology,
+            prefetch: settings.webhook.concurrency.min(u16::MAX as usize) as u16,
+            grace: timeout + Duration::from_secs(5),
+        },
+        handler,
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    ops_task.await??;
+    Ok(())
+}
+
+/// The webhook body.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Payload<'a> {
+    id: &'a str,
+    state: &'a str,
+    system_name: &'a str,
+    overview: Overview,
+    /// The caller's context, byte for byte.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<&'a RawValue>,
+    started_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+    failures: Vec<Failure>,
+}
+
+#[derive(Serialize)]
+struct Overview {
+    total: i32,
+    imported: i32,
+    skipped: i32,
+    failed: i32,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Failure {
+    external_id: String,
+    reason: String,
+}
+
+/// A delivery ready to send.
+struct Prepared {
+    webhook_id: String,
+    url: String,
+    secret: String,
+    body: Vec<u8>,
+}
+
+/// How one POST went.
+enum Attempt {
+    Delivered(u16),
+    /// Worth retrying; with the receiver's Retry-After if it sent one.
+    Failed {
+        error: String,
+        status: Option<u16>,
+        retry_after: Option<Duration>,
+    },
+    /// 410 Gone: the receiver asked us to stop.
+    Gone,
+}
+
+impl Notifier {
+    async fn handle(&self, data: &[u8], timeout: Duration) -> Disposition {
+        let message: DeliverWebhook = match serde_json::from_slice(data) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, body = %String::from_utf8_lossy(data), "dropping unreadable webhook message");
+                return Disposition::Ack;
+            }
+        };
+        let prepared = match until_ok(&self.shutdown, || self.prepare(&message)).await {
+            Some(Some(p)) => p,
+            Some(None) => return Disposition::Ack, // delivered, given up, or this attempt was made
+            None => return Disposition::Requeue,
+        };
+        let started = Instant::now();
+        let attempt = self.post(&prepared, timeout).await;
+        let elapsed = started.elapsed();
+        self.metrics.seconds.observe(elapsed.as_secs_f64());
+
+        let next_delay = match &attempt {
+            Attempt::Failed { retry_after, .. } => self
+                .schedule
+                .get(message.attempt as usize - 1)
+                .map(|d| jitter(*d).max(retry_after.unwrap_or_default())),
+            _ => None,
+        };
+        if let Some(delay) = next_delay {
+            // Schedule first: if we crash before recording, the redelivered message repeats
+            // this attempt instead of losing the retry.
+            let next = DeliverWebhook {
+                job_id: message.job_id.clone(),
+                attempt: message.attempt + 1,
+            };
+            let outgoing = Outgoing {
+                routing_key: queue::WEBHOOK.into(),
+                payload: serde_json::to_vec(&next).expect("messages serialize"),
+                delay: Some(delay),
+            };
+            if let Err(e) = self.publisher.publish(&[outgoing]).await {
+                tracing::warn!(error = %format!("{e:#}"), "cannot schedule the webhook retry; handing the message back");
+                return Disposition::Requeue;
+            }
+        }
+        let result = match (&attempt, next_delay) {
+            (Attempt::Delivered(_), _) => "delivered",
+            (_, Some(_)) => "retry",
+            _ => "failed",
+        };
+        self.metrics.deliveries.with_label_values(&[result]).inc();
+        match &attempt {
+            Attempt::Delivered(status) => {
+                tracing::info!(job = %message.job_id, attempt = message.attempt, status, "webhook delivered")
+            }
+            Attempt::Failed { error, .. } => {
+                tracing::info!(job = %message.job_id, attempt = message.attempt, %error, retry_in = ?next_delay, "webhook attempt failed")
+            }
+            Attempt::Gone => {
+                tracing::info!(job = %message.job_id, "webhook receiver answered 410 Gone; not retrying")
+            }
+        }
+        match until_ok(&self.shutdown, || {
+            self.record(&message, &attempt, next_delay.is_some(), elapsed)
+        })
+        .await
+        {
+            Some(()) => Disposition::Ack,
+            None => Disposition::Requeue,
+        }
+    }
+
+    /// Loads the job and builds the signed body; `None` if there is nothing to send.
+    async fn prepare(&self, message: &DeliverWebhook) -> anyhow::Result<Option<Prepared>> {
+        let client = self.pool.get().await?;
+        let Some(row) = client
+            .query_opt(
+                "SELECT d.state, d.attempts, d.webhook_id, d.url, p.webhook_secret,
+                        j.state, j.system_name, j.total, j.imported, j.skipped, j.failed,
+                        j.context, j.started_at, j.finished_at
+                 FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id
+                 JOIN projects p ON p.id = j.project_id
+                 WHERE d.job_id = $1",
+                &[&message.job_id],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let attempts_made: i32 = row.get(1);
+        if row.get::<_, String>(0) != "pending" || attempts_made >= message.attempt as i32 {
+            return Ok(None);
+        }
+        let failures = client
+            .query(
+                "SELECT external_id, reason FROM job_items
+                 WHERE job_id = $1 AND state = 'failed' ORDER BY idx LIMIT $2",
+                &[&message.job_id, &MAX_FAILURES],
+            )
+            .await?
+            .iter()
+            .map(|r| Failure {
+                external_id: r.get(0),
+                reason: r.get::<_, Option<String>>(1).unwrap_or_default(),
+            })
+            .collect();
+        let context: Option<String> = row.get(11);
+        let context: Option<Box<RawValue>> = match context {
+            Some(text) => Some(RawValue::from_string(text)?),
+            None => None,
+        };
+        let payload = Payload {
+            id: &message.job_id,
+            state: &row.get::<_, String>(5),
+            system_name: &row.get::<_, String>(6),
+            overview: Overview {
+                total: row.get(7),
+                imported: row.get(8),
+                skipped: row.get(9),
+                failed: row.get(10),
+            },
+            context: context.as_deref(),
+            started_at: row.get(12),
+            finished_at: row.get(13),
+            failures,
+        };
+        Ok(Some(Prepared {
+            body: serde_json::to_vec(&payload)?,
+            webhook_id: row.get(2),
+            url: row.get(3),
+            secret: row.get(4),
+        }))
+    }
+
+    async fn post(&self, prepared: &Prepared, timeout: Duration) -> Attempt {
+        let timestamp = Utc::now().timestamp();
+        let signature = sign::signature(
+            &prepared.secret,
+            &prepared.webhook_id,
+            timestamp,
+            &prepared.body,
+        );
+        let response = self
+            .client
+            .post(&prepared.url)
+            .timeout(timeout)
+            .header(CONTENT_TYPE, "application/json")
+            .header("webhook-id", &prepared.webhook_id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(prepared.body.clone())
+            .send()
+            .await;
+        match response {
+            Ok(r) if r.status().is_success() => Attempt::Delivered(r.status().as_u16()),
+            Ok(r) if r.status() == reqwest::StatusCode::GONE => Attempt::Gone,
+            Ok(r) => {
+                let status = r.status();
+                let retry_after = r
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let error = if status.is_redirection() {
+                    format!("the receiver answered {status} (redirects are not followed)")
+                } else {
+                    format!("the receiver answered {status}")
+                };
+                Attempt::Failed {
+                    error,
+                    status: Some(status.as_u16()),
+                    retry_after,
+                }
+            }
+            Err(e) => {
+                let error = netguard::refusal_in(&e).unwrap_or_else(|| {
+                    if e.is_timeout() {
+                        format!("no answer within {} s", timeout.as_secs())
+                    } else {
+                        format!("cannot reach the receiver: {}", netguard::describe(&e))
+                    }
+                });
+                Attempt::Failed {
+                    error,
+                    status: None,
+                    retry_after: None,
+                }
+            }
+        }
+    }
+
+    /// Stores the attempt and the delivery's new state.
+    async fn record(
+        &self,
+        message: &DeliverWebhook,
+        attempt: &Attempt,
+        will_retry: bool,
+        elapsed: Duration,
+    ) -> anyhow::Result<()> {
+        let (status, error, state): (Option<i32>, Option<String>, &str) = match attempt {
+            Attempt::Delivered(s) => (Some(*s as i32), None, "delivered"),
+            Attempt::Gone => (
+                Some(410),
+                Some("the receiver answered 410 Gone; not retrying".into()),
+                "failed",
+            ),
+            Attempt::Failed { error, status, .. } => {
+                let state = if will_retry { "pending" } else { "failed" };
+                let error = if will_retry {
+                    error.clone()
+                } else {
+                    format!("{error}; gave up after {} attempts", message.attempt)
+                };
+                (status.map(i32::from), Some(error), state)
+            }
+        };
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let duration_ms = elapsed.as_millis().min(i32::MAX as u128) as i32;
+        tx.execute(
+            "INSERT INTO webhook_attempts (job_id, http_status, error, duration_ms)
+             VALUES ($1, $2, $3, $4)",
+            &[&message.job_id, &status, &error, &duration_ms],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE webhook_deliveries SET attempts = GREATEST(attempts, $2), state = $3,
+                 last_error = COALESCE($4, last_error),
+                 delivered_at = CASE WHEN $3 = 'delivered' THEN now() ELSE delivered_at END
+             WHERE job_id = $1",
+            &[&message.job_id, &(message.attempt as i32), &state, &error],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// ±10 % so that many failed deliveries do not all come back at the same second.
+fn jitter(delay: Duration) -> Duration {
+    delay.mul_f64(rand::rng().random_range(0.9..1.1))
+}

@@ -1,0 +1,125 @@
+//! A RabbitMQ consumer loop that survives broker restarts: it reconnects with backoff,
+//! re-declares the topology, handles deliveries concurrently up to the prefetch, and on
+//! shutdown stops consuming and lets in-flight work finish within a grace period.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::queue::{self, Topology};
+
+/// What to do with a delivery once its handler is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// The outcome is durable: remove the message.
+    Ack,
+    /// Not handled (shutting down, dependency down): give it back for redelivery.
+    Requeue,
+}
+
+/// Handles one message body.
+pub type Handler = Arc<dyn Fn(Vec<u8>) -> BoxFuture<'static, Disposition> + Send + Sync>;
+
+/// Where and how to consume.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub url: String,
+    pub topology: Topology,
+    /// Queue name (see [`Topology::queue`]).
+    pub queue: String,
+    /// Deliveries handled at once.
+    pub prefetch: u16,
+    /// How long in-flight work may take to finish after shutdown is requested.
+    pub grace: Duration,
+}
+
+/// Consumes until `shutdown` is cancelled, reconnecting after any broker failure.
+pub async fn run(config: ConsumerConfig, handler: Handler, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    let mut backoff = Duration::from_millis(250);
+    while !shutdown.is_cancelled() {
+        match session(&config, &handler, &tracker, &shutdown).await {
+            Ok(()) => break,
+            Err(error) => {
+                tracing::warn!(queue = %config.queue, error = %format!("{error:#}"), retry_in = ?backoff, "consumer lost its broker connection; reconnecting");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+    tracker.close();
+    if tokio::time::timeout(config.grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(queue = %config.queue, "grace period over; unfinished deliveries go back to the queue");
+    }
+}
+
+/// One connection's worth of consuming; `Ok` only when shutdown ended it.
+async fn session(
+    config: &ConsumerConfig,
+    handler: &Handler,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let connection = queue::connect(&config.url).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await?;
+    config.topology.declare(&channel).await?;
+    let tag = format!("{}-{}", config.queue, std::process::id());
+    let mut consumer = channel
+        .basic_consume(
+            config.queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(queue = %config.queue, prefetch = config.prefetch, "consuming");
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                // Keep the connection open so in-flight work can still ack.
+                tracker.close();
+                let _ = tokio::time::timeout(config.grace, tracker.wait()).await;
+                let _ = connection.close(200, "shutting down".into()).await;
+                return Ok(());
+            }
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let handler = handler.clone();
+                    tracker.spawn(async move {
+                        let disposition = handler(delivery.data.clone()).await;
+                        // A failed ack means the channel is gone; the broker redelivers.
+                        let _ = match disposition {
+                            Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
+                            Disposition::Requeue => {
+                                delivery
+                                    .nack(BasicNackOptions { requeue: true, ..Default::default() })
+                                    .await
+                            }
+                        };
+                    });
+                }
+                Some(Err(error)) => return Err(error.into()),
+                None => return Err(anyhow!("the broker ended the consumer")),
+            }
+        }
+    }
+}

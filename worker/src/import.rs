@@ -1,0 +1,209 @@
+//! Wiring and the handling of one `FetchVideo` message: load the item, download it, record
+//! the outcome; transient failures go back through a RabbitMQ delay queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use futures::future::BoxFuture;
+use prometheus::Registry;
+use tokio_util::sync::CancellationToken;
+use video_import_shared::config::Settings;
+use video_import_shared::consume::{self, ConsumerConfig, Disposition};
+use video_import_shared::messages::FetchVideo;
+use video_import_shared::ops::{self, Ops};
+use video_import_shared::outbox::Relay;
+use video_import_shared::queue::{self, Outgoing, Publisher, Topology};
+use video_import_shared::retry::until_ok;
+use video_import_shared::{db, shutdown};
+
+use crate::fetch::{FetchError, Fetcher};
+use crate::metrics::WorkerMetrics;
+use crate::store::Storage;
+use crate::upsert::{self, Outcome, Recorded};
+
+/// How long in-flight downloads may run on after SIGTERM before they are handed back.
+const GRACE: Duration = Duration::from_secs(30);
+
+/// Everything a delivery handler needs.
+struct Importer {
+    pool: Pool,
+    fetcher: Fetcher,
+    storage: Storage,
+    publisher: Arc<Publisher>,
+    relay: Relay,
+    retry_delays: Vec<Duration>,
+    metrics: WorkerMetrics,
+    shutdown: CancellationToken,
+}
+
+/// Runs the worker until SIGTERM.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let shutdown = shutdown::on_signal();
+    let pool = db::connect(&settings.database).await?;
+    let storage = Storage::open(&settings.storage.root).await?;
+    let fetcher = Fetcher::new(&settings.fetch, storage.clone())?;
+    let topology = Topology::new(&settings.amqp.prefix);
+    let publisher = Arc::new(Publisher::new(&settings.amqp.url, topology.clone()));
+    let registry = Registry::new();
+    let metrics = WorkerMetrics::new(&registry)?;
+    let relay = Relay::new(pool.clone(), publisher.clone(), &registry);
+    let relay_task = tokio::spawn(relay.clone().run(shutdown.clone()));
+    let ops_task = tokio::spawn(ops::serve(
+        settings.metrics.listen.clone(),
+        Ops {
+            pool: pool.clone(),
+            publisher: publisher.clone(),
+            registry,
+        },
+        shutdown.clone(),
+    ));
+    let importer = Arc::new(Importer {
+        pool,
+        fetcher,
+        storage,
+        publisher,
+        relay,
+        retry_delays: settings
+            .fetch
+            .retry_delays_secs
+            .iter()
+            .map(|s| Duration::from_secs(*s))
+            .collect(),
+        metrics,
+        shutdown: shutdown.clone(),
+    });
+    let handler: consume::Handler = Arc::new(move |data| -> BoxFuture<'static, Disposition> {
+        let importer = importer.clone();
+        Box::pin(async move { importer.handle(&data).await })
+    });
+    consume::run(
+        ConsumerConfig {
+            url: settings.amqp.url.clone(),
+            queue: topology.queue(queue::FETCH),
+            topology,
+            prefetch: settings.fetch.concurrency.min(u16::MAX as usize) as u16,
+            grace: GRACE,
+        },
+        handler,
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    let _ = relay_task.await;
+    ops_task.await??;
+    Ok(())
+}
+
+impl Importer {
+    async fn handle(&self, data: &[u8]) -> Disposition {
+        let message: FetchVideo = match serde_json::from_slice(data) {
+            Ok(m) => m,
+            Err(e) => {
+                // Not ours to fix by retrying; keep a trace and drop it.
+                tracing::error!(error = %e, body = %String::from_utf8_lossy(data), "dropping unreadable fetch message");
+                return Disposition::Ack;
+            }
+        };
+        let item = match until_ok(&self.shutdown, || {
+            upsert::load(&self.pool, &message.job_id, message.idx)
+        })
+        .await
+        {
+            Some(Some(item)) if item.pending => item,
+            Some(_) => return Disposition::Ack, // done already, or the job was deleted
+            None => return Disposition::Requeue,
+        };
+        let started = std::time::Instant::now();
+        let download = self.fetcher.download(&item.url).await;
+        self.metrics
+            .download_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = match &download {
+            Ok(d) => {
+                self.metrics.bytes.inc_by(d.asset.size);
+                Outcome::Downloaded(d)
+            }
+            Err(FetchError::Permanent(reason)) => Outcome::Failed(reason.clone()),
+            Err(error) => {
+                let retry_after = match error {
+                    FetchError::Transient { retry_after, .. } => *retry_after,
+                    _ => None,
+                };
+                let attempt = message.attempt as usize;
+                match self.retry_delays.get(attempt) {
+                    Some(delay) => {
+                        let delay = retry_after.map_or(*delay, |after| after.max(*delay));
+                        return self.retry_later(&item, &message, error, delay).await;
+                    }
+                    None => {
+                        Outcome::Failed(format!("{error} (gave up after {} tries)", attempt + 1))
+                    }
+                }
+            }
+        };
+        let recorded = until_ok(&self.shutdown, || {
+            upsert::record(&self.pool, &self.storage, &item, outcome.clone())
+        })
+        .await;
+        match recorded {
+            Some(Recorded::Done {
+                state,
+                job_finished,
+            }) => {
+                self.metrics.outcomes.with_label_values(&[state]).inc();
+                tracing::info!(job = %item.job_id, idx = item.idx, external_id = %item.external_id, state, "video done");
+                if job_finished {
+                    tracing::info!(job = %item.job_id, "job finished");
+                    self.relay.wake();
+                }
+                Disposition::Ack
+            }
+            Some(Recorded::AlreadyDone) => Disposition::Ack,
+            None => Disposition::Requeue,
+        }
+    }
+
+    /// Notes the failure and republishes the message through a delay queue.
+    async fn retry_later(
+        &self,
+        item: &upsert::Item,
+        message: &FetchVideo,
+        error: &FetchError,
+        delay: Duration,
+    ) -> Disposition {
+        let reason = format!(
+            "try {} failed: {error}; trying again in {} s",
+            message.attempt + 1,
+            delay.as_secs()
+        );
+        if until_ok(&self.shutdown, || {
+            upsert::note_retry(&self.pool, item, &reason)
+        })
+        .await
+        .is_none()
+        {
+            return Disposition::Requeue;
+        }
+        let next = FetchVideo {
+            attempt: message.attempt + 1,
+            ..message.clone()
+        };
+        let outgoing = Outgoing {
+            routing_key: queue::FETCH.into(),
+            payload: serde_json::to_vec(&next).expect("messages serialize"),
+            delay: Some(delay),
+        };
+        match self.publisher.publish(&[outgoing]).await {
+            Ok(()) => {
+                self.metrics.retries.inc();
+                tracing::info!(job = %item.job_id, idx = item.idx, %error, ?delay, "download failed; will try again");
+                Disposition::Ack
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot schedule a retry; handing the message back");
+                Disposition::Requeue
+            }
+        }
+    }
+}
