@@ -72,6 +72,7 @@ pub struct FetchSettings {
     /// Allow loopback, private and link-local addresses (tests, trusted networks).
     pub allow_private_networks: bool,
     /// CIDR ranges admitted even when private networks are refused (trusted archive hosts).
+    #[serde(default)]
     pub allowed_networks: Vec<String>,
     pub connect_timeout_secs: u64,
     /// Longest pause between two chunks of a body.
@@ -95,6 +96,7 @@ pub struct FetchSettings {
 #[serde(deny_unknown_fields)]
 pub struct WebhookSettings {
     pub allow_private_networks: bool,
+    #[serde(default)]
     pub allowed_networks: Vec<String>,
     pub timeout_secs: u64,
     /// Delays (seconds) before each retry after the first attempt fails.

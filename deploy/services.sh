@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Starts PostgreSQL and RabbitMQ on this machine if they are not running, installing them
+# with apt-get where they are missing (Debian/Ubuntu, as root). Used by demo.sh and .ci/run.
+set -euo pipefail
+
+need_install=()
+command -v pg_ctlcluster >/dev/null 2>&1 || need_install+=(postgresql)
+command -v rabbitmq-server >/dev/null 2>&1 || need_install+=(rabbitmq-server)
+command -v python3 >/dev/null 2>&1 || need_install+=(python3)
+if [ ${#need_install[@]} -gt 0 ]; then
+  echo "installing ${need_install[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_install[@]}" >/dev/null
+fi
+
+if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  version=$(ls /etc/postgresql | sort -n | tail -1)
+  conf=/etc/postgresql/$version/main
+  # Local trust auth, as on the developer machines.
+  if ! grep -q "^host all all 127.0.0.1/32 trust" "$conf/pg_hba.conf"; then
+    sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\nlocal all all trust' "$conf/pg_hba.conf"
+  fi
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start
+fi
+for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+pg_isready -h 127.0.0.1 -p 5432
+
+if ! rabbitmq-diagnostics -q check_port_connectivity >/dev/null 2>&1; then
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+  for _ in $(seq 1 60); do
+    rabbitmq-diagnostics -q check_port_connectivity >/dev/null 2>&1 && break
+    sleep 1
+  done
+fi
+rabbitmq-diagnostics -q check_port_connectivity >/dev/null && echo "RabbitMQ is up"
