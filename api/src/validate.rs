@@ -248,9 +248,7 @@ mod tests {
 
     #[test]
     fn batch_size_and_context_size_are_bounded() {
-        let four = vec![VIDEO; 4]
-            .join(",")
-            .replace(r#""id":"a""#, r#""id":"X""#);
+        let four = [VIDEO; 4].join(",").replace(r#""id":"a""#, r#""id":"X""#);
         let f = fields(&format!(r#"{{"systemName":"s","videos":[{four}]}}"#));
         assert!(f
             .iter()

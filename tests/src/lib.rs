@@ -1,1 +1,454 @@
+//! Test harness: starts the real `video-import-api`, `-worker` and `-notifier` binaries against
+//! a fresh PostgreSQL database and RabbitMQ queue prefix per test, plus local HTTP servers that
+//! serve videos and receive webhooks.
+//!
+//! Build the binaries first: `cargo build --workspace --bins && cargo test --workspace`.
 
+pub mod receiver;
+pub mod videos;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::Value;
+use tokio::process::{Child, Command};
+use video_import_shared::queue::Topology;
+
+/// Administrative connection (creates and drops the per-test databases).
+const ADMIN_DB: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
+const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// Delays (seconds) configured for retries in tests, so retry paths finish quickly.
+pub const TEST_DELAYS: &[u64] = &[1];
+
+/// Folder holding the built binaries (next to this test executable's `deps/`).
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>")
+        .to_path_buf()
+}
+
+fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before `cargo test`",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn random_suffix() -> String {
+    video_import_shared::ids::random_id(10)
+}
+
+/// A project with its webhook secret and tokens.
+#[derive(Debug, Clone)]
+pub struct Project {
+    pub handle: String,
+    pub secret: String,
+    /// Scopes public-api:write and public-api:read.
+    pub token: String,
+}
+
+/// One running stack: database, queue prefix, storage folder and processes.
+pub struct Stack {
+    pub db_name: String,
+    pub db_url: String,
+    pub prefix: String,
+    pub dir: PathBuf,
+    pub api_url: String,
+    pub http: reqwest::Client,
+    env: Vec<(String, String)>,
+    processes: Vec<(String, Child)>,
+}
+
+/// How to start a stack.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub workers: usize,
+    pub notifier: bool,
+    /// Extra `VIDEO_IMPORT__...` variables for every process.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            notifier: true,
+            env: Vec::new(),
+        }
+    }
+}
+
+impl Stack {
+    /// A database, migrations, the API, `workers` workers and a notifier.
+    pub async fn start(options: Options) -> Stack {
+        let suffix = random_suffix();
+        let db_name = format!("vit_{suffix}");
+        let (admin, conn) = tokio_postgres::connect(ADMIN_DB, tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (start it with deploy/services.sh)");
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db_name}"))
+            .await
+            .expect("create test database");
+        let db_url = format!("postgres://postgres@127.0.0.1:5432/{db_name}");
+        let prefix = format!("vit-{suffix}");
+        let dir = std::env::temp_dir().join(format!("vit-{suffix}"));
+        std::fs::create_dir_all(&dir).expect("test folder");
+        eprintln!("test stack: database {db_name}, logs in {}", dir.display());
+        let api_port = free_port();
+        let mut env: Vec<(String, String)> = vec![
+            ("VIDEO_IMPORT__DATABASE__URL".into(), db_url.clone()),
+            ("VIDEO_IMPORT__DATABASE__POOL_SIZE".into(), "4".into()),
+            ("VIDEO_IMPORT__AMQP__URL".into(), AMQP_URL.into()),
+            ("VIDEO_IMPORT__AMQP__PREFIX".into(), prefix.clone()),
+            (
+                "VIDEO_IMPORT__API__LISTEN".into(),
+                format!("127.0.0.1:{api_port}"),
+            ),
+            (
+                "VIDEO_IMPORT__STORAGE__ROOT".into(),
+                dir.join("videos").display().to_string(),
+            ),
+            (
+                "VIDEO_IMPORT__FETCH__ALLOW_PRIVATE_NETWORKS".into(),
+                "true".into(),
+            ),
+            (
+                "VIDEO_IMPORT__WEBHOOK__ALLOW_PRIVATE_NETWORKS".into(),
+                "true".into(),
+            ),
+            (
+                "VIDEO_IMPORT__FETCH__RETRY_DELAYS_SECS".into(),
+                "1,1".into(),
+            ),
+            ("VIDEO_IMPORT__FETCH__QUICK_RETRIES".into(), "1".into()),
+            (
+                "VIDEO_IMPORT__WEBHOOK__RETRY_SCHEDULE_SECS".into(),
+                "1,1,1".into(),
+            ),
+            ("VIDEO_IMPORT__WEBHOOK__TIMEOUT_SECS".into(), "5".into()),
+            ("VIDEO_IMPORT__LOG__FILTER".into(), "info".into()),
+        ];
+        for (k, v) in options.env {
+            env.retain(|(key, _)| *key != k);
+            env.push((k, v));
+        }
+        let mut stack = Stack {
+            db_name,
+            db_url,
+            prefix,
+            dir,
+            api_url: format!("http://127.0.0.1:{api_port}"),
+            http: reqwest::Client::new(),
+            env,
+            processes: Vec::new(),
+        };
+        let out = stack.api_cli(&["migrate"]).await;
+        assert!(out.status.success(), "migrate failed: {}", out.stderr);
+        stack
+            .spawn("api", "video-import-api", &["serve"], &[])
+            .await;
+        stack.wait_ready(&format!("{}/readyz", stack.api_url)).await;
+        for _ in 0..options.workers {
+            stack.spawn_worker().await;
+        }
+        if options.notifier {
+            let port = free_port();
+            stack
+                .spawn(
+                    "notifier",
+                    "video-import-notifier",
+                    &[],
+                    &[(
+                        "VIDEO_IMPORT__METRICS__LISTEN",
+                        &format!("127.0.0.1:{port}"),
+                    )],
+                )
+                .await;
+            stack
+                .wait_ready(&format!("http://127.0.0.1:{port}/readyz"))
+                .await;
+        }
+        stack
+    }
+
+    /// Starts one more worker and waits until it is ready.
+    pub async fn spawn_worker(&mut self) -> u16 {
+        let port = free_port();
+        let name = format!("worker{}", self.processes.len());
+        self.spawn(
+            &name,
+            "video-import-worker",
+            &[],
+            &[(
+                "VIDEO_IMPORT__METRICS__LISTEN",
+                &format!("127.0.0.1:{port}"),
+            )],
+        )
+        .await;
+        self.wait_ready(&format!("http://127.0.0.1:{port}/readyz"))
+            .await;
+        port
+    }
+
+    /// Starts one more API with extra variables; returns its base URL once it answers.
+    pub async fn spawn_api(&mut self, name: &str, extra: &[(&str, &str)]) -> String {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut vars = vec![("VIDEO_IMPORT__API__LISTEN", listen.as_str())];
+        vars.extend_from_slice(extra);
+        self.spawn(name, "video-import-api", &["serve"], &vars)
+            .await;
+        let base = format!("http://{listen}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self
+            .http
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{name} never answered: {}",
+                self.log(name)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        base
+    }
+
+    /// Starts a process of the stack with extra variables; its output goes to `dir/name.log`.
+    pub async fn spawn(&mut self, name: &str, binary: &str, args: &[&str], extra: &[(&str, &str)]) {
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).expect("log file");
+        let mut command = Command::new(bin(binary));
+        command
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .kill_on_drop(true);
+        let child = command.spawn().expect("spawn binary");
+        self.processes.push((name.to_string(), child));
+    }
+
+    /// Stops a process by name with SIGKILL.
+    pub async fn kill(&mut self, name: &str) {
+        if let Some(pos) = self.processes.iter().position(|(n, _)| n == name) {
+            let (_, mut child) = self.processes.remove(pos);
+            let _ = child.kill().await;
+        }
+    }
+
+    async fn wait_ready(&mut self, url: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = self.http.get(url).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            let dir = self.dir.clone();
+            for (name, child) in &mut self.processes {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = std::fs::read_to_string(dir.join(format!("{name}.log")));
+                    panic!("{name} exited with {status}: {}", log.unwrap_or_default());
+                }
+            }
+            assert!(Instant::now() < deadline, "{url} never became ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The log of process `name`.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Runs `video-import-api ARGS` with the stack's configuration.
+    pub async fn api_cli(&self, args: &[&str]) -> CliOutput {
+        self.api_cli_with(args, &[]).await
+    }
+
+    /// Runs `video-import-api ARGS` with extra environment variables.
+    pub async fn api_cli_with(&self, args: &[&str], extra: &[(&str, &str)]) -> CliOutput {
+        let out = Command::new(bin("video-import-api"))
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra.iter().copied())
+            .output()
+            .await
+            .expect("run video-import-api");
+        CliOutput {
+            status: out.status,
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Creates a project and a read+write token with the CLI.
+    pub async fn project(&self, handle: &str) -> Project {
+        let out = self.api_cli(&["project", "create", handle]).await;
+        assert!(out.status.success(), "project create: {}", out.stderr);
+        let created: Value = serde_json::from_str(&out.stdout).expect("project JSON");
+        let token = self
+            .token(handle, &["public-api:write", "public-api:read"])
+            .await;
+        Project {
+            handle: handle.into(),
+            secret: created["webhookSecret"].as_str().unwrap().into(),
+            token,
+        }
+    }
+
+    /// Creates a token with `scopes` for project `handle`.
+    pub async fn token(&self, handle: &str, scopes: &[&str]) -> String {
+        let mut args = vec!["token", "create", "--project", handle];
+        for s in scopes {
+            args.push("--scope");
+            args.push(s);
+        }
+        let out = self.api_cli(&args).await;
+        assert!(out.status.success(), "token create: {}", out.stderr);
+        let v: Value = serde_json::from_str(&out.stdout).expect("token JSON");
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    /// POSTs a raw body to the import endpoint.
+    pub async fn import_raw(&self, token: Option<&str>, body: &str) -> (u16, Value) {
+        let mut request = self
+            .http
+            .post(format!("{}/api/v1/import/videos", self.api_url))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("POST import");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POSTs a batch and returns the job id, asserting 200.
+    pub async fn import(&self, token: &str, body: &Value) -> String {
+        let (status, response) = self.import_raw(Some(token), &body.to_string()).await;
+        assert_eq!(status, 200, "import answered {response}");
+        response["id"].as_str().expect("job id").to_string()
+    }
+
+    /// GETs `path` with `token`; returns status and JSON.
+    pub async fn get(&self, token: Option<&str>, path: &str) -> (u16, Value) {
+        let mut request = self.http.get(format!("{}{path}", self.api_url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("GET");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The job's status, asserting 200.
+    pub async fn status(&self, token: &str, job: &str) -> Value {
+        let (code, body) = self
+            .get(
+                Some(token),
+                &format!("/api/v1/import/videos/status?id={job}"),
+            )
+            .await;
+        assert_eq!(code, 200, "status answered {body}");
+        body
+    }
+
+    /// Polls the status until the job is finished (at most `secs` seconds).
+    pub async fn wait_finished(&self, token: &str, job: &str, secs: u64) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let status = self.status(token, job).await;
+            if status["finished"] == Value::Bool(true) {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "job {job} did not finish in {secs} s: {status}\nworker log:\n{}",
+                self.log("worker0")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A SQL query against the stack's database.
+    pub async fn sql(&self, query: &str) -> Vec<tokio_postgres::Row> {
+        let (client, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls)
+            .await
+            .expect("connect test database");
+        tokio::spawn(conn);
+        client.query(query, &[]).await.expect("query")
+    }
+
+    /// Stops the processes and removes the database, queues and files.
+    pub async fn finish(mut self) {
+        for (_, child) in &mut self.processes {
+            let _ = child.kill().await;
+        }
+        self.processes.clear();
+        if let Ok(conn) = lapin::Connection::connect(AMQP_URL, Default::default()).await {
+            if let Ok(channel) = conn.create_channel().await {
+                let topology = Topology::new(&self.prefix);
+                for queue in topology.queue_names(TEST_DELAYS) {
+                    let _ = channel
+                        .queue_delete(queue.as_str().into(), Default::default())
+                        .await;
+                }
+                let mut exchanges = vec![topology.exchange(), topology.dead()];
+                exchanges.extend(TEST_DELAYS.iter().map(|d| topology.delay(*d)));
+                for exchange in exchanges {
+                    let _ = channel
+                        .exchange_delete(exchange.as_str().into(), Default::default())
+                        .await;
+                }
+            }
+            let _ = conn.close(200, "bye".into()).await;
+        }
+        if let Ok((admin, conn)) = tokio_postgres::connect(ADMIN_DB, tokio_postgres::NoTls).await {
+            tokio::spawn(conn);
+            let _ = admin
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.db_name
+                ))
+                .await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Output of a CLI run.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// A random lowercase id for test data.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", rand::rng().random_range(0..u32::MAX))
+}

@@ -1,0 +1,119 @@
+//! A local webhook receiver that records every request and answers with scripted statuses.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// One received request.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("webhook body is JSON")
+    }
+
+    /// Checks `webhook-signature` against `secret` (written from the specification, not
+    /// with the notifier's code).
+    pub fn signature_valid(&self, secret: &str) -> bool {
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(secret.trim_start_matches("whsec_"))
+            .expect("whsec_ secret is base64");
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+        mac.update(
+            format!(
+                "{}.{}.",
+                self.header("webhook-id"),
+                self.header("webhook-timestamp")
+            )
+            .as_bytes(),
+        );
+        mac.update(&self.body);
+        let expected =
+            base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        self.header("webhook-signature")
+            .split(' ')
+            .any(|s| s == format!("v1,{expected}"))
+    }
+}
+
+#[derive(Clone, Default)]
+struct Shared {
+    received: Arc<Mutex<Vec<Received>>>,
+    /// Statuses to answer, in order; 204 once empty.
+    script: Arc<Mutex<VecDeque<u16>>>,
+}
+
+/// The receiver; its URL is `url`.
+pub struct Receiver {
+    pub url: String,
+    shared: Shared,
+}
+
+impl Receiver {
+    /// Starts on a free port; answers the `script` statuses first, then 204.
+    pub async fn start(script: &[u16]) -> Receiver {
+        let shared = Shared::default();
+        shared.script.lock().unwrap().extend(script);
+        let app = Router::new()
+            .route("/hook", post(receive))
+            .with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { url, shared }
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.received.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests arrived (at most `secs` seconds).
+    pub async fn wait_for(&self, n: usize, secs: u64) -> Vec<Received> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} webhook requests within {secs} s, got {}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    shared
+        .received
+        .lock()
+        .unwrap()
+        .push(Received { headers, body });
+    let status = shared.script.lock().unwrap().pop_front().unwrap_or(204);
+    StatusCode::from_u16(status).unwrap()
+}
