@@ -36,8 +36,6 @@ pub struct AmqpSettings {
     pub url: String,
     /// Prefix of every exchange and queue name; lets several deployments (or tests) share a vhost.
     pub prefix: String,
-    /// Unacknowledged deliveries a consumer may hold.
-    pub prefetch: u16,
 }
 
 /// The HTTP API.
@@ -126,7 +124,6 @@ impl Default for Settings {
             amqp: AmqpSettings {
                 url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
                 prefix: "video-import".into(),
-                prefetch: 64,
             },
             api: ApiSettings {
                 listen: "127.0.0.1:8080".into(),
@@ -240,9 +237,6 @@ impl Settings {
         }
         if self.webhook.concurrency == 0 {
             return bad("webhook.concurrency", "must be at least 1");
-        }
-        if self.amqp.prefetch == 0 {
-            return bad("amqp.prefetch", "must be at least 1");
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format", "must be text or json");
