@@ -52,6 +52,13 @@ pub enum ProjectCommand {
         #[arg(long)]
         metadata_schema: Option<PathBuf>,
     },
+    /// Start using a new webhook secret; the old one keeps signing alongside it for a while.
+    RotateSecret {
+        handle: String,
+        /// Hours during which deliveries carry signatures with both the old and new secret.
+        #[arg(long, default_value_t = 24)]
+        overlap_hours: i32,
+    },
 }
 
 /// Token administration.
@@ -112,6 +119,35 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 bail!("a project with handle {handle:?} exists already");
             }
             println!("{}", json!({"handle": handle, "webhookSecret": secret}));
+            Ok(())
+        }
+        Command::Project(ProjectCommand::RotateSecret {
+            handle,
+            overlap_hours,
+        }) => {
+            if overlap_hours < 0 {
+                bail!("--overlap-hours must be zero or more");
+            }
+            let pool = db::connect(&settings.database).await?;
+            let client = pool.get().await?;
+            let secret = new_secret("whsec_");
+            let row = client
+                .query_opt(
+                    "UPDATE projects SET previous_secret = webhook_secret,
+                         previous_secret_expires_at = now() + make_interval(hours => $3),
+                         webhook_secret = $2
+                     WHERE handle = $1 RETURNING previous_secret_expires_at",
+                    &[&handle, &secret, &overlap_hours],
+                )
+                .await?;
+            let Some(row) = row else {
+                bail!("no project {handle:?}");
+            };
+            let until: chrono::DateTime<chrono::Utc> = row.get(0);
+            println!(
+                "{}",
+                json!({"handle": handle, "webhookSecret": secret, "previousSecretValidUntil": until})
+            );
             Ok(())
         }
         Command::Token(TokenCommand::Create { project, scopes }) => {

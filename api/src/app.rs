@@ -93,6 +93,10 @@ pub fn router(state: AppState, ops: Ops) -> Router {
     let api = Router::new()
         .route("/api/v1/import/videos", post(crate::import::create))
         .route("/api/v1/import/videos/status", get(crate::status::show))
+        .route(
+            "/api/v1/import/videos/{id}/webhook",
+            post(crate::redeliver::create),
+        )
         .route("/api/v1/mediaLibrary", get(crate::media::find))
         .route("/api/v1/mediaLibrary/{id}", get(crate::media::show))
         // Our own limit check answers 413 in the Livingdocs shape; axum's would be plain text.

@@ -17,6 +17,9 @@ pub enum ApiError {
     /// Nothing with that id in the caller's project.
     #[error("not found: {0}")]
     NotFound(String),
+    /// The request conflicts with the resource's state.
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// Bad input: one message per offending field path.
     #[error("invalid request")]
     Invalid(Vec<(String, String)>),
@@ -67,6 +70,7 @@ impl IntoResponse for ApiError {
                 json!({ "access_token": format!("The request requires higher privileges (scope {scope}).") }),
             ),
             ApiError::NotFound(what) => (StatusCode::NOT_FOUND, json!({ "message": what })),
+            ApiError::Conflict(what) => (StatusCode::CONFLICT, json!({ "message": what })),
             ApiError::Invalid(fields) => {
                 let mut map = Map::new();
                 for (field, message) in fields {

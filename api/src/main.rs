@@ -7,6 +7,7 @@ mod auth;
 mod error;
 mod import;
 mod media;
+mod redeliver;
 mod status;
 mod validate;
 

@@ -1,7 +1,8 @@
 //! Delivering one job's webhook: build the payload from PostgreSQL, sign it, POST it without
 //! following redirects, record the attempt, and schedule the next one through a delay queue.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -12,6 +13,7 @@ use rand::Rng;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use serde::Serialize;
 use serde_json::value::RawValue;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use video_import_shared::config::Settings;
 use video_import_shared::consume::{self, ConsumerConfig, Disposition};
@@ -27,7 +29,11 @@ use crate::sign;
 /// Most failed videos listed in one payload.
 const MAX_FAILURES: i64 = 100;
 
+/// How long a delivery waits when its receiver's host already has all its slots in use.
+const HOST_BUSY_DELAY: Duration = Duration::from_secs(2);
+
 struct Notifier {
+    hosts: HostSlots,
     pool: Pool,
     client: reqwest::Client,
     publisher: Arc<Publisher>,
@@ -88,6 +94,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let notifier = Arc::new(Notifier {
+        hosts: HostSlots::new(settings.webhook.per_host_concurrency),
         pool,
         client,
         publisher,
@@ -160,8 +167,11 @@ struct Failure {
 struct Prepared {
     webhook_id: String,
     url: String,
-    secret: String,
+    /// The current secret, then the previous one while a rotation overlaps.
+    secrets: Vec<String>,
     body: Vec<u8>,
+    /// Attempts made before the current round (redelivery starts a new round).
+    round_start: u32,
 }
 
 /// How one POST went.
@@ -191,32 +201,35 @@ impl Notifier {
             Some(None) => return Disposition::Ack, // delivered, given up, or this attempt was made
             None => return Disposition::Requeue,
         };
+        // A receiver that is slow or down may hold only a few slots; its other deliveries
+        // wait in the delay queue instead of blocking deliveries to everyone else.
+        let Some(_permit) = self.hosts.try_acquire(&prepared.url) else {
+            return self
+                .publish_after(&message.job_id, message.attempt, HOST_BUSY_DELAY)
+                .await;
+        };
         let started = Instant::now();
         let attempt = self.post(&prepared, timeout).await;
         let elapsed = started.elapsed();
         self.metrics.seconds.observe(elapsed.as_secs_f64());
 
+        // Position in the retry schedule, counted from the start of this round.
+        let made = (message.attempt - prepared.round_start.min(message.attempt - 1)) as usize;
         let next_delay = match &attempt {
             Attempt::Failed { retry_after, .. } => self
                 .schedule
-                .get(message.attempt as usize - 1)
+                .get(made - 1)
                 .map(|d| jitter(*d).max(retry_after.unwrap_or_default())),
             _ => None,
         };
         if let Some(delay) = next_delay {
             // Schedule first: if we crash before recording, the redelivered message repeats
             // this attempt instead of losing the retry.
-            let next = DeliverWebhook {
-                job_id: message.job_id.clone(),
-                attempt: message.attempt + 1,
-            };
-            let outgoing = Outgoing {
-                routing_key: queue::WEBHOOK.into(),
-                payload: serde_json::to_vec(&next).expect("messages serialize"),
-                delay: Some(delay),
-            };
-            if let Err(e) = self.publisher.publish(&[outgoing]).await {
-                tracing::warn!(error = %format!("{e:#}"), "cannot schedule the webhook retry; handing the message back");
+            if self
+                .publish_after(&message.job_id, message.attempt + 1, delay)
+                .await
+                == Disposition::Requeue
+            {
                 return Disposition::Requeue;
             }
         }
@@ -238,12 +251,32 @@ impl Notifier {
             }
         }
         match until_ok(&self.shutdown, || {
-            self.record(&message, &attempt, next_delay.is_some(), elapsed)
+            self.record(&message, &attempt, next_delay.is_some(), made, elapsed)
         })
         .await
         {
             Some(()) => Disposition::Ack,
             None => Disposition::Requeue,
+        }
+    }
+
+    /// Publishes attempt `attempt` of the job's webhook to run after `delay`.
+    async fn publish_after(&self, job_id: &str, attempt: u32, delay: Duration) -> Disposition {
+        let next = DeliverWebhook {
+            job_id: job_id.to_string(),
+            attempt,
+        };
+        let outgoing = Outgoing {
+            routing_key: queue::WEBHOOK.into(),
+            payload: serde_json::to_vec(&next).expect("messages serialize"),
+            delay: Some(delay),
+        };
+        match self.publisher.publish(&[outgoing]).await {
+            Ok(()) => Disposition::Ack,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot schedule the webhook; handing the message back");
+                Disposition::Requeue
+            }
         }
     }
 
@@ -254,7 +287,8 @@ impl Notifier {
             .query_opt(
                 "SELECT d.state, d.attempts, d.webhook_id, d.url, p.webhook_secret,
                         j.state, j.system_name, j.total, j.imported, j.skipped, j.failed,
-                        j.context, j.started_at, j.finished_at
+                        j.context, j.started_at, j.finished_at, d.round_start,
+                        CASE WHEN p.previous_secret_expires_at > now() THEN p.previous_secret END
                  FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id
                  JOIN projects p ON p.id = j.project_id
                  WHERE d.job_id = $1",
@@ -301,22 +335,26 @@ impl Notifier {
             finished_at: row.get(13),
             failures,
         };
+        let mut secrets = vec![row.get::<_, String>(4)];
+        secrets.extend(row.get::<_, Option<String>>(15));
         Ok(Some(Prepared {
             body: serde_json::to_vec(&payload)?,
             webhook_id: row.get(2),
             url: row.get(3),
-            secret: row.get(4),
+            secrets,
+            round_start: row.get::<_, i32>(14).max(0) as u32,
         }))
     }
 
     async fn post(&self, prepared: &Prepared, timeout: Duration) -> Attempt {
         let timestamp = Utc::now().timestamp();
-        let signature = sign::signature(
-            &prepared.secret,
-            &prepared.webhook_id,
-            timestamp,
-            &prepared.body,
-        );
+        // One signature per active secret, so receivers can rotate without downtime.
+        let signature = prepared
+            .secrets
+            .iter()
+            .map(|secret| sign::signature(secret, &prepared.webhook_id, timestamp, &prepared.body))
+            .collect::<Vec<_>>()
+            .join(" ");
         let response = self
             .client
             .post(&prepared.url)
@@ -373,6 +411,7 @@ impl Notifier {
         message: &DeliverWebhook,
         attempt: &Attempt,
         will_retry: bool,
+        made_this_round: usize,
         elapsed: Duration,
     ) -> anyhow::Result<()> {
         let (status, error, state): (Option<i32>, Option<String>, &str) = match attempt {
@@ -387,7 +426,7 @@ impl Notifier {
                 let error = if will_retry {
                     error.clone()
                 } else {
-                    format!("{error}; gave up after {} attempts", message.attempt)
+                    format!("{error}; gave up after {made_this_round} attempts")
                 };
                 (status.map(i32::from), Some(error), state)
             }
@@ -411,6 +450,45 @@ impl Notifier {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+}
+
+/// Bounds the deliveries in flight to one receiver host.
+struct HostSlots {
+    per_host: usize,
+    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl HostSlots {
+    fn new(per_host: usize) -> Self {
+        Self {
+            per_host,
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for the host of `url`, or `None` when all are taken.
+    fn try_acquire(&self, url: &str) -> Option<OwnedSemaphorePermit> {
+        let host = reqwest::Url::parse(url)
+            .ok()
+            .map(|u| {
+                format!(
+                    "{}:{}",
+                    u.host_str().unwrap_or_default(),
+                    u.port_or_known_default().unwrap_or(0)
+                )
+            })
+            .unwrap_or_default();
+        let mut hosts = self.hosts.lock().expect("host slots lock");
+        // Forget idle hosts so the map does not grow with every receiver ever seen.
+        if hosts.len() > 10_000 {
+            hosts.retain(|_, s| s.available_permits() < self.per_host);
+        }
+        let slots = hosts
+            .entry(host)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)))
+            .clone();
+        slots.try_acquire_owned().ok()
     }
 }
 

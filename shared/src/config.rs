@@ -101,6 +101,8 @@ pub struct WebhookSettings {
     pub retry_schedule_secs: Vec<u64>,
     /// Deliveries running at once in one notifier.
     pub concurrency: usize,
+    /// Deliveries running at once to one receiver host; more wait in a delay queue.
+    pub per_host_concurrency: usize,
 }
 
 /// Logging.
@@ -155,6 +157,7 @@ impl Default for Settings {
                 // Standard Webhooks' schedule after the immediate attempt: about three days.
                 retry_schedule_secs: vec![5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400],
                 concurrency: 64,
+                per_host_concurrency: 8,
             },
             log: LogSettings {
                 filter: "info".into(),
@@ -234,6 +237,9 @@ impl Settings {
         }
         if self.fetch.concurrency == 0 {
             return bad("fetch.concurrency", "must be at least 1");
+        }
+        if self.webhook.per_host_concurrency == 0 {
+            return bad("webhook.per_host_concurrency", "must be at least 1");
         }
         if self.webhook.concurrency == 0 {
             return bad("webhook.concurrency", "must be at least 1");

@@ -9,7 +9,13 @@ use tokio_postgres::NoTls;
 use crate::config::DatabaseSettings;
 
 /// Embedded migrations, applied in order; append, never edit.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/0001_init.sql")),
+    (
+        2,
+        include_str!("../migrations/0002_webhook_rotation_redelivery.sql"),
+    ),
+];
 
 /// Any number so long as every process agrees on it: serialises concurrent `migrate` runs.
 const MIGRATION_LOCK: i64 = 0x7669_6465_6f5f_696d;

@@ -394,6 +394,21 @@ impl Stack {
         }
     }
 
+    /// Polls the status until the job's webhook is in `state` (at most 15 s).
+    pub async fn wait_webhook(&self, token: &str, job: &str, state: &str) -> Value {
+        for _ in 0..150 {
+            let status = self.status(token, job).await;
+            if status["webhook"]["state"] == state {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "webhook of {job} never reached {state}: {}",
+            self.status(token, job).await
+        );
+    }
+
     /// A SQL query against the stack's database.
     pub async fn sql(&self, query: &str) -> Vec<tokio_postgres::Row> {
         let (client, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls)

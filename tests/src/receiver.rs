@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use base64::Engine;
@@ -63,6 +64,11 @@ struct Shared {
     received: Arc<Mutex<Vec<Received>>>,
     /// Statuses to answer, in order; 204 once empty.
     script: Arc<Mutex<VecDeque<u16>>>,
+    /// `Retry-After` seconds sent with every non-2xx answer.
+    retry_after: Option<u64>,
+    /// Hold every request this long before answering (a receiver that hangs).
+    hang: Option<Duration>,
+    in_flight: Arc<Mutex<(usize, usize)>>,
 }
 
 /// The receiver; its URL is `url`.
@@ -74,7 +80,20 @@ pub struct Receiver {
 impl Receiver {
     /// Starts on a free port; answers the `script` statuses first, then 204.
     pub async fn start(script: &[u16]) -> Receiver {
-        let shared = Shared::default();
+        Self::start_with(script, None, None).await
+    }
+
+    /// Like `start`, with a `Retry-After` on failures and a delay before every answer.
+    pub async fn start_with(
+        script: &[u16],
+        retry_after: Option<u64>,
+        hang: Option<Duration>,
+    ) -> Receiver {
+        let shared = Shared {
+            retry_after,
+            hang,
+            ..Shared::default()
+        };
         shared.script.lock().unwrap().extend(script);
         let app = Router::new()
             .route("/hook", post(receive))
@@ -83,6 +102,11 @@ impl Receiver {
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
         Receiver { url, shared }
+    }
+
+    /// The most requests this receiver ever had in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.in_flight.lock().unwrap().1
     }
 
     /// Everything received so far.
@@ -108,12 +132,25 @@ impl Receiver {
     }
 }
 
-async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     shared
         .received
         .lock()
         .unwrap()
         .push(Received { headers, body });
+    {
+        let mut in_flight = shared.in_flight.lock().unwrap();
+        in_flight.0 += 1;
+        in_flight.1 = in_flight.1.max(in_flight.0);
+    }
+    if let Some(hang) = shared.hang {
+        tokio::time::sleep(hang).await;
+    }
+    shared.in_flight.lock().unwrap().0 -= 1;
     let status = shared.script.lock().unwrap().pop_front().unwrap_or(204);
-    StatusCode::from_u16(status).unwrap()
+    let status = StatusCode::from_u16(status).unwrap();
+    match shared.retry_after.filter(|_| !status.is_success()) {
+        Some(secs) => (status, [("retry-after", secs.to_string())]).into_response(),
+        None => status.into_response(),
+    }
 }

@@ -1,4 +1,4 @@
-//! End-to-end tests of the import pipeline: the three real binaries, PostgreSQL, RabbitMQ,
+//! The import pipeline end to end: the three real binaries, PostgreSQL, RabbitMQ,
 //! a local video server and a local webhook receiver.
 
 use serde_json::{json, Value};
@@ -69,7 +69,8 @@ async fn seed_example_imports_the_video_and_signs_the_webhook() {
     );
     assert!(payload["startedAt"].is_string() && payload["finishedAt"].is_string());
 
-    let status = stack.wait_finished(&project.token, &job, 10).await;
+    let status = stack.wait_webhook(&project.token, &job, "delivered").await;
+    assert_eq!(status["finished"], true);
     assert_eq!(status["state"], "success");
     assert_eq!(status["id"], job);
     assert_eq!(status["overview"]["imported"], 1);
@@ -542,16 +543,7 @@ async fn webhook_is_retried_with_the_same_id_until_the_receiver_accepts_it() {
         assert!(hook.signature_valid(&project.secret));
         assert_eq!(hook.json()["context"], json!({"a": 1}));
     }
-    // Wait for the third attempt to be recorded.
-    let mut status = stack.status(&project.token, &job).await;
-    for _ in 0..50 {
-        if status["webhook"]["state"] == "delivered" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        status = stack.status(&project.token, &job).await;
-    }
-    assert_eq!(status["webhook"]["state"], "delivered");
+    let status = stack.wait_webhook(&project.token, &job, "delivered").await;
     assert_eq!(status["webhook"]["attempts"], 3);
     assert_eq!(
         status["webhook"]["lastError"],
@@ -581,15 +573,7 @@ async fn a_webhook_that_never_succeeds_ends_failed_and_visible() {
         .await;
     // The first attempt and the three configured retries.
     receiver.wait_for(4, 30).await;
-    let mut status = stack.status(&project.token, &job).await;
-    for _ in 0..50 {
-        if status["webhook"]["state"] == "failed" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        status = stack.status(&project.token, &job).await;
-    }
-    assert_eq!(status["webhook"]["state"], "failed", "{status}");
+    let status = stack.wait_webhook(&project.token, &job, "failed").await;
     assert_eq!(status["webhook"]["attempts"], 4);
     assert_eq!(
         status["webhook"]["lastError"],
@@ -674,7 +658,7 @@ async fn migrate_is_idempotent_when_run_concurrently() {
     assert!(a.status.success(), "{}", a.stderr);
     assert!(b.status.success(), "{}", b.stderr);
     let rows = stack.sql("SELECT count(*) FROM schema_migrations").await;
-    assert_eq!(rows[0].get::<_, i64>(0), 1);
+    assert_eq!(rows[0].get::<_, i64>(0), 2, "each migration applied once");
     stack.finish().await;
 }
 

@@ -1,0 +1,65 @@
+//! `POST /api/v1/import/videos/{id}/webhook`: send a finished job's webhook again, with the
+//! same `webhook-id`, whether the earlier delivery succeeded or failed.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde_json::{json, Value};
+use video_import_shared::messages::DeliverWebhook;
+use video_import_shared::{outbox, queue};
+
+use crate::app::AppState;
+use crate::auth::{Caller, WRITE};
+use crate::error::ApiError;
+
+/// Queues a new round of delivery attempts; answers 202.
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    caller.require(WRITE)?;
+    let mut client = state.pool.get().await?;
+    let tx = client.transaction().await?;
+    let job = tx
+        .query_opt(
+            "SELECT finished_at IS NOT NULL, webhook IS NOT NULL FROM jobs
+             WHERE id = $1 AND project_id = $2",
+            &[&id, &caller.project_id],
+        )
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("No import job with id {id:?}.")))?;
+    if !job.get::<_, bool>(1) {
+        return Err(ApiError::Conflict(
+            "This job has no webhook; pass \"webhook\" when you import.".into(),
+        ));
+    }
+    if !job.get::<_, bool>(0) {
+        return Err(ApiError::Conflict(
+            "This job is still running; its webhook is sent when it finishes.".into(),
+        ));
+    }
+    // Lock the delivery so concurrent redelivery requests queue exactly one round each.
+    let row = tx
+        .query_one(
+            "UPDATE webhook_deliveries SET state = 'pending', round_start = attempts
+             WHERE job_id = $1 RETURNING attempts, webhook_id",
+            &[&id],
+        )
+        .await?;
+    let attempts: i32 = row.get(0);
+    let message = DeliverWebhook {
+        job_id: id.clone(),
+        attempt: attempts as u32 + 1,
+    };
+    outbox::enqueue(&tx, queue::WEBHOOK, &[message]).await?;
+    tx.commit().await?;
+    state.relay.wake();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "id": id,
+            "webhook": {"state": "pending", "webhookId": row.get::<_, String>(1), "attempts": attempts}
+        })),
+    ))
+}

@@ -1,0 +1,5 @@
+//! One test binary for every cross-binary test (they start the real api, worker and
+//! notifier; see `tests/src/lib.rs`).
+
+mod pipeline;
+mod webhooks;

@@ -1,0 +1,264 @@
+//! Webhook delivery: independent signature checks, secret rotation, retries, 410, Retry-After,
+//! redelivery on demand and isolation from slow receivers.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use video_import_tests::receiver::Receiver;
+use video_import_tests::videos::VideoServer;
+use video_import_tests::{free_port, Options, Stack};
+
+fn one_video(videos: &VideoServer, webhook: &str) -> Value {
+    json!({"systemName": "archive", "webhook": webhook, "context": {"batch": 7}, "videos": [
+        {"url": videos.url("/videos/sample.mp4"), "id": "a", "fileName": "a", "metadata": {}}
+    ]})
+}
+
+/// Starts `deploy/webhook-receiver.py`, which answers 204 only when Python's `hmac`
+/// verifies the signature; returns its URL and the file it writes.
+fn python_receiver(
+    stack: &Stack,
+    secret: &str,
+) -> (String, std::path::PathBuf, tokio::process::Child) {
+    let port = free_port();
+    let out = stack.dir.join(format!("python-{port}.jsonl"));
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/webhook-receiver.py");
+    let child = tokio::process::Command::new("python3")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(secret)
+        .arg(&out)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3");
+    (format!("http://127.0.0.1:{port}/hook"), out, child)
+}
+
+async fn wait_listening(url: &str) {
+    let addr = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{url} never listened");
+}
+
+#[tokio::test]
+async fn python_hmac_verifies_the_signature_before_and_during_a_secret_rotation() {
+    let stack = Stack::start(Options::default()).await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("pysig").await;
+    let (old_url, old_out, _old) = python_receiver(&stack, &project.secret);
+    wait_listening(&old_url).await;
+
+    let job = stack
+        .import(&project.token, &one_video(&videos, &old_url))
+        .await;
+    let status = stack.wait_webhook(&project.token, &job, "delivered").await;
+    assert_eq!(
+        status["webhook"]["attempts"], 1,
+        "Python accepted the first attempt"
+    );
+    let line = std::fs::read_to_string(&old_out).unwrap();
+    let record: Value = serde_json::from_str(line.lines().next().unwrap()).unwrap();
+    assert_eq!(record["verified"], true);
+
+    // Rotate: deliveries now carry signatures with the new and the old secret.
+    let out = stack.api_cli(&["project", "rotate-secret", "pysig"]).await;
+    assert!(out.status.success(), "{}", out.stderr);
+    let rotated: Value = serde_json::from_str(&out.stdout).unwrap();
+    let new_secret = rotated["webhookSecret"].as_str().unwrap().to_string();
+    assert!(new_secret.starts_with("whsec_") && new_secret != project.secret);
+    let (new_url, new_out, _new) = python_receiver(&stack, &new_secret);
+    wait_listening(&new_url).await;
+    let receiver = Receiver::start(&[]).await;
+
+    for url in [&old_url, &new_url, &receiver.url] {
+        let job = stack.import(&project.token, &one_video(&videos, url)).await;
+        let status = stack.wait_webhook(&project.token, &job, "delivered").await;
+        assert_eq!(
+            status["webhook"]["attempts"], 1,
+            "{url} verified the first attempt"
+        );
+    }
+    for out in [&old_out, &new_out] {
+        let text = std::fs::read_to_string(out).unwrap();
+        let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        assert_eq!(last["verified"], true, "{}", out.display());
+    }
+    let hook = &receiver.received()[0];
+    assert_eq!(hook.header("webhook-signature").split(' ').count(), 2);
+    assert!(hook.signature_valid(&project.secret));
+    assert!(hook.signature_valid(&new_secret));
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn a_410_stops_retrying_and_redelivery_sends_the_same_webhook_id_again() {
+    let stack = Stack::start(Options::default()).await;
+    let videos = VideoServer::start().await;
+    let receiver = Receiver::start(&[410]).await;
+    let project = stack.project("gone").await;
+    let job = stack
+        .import(&project.token, &one_video(&videos, &receiver.url))
+        .await;
+    let status = stack.wait_webhook(&project.token, &job, "failed").await;
+    assert_eq!(status["webhook"]["attempts"], 1);
+    assert!(status["webhook"]["lastError"]
+        .as_str()
+        .unwrap()
+        .contains("410 Gone"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.received().len(), 1, "no retry after 410");
+
+    // Redeliver on demand: a new round, same webhook-id.
+    let response = stack
+        .http
+        .post(format!(
+            "{}/api/v1/import/videos/{job}/webhook",
+            stack.api_url
+        ))
+        .bearer_auth(&project.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let hooks = receiver.wait_for(2, 30).await;
+    assert_eq!(hooks[1].header("webhook-id"), hooks[0].header("webhook-id"));
+    assert_eq!(hooks[1].json()["id"], job);
+    let status = stack.wait_webhook(&project.token, &job, "delivered").await;
+    assert_eq!(status["webhook"]["attempts"], 2);
+
+    // And again after success.
+    let response = stack
+        .http
+        .post(format!(
+            "{}/api/v1/import/videos/{job}/webhook",
+            stack.api_url
+        ))
+        .bearer_auth(&project.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    receiver.wait_for(3, 30).await;
+
+    // A job without a webhook, and someone else's job.
+    let plain = stack
+        .import(&project.token, &json!({"systemName": "a", "videos": [
+            {"url": videos.url("/videos/sample.mp4"), "id": "b", "fileName": "b", "metadata": {}}]}))
+        .await;
+    stack.wait_finished(&project.token, &plain, 30).await;
+    let response = stack
+        .http
+        .post(format!(
+            "{}/api/v1/import/videos/{plain}/webhook",
+            stack.api_url
+        ))
+        .bearer_auth(&project.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 409);
+    let other = stack.project("other").await;
+    let response = stack
+        .http
+        .post(format!(
+            "{}/api/v1/import/videos/{job}/webhook",
+            stack.api_url
+        ))
+        .bearer_auth(&other.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn retry_after_from_the_receiver_is_honoured() {
+    let stack = Stack::start(Options::default()).await;
+    let videos = VideoServer::start().await;
+    // The schedule says 1 s; the receiver asks for 3 s.
+    let receiver = Receiver::start_with(&[429], Some(3), None).await;
+    let project = stack.project("later").await;
+    let job = stack
+        .import(&project.token, &one_video(&videos, &receiver.url))
+        .await;
+    stack.wait_webhook(&project.token, &job, "delivered").await;
+    let rows = stack
+        .sql("SELECT EXTRACT(EPOCH FROM max(attempted_at) - min(attempted_at))::float8, count(*) FROM webhook_attempts")
+        .await;
+    let gap: f64 = rows[0].get(0);
+    assert_eq!(rows[0].get::<_, i64>(1), 2);
+    assert!(
+        gap >= 3.0,
+        "second attempt came {gap:.2} s after the first; Retry-After asked for 3 s"
+    );
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn a_hanging_receiver_does_not_hold_up_deliveries_to_others() {
+    let stack = Stack::start(Options {
+        env: vec![
+            ("VIDEO_IMPORT__WEBHOOK__CONCURRENCY".into(), "4".into()),
+            (
+                "VIDEO_IMPORT__WEBHOOK__PER_HOST_CONCURRENCY".into(),
+                "2".into(),
+            ),
+            ("VIDEO_IMPORT__WEBHOOK__TIMEOUT_SECS".into(), "20".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let videos = VideoServer::start().await;
+    let hanging = Receiver::start_with(&[], None, Some(Duration::from_secs(15))).await;
+    let healthy = Receiver::start(&[]).await;
+    let project = stack.project("hol").await;
+    // More webhooks to the hanging receiver than the notifier has slots.
+    let mut stuck = Vec::new();
+    for _ in 0..6 {
+        stuck.push(
+            stack
+                .import(&project.token, &one_video(&videos, &hanging.url))
+                .await,
+        );
+    }
+    for job in &stuck {
+        stack.wait_finished(&project.token, job, 30).await;
+    }
+    hanging.wait_for(2, 30).await;
+
+    let job = stack
+        .import(&project.token, &one_video(&videos, &healthy.url))
+        .await;
+    let hooks = healthy.wait_for(1, 30).await;
+    assert_eq!(hooks[0].json()["id"], job);
+    // Delivered while every request to the hanging receiver was still open.
+    let finished = stack
+        .sql(
+            "SELECT count(*) FROM webhook_attempts WHERE http_status IS NULL OR http_status <> 204",
+        )
+        .await;
+    assert_eq!(
+        finished[0].get::<_, i64>(0),
+        0,
+        "no attempt to the hanging receiver had ended yet"
+    );
+    assert_eq!(
+        hanging.received().len(),
+        2,
+        "the hanging host gets at most its two slots"
+    );
+    assert!(hanging.max_in_flight() <= 2);
+    stack.finish().await;
+}
