@@ -19,8 +19,11 @@ use video_import_shared::queue::Topology;
 /// Administrative connection (creates and drops the per-test databases).
 const ADMIN_DB: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-/// Delays (seconds) configured for retries in tests, so retry paths finish quickly.
-pub const TEST_DELAYS: &[u64] = &[1];
+/// Delay queues a test may create: every bucket of delays up to 100 s (tests configure
+/// short retry delays; see `queue::delay_bucket`).
+fn test_delays() -> Vec<u64> {
+    (1..=100).collect()
+}
 
 /// Folder holding the built binaries (next to this test executable's `deps/`).
 fn bin_dir() -> PathBuf {
@@ -427,13 +430,14 @@ impl Stack {
         if let Ok(conn) = lapin::Connection::connect(AMQP_URL, Default::default()).await {
             if let Ok(channel) = conn.create_channel().await {
                 let topology = Topology::new(&self.prefix);
-                for queue in topology.queue_names(TEST_DELAYS) {
+                let delays = test_delays();
+                for queue in topology.queue_names(&delays) {
                     let _ = channel
                         .queue_delete(queue.as_str().into(), Default::default())
                         .await;
                 }
                 let mut exchanges = vec![topology.exchange(), topology.dead()];
-                exchanges.extend(TEST_DELAYS.iter().map(|d| topology.delay(*d)));
+                exchanges.extend(delays.iter().map(|d| topology.delay(*d)));
                 for exchange in exchanges {
                     let _ = channel
                         .exchange_delete(exchange.as_str().into(), Default::default())
