@@ -25,6 +25,7 @@ async fn main() -> std::process::ExitCode {
         }
     };
     video_import_shared::telemetry::init(&settings.log);
+    video_import_shared::telemetry::init_tls();
     match admin::run(cli.command.unwrap_or_default(), settings).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

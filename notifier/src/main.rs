@@ -29,6 +29,7 @@ async fn main() -> std::process::ExitCode {
         }
     };
     video_import_shared::telemetry::init(&settings.log);
+    video_import_shared::telemetry::init_tls();
     match deliver::run(settings).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -18,3 +18,8 @@ pub fn init(settings: &LogSettings) {
         builder.init();
     }
 }
+
+/// Installs ring as the process's TLS crypto provider (once; later calls do nothing).
+pub fn init_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

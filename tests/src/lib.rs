@@ -99,6 +99,7 @@ impl Default for Options {
 impl Stack {
     /// A database, migrations, the API, `workers` workers and a notifier.
     pub async fn start(options: Options) -> Stack {
+        video_import_shared::telemetry::init_tls();
         let suffix = random_suffix();
         let db_name = format!("vit_{suffix}");
         let (admin, conn) = tokio_postgres::connect(ADMIN_DB, tokio_postgres::NoTls)
