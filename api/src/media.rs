@@ -12,7 +12,8 @@ use crate::auth::{Caller, READ};
 use crate::error::ApiError;
 
 const COLUMNS: &str = "id, version, system_name, external_id, file_name, metadata, asset_key,
-    asset_size, mime_type, sha256, original_url, created_at, updated_at";
+    asset_size, mime_type, sha256, original_url, created_at, updated_at, duration_seconds, width,
+    height, video_codec";
 
 /// `GET /api/v1/mediaLibrary/{id}`.
 pub async fn show(
@@ -81,6 +82,10 @@ fn entry(row: &Row) -> Value {
             "mimeType": row.get::<_, String>(8),
             "sha256": row.get::<_, String>(9),
             "originalUrl": row.get::<_, String>(10),
+            "duration": row.get::<_, Option<f64>>(13),
+            "width": row.get::<_, Option<i32>>(14),
+            "height": row.get::<_, Option<i32>>(15),
+            "codec": row.get::<_, Option<String>>(16),
         },
         "createdAt": row.get::<_, DateTime<Utc>>(11),
         "updatedAt": row.get::<_, DateTime<Utc>>(12),

@@ -46,7 +46,7 @@ pub async fn show(
     let items = client
         .query(
             "SELECT i.state, i.reason, i.external_id, i.url, i.media_id, m.mime_type, m.asset_size,
-                    i.last_error
+                    i.last_error, m.duration_seconds, m.width, m.height, m.video_codec
              FROM job_items i LEFT JOIN media_entries m ON m.id = i.media_id
              WHERE i.job_id = $1 ORDER BY i.idx",
             &[&id],
@@ -73,6 +73,10 @@ pub async fn show(
                     "originalUrl": row.get::<_, String>(3),
                     "mimeType": row.get::<_, Option<String>>(5),
                     "size": row.get::<_, Option<i64>>(6),
+                    "duration": row.get::<_, Option<f64>>(8),
+                    "width": row.get::<_, Option<i32>>(9),
+                    "height": row.get::<_, Option<i32>>(10),
+                    "codec": row.get::<_, Option<String>>(11),
                 });
             }
             video

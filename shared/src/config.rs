@@ -60,7 +60,11 @@ pub struct MetricsSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
+    /// Folder used when `url` is empty.
     pub root: String,
+    /// Object storage URL such as `s3://bucket/prefix` (credentials from `AWS_*` variables).
+    #[serde(default)]
+    pub url: String,
 }
 
 /// How the worker downloads videos.
@@ -75,8 +79,10 @@ pub struct FetchSettings {
     pub connect_timeout_secs: u64,
     /// Longest pause between two chunks of a body.
     pub read_timeout_secs: u64,
-    /// Longest a whole download may take.
+    /// Longest a whole download may take (keep it below RabbitMQ's consumer_timeout).
     pub total_timeout_secs: u64,
+    /// Slowest transfer accepted: a download of N bytes may take 60 s + N / this.
+    pub min_bytes_per_sec: u64,
     /// Largest video accepted, in bytes.
     pub max_bytes: u64,
     pub max_redirects: usize,
@@ -137,13 +143,16 @@ impl Default for Settings {
             },
             storage: StorageSettings {
                 root: "./data/videos".into(),
+                url: String::new(),
             },
             fetch: FetchSettings {
                 allow_private_networks: false,
                 allowed_networks: Vec::new(),
                 connect_timeout_secs: 10,
                 read_timeout_secs: 30,
-                total_timeout_secs: 3600,
+                // RabbitMQ closes a channel whose delivery stays unacked for 30 min.
+                total_timeout_secs: 1500,
+                min_bytes_per_sec: 256 * 1024,
                 max_bytes: 10 * 1024 * 1024 * 1024,
                 max_redirects: 5,
                 concurrency: 32,

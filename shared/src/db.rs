@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         2,
         include_str!("../migrations/0002_webhook_rotation_redelivery.sql"),
     ),
+    (3, include_str!("../migrations/0003_asset_details.sql")),
 ];
 
 /// Any number so long as every process agrees on it: serialises concurrent `migrate` runs.

@@ -1,17 +1,26 @@
-//! Downloading a video: SSRF-checked, streamed to a temporary file, sniffed, bounded in size
-//! and time, with quick retries (backon) for transient failures.
+//! Downloading a video: SSRF-checked, streamed straight into storage, sniffed, bounded in size
+//! and time, resumed with a Range request when the connection breaks, conditional when the
+//! entry already has the source's validators, with quick retries (backon) for hiccups.
 
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use futures::StreamExt;
-use reqwest::header::{CONTENT_LENGTH, RETRY_AFTER};
+use reqwest::header::{
+    HeaderMap, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
+    LAST_MODIFIED, RANGE, RETRY_AFTER,
+};
 use reqwest::StatusCode;
 use video_import_shared::config::FetchSettings;
+use video_import_shared::ids;
 use video_import_shared::netguard::{self, AddressPolicy, ClientOptions};
 
+use crate::probe::{self, TechMeta};
 use crate::sniff::{self, VideoKind};
-use crate::store::{FinishedAsset, Storage};
+use crate::store::{Storage, StoredAsset, Upload};
+
+/// Times one download may pick up again where a broken connection left it.
+const MAX_RESUMES: u32 = 3;
 
 /// Why a download did not produce a video.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -25,8 +34,8 @@ pub enum FetchError {
         reason: String,
         retry_after: Option<Duration>,
     },
-    /// Our own disk failed; not the source's fault.
-    #[error("cannot write the download to storage: {0}")]
+    /// Our own storage failed; not the source's fault.
+    #[error("cannot store the video: {0}")]
     Storage(String),
 }
 
@@ -39,16 +48,59 @@ impl FetchError {
     }
 }
 
-/// A complete, sniffed download.
+fn storage_error(e: object_store::Error) -> FetchError {
+    FetchError::Storage(e.to_string())
+}
+
+/// The source's cache validators, sent back on re-imports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+impl Validators {
+    fn from_headers(headers: &HeaderMap) -> Self {
+        let text = |name| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        Self {
+            etag: text(ETAG),
+            last_modified: text(LAST_MODIFIED),
+        }
+    }
+
+    /// Whether the source sent neither an ETag nor a Last-Modified.
+    pub fn is_empty(&self) -> bool {
+        self.etag.is_none() && self.last_modified.is_none()
+    }
+}
+
+/// What a download produced.
+#[derive(Debug)]
+pub enum Fetched {
+    /// A new copy, stored at `asset.key`.
+    Stored(Downloaded),
+    /// The source answered 304 to our validators: the stored copy is current.
+    NotModified,
+}
+
+/// A complete, stored, sniffed download.
 #[derive(Debug)]
 pub struct Downloaded {
-    pub asset: FinishedAsset,
+    pub asset: StoredAsset,
     pub kind: VideoKind,
+    pub validators: Validators,
+    pub meta: TechMeta,
 }
 
 /// Downloads videos with the configured limits.
 pub struct Fetcher {
     client: reqwest::Client,
+    policy: AddressPolicy,
     settings: FetchSettings,
     storage: Storage,
 }
@@ -59,7 +111,7 @@ impl Fetcher {
         let policy =
             AddressPolicy::new(settings.allow_private_networks, &settings.allowed_networks);
         let client = netguard::client(
-            policy,
+            policy.clone(),
             &ClientOptions {
                 connect_timeout: Duration::from_secs(settings.connect_timeout_secs),
                 read_timeout: Duration::from_secs(settings.read_timeout_secs),
@@ -69,19 +121,25 @@ impl Fetcher {
         )?;
         Ok(Self {
             client,
+            policy,
             settings: settings.clone(),
             storage,
         })
     }
 
-    /// Downloads `url`, retrying quick hiccups in process.
-    pub async fn download(&self, url: &str) -> Result<Downloaded, FetchError> {
+    /// Downloads `url` into storage under the project's keys, retrying quick hiccups.
+    pub async fn download(
+        &self,
+        url: &str,
+        project_id: i64,
+        known: Option<&Validators>,
+    ) -> Result<Fetched, FetchError> {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(5))
             .with_max_times(self.settings.quick_retries)
             .with_jitter();
-        (|| self.download_once(url))
+        (|| self.download_once(url, project_id, known))
             .retry(backoff)
             .when(|e| match e {
                 // A long Retry-After goes back through the queue instead of holding a slot.
@@ -101,104 +159,233 @@ impl Fetcher {
             .await
     }
 
-    async fn download_once(&self, url: &str) -> Result<Downloaded, FetchError> {
+    async fn download_once(
+        &self,
+        url: &str,
+        project_id: i64,
+        known: Option<&Validators>,
+    ) -> Result<Fetched, FetchError> {
         let parsed: url::Url = url
             .parse()
             .map_err(|e| FetchError::Permanent(format!("the URL is not valid: {e}")))?;
-        let policy = AddressPolicy::new(
-            self.settings.allow_private_networks,
-            &self.settings.allowed_networks,
-        );
-        policy
+        self.policy
             .check_url(&parsed)
             .map_err(|r| FetchError::Permanent(r.0))?;
-        let total = Duration::from_secs(self.settings.total_timeout_secs);
-        match tokio::time::timeout(total, self.stream_to_storage(parsed)).await {
-            Ok(result) => result,
-            Err(_) => Err(FetchError::transient(format!(
-                "the download took longer than {} s (fetch.total_timeout_secs)",
-                total.as_secs()
-            ))),
-        }
-    }
-
-    async fn stream_to_storage(&self, url: url::Url) -> Result<Downloaded, FetchError> {
         let started = Instant::now();
-        let response = self.client.get(url).send().await.map_err(request_error)?;
+        let mut request = self.client.get(parsed.clone());
+        if let Some(known) = known {
+            if let Some(etag) = &known.etag {
+                request = request.header(IF_NONE_MATCH, etag);
+            }
+            if let Some(modified) = &known.last_modified {
+                request = request.header(IF_MODIFIED_SINCE, modified);
+            }
+        }
+        let response = request.send().await.map_err(request_error)?;
         let status = response.status();
+        if status == StatusCode::NOT_MODIFIED && known.is_some() {
+            return Ok(Fetched::NotModified);
+        }
         if !status.is_success() {
             return Err(status_error(status, response.headers()));
         }
         let max = self.settings.max_bytes;
-        let declared = response
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = content_length(response.headers());
         if let Some(len) = declared.filter(|&len| len > max) {
             return Err(too_large(len, max));
         }
-        let mut temp = self
-            .storage
-            .create_temp()
-            .await
-            .map_err(|e| FetchError::Storage(e.to_string()))?;
-        let mut head: Vec<u8> = Vec::with_capacity(sniff::SNIFF_BYTES);
-        let mut kind: Option<VideoKind> = None;
-        let mut body = response.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| {
-                FetchError::transient(format!(
-                    "the connection broke after {} bytes: {}",
-                    temp.size(),
-                    netguard::describe(&e)
-                ))
-            })?;
-            if temp.size() + chunk.len() as u64 > max {
-                return Err(too_large(temp.size() + chunk.len() as u64, max));
-            }
-            if kind.is_none() {
-                let take = (sniff::SNIFF_BYTES - head.len()).min(chunk.len());
-                head.extend_from_slice(&chunk[..take]);
-                if head.len() >= sniff::SNIFF_BYTES {
-                    kind = Some(sniff_or_fail(&head)?);
-                }
-            }
-            temp.write(&chunk)
-                .await
-                .map_err(|e| FetchError::Storage(e.to_string()))?;
+        let validators = Validators::from_headers(response.headers());
+        let allowed = self.time_allowed(declared);
+        let mut sink = Sink::new(&self.storage, project_id, max);
+        let pumped = tokio::time::timeout(
+            allowed,
+            self.pump(&parsed, response, &validators, &mut sink),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(FetchError::transient(format!(
+                "the download took longer than the {} s allowed for it \
+                         (fetch.total_timeout_secs, fetch.min_bytes_per_sec)",
+                allowed.as_secs()
+            )))
+        });
+        if let Err(e) = pumped {
+            sink.abort().await;
+            return Err(e);
         }
-        let kind = match kind {
-            Some(kind) => kind,
-            None => sniff_or_fail(&head)?,
-        };
-        if let Some(len) = declared.filter(|&len| len != temp.size()) {
+        if let Some(len) = declared.filter(|&len| len != sink.received) {
+            sink.abort().await;
             return Err(FetchError::transient(format!(
                 "the server announced {len} bytes but sent {}",
-                temp.size()
+                sink.received
             )));
         }
-        let asset = temp
-            .finish()
-            .await
-            .map_err(|e| FetchError::Storage(e.to_string()))?;
+        let (asset, kind) = sink.finish().await?;
+        let meta = probe::inspect(&self.storage, &asset.key, asset.size, &kind.mime_type).await;
         tracing::debug!(bytes = asset.size, elapsed = ?started.elapsed(), "downloaded");
-        Ok(Downloaded { asset, kind })
+        Ok(Fetched::Stored(Downloaded {
+            asset,
+            kind,
+            validators,
+            meta,
+        }))
+    }
+
+    /// Time a download may take: 60 s plus its size at the slowest accepted speed, capped.
+    fn time_allowed(&self, declared: Option<u64>) -> Duration {
+        let cap = self.settings.total_timeout_secs;
+        let secs = match declared {
+            Some(len) => (60 + len / self.settings.min_bytes_per_sec.max(1)).min(cap),
+            None => cap,
+        };
+        Duration::from_secs(secs)
+    }
+
+    /// Streams the body into `sink`, resuming with a Range request when the connection breaks.
+    async fn pump(
+        &self,
+        url: &url::Url,
+        mut response: reqwest::Response,
+        validators: &Validators,
+        sink: &mut Sink<'_>,
+    ) -> Result<(), FetchError> {
+        let mut resumes = 0;
+        loop {
+            let mut body = response.bytes_stream();
+            let broke = loop {
+                match body.next().await {
+                    None => return Ok(()),
+                    Some(Ok(chunk)) => sink.write(&chunk).await?,
+                    Some(Err(e)) => break e,
+                }
+            };
+            let from = sink.received;
+            let broken = format!(
+                "the connection broke after {from} bytes: {}",
+                netguard::describe(&broke)
+            );
+            if resumes == MAX_RESUMES || from == 0 {
+                return Err(FetchError::transient(broken));
+            }
+            resumes += 1;
+            let mut request = self
+                .client
+                .get(url.clone())
+                .header(RANGE, format!("bytes={from}-"));
+            // Only resume from the same version of the file.
+            if let Some(v) = validators
+                .etag
+                .as_ref()
+                .or(validators.last_modified.as_ref())
+            {
+                request = request.header(IF_RANGE, v);
+            }
+            response = request.send().await.map_err(request_error)?;
+            let resumed_here = response.status() == StatusCode::PARTIAL_CONTENT
+                && response
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with(&format!("bytes {from}-")));
+            if !resumed_here {
+                return Err(FetchError::transient(format!(
+                    "{broken}; the server cannot resume it (answered {} to a Range request)",
+                    response.status()
+                )));
+            }
+            tracing::info!(%url, from, "connection broke; resumed with a Range request");
+        }
     }
 }
 
-fn sniff_or_fail(head: &[u8]) -> Result<VideoKind, FetchError> {
-    sniff::detect(head)
-        .map_err(|detected| FetchError::Permanent(format!("not a video (detected: {detected})")))
+/// Where the body goes: held back until its first bytes show it is a video, then uploaded.
+struct Sink<'a> {
+    storage: &'a Storage,
+    project_id: i64,
+    max: u64,
+    head: Vec<u8>,
+    upload: Option<(Upload, VideoKind)>,
+    received: u64,
+}
+
+impl<'a> Sink<'a> {
+    fn new(storage: &'a Storage, project_id: i64, max: u64) -> Self {
+        Self {
+            storage,
+            project_id,
+            max,
+            head: Vec::with_capacity(sniff::SNIFF_BYTES),
+            upload: None,
+            received: 0,
+        }
+    }
+
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), FetchError> {
+        let total = self.received + chunk.len() as u64;
+        if total > self.max {
+            return Err(too_large(total, self.max));
+        }
+        self.received = total;
+        match &mut self.upload {
+            Some((upload, _)) => upload.write(chunk).await.map_err(storage_error),
+            None => {
+                self.head.extend_from_slice(chunk);
+                if self.head.len() >= sniff::SNIFF_BYTES {
+                    self.start().await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Sniffs the first bytes and opens the upload under a fresh key.
+    async fn start(&mut self) -> Result<(), FetchError> {
+        let kind = sniff::detect(&self.head).map_err(|detected| {
+            FetchError::Permanent(format!("not a video (detected: {detected})"))
+        })?;
+        let key = format!(
+            "{}/{}.{}",
+            self.project_id,
+            ids::random_id(16),
+            kind.extension
+        );
+        let mut upload = self.storage.upload(&key).await.map_err(storage_error)?;
+        upload.write(&self.head).await.map_err(storage_error)?;
+        self.head = Vec::new();
+        self.upload = Some((upload, kind));
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<(StoredAsset, VideoKind), FetchError> {
+        if self.upload.is_none() {
+            self.start().await?;
+        }
+        let (upload, kind) = self.upload.take().expect("upload started");
+        let asset = upload.finish().await.map_err(storage_error)?;
+        Ok((asset, kind))
+    }
+
+    async fn abort(&mut self) {
+        if let Some((upload, _)) = self.upload.take() {
+            upload.abort().await;
+        }
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 fn too_large(len: u64, max: u64) -> FetchError {
     FetchError::Permanent(format!(
-        "the video is larger than the limit: {len} bytes, fetch.max_bytes is {max}"
+        "the video is larger than the limit: {len} bytes or more, fetch.max_bytes is {max}"
     ))
 }
 
-fn status_error(status: StatusCode, headers: &reqwest::header::HeaderMap) -> FetchError {
+fn status_error(status: StatusCode, headers: &HeaderMap) -> FetchError {
     let text = format!(
         "the server answered {} {} for the video URL",
         status.as_u16(),

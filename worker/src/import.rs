@@ -17,7 +17,7 @@ use video_import_shared::queue::{self, Outgoing, Publisher, Topology};
 use video_import_shared::retry::until_ok;
 use video_import_shared::{db, shutdown};
 
-use crate::fetch::{FetchError, Fetcher};
+use crate::fetch::{FetchError, Fetched, Fetcher};
 use crate::metrics::WorkerMetrics;
 use crate::store::Storage;
 use crate::upsert::{self, Outcome, Recorded};
@@ -41,7 +41,7 @@ struct Importer {
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signal();
     let pool = db::connect(&settings.database).await?;
-    let storage = Storage::open(&settings.storage.root).await?;
+    let storage = Storage::open(&settings.storage).await?;
     let fetcher = Fetcher::new(&settings.fetch, storage.clone())?;
     let topology = Topology::new(&settings.amqp.prefix);
     let publisher = Arc::new(Publisher::new(&settings.amqp.url, topology.clone()));
@@ -115,15 +115,19 @@ impl Importer {
             None => return Disposition::Requeue,
         };
         let started = std::time::Instant::now();
-        let download = self.fetcher.download(&item.url).await;
+        let fetched = self
+            .fetcher
+            .download(&item.url, item.project_id, item.known.as_ref())
+            .await;
         self.metrics
             .download_seconds
             .observe(started.elapsed().as_secs_f64());
-        let outcome = match &download {
-            Ok(d) => {
+        let outcome = match &fetched {
+            Ok(Fetched::Stored(d)) => {
                 self.metrics.bytes.inc_by(d.asset.size);
                 Outcome::Downloaded(d)
             }
+            Ok(Fetched::NotModified) => Outcome::Unchanged,
             Err(FetchError::Permanent(reason)) => Outcome::Failed(reason.clone()),
             Err(error) => {
                 let retry_after = match error {
@@ -142,26 +146,45 @@ impl Importer {
                 }
             }
         };
+        let downloaded_key = match &fetched {
+            Ok(Fetched::Stored(d)) => Some(d.asset.key.as_str()),
+            _ => None,
+        };
         let recorded = until_ok(&self.shutdown, || {
-            upsert::record(&self.pool, &self.storage, &item, outcome.clone())
+            upsert::record(&self.pool, &item, outcome.clone())
         })
         .await;
-        match recorded {
+        let (disposition, asset_used) = match recorded {
             Some(Recorded::Done {
                 state,
                 job_finished,
+                asset_used,
+                replaced_key,
             }) => {
                 self.metrics.outcomes.with_label_values(&[state]).inc();
                 tracing::info!(job = %item.job_id, idx = item.idx, external_id = %item.external_id, state, "video done");
+                if let Some(old) = replaced_key {
+                    // Only now that the new entry is committed may the old asset go.
+                    self.storage.remove(&old).await;
+                }
                 if job_finished {
                     tracing::info!(job = %item.job_id, "job finished");
                     self.relay.wake();
                 }
-                Disposition::Ack
+                (Disposition::Ack, asset_used)
             }
-            Some(Recorded::AlreadyDone) => Disposition::Ack,
-            None => Disposition::Requeue,
+            // A lost commit acknowledgement also lands here: ask whether the asset is in use.
+            Some(Recorded::AlreadyDone) => (Disposition::Ack, false),
+            None => (Disposition::Requeue, false),
+        };
+        if let Some(key) = downloaded_key.filter(|_| !asset_used) {
+            let referenced =
+                until_ok(&self.shutdown, || upsert::is_referenced(&self.pool, key)).await;
+            if referenced == Some(false) {
+                self.storage.remove(key).await;
+            }
         }
+        disposition
     }
 
     /// Notes the failure and republishes the message through a delay queue.

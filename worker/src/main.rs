@@ -4,6 +4,7 @@
 mod fetch;
 mod import;
 mod metrics;
+mod probe;
 mod sniff;
 mod store;
 mod upsert;

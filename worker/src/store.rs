@@ -1,123 +1,125 @@
-//! Asset storage on the local filesystem. A download is written to a temporary file and
-//! renamed into place only when complete, so no entry ever points at half a file.
+//! Asset storage through `object_store`: the local filesystem by default, S3-compatible
+//! storage when `storage.url` is set. Uploads are multipart, so an object becomes visible
+//! only once complete; keys are fresh for every upload, so nothing committed is overwritten.
 
-use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use anyhow::Context;
+use bytes::Bytes;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use sha2::{Digest, Sha256};
-use tokio::fs;
-use tokio::io::{AsyncWriteExt, BufWriter};
+use video_import_shared::config::StorageSettings;
 
-/// The storage root (`storage.root`).
-#[derive(Debug, Clone)]
+/// Bytes per uploaded part; with two parts in flight this bounds an upload's memory.
+const PART_BYTES: usize = 8 * 1024 * 1024;
+const PARTS_IN_FLIGHT: usize = 2;
+
+/// Where assets go.
+#[derive(Clone)]
 pub struct Storage {
-    root: PathBuf,
+    store: Arc<dyn ObjectStore>,
 }
 
 impl Storage {
-    /// Creates the root and its temporary folder if needed.
-    pub async fn open(root: &str) -> anyhow::Result<Self> {
-        let root = PathBuf::from(root);
-        fs::create_dir_all(root.join(".tmp"))
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot create storage.root {}: {e}", root.display()))?;
-        Ok(Self { root })
+    /// Opens `storage.url` (e.g. `s3://bucket/prefix`, credentials from the usual `AWS_*`
+    /// variables) or, without one, the folder `storage.root`.
+    pub async fn open(settings: &StorageSettings) -> anyhow::Result<Self> {
+        let store: Arc<dyn ObjectStore> = if settings.url.is_empty() {
+            tokio::fs::create_dir_all(&settings.root)
+                .await
+                .with_context(|| format!("cannot create storage.root {:?}", settings.root))?;
+            Arc::new(
+                LocalFileSystem::new_with_prefix(&settings.root)
+                    .with_context(|| format!("storage.root {:?}", settings.root))?,
+            )
+        } else if settings.url.starts_with("s3://") {
+            Arc::new(
+                object_store::aws::AmazonS3Builder::from_env()
+                    .with_url(&settings.url)
+                    .build()
+                    .with_context(|| format!("storage.url {:?}", settings.url))?,
+            )
+        } else {
+            anyhow::bail!(
+                "storage.url {:?}: use s3://bucket/prefix, or leave it empty to use storage.root",
+                settings.url
+            );
+        };
+        Ok(Self { store })
     }
 
-    /// A new temporary file to stream a download into.
-    pub async fn create_temp(&self) -> std::io::Result<TempAsset> {
-        let path = self
-            .root
-            .join(".tmp")
-            .join(format!("{}.part", video_import_shared::ids::random_id(16)));
-        let file = fs::File::create(&path).await?;
-        Ok(TempAsset {
-            guard: TempGuard(Some(path)),
-            file: BufWriter::with_capacity(256 * 1024, file),
+    /// Starts a multipart upload to `key`.
+    pub async fn upload(&self, key: &str) -> object_store::Result<Upload> {
+        let path = Path::from(key);
+        let upload = self.store.put_multipart(&path).await?;
+        Ok(Upload {
+            key: key.to_string(),
+            writer: WriteMultipart::new_with_chunk_size(upload, PART_BYTES),
             hasher: Sha256::new(),
             size: 0,
         })
     }
 
-    /// Makes a finished download visible at `key` (atomically, by a hard link); the
-    /// temporary file goes when the `FinishedAsset` is dropped, so a failed commit can
-    /// remove the key and publish again.
-    pub async fn publish(&self, asset: &FinishedAsset, key: &str) -> std::io::Result<()> {
-        let target = self.path_of(key);
-        if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent).await?;
-        }
-        let source = asset.guard.0.as_ref().expect("temp file present");
-        match fs::hard_link(source, &target).await {
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-            other => other,
-        }
+    /// Reads `range` of the object at `key`.
+    pub async fn read(
+        &self,
+        key: &str,
+        range: std::ops::Range<u64>,
+    ) -> object_store::Result<Bytes> {
+        self.store.get_range(&Path::from(key), range).await
     }
 
-    /// Deletes the asset at `key`; a missing file is not an error.
+    /// Deletes the object at `key`; a missing object is not an error.
     pub async fn remove(&self, key: &str) {
-        if let Err(e) = fs::remove_file(self.path_of(key)).await {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(key, error = %e, "could not remove replaced asset");
-            }
-        }
-    }
-
-    /// Where `key` lives on disk.
-    pub fn path_of(&self, key: &str) -> PathBuf {
-        self.root.join(Path::new(key))
-    }
-}
-
-/// Deletes the temporary file on drop unless it was published.
-#[derive(Debug)]
-struct TempGuard(Option<PathBuf>);
-
-impl Drop for TempGuard {
-    fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = std::fs::remove_file(path);
+        match self.store.delete(&Path::from(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => tracing::warn!(key, error = %e, "could not remove an asset"),
         }
     }
 }
 
-/// A temporary file being written, hashing and counting as it goes.
-#[derive(Debug)]
-pub struct TempAsset {
-    guard: TempGuard,
-    file: BufWriter<fs::File>,
+/// An upload in progress, hashing and counting as it goes.
+pub struct Upload {
+    key: String,
+    writer: WriteMultipart,
     hasher: Sha256,
     size: u64,
 }
 
-impl TempAsset {
-    /// Appends a chunk.
-    pub async fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+impl Upload {
+    /// Appends a chunk, waiting while too many parts are in flight.
+    pub async fn write(&mut self, chunk: &[u8]) -> object_store::Result<()> {
+        self.writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
         self.hasher.update(chunk);
         self.size += chunk.len() as u64;
-        self.file.write_all(chunk).await
+        self.writer.write(chunk);
+        Ok(())
     }
 
-    /// Bytes written so far.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// Flushes to disk and returns the size and SHA-256.
-    pub async fn finish(mut self) -> std::io::Result<FinishedAsset> {
-        self.file.flush().await?;
-        self.file.get_mut().sync_all().await?;
-        Ok(FinishedAsset {
-            guard: self.guard,
+    /// Completes the upload; the object is visible from now on.
+    pub async fn finish(self) -> object_store::Result<StoredAsset> {
+        self.writer.finish().await?;
+        Ok(StoredAsset {
+            key: self.key,
             size: self.size,
             sha256: hex::encode(self.hasher.finalize()),
         })
     }
+
+    /// Abandons the upload; nothing becomes visible.
+    pub async fn abort(self) {
+        if let Err(e) = self.writer.abort().await {
+            tracing::warn!(key = %self.key, error = %e, "could not abort an upload");
+        }
+    }
 }
 
-/// A complete download waiting to be published or dropped.
-#[derive(Debug)]
-pub struct FinishedAsset {
-    guard: TempGuard,
+/// A complete, stored download.
+#[derive(Debug, Clone)]
+pub struct StoredAsset {
+    pub key: String,
     pub size: u64,
     pub sha256: String,
 }

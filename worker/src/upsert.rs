@@ -2,13 +2,12 @@
 //! the item, count it on the job and, with the job's last item, finish the job and queue its
 //! webhook. Guarded by the item's `pending` state, so redelivered messages change nothing.
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Pool, Transaction};
 use serde_json::Value;
 use video_import_shared::messages::DeliverWebhook;
 use video_import_shared::{ids, outbox, queue};
 
-use crate::fetch::Downloaded;
-use crate::store::Storage;
+use crate::fetch::{Downloaded, Validators};
 
 /// A video of a job, as the worker needs it.
 #[derive(Debug, Clone)]
@@ -22,6 +21,8 @@ pub struct Item {
     pub file_name: String,
     pub metadata: Value,
     pub pending: bool,
+    /// Validators of the existing entry's source, when it came from this same URL.
+    pub known: Option<Validators>,
 }
 
 /// Loads an item; `None` when the job no longer exists.
@@ -30,22 +31,33 @@ pub async fn load(pool: &Pool, job_id: &str, idx: i32) -> anyhow::Result<Option<
     let row = client
         .query_opt(
             "SELECT j.project_id, j.system_name, i.external_id, i.url, i.file_name, i.metadata,
-                    i.state = 'pending'
+                    i.state = 'pending', m.original_url = i.url, m.source_etag,
+                    m.source_last_modified
              FROM job_items i JOIN jobs j ON j.id = i.job_id
+             LEFT JOIN media_entries m ON m.project_id = j.project_id
+                 AND m.system_name = j.system_name AND m.external_id = i.external_id
              WHERE i.job_id = $1 AND i.idx = $2",
             &[&job_id, &idx],
         )
         .await?;
-    Ok(row.map(|r| Item {
-        job_id: job_id.to_string(),
-        idx,
-        project_id: r.get(0),
-        system_name: r.get(1),
-        external_id: r.get(2),
-        url: r.get(3),
-        file_name: r.get(4),
-        metadata: r.get(5),
-        pending: r.get(6),
+    Ok(row.map(|r| {
+        let known = Validators {
+            etag: r.get(8),
+            last_modified: r.get(9),
+        };
+        let same_url = r.get::<_, Option<bool>>(7) == Some(true);
+        Item {
+            job_id: job_id.to_string(),
+            idx,
+            project_id: r.get(0),
+            system_name: r.get(1),
+            external_id: r.get(2),
+            url: r.get(3),
+            file_name: r.get(4),
+            metadata: r.get(5),
+            pending: r.get(6),
+            known: (same_url && !known.is_empty()).then_some(known),
+        }
     }))
 }
 
@@ -62,10 +74,22 @@ pub async fn note_retry(pool: &Pool, item: &Item, reason: &str) -> anyhow::Resul
     Ok(())
 }
 
+/// Whether a committed entry points at `key` (so it must not be deleted).
+pub async fn is_referenced(pool: &Pool, key: &str) -> anyhow::Result<bool> {
+    let client = pool.get().await?;
+    Ok(client
+        .query_opt("SELECT 1 FROM media_entries WHERE asset_key = $1", &[&key])
+        .await?
+        .is_some())
+}
+
 /// What happened to the video.
 #[derive(Clone)]
 pub enum Outcome<'a> {
+    /// A new copy is stored at `asset.key`.
     Downloaded(&'a Downloaded),
+    /// The source said the stored copy is current (HTTP 304).
+    Unchanged,
     Failed(String),
 }
 
@@ -74,20 +98,21 @@ pub enum Outcome<'a> {
 pub enum Recorded {
     /// Another delivery of the same message got there first.
     AlreadyDone,
-    /// The item ended in `state`; `job_finished` when it was the job's last.
+    /// The item ended in `state`.
     Done {
         state: &'static str,
+        /// It was the job's last item.
         job_finished: bool,
+        /// The entry now points at the downloaded asset (otherwise it may be deleted).
+        asset_used: bool,
+        /// The asset this one replaced, to delete now that the commit is done.
+        replaced_key: Option<String>,
     },
 }
 
-/// Records `outcome` for `item` in one transaction; see the module doc.
-pub async fn record(
-    pool: &Pool,
-    storage: &Storage,
-    item: &Item,
-    outcome: Outcome<'_>,
-) -> anyhow::Result<Recorded> {
+/// Records `outcome` for `item` in one transaction; see the module doc. Touches no storage:
+/// the caller removes what the result says is unused.
+pub async fn record(pool: &Pool, item: &Item, outcome: Outcome<'_>) -> anyhow::Result<Recorded> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let still_pending = tx
@@ -100,124 +125,174 @@ pub async fn record(
     if !still_pending {
         return Ok(Recorded::AlreadyDone);
     }
-
-    let mut new_key: Option<String> = None;
-    let mut replaced_key: Option<String> = None;
-    let (state, reason, media_id) = match outcome {
-        Outcome::Failed(reason) => ("failed", Some(reason), None),
-        Outcome::Downloaded(download) => {
-            // Serialise writers of one entry: two jobs may import the same externalId at once.
-            tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1::bigint || '/' || $2 || '/' || $3, 0))",
-                &[&item.project_id, &item.system_name, &item.external_id],
-            )
-            .await?;
-            let existing = tx
-                .query_opt(
-                    "SELECT id, sha256, metadata, file_name, asset_key FROM media_entries
-                     WHERE project_id = $1 AND system_name = $2 AND external_id = $3",
-                    &[&item.project_id, &item.system_name, &item.external_id],
-                )
-                .await?;
-            let asset = &download.asset;
-            let size = asset.size as i64;
-            match existing {
-                None => {
-                    let media_id = ids::random_id(12);
-                    let key = asset_key(item.project_id, &media_id, &download.kind.extension);
-                    storage.publish(asset, &key).await?;
-                    new_key = Some(key.clone());
-                    tx.execute(
-                        "INSERT INTO media_entries (id, project_id, system_name, external_id,
-                             file_name, metadata, asset_key, asset_size, mime_type, sha256, original_url)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-                        &[
-                            &media_id, &item.project_id, &item.system_name, &item.external_id,
-                            &item.file_name, &item.metadata, &key, &size,
-                            &download.kind.mime_type, &asset.sha256, &item.url,
-                        ],
-                    )
-                    .await?;
-                    ("imported", None, Some(media_id))
-                }
-                Some(row) => {
-                    let media_id: String = row.get(0);
-                    let same_bytes = row.get::<_, String>(1) == asset.sha256;
-                    let same_metadata = row.get::<_, Value>(2) == item.metadata
-                        && row.get::<_, String>(3) == item.file_name;
-                    if same_bytes && same_metadata {
-                        (
-                            "skipped",
-                            Some("already exists".to_string()),
-                            Some(media_id),
-                        )
-                    } else if same_bytes {
-                        tx.execute(
-                            "UPDATE media_entries SET metadata = $2, file_name = $3, original_url = $4,
-                                 version = version + 1, updated_at = now() WHERE id = $1",
-                            &[&media_id, &item.metadata, &item.file_name, &item.url],
-                        )
-                        .await?;
-                        ("imported", None, Some(media_id))
-                    } else {
-                        let key = asset_key(item.project_id, &media_id, &download.kind.extension);
-                        storage.publish(asset, &key).await?;
-                        new_key = Some(key.clone());
-                        replaced_key = Some(row.get(4));
-                        tx.execute(
-                            "UPDATE media_entries SET metadata = $2, file_name = $3, original_url = $4,
-                                 asset_key = $5, asset_size = $6, mime_type = $7, sha256 = $8,
-                                 version = version + 1, updated_at = now() WHERE id = $1",
-                            &[
-                                &media_id, &item.metadata, &item.file_name, &item.url, &key,
-                                &size, &download.kind.mime_type, &asset.sha256,
-                            ],
-                        )
-                        .await?;
-                        ("imported", None, Some(media_id))
-                    }
-                }
-            }
-        }
+    let entry = match outcome {
+        Outcome::Failed(reason) => EntryChange {
+            state: "failed",
+            reason: Some(reason),
+            ..EntryChange::default()
+        },
+        Outcome::Downloaded(download) => upsert_entry(&tx, item, Some(download)).await?,
+        Outcome::Unchanged => upsert_entry(&tx, item, None).await?,
     };
+    let job_finished = finish_item(&tx, item, &entry).await?;
+    tx.commit().await?;
+    Ok(Recorded::Done {
+        state: entry.state,
+        job_finished,
+        asset_used: entry.asset_used,
+        replaced_key: entry.replaced_key,
+    })
+}
 
-    let result = finish_item(&tx, item, state, reason.as_deref(), media_id.as_deref()).await;
-    let result = match result {
-        Ok(job_finished) => tx.commit().await.map(|_| job_finished).map_err(Into::into),
-        Err(e) => Err(e),
+#[derive(Default)]
+struct EntryChange {
+    state: &'static str,
+    reason: Option<String>,
+    media_id: Option<String>,
+    asset_used: bool,
+    replaced_key: Option<String>,
+}
+
+/// Inserts or updates the entry of (project, systemName, externalId). `download` is `None`
+/// when the source was unchanged.
+async fn upsert_entry(
+    tx: &Transaction<'_>,
+    item: &Item,
+    download: Option<&Downloaded>,
+) -> anyhow::Result<EntryChange> {
+    // Serialise writers of one entry: two jobs may import the same externalId at once.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1::bigint || '/' || $2 || '/' || $3, 0))",
+        &[&item.project_id, &item.system_name, &item.external_id],
+    )
+    .await?;
+    let existing = tx
+        .query_opt(
+            "SELECT id, sha256, metadata, file_name, asset_key FROM media_entries
+             WHERE project_id = $1 AND system_name = $2 AND external_id = $3",
+            &[&item.project_id, &item.system_name, &item.external_id],
+        )
+        .await?;
+    let Some(row) = existing else {
+        let Some(d) = download else {
+            return Ok(EntryChange {
+                state: "failed",
+                reason: Some(
+                    "the source was unchanged but the entry no longer exists; import it again"
+                        .into(),
+                ),
+                ..EntryChange::default()
+            });
+        };
+        let media_id = ids::random_id(12);
+        tx.execute(
+            "INSERT INTO media_entries (id, project_id, system_name, external_id, file_name,
+                 metadata, asset_key, asset_size, mime_type, sha256, original_url, source_etag,
+                 source_last_modified, duration_seconds, width, height, video_codec)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            &[
+                &media_id,
+                &item.project_id,
+                &item.system_name,
+                &item.external_id,
+                &item.file_name,
+                &item.metadata,
+                &d.asset.key,
+                &(d.asset.size as i64),
+                &d.kind.mime_type,
+                &d.asset.sha256,
+                &item.url,
+                &d.validators.etag,
+                &d.validators.last_modified,
+                &d.meta.duration_seconds,
+                &d.meta.width,
+                &d.meta.height,
+                &d.meta.codec,
+            ],
+        )
+        .await?;
+        return Ok(EntryChange {
+            state: "imported",
+            media_id: Some(media_id),
+            asset_used: true,
+            ..EntryChange::default()
+        });
     };
-    match result {
-        Ok(job_finished) => {
-            if let Some(old) = replaced_key {
-                // Only now that the new entry is committed may the old asset go.
-                storage.remove(&old).await;
-            }
-            Ok(Recorded::Done {
-                state,
-                job_finished,
-            })
-        }
-        Err(e) => {
-            if let Some(key) = new_key {
-                storage.remove(&key).await;
-            }
-            Err(e)
-        }
+    let media_id: String = row.get(0);
+    let same_bytes = download.is_none_or(|d| row.get::<_, String>(1) == d.asset.sha256);
+    let same_metadata =
+        row.get::<_, Value>(2) == item.metadata && row.get::<_, String>(3) == item.file_name;
+    if same_bytes && same_metadata {
+        return Ok(EntryChange {
+            state: "skipped",
+            reason: Some("already exists".into()),
+            media_id: Some(media_id),
+            ..EntryChange::default()
+        });
     }
+    if same_bytes {
+        tx.execute(
+            "UPDATE media_entries SET metadata = $2, file_name = $3, original_url = $4,
+                 version = version + 1, updated_at = now() WHERE id = $1",
+            &[&media_id, &item.metadata, &item.file_name, &item.url],
+        )
+        .await?;
+        return Ok(EntryChange {
+            state: "imported",
+            media_id: Some(media_id),
+            ..EntryChange::default()
+        });
+    }
+    let d = download.expect("different bytes come from a download");
+    tx.execute(
+        "UPDATE media_entries SET metadata = $2, file_name = $3, original_url = $4,
+             asset_key = $5, asset_size = $6, mime_type = $7, sha256 = $8, source_etag = $9,
+             source_last_modified = $10, duration_seconds = $11, width = $12, height = $13,
+             video_codec = $14, version = version + 1, updated_at = now()
+         WHERE id = $1",
+        &[
+            &media_id,
+            &item.metadata,
+            &item.file_name,
+            &item.url,
+            &d.asset.key,
+            &(d.asset.size as i64),
+            &d.kind.mime_type,
+            &d.asset.sha256,
+            &d.validators.etag,
+            &d.validators.last_modified,
+            &d.meta.duration_seconds,
+            &d.meta.width,
+            &d.meta.height,
+            &d.meta.codec,
+        ],
+    )
+    .await?;
+    Ok(EntryChange {
+        state: "imported",
+        media_id: Some(media_id),
+        asset_used: true,
+        replaced_key: Some(row.get(4)),
+        ..EntryChange::default()
+    })
 }
 
 /// Marks the item, counts it on the job, and finishes the job with its last item.
 async fn finish_item(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &Transaction<'_>,
     item: &Item,
-    state: &str,
-    reason: Option<&str>,
-    media_id: Option<&str>,
+    entry: &EntryChange,
 ) -> anyhow::Result<bool> {
     tx.execute(
         "UPDATE job_items SET state = $3, reason = $4, media_id = $5, updated_at = now()
          WHERE job_id = $1 AND idx = $2",
-        &[&item.job_id, &item.idx, &state, &reason, &media_id],
+        &[
+            &item.job_id,
+            &item.idx,
+            &entry.state,
+            &entry.reason,
+            &entry.media_id,
+        ],
     )
     .await?;
     let job = tx
@@ -227,7 +302,7 @@ async fn finish_item(
                  skipped = skipped + ($2 = 'skipped')::int,
                  failed = failed + ($2 = 'failed')::int
              WHERE id = $1 RETURNING pending, webhook",
-            &[&item.job_id, &state],
+            &[&item.job_id, &entry.state],
         )
         .await?;
     let pending: i32 = job.get(0);
@@ -253,10 +328,4 @@ async fn finish_item(
         outbox::enqueue(tx, queue::WEBHOOK, &[message]).await?;
     }
     Ok(true)
-}
-
-/// A fresh key per stored version, so a concurrent or failed attempt never overwrites an
-/// asset that a committed entry points at.
-fn asset_key(project_id: i64, media_id: &str, extension: &str) -> String {
-    format!("{project_id}/{media_id}/{}.{extension}", ids::random_id(10))
 }

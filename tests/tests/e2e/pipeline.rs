@@ -107,6 +107,13 @@ async fn seed_example_imports_the_video_and_signs_the_webhook() {
     );
     assert_eq!(entry["asset"]["sha256"], sha256(&bytes));
     assert_eq!(entry["asset"]["size"], bytes.len());
+    // Technical metadata read from the file (64x48, one second of H.264).
+    assert_eq!(entry["asset"]["width"], 64);
+    assert_eq!(entry["asset"]["height"], 48);
+    assert_eq!(entry["asset"]["codec"], "h264");
+    let duration = entry["asset"]["duration"].as_f64().unwrap();
+    assert!((duration - 1.0).abs() < 0.05, "{duration}");
+    assert_eq!(video["video"]["width"], 64);
     // The stored file is the downloaded one.
     let key = entry["asset"]["key"].as_str().unwrap();
     let stored = std::fs::read(stack.dir.join("videos").join(key)).expect("stored asset");
@@ -658,7 +665,7 @@ async fn migrate_is_idempotent_when_run_concurrently() {
     assert!(a.status.success(), "{}", a.stderr);
     assert!(b.status.success(), "{}", b.stderr);
     let rows = stack.sql("SELECT count(*) FROM schema_migrations").await;
-    assert_eq!(rows[0].get::<_, i64>(0), 2, "each migration applied once");
+    assert_eq!(rows[0].get::<_, i64>(0), 3, "each migration applied once");
     stack.finish().await;
 }
 
