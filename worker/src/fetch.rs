@@ -81,6 +81,7 @@ impl Validators {
 
 /// What a download produced.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per download, moved once
 pub enum Fetched {
     /// A new copy, stored at `asset.key`.
     Stored(Downloaded),
