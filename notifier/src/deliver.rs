@@ -111,9 +111,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
     });
     let timeout = Duration::from_secs(settings.webhook.timeout_secs);
-    let handler: consume::Handler = Arc::new(move |data| -> BoxFuture<'static, Disposition> {
+    let handler: consume::Handler = Arc::new(move |message| -> BoxFuture<'static, Disposition> {
         let notifier = notifier.clone();
-        Box::pin(async move { notifier.handle(&data, timeout).await })
+        Box::pin(async move { notifier.handle(&message.data, timeout).await })
     });
     consume::run(
         ConsumerConfig {

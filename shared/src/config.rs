@@ -88,6 +88,8 @@ pub struct FetchSettings {
     pub max_redirects: usize,
     /// Downloads running at once in one worker.
     pub concurrency: usize,
+    /// After SIGTERM, how long in-flight downloads may run on before they are handed back.
+    pub shutdown_grace_secs: u64,
     /// Quick in-process tries of one download before it is handed back to the queue with a delay.
     pub quick_retries: usize,
     /// Delays (seconds) of the later tries that go back through RabbitMQ; their count is the
@@ -156,6 +158,7 @@ impl Default for Settings {
                 max_bytes: 10 * 1024 * 1024 * 1024,
                 max_redirects: 5,
                 concurrency: 32,
+                shutdown_grace_secs: 30,
                 quick_retries: 2,
                 retry_delays_secs: vec![30, 120, 600, 1800],
             },

@@ -26,8 +26,16 @@ pub enum Disposition {
     Requeue,
 }
 
-/// Handles one message body.
-pub type Handler = Arc<dyn Fn(Vec<u8>) -> BoxFuture<'static, Disposition> + Send + Sync>;
+/// A delivered message.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    /// The routing key it was published with (kept when it is dead-lettered).
+    pub routing_key: String,
+    pub data: Vec<u8>,
+}
+
+/// Handles one message.
+pub type Handler = Arc<dyn Fn(Delivered) -> BoxFuture<'static, Disposition> + Send + Sync>;
 
 /// Where and how to consume.
 #[derive(Debug, Clone)]
@@ -105,7 +113,11 @@ async fn session(
                 Some(Ok(delivery)) => {
                     let handler = handler.clone();
                     tracker.spawn(async move {
-                        let disposition = handler(delivery.data.clone()).await;
+                        let message = Delivered {
+                            routing_key: delivery.routing_key.to_string(),
+                            data: delivery.data.clone(),
+                        };
+                        let disposition = handler(message).await;
                         // A failed ack means the channel is gone; the broker redelivers.
                         let _ = match disposition {
                             Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,

@@ -27,7 +27,7 @@ pub const FETCH: &str = "fetch";
 pub const WEBHOOK: &str = "webhook";
 
 /// How often a quorum queue redelivers one message before dead-lettering it.
-const DELIVERY_LIMIT: i64 = 20;
+pub const DELIVERY_LIMIT: i64 = 20;
 
 /// Names of every exchange and queue, derived from the prefix.
 #[derive(Debug, Clone)]

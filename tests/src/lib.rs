@@ -254,6 +254,26 @@ impl Stack {
         self.processes.push((name.to_string(), child));
     }
 
+    /// Sends SIGTERM to process `name` and waits for it to exit.
+    pub async fn terminate(&mut self, name: &str) -> std::process::ExitStatus {
+        let pos = self
+            .processes
+            .iter()
+            .position(|(n, _)| n == name)
+            .expect("a process of that name");
+        let (_, mut child) = self.processes.remove(pos);
+        let pid = child.id().expect("running").to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success());
+        tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .expect("exits within the grace period")
+            .expect("exit status")
+    }
+
     /// Stops a process by name with SIGKILL.
     pub async fn kill(&mut self, name: &str) {
         if let Some(pos) = self.processes.iter().position(|(n, _)| n == name) {

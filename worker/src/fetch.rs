@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use backon::{ExponentialBuilder, Retryable};
 use futures::StreamExt;
 use reqwest::header::{
-    HeaderMap, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE,
-    LAST_MODIFIED, RANGE, RETRY_AFTER,
+    HeaderMap, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, RANGE, RETRY_AFTER,
 };
 use reqwest::StatusCode;
 use video_import_shared::config::FetchSettings;
@@ -196,11 +196,20 @@ impl Fetcher {
             return Err(too_large(len, max));
         }
         let validators = Validators::from_headers(response.headers());
+        let resumable = response
+            .headers()
+            .get(ACCEPT_RANGES)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"bytes"));
         let allowed = self.time_allowed(declared);
         let mut sink = Sink::new(&self.storage, project_id, max);
         let pumped = tokio::time::timeout(
             allowed,
-            self.pump(&parsed, response, &validators, &mut sink),
+            self.pump(
+                &parsed,
+                response,
+                resumable.then_some(&validators),
+                &mut sink,
+            ),
         )
         .await
         .unwrap_or_else(|_| {
@@ -242,17 +251,18 @@ impl Fetcher {
         Duration::from_secs(secs)
     }
 
-    /// Streams the body into `sink`, resuming with a Range request when the connection breaks.
+    /// Streams the body into `sink`. When the connection breaks and the server accepts
+    /// ranges (`resumable` holds its validators), it continues with a Range request.
     async fn pump(
         &self,
         url: &url::Url,
-        mut response: reqwest::Response,
-        validators: &Validators,
+        response: reqwest::Response,
+        resumable: Option<&Validators>,
         sink: &mut Sink<'_>,
     ) -> Result<(), FetchError> {
+        let mut body = response.bytes_stream().boxed();
         let mut resumes = 0;
         loop {
-            let mut body = response.bytes_stream();
             let broke = loop {
                 match body.next().await {
                     None => return Ok(()),
@@ -265,38 +275,75 @@ impl Fetcher {
                 "the connection broke after {from} bytes: {}",
                 netguard::describe(&broke)
             );
-            if resumes == MAX_RESUMES || from == 0 {
+            let Some(validators) = resumable.filter(|_| from > 0) else {
                 return Err(FetchError::transient(broken));
-            }
-            resumes += 1;
-            let mut request = self
-                .client
-                .get(url.clone())
-                .header(RANGE, format!("bytes={from}-"));
-            // Only resume from the same version of the file.
-            if let Some(v) = validators
-                .etag
-                .as_ref()
-                .or(validators.last_modified.as_ref())
-            {
-                request = request.header(IF_RANGE, v);
-            }
-            response = request.send().await.map_err(request_error)?;
-            let resumed_here = response.status() == StatusCode::PARTIAL_CONTENT
-                && response
-                    .headers()
-                    .get(CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.starts_with(&format!("bytes {from}-")));
-            if !resumed_here {
-                return Err(FetchError::transient(format!(
-                    "{broken}; the server cannot resume it (answered {} to a Range request)",
-                    response.status()
-                )));
-            }
+            };
+            // A resume request may itself meet a dying connection: each try counts.
+            body = loop {
+                if resumes == MAX_RESUMES {
+                    return Err(FetchError::transient(format!(
+                        "{broken}; gave up resuming after {MAX_RESUMES} Range requests"
+                    )));
+                }
+                resumes += 1;
+                match self.resume(url, from, validators).await {
+                    Ok(response) => break response.bytes_stream().boxed(),
+                    Err(Resume::Refused(status)) => {
+                        return Err(FetchError::transient(format!(
+                            "{broken}; the server cannot resume it (answered {status} to a Range request)"
+                        )))
+                    }
+                    Err(Resume::Failed(e)) => {
+                        tracing::debug!(%url, error = %e, "resume request failed");
+                    }
+                }
+            };
             tracing::info!(%url, from, "connection broke; resumed with a Range request");
         }
     }
+
+    /// Asks for the rest of the file from byte `from`, of the same version only.
+    async fn resume(
+        &self,
+        url: &url::Url,
+        from: u64,
+        validators: &Validators,
+    ) -> Result<reqwest::Response, Resume> {
+        let mut request = self
+            .client
+            .get(url.clone())
+            .header(RANGE, format!("bytes={from}-"));
+        if let Some(v) = validators
+            .etag
+            .as_ref()
+            .or(validators.last_modified.as_ref())
+        {
+            request = request.header(IF_RANGE, v);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| Resume::Failed(netguard::describe(&e)))?;
+        let continues = response.status() == StatusCode::PARTIAL_CONTENT
+            && response
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with(&format!("bytes {from}-")));
+        if continues {
+            Ok(response)
+        } else {
+            Err(Resume::Refused(response.status()))
+        }
+    }
+}
+
+/// Why a resume request did not continue the download.
+enum Resume {
+    /// The server answered, but not with the rest of the same file.
+    Refused(StatusCode),
+    /// The request did not get an answer.
+    Failed(String),
 }
 
 /// Where the body goes: held back until its first bytes show it is a video, then uploaded.

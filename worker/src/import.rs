@@ -9,8 +9,8 @@ use futures::future::BoxFuture;
 use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 use video_import_shared::config::Settings;
-use video_import_shared::consume::{self, ConsumerConfig, Disposition};
-use video_import_shared::messages::FetchVideo;
+use video_import_shared::consume::{self, ConsumerConfig, Delivered, Disposition};
+use video_import_shared::messages::{DeliverWebhook, FetchVideo};
 use video_import_shared::ops::{self, Ops};
 use video_import_shared::outbox::Relay;
 use video_import_shared::queue::{self, Outgoing, Publisher, Topology};
@@ -21,9 +21,6 @@ use crate::fetch::{FetchError, Fetched, Fetcher};
 use crate::metrics::WorkerMetrics;
 use crate::store::Storage;
 use crate::upsert::{self, Outcome, Recorded};
-
-/// How long in-flight downloads may run on after SIGTERM before they are handed back.
-const GRACE: Duration = Duration::from_secs(30);
 
 /// Everything a delivery handler needs.
 struct Importer {
@@ -73,22 +70,42 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         metrics,
         shutdown: shutdown.clone(),
     });
-    let handler: consume::Handler = Arc::new(move |data| -> BoxFuture<'static, Disposition> {
+    let grace = Duration::from_secs(settings.fetch.shutdown_grace_secs);
+    let fetch_handler: consume::Handler = {
         let importer = importer.clone();
-        Box::pin(async move { importer.handle(&data).await })
-    });
-    consume::run(
-        ConsumerConfig {
-            url: settings.amqp.url.clone(),
-            queue: topology.queue(queue::FETCH),
-            topology,
-            prefetch: settings.fetch.concurrency.min(u16::MAX as usize) as u16,
-            grace: GRACE,
-        },
-        handler,
-        shutdown.clone(),
-    )
-    .await;
+        Arc::new(move |message| -> BoxFuture<'static, Disposition> {
+            let importer = importer.clone();
+            Box::pin(async move { importer.handle(&message.data).await })
+        })
+    };
+    let dead_handler: consume::Handler =
+        Arc::new(move |message| -> BoxFuture<'static, Disposition> {
+            let importer = importer.clone();
+            Box::pin(async move { importer.handle_dead(message).await })
+        });
+    let consumer = |queue: String, prefetch: usize, grace: Duration| ConsumerConfig {
+        url: settings.amqp.url.clone(),
+        queue,
+        topology: topology.clone(),
+        prefetch: prefetch.min(u16::MAX as usize) as u16,
+        grace,
+    };
+    tokio::join!(
+        consume::run(
+            consumer(
+                topology.queue(queue::FETCH),
+                settings.fetch.concurrency,
+                grace
+            ),
+            fetch_handler,
+            shutdown.clone(),
+        ),
+        consume::run(
+            consumer(topology.dead(), 16, Duration::from_secs(5)),
+            dead_handler,
+            shutdown.clone(),
+        ),
+    );
     shutdown.cancel();
     let _ = relay_task.await;
     ops_task.await??;
@@ -185,6 +202,53 @@ impl Importer {
             }
         }
         disposition
+    }
+
+    /// Handles a message the broker set aside after too many deliveries without an ack
+    /// (the worker crashed or was killed each time): its video fails with that reason, so
+    /// the job still finishes. A dead webhook message marks the delivery failed.
+    async fn handle_dead(&self, message: Delivered) -> Disposition {
+        let done = match message.routing_key.as_str() {
+            queue::FETCH => match serde_json::from_slice::<FetchVideo>(&message.data) {
+                Ok(fetch) => until_ok(&self.shutdown, || self.fail_dead_video(&fetch)).await,
+                Err(_) => Some(()),
+            },
+            queue::WEBHOOK => match serde_json::from_slice::<DeliverWebhook>(&message.data) {
+                Ok(hook) => {
+                    until_ok(&self.shutdown, || {
+                        upsert::fail_webhook(&self.pool, &hook.job_id)
+                    })
+                    .await
+                }
+                Err(_) => Some(()),
+            },
+            _ => Some(()),
+        };
+        match done {
+            // The outcome is in PostgreSQL, where the status endpoint shows it.
+            Some(()) => Disposition::Ack,
+            None => Disposition::Requeue,
+        }
+    }
+
+    async fn fail_dead_video(&self, fetch: &FetchVideo) -> anyhow::Result<()> {
+        let Some(item) = upsert::load(&self.pool, &fetch.job_id, fetch.idx).await? else {
+            return Ok(());
+        };
+        let reason = format!(
+            "set aside (dead-lettered) after {} deliveries that never finished: the worker \
+             crashed or was stopped while importing it each time",
+            queue::DELIVERY_LIMIT
+        );
+        let recorded = upsert::record(&self.pool, &item, Outcome::Failed(reason)).await?;
+        if let Recorded::Done { job_finished, .. } = recorded {
+            tracing::error!(job = %item.job_id, idx = item.idx, "video dead-lettered; marked failed");
+            self.metrics.outcomes.with_label_values(&["failed"]).inc();
+            if job_finished {
+                self.relay.wake();
+            }
+        }
+        Ok(())
     }
 
     /// Notes the failure and republishes the message through a delay queue.

@@ -12,6 +12,13 @@ pub struct VideoKind {
 
 /// The video kind of `head`, or what it was detected as instead.
 pub fn detect(head: &[u8]) -> Result<VideoKind, String> {
+    // Ogg holding a video stream (infer calls every Ogg file audio).
+    if head.starts_with(b"OggS") && head.windows(7).any(|w| w == b"\x80theora") {
+        return Ok(VideoKind {
+            mime_type: "video/ogg".into(),
+            extension: "ogv".into(),
+        });
+    }
     if let Some(kind) = infer::get(head) {
         if kind.matcher_type() == infer::MatcherType::Video {
             return Ok(VideoKind {
@@ -59,6 +66,14 @@ mod tests {
         head.extend_from_slice(b"ftypisom\0\0\x02\0isomiso2");
         let kind = detect(&head).unwrap();
         assert_eq!(kind.mime_type, "video/mp4");
+    }
+
+    #[test]
+    fn theora_in_ogg_is_a_video() {
+        let mut head = b"OggS\0\x02".to_vec();
+        head.resize(28, 0);
+        head.extend_from_slice(b"\x80theora\x03\x02");
+        assert_eq!(detect(&head).unwrap().mime_type, "video/ogg");
     }
 
     #[test]

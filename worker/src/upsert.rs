@@ -74,6 +74,25 @@ pub async fn note_retry(pool: &Pool, item: &Item, reason: &str) -> anyhow::Resul
     Ok(())
 }
 
+/// Marks a job's webhook failed after its message was dead-lettered.
+pub async fn fail_webhook(pool: &Pool, job_id: &str) -> anyhow::Result<()> {
+    let client = pool.get().await?;
+    client
+        .execute(
+            "UPDATE webhook_deliveries SET state = 'failed', last_error = $2
+             WHERE job_id = $1 AND state = 'pending'",
+            &[
+                &job_id,
+                &format!(
+                    "set aside (dead-lettered) after {} deliveries that never finished",
+                    queue::DELIVERY_LIMIT
+                ),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Whether a committed entry points at `key` (so it must not be deleted).
 pub async fn is_referenced(pool: &Pool, key: &str) -> anyhow::Result<bool> {
     let client = pool.get().await?;

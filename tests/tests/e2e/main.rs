@@ -3,3 +3,4 @@
 
 mod pipeline;
 mod webhooks;
+mod worker;

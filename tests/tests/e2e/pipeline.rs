@@ -321,7 +321,8 @@ async fn private_addresses_are_refused_unless_configured() {
             &project.token,
             &json!({"systemName": "archive", "videos": [
                 {"url": videos.url("/videos/sample.mp4"), "id": "a", "fileName": "a", "metadata": {}},
-                {"url": "http://169.254.169.254/latest/meta-data", "id": "b", "fileName": "b", "metadata": {}}
+                {"url": "http://169.254.169.254/latest/meta-data", "id": "b", "fileName": "b", "metadata": {}},
+                {"url": videos.url("/videos/sample.mp4").replace("127.0.0.1", "localhost"), "id": "c", "fileName": "c", "metadata": {}}
             ]}),
         )
         .await;

@@ -1,0 +1,315 @@
+//! The worker against sources that misbehave on purpose, crashes and shutdowns.
+
+use std::time::Duration;
+
+use lapin::options::BasicPublishOptions;
+use lapin::BasicProperties;
+use serde_json::{json, Value};
+use video_import_tests::receiver::Receiver;
+use video_import_tests::videos::{fixture, sha256, VideoServer};
+use video_import_tests::{Options, Stack};
+
+fn batch(urls: &[String]) -> Value {
+    let videos: Vec<Value> = urls
+        .iter()
+        .enumerate()
+        .map(|(i, url)| json!({"url": url, "id": format!("v{i}"), "fileName": "f", "metadata": {}}))
+        .collect();
+    json!({"systemName": "archive", "videos": videos})
+}
+
+fn env(pairs: &[(&str, &str)]) -> Options {
+    Options {
+        env: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Options::default()
+    }
+}
+
+#[tokio::test]
+async fn a_broken_download_resumes_with_a_range_request_or_starts_again() {
+    let stack = Stack::start(Options::default()).await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("resume").await;
+    let job = stack
+        .import(
+            &project.token,
+            &batch(&[
+                videos.url("/drop/sample.webm"),
+                videos.url("/drop-norange/sample.mp4"),
+            ]),
+        )
+        .await;
+    let status = stack.wait_finished(&project.token, &job, 30).await;
+    assert_eq!(status["state"], "success", "{status}");
+    // Resumed: one full request, one Range request, no second full download.
+    assert_eq!(videos.hits("/drop/sample.webm"), 1);
+    assert_eq!(videos.hits("/drop/sample.webm range"), 1);
+    // Could not resume: the quick retry downloaded it again from the start.
+    assert_eq!(videos.hits("/drop-norange/sample.mp4"), 2);
+    let rows = stack
+        .sql("SELECT sha256 FROM media_entries ORDER BY external_id")
+        .await;
+    assert_eq!(rows[0].get::<_, String>(0), sha256(&fixture("sample.webm")));
+    assert_eq!(rows[1].get::<_, String>(0), sha256(&fixture("sample.mp4")));
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn oversized_videos_fail_with_the_limit_named() {
+    let stack = Stack::start(env(&[("VIDEO_IMPORT__FETCH__MAX_BYTES", "20000")])).await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("big").await;
+    let job = stack
+        .import(
+            &project.token,
+            &batch(&[
+                videos.url("/padded/30000/sample.mp4"),
+                videos.url("/padded-chunked/30000/sample.mp4"),
+                videos.url("/padded/1000/sample.mp4"),
+            ]),
+        )
+        .await;
+    let status = stack.wait_finished(&project.token, &job, 30).await;
+    let v = &status["videos"];
+    for failed in [&v[0], &v[1]] {
+        assert_eq!(failed["state"], "failed");
+        let reason = failed["reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("the video is larger than the limit")
+                && reason.ends_with("fetch.max_bytes is 20000"),
+            "{reason}"
+        );
+    }
+    assert_eq!(v[2]["state"], "imported", "a video under the limit is fine");
+    // Nothing of the refused videos was kept.
+    let files = std::fs::read_dir(stack.dir.join("videos/1"))
+        .unwrap()
+        .count();
+    assert_eq!(files, 1);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn redirects_are_checked_at_every_hop_and_bounded() {
+    let stack = Stack::start(env(&[
+        ("VIDEO_IMPORT__FETCH__ALLOW_PRIVATE_NETWORKS", "false"),
+        // The test server's address is a trusted archive host; nothing else private is.
+        ("VIDEO_IMPORT__FETCH__ALLOWED_NETWORKS", "127.0.0.1/32"),
+        ("VIDEO_IMPORT__FETCH__MAX_REDIRECTS", "3"),
+    ]))
+    .await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("hops").await;
+    let port = videos.base.rsplit(':').next().unwrap().to_string();
+    let job = stack
+        .import(
+            &project.token,
+            &batch(&[
+                videos.url("/redirect/2/sample.mp4"),
+                videos.url("/redirect/5/sample.mp4"),
+                videos.url("/to?location=http://169.254.169.254/latest/meta-data"),
+                videos.url(&format!(
+                    "/to?location=http://127.0.0.2:{port}/videos/sample.mp4"
+                )),
+            ]),
+        )
+        .await;
+    let status = stack.wait_finished(&project.token, &job, 30).await;
+    let v = &status["videos"];
+    assert_eq!(v[0]["state"], "imported", "{status}");
+    let reason = |i: usize| v[i]["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason(1).contains("more than 3 redirects"), "{}", reason(1));
+    assert!(
+        reason(2).starts_with("refused to connect to 169.254.169.254"),
+        "{}",
+        reason(2)
+    );
+    assert!(
+        reason(3).starts_with("refused to connect to 127.0.0.2"),
+        "{}",
+        reason(3)
+    );
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn a_stalled_source_times_out_and_fails_after_its_retries() {
+    let stack = Stack::start(env(&[("VIDEO_IMPORT__FETCH__READ_TIMEOUT_SECS", "1")])).await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("stall").await;
+    let job = stack
+        .import(&project.token, &batch(&[videos.url("/stall/sample.mp4")]))
+        .await;
+    let status = stack.wait_finished(&project.token, &job, 60).await;
+    let reason = status["videos"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("the connection broke after")
+            && reason.ends_with("(gave up after 3 tries)"),
+        "{reason}"
+    );
+    // First try + one quick retry, for each of the three tries.
+    assert_eq!(videos.hits("/stall/sample.mp4"), 6);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn an_unchanged_source_is_not_downloaded_again() {
+    let stack = Stack::start(Options::default()).await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("etag").await;
+    let url = videos.url("/etag/sample.mp4");
+    let with_title = |title: &str| {
+        json!({"systemName": "archive", "videos": [
+            {"url": url, "id": "e", "fileName": "f", "metadata": {"title": title}}]})
+    };
+    let first = stack.import(&project.token, &with_title("a")).await;
+    stack.wait_finished(&project.token, &first, 30).await;
+    let same = stack.import(&project.token, &with_title("a")).await;
+    let same = stack.wait_finished(&project.token, &same, 30).await;
+    assert_eq!(same["videos"][0]["state"], "skipped");
+    assert_eq!(same["videos"][0]["reason"], "already exists");
+    let renamed = stack.import(&project.token, &with_title("b")).await;
+    let renamed = stack.wait_finished(&project.token, &renamed, 30).await;
+    assert_eq!(renamed["videos"][0]["state"], "imported");
+    let (_, entry) = stack
+        .get(
+            Some(&project.token),
+            "/api/v1/mediaLibrary?systemName=archive&externalId=e",
+        )
+        .await;
+    assert_eq!(entry[0]["version"], 2);
+    assert_eq!(entry[0]["metadata"]["title"], "b");
+    assert_eq!(
+        videos.hits("/etag/sample.mp4 200"),
+        1,
+        "the body was sent once"
+    );
+    assert_eq!(videos.hits("/etag/sample.mp4 304"), 2);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn a_dead_lettered_video_fails_with_the_reason_and_the_job_finishes() {
+    let stack = Stack::start(Options::default()).await;
+    let videos = VideoServer::start().await;
+    let receiver = Receiver::start(&[]).await;
+    let project = stack.project("poison").await;
+    // One video that stalls, so that its message is still unacked when the broker sets a
+    // copy aside, as it does after the delivery limit.
+    let mut body = batch(&[
+        videos.url("/stall/sample.mp4"),
+        videos.url("/videos/sample.mp4"),
+    ]);
+    body["webhook"] = json!(receiver.url);
+    let job = stack.import(&project.token, &body).await;
+    let connection = lapin::Connection::connect(
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+        lapin::ConnectionProperties::default(),
+    )
+    .await
+    .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let dead = format!("{}.dead", stack.prefix);
+    channel
+        .basic_publish(
+            dead.as_str().into(),
+            "fetch".into(),
+            BasicPublishOptions::default(),
+            json!({"job_id": job, "idx": 0, "attempt": 0})
+                .to_string()
+                .as_bytes(),
+            BasicProperties::default(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let status = stack.wait_finished(&project.token, &job, 30).await;
+    assert_eq!(status["state"], "failed");
+    let reason = status["videos"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("set aside (dead-lettered) after 20 deliveries"),
+        "{reason}"
+    );
+    assert_eq!(status["videos"][1]["state"], "imported");
+    let hooks = receiver.wait_for(1, 30).await;
+    assert_eq!(hooks[0].json()["failures"][0]["externalId"], "v0");
+    let _ = connection.close(200, "bye".into()).await;
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_batch_loses_and_duplicates_nothing() {
+    let mut stack = Stack::start(Options::default()).await;
+    let videos = VideoServer::start().await;
+    let receiver = Receiver::start(&[]).await;
+    let project = stack.project("kill9").await;
+    // Each download takes about a second (three 1 KiB pieces, 300 ms apart).
+    let urls: Vec<String> = (0..40)
+        .map(|i| videos.url(&format!("/slow/300/sample.mp4?n={i}")))
+        .collect();
+    let mut body = batch(&urls);
+    body["webhook"] = json!(receiver.url);
+    let job = stack.import(&project.token, &body).await;
+    // Wait until the worker is in the middle of the batch.
+    for _ in 0..300 {
+        let status = stack.status(&project.token, &job).await;
+        if status["overview"]["imported"].as_i64().unwrap() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stack.kill("worker1").await;
+    let status = stack.status(&project.token, &job).await;
+    assert!(
+        status["overview"]["pending"].as_i64().unwrap() > 0,
+        "the kill came mid-batch"
+    );
+    stack.spawn_worker().await;
+    let status = stack.wait_finished(&project.token, &job, 90).await;
+    assert_eq!(status["state"], "success", "{status}");
+    assert_eq!(status["overview"]["imported"], 40);
+    let rows = stack
+        .sql("SELECT count(*), count(DISTINCT external_id) FROM media_entries")
+        .await;
+    assert_eq!(rows[0].get::<_, i64>(0), 40);
+    assert_eq!(rows[0].get::<_, i64>(1), 40);
+    receiver.wait_for(1, 30).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.received().len(), 1, "one webhook for the job");
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_downloads_finish_and_hands_back_the_rest() {
+    let mut stack = Stack::start(env(&[("VIDEO_IMPORT__FETCH__CONCURRENCY", "2")])).await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("sigterm").await;
+    let urls: Vec<String> = (0..10)
+        .map(|i| videos.url(&format!("/slow/300/sample.mp4?n={i}")))
+        .collect();
+    let job = stack.import(&project.token, &batch(&urls)).await;
+    for _ in 0..300 {
+        if videos.hits("/slow/300/sample.mp4") >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = stack.terminate("worker1").await;
+    assert!(status.success(), "the worker exits cleanly: {status}");
+    let log = stack.log("worker1");
+    assert!(log.contains("shutdown requested"), "{log}");
+    // The downloads in flight at SIGTERM were finished, not abandoned.
+    let done = stack
+        .sql("SELECT count(*) FROM job_items WHERE state = 'imported'")
+        .await;
+    assert!(done[0].get::<_, i64>(0) >= 2, "in-flight videos completed");
+    assert!(!log.contains("grace period over"), "{log}");
+    stack.spawn_worker().await;
+    let status = stack.wait_finished(&project.token, &job, 60).await;
+    assert_eq!(status["overview"]["imported"], 10);
+    stack.finish().await;
+}
