@@ -401,12 +401,18 @@ impl Stack {
         body
     }
 
-    /// Polls the status until the job is finished (at most `secs` seconds).
+    /// Polls the status until the job is finished (at most `secs` seconds); answers other
+    /// than 200 (the API's database restarting) are waited out.
     pub async fn wait_finished(&self, token: &str, job: &str, secs: u64) -> Value {
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
-            let status = self.status(token, job).await;
-            if status["finished"] == Value::Bool(true) {
+            let (code, status) = self
+                .get(
+                    Some(token),
+                    &format!("/api/v1/import/videos/status?id={job}"),
+                )
+                .await;
+            if code == 200 && status["finished"] == Value::Bool(true) {
                 return status;
             }
             assert!(

@@ -1,0 +1,86 @@
+//! Broker and database restarts in the middle of a batch. A test binary of its own: it
+//! restarts the machine's shared RabbitMQ and PostgreSQL, so it must not run beside the
+//! other tests (cargo runs test binaries one after another).
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use video_import_tests::receiver::Receiver;
+use video_import_tests::videos::VideoServer;
+use video_import_tests::{Options, Stack};
+
+fn run(script: &str) {
+    let status = Command::new("bash").arg("-c").arg(script).status().unwrap();
+    assert!(status.success(), "{script}");
+}
+
+async fn slow_batch(videos: &VideoServer, receiver: &Receiver, tag: &str) -> Value {
+    let items: Vec<Value> = (0..30)
+        .map(|i| {
+            json!({"url": videos.url(&format!("/slow/100/sample.mp4?{tag}={i}")),
+                   "id": format!("{tag}{i}"), "fileName": "f", "metadata": {}})
+        })
+        .collect();
+    json!({"systemName": "archive", "webhook": receiver.url, "videos": items})
+}
+
+async fn wait_some_imported(stack: &Stack, token: &str, job: &str) {
+    for _ in 0..400 {
+        let status = stack.status(token, job).await;
+        if status["overview"]["imported"].as_i64().unwrap() >= 3 {
+            assert!(status["overview"]["pending"].as_i64().unwrap() > 0);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no progress");
+}
+
+async fn assert_complete(stack: &Stack, token: &str, job: &str, tag: &str) {
+    let status = stack.wait_finished(token, job, 120).await;
+    assert_eq!(status["state"], "success", "{status}");
+    assert_eq!(status["overview"]["imported"], 30);
+    let rows = stack
+        .sql(&format!(
+            "SELECT count(*), count(DISTINCT external_id) FROM media_entries WHERE external_id LIKE '{tag}%'"
+        ))
+        .await;
+    assert_eq!(rows[0].get::<_, i64>(0), 30, "no entry lost or duplicated");
+    assert_eq!(rows[0].get::<_, i64>(1), 30);
+}
+
+#[tokio::test]
+async fn rabbitmq_and_postgresql_restarts_lose_and_duplicate_nothing() {
+    let stack = Stack::start(Options {
+        env: vec![("VIDEO_IMPORT__FETCH__CONCURRENCY".into(), "4".into())],
+        ..Options::default()
+    })
+    .await;
+    let videos = VideoServer::start().await;
+    let receiver = Receiver::start(&[]).await;
+    let project = stack.project("restarts").await;
+
+    let job = stack
+        .import(&project.token, &slow_batch(&videos, &receiver, "mq").await)
+        .await;
+    wait_some_imported(&stack, &project.token, &job).await;
+    run("rabbitmqctl -q stop_app && sleep 2 && rabbitmqctl -q start_app");
+    assert_complete(&stack, &project.token, &job, "mq").await;
+    assert!(
+        stack.log("worker1").contains("consumer lost its broker connection"),
+        "the worker saw the broker go and reconnected"
+    );
+    receiver.wait_for(1, 60).await;
+
+    let job = stack
+        .import(&project.token, &slow_batch(&videos, &receiver, "pg").await)
+        .await;
+    wait_some_imported(&stack, &project.token, &job).await;
+    run("pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | sort -n | tail -1) main restart");
+    assert_complete(&stack, &project.token, &job, "pg").await;
+    receiver.wait_for(2, 60).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.received().len(), 2, "one webhook per job");
+    stack.finish().await;
+}
