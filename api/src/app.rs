@@ -19,6 +19,9 @@ use video_import_shared::outbox::Relay;
 use video_import_shared::queue::{Publisher, Topology};
 use video_import_shared::{db, shutdown};
 
+use crate::metadata::Schemas;
+use crate::quota::RateLimit;
+
 /// Shared by every request.
 #[derive(Clone)]
 pub struct AppState {
@@ -26,6 +29,8 @@ pub struct AppState {
     pub relay: Relay,
     pub settings: Arc<Settings>,
     pub metrics: ApiMetrics,
+    pub schemas: Arc<Schemas>,
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// The API's own metrics.
@@ -91,7 +96,11 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
 pub fn router(state: AppState, ops: Ops) -> Router {
     let body_limit = state.settings.api.max_body_bytes;
     let api = Router::new()
-        .route("/api/v1/import/videos", post(crate::import::create))
+        .route(
+            "/api/v1/import/videos",
+            post(crate::import::create).get(crate::status::list),
+        )
+        .route("/api/v1/openapi.json", get(crate::openapi::document))
         .route("/api/v1/import/videos/status", get(crate::status::show))
         .route(
             "/api/v1/import/videos/{id}/webhook",
@@ -104,6 +113,7 @@ pub fn router(state: AppState, ops: Ops) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state);
     api.merge(ops::router(ops))
+        .layer(middleware::from_fn(crate::request_id::assign))
 }
 
 /// Connects to everything, starts the outbox relay and serves until SIGTERM.
@@ -135,8 +145,13 @@ pub async fn run(
     let state = AppState {
         pool: pool.clone(),
         relay,
+        rate_limit: RateLimit::new(
+            settings.api.rate_limit_per_second,
+            settings.api.rate_limit_burst,
+        ),
         settings: Arc::new(settings),
         metrics: ApiMetrics::new(&registry)?,
+        schemas: Arc::new(Schemas::default()),
     };
     let ops = Ops {
         pool,

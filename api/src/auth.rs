@@ -61,7 +61,7 @@ impl FromRequestParts<AppState> for Caller {
         let row = client
             .query_opt(
                 "SELECT project_id, scopes, expires_at IS NOT NULL AND expires_at <= now(),
-                        revoked_at IS NOT NULL
+                        revoked_at IS NOT NULL, id
                  FROM tokens WHERE token_hash = $1",
                 &[&hash_token(token)],
             )
@@ -74,6 +74,10 @@ impl FromRequestParts<AppState> for Caller {
         }
         if row.get::<_, bool>(3) {
             return Err(ApiError::Unauthorized("The access token was revoked."));
+        }
+        let token_id: i64 = row.get(4);
+        if let Some(limit) = &state.rate_limit {
+            limit.check(token_id)?;
         }
         Ok(Caller {
             project_id: row.get(0),

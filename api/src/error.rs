@@ -1,14 +1,31 @@
-//! API errors in the Livingdocs shape `{"status", "error", "error_details"}`.
+//! API errors in the Livingdocs shape `{"status", "error", "error_details"}`, plus the
+//! request id.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
+
+use crate::model::ErrorBody;
+use crate::request_id;
+
+/// One metadata problem of a batch.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetadataProblem {
+    /// The metadata property concerned ("" for the metadata object itself).
+    pub metadata_property: String,
+    pub message: String,
+    /// Position of the video in the batch.
+    pub index: usize,
+    pub external_id: String,
+}
 
 /// Everything a handler can answer instead of success.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// Missing, unknown or expired token; the message is shown under `access_token`.
+    /// Missing, unknown, revoked or expired token; the message is shown under `access_token`.
     #[error("unauthorized: {0}")]
     Unauthorized(&'static str),
     /// The token lacks the scope the route needs.
@@ -23,6 +40,21 @@ pub enum ApiError {
     /// Bad input: one message per offending field path.
     #[error("invalid request")]
     Invalid(Vec<(String, String)>),
+    /// Metadata that fails the project's schema, every problem of the batch.
+    #[error("metadata validation failed")]
+    Metadata(Vec<MetadataProblem>),
+    /// The Idempotency-Key was used with another body.
+    #[error("idempotency key reused with a different body")]
+    IdempotencyMismatch,
+    /// The project's daily video limit; `retry_after` is when enough quota frees up.
+    #[error("usage limit: {message}")]
+    UsageLimit {
+        message: String,
+        retry_after: Option<u64>,
+    },
+    /// The token sent requests faster than `api.rate_limit_per_second`.
+    #[error("rate limited")]
+    RateLimited { retry_after: u64 },
     /// The body is larger than `api.max_body_bytes`.
     #[error("payload too large")]
     TooLarge(usize),
@@ -50,46 +82,118 @@ impl ApiError {
     }
 }
 
-/// Body of an error response.
-pub fn body(status: StatusCode, details: Value) -> Json<Value> {
-    Json(json!({
-        "status": status.as_u16(),
-        "error": status.canonical_reason().unwrap_or("Error"),
-        "error_details": details,
-    }))
+fn body(status: StatusCode, error: &str, details: Value) -> ErrorBody {
+    ErrorBody {
+        status: status.as_u16(),
+        error: error.to_string(),
+        error_details: details,
+        request_id: request_id::current(),
+    }
+}
+
+fn standard(status: StatusCode, details: Value) -> ErrorBody {
+    body(
+        status,
+        status.canonical_reason().unwrap_or("Error"),
+        details,
+    )
+}
+
+fn with_retry_after(mut response: Response, secs: Option<u64>) -> Response {
+    if let Some(secs) = secs {
+        if let Ok(value) = HeaderValue::from_str(&secs.max(1).to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+    }
+    response
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, details) = match self {
-            ApiError::Unauthorized(message) => {
-                (StatusCode::UNAUTHORIZED, json!({ "access_token": message }))
-            }
+        let (status, body) = match self {
+            ApiError::Unauthorized(message) => (
+                StatusCode::UNAUTHORIZED,
+                standard(StatusCode::UNAUTHORIZED, json!({ "access_token": message })),
+            ),
             ApiError::Forbidden(scope) => (
                 StatusCode::FORBIDDEN,
-                json!({ "access_token": format!("The request requires higher privileges (scope {scope}).") }),
+                standard(
+                    StatusCode::FORBIDDEN,
+                    json!({ "access_token": format!("The request requires higher privileges (scope {scope}).") }),
+                ),
             ),
-            ApiError::NotFound(what) => (StatusCode::NOT_FOUND, json!({ "message": what })),
-            ApiError::Conflict(what) => (StatusCode::CONFLICT, json!({ "message": what })),
+            ApiError::NotFound(what) => (
+                StatusCode::NOT_FOUND,
+                standard(StatusCode::NOT_FOUND, json!({ "message": what })),
+            ),
+            ApiError::Conflict(what) => (
+                StatusCode::CONFLICT,
+                standard(StatusCode::CONFLICT, json!({ "message": what })),
+            ),
             ApiError::Invalid(fields) => {
                 let mut map = Map::new();
                 for (field, message) in fields {
                     map.entry(field).or_insert(Value::String(message));
                 }
-                (StatusCode::BAD_REQUEST, Value::Object(map))
+                (
+                    StatusCode::BAD_REQUEST,
+                    standard(StatusCode::BAD_REQUEST, Value::Object(map)),
+                )
+            }
+            ApiError::Metadata(problems) => (
+                StatusCode::BAD_REQUEST,
+                body(
+                    StatusCode::BAD_REQUEST,
+                    "ValidationError",
+                    json!({ "message": "Metadata validation failed.", "errors": problems }),
+                ),
+            ),
+            ApiError::IdempotencyMismatch => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                standard(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({ "Idempotency-Key": "This key was used in the last 24 hours with a different body; send a new key for a new batch." }),
+                ),
+            ),
+            ApiError::UsageLimit {
+                message,
+                retry_after,
+            } => {
+                // The seed documents this one error as an array.
+                let status = StatusCode::TOO_MANY_REQUESTS;
+                let array = vec![body(
+                    status,
+                    "Usage Limit Exceeded",
+                    json!({ "message": message }),
+                )];
+                return with_retry_after((status, Json(array)).into_response(), retry_after);
+            }
+            ApiError::RateLimited { retry_after } => {
+                let status = StatusCode::TOO_MANY_REQUESTS;
+                let error = standard(
+                    status,
+                    json!({ "message": format!("Too many requests with this token; retry in {retry_after} s.") }),
+                );
+                return with_retry_after((status, Json(error)).into_response(), Some(retry_after));
             }
             ApiError::TooLarge(limit) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
-                json!({ "message": format!("The request body is larger than {limit} bytes; split the batch.") }),
+                standard(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    json!({ "message": format!("The request body is larger than {limit} bytes; split the batch.") }),
+                ),
             ),
             ApiError::Internal(error) => {
                 tracing::error!(error = %format!("{error:#}"), "request failed");
                 (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    json!({ "message": "The service could not complete the request (database unavailable). Nothing was stored; retry in a few seconds." }),
+                    standard(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        json!({ "message": "The service could not complete the request (database unavailable). Nothing was stored; retry in a few seconds." }),
+                    ),
                 )
             }
         };
-        (status, body(status, details)).into_response()
+        (status, Json(body)).into_response()
     }
 }

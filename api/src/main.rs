@@ -7,7 +7,12 @@ mod auth;
 mod error;
 mod import;
 mod media;
+mod metadata;
+mod model;
+mod openapi;
+mod quota;
 mod redeliver;
+mod request_id;
 mod status;
 mod validate;
 

@@ -2,25 +2,38 @@
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::{json, Value};
 use tokio_postgres::Row;
+use utoipa::IntoParams;
 
 use crate::app::AppState;
 use crate::auth::{Caller, READ};
 use crate::error::ApiError;
+use crate::model::{Asset, MediaEntry};
 
 const COLUMNS: &str = "id, version, system_name, external_id, file_name, metadata, asset_key,
     asset_size, mime_type, sha256, original_url, created_at, updated_at, duration_seconds, width,
     height, video_codec";
 
-/// `GET /api/v1/mediaLibrary/{id}`.
+/// One entry.
+#[utoipa::path(
+    get,
+    path = "/api/v1/mediaLibrary/{id}",
+    params(("id" = String, Path, description = "Media id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The entry", body = MediaEntry),
+        (status = 401, description = "No or bad token", body = crate::model::ErrorBody),
+        (status = 403, description = "Token lacks public-api:read", body = crate::model::ErrorBody),
+        (status = 404, description = "No such entry in this project", body = crate::model::ErrorBody),
+        (status = 429, description = "Rate limited", body = crate::model::ErrorBody),
+    )
+)]
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<MediaEntry>, ApiError> {
     caller.require(READ)?;
     let client = state.pool.get().await?;
     let row = client
@@ -34,25 +47,38 @@ pub async fn show(
 }
 
 /// Query string of the lookup route.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
 pub struct FindQuery {
     system_name: Option<String>,
     external_id: Option<String>,
 }
 
-/// `GET /api/v1/mediaLibrary?systemName=&externalId=`: an array of the matching entries.
+/// The entries with this `systemName` and `externalId` (zero or one).
+#[utoipa::path(
+    get,
+    path = "/api/v1/mediaLibrary",
+    params(FindQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Matching entries", body = Vec<MediaEntry>),
+        (status = 400, description = "Missing parameter", body = crate::model::ErrorBody),
+        (status = 401, description = "No or bad token", body = crate::model::ErrorBody),
+        (status = 403, description = "Token lacks public-api:read", body = crate::model::ErrorBody),
+        (status = 429, description = "Rate limited", body = crate::model::ErrorBody),
+    )
+)]
 pub async fn find(
     State(state): State<AppState>,
     caller: Caller,
     Query(query): Query<FindQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<MediaEntry>>, ApiError> {
     caller.require(READ)?;
     let (Some(system_name), Some(external_id)) = (query.system_name, query.external_id) else {
-        return Err(ApiError::Invalid(vec![(
-            "systemName".into(),
-            "systemName and externalId are both required".into(),
-        )]));
+        return Err(ApiError::invalid(
+            "systemName",
+            "systemName and externalId are both required",
+        ));
     };
     let client = state.pool.get().await?;
     let rows = client
@@ -64,30 +90,30 @@ pub async fn find(
             &[&caller.project_id, &system_name, &external_id],
         )
         .await?;
-    Ok(Json(Value::Array(rows.iter().map(entry).collect())))
+    Ok(Json(rows.iter().map(entry).collect()))
 }
 
-fn entry(row: &Row) -> Value {
-    json!({
-        "id": row.get::<_, String>(0),
-        "version": row.get::<_, i32>(1),
-        "systemName": row.get::<_, String>(2),
-        "externalId": row.get::<_, String>(3),
-        "mediaType": "video",
-        "fileName": row.get::<_, String>(4),
-        "metadata": row.get::<_, Value>(5),
-        "asset": {
-            "key": row.get::<_, String>(6),
-            "size": row.get::<_, i64>(7),
-            "mimeType": row.get::<_, String>(8),
-            "sha256": row.get::<_, String>(9),
-            "originalUrl": row.get::<_, String>(10),
-            "duration": row.get::<_, Option<f64>>(13),
-            "width": row.get::<_, Option<i32>>(14),
-            "height": row.get::<_, Option<i32>>(15),
-            "codec": row.get::<_, Option<String>>(16),
+fn entry(row: &Row) -> MediaEntry {
+    MediaEntry {
+        id: row.get(0),
+        version: row.get(1),
+        system_name: row.get(2),
+        external_id: row.get(3),
+        media_type: "video".into(),
+        file_name: row.get(4),
+        metadata: row.get(5),
+        asset: Asset {
+            key: row.get(6),
+            size: row.get(7),
+            mime_type: row.get(8),
+            sha256: row.get(9),
+            original_url: row.get(10),
+            duration: row.get(13),
+            width: row.get(14),
+            height: row.get(15),
+            codec: row.get(16),
         },
-        "createdAt": row.get::<_, DateTime<Utc>>(11),
-        "updatedAt": row.get::<_, DateTime<Utc>>(12),
-    })
+        created_at: row.get(11),
+        updated_at: row.get(12),
+    }
 }

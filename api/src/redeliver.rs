@@ -4,20 +4,34 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde_json::{json, Value};
 use video_import_shared::messages::DeliverWebhook;
 use video_import_shared::{outbox, queue};
 
 use crate::app::AppState;
 use crate::auth::{Caller, WRITE};
 use crate::error::ApiError;
+use crate::model::{Redelivery, RedeliveryState};
 
 /// Queues a new round of delivery attempts; answers 202.
+#[utoipa::path(
+    post,
+    path = "/api/v1/import/videos/{id}/webhook",
+    params(("id" = String, Path, description = "Job id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Redelivery queued", body = Redelivery),
+        (status = 401, description = "No or bad token", body = crate::model::ErrorBody),
+        (status = 403, description = "Token lacks public-api:write", body = crate::model::ErrorBody),
+        (status = 404, description = "No such job in this project", body = crate::model::ErrorBody),
+        (status = 409, description = "Job still running, or without webhook", body = crate::model::ErrorBody),
+        (status = 429, description = "Rate limited", body = crate::model::ErrorBody),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Redelivery>), ApiError> {
     caller.require(WRITE)?;
     let mut client = state.pool.get().await?;
     let tx = client.transaction().await?;
@@ -57,9 +71,13 @@ pub async fn create(
     state.relay.wake();
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "id": id,
-            "webhook": {"state": "pending", "webhookId": row.get::<_, String>(1), "attempts": attempts}
-        })),
+        Json(Redelivery {
+            id,
+            webhook: RedeliveryState {
+                state: "pending".into(),
+                webhook_id: row.get(1),
+                attempts,
+            },
+        }),
     ))
 }

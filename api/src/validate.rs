@@ -3,11 +3,10 @@
 
 use std::collections::HashMap;
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::model::ImportRequest;
 
 /// Largest `context`, as in Livingdocs.
 pub const MAX_CONTEXT_BYTES: usize = 8192;
@@ -15,27 +14,6 @@ const MAX_SYSTEM_NAME: usize = 200;
 const MAX_ID: usize = 1024;
 const MAX_FILE_NAME: usize = 1024;
 const MAX_URL: usize = 8192;
-
-/// The body of `POST /api/v1/import/videos` as sent.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawBatch {
-    system_name: String,
-    #[serde(default)]
-    webhook: Option<String>,
-    #[serde(default)]
-    context: Option<Box<RawValue>>,
-    videos: Vec<RawVideo>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawVideo {
-    url: String,
-    id: String,
-    file_name: String,
-    metadata: Map<String, Value>,
-}
 
 /// A batch that passed every check.
 #[derive(Debug)]
@@ -59,7 +37,7 @@ pub struct Video {
 /// Parses `body` and checks it against the limits; collects every problem it can.
 pub fn batch(body: &[u8], max_videos: usize) -> Result<Batch, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let raw: RawBatch = serde_path_to_error::deserialize(&mut de).map_err(parse_error)?;
+    let raw: ImportRequest = serde_path_to_error::deserialize(&mut de).map_err(parse_error)?;
     de.end()
         .map_err(|e| ApiError::invalid("body", format!("is not valid JSON: {e}")))?;
 

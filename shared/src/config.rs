@@ -47,6 +47,10 @@ pub struct ApiSettings {
     pub max_batch_size: usize,
     /// Largest request body in bytes.
     pub max_body_bytes: usize,
+    /// Requests per second one token may send (0: no limit).
+    pub rate_limit_per_second: u32,
+    /// Requests one token may send at once above that rate.
+    pub rate_limit_burst: u32,
 }
 
 /// Where the worker and notifier serve `/metrics`, `/healthz` and `/readyz`.
@@ -139,6 +143,8 @@ impl Default for Settings {
                 listen: "127.0.0.1:8080".into(),
                 max_batch_size: 1000,
                 max_body_bytes: 16 * 1024 * 1024,
+                rate_limit_per_second: 0,
+                rate_limit_burst: 20,
             },
             metrics: MetricsSettings {
                 listen: "127.0.0.1:9090".into(),

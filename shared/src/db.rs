@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         include_str!("../migrations/0002_webhook_rotation_redelivery.sql"),
     ),
     (3, include_str!("../migrations/0003_asset_details.sql")),
+    (4, include_str!("../migrations/0004_idempotency.sql")),
 ];
 
 /// Any number so long as every process agrees on it: serialises concurrent `migrate` runs.

@@ -68,7 +68,9 @@ async fn rabbitmq_and_postgresql_restarts_lose_and_duplicate_nothing() {
     run("rabbitmqctl -q stop_app && sleep 2 && rabbitmqctl -q start_app");
     assert_complete(&stack, &project.token, &job, "mq").await;
     assert!(
-        stack.log("worker1").contains("consumer lost its broker connection"),
+        stack
+            .log("worker1")
+            .contains("consumer lost its broker connection"),
         "the worker saw the broker go and reconnected"
     );
     receiver.wait_for(1, 60).await;

@@ -1,0 +1,268 @@
+//! The API's request and response bodies, typed so that the OpenAPI document is generated
+//! from the same definitions the handlers serialize.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+/// Body of `POST /api/v1/import/videos` (parsed by `validate`, which names bad fields).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImportRequest {
+    /// Identifier of the system the videos come from; with each video's `id` the upsert key.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        example = "identifier-for-your-system"
+    )]
+    pub system_name: String,
+    /// Notified by POST when the job is done.
+    #[serde(default)]
+    #[schema(example = "https://my-domain.com/webhooks/video-import")]
+    pub webhook: Option<String>,
+    /// Sent back verbatim in the webhook; at most 8192 bytes.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub context: Option<Box<serde_json::value::RawValue>>,
+    /// 1 to `api.max_batch_size` videos.
+    #[schema(min_items = 1)]
+    pub videos: Vec<VideoInput>,
+}
+
+/// One video of an import batch.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VideoInput {
+    /// http(s) URL of the video file; no `data:` URLs.
+    #[schema(example = "https://archive.example/sample.mp4")]
+    pub url: String,
+    /// Your id of the video (stored as `externalId`), unique within the batch.
+    #[schema(min_length = 1, max_length = 1024, example = "123abc")]
+    pub id: String,
+    /// File name of the media-library entry.
+    #[schema(max_length = 1024, example = "sample")]
+    pub file_name: String,
+    /// Metadata, validated against the project's schema.
+    #[schema(value_type = Object)]
+    pub metadata: Map<String, Value>,
+}
+
+/// The job was accepted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    /// Job id, for the status endpoint.
+    #[schema(example = "k3j9x0q2m1ab")]
+    pub id: String,
+}
+
+/// Job state: `started` while videos are pending, then `success` or `failed`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Started,
+    Success,
+    Failed,
+}
+
+impl JobState {
+    /// Parses the database value.
+    pub fn from_db(value: &str) -> Self {
+        match value {
+            "success" => JobState::Success,
+            "failed" => JobState::Failed,
+            _ => JobState::Started,
+        }
+    }
+
+    /// The database value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Started => "started",
+            JobState::Success => "success",
+            JobState::Failed => "failed",
+        }
+    }
+}
+
+/// Counts of a job's videos by state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Overview {
+    pub total: i32,
+    pub imported: i32,
+    pub skipped: i32,
+    pub failed: i32,
+    pub pending: i32,
+}
+
+/// A job's status.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStatus {
+    pub id: String,
+    pub finished: bool,
+    pub state: JobState,
+    pub system_name: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub overview: Overview,
+    pub videos: Vec<VideoStatus>,
+    /// Present once the job is finished, if it has a webhook.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookStatus>,
+}
+
+/// Video state within a job.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoState {
+    Pending,
+    Imported,
+    Skipped,
+    Failed,
+}
+
+impl VideoState {
+    /// Parses the database value.
+    pub fn from_db(value: &str) -> Self {
+        match value {
+            "imported" => VideoState::Imported,
+            "skipped" => VideoState::Skipped,
+            "failed" => VideoState::Failed,
+            _ => VideoState::Pending,
+        }
+    }
+}
+
+/// One video's outcome.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VideoStatus {
+    pub state: VideoState,
+    pub system_name: String,
+    pub external_id: String,
+    /// Why it failed or was skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Still pending: why the last try failed and when the next comes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub video: Option<VideoRef>,
+}
+
+/// The media-library entry a video became.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VideoRef {
+    pub media_id: String,
+    pub original_url: String,
+    pub mime_type: Option<String>,
+    pub size: Option<i64>,
+    /// Seconds.
+    pub duration: Option<f64>,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    pub codec: Option<String>,
+}
+
+/// Webhook delivery state.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookStatus {
+    /// `pending`, `delivered` or `failed`.
+    #[schema(example = "delivered")]
+    pub state: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// A page of jobs, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobList {
+    pub jobs: Vec<JobSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// A job without its videos.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobSummary {
+    pub id: String,
+    pub finished: bool,
+    pub state: JobState,
+    pub system_name: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub overview: Overview,
+}
+
+/// A media-library entry.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MediaEntry {
+    pub id: String,
+    pub version: i32,
+    pub system_name: String,
+    pub external_id: String,
+    /// Always `video`.
+    #[schema(example = "video")]
+    pub media_type: String,
+    pub file_name: String,
+    #[schema(value_type = Object)]
+    pub metadata: Value,
+    pub asset: Asset,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The stored file of an entry.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Asset {
+    pub key: String,
+    pub size: i64,
+    pub mime_type: String,
+    pub sha256: String,
+    pub original_url: String,
+    /// Seconds, read from the file.
+    pub duration: Option<f64>,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    pub codec: Option<String>,
+}
+
+/// A redelivery was queued.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Redelivery {
+    pub id: String,
+    pub webhook: RedeliveryState,
+}
+
+/// The webhook after a redelivery request.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedeliveryState {
+    #[schema(example = "pending")]
+    pub state: String,
+    pub webhook_id: String,
+    /// Attempts made before this redelivery.
+    pub attempts: i32,
+}
+
+/// Every error: Livingdocs' shape plus the request id.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub status: u16,
+    #[schema(example = "Bad Request")]
+    pub error: String,
+    /// For validation errors, each offending field path mapped to its problem.
+    #[schema(value_type = Object)]
+    pub error_details: Value,
+    /// Also in the `x-request-id` header; quote it when asking for help.
+    pub request_id: String,
+}
