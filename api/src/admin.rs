@@ -119,17 +119,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             if daily_limit.is_some_and(|n| n < 0) {
                 bail!("--daily-limit must be zero or more");
             }
-            let schema: Option<serde_json::Value> = match metadata_schema {
-                Some(path) => {
-                    let text = std::fs::read_to_string(&path)
-                        .with_context(|| format!("cannot read {}", path.display()))?;
-                    Some(
-                        serde_json::from_str(&text)
-                            .with_context(|| format!("{} is not valid JSON", path.display()))?,
-                    )
-                }
-                None => None,
-            };
+            let schema = metadata_schema.as_deref().map(read_schema).transpose()?;
             let pool = db::connect(&settings.database).await?;
             let client = pool.get().await?;
             let secret = new_secret("whsec_");

@@ -31,6 +31,9 @@ static FALLBACK: LazyLock<Value> = LazyLock::new(|| {
 
 /// Compiles a schema; the error says what is wrong with it.
 pub fn compile(schema: &Value) -> Result<Validator, String> {
+    jsonschema::meta::options()
+        .validate(schema)
+        .map_err(|e| e.to_string())?;
     jsonschema::validator_for(schema).map_err(|e| e.to_string())
 }
 
@@ -155,6 +158,13 @@ mod tests {
             "{}",
             p[1].message
         );
+    }
+
+    #[test]
+    fn schemas_that_break_the_meta_schema_are_refused() {
+        assert!(compile(&json!({"type": 5})).is_err());
+        assert!(compile(&json!({"type": "object", "properties": {"a": {"maxLength": -1}}})).is_err());
+        assert!(compile(&FALLBACK).is_ok());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! One test binary for every cross-binary test (they start the real api, worker and
 //! notifier; see `tests/src/lib.rs`).
 
+mod api;
 mod pipeline;
 mod webhooks;
 mod worker;

@@ -1,0 +1,548 @@
+//! The API's contract beyond the pipeline: quotas, metadata schemas, idempotency, listing,
+//! token lifetimes, request ids, rate limits and the OpenAPI document.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use video_import_tests::{Options, Stack};
+
+fn api_only(env: &[(&str, &str)]) -> Options {
+    Options {
+        workers: 0,
+        notifier: false,
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+fn batch(n: usize, tag: &str) -> Value {
+    let videos: Vec<Value> = (0..n)
+        .map(|i| json!({"url": format!("https://archive.example/{tag}/{i}.mp4"), "id": format!("{tag}-{i}"),
+                        "fileName": "f", "metadata": {"title": "t"}}))
+        .collect();
+    json!({"systemName": "archive", "videos": videos})
+}
+
+async fn post(stack: &Stack, token: &str, body: &Value, key: Option<&str>) -> reqwest::Response {
+    let mut request = stack
+        .http
+        .post(format!("{}/api/v1/import/videos", stack.api_url))
+        .bearer_auth(token)
+        .json(body);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_daily_limit_counts_a_sliding_window_and_answers_the_seed_429() {
+    let stack = Stack::start(api_only(&[])).await;
+    let out = stack
+        .api_cli(&["project", "create", "quota", "--daily-limit", "5"])
+        .await;
+    assert!(out.status.success(), "{}", out.stderr);
+    let token = stack.token("quota", &["public-api:write"]).await;
+
+    assert_eq!(
+        post(&stack, &token, &batch(3, "a"), None).await.status(),
+        200
+    );
+    assert_eq!(
+        post(&stack, &token, &batch(2, "b"), None).await.status(),
+        200,
+        "exactly at the limit"
+    );
+    let refused = post(&stack, &token, &batch(1, "c"), None).await;
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((86_000..=86_401).contains(&retry_after), "{retry_after}");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body[0]["status"], 429);
+    assert_eq!(body[0]["error"], "Usage Limit Exceeded");
+    let message = body[0]["error_details"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Your plan does not allow you to upload more than 5 per day."),
+        "{message}"
+    );
+    assert!(
+        message.contains(
+            "You already uploaded 5 in the last 24 hours and are trying to upload 1 more."
+        ),
+        "{message}"
+    );
+
+    // The window slides: once the first job (3 videos) is about to leave it, Retry-After says when.
+    stack
+        .sql("UPDATE jobs SET started_at = now() - interval '23 hours 59 minutes 30 seconds' WHERE total = 3")
+        .await;
+    let refused = post(&stack, &token, &batch(1, "d"), None).await;
+    assert_eq!(refused.status(), 429);
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((25..=32).contains(&retry_after), "{retry_after}");
+    stack
+        .sql("UPDATE jobs SET started_at = now() - interval '24 hours 1 second' WHERE total = 3")
+        .await;
+    assert_eq!(
+        post(&stack, &token, &batch(3, "e"), None).await.status(),
+        200
+    );
+    assert_eq!(
+        post(&stack, &token, &batch(1, "f"), None).await.status(),
+        429
+    );
+
+    // A limit can be changed and removed.
+    let out = stack
+        .api_cli(&["project", "update", "quota", "--daily-limit", "100"])
+        .await;
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(
+        post(&stack, &token, &batch(1, "g"), None).await.status(),
+        200
+    );
+    let out = stack
+        .api_cli(&["project", "update", "quota", "--no-daily-limit"])
+        .await;
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(
+        post(&stack, &token, &batch(500, "h"), None).await.status(),
+        200
+    );
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn concurrent_batches_cannot_both_squeeze_past_the_limit() {
+    let stack = Stack::start(api_only(&[])).await;
+    let out = stack
+        .api_cli(&["project", "create", "race", "--daily-limit", "10"])
+        .await;
+    assert!(out.status.success());
+    let token = stack.token("race", &["public-api:write"]).await;
+    let bodies: Vec<Value> = (0..6).map(|i| batch(3, &format!("r{i}"))).collect();
+    let answers =
+        futures::future::join_all(bodies.iter().map(|b| post(&stack, &token, b, None))).await;
+    let accepted = answers.iter().filter(|r| r.status() == 200).count();
+    let refused = answers.iter().filter(|r| r.status() == 429).count();
+    assert_eq!(
+        (accepted, refused),
+        (3, 3),
+        "3 × 3 fit in 10, the rest must not"
+    );
+    let rows = stack.sql("SELECT sum(total)::bigint FROM jobs").await;
+    assert_eq!(rows[0].get::<_, i64>(0), 9);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn metadata_is_checked_against_the_project_schema_with_every_problem_reported() {
+    let stack = Stack::start(api_only(&[])).await;
+    let schema = stack.dir.join("schema.json");
+    std::fs::write(
+        &schema,
+        json!({"type": "object", "required": ["title"], "additionalProperties": false,
+               "properties": {"title": {"type": "string", "maxLength": 20}, "year": {"type": "integer"}}})
+        .to_string(),
+    )
+    .unwrap();
+    let out = stack
+        .api_cli(&[
+            "project",
+            "create",
+            "strict",
+            "--metadata-schema",
+            schema.to_str().unwrap(),
+        ])
+        .await;
+    assert!(out.status.success(), "{}", out.stderr);
+    let token = stack.token("strict", &["public-api:write"]).await;
+    let body = json!({"systemName": "archive", "videos": [
+        {"url": "https://a.example/1.mp4", "id": "one", "fileName": "f", "metadata": {"title": "fine", "year": 1999}},
+        {"url": "https://a.example/2.mp4", "id": "two", "fileName": "f", "metadata": {"year": "1999"}},
+        {"url": "https://a.example/3.mp4", "id": "three", "fileName": "f", "metadata": {"title": 3, "colour": "red"}}
+    ]});
+    let response = post(&stack, &token, &body, None).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"], "ValidationError");
+    assert_eq!(
+        error["error_details"]["message"],
+        "Metadata validation failed."
+    );
+    let found: Vec<(i64, String, String)> = error["error_details"]["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["index"].as_i64().unwrap(),
+                e["externalId"].as_str().unwrap().to_string(),
+                e["metadataProperty"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected = [
+        (1, "two", "title"),
+        (1, "two", "year"),
+        (2, "three", "colour"),
+        (2, "three", "title"),
+    ];
+    let expected: Vec<(i64, String, String)> = expected
+        .iter()
+        .map(|(i, e, p)| (*i, e.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(found, expected);
+    let stored = stack.sql("SELECT count(*) FROM jobs").await;
+    assert_eq!(stored[0].get::<_, i64>(0), 0);
+
+    // Without a schema, the fallback fields must be strings and others are free.
+    let plain = stack.project("plain").await;
+    let response = post(&stack, &plain.token, &json!({"systemName": "a", "videos": [
+        {"url": "https://a.example/1.mp4", "id": "x", "fileName": "f", "metadata": {"title": 5, "credit": "LC"}}]}), None).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(
+        error["error_details"]["errors"][0]["metadataProperty"],
+        "title"
+    );
+
+    // A schema that does not compile is refused by the CLI.
+    std::fs::write(&schema, r#"{"type": 5}"#).unwrap();
+    let out = stack
+        .api_cli(&[
+            "project",
+            "create",
+            "broken",
+            "--metadata-schema",
+            schema.to_str().unwrap(),
+        ])
+        .await;
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("is not a usable JSON Schema"),
+        "{}",
+        out.stderr
+    );
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_the_first_job_and_refuses_another_body() {
+    let stack = Stack::start(api_only(&[])).await;
+    let project = stack.project("idem").await;
+    let first: Value = post(&stack, &project.token, &batch(2, "a"), Some("key-1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let again = post(&stack, &project.token, &batch(2, "a"), Some("key-1")).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.json::<Value>().await.unwrap()["id"], first["id"]);
+    let other = post(&stack, &project.token, &batch(3, "b"), Some("key-1")).await;
+    assert_eq!(other.status(), 422);
+    let error: Value = other.json().await.unwrap();
+    assert!(error["error_details"]["Idempotency-Key"].is_string());
+
+    // Concurrent duplicates create one job.
+    let body = batch(2, "c");
+    let answers = futures::future::join_all(
+        (0..8).map(|_| post(&stack, &project.token, &body, Some("key-2"))),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for answer in answers {
+        assert_eq!(answer.status(), 200);
+        ids.push(
+            answer.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let jobs = stack.sql("SELECT count(*) FROM jobs").await;
+    assert_eq!(jobs[0].get::<_, i64>(0), 2);
+    // Keys older than 24 hours are free again.
+    stack
+        .sql("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
+        .await;
+    let fresh: Value = post(&stack, &project.token, &batch(3, "b"), Some("key-1"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(fresh["id"], first["id"]);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn jobs_are_listed_newest_first_page_by_page() {
+    let stack = Stack::start(api_only(&[])).await;
+    let project = stack.project("pages").await;
+    let mut created = Vec::new();
+    for i in 0..5 {
+        let mut body = batch(1, &format!("p{i}"));
+        if i == 4 {
+            body["systemName"] = json!("other-system");
+        }
+        let answer: Value = post(&stack, &project.token, &body, None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        created.push(answer["id"].as_str().unwrap().to_string());
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/v1/import/videos?limit=2&cursor={c}"),
+            None => "/api/v1/import/videos?limit=2".to_string(),
+        };
+        let (code, page) = stack.get(Some(&project.token), &path).await;
+        assert_eq!(code, 200, "{page}");
+        pages += 1;
+        for job in page["jobs"].as_array().unwrap() {
+            seen.push(job["id"].as_str().unwrap().to_string());
+            assert_eq!(job["state"], "started");
+            assert_eq!(job["overview"]["total"], 1);
+        }
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    created.reverse();
+    assert_eq!(seen, created, "newest first, each job once");
+
+    let (_, filtered) = stack
+        .get(
+            Some(&project.token),
+            "/api/v1/import/videos?systemName=other-system",
+        )
+        .await;
+    assert_eq!(filtered["jobs"].as_array().unwrap().len(), 1);
+    let (_, none) = stack
+        .get(Some(&project.token), "/api/v1/import/videos?state=success")
+        .await;
+    assert_eq!(none["jobs"].as_array().unwrap().len(), 0);
+    let (code, error) = stack
+        .get(Some(&project.token), "/api/v1/import/videos?cursor=bogus")
+        .await;
+    assert_eq!(code, 400);
+    assert!(error["error_details"]["cursor"].is_string());
+    let (code, _) = stack
+        .get(Some(&project.token), "/api/v1/import/videos?limit=0")
+        .await;
+    assert_eq!(code, 400);
+    // Other projects' jobs are not listed.
+    let other = stack.project("elsewhere").await;
+    let (_, empty) = stack.get(Some(&other.token), "/api/v1/import/videos").await;
+    assert_eq!(empty["jobs"].as_array().unwrap().len(), 0);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn tokens_expire_and_can_be_revoked_and_listed() {
+    let stack = Stack::start(api_only(&[])).await;
+    stack.project("tokens").await;
+    let out = stack
+        .api_cli(&[
+            "token",
+            "create",
+            "--project",
+            "tokens",
+            "--scope",
+            "public-api:write",
+            "--expires-in",
+            "1s",
+        ])
+        .await;
+    assert!(out.status.success(), "{}", out.stderr);
+    let short: Value = serde_json::from_str(&out.stdout).unwrap();
+    let short_token = short["token"].as_str().unwrap();
+    assert!(short["expiresAt"].is_string());
+    assert_eq!(
+        post(&stack, short_token, &batch(1, "a"), None)
+            .await
+            .status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let expired = post(&stack, short_token, &batch(1, "b"), None).await;
+    assert_eq!(expired.status(), 401);
+    let body: Value = expired.json().await.unwrap();
+    assert_eq!(
+        body["error_details"]["access_token"],
+        "The access token expired."
+    );
+
+    let out = stack
+        .api_cli(&[
+            "token",
+            "create",
+            "--project",
+            "tokens",
+            "--scope",
+            "public-api:write",
+        ])
+        .await;
+    let long: Value = serde_json::from_str(&out.stdout).unwrap();
+    let long_token = long["token"].as_str().unwrap();
+    assert_eq!(
+        post(&stack, long_token, &batch(1, "c"), None)
+            .await
+            .status(),
+        200
+    );
+    let id = long["id"].as_i64().unwrap().to_string();
+    let out = stack.api_cli(&["token", "revoke", &id]).await;
+    assert!(out.status.success(), "{}", out.stderr);
+    let revoked = post(&stack, long_token, &batch(1, "d"), None).await;
+    assert_eq!(revoked.status(), 401);
+    let body: Value = revoked.json().await.unwrap();
+    assert_eq!(
+        body["error_details"]["access_token"],
+        "The access token was revoked."
+    );
+
+    let out = stack
+        .api_cli(&["token", "list", "--project", "tokens"])
+        .await;
+    let listed: Value = serde_json::from_str(&out.stdout).unwrap();
+    let listed = listed.as_array().unwrap();
+    // The project's own token from `project()`, plus the two above.
+    assert_eq!(listed.len(), 3);
+    assert!(
+        listed.iter().all(|t| t.get("token").is_none()),
+        "tokens are never shown again"
+    );
+    assert!(listed.iter().any(|t| t["revokedAt"].is_string()));
+    assert!(listed.iter().any(|t| t["expiresAt"].is_string()));
+    let out = stack
+        .api_cli(&[
+            "token",
+            "create",
+            "--project",
+            "tokens",
+            "--scope",
+            "public-api:write",
+            "--expires-in",
+            "soon",
+        ])
+        .await;
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("--expires-in"), "{}", out.stderr);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn every_response_has_a_request_id_and_errors_repeat_it() {
+    let stack = Stack::start(api_only(&[])).await;
+    let project = stack.project("ids").await;
+    let ok = stack
+        .http
+        .get(format!("{}/healthz", stack.api_url))
+        .send()
+        .await
+        .unwrap();
+    assert!(ok.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .starts_with("req_"));
+    let response = stack
+        .http
+        .get(format!(
+            "{}/api/v1/import/videos/status?id=nope",
+            stack.api_url
+        ))
+        .bearer_auth(&project.token)
+        .header("x-request-id", "trace-abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(response.headers()["x-request-id"], "trace-abc-123");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["request_id"], "trace-abc-123");
+    let response = stack
+        .http
+        .get(format!("{}/api/v1/mediaLibrary/x", stack.api_url))
+        .send()
+        .await
+        .unwrap();
+    let header = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["request_id"], header);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn a_token_over_its_rate_gets_429_with_retry_after() {
+    let stack = Stack::start(api_only(&[
+        ("VIDEO_IMPORT__API__RATE_LIMIT_PER_SECOND", "1"),
+        ("VIDEO_IMPORT__API__RATE_LIMIT_BURST", "2"),
+    ]))
+    .await;
+    let project = stack.project("rate").await;
+    let mut codes = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..3 {
+        let response = stack
+            .http
+            .get(format!("{}/api/v1/import/videos", stack.api_url))
+            .bearer_auth(&project.token)
+            .send()
+            .await
+            .unwrap();
+        codes.push(response.status().as_u16());
+        if let Some(v) = response.headers().get("retry-after") {
+            retry_after = Some(v.to_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(codes, [200, 200, 429]);
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let stack = Stack::start(api_only(&[])).await;
+    let (code, doc) = stack.get(None, "/api/v1/openapi.json").await;
+    assert_eq!(code, 200);
+    assert!(
+        doc["openapi"].as_str().unwrap().starts_with("3.1"),
+        "{}",
+        doc["openapi"]
+    );
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/api/v1/import/videos",
+        "/api/v1/import/videos/status",
+        "/api/v1/import/videos/{id}/webhook",
+        "/api/v1/mediaLibrary",
+        "/api/v1/mediaLibrary/{id}",
+    ] {
+        assert!(paths.contains_key(path), "{path} missing");
+    }
+    assert!(paths["/api/v1/import/videos"]["post"]["requestBody"].is_object());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    stack.finish().await;
+}
