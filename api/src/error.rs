@@ -75,6 +75,12 @@ impl From<deadpool_postgres::PoolError> for ApiError {
     }
 }
 
+impl From<axum::extract::rejection::QueryRejection> for ApiError {
+    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
+        ApiError::invalid("query", rejection.body_text())
+    }
+}
+
 impl ApiError {
     /// A single-field validation error.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {

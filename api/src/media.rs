@@ -1,5 +1,6 @@
 //! Media-library reads: one entry by id, or entries by `systemName` and `externalId`.
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Deserialize;
@@ -50,7 +51,9 @@ pub async fn show(
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
 pub struct FindQuery {
+    #[param(required = true)]
     system_name: Option<String>,
+    #[param(required = true)]
     external_id: Option<String>,
 }
 
@@ -71,9 +74,10 @@ pub struct FindQuery {
 pub async fn find(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<FindQuery>,
+    query: Result<Query<FindQuery>, QueryRejection>,
 ) -> Result<Json<Vec<MediaEntry>>, ApiError> {
     caller.require(READ)?;
+    let Query(query) = query?;
     let (Some(system_name), Some(external_id)) = (query.system_name, query.external_id) else {
         return Err(ApiError::invalid(
             "systemName",

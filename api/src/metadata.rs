@@ -163,7 +163,9 @@ mod tests {
     #[test]
     fn schemas_that_break_the_meta_schema_are_refused() {
         assert!(compile(&json!({"type": 5})).is_err());
-        assert!(compile(&json!({"type": "object", "properties": {"a": {"maxLength": -1}}})).is_err());
+        assert!(
+            compile(&json!({"type": "object", "properties": {"a": {"maxLength": -1}}})).is_err()
+        );
         assert!(compile(&FALLBACK).is_ok());
     }
 

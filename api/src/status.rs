@@ -1,6 +1,7 @@
 //! Reading jobs: one job's status in the Livingdocs shape (with every video's outcome and
 //! the webhook's delivery state), and the project's jobs page by page.
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -22,6 +23,7 @@ use crate::model::{
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct StatusQuery {
     /// The job id that `POST /api/v1/import/videos` answered.
+    #[param(required = true)]
     id: Option<String>,
 }
 
@@ -65,9 +67,10 @@ fn summary(row: &Row) -> JobSummary {
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<StatusQuery>,
+    query: Result<Query<StatusQuery>, QueryRejection>,
 ) -> Result<Json<JobStatus>, ApiError> {
     caller.require(WRITE)?;
+    let Query(query) = query?;
     let id = query
         .id
         .filter(|id| !id.is_empty())
@@ -172,9 +175,10 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<JobList>, ApiError> {
     caller.require(WRITE)?;
+    let Query(query) = query?;
     let limit = query.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(ApiError::invalid("limit", "must be from 1 to 200"));

@@ -349,6 +349,11 @@ async fn jobs_are_listed_newest_first_page_by_page() {
         .get(Some(&project.token), "/api/v1/import/videos?limit=0")
         .await;
     assert_eq!(code, 400);
+    let (code, error) = stack
+        .get(Some(&project.token), "/api/v1/import/videos?state=bogus")
+        .await;
+    assert_eq!(code, 400);
+    assert!(error["error_details"]["query"].is_string(), "{error}");
     // Other projects' jobs are not listed.
     let other = stack.project("elsewhere").await;
     let (_, empty) = stack.get(Some(&other.token), "/api/v1/import/videos").await;
