@@ -25,13 +25,16 @@ fn test_delays() -> Vec<u64> {
     (1..=100).collect()
 }
 
-/// Folder holding the built binaries (next to this test executable's `deps/`).
+/// Folder holding the built binaries: `target/<profile>`, whether this executable is a test
+/// (in `target/<profile>/deps`) or the benchmark (in `target/<profile>`).
 fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>")
-        .to_path_buf()
+    let exe = std::env::current_exe().expect("executable path");
+    let dir = exe.parent().expect("executable folder");
+    if dir.ends_with("deps") {
+        dir.parent().expect("target/<profile>").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -63,6 +66,16 @@ pub struct Project {
     pub secret: String,
     /// Scopes public-api:write and public-api:read.
     pub token: String,
+}
+
+/// Process id of a running process of the stack (for resource measurements).
+impl Stack {
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.processes
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, c)| c.id())
+    }
 }
 
 /// One running stack: database, queue prefix, storage folder and processes.

@@ -1,0 +1,139 @@
+//! Raw baselines measured in the same run: pgbench running the worker's per-video SQL, a
+//! bare lapin publish/consume loop, and curl downloading the same large file.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+/// The machine's memory, from /proc/meminfo.
+pub fn memory() -> String {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| format!("{:.1} GiB RAM", kb as f64 / 1024.0 / 1024.0))
+        .unwrap_or_default()
+}
+
+/// The worker's per-video transaction, as a pgbench script (same statements, same shape).
+const WORKER_SQL: &str = r#"
+\set n random(1, 100000)
+\set job random(0, 9)
+SELECT j.project_id, j.system_name, i.external_id, i.url, i.file_name, i.metadata, i.state = 'pending', m.original_url = i.url, m.source_etag, m.source_last_modified FROM job_items i JOIN jobs j ON j.id = i.job_id LEFT JOIN media_entries m ON m.project_id = j.project_id AND m.system_name = j.system_name AND m.external_id = i.external_id WHERE i.job_id = 'bench' AND i.idx = :n;
+BEGIN;
+SELECT 1 FROM job_items WHERE job_id = 'bench' AND idx = :n FOR UPDATE;
+SELECT pg_advisory_xact_lock(hashtextextended(1::bigint || '/' || 'archive' || '/' || ('e' || :n || '-' || :client_id), 0));
+SELECT id, sha256, metadata, file_name, asset_key FROM media_entries WHERE project_id = 1 AND system_name = 'archive' AND external_id = 'e' || :n || '-' || :client_id;
+INSERT INTO media_entries (id, project_id, system_name, external_id, file_name, metadata, asset_key, asset_size, mime_type, sha256, original_url, source_etag, source_last_modified, duration_seconds, width, height, video_codec) VALUES (md5(random()::text), 1, 'archive', 'e' || :n || '-' || :client_id || '-' || random(), 'f', '{"title": "t"}', 'k/' || md5(random()::text), 16369, 'video/mp4', md5(random()::text), 'http://127.0.0.1/v', NULL, NULL, 2.0, 192, 144, 'h264');
+UPDATE job_items SET state = 'pending', reason = NULL, media_id = NULL, updated_at = now() WHERE job_id = 'bench' AND idx = :n;
+UPDATE jobs SET pending = pending - 1, imported = imported + 1 WHERE id = 'bench-' || :job RETURNING pending, webhook;
+COMMIT;
+"#;
+
+/// Transactions per second of the worker's SQL under pgbench, on a database with our schema.
+pub async fn pgbench(migrate: impl std::future::Future<Output = String>, clients: u32) -> anyhow::Result<f64> {
+    let db = migrate.await;
+    let setup = "
+        INSERT INTO projects (id, handle, webhook_secret) VALUES (1, 'bench', 'whsec_x') ON CONFLICT DO NOTHING;
+        INSERT INTO jobs (id, project_id, system_name, total, pending)
+            SELECT 'bench-' || g, 1, 'archive', 100000000, 100000000 FROM generate_series(0, 9) g;
+        INSERT INTO jobs (id, project_id, system_name, total, pending) VALUES ('bench', 1, 'archive', 100000, 100000);
+        INSERT INTO job_items (job_id, idx, external_id, url, file_name, metadata)
+            SELECT 'bench', g, 'e' || g, 'http://127.0.0.1/v', 'f', '{}' FROM generate_series(1, 100000) g;";
+    let status = Command::new("psql")
+        .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-d", &db, "-c", setup])
+        .status()?;
+    anyhow::ensure!(status.success(), "pgbench setup failed");
+    let script = std::env::temp_dir().join("video-import-worker.sql");
+    std::fs::write(&script, WORKER_SQL)?;
+    let output = Command::new("pgbench")
+        .args([
+            "-n", "-h", "127.0.0.1", "-U", "postgres", "-c", &clients.to_string(), "-j", "2",
+            "-T", "15", "-f",
+        ])
+        .arg(&script)
+        .arg(&db)
+        .output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(output.status.success(), "pgbench failed: {}", String::from_utf8_lossy(&output.stderr));
+    let tps = text
+        .lines()
+        .find(|l| l.starts_with("tps ="))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no tps in pgbench output: {text}"))?;
+    Ok(tps)
+}
+
+/// Messages per second through a quorum queue: persistent publishes with confirms,
+/// consumed with manual acks, both at once.
+pub async fn lapin_loop(messages: usize) -> anyhow::Result<f64> {
+    let url = "amqp://guest:guest@127.0.0.1:5672/%2f";
+    let queue = format!("bench-raw-{}", std::process::id());
+    let publisher = Connection::connect(url, ConnectionProperties::default()).await?;
+    let consumer_conn = Connection::connect(url, ConnectionProperties::default()).await?;
+    let pch = publisher.create_channel().await?;
+    let cch = consumer_conn.create_channel().await?;
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    pch.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args).await?;
+    pch.confirm_select(ConfirmSelectOptions::default()).await?;
+    cch.basic_qos(200, BasicQosOptions::default()).await?;
+    let mut consumer = cch
+        .basic_consume(queue.as_str().into(), "bench".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+    let started = Instant::now();
+    let consume = tokio::spawn(async move {
+        let mut seen = 0;
+        while let Some(Ok(delivery)) = consumer.next().await {
+            delivery.ack(BasicAckOptions::default()).await.ok();
+            seen += 1;
+            if seen == messages {
+                break;
+            }
+        }
+    });
+    let payload = br#"{"job_id":"abcdefghijkl","idx":1,"attempt":0}"#;
+    for chunk in (0..messages).collect::<Vec<_>>().chunks(1000) {
+        let mut confirms = Vec::with_capacity(chunk.len());
+        for _ in chunk {
+            confirms.push(
+                pch.basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    payload,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await?,
+            );
+        }
+        futures::future::try_join_all(confirms).await?;
+    }
+    tokio::time::timeout(Duration::from_secs(120), consume).await??;
+    let rate = messages as f64 / started.elapsed().as_secs_f64();
+    pch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+    Ok(rate)
+}
+
+/// Bytes per second of `curl -o FILE URL`.
+pub fn curl(url: &str, out: &std::path::Path) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let status = Command::new("curl").args(["-s", "-f", "-o"]).arg(out).arg(url).status()?;
+    anyhow::ensure!(status.success(), "curl failed");
+    let bytes = std::fs::metadata(out)?.len();
+    let rate = bytes as f64 / started.elapsed().as_secs_f64();
+    std::fs::remove_file(out)?;
+    Ok(rate)
+}

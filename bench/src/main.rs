@@ -1,0 +1,70 @@
+//! `video-import-bench`: starts the real stack (release binaries) against PostgreSQL and
+//! RabbitMQ on this machine and prints, per scenario, the figure and its ratio to a raw
+//! baseline measured in the same run.
+//!
+//! Run: `cargo build --release --workspace --bins && target/release/video-import-bench [SCENARIO…]`
+//! with SCENARIO among e2e, accept, large, latency, webhooks (default: all).
+
+mod baseline;
+mod scenarios;
+mod servers;
+
+use clap::Parser;
+
+/// Benchmark harness.
+#[derive(Parser)]
+struct Cli {
+    /// Scenarios to run: e2e, accept, large, latency, webhooks (default: all).
+    scenarios: Vec<String>,
+}
+
+/// One printed result.
+pub struct Row {
+    pub scenario: &'static str,
+    pub figure: String,
+    pub baseline: String,
+    pub ratio: String,
+    pub target: &'static str,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    video_import_shared::telemetry::init_tls();
+    let cli = Cli::parse();
+    let all = ["e2e", "accept", "large", "latency", "webhooks"];
+    let chosen: Vec<String> = if cli.scenarios.is_empty() {
+        all.iter().map(|s| s.to_string()).collect()
+    } else {
+        cli.scenarios
+    };
+    println!(
+        "machine: {} cores, {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        baseline::memory()
+    );
+    let mut rows = Vec::new();
+    for scenario in &chosen {
+        println!("\n== {scenario}");
+        let result = match scenario.as_str() {
+            "e2e" => scenarios::end_to_end().await,
+            "accept" => scenarios::acceptance().await,
+            "large" => scenarios::large_file().await,
+            "latency" => scenarios::latency_bound().await,
+            "webhooks" => scenarios::webhooks().await,
+            other => anyhow::bail!("unknown scenario {other:?}; use one of {}", all.join(", ")),
+        };
+        match result {
+            Ok(mut r) => rows.append(&mut r),
+            Err(e) => println!("{scenario} failed: {e:#}"),
+        }
+    }
+    println!("\n| scenario | figure | baseline | ratio | target |");
+    println!("|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r.scenario, r.figure, r.baseline, r.ratio, r.target
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,315 @@
+//! The five scenarios of docs/benchmarks.md.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use video_import_tests::videos::fixture;
+use video_import_tests::{Options, Project, Stack};
+
+use crate::servers::{self, Counter};
+use crate::{baseline, Row};
+
+fn options(workers: usize, notifier: bool, extra: &[(&str, &str)]) -> Options {
+    let mut env: Vec<(String, String)> = vec![
+        ("VIDEO_IMPORT__LOG__FILTER".into(), "warn".into()),
+        ("VIDEO_IMPORT__DATABASE__POOL_SIZE".into(), "16".into()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    Options {
+        workers,
+        notifier,
+        env,
+    }
+}
+
+fn batch(base: &str, from: usize, n: usize, webhook: Option<&str>) -> Value {
+    let videos: Vec<Value> = (from..from + n)
+        .map(|i| json!({"url": format!("{base}/v/{i}"), "id": format!("v{i}"), "fileName": "f", "metadata": {"title": "t"}}))
+        .collect();
+    let mut body = json!({"systemName": "archive", "videos": videos});
+    if let Some(url) = webhook {
+        body["webhook"] = json!(url);
+    }
+    body
+}
+
+async fn post(stack: &Stack, project: &Project, body: &Value) -> anyhow::Result<String> {
+    let response = stack
+        .http
+        .post(format!("{}/api/v1/import/videos", stack.api_url))
+        .bearer_auth(&project.token)
+        .json(body)
+        .send()
+        .await?;
+    anyhow::ensure!(response.status() == 200, "import answered {}", response.status());
+    Ok(response.json::<Value>().await?["id"].as_str().unwrap_or_default().to_string())
+}
+
+async fn imported(stack: &Stack) -> i64 {
+    stack.sql("SELECT coalesce(sum(imported), 0)::bigint FROM jobs").await[0].get(0)
+}
+
+/// Scenario 1: 10,000 real 16 KiB videos in batches of 1000; 1 api, 2 workers, 1 notifier.
+pub async fn end_to_end() -> anyhow::Result<Vec<Row>> {
+    let total = 10_000;
+    let stack = Stack::start(options(2, true, &[("VIDEO_IMPORT__FETCH__CONCURRENCY", "64")])).await;
+    let project = stack.project("bench").await;
+    let base = servers::videos(Bytes::from(fixture("bench16k.mp4")), Duration::ZERO).await;
+    let receiver = Counter::start(false).await;
+    let started = Instant::now();
+    for b in 0..total / 1000 {
+        post(&stack, &project, &batch(&base, b * 1000, 1000, Some(&receiver.url))).await?;
+    }
+    let accepted = started.elapsed();
+    let last = receiver.wait_for((total / 1000) as u64, Duration::from_secs(900)).await?;
+    let elapsed = last - started;
+    let done = imported(&stack).await;
+    anyhow::ensure!(done == total as i64, "{done} of {total} imported");
+    let rate = total as f64 / elapsed.as_secs_f64();
+    println!(
+        "{total} videos: accepted in {:.2} s, last webhook after {:.2} s: {rate:.0} videos/s",
+        accepted.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+
+    let pg_db = format!("vib_pgbench_{}", std::process::id());
+    let create = Command::new("psql")
+        .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-c", &format!("CREATE DATABASE {pg_db}")])
+        .status()?;
+    anyhow::ensure!(create.success());
+    let url = format!("postgres://postgres@127.0.0.1:5432/{pg_db}");
+    let migrate = async {
+        let out = stack.api_cli_with(&["migrate"], &[("VIDEO_IMPORT__DATABASE__URL", &url)]).await;
+        assert!(out.status.success(), "{}", out.stderr);
+        pg_db.clone()
+    };
+    let tps = baseline::pgbench(migrate, 16).await;
+    let _ = Command::new("psql")
+        .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-c", &format!("DROP DATABASE {pg_db} WITH (FORCE)")])
+        .status();
+    let tps = tps?;
+    println!("pgbench, the worker's per-video SQL, 16 clients: {tps:.0} tx/s");
+    let amqp = baseline::lapin_loop(20_000).await?;
+    println!("raw lapin publish (confirms) + consume (acks), quorum queue: {amqp:.0} msg/s");
+    stack.finish().await;
+    Ok(vec![
+        Row {
+            scenario: "1 end to end",
+            figure: format!("{rate:.0} videos/s"),
+            baseline: format!("pgbench {tps:.0} tx/s; lapin {amqp:.0} msg/s"),
+            ratio: format!("{:.2} of pgbench, {:.2} of lapin", rate / tps, rate / amqp),
+            target: "≥ 1000/s and ≥ 0.5 of pgbench",
+        },
+    ])
+}
+
+/// Scenario 2: batches of 100 from 16 concurrent clients for 15 s.
+pub async fn acceptance() -> anyhow::Result<Vec<Row>> {
+    let stack = Stack::start(options(0, false, &[])).await;
+    let project = stack.project("bench").await;
+    let base = "https://archive.example";
+    let clients = 16;
+    let until = Instant::now() + Duration::from_secs(15);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let http = stack.http.clone();
+        let url = format!("{}/api/v1/import/videos", stack.api_url);
+        let token = project.token.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut i = 0;
+            while Instant::now() < until {
+                let body = batch(base, (c * 1_000_000) + i * 100, 100, None);
+                let t = Instant::now();
+                let r = http.post(&url).bearer_auth(&token).json(&body).send().await;
+                if matches!(r, Ok(ref r) if r.status() == 200) {
+                    latencies.push(t.elapsed());
+                }
+                i += 1;
+            }
+            latencies
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await?);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    let rate = latencies.len() as f64 * 100.0 / elapsed;
+    let (p50, p99) = (pct(0.50), pct(0.99));
+    println!(
+        "{} batches of 100 from {clients} clients in {elapsed:.1} s: {rate:.0} videos/s, p50 {:.1} ms, p99 {:.1} ms",
+        latencies.len(),
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3
+    );
+    stack.finish().await;
+    Ok(vec![Row {
+        scenario: "2 API acceptance",
+        figure: format!(
+            "{rate:.0} videos/s, p50 {:.0} ms, p99 {:.0} ms",
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3
+        ),
+        baseline: "-".into(),
+        ratio: "-".into(),
+        target: "5000/s, p99 < 250 ms",
+    }])
+}
+
+/// Peak resident memory (VmHWM) of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Scenario 3: one 2 GiB video against `curl -o`, and the worker's peak memory.
+pub async fn large_file() -> anyhow::Result<Vec<Row>> {
+    let size: u64 = 2 * 1024 * 1024 * 1024;
+    let stack = Stack::start(options(1, false, &[])).await;
+    let project = stack.project("bench").await;
+    let source = stack.dir.join("large-source.mp4");
+    {
+        let mut head = fixture("bench16k.mp4");
+        head.resize(64 * 1024, 0);
+        std::fs::write(&source, &head)?;
+        std::fs::OpenOptions::new().write(true).open(&source)?.set_len(size)?;
+    }
+    let base = servers::large_file(source.clone()).await;
+    let url = format!("{base}/large.mp4");
+    let curl = baseline::curl(&url, &stack.dir.join("curl.out"))?;
+    println!("curl -o: {:.0} MiB/s", curl / 1048576.0);
+    let pid = stack.pid("worker1").expect("worker running");
+    let idle = peak_rss_mib(pid);
+    let started = Instant::now();
+    let job = post(
+        &stack,
+        &project,
+        &json!({"systemName": "archive", "videos": [{"url": url, "id": "large", "fileName": "f", "metadata": {}}]}),
+    )
+    .await?;
+    let status = stack.wait_finished(&project.token, &job, 1800).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    anyhow::ensure!(status["state"] == "success", "large import failed: {status}");
+    let rate = size as f64 / elapsed;
+    let peak = peak_rss_mib(pid);
+    println!(
+        "worker: {:.0} MiB/s ({:.1} s), peak RSS {peak:.1} MiB (idle {idle:.1} MiB)",
+        rate / 1048576.0,
+        elapsed
+    );
+    stack.finish().await;
+    Ok(vec![Row {
+        scenario: "3 large file (2 GiB)",
+        figure: format!("{:.0} MiB/s, peak RSS {peak:.0} MiB", rate / 1048576.0),
+        baseline: format!("curl -o {:.0} MiB/s", curl / 1048576.0),
+        ratio: format!("{:.2}", rate / curl),
+        target: "≥ 0.7 of curl, RSS < 64 MiB",
+    }])
+}
+
+/// Scenario 4: every video answered after 200 ms; throughput against concurrency / 0.2 s.
+pub async fn latency_bound() -> anyhow::Result<Vec<Row>> {
+    let concurrency = 32;
+    let total = 1600;
+    let base = servers::videos(Bytes::from(fixture("bench16k.mp4")), Duration::from_millis(200)).await;
+    let mut rows = Vec::new();
+    for workers in [1usize, 2] {
+        let stack = Stack::start(options(
+            workers,
+            false,
+            &[("VIDEO_IMPORT__FETCH__CONCURRENCY", &concurrency.to_string())],
+        ))
+        .await;
+        let project = stack.project("bench").await;
+        let started = Instant::now();
+        let mut jobs = Vec::new();
+        for b in 0..total / 400 {
+            jobs.push(post(&stack, &project, &batch(&base, b * 400, 400, None)).await?);
+        }
+        for job in &jobs {
+            stack.wait_finished(&project.token, job, 600).await;
+        }
+        let rate = total as f64 / started.elapsed().as_secs_f64();
+        let bound = (workers * concurrency) as f64 / 0.2;
+        println!("{workers} worker(s) × {concurrency} downloads: {rate:.0} videos/s, bound {bound:.0}/s");
+        rows.push(Row {
+            scenario: if workers == 1 { "4 latency-bound, 1 worker" } else { "4 latency-bound, 2 workers" },
+            figure: format!("{rate:.0} videos/s"),
+            baseline: format!("bound {bound:.0}/s"),
+            ratio: format!("{:.2}", rate / bound),
+            target: "≥ 0.8 of the bound, growing with workers",
+        });
+        stack.finish().await;
+    }
+    Ok(rows)
+}
+
+/// Creates `n` finished jobs whose webhook goes to `url`, with their outbox messages.
+async fn finished_jobs(stack: &Stack, project: &str, tag: &str, n: usize, url: &str) {
+    stack
+        .sql(&format!(
+            "WITH p AS (SELECT id FROM projects WHERE handle = '{project}')
+             INSERT INTO jobs (id, project_id, system_name, webhook, context, state, total, pending,
+                               imported, finished_at)
+             SELECT '{tag}' || g, p.id, 'archive', '{url}', '{{\"n\": 1}}', 'success', 1, 0, 1, now()
+             FROM p, generate_series(1, {n}) g"
+        ))
+        .await;
+    stack
+        .sql(&format!(
+            "INSERT INTO webhook_deliveries (job_id, webhook_id, url)
+             SELECT '{tag}' || g, 'msg_{tag}' || g, '{url}' FROM generate_series(1, {n}) g"
+        ))
+        .await;
+    stack
+        .sql(&format!(
+            "INSERT INTO outbox (routing_key, payload)
+             SELECT 'webhook', json_build_object('job_id', '{tag}' || g, 'attempt', 1)
+             FROM generate_series(1, {n}) g"
+        ))
+        .await;
+}
+
+/// Scenario 5: 5,000 finished jobs' webhooks; then again with a receiver that never answers.
+pub async fn webhooks() -> anyhow::Result<Vec<Row>> {
+    let total = 5000u64;
+    let mut rates = Vec::new();
+    for with_dead in [false, true] {
+        let stack = Stack::start(options(0, true, &[])).await;
+        let project = stack.project("bench").await;
+        let healthy = Counter::start(false).await;
+        if with_dead {
+            let dead = Counter::start(true).await;
+            finished_jobs(&stack, &project.handle, "dead", 500, &dead.url).await;
+        }
+        let started = Instant::now();
+        finished_jobs(&stack, &project.handle, "ok", total as usize, &healthy.url).await;
+        let last = healthy.wait_for(total, Duration::from_secs(600)).await?;
+        let rate = total as f64 / (last - started).as_secs_f64();
+        println!(
+            "{total} webhooks{}: {rate:.0} deliveries/s",
+            if with_dead { " beside 500 to a receiver that never answers" } else { "" }
+        );
+        rates.push(rate);
+        stack.finish().await;
+    }
+    Ok(vec![Row {
+        scenario: "5 webhooks",
+        figure: format!("{:.0}/s; {:.0}/s beside a dead receiver", rates[0], rates[1]),
+        baseline: "-".into(),
+        ratio: format!("dead receiver costs {:.0} %", (1.0 - rates[1] / rates[0]) * 100.0),
+        target: "1000/s; < 10 % slower",
+    }])
+}

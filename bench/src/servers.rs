@@ -1,0 +1,110 @@
+//! Local servers for the benchmarks: videos from memory (optionally after a delay), one large
+//! file from disk, and webhook receivers that count (or never answer).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::Mutex;
+
+async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+/// Serves the same video bytes at every `/v/...` path, after `delay`.
+pub async fn videos(bytes: Bytes, delay: Duration) -> String {
+    let app = Router::new()
+        .route("/v/{n}", get(video))
+        .with_state((bytes, delay));
+    serve(app).await
+}
+
+async fn video(State((bytes, delay)): State<(Bytes, Duration)>) -> Response {
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    ([(header::CONTENT_TYPE, "video/mp4")], bytes).into_response()
+}
+
+/// Serves one file from disk at `/large.mp4`, streamed.
+pub async fn large_file(path: std::path::PathBuf) -> String {
+    let app = Router::new()
+        .route("/large.mp4", get(large))
+        .with_state(Arc::new(path));
+    serve(app).await
+}
+
+async fn large(State(path): State<Arc<std::path::PathBuf>>) -> Response {
+    let file = tokio::fs::File::open(path.as_ref()).await.unwrap();
+    let len = file.metadata().await.unwrap().len();
+    let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
+    Response::builder()
+        .header(header::CONTENT_LENGTH, len)
+        .header(header::CONTENT_TYPE, "video/mp4")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+/// Counts webhook deliveries and remembers when the last arrived.
+#[derive(Clone)]
+pub struct Counter {
+    pub url: String,
+    count: Arc<AtomicU64>,
+    last: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Counter {
+    /// A receiver answering 204 at once, or never (after an hour) when `hang`.
+    pub async fn start(hang: bool) -> Counter {
+        let count = Arc::new(AtomicU64::new(0));
+        let last = Arc::new(Mutex::new(None));
+        let state = (count.clone(), last.clone(), hang);
+        let app = Router::new().route("/hook", post(receive)).with_state(state);
+        let url = format!("{}/hook", serve(app).await);
+        Counter { url, count, last }
+    }
+
+    /// Deliveries received.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// When the last delivery arrived.
+    pub async fn last(&self) -> Option<Instant> {
+        *self.last.lock().await
+    }
+
+    /// Waits until `n` deliveries arrived (at most `limit`).
+    pub async fn wait_for(&self, n: u64, limit: Duration) -> anyhow::Result<Instant> {
+        let deadline = Instant::now() + limit;
+        while self.count() < n {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {} of {n} webhooks arrived within {limit:?}",
+                self.count()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(self.last().await.unwrap_or_else(Instant::now))
+    }
+}
+
+type CounterState = (Arc<AtomicU64>, Arc<Mutex<Option<Instant>>>, bool);
+
+async fn receive(State((count, last, hang)): State<CounterState>, _body: Bytes) -> Response {
+    if hang {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    count.fetch_add(1, Ordering::Relaxed);
+    *last.lock().await = Some(Instant::now());
+    axum::http::StatusCode::NO_CONTENT.into_response()
+}
