@@ -31,8 +31,14 @@ pub fn router(ops: Ops) -> Router {
 }
 
 async fn readyz(State(ops): State<Ops>) -> impl IntoResponse {
-    let database = crate::db::ping(&ops.pool).await;
-    let broker = ops.publisher.ensure_connected().await.is_ok();
+    // An unreachable host can hang a connect; readiness must answer promptly.
+    let limit = std::time::Duration::from_secs(3);
+    let database = tokio::time::timeout(limit, crate::db::ping(&ops.pool))
+        .await
+        .unwrap_or(false);
+    let broker = tokio::time::timeout(limit, ops.publisher.ensure_connected())
+        .await
+        .is_ok_and(|r| r.is_ok());
     let body = serde_json::json!({
         "database": if database { "ok" } else { "unreachable" },
         "rabbitmq": if broker { "ok" } else { "unreachable" },
