@@ -42,7 +42,10 @@ COMMIT;
 "#;
 
 /// Transactions per second of the worker's SQL under pgbench, on a database with our schema.
-pub async fn pgbench(migrate: impl std::future::Future<Output = String>, clients: u32) -> anyhow::Result<f64> {
+pub async fn pgbench(
+    migrate: impl std::future::Future<Output = String>,
+    clients: u32,
+) -> anyhow::Result<f64> {
     let db = migrate.await;
     let setup = "
         INSERT INTO projects (id, handle, webhook_secret) VALUES (1, 'bench', 'whsec_x') ON CONFLICT DO NOTHING;
@@ -52,21 +55,45 @@ pub async fn pgbench(migrate: impl std::future::Future<Output = String>, clients
         INSERT INTO job_items (job_id, idx, external_id, url, file_name, metadata)
             SELECT 'bench', g, 'e' || g, 'http://127.0.0.1/v', 'f', '{}' FROM generate_series(1, 100000) g;";
     let status = Command::new("psql")
-        .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-d", &db, "-c", setup])
+        .args([
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            &db,
+            "-c",
+            setup,
+        ])
         .status()?;
     anyhow::ensure!(status.success(), "pgbench setup failed");
     let script = std::env::temp_dir().join("video-import-worker.sql");
     std::fs::write(&script, WORKER_SQL)?;
     let output = Command::new("pgbench")
         .args([
-            "-n", "-h", "127.0.0.1", "-U", "postgres", "-c", &clients.to_string(), "-j", "2",
-            "-T", "15", "-f",
+            "-n",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+            "-T",
+            "15",
+            "-f",
         ])
         .arg(&script)
         .arg(&db)
         .output()?;
     let text = String::from_utf8_lossy(&output.stdout);
-    anyhow::ensure!(output.status.success(), "pgbench failed: {}", String::from_utf8_lossy(&output.stderr));
+    anyhow::ensure!(
+        output.status.success(),
+        "pgbench failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let tps = text
         .lines()
         .find(|l| l.starts_with("tps ="))
@@ -86,12 +113,21 @@ pub async fn lapin_loop(messages: usize) -> anyhow::Result<f64> {
     let pch = publisher.create_channel().await?;
     let cch = consumer_conn.create_channel().await?;
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
-    pch.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args).await?;
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    pch.queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), args)
+        .await?;
     pch.confirm_select(ConfirmSelectOptions::default()).await?;
     cch.basic_qos(200, BasicQosOptions::default()).await?;
     let mut consumer = cch
-        .basic_consume(queue.as_str().into(), "bench".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.as_str().into(),
+            "bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     let started = Instant::now();
     let consume = tokio::spawn(async move {
@@ -123,14 +159,19 @@ pub async fn lapin_loop(messages: usize) -> anyhow::Result<f64> {
     }
     tokio::time::timeout(Duration::from_secs(120), consume).await??;
     let rate = messages as f64 / started.elapsed().as_secs_f64();
-    pch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+    pch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
     Ok(rate)
 }
 
 /// Bytes per second of `curl -o FILE URL`.
 pub fn curl(url: &str, out: &std::path::Path) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let status = Command::new("curl").args(["-s", "-f", "-o"]).arg(out).arg(url).status()?;
+    let status = Command::new("curl")
+        .args(["-s", "-f", "-o"])
+        .arg(out)
+        .arg(url)
+        .status()?;
     anyhow::ensure!(status.success(), "curl failed");
     let bytes = std::fs::metadata(out)?.len();
     let rate = bytes as f64 / started.elapsed().as_secs_f64();

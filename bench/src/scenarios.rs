@@ -43,27 +43,49 @@ async fn post(stack: &Stack, project: &Project, body: &Value) -> anyhow::Result<
         .json(body)
         .send()
         .await?;
-    anyhow::ensure!(response.status() == 200, "import answered {}", response.status());
-    Ok(response.json::<Value>().await?["id"].as_str().unwrap_or_default().to_string())
+    anyhow::ensure!(
+        response.status() == 200,
+        "import answered {}",
+        response.status()
+    );
+    Ok(response.json::<Value>().await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
 }
 
 async fn imported(stack: &Stack) -> i64 {
-    stack.sql("SELECT coalesce(sum(imported), 0)::bigint FROM jobs").await[0].get(0)
+    stack
+        .sql("SELECT coalesce(sum(imported), 0)::bigint FROM jobs")
+        .await[0]
+        .get(0)
 }
 
 /// Scenario 1: 10,000 real 16 KiB videos in batches of 1000; 1 api, 2 workers, 1 notifier.
 pub async fn end_to_end() -> anyhow::Result<Vec<Row>> {
     let total = 10_000;
-    let stack = Stack::start(options(2, true, &[("VIDEO_IMPORT__FETCH__CONCURRENCY", "64")])).await;
+    let stack = Stack::start(options(
+        2,
+        true,
+        &[("VIDEO_IMPORT__FETCH__CONCURRENCY", "64")],
+    ))
+    .await;
     let project = stack.project("bench").await;
     let base = servers::videos(Bytes::from(fixture("bench16k.mp4")), Duration::ZERO).await;
     let receiver = Counter::start(false).await;
     let started = Instant::now();
     for b in 0..total / 1000 {
-        post(&stack, &project, &batch(&base, b * 1000, 1000, Some(&receiver.url))).await?;
+        post(
+            &stack,
+            &project,
+            &batch(&base, b * 1000, 1000, Some(&receiver.url)),
+        )
+        .await?;
     }
     let accepted = started.elapsed();
-    let last = receiver.wait_for((total / 1000) as u64, Duration::from_secs(900)).await?;
+    let last = receiver
+        .wait_for((total / 1000) as u64, Duration::from_secs(900))
+        .await?;
     let elapsed = last - started;
     let done = imported(&stack).await;
     anyhow::ensure!(done == total as i64, "{done} of {total} imported");
@@ -76,33 +98,49 @@ pub async fn end_to_end() -> anyhow::Result<Vec<Row>> {
 
     let pg_db = format!("vib_pgbench_{}", std::process::id());
     let create = Command::new("psql")
-        .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-c", &format!("CREATE DATABASE {pg_db}")])
+        .args([
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-c",
+            &format!("CREATE DATABASE {pg_db}"),
+        ])
         .status()?;
     anyhow::ensure!(create.success());
     let url = format!("postgres://postgres@127.0.0.1:5432/{pg_db}");
     let migrate = async {
-        let out = stack.api_cli_with(&["migrate"], &[("VIDEO_IMPORT__DATABASE__URL", &url)]).await;
+        let out = stack
+            .api_cli_with(&["migrate"], &[("VIDEO_IMPORT__DATABASE__URL", &url)])
+            .await;
         assert!(out.status.success(), "{}", out.stderr);
         pg_db.clone()
     };
     let tps = baseline::pgbench(migrate, 16).await;
     let _ = Command::new("psql")
-        .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-c", &format!("DROP DATABASE {pg_db} WITH (FORCE)")])
+        .args([
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-c",
+            &format!("DROP DATABASE {pg_db} WITH (FORCE)"),
+        ])
         .status();
     let tps = tps?;
     println!("pgbench, the worker's per-video SQL, 16 clients: {tps:.0} tx/s");
     let amqp = baseline::lapin_loop(20_000).await?;
     println!("raw lapin publish (confirms) + consume (acks), quorum queue: {amqp:.0} msg/s");
     stack.finish().await;
-    Ok(vec![
-        Row {
-            scenario: "1 end to end",
-            figure: format!("{rate:.0} videos/s"),
-            baseline: format!("pgbench {tps:.0} tx/s; lapin {amqp:.0} msg/s"),
-            ratio: format!("{:.2} of pgbench, {:.2} of lapin", rate / tps, rate / amqp),
-            target: "≥ 1000/s and ≥ 0.5 of pgbench",
-        },
-    ])
+    Ok(vec![Row {
+        scenario: "1 end to end",
+        figure: format!("{rate:.0} videos/s"),
+        baseline: format!("pgbench {tps:.0} tx/s; lapin {amqp:.0} msg/s"),
+        ratio: format!("{:.2} of pgbench, {:.2} of lapin", rate / tps, rate / amqp),
+        target: "≥ 1000/s and ≥ 0.5 of pgbench",
+    }])
 }
 
 /// Scenario 2: batches of 100 from 16 concurrent clients for 15 s.
@@ -167,9 +205,11 @@ fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
@@ -184,7 +224,10 @@ pub async fn large_file() -> anyhow::Result<Vec<Row>> {
         let mut head = fixture("bench16k.mp4");
         head.resize(64 * 1024, 0);
         std::fs::write(&source, &head)?;
-        std::fs::OpenOptions::new().write(true).open(&source)?.set_len(size)?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&source)?
+            .set_len(size)?;
     }
     let base = servers::large_file(source.clone()).await;
     let url = format!("{base}/large.mp4");
@@ -201,7 +244,10 @@ pub async fn large_file() -> anyhow::Result<Vec<Row>> {
     .await?;
     let status = stack.wait_finished(&project.token, &job, 1800).await;
     let elapsed = started.elapsed().as_secs_f64();
-    anyhow::ensure!(status["state"] == "success", "large import failed: {status}");
+    anyhow::ensure!(
+        status["state"] == "success",
+        "large import failed: {status}"
+    );
     let rate = size as f64 / elapsed;
     let peak = peak_rss_mib(pid);
     println!(
@@ -223,7 +269,11 @@ pub async fn large_file() -> anyhow::Result<Vec<Row>> {
 pub async fn latency_bound() -> anyhow::Result<Vec<Row>> {
     let concurrency = 32;
     let total = 1600;
-    let base = servers::videos(Bytes::from(fixture("bench16k.mp4")), Duration::from_millis(200)).await;
+    let base = servers::videos(
+        Bytes::from(fixture("bench16k.mp4")),
+        Duration::from_millis(200),
+    )
+    .await;
     let mut rows = Vec::new();
     for workers in [1usize, 2] {
         let stack = Stack::start(options(
@@ -243,9 +293,15 @@ pub async fn latency_bound() -> anyhow::Result<Vec<Row>> {
         }
         let rate = total as f64 / started.elapsed().as_secs_f64();
         let bound = (workers * concurrency) as f64 / 0.2;
-        println!("{workers} worker(s) × {concurrency} downloads: {rate:.0} videos/s, bound {bound:.0}/s");
+        println!(
+            "{workers} worker(s) × {concurrency} downloads: {rate:.0} videos/s, bound {bound:.0}/s"
+        );
         rows.push(Row {
-            scenario: if workers == 1 { "4 latency-bound, 1 worker" } else { "4 latency-bound, 2 workers" },
+            scenario: if workers == 1 {
+                "4 latency-bound, 1 worker"
+            } else {
+                "4 latency-bound, 2 workers"
+            },
             figure: format!("{rate:.0} videos/s"),
             baseline: format!("bound {bound:.0}/s"),
             ratio: format!("{:.2}", rate / bound),
@@ -300,16 +356,26 @@ pub async fn webhooks() -> anyhow::Result<Vec<Row>> {
         let rate = total as f64 / (last - started).as_secs_f64();
         println!(
             "{total} webhooks{}: {rate:.0} deliveries/s",
-            if with_dead { " beside 500 to a receiver that never answers" } else { "" }
+            if with_dead {
+                " beside 500 to a receiver that never answers"
+            } else {
+                ""
+            }
         );
         rates.push(rate);
         stack.finish().await;
     }
     Ok(vec![Row {
         scenario: "5 webhooks",
-        figure: format!("{:.0}/s; {:.0}/s beside a dead receiver", rates[0], rates[1]),
+        figure: format!(
+            "{:.0}/s; {:.0}/s beside a dead receiver",
+            rates[0], rates[1]
+        ),
         baseline: "-".into(),
-        ratio: format!("dead receiver costs {:.0} %", (1.0 - rates[1] / rates[0]) * 100.0),
+        ratio: format!(
+            "dead receiver costs {:.0} %",
+            (1.0 - rates[1] / rates[0]) * 100.0
+        ),
         target: "1000/s; < 10 % slower",
     }])
 }

@@ -68,7 +68,9 @@ impl Counter {
         let count = Arc::new(AtomicU64::new(0));
         let last = Arc::new(Mutex::new(None));
         let state = (count.clone(), last.clone(), hang);
-        let app = Router::new().route("/hook", post(receive)).with_state(state);
+        let app = Router::new()
+            .route("/hook", post(receive))
+            .with_state(state);
         let url = format!("{}/hook", serve(app).await);
         Counter { url, count, last }
     }

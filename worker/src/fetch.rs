@@ -90,7 +90,7 @@ pub enum Fetched {
 }
 
 /// A complete, stored, sniffed download.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Downloaded {
     pub asset: StoredAsset,
     pub kind: VideoKind,

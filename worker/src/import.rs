@@ -19,12 +19,14 @@ use video_import_shared::{db, shutdown};
 
 use crate::fetch::{FetchError, Fetched, Fetcher};
 use crate::metrics::WorkerMetrics;
+use crate::record::Recorder;
 use crate::store::Storage;
 use crate::upsert::{self, Outcome, Recorded};
 
 /// Everything a delivery handler needs.
 struct Importer {
     pool: Pool,
+    recorder: Recorder,
     fetcher: Fetcher,
     storage: Storage,
     publisher: Arc<Publisher>,
@@ -56,6 +58,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let importer = Arc::new(Importer {
+        recorder: Recorder::start(pool.clone(), shutdown.clone()),
         pool,
         fetcher,
         storage,
@@ -142,7 +145,7 @@ impl Importer {
         let outcome = match &fetched {
             Ok(Fetched::Stored(d)) => {
                 self.metrics.bytes.inc_by(d.asset.size);
-                Outcome::Downloaded(d)
+                Outcome::Downloaded(Box::new(d.clone()))
             }
             Ok(Fetched::NotModified) => Outcome::Unchanged,
             Err(FetchError::Permanent(reason)) => Outcome::Failed(reason.clone()),
@@ -167,10 +170,7 @@ impl Importer {
             Ok(Fetched::Stored(d)) => Some(d.asset.key.as_str()),
             _ => None,
         };
-        let recorded = until_ok(&self.shutdown, || {
-            upsert::record(&self.pool, &item, outcome.clone())
-        })
-        .await;
+        let recorded = self.recorder.record(item.clone(), outcome).await;
         let (disposition, asset_used) = match recorded {
             Some(Recorded::Done {
                 state,
@@ -240,11 +240,12 @@ impl Importer {
              crashed or was stopped while importing it each time",
             queue::DELIVERY_LIMIT
         );
-        let recorded = upsert::record(&self.pool, &item, Outcome::Failed(reason)).await?;
-        if let Recorded::Done { job_finished, .. } = recorded {
+        let recorded =
+            upsert::record(&self.pool, &[(item.clone(), Outcome::Failed(reason))]).await?;
+        if let Some(Recorded::Done { job_finished, .. }) = recorded.first() {
             tracing::error!(job = %item.job_id, idx = item.idx, "video dead-lettered; marked failed");
             self.metrics.outcomes.with_label_values(&["failed"]).inc();
-            if job_finished {
+            if *job_finished {
                 self.relay.wake();
             }
         }

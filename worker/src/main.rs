@@ -5,6 +5,7 @@ mod fetch;
 mod import;
 mod metrics;
 mod probe;
+mod record;
 mod sniff;
 mod store;
 mod upsert;

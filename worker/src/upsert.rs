@@ -2,6 +2,8 @@
 //! the item, count it on the job and, with the job's last item, finish the job and queue its
 //! webhook. Guarded by the item's `pending` state, so redelivered messages change nothing.
 
+use std::collections::BTreeMap;
+
 use deadpool_postgres::{Pool, Transaction};
 use serde_json::Value;
 use video_import_shared::messages::DeliverWebhook;
@@ -103,17 +105,17 @@ pub async fn is_referenced(pool: &Pool, key: &str) -> anyhow::Result<bool> {
 }
 
 /// What happened to the video.
-#[derive(Clone)]
-pub enum Outcome<'a> {
+#[derive(Debug, Clone)]
+pub enum Outcome {
     /// A new copy is stored at `asset.key`.
-    Downloaded(&'a Downloaded),
+    Downloaded(Box<Downloaded>),
     /// The source said the stored copy is current (HTTP 304).
     Unchanged,
     Failed(String),
 }
 
-/// What the transaction did.
-#[derive(Debug, PartialEq, Eq)]
+/// What the transaction did for one video.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
     /// Another delivery of the same message got there first.
     AlreadyDone,
@@ -129,38 +131,91 @@ pub enum Recorded {
     },
 }
 
-/// Records `outcome` for `item` in one transaction; see the module doc. Touches no storage:
-/// the caller removes what the result says is unused.
-pub async fn record(pool: &Pool, item: &Item, outcome: Outcome<'_>) -> anyhow::Result<Recorded> {
+/// Records the outcomes of several videos in one transaction (one commit, one update per
+/// job); see the module doc. Touches no storage: the caller removes what the results say
+/// is unused. Rows are locked in a fixed order (items, then jobs) so that concurrent groups
+/// do not deadlock.
+pub async fn record(pool: &Pool, batch: &[(Item, Outcome)]) -> anyhow::Result<Vec<Recorded>> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
-    let still_pending = tx
-        .query_opt(
-            "SELECT 1 FROM job_items WHERE job_id = $1 AND idx = $2 AND state = 'pending' FOR UPDATE",
-            &[&item.job_id, &item.idx],
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by(|&a, &b| {
+        (&batch[a].0.job_id, batch[a].0.idx).cmp(&(&batch[b].0.job_id, batch[b].0.idx))
+    });
+    let mut results = vec![Recorded::AlreadyDone; batch.len()];
+    let mut per_job: BTreeMap<&str, (Counts, Vec<usize>)> = BTreeMap::new();
+    for i in order {
+        let (item, outcome) = &batch[i];
+        let still_pending = tx
+            .query_opt(
+                "SELECT 1 FROM job_items WHERE job_id = $1 AND idx = $2 AND state = 'pending' FOR UPDATE",
+                &[&item.job_id, &item.idx],
+            )
+            .await?
+            .is_some();
+        if !still_pending {
+            continue;
+        }
+        let entry = match outcome {
+            Outcome::Failed(reason) => EntryChange {
+                state: "failed",
+                reason: Some(reason.clone()),
+                ..EntryChange::default()
+            },
+            Outcome::Downloaded(download) => upsert_entry(&tx, item, Some(download)).await?,
+            Outcome::Unchanged => upsert_entry(&tx, item, None).await?,
+        };
+        tx.execute(
+            "UPDATE job_items SET state = $3, reason = $4, media_id = $5, updated_at = now()
+             WHERE job_id = $1 AND idx = $2",
+            &[
+                &item.job_id,
+                &item.idx,
+                &entry.state,
+                &entry.reason,
+                &entry.media_id,
+            ],
         )
-        .await?
-        .is_some();
-    if !still_pending {
-        return Ok(Recorded::AlreadyDone);
+        .await?;
+        let (counts, members) = per_job.entry(item.job_id.as_str()).or_default();
+        counts.add(entry.state);
+        members.push(i);
+        results[i] = Recorded::Done {
+            state: entry.state,
+            job_finished: false,
+            asset_used: entry.asset_used,
+            replaced_key: entry.replaced_key,
+        };
     }
-    let entry = match outcome {
-        Outcome::Failed(reason) => EntryChange {
-            state: "failed",
-            reason: Some(reason),
-            ..EntryChange::default()
-        },
-        Outcome::Downloaded(download) => upsert_entry(&tx, item, Some(download)).await?,
-        Outcome::Unchanged => upsert_entry(&tx, item, None).await?,
-    };
-    let job_finished = finish_item(&tx, item, &entry).await?;
+    for (job_id, (counts, members)) in &per_job {
+        if count_on_job(&tx, job_id, counts).await? {
+            if let Some(Recorded::Done { job_finished, .. }) = results.get_mut(members[0]) {
+                *job_finished = true;
+            }
+        }
+    }
     tx.commit().await?;
-    Ok(Recorded::Done {
-        state: entry.state,
-        job_finished,
-        asset_used: entry.asset_used,
-        replaced_key: entry.replaced_key,
-    })
+    Ok(results)
+}
+
+/// Outcomes of a group's videos of one job.
+#[derive(Debug, Default)]
+struct Counts {
+    done: i32,
+    imported: i32,
+    skipped: i32,
+    failed: i32,
+}
+
+impl Counts {
+    fn add(&mut self, state: &str) {
+        self.done += 1;
+        match state {
+            "imported" => self.imported += 1,
+            "skipped" => self.skipped += 1,
+            _ => self.failed += 1,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -296,32 +351,21 @@ async fn upsert_entry(
     })
 }
 
-/// Marks the item, counts it on the job, and finishes the job with its last item.
-async fn finish_item(
-    tx: &Transaction<'_>,
-    item: &Item,
-    entry: &EntryChange,
-) -> anyhow::Result<bool> {
-    tx.execute(
-        "UPDATE job_items SET state = $3, reason = $4, media_id = $5, updated_at = now()
-         WHERE job_id = $1 AND idx = $2",
-        &[
-            &item.job_id,
-            &item.idx,
-            &entry.state,
-            &entry.reason,
-            &entry.media_id,
-        ],
-    )
-    .await?;
+/// Counts a group's videos on their job and, when none is left pending, finishes the job
+/// and queues its webhook. Returns whether the job finished.
+async fn count_on_job(tx: &Transaction<'_>, job_id: &str, counts: &Counts) -> anyhow::Result<bool> {
     let job = tx
         .query_one(
-            "UPDATE jobs SET pending = pending - 1,
-                 imported = imported + ($2 = 'imported')::int,
-                 skipped = skipped + ($2 = 'skipped')::int,
-                 failed = failed + ($2 = 'failed')::int
+            "UPDATE jobs SET pending = pending - $2, imported = imported + $3,
+                 skipped = skipped + $4, failed = failed + $5
              WHERE id = $1 RETURNING pending, webhook",
-            &[&item.job_id, &entry.state],
+            &[
+                &job_id,
+                &counts.done,
+                &counts.imported,
+                &counts.skipped,
+                &counts.failed,
+            ],
         )
         .await?;
     let pending: i32 = job.get(0);
@@ -331,17 +375,17 @@ async fn finish_item(
     tx.execute(
         "UPDATE jobs SET state = CASE WHEN failed > 0 THEN 'failed' ELSE 'success' END,
              finished_at = now() WHERE id = $1",
-        &[&item.job_id],
+        &[&job_id],
     )
     .await?;
     if let Some(webhook) = job.get::<_, Option<String>>(1) {
         tx.execute(
             "INSERT INTO webhook_deliveries (job_id, webhook_id, url) VALUES ($1, $2, $3)",
-            &[&item.job_id, &format!("msg_{}", item.job_id), &webhook],
+            &[&job_id, &format!("msg_{job_id}"), &webhook],
         )
         .await?;
         let message = DeliverWebhook {
-            job_id: item.job_id.clone(),
+            job_id: job_id.to_string(),
             attempt: 1,
         };
         outbox::enqueue(tx, queue::WEBHOOK, &[message]).await?;

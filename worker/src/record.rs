@@ -1,0 +1,100 @@
+//! Group commit: videos that finish while a transaction is under way are recorded together
+//! in the next one, so the commit (and the job's counter row) is paid once per group rather
+//! than once per video. A few recorders run side by side.
+
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio_util::sync::CancellationToken;
+use video_import_shared::retry::until_ok;
+
+use crate::upsert::{self, Item, Outcome, Recorded};
+
+/// Most videos in one transaction.
+const MAX_GROUP: usize = 64;
+/// Transactions under way at once per worker.
+const RECORDERS: usize = 4;
+
+struct Request {
+    item: Item,
+    outcome: Outcome,
+    reply: oneshot::Sender<Option<Recorded>>,
+}
+
+/// Hands outcomes to the recorders.
+#[derive(Clone)]
+pub struct Recorder {
+    requests: mpsc::Sender<Request>,
+}
+
+impl Recorder {
+    /// Starts the recorders; they stop once every `Recorder` clone is dropped.
+    pub fn start(pool: Pool, shutdown: CancellationToken) -> Self {
+        let (requests, receiver) = mpsc::channel(MAX_GROUP * RECORDERS * 4);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..RECORDERS {
+            tokio::spawn(run(pool.clone(), receiver.clone(), shutdown.clone()));
+        }
+        Self { requests }
+    }
+
+    /// Records one video's outcome; `None` if shutdown came before it was durable.
+    pub async fn record(&self, item: Item, outcome: Outcome) -> Option<Recorded> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request {
+                item,
+                outcome,
+                reply,
+            })
+            .await
+            .ok()?;
+        answer.await.ok().flatten()
+    }
+}
+
+async fn run(
+    pool: Pool,
+    receiver: Arc<Mutex<mpsc::Receiver<Request>>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let group = {
+            let mut receiver = receiver.lock().await;
+            let Some(first) = receiver.recv().await else {
+                return;
+            };
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match receiver.try_recv() {
+                    Ok(request) => group.push(request),
+                    Err(_) => break,
+                }
+            }
+            group
+        };
+        let batch: Vec<(Item, Outcome)> = group
+            .iter()
+            .map(|r| (r.item.clone(), r.outcome.clone()))
+            .collect();
+        let results: Vec<Option<Recorded>> = match upsert::record(&pool, &batch).await {
+            Ok(results) => results.into_iter().map(Some).collect(),
+            Err(error) => {
+                // One bad video (or a deadlock) must not hold up the others: go one by one,
+                // each retried until the database takes it.
+                tracing::warn!(error = %format!("{error:#}"), size = batch.len(), "group commit failed; recording one by one");
+                let mut results = Vec::with_capacity(batch.len());
+                for one in &batch {
+                    let single = std::slice::from_ref(one);
+                    let recorded = until_ok(&shutdown, || upsert::record(&pool, single)).await;
+                    results.push(recorded.and_then(|mut r| r.pop()));
+                }
+                results
+            }
+        };
+        for (request, result) in group.into_iter().zip(results) {
+            let _ = request.reply.send(result);
+        }
+    }
+}
