@@ -58,14 +58,14 @@ impl FromRequestParts<AppState> for Caller {
                 "Send the access token as 'Authorization: Bearer <token>'.",
             ))?;
         let client = state.pool.get().await?;
-        let row = client
-            .query_opt(
+        let statement = client
+            .prepare_cached(
                 "SELECT project_id, scopes, expires_at IS NOT NULL AND expires_at <= now(),
                         revoked_at IS NOT NULL, id
                  FROM tokens WHERE token_hash = $1",
-                &[&hash_token(token)],
             )
             .await?;
+        let row = client.query_opt(&statement, &[&hash_token(token)]).await?;
         let Some(row) = row else {
             return Err(ApiError::Unauthorized("The access token is invalid."));
         };

@@ -32,8 +32,9 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
         pg,
         NoTls,
         ManagerConfig {
-            // Fast recycling can hand out a connection the server already closed.
-            recycling_method: RecyclingMethod::Verified,
+            // Fast: a round trip per checkout costs more than it saves; a connection the
+            // server closed fails its query, and every caller retries database steps.
+            recycling_method: RecyclingMethod::Fast,
         },
     );
     let wait = Duration::from_secs(settings.pool_timeout_secs);

@@ -30,8 +30,8 @@ pub struct Item {
 /// Loads an item; `None` when the job no longer exists.
 pub async fn load(pool: &Pool, job_id: &str, idx: i32) -> anyhow::Result<Option<Item>> {
     let client = pool.get().await?;
-    let row = client
-        .query_opt(
+    let statement = client
+        .prepare_cached(
             "SELECT j.project_id, j.system_name, i.external_id, i.url, i.file_name, i.metadata,
                     i.state = 'pending', m.original_url = i.url, m.source_etag,
                     m.source_last_modified
@@ -39,9 +39,9 @@ pub async fn load(pool: &Pool, job_id: &str, idx: i32) -> anyhow::Result<Option<
              LEFT JOIN media_entries m ON m.project_id = j.project_id
                  AND m.system_name = j.system_name AND m.external_id = i.external_id
              WHERE i.job_id = $1 AND i.idx = $2",
-            &[&job_id, &idx],
         )
         .await?;
+    let row = client.query_opt(&statement, &[&job_id, &idx]).await?;
     Ok(row.map(|r| {
         let known = Validators {
             etag: r.get(8),
@@ -144,16 +144,19 @@ pub async fn record(pool: &Pool, batch: &[(Item, Outcome)]) -> anyhow::Result<Ve
     });
     let mut results = vec![Recorded::AlreadyDone; batch.len()];
     let mut per_job: BTreeMap<&str, (Counts, Vec<usize>)> = BTreeMap::new();
+    let mut updates = ItemUpdates::default();
     for i in order {
         let (item, outcome) = &batch[i];
-        let still_pending = tx
-            .query_opt(
+        let lock = tx
+            .prepare_cached(
                 "SELECT 1 FROM job_items WHERE job_id = $1 AND idx = $2 AND state = 'pending' FOR UPDATE",
-                &[&item.job_id, &item.idx],
             )
+            .await?;
+        if tx
+            .query_opt(&lock, &[&item.job_id, &item.idx])
             .await?
-            .is_some();
-        if !still_pending {
+            .is_none()
+        {
             continue;
         }
         let entry = match outcome {
@@ -165,18 +168,7 @@ pub async fn record(pool: &Pool, batch: &[(Item, Outcome)]) -> anyhow::Result<Ve
             Outcome::Downloaded(download) => upsert_entry(&tx, item, Some(download)).await?,
             Outcome::Unchanged => upsert_entry(&tx, item, None).await?,
         };
-        tx.execute(
-            "UPDATE job_items SET state = $3, reason = $4, media_id = $5, updated_at = now()
-             WHERE job_id = $1 AND idx = $2",
-            &[
-                &item.job_id,
-                &item.idx,
-                &entry.state,
-                &entry.reason,
-                &entry.media_id,
-            ],
-        )
-        .await?;
+        updates.push(&item.job_id, item.idx, &entry);
         let (counts, members) = per_job.entry(item.job_id.as_str()).or_default();
         counts.add(entry.state);
         members.push(i);
@@ -187,6 +179,7 @@ pub async fn record(pool: &Pool, batch: &[(Item, Outcome)]) -> anyhow::Result<Ve
             replaced_key: entry.replaced_key,
         };
     }
+    updates.apply(&tx).await?;
     for (job_id, (counts, members)) in &per_job {
         if count_on_job(&tx, job_id, counts).await? {
             if let Some(Recorded::Done { job_finished, .. }) = results.get_mut(members[0]) {
@@ -196,6 +189,53 @@ pub async fn record(pool: &Pool, batch: &[(Item, Outcome)]) -> anyhow::Result<Ve
     }
     tx.commit().await?;
     Ok(results)
+}
+
+/// The group's item rows, written with one statement.
+#[derive(Default)]
+struct ItemUpdates {
+    job_ids: Vec<String>,
+    idx: Vec<i32>,
+    states: Vec<&'static str>,
+    reasons: Vec<Option<String>>,
+    media_ids: Vec<Option<String>>,
+}
+
+impl ItemUpdates {
+    fn push(&mut self, job_id: &str, idx: i32, entry: &EntryChange) {
+        self.job_ids.push(job_id.to_string());
+        self.idx.push(idx);
+        self.states.push(entry.state);
+        self.reasons.push(entry.reason.clone());
+        self.media_ids.push(entry.media_id.clone());
+    }
+
+    async fn apply(&self, tx: &Transaction<'_>) -> anyhow::Result<()> {
+        if self.idx.is_empty() {
+            return Ok(());
+        }
+        let statement = tx
+            .prepare_cached(
+                "UPDATE job_items AS i SET state = u.state, reason = u.reason,
+                     media_id = u.media_id, updated_at = now()
+                 FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[])
+                     AS u(job_id, idx, state, reason, media_id)
+                 WHERE i.job_id = u.job_id AND i.idx = u.idx",
+            )
+            .await?;
+        tx.execute(
+            &statement,
+            &[
+                &self.job_ids,
+                &self.idx,
+                &self.states,
+                &self.reasons,
+                &self.media_ids,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
 }
 
 /// Outcomes of a group's videos of one job.
@@ -234,16 +274,17 @@ async fn upsert_entry(
     item: &Item,
     download: Option<&Downloaded>,
 ) -> anyhow::Result<EntryChange> {
-    // Serialise writers of one entry: two jobs may import the same externalId at once.
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1::bigint || '/' || $2 || '/' || $3, 0))",
-        &[&item.project_id, &item.system_name, &item.external_id],
-    )
-    .await?;
+    // The row lock serialises writers of an existing entry; two first imports of one
+    // externalId at once meet at the unique key, and the loser's group is recorded again.
+    let select = tx
+        .prepare_cached(
+            "SELECT id, sha256, metadata, file_name, asset_key FROM media_entries
+             WHERE project_id = $1 AND system_name = $2 AND external_id = $3 FOR UPDATE",
+        )
+        .await?;
     let existing = tx
         .query_opt(
-            "SELECT id, sha256, metadata, file_name, asset_key FROM media_entries
-             WHERE project_id = $1 AND system_name = $2 AND external_id = $3",
+            &select,
             &[&item.project_id, &item.system_name, &item.external_id],
         )
         .await?;
@@ -259,11 +300,16 @@ async fn upsert_entry(
             });
         };
         let media_id = ids::random_id(12);
+        let insert = tx
+            .prepare_cached(
+                "INSERT INTO media_entries (id, project_id, system_name, external_id, file_name,
+                     metadata, asset_key, asset_size, mime_type, sha256, original_url, source_etag,
+                     source_last_modified, duration_seconds, width, height, video_codec)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            )
+            .await?;
         tx.execute(
-            "INSERT INTO media_entries (id, project_id, system_name, external_id, file_name,
-                 metadata, asset_key, asset_size, mime_type, sha256, original_url, source_etag,
-                 source_last_modified, duration_seconds, width, height, video_codec)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            &insert,
             &[
                 &media_id,
                 &item.project_id,
