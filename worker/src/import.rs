@@ -21,11 +21,12 @@ use crate::fetch::{FetchError, Fetched, Fetcher};
 use crate::metrics::WorkerMetrics;
 use crate::record::Recorder;
 use crate::store::Storage;
-use crate::upsert::{self, Outcome, Recorded};
+use crate::upsert::{self, JobCache, Outcome, Recorded};
 
 /// Everything a delivery handler needs.
 struct Importer {
     pool: Pool,
+    jobs: JobCache,
     recorder: Recorder,
     fetcher: Fetcher,
     storage: Storage,
@@ -59,6 +60,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     ));
     let importer = Arc::new(Importer {
         recorder: Recorder::start(pool.clone(), shutdown.clone()),
+        jobs: JobCache::default(),
         pool,
         fetcher,
         storage,
@@ -126,7 +128,7 @@ impl Importer {
             }
         };
         let item = match until_ok(&self.shutdown, || {
-            upsert::load(&self.pool, &message.job_id, message.idx)
+            upsert::load(&self.pool, &self.jobs, &message.job_id, message.idx)
         })
         .await
         {
@@ -232,7 +234,8 @@ impl Importer {
     }
 
     async fn fail_dead_video(&self, fetch: &FetchVideo) -> anyhow::Result<()> {
-        let Some(item) = upsert::load(&self.pool, &fetch.job_id, fetch.idx).await? else {
+        let Some(item) = upsert::load(&self.pool, &self.jobs, &fetch.job_id, fetch.idx).await?
+        else {
             return Ok(());
         };
         let reason = format!(

@@ -2,7 +2,8 @@
 //! the item, count it on the job and, with the job's last item, finish the job and queue its
 //! webhook. Guarded by the item's `pending` state, so redelivered messages change nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
 
 use deadpool_postgres::{Pool, Transaction};
 use serde_json::Value;
@@ -27,37 +28,94 @@ pub struct Item {
     pub known: Option<Validators>,
 }
 
+/// The immutable facts of a job that every one of its videos needs.
+#[derive(Debug, Clone)]
+pub struct JobFacts {
+    pub project_id: i64,
+    pub system_name: String,
+}
+
+/// Remembers job facts, so that loading a video does not read the job's row, which every
+/// group commit of that job updates.
+#[derive(Default)]
+pub struct JobCache {
+    jobs: Mutex<HashMap<String, JobFacts>>,
+}
+
+impl JobCache {
+    /// Most jobs remembered; beyond it the cache starts afresh.
+    const CAPACITY: usize = 10_000;
+
+    async fn facts(
+        &self,
+        client: &deadpool_postgres::Client,
+        job_id: &str,
+    ) -> anyhow::Result<Option<JobFacts>> {
+        if let Some(facts) = self.jobs.lock().expect("job cache lock").get(job_id) {
+            return Ok(Some(facts.clone()));
+        }
+        let statement = client
+            .prepare_cached("SELECT project_id, system_name FROM jobs WHERE id = $1")
+            .await?;
+        let Some(row) = client.query_opt(&statement, &[&job_id]).await? else {
+            return Ok(None);
+        };
+        let facts = JobFacts {
+            project_id: row.get(0),
+            system_name: row.get(1),
+        };
+        let mut jobs = self.jobs.lock().expect("job cache lock");
+        if jobs.len() >= Self::CAPACITY {
+            jobs.clear();
+        }
+        jobs.insert(job_id.to_string(), facts.clone());
+        Ok(Some(facts))
+    }
+}
+
 /// Loads an item; `None` when the job no longer exists.
-pub async fn load(pool: &Pool, job_id: &str, idx: i32) -> anyhow::Result<Option<Item>> {
+pub async fn load(
+    pool: &Pool,
+    cache: &JobCache,
+    job_id: &str,
+    idx: i32,
+) -> anyhow::Result<Option<Item>> {
     let client = pool.get().await?;
+    let Some(job) = cache.facts(&client, job_id).await? else {
+        return Ok(None);
+    };
     let statement = client
         .prepare_cached(
-            "SELECT j.project_id, j.system_name, i.external_id, i.url, i.file_name, i.metadata,
-                    i.state = 'pending', m.original_url = i.url, m.source_etag,
-                    m.source_last_modified
-             FROM job_items i JOIN jobs j ON j.id = i.job_id
-             LEFT JOIN media_entries m ON m.project_id = j.project_id
-                 AND m.system_name = j.system_name AND m.external_id = i.external_id
+            "SELECT i.external_id, i.url, i.file_name, i.metadata, i.state = 'pending',
+                    m.original_url = i.url, m.source_etag, m.source_last_modified
+             FROM job_items i
+             LEFT JOIN media_entries m ON m.project_id = $3 AND m.system_name = $4
+                 AND m.external_id = i.external_id
              WHERE i.job_id = $1 AND i.idx = $2",
         )
         .await?;
-    let row = client.query_opt(&statement, &[&job_id, &idx]).await?;
+    let row = client
+        .query_opt(
+            &statement,
+            &[&job_id, &idx, &job.project_id, &job.system_name],
+        )
+        .await?;
     Ok(row.map(|r| {
         let known = Validators {
-            etag: r.get(8),
-            last_modified: r.get(9),
+            etag: r.get(6),
+            last_modified: r.get(7),
         };
-        let same_url = r.get::<_, Option<bool>>(7) == Some(true);
+        let same_url = r.get::<_, Option<bool>>(5) == Some(true);
         Item {
             job_id: job_id.to_string(),
             idx,
-            project_id: r.get(0),
-            system_name: r.get(1),
-            external_id: r.get(2),
-            url: r.get(3),
-            file_name: r.get(4),
-            metadata: r.get(5),
-            pending: r.get(6),
+            project_id: job.project_id,
+            system_name: job.system_name,
+            external_id: r.get(0),
+            url: r.get(1),
+            file_name: r.get(2),
+            metadata: r.get(3),
+            pending: r.get(4),
             known: (same_url && !known.is_empty()).then_some(known),
         }
     }))
