@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     ),
     (3, include_str!("../migrations/0003_asset_details.sql")),
     (4, include_str!("../migrations/0004_idempotency.sql")),
+    (5, include_str!("../migrations/0005_fillfactor.sql")),
 ];
 
 /// Any number so long as every process agrees on it: serialises concurrent `migrate` runs.

@@ -86,11 +86,15 @@ pub async fn load(
     };
     let statement = client
         .prepare_cached(
+            // LATERAL keeps the entry a point lookup whatever plan the prepared statement
+            // gets (a generic plan of a plain join scanned the project's entries).
             "SELECT i.external_id, i.url, i.file_name, i.metadata, i.state = 'pending',
                     m.original_url = i.url, m.source_etag, m.source_last_modified
              FROM job_items i
-             LEFT JOIN media_entries m ON m.project_id = $3 AND m.system_name = $4
-                 AND m.external_id = i.external_id
+             LEFT JOIN LATERAL (
+                 SELECT original_url, source_etag, source_last_modified FROM media_entries
+                 WHERE project_id = $3 AND system_name = $4 AND external_id = i.external_id
+             ) m ON true
              WHERE i.job_id = $1 AND i.idx = $2",
         )
         .await?;
