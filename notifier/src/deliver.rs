@@ -283,8 +283,8 @@ impl Notifier {
     /// Loads the job and builds the signed body; `None` if there is nothing to send.
     async fn prepare(&self, message: &DeliverWebhook) -> anyhow::Result<Option<Prepared>> {
         let client = self.pool.get().await?;
-        let Some(row) = client
-            .query_opt(
+        let statement = client
+            .prepare_cached(
                 "SELECT d.state, d.attempts, d.webhook_id, d.url, p.webhook_secret,
                         j.state, j.system_name, j.total, j.imported, j.skipped, j.failed,
                         j.context, j.started_at, j.finished_at, d.round_start,
@@ -292,29 +292,35 @@ impl Notifier {
                  FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id
                  JOIN projects p ON p.id = j.project_id
                  WHERE d.job_id = $1",
-                &[&message.job_id],
             )
-            .await?
-        else {
+            .await?;
+        let Some(row) = client.query_opt(&statement, &[&message.job_id]).await? else {
             return Ok(None);
         };
         let attempts_made: i32 = row.get(1);
         if row.get::<_, String>(0) != "pending" || attempts_made >= message.attempt as i32 {
             return Ok(None);
         }
-        let failures = client
-            .query(
-                "SELECT external_id, reason FROM job_items
-                 WHERE job_id = $1 AND state = 'failed' ORDER BY idx LIMIT $2",
-                &[&message.job_id, &MAX_FAILURES],
-            )
-            .await?
-            .iter()
-            .map(|r| Failure {
-                external_id: r.get(0),
-                reason: r.get::<_, Option<String>>(1).unwrap_or_default(),
-            })
-            .collect();
+        let failed: i32 = row.get(10);
+        let failures = if failed == 0 {
+            Vec::new()
+        } else {
+            let statement = client
+                .prepare_cached(
+                    "SELECT external_id, reason FROM job_items
+                     WHERE job_id = $1 AND state = 'failed' ORDER BY idx LIMIT $2",
+                )
+                .await?;
+            client
+                .query(&statement, &[&message.job_id, &MAX_FAILURES])
+                .await?
+                .iter()
+                .map(|r| Failure {
+                    external_id: r.get(0),
+                    reason: r.get::<_, Option<String>>(1).unwrap_or_default(),
+                })
+                .collect()
+        };
         let context: Option<String> = row.get(11);
         let context: Option<Box<RawValue>> = match context {
             Some(text) => Some(RawValue::from_string(text)?),
@@ -431,24 +437,34 @@ impl Notifier {
                 (status.map(i32::from), Some(error), state)
             }
         };
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
+        let client = self.pool.get().await?;
         let duration_ms = elapsed.as_millis().min(i32::MAX as u128) as i32;
-        tx.execute(
-            "INSERT INTO webhook_attempts (job_id, http_status, error, duration_ms)
-             VALUES ($1, $2, $3, $4)",
-            &[&message.job_id, &status, &error, &duration_ms],
-        )
-        .await?;
-        tx.execute(
-            "UPDATE webhook_deliveries SET attempts = GREATEST(attempts, $2), state = $3,
-                 last_error = COALESCE($4, last_error),
-                 delivered_at = CASE WHEN $3 = 'delivered' THEN now() ELSE delivered_at END
-             WHERE job_id = $1",
-            &[&message.job_id, &(message.attempt as i32), &state, &error],
-        )
-        .await?;
-        tx.commit().await?;
+        // One statement, so one round trip and one commit: the attempt and the new state.
+        let statement = client
+            .prepare_cached(
+                "WITH attempt AS (
+                     INSERT INTO webhook_attempts (job_id, http_status, error, duration_ms)
+                     VALUES ($1, $5, $4, $6)
+                 )
+                 UPDATE webhook_deliveries SET attempts = GREATEST(attempts, $2), state = $3,
+                     last_error = COALESCE($4, last_error),
+                     delivered_at = CASE WHEN $3 = 'delivered' THEN now() ELSE delivered_at END
+                 WHERE job_id = $1",
+            )
+            .await?;
+        client
+            .execute(
+                &statement,
+                &[
+                    &message.job_id,
+                    &(message.attempt as i32),
+                    &state,
+                    &error,
+                    &status,
+                    &duration_ms,
+                ],
+            )
+            .await?;
         Ok(())
     }
 }

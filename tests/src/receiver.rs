@@ -19,6 +19,8 @@ use sha2::Sha256;
 pub struct Received {
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 impl Received {
@@ -133,11 +135,11 @@ impl Receiver {
 }
 
 async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
-    shared
-        .received
-        .lock()
-        .unwrap()
-        .push(Received { headers, body });
+    shared.received.lock().unwrap().push(Received {
+        headers,
+        body,
+        at: Instant::now(),
+    });
     {
         let mut in_flight = shared.in_flight.lock().unwrap();
         in_flight.0 += 1;
