@@ -30,7 +30,7 @@ use crate::sign;
 const MAX_FAILURES: i64 = 100;
 
 /// How long a delivery waits when its receiver's host already has all its slots in use.
-const HOST_BUSY_DELAY: Duration = Duration::from_secs(2);
+const HOST_BUSY_DELAY: Duration = Duration::from_secs(5);
 
 struct Notifier {
     hosts: HostSlots,
