@@ -65,6 +65,7 @@ pub async fn create(
     let message = DeliverWebhook {
         job_id: id.clone(),
         attempt: attempts as u32 + 1,
+        waited: 0,
     };
     outbox::enqueue(&tx, queue::WEBHOOK, &[message]).await?;
     tx.commit().await?;

@@ -29,7 +29,8 @@ use crate::sign;
 /// Most failed videos listed in one payload.
 const MAX_FAILURES: i64 = 100;
 
-/// How long a delivery waits when its receiver's host already has all its slots in use.
+/// How long a delivery first waits when its receiver's host has all its slots in use; it
+/// doubles with each further wait (up to 16 times), so a dead host costs little.
 const HOST_BUSY_DELAY: Duration = Duration::from_secs(5);
 
 struct Notifier {
@@ -204,8 +205,14 @@ impl Notifier {
         // A receiver that is slow or down may hold only a few slots; its other deliveries
         // wait in the delay queue instead of blocking deliveries to everyone else.
         let Some(_permit) = self.hosts.try_acquire(&prepared.url) else {
+            let delay = HOST_BUSY_DELAY * 2u32.pow(message.waited.min(4));
             return self
-                .publish_after(&message.job_id, message.attempt, HOST_BUSY_DELAY)
+                .publish_after(
+                    &message.job_id,
+                    message.attempt,
+                    message.waited + 1,
+                    jitter(delay),
+                )
                 .await;
         };
         let started = Instant::now();
@@ -226,7 +233,7 @@ impl Notifier {
             // Schedule first: if we crash before recording, the redelivered message repeats
             // this attempt instead of losing the retry.
             if self
-                .publish_after(&message.job_id, message.attempt + 1, delay)
+                .publish_after(&message.job_id, message.attempt + 1, 0, delay)
                 .await
                 == Disposition::Requeue
             {
@@ -261,10 +268,17 @@ impl Notifier {
     }
 
     /// Publishes attempt `attempt` of the job's webhook to run after `delay`.
-    async fn publish_after(&self, job_id: &str, attempt: u32, delay: Duration) -> Disposition {
+    async fn publish_after(
+        &self,
+        job_id: &str,
+        attempt: u32,
+        waited: u32,
+        delay: Duration,
+    ) -> Disposition {
         let next = DeliverWebhook {
             job_id: job_id.to_string(),
             attempt,
+            waited,
         };
         let outgoing = Outgoing {
             routing_key: queue::WEBHOOK.into(),

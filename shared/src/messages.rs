@@ -21,6 +21,13 @@ pub struct DeliverWebhook {
     /// Number of this attempt, starting at 1.
     #[serde(default = "first_attempt")]
     pub attempt: u32,
+    /// Times this attempt already waited because its receiver's host had no free slot.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub waited: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn first_attempt() -> u32 {

@@ -12,8 +12,9 @@ use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use sha2::{Digest, Sha256};
 use video_import_shared::config::StorageSettings;
 
-/// Bytes per uploaded part; with two parts in flight this bounds an upload's memory.
-const PART_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes per uploaded part (S3's minimum); with two parts in flight this bounds an upload's
+/// memory to about three parts.
+const PART_BYTES: usize = 5 * 1024 * 1024;
 const PARTS_IN_FLIGHT: usize = 2;
 
 /// Where assets go.

@@ -495,6 +495,7 @@ async fn count_on_job(tx: &Transaction<'_>, job_id: &str, counts: &Counts) -> an
         let message = DeliverWebhook {
             job_id: job_id.to_string(),
             attempt: 1,
+            waited: 0,
         };
         outbox::enqueue(tx, queue::WEBHOOK, &[message]).await?;
     }
