@@ -29,6 +29,9 @@ use crate::sign;
 /// Most failed videos listed in one payload.
 const MAX_FAILURES: i64 = 100;
 
+/// How long a delivery may wait in process for a slot of its receiver's host.
+const HOST_WAIT: Duration = Duration::from_secs(1);
+
 /// How long a delivery first waits when its receiver's host has all its slots in use; it
 /// doubles with each further wait (up to 16 times), so a dead host costs little.
 const HOST_BUSY_DELAY: Duration = Duration::from_secs(5);
@@ -204,7 +207,7 @@ impl Notifier {
         };
         // A receiver that is slow or down may hold only a few slots; its other deliveries
         // wait in the delay queue instead of blocking deliveries to everyone else.
-        let Some(_permit) = self.hosts.try_acquire(&prepared.url) else {
+        let Some(_permit) = self.hosts.acquire(&prepared.url).await else {
             let delay = HOST_BUSY_DELAY * 2u32.pow(message.waited.min(4));
             return self
                 .publish_after(
@@ -497,8 +500,9 @@ impl HostSlots {
         }
     }
 
-    /// A slot for the host of `url`, or `None` when all are taken.
-    fn try_acquire(&self, url: &str) -> Option<OwnedSemaphorePermit> {
+    /// A slot for the host of `url`, waiting up to `HOST_WAIT` for one: a fast host frees
+    /// slots within that; a slow or dead one does not, and `None` is the answer.
+    async fn acquire(&self, url: &str) -> Option<OwnedSemaphorePermit> {
         let host = reqwest::Url::parse(url)
             .ok()
             .map(|u| {
@@ -509,16 +513,21 @@ impl HostSlots {
                 )
             })
             .unwrap_or_default();
-        let mut hosts = self.hosts.lock().expect("host slots lock");
-        // Forget idle hosts so the map does not grow with every receiver ever seen.
-        if hosts.len() > 10_000 {
-            hosts.retain(|_, s| s.available_permits() < self.per_host);
-        }
-        let slots = hosts
-            .entry(host)
-            .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)))
-            .clone();
-        slots.try_acquire_owned().ok()
+        let slots = {
+            let mut hosts = self.hosts.lock().expect("host slots lock");
+            // Forget idle hosts so the map does not grow with every receiver ever seen.
+            if hosts.len() > 10_000 {
+                hosts.retain(|_, s| s.available_permits() < self.per_host);
+            }
+            hosts
+                .entry(host)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)))
+                .clone()
+        };
+        tokio::time::timeout(HOST_WAIT, slots.acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
     }
 }
 
