@@ -489,7 +489,13 @@ impl Notifier {
 /// Bounds the deliveries in flight to one receiver host.
 struct HostSlots {
     per_host: usize,
-    hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    hosts: Mutex<HashMap<String, Host>>,
+}
+
+struct Host {
+    slots: Arc<Semaphore>,
+    /// Set when a wait for a slot ran out: until then, others do not wait at all.
+    congested_until: Option<Instant>,
 }
 
 impl HostSlots {
@@ -501,9 +507,11 @@ impl HostSlots {
     }
 
     /// A slot for the host of `url`, waiting up to `HOST_WAIT` for one: a fast host frees
-    /// slots within that; a slow or dead one does not, and `None` is the answer.
+    /// slots within that; a slow or dead one does not, and `None` is the answer. Once a
+    /// wait has run out, the host's other deliveries do not wait for a while, so a dead
+    /// receiver cannot fill the notifier's slots with waiting.
     async fn acquire(&self, url: &str) -> Option<OwnedSemaphorePermit> {
-        let host = reqwest::Url::parse(url)
+        let key = reqwest::Url::parse(url)
             .ok()
             .map(|u| {
                 format!(
@@ -517,17 +525,30 @@ impl HostSlots {
             let mut hosts = self.hosts.lock().expect("host slots lock");
             // Forget idle hosts so the map does not grow with every receiver ever seen.
             if hosts.len() > 10_000 {
-                hosts.retain(|_, s| s.available_permits() < self.per_host);
+                hosts.retain(|_, h| h.slots.available_permits() < self.per_host);
             }
-            hosts
-                .entry(host)
-                .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)))
-                .clone()
+            let host = hosts.entry(key.clone()).or_insert_with(|| Host {
+                slots: Arc::new(Semaphore::new(self.per_host)),
+                congested_until: None,
+            });
+            if let Ok(permit) = host.slots.clone().try_acquire_owned() {
+                host.congested_until = None;
+                return Some(permit);
+            }
+            if host.congested_until.is_some_and(|t| t > Instant::now()) {
+                return None;
+            }
+            host.slots.clone()
         };
-        tokio::time::timeout(HOST_WAIT, slots.acquire_owned())
-            .await
-            .ok()
-            .and_then(Result::ok)
+        match tokio::time::timeout(HOST_WAIT, slots.acquire_owned()).await {
+            Ok(permit) => permit.ok(),
+            Err(_) => {
+                if let Some(host) = self.hosts.lock().expect("host slots lock").get_mut(&key) {
+                    host.congested_until = Some(Instant::now() + HOST_WAIT);
+                }
+                None
+            }
+        }
     }
 }
 
