@@ -17,25 +17,13 @@ mod status;
 mod validate;
 
 use clap::Parser;
-use video_import_shared::config::Settings;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = admin::Cli::parse();
-    let settings = match Settings::load(cli.config.as_deref()) {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("video-import-api: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    video_import_shared::telemetry::init(&settings.log);
-    video_import_shared::telemetry::init_tls();
-    match admin::run(cli.command.unwrap_or_default(), settings).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("video-import-api: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    let command = cli.command.unwrap_or_default();
+    video_import_shared::process::run("video-import-api", cli.config.as_deref(), |settings| {
+        admin::run(command, settings)
+    })
+    .await
 }

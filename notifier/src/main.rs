@@ -7,7 +7,6 @@ mod sign;
 use std::path::PathBuf;
 
 use clap::Parser;
-use video_import_shared::config::Settings;
 
 /// Video import webhook notifier.
 #[derive(Debug, Parser)]
@@ -21,20 +20,8 @@ struct Cli {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load(cli.config.as_deref()) {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("video-import-notifier: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    video_import_shared::telemetry::init(&settings.log);
-    video_import_shared::telemetry::init_tls();
-    match deliver::run(settings).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("video-import-notifier: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    video_import_shared::process::run("video-import-notifier", cli.config.as_deref(), |settings| {
+        deliver::run(settings)
+    })
+    .await
 }

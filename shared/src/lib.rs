@@ -9,6 +9,7 @@ pub mod messages;
 pub mod netguard;
 pub mod ops;
 pub mod outbox;
+pub mod process;
 pub mod queue;
 pub mod retry;
 pub mod shutdown;

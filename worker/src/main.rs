@@ -13,7 +13,6 @@ mod upsert;
 use std::path::PathBuf;
 
 use clap::Parser;
-use video_import_shared::config::Settings;
 
 /// Video import worker.
 #[derive(Debug, Parser)]
@@ -27,20 +26,8 @@ struct Cli {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::load(cli.config.as_deref()) {
-        Ok(settings) => settings,
-        Err(e) => {
-            eprintln!("video-import-worker: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    video_import_shared::telemetry::init(&settings.log);
-    video_import_shared::telemetry::init_tls();
-    match import::run(settings).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("video-import-worker: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    video_import_shared::process::run("video-import-worker", cli.config.as_deref(), |settings| {
+        import::run(settings)
+    })
+    .await
 }
