@@ -3,7 +3,18 @@
 # endpoint of the OpenAPI document. Fails on any 5xx or response that breaks the schema.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v schemathesis >/dev/null 2>&1 || python3 -m pip install -q schemathesis
+# schemathesis from PyPI, in a virtualenv under target/ (system Pythons refuse global installs).
+st=schemathesis
+if ! command -v schemathesis >/dev/null 2>&1; then
+  venv=target/schemathesis-venv
+  if [ ! -x "$venv/bin/schemathesis" ]; then
+    python3 -m venv "$venv" 2>/dev/null || {
+      apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$venv"
+    }
+    "$venv/bin/pip" install -q schemathesis
+  fi
+  st=$venv/bin/schemathesis
+fi
 bin=target/debug
 db=video_import_schemathesis_$$
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -26,7 +37,7 @@ token=$("$bin/video-import-api" token create --project schemathesis --scope publ
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 "$bin/video-import-api" serve & api_pid=$!
 for _ in $(seq 1 50); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.2; done
-schemathesis run "http://127.0.0.1:$port/api/v1/openapi.json" \
+"$st" run "http://127.0.0.1:$port/api/v1/openapi.json" \
   --header "Authorization: Bearer $token" \
   --checks "${SCHEMATHESIS_CHECKS:-not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance,response_headers_conformance}" \
   --max-examples "${SCHEMATHESIS_EXAMPLES:-50}" \

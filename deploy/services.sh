@@ -7,6 +7,7 @@ need_install=()
 command -v pg_ctlcluster >/dev/null 2>&1 || need_install+=(postgresql)
 command -v rabbitmq-server >/dev/null 2>&1 || need_install+=(rabbitmq-server)
 command -v python3 >/dev/null 2>&1 || need_install+=(python3)
+command -v curl >/dev/null 2>&1 || need_install+=(curl)
 if [ ${#need_install[@]} -gt 0 ]; then
   echo "installing ${need_install[*]}"
   export DEBIAN_FRONTEND=noninteractive

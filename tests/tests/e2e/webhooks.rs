@@ -29,6 +29,7 @@ fn python_receiver(
         .arg(port.to_string())
         .arg(secret)
         .arg(&out)
+        .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .expect("python3");
