@@ -57,7 +57,7 @@ pub async fn create(
     let row = tx
         .query_one(
             "UPDATE webhook_deliveries SET state = 'pending', round_start = attempts
-             WHERE job_id = $1 RETURNING attempts, webhook_id",
+             WHERE job_id = $1 RETURNING attempts, webhook_id, url",
             &[&id],
         )
         .await?;
@@ -66,6 +66,7 @@ pub async fn create(
         job_id: id.clone(),
         attempt: attempts as u32 + 1,
         waited: 0,
+        url: Some(row.get(2)),
     };
     outbox::enqueue(&tx, queue::WEBHOOK, &[message]).await?;
     tx.commit().await?;

@@ -333,7 +333,7 @@ async fn finished_jobs(stack: &Stack, project: &str, tag: &str, n: usize, url: &
     stack
         .sql(&format!(
             "INSERT INTO outbox (routing_key, payload)
-             SELECT 'webhook', json_build_object('job_id', '{tag}' || g, 'attempt', 1)
+             SELECT 'webhook', json_build_object('job_id', '{tag}' || g, 'attempt', 1, 'url', '{url}')
              FROM generate_series(1, {n}) g"
         ))
         .await;

@@ -200,23 +200,27 @@ impl Notifier {
                 return Disposition::Ack;
             }
         };
+        // A receiver that is slow or down may hold only a few slots; its other deliveries
+        // wait in the delay queue instead of blocking deliveries to everyone else. With the
+        // URL in the message, that is decided before touching the database.
+        let early = match &message.url {
+            Some(url) => match self.hosts.acquire(url).await {
+                Some(permit) => Some(permit),
+                None => return self.wait_for_host(&message, url).await,
+            },
+            None => None,
+        };
         let prepared = match until_ok(&self.shutdown, || self.prepare(&message)).await {
             Some(Some(p)) => p,
             Some(None) => return Disposition::Ack, // delivered, given up, or this attempt was made
             None => return Disposition::Requeue,
         };
-        // A receiver that is slow or down may hold only a few slots; its other deliveries
-        // wait in the delay queue instead of blocking deliveries to everyone else.
-        let Some(_permit) = self.hosts.acquire(&prepared.url).await else {
-            let delay = HOST_BUSY_DELAY * 2u32.pow(message.waited.min(4));
-            return self
-                .publish_after(
-                    &message.job_id,
-                    message.attempt,
-                    message.waited + 1,
-                    jitter(delay),
-                )
-                .await;
+        let _permit = match early {
+            Some(permit) => permit,
+            None => match self.hosts.acquire(&prepared.url).await {
+                Some(permit) => permit,
+                None => return self.wait_for_host(&message, &prepared.url).await,
+            },
         };
         let started = Instant::now();
         let attempt = self.post(&prepared, timeout).await;
@@ -235,11 +239,13 @@ impl Notifier {
         if let Some(delay) = next_delay {
             // Schedule first: if we crash before recording, the redelivered message repeats
             // this attempt instead of losing the retry.
-            if self
-                .publish_after(&message.job_id, message.attempt + 1, 0, delay)
-                .await
-                == Disposition::Requeue
-            {
+            let next = DeliverWebhook {
+                job_id: message.job_id.clone(),
+                attempt: message.attempt + 1,
+                waited: 0,
+                url: Some(prepared.url.clone()),
+            };
+            if self.publish_after(&next, delay).await == Disposition::Requeue {
                 return Disposition::Requeue;
             }
         }
@@ -270,22 +276,23 @@ impl Notifier {
         }
     }
 
-    /// Publishes attempt `attempt` of the job's webhook to run after `delay`.
-    async fn publish_after(
-        &self,
-        job_id: &str,
-        attempt: u32,
-        waited: u32,
-        delay: Duration,
-    ) -> Disposition {
-        let next = DeliverWebhook {
-            job_id: job_id.to_string(),
-            attempt,
-            waited,
+    /// Sends the delivery to the delay queue because its host has no free slot; each
+    /// further wait doubles (5 s up to 80 s).
+    async fn wait_for_host(&self, message: &DeliverWebhook, url: &str) -> Disposition {
+        let delay = HOST_BUSY_DELAY * 2u32.pow(message.waited.min(4));
+        let later = DeliverWebhook {
+            waited: message.waited + 1,
+            url: Some(url.to_string()),
+            ..message.clone()
         };
+        self.publish_after(&later, jitter(delay)).await
+    }
+
+    /// Publishes `next` to be handled after `delay`.
+    async fn publish_after(&self, next: &DeliverWebhook, delay: Duration) -> Disposition {
         let outgoing = Outgoing {
             routing_key: queue::WEBHOOK.into(),
-            payload: serde_json::to_vec(&next).expect("messages serialize"),
+            payload: serde_json::to_vec(next).expect("messages serialize"),
             delay: Some(delay),
         };
         match self.publisher.publish(&[outgoing]).await {

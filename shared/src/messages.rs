@@ -24,6 +24,10 @@ pub struct DeliverWebhook {
     /// Times this attempt already waited because its receiver's host had no free slot.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub waited: u32,
+    /// The receiver's URL (a job's webhook never changes), so the notifier can check the
+    /// host's free slots before it reads the database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -496,6 +496,7 @@ async fn count_on_job(tx: &Transaction<'_>, job_id: &str, counts: &Counts) -> an
             job_id: job_id.to_string(),
             attempt: 1,
             waited: 0,
+            url: Some(webhook),
         };
         outbox::enqueue(tx, queue::WEBHOOK, &[message]).await?;
     }
