@@ -29,6 +29,9 @@ pub const WEBHOOK: &str = "webhook";
 /// How often a quorum queue redelivers one message before dead-lettering it.
 pub const DELIVERY_LIMIT: i64 = 20;
 
+/// Longest a publish may wait for the broker's confirms before the link is dropped.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Names of every exchange and queue, derived from the prefix.
 #[derive(Debug, Clone)]
 pub struct Topology {
@@ -264,7 +267,17 @@ impl Publisher {
     /// Publishes all messages and returns once the broker has confirmed every one.
     pub async fn publish(&self, messages: &[Outgoing]) -> anyhow::Result<()> {
         let mut guard = self.link.lock().await;
-        let result = self.publish_on(&mut guard, messages).await;
+        // A broker that stops answering without closing the socket would otherwise hold the
+        // relay (and every job behind it) forever.
+        let result = tokio::time::timeout(PUBLISH_TIMEOUT, self.publish_on(&mut guard, messages))
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "RabbitMQ did not confirm {} messages within {} s",
+                    messages.len(),
+                    PUBLISH_TIMEOUT.as_secs()
+                ))
+            });
         if result.is_err() {
             // Drop the link: the next call starts from a fresh connection.
             if let Some(link) = guard.take() {
