@@ -54,20 +54,8 @@ pub async fn pgbench(
         INSERT INTO jobs (id, project_id, system_name, total, pending) VALUES ('bench', 1, 'archive', 100000, 100000);
         INSERT INTO job_items (job_id, idx, external_id, url, file_name, metadata)
             SELECT 'bench', g, 'e' || g, 'http://127.0.0.1/v', 'f', '{}' FROM generate_series(1, 100000) g;";
-    let status = Command::new("psql")
-        .args([
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            &db,
-            "-c",
-            setup,
-        ])
-        .status()?;
-    anyhow::ensure!(status.success(), "pgbench setup failed");
+    psql(Some(&db), setup)?;
+
     let script = std::env::temp_dir().join("video-import-worker.sql");
     std::fs::write(&script, WORKER_SQL)?;
     let output = Command::new("pgbench")
@@ -101,6 +89,18 @@ pub async fn pgbench(
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("no tps in pgbench output: {text}"))?;
     Ok(tps)
+}
+
+/// Runs `sql` with psql as postgres on 127.0.0.1 (in `db`, or the default database).
+pub fn psql(db: Option<&str>, sql: &str) -> anyhow::Result<()> {
+    let mut command = Command::new("psql");
+    command.args(["-q", "-h", "127.0.0.1", "-U", "postgres"]);
+    if let Some(db) = db {
+        command.args(["-d", db]);
+    }
+    let status = command.args(["-c", sql]).status()?;
+    anyhow::ensure!(status.success(), "psql failed: {sql:.60}");
+    Ok(())
 }
 
 /// Messages per second through a quorum queue: persistent publishes with confirms,

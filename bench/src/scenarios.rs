@@ -1,6 +1,5 @@
 //! The five scenarios of docs/benchmarks.md.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -97,18 +96,7 @@ pub async fn end_to_end() -> anyhow::Result<Vec<Row>> {
     );
 
     let pg_db = format!("vib_pgbench_{}", std::process::id());
-    let create = Command::new("psql")
-        .args([
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-c",
-            &format!("CREATE DATABASE {pg_db}"),
-        ])
-        .status()?;
-    anyhow::ensure!(create.success());
+    baseline::psql(None, &format!("CREATE DATABASE {pg_db}"))?;
     let url = format!("postgres://postgres@127.0.0.1:5432/{pg_db}");
     let migrate = async {
         let out = stack
@@ -118,17 +106,7 @@ pub async fn end_to_end() -> anyhow::Result<Vec<Row>> {
         pg_db.clone()
     };
     let tps = baseline::pgbench(migrate, 16).await;
-    let _ = Command::new("psql")
-        .args([
-            "-q",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-c",
-            &format!("DROP DATABASE {pg_db} WITH (FORCE)"),
-        ])
-        .status();
+    let _ = baseline::psql(None, &format!("DROP DATABASE {pg_db} WITH (FORCE)"));
     let tps = tps?;
     println!("pgbench, the worker's per-video SQL, 16 clients: {tps:.0} tx/s");
     let amqp = baseline::lapin_loop(20_000).await?;
