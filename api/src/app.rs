@@ -1,4 +1,4 @@
-//! The HTTP application: state, routes, metrics middleware and the server loop.
+//! The HTTP application: routes, the metrics middleware and the server loop.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,8 +9,7 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use deadpool_postgres::Pool;
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use video_import_shared::config::Settings;
@@ -21,58 +20,7 @@ use video_import_shared::{db, shutdown};
 
 use crate::metadata::Schemas;
 use crate::quota::RateLimit;
-
-/// Shared by every request.
-#[derive(Clone)]
-pub struct AppState {
-    pub pool: Pool,
-    pub relay: Relay,
-    pub settings: Arc<Settings>,
-    pub metrics: ApiMetrics,
-    pub schemas: Arc<Schemas>,
-    pub rate_limit: Option<RateLimit>,
-}
-
-/// The API's own metrics.
-#[derive(Clone)]
-pub struct ApiMetrics {
-    requests: IntCounterVec,
-    latency: HistogramVec,
-    pub videos_accepted: IntCounter,
-    pub jobs_accepted: IntCounter,
-}
-
-impl ApiMetrics {
-    fn new(registry: &Registry) -> anyhow::Result<Self> {
-        let requests = IntCounterVec::new(
-            Opts::new("http_requests_total", "HTTP requests by route and status"),
-            &["route", "status"],
-        )?;
-        let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "http_request_duration_seconds",
-                "HTTP request latency by route",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-            &["route"],
-        )?;
-        let videos_accepted =
-            IntCounter::new("videos_accepted_total", "Videos accepted for import")?;
-        let jobs_accepted = IntCounter::new("jobs_accepted_total", "Import jobs accepted")?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(latency.clone()))?;
-        registry.register(Box::new(videos_accepted.clone()))?;
-        registry.register(Box::new(jobs_accepted.clone()))?;
-        Ok(Self {
-            requests,
-            latency,
-            videos_accepted,
-            jobs_accepted,
-        })
-    }
-}
+use crate::state::{ApiMetrics, AppState};
 
 async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
@@ -82,13 +30,9 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         .unwrap_or_else(|| "unmatched".into());
     let started = Instant::now();
     let response = next.run(request).await;
-    let m = &state.metrics;
-    m.latency
-        .with_label_values(&[&route])
-        .observe(started.elapsed().as_secs_f64());
-    m.requests
-        .with_label_values(&[&route, response.status().as_str()])
-        .inc();
+    state
+        .metrics
+        .observe(&route, response.status(), started.elapsed());
     response
 }
 

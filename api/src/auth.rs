@@ -4,9 +4,10 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
+use video_import_shared::store::tokens;
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Scope for imports and their status.
 pub const WRITE: &str = "public-api:write";
@@ -58,30 +59,21 @@ impl FromRequestParts<AppState> for Caller {
                 "Send the access token as 'Authorization: Bearer <token>'.",
             ))?;
         let client = state.pool.get().await?;
-        let statement = client
-            .prepare_cached(
-                "SELECT project_id, scopes, expires_at IS NOT NULL AND expires_at <= now(),
-                        revoked_at IS NOT NULL, id
-                 FROM tokens WHERE token_hash = $1",
-            )
-            .await?;
-        let row = client.query_opt(&statement, &[&hash_token(token)]).await?;
-        let Some(row) = row else {
+        let Some(grant) = tokens::find(&client, &hash_token(token)).await? else {
             return Err(ApiError::Unauthorized("The access token is invalid."));
         };
-        if row.get::<_, bool>(2) {
+        if grant.expired {
             return Err(ApiError::Unauthorized("The access token expired."));
         }
-        if row.get::<_, bool>(3) {
+        if grant.revoked {
             return Err(ApiError::Unauthorized("The access token was revoked."));
         }
-        let token_id: i64 = row.get(4);
         if let Some(limit) = &state.rate_limit {
-            limit.check(token_id)?;
+            limit.check(grant.id)?;
         }
         Ok(Caller {
-            project_id: row.get(0),
-            scopes: row.get(1),
+            project_id: grant.project_id,
+            scopes: grant.scopes,
         })
     }
 }

@@ -1,9 +1,9 @@
 //! `video-import-api`: accepts import batches, answers status and media-library reads, and
 //! administers projects and tokens.
 
-mod admin;
 mod app;
 mod auth;
+mod cli;
 mod error;
 mod import;
 mod media;
@@ -13,6 +13,7 @@ mod openapi;
 mod quota;
 mod redeliver;
 mod request_id;
+mod state;
 mod status;
 mod validate;
 
@@ -20,10 +21,10 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = admin::Cli::parse();
+    let cli = cli::Cli::parse();
     let command = cli.command.unwrap_or_default();
     video_import_shared::process::run("video-import-api", cli.config.as_deref(), |settings| {
-        admin::run(command, settings)
+        cli::run(command, settings)
     })
     .await
 }

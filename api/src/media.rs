@@ -4,17 +4,13 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Deserialize;
-use tokio_postgres::Row;
 use utoipa::IntoParams;
+use video_import_shared::store::entries::{self, EntryRecord};
 
-use crate::app::AppState;
 use crate::auth::{Caller, READ};
 use crate::error::ApiError;
 use crate::model::{Asset, MediaEntry};
-
-const COLUMNS: &str = "id, version, system_name, external_id, file_name, metadata, asset_key,
-    asset_size, mime_type, sha256, original_url, created_at, updated_at, duration_seconds, width,
-    height, video_codec";
+use crate::state::AppState;
 
 /// One entry.
 #[utoipa::path(
@@ -37,14 +33,10 @@ pub async fn show(
 ) -> Result<Json<MediaEntry>, ApiError> {
     caller.require(READ)?;
     let client = state.pool.get().await?;
-    let row = client
-        .query_opt(
-            &format!("SELECT {COLUMNS} FROM media_entries WHERE id = $1 AND project_id = $2"),
-            &[&id, &caller.project_id],
-        )
+    let record = entries::find(&client, caller.project_id, &id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("No media-library entry with id {id:?}.")))?;
-    Ok(Json(entry(&row)))
+    Ok(Json(entry(record)))
 }
 
 /// Query string of the lookup route.
@@ -85,39 +77,33 @@ pub async fn find(
         ));
     };
     let client = state.pool.get().await?;
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {COLUMNS} FROM media_entries
-                 WHERE project_id = $1 AND system_name = $2 AND external_id = $3"
-            ),
-            &[&caller.project_id, &system_name, &external_id],
-        )
-        .await?;
-    Ok(Json(rows.iter().map(entry).collect()))
+    let records =
+        entries::find_by_external_id(&client, caller.project_id, &system_name, &external_id)
+            .await?;
+    Ok(Json(records.into_iter().map(entry).collect()))
 }
 
-fn entry(row: &Row) -> MediaEntry {
+fn entry(record: EntryRecord) -> MediaEntry {
     MediaEntry {
-        id: row.get(0),
-        version: row.get(1),
-        system_name: row.get(2),
-        external_id: row.get(3),
+        id: record.id,
+        version: record.version,
+        system_name: record.system_name,
+        external_id: record.external_id,
         media_type: "video".into(),
-        file_name: row.get(4),
-        metadata: row.get(5),
+        file_name: record.file_name,
+        metadata: record.metadata,
         asset: Asset {
-            key: row.get(6),
-            size: row.get(7),
-            mime_type: row.get(8),
-            sha256: row.get(9),
-            original_url: row.get(10),
-            duration: row.get(13),
-            width: row.get(14),
-            height: row.get(15),
-            codec: row.get(16),
+            key: record.asset.key,
+            size: record.asset.size,
+            mime_type: record.asset.mime_type,
+            sha256: record.asset.sha256,
+            original_url: record.original_url,
+            duration: record.asset.duration_seconds,
+            width: record.asset.width,
+            height: record.asset.height,
+            codec: record.asset.codec,
         },
-        created_at: row.get(11),
-        updated_at: row.get(12),
+        created_at: record.created_at,
+        updated_at: record.updated_at,
     }
 }

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
+pub use video_import_shared::store::{ItemState, JobState, WebhookState};
 
 /// Body of `POST /api/v1/import/videos` (parsed by `validate`, which names bad fields).
 #[derive(Debug, Deserialize, ToSchema)]
@@ -56,35 +57,6 @@ pub struct Accepted {
     pub id: String,
 }
 
-/// Job state: `started` while videos are pending, then `success` or `failed`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum JobState {
-    Started,
-    Success,
-    Failed,
-}
-
-impl JobState {
-    /// Parses the database value.
-    pub fn from_db(value: &str) -> Self {
-        match value {
-            "success" => JobState::Success,
-            "failed" => JobState::Failed,
-            _ => JobState::Started,
-        }
-    }
-
-    /// The database value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Started => "started",
-            JobState::Success => "success",
-            JobState::Failed => "failed",
-        }
-    }
-}
-
 /// Counts of a job's videos by state.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Overview {
@@ -99,46 +71,19 @@ pub struct Overview {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobStatus {
-    pub id: String,
-    pub finished: bool,
-    pub state: JobState,
-    pub system_name: String,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-    pub overview: Overview,
+    #[serde(flatten)]
+    pub summary: JobSummary,
     pub videos: Vec<VideoStatus>,
     /// Present once the job is finished, if it has a webhook.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookStatus>,
 }
 
-/// Video state within a job.
-#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum VideoState {
-    Pending,
-    Imported,
-    Skipped,
-    Failed,
-}
-
-impl VideoState {
-    /// Parses the database value.
-    pub fn from_db(value: &str) -> Self {
-        match value {
-            "imported" => VideoState::Imported,
-            "skipped" => VideoState::Skipped,
-            "failed" => VideoState::Failed,
-            _ => VideoState::Pending,
-        }
-    }
-}
-
 /// One video's outcome.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VideoStatus {
-    pub state: VideoState,
+    pub state: ItemState,
     pub system_name: String,
     pub external_id: String,
     /// Why it failed or was skipped.
@@ -170,9 +115,7 @@ pub struct VideoRef {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookStatus {
-    /// `pending`, `delivered` or `failed`.
-    #[schema(example = "delivered")]
-    pub state: String,
+    pub state: WebhookState,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub delivered_at: Option<DateTime<Utc>>,
@@ -247,8 +190,7 @@ pub struct Redelivery {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RedeliveryState {
-    #[schema(example = "pending")]
-    pub state: String,
+    pub state: WebhookState,
     pub webhook_id: String,
     /// Attempts made before this redelivery.
     pub attempts: i32,

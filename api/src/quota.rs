@@ -8,6 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use deadpool_postgres::Transaction;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
+use video_import_shared::store::jobs;
 
 use crate::error::ApiError;
 
@@ -20,36 +21,24 @@ pub async fn check_daily_limit(
     limit: i32,
     requested: i32,
 ) -> Result<(), ApiError> {
-    tx.execute(
-        "SELECT 1 FROM projects WHERE id = $1 FOR UPDATE",
-        &[&project_id],
-    )
-    .await?;
-    let rows = tx
-        .query(
-            "SELECT total, started_at, now() FROM jobs
-             WHERE project_id = $1 AND started_at > now() - interval '24 hours'
-             ORDER BY started_at",
-            &[&project_id],
-        )
-        .await?;
-    let used: i64 = rows.iter().map(|r| r.get::<_, i32>(0) as i64).sum();
+    let window = jobs::usage_window(tx, project_id).await?;
+    let used: i64 = window.jobs.iter().map(|(total, _)| total).sum();
     let (limit, requested) = (limit as i64, requested as i64);
     if used + requested <= limit {
         return Ok(());
     }
-    let window: Vec<(i64, DateTime<Utc>)> = rows
-        .iter()
-        .map(|r| (r.get::<_, i32>(0) as i64, r.get(1)))
-        .collect();
-    let now = rows.first().map(|r| r.get(2)).unwrap_or_else(Utc::now);
     Err(ApiError::UsageLimit {
         message: format!(
             "Your plan does not allow you to upload more than {limit} per day.\n      \
              You already uploaded {used} in the last 24 hours and are trying to upload {requested} more.\n      \
              Please try again later."
         ),
-        retry_after: seconds_until_room(&window, now, used + requested - limit, requested <= limit),
+        retry_after: seconds_until_room(
+            &window.jobs,
+            window.now,
+            used + requested - limit,
+            requested <= limit,
+        ),
     })
 }
 

@@ -1,16 +1,16 @@
 //! `POST /api/v1/import/videos/{id}/webhook`: send a finished job's webhook again, with the
 //! same `webhook-id`, whether the earlier delivery succeeded or failed.
 
+use anyhow::Context;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use video_import_shared::messages::DeliverWebhook;
-use video_import_shared::{outbox, queue};
+use video_import_shared::store::{jobs, webhooks, WebhookState};
 
-use crate::app::AppState;
 use crate::auth::{Caller, WRITE};
 use crate::error::ApiError;
 use crate::model::{Redelivery, RedeliveryState};
+use crate::state::AppState;
 
 /// Queues a new round of delivery attempts; answers 202.
 #[utoipa::path(
@@ -34,51 +34,34 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Redelivery>), ApiError> {
     caller.require(WRITE)?;
     let mut client = state.pool.get().await?;
-    let tx = client.transaction().await?;
-    let job = tx
-        .query_opt(
-            "SELECT finished_at IS NOT NULL, webhook IS NOT NULL FROM jobs
-             WHERE id = $1 AND project_id = $2",
-            &[&id, &caller.project_id],
-        )
+    let tx = client
+        .transaction()
+        .await
+        .context("starting the redelivery")?;
+    let job = jobs::finish_of(&tx, caller.project_id, &id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("No import job with id {id:?}.")))?;
-    if !job.get::<_, bool>(1) {
+    if !job.has_webhook {
         return Err(ApiError::Conflict(
             "This job has no webhook; pass \"webhook\" when you import.".into(),
         ));
     }
-    if !job.get::<_, bool>(0) {
+    if !job.finished {
         return Err(ApiError::Conflict(
             "This job is still running; its webhook is sent when it finishes.".into(),
         ));
     }
-    // Lock the delivery so concurrent redelivery requests queue exactly one round each.
-    let row = tx
-        .query_one(
-            "UPDATE webhook_deliveries SET state = 'pending', round_start = attempts
-             WHERE job_id = $1 RETURNING attempts, webhook_id, url",
-            &[&id],
-        )
-        .await?;
-    let attempts: i32 = row.get(0);
-    let message = DeliverWebhook {
-        job_id: id.clone(),
-        attempt: attempts as u32 + 1,
-        waited: 0,
-        url: Some(row.get(2)),
-    };
-    outbox::enqueue(&tx, queue::WEBHOOK, &[message]).await?;
-    tx.commit().await?;
+    let redelivery = webhooks::redeliver(&tx, &id).await?;
+    tx.commit().await.context("committing the redelivery")?;
     state.relay.wake();
     Ok((
         StatusCode::ACCEPTED,
         Json(Redelivery {
             id,
             webhook: RedeliveryState {
-                state: "pending".into(),
-                webhook_id: row.get(1),
-                attempts,
+                state: WebhookState::Pending,
+                webhook_id: redelivery.webhook_id,
+                attempts: redelivery.attempts,
             },
         }),
     ))

@@ -8,16 +8,16 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use tokio_postgres::Row;
 use utoipa::IntoParams;
+use video_import_shared::store::jobs::{self, JobRecord};
+use video_import_shared::store::{items, JobState};
 
-use crate::app::AppState;
 use crate::auth::{Caller, WRITE};
 use crate::error::ApiError;
 use crate::model::{
-    JobList, JobState, JobStatus, JobSummary, Overview, VideoRef, VideoState, VideoStatus,
-    WebhookStatus,
+    JobList, JobStatus, JobSummary, Overview, VideoRef, VideoStatus, WebhookStatus,
 };
+use crate::state::AppState;
 
 /// Query string of the status route.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -27,24 +27,20 @@ pub struct StatusQuery {
     id: Option<String>,
 }
 
-const JOB_COLUMNS: &str = "j.id, j.state, j.system_name, j.total, j.pending, j.imported,
-    j.skipped, j.failed, j.started_at, j.finished_at";
-
-fn summary(row: &Row) -> JobSummary {
-    let finished_at: Option<DateTime<Utc>> = row.get(9);
+fn summary(job: JobRecord) -> JobSummary {
     JobSummary {
-        id: row.get(0),
-        finished: finished_at.is_some(),
-        state: JobState::from_db(row.get(1)),
-        system_name: row.get(2),
-        started_at: row.get(8),
-        finished_at,
+        id: job.id,
+        finished: job.finished_at.is_some(),
+        state: job.state,
+        system_name: job.system_name,
+        started_at: job.started_at,
+        finished_at: job.finished_at,
         overview: Overview {
-            total: row.get(3),
-            pending: row.get(4),
-            imported: row.get(5),
-            skipped: row.get(6),
-            failed: row.get(7),
+            total: job.total,
+            pending: job.pending,
+            imported: job.imported,
+            skipped: job.skipped,
+            failed: job.failed,
         },
     }
 }
@@ -76,69 +72,44 @@ pub async fn show(
         .filter(|id| !id.is_empty())
         .ok_or_else(|| ApiError::invalid("id", "is required: pass ?id=<job id>"))?;
     let client = state.pool.get().await?;
-    let Some(job) = client
-        .query_opt(
-            &format!(
-                "SELECT {JOB_COLUMNS}, d.state, d.attempts, d.last_error, d.delivered_at
-                 FROM jobs j LEFT JOIN webhook_deliveries d ON d.job_id = j.id
-                 WHERE j.id = $1 AND j.project_id = $2"
-            ),
-            &[&id, &caller.project_id],
-        )
-        .await?
-    else {
+    let Some((job, delivery)) = jobs::find(&client, caller.project_id, &id).await? else {
         return Err(ApiError::NotFound(format!("No import job with id {id:?}.")));
     };
-    let items = client
-        .query(
-            "SELECT i.state, i.reason, i.external_id, i.url, i.media_id, m.mime_type, m.asset_size,
-                    i.last_error, m.duration_seconds, m.width, m.height, m.video_codec
-             FROM job_items i LEFT JOIN media_entries m ON m.id = i.media_id
-             WHERE i.job_id = $1 ORDER BY i.idx",
-            &[&id],
-        )
-        .await?;
-    let summary = summary(&job);
+    let items = items::of_job(&client, &id).await?;
+    let summary = summary(job);
     let videos = items
-        .iter()
-        .map(|row| {
-            let reason: Option<String> = row.get(1);
-            VideoStatus {
-                state: VideoState::from_db(row.get(0)),
-                system_name: summary.system_name.clone(),
-                external_id: row.get(2),
-                // A pending video whose last try failed says why it is taking long.
-                last_error: if reason.is_none() { row.get(7) } else { None },
-                reason,
-                video: row.get::<_, Option<String>>(4).map(|media_id| VideoRef {
-                    media_id,
-                    original_url: row.get(3),
-                    mime_type: row.get(5),
-                    size: row.get(6),
-                    duration: row.get(8),
-                    width: row.get(9),
-                    height: row.get(10),
-                    codec: row.get(11),
-                }),
-            }
+        .into_iter()
+        .map(|item| VideoStatus {
+            state: item.state,
+            system_name: summary.system_name.clone(),
+            external_id: item.external_id,
+            // A pending video whose last try failed says why it is taking long.
+            last_error: if item.reason.is_none() {
+                item.last_error
+            } else {
+                None
+            },
+            reason: item.reason,
+            video: item.media_id.map(|media_id| VideoRef {
+                media_id,
+                original_url: item.url,
+                mime_type: item.mime_type,
+                size: item.size,
+                duration: item.duration_seconds,
+                width: item.width,
+                height: item.height,
+                codec: item.codec,
+            }),
         })
         .collect();
-    let webhook = job
-        .get::<_, Option<String>>(10)
-        .map(|webhook_state| WebhookStatus {
-            state: webhook_state,
-            attempts: job.get(11),
-            last_error: job.get(12),
-            delivered_at: job.get(13),
-        });
+    let webhook = delivery.map(|d| WebhookStatus {
+        state: d.state,
+        attempts: d.attempts,
+        last_error: d.last_error,
+        delivered_at: d.delivered_at,
+    });
     Ok(Json(JobStatus {
-        id: summary.id,
-        finished: summary.finished,
-        state: summary.state,
-        system_name: summary.system_name,
-        started_at: summary.started_at,
-        finished_at: summary.finished_at,
-        overview: summary.overview,
+        summary,
         videos,
         webhook,
     }))
@@ -192,30 +163,15 @@ pub async fn list(
         })?),
         None => None,
     };
-    let (after_time, after_id) = after.unzip();
-    let state_filter = query.state.map(JobState::as_str);
     let client = state.pool.get().await?;
-    let rows = client
-        .query(
-            &format!(
-                "SELECT {JOB_COLUMNS} FROM jobs j
-                 WHERE j.project_id = $1
-                   AND ($2::text IS NULL OR j.state = $2)
-                   AND ($3::text IS NULL OR j.system_name = $3)
-                   AND ($4::timestamptz IS NULL OR (j.started_at, j.id) < ($4, $5))
-                 ORDER BY j.started_at DESC, j.id DESC LIMIT $6"
-            ),
-            &[
-                &caller.project_id,
-                &state_filter,
-                &query.system_name,
-                &after_time,
-                &after_id,
-                &(limit + 1),
-            ],
-        )
-        .await?;
-    let mut jobs: Vec<JobSummary> = rows.iter().map(summary).collect();
+    let filter = jobs::ListFilter {
+        state: query.state,
+        system_name: query.system_name,
+        before: after,
+        limit: limit + 1,
+    };
+    let records = jobs::list(&client, caller.project_id, &filter).await?;
+    let mut jobs: Vec<JobSummary> = records.into_iter().map(summary).collect();
     let next_cursor = if jobs.len() as i64 > limit {
         jobs.truncate(limit as usize);
         jobs.last().map(|j| encode_cursor(j.started_at, &j.id))

@@ -26,13 +26,7 @@ pub struct Batch {
 }
 
 /// One video of a valid batch.
-#[derive(Debug)]
-pub struct Video {
-    pub url: String,
-    pub external_id: String,
-    pub file_name: String,
-    pub metadata: Value,
-}
+pub use video_import_shared::store::jobs::NewVideo as Video;
 
 /// Parses `body` and checks it against the limits; collects every problem it can.
 pub fn batch(body: &[u8], max_videos: usize) -> Result<Batch, ApiError> {

@@ -1,27 +1,19 @@
 //! `video-import-notifier`: delivers each finished job's webhook, signed, with retries that
 //! wait in RabbitMQ delay queues rather than in a sleeping consumer.
+//!
+//! - `consumer`: wiring, and what happens to one webhook message (and a dead-lettered one);
+//! - `deliver`: the payload and the signed POST;
+//! - `hosts`: per-host slots, so one slow receiver cannot take every slot;
+//! - `schedule`: every retry decision;
+//! - `sign`: Standard Webhooks signatures.
 
+mod consumer;
 mod deliver;
+mod hosts;
+mod schedule;
 mod sign;
-
-use std::path::PathBuf;
-
-use clap::Parser;
-
-/// Video import webhook notifier.
-#[derive(Debug, Parser)]
-#[command(name = "video-import-notifier", version)]
-struct Cli {
-    /// TOML configuration file (environment variables VIDEO_IMPORT__SECTION__KEY override it).
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    video_import_shared::process::run("video-import-notifier", cli.config.as_deref(), |settings| {
-        deliver::run(settings)
-    })
-    .await
+    video_import_shared::process::main("video-import-notifier", consumer::run).await
 }

@@ -1,8 +1,11 @@
 //! Layered configuration: built-in defaults, an optional TOML file, then
 //! `VIDEO_IMPORT__SECTION__KEY` environment variables.
 
+use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 /// Every setting of every binary; each binary reads the sections it needs.
@@ -25,8 +28,9 @@ pub struct Settings {
 pub struct DatabaseSettings {
     pub url: String,
     pub pool_size: usize,
-    /// Seconds to wait for a pooled connection before failing the request.
-    pub pool_timeout_secs: u64,
+    /// How long to wait for a pooled connection before failing the request.
+    #[serde(rename = "pool_timeout_secs", with = "secs")]
+    pub pool_timeout: Duration,
 }
 
 /// RabbitMQ connection and queue naming.
@@ -42,7 +46,7 @@ pub struct AmqpSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSettings {
-    pub listen: String,
+    pub listen: SocketAddr,
     /// Most videos accepted in one batch.
     pub max_batch_size: usize,
     /// Largest request body in bytes.
@@ -57,7 +61,7 @@ pub struct ApiSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSettings {
-    pub listen: String,
+    pub listen: SocketAddr,
 }
 
 /// Where downloaded videos are stored.
@@ -79,12 +83,15 @@ pub struct FetchSettings {
     pub allow_private_networks: bool,
     /// CIDR ranges admitted even when private networks are refused (trusted archive hosts).
     #[serde(default)]
-    pub allowed_networks: Vec<String>,
-    pub connect_timeout_secs: u64,
+    pub allowed_networks: Vec<IpNet>,
+    #[serde(rename = "connect_timeout_secs", with = "secs")]
+    pub connect_timeout: Duration,
     /// Longest pause between two chunks of a body.
-    pub read_timeout_secs: u64,
+    #[serde(rename = "read_timeout_secs", with = "secs")]
+    pub read_timeout: Duration,
     /// Longest a whole download may take (keep it below RabbitMQ's consumer_timeout).
-    pub total_timeout_secs: u64,
+    #[serde(rename = "total_timeout_secs", with = "secs")]
+    pub total_timeout: Duration,
     /// Slowest transfer accepted: a download of N bytes may take 60 s + N / this.
     pub min_bytes_per_sec: u64,
     /// Largest video accepted, in bytes.
@@ -93,12 +100,14 @@ pub struct FetchSettings {
     /// Downloads running at once in one worker.
     pub concurrency: usize,
     /// After SIGTERM, how long in-flight downloads may run on before they are handed back.
-    pub shutdown_grace_secs: u64,
+    #[serde(rename = "shutdown_grace_secs", with = "secs")]
+    pub shutdown_grace: Duration,
     /// Quick in-process tries of one download before it is handed back to the queue with a delay.
     pub quick_retries: usize,
-    /// Delays (seconds) of the later tries that go back through RabbitMQ; their count is the
-    /// number of such tries before the video fails with its last reason.
-    pub retry_delays_secs: Vec<u64>,
+    /// Delays of the later tries that go back through RabbitMQ; their count is the number of
+    /// such tries before the video fails with its last reason.
+    #[serde(rename = "retry_delays_secs", with = "secs_list")]
+    pub retry_delays: Vec<Duration>,
 }
 
 /// How the notifier delivers webhooks.
@@ -107,10 +116,13 @@ pub struct FetchSettings {
 pub struct WebhookSettings {
     pub allow_private_networks: bool,
     #[serde(default)]
-    pub allowed_networks: Vec<String>,
-    pub timeout_secs: u64,
-    /// Delays (seconds) before each retry after the first attempt fails.
-    pub retry_schedule_secs: Vec<u64>,
+    pub allowed_networks: Vec<IpNet>,
+    /// Longest one POST to a receiver may take.
+    #[serde(rename = "timeout_secs", with = "secs")]
+    pub timeout: Duration,
+    /// Delays before each retry after the first attempt fails.
+    #[serde(rename = "retry_schedule_secs", with = "secs_list")]
+    pub retry_schedule: Vec<Duration>,
     /// Deliveries running at once in one notifier.
     pub concurrency: usize,
     /// Deliveries running at once to one receiver host; more wait in a delay queue.
@@ -123,8 +135,48 @@ pub struct WebhookSettings {
 pub struct LogSettings {
     /// `tracing` filter, e.g. `info` or `video_import_worker=debug,info`.
     pub filter: String,
-    /// `text` or `json`.
-    pub format: String,
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Durations configured as whole seconds.
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(value.as_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_secs)
+    }
+}
+
+/// Lists of durations configured as whole seconds.
+mod secs_list {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+        let secs: Vec<u64> = value.iter().map(Duration::as_secs).collect();
+        secs.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+        Vec::<u64>::deserialize(d).map(|v| v.into_iter().map(Duration::from_secs).collect())
+    }
 }
 
 impl Default for Settings {
@@ -133,21 +185,21 @@ impl Default for Settings {
             database: DatabaseSettings {
                 url: "postgres://postgres@127.0.0.1:5432/video_import".into(),
                 pool_size: 16,
-                pool_timeout_secs: 10,
+                pool_timeout: Duration::from_secs(10),
             },
             amqp: AmqpSettings {
                 url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
                 prefix: "video-import".into(),
             },
             api: ApiSettings {
-                listen: "127.0.0.1:8080".into(),
+                listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
                 max_batch_size: 1000,
                 max_body_bytes: 16 * 1024 * 1024,
                 rate_limit_per_second: 0,
                 rate_limit_burst: 20,
             },
             metrics: MetricsSettings {
-                listen: "127.0.0.1:9090".into(),
+                listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             },
             storage: StorageSettings {
                 root: "./data/videos".into(),
@@ -156,33 +208,37 @@ impl Default for Settings {
             fetch: FetchSettings {
                 allow_private_networks: false,
                 allowed_networks: Vec::new(),
-                connect_timeout_secs: 10,
-                read_timeout_secs: 30,
+                connect_timeout: Duration::from_secs(10),
+                read_timeout: Duration::from_secs(30),
                 // RabbitMQ closes a channel whose delivery stays unacked for 30 min.
-                total_timeout_secs: 1500,
+                total_timeout: Duration::from_secs(1500),
                 min_bytes_per_sec: 256 * 1024,
                 max_bytes: 10 * 1024 * 1024 * 1024,
                 max_redirects: 5,
                 concurrency: 32,
-                shutdown_grace_secs: 30,
+                shutdown_grace: Duration::from_secs(30),
                 quick_retries: 2,
-                retry_delays_secs: vec![30, 120, 600, 1800],
+                retry_delays: secs_of(&[30, 120, 600, 1800]),
             },
             webhook: WebhookSettings {
                 allow_private_networks: false,
                 allowed_networks: Vec::new(),
-                timeout_secs: 15,
+                timeout: Duration::from_secs(15),
                 // Standard Webhooks' schedule after the immediate attempt: about three days.
-                retry_schedule_secs: vec![5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400],
+                retry_schedule: secs_of(&[5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]),
                 concurrency: 64,
                 per_host_concurrency: 8,
             },
             log: LogSettings {
                 filter: "info".into(),
-                format: "text".into(),
+                format: LogFormat::Text,
             },
         }
     }
+}
+
+fn secs_of(secs: &[u64]) -> Vec<Duration> {
+    secs.iter().copied().map(Duration::from_secs).collect()
 }
 
 /// Configuration that could not be loaded; the message names the key at fault.
@@ -226,30 +282,6 @@ impl Settings {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
-        for (key, list) in [
-            ("fetch.allowed_networks", &self.fetch.allowed_networks),
-            ("webhook.allowed_networks", &self.webhook.allowed_networks),
-        ] {
-            for net in list {
-                if net.parse::<ipnet::IpNet>().is_err() {
-                    return bad(
-                        key,
-                        &format!("{net:?} is not a CIDR network such as 10.1.0.0/16"),
-                    );
-                }
-            }
-        }
-        for (key, addr) in [
-            ("api.listen", &self.api.listen),
-            ("metrics.listen", &self.metrics.listen),
-        ] {
-            if addr.parse::<std::net::SocketAddr>().is_err() {
-                return bad(
-                    key,
-                    &format!("{addr:?} is not an address such as 127.0.0.1:8080"),
-                );
-            }
-        }
         if self.api.max_batch_size == 0 {
             return bad("api.max_batch_size", "must be at least 1");
         }
@@ -262,9 +294,60 @@ impl Settings {
         if self.webhook.concurrency == 0 {
             return bad("webhook.concurrency", "must be at least 1");
         }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            return bad("log.format", "must be text or json");
-        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Loads `toml` as the configuration file.
+    fn load(toml: &str) -> Result<Settings, ConfigError> {
+        let path = std::env::temp_dir().join(format!(
+            "video-import-config-{}.toml",
+            crate::ids::random_id(8)
+        ));
+        std::fs::write(&path, toml).unwrap();
+        let loaded = Settings::load(Some(&path));
+        let _ = std::fs::remove_file(&path);
+        loaded
+    }
+
+    #[test]
+    fn values_are_typed_once_at_load() {
+        let settings = load(
+            "[fetch]\nallowed_networks = [\"10.20.0.0/16\"]\nretry_delays_secs = [1, 2]\n\
+             connect_timeout_secs = 3\n[log]\nformat = \"json\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            settings.fetch.allowed_networks,
+            vec!["10.20.0.0/16".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(
+            settings.fetch.retry_delays,
+            vec![Duration::from_secs(1), Duration::from_secs(2)]
+        );
+        assert_eq!(settings.fetch.connect_timeout, Duration::from_secs(3));
+        assert_eq!(settings.log.format, LogFormat::Json);
+        assert_eq!(settings.webhook.timeout, Duration::from_secs(15));
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        for (toml, key) in [
+            (
+                "[fetch]\nallowed_networks = [\"intranet\"]\n",
+                "fetch.allowed_networks",
+            ),
+            ("[metrics]\nlisten = \"everywhere\"\n", "metrics.listen"),
+            ("[log]\nformat = \"xml\"\n", "log.format"),
+            ("[webhook]\ntimeout_secs = -1\n", "webhook.timeout_secs"),
+            ("[api]\nmax_batch_size = 0\n", "api.max_batch_size"),
+        ] {
+            let error = load(toml).unwrap_err().to_string();
+            assert!(error.contains(key), "{toml}: {error}");
+        }
     }
 }

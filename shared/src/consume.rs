@@ -53,7 +53,7 @@ pub struct ConsumerConfig {
 /// Consumes until `shutdown` is cancelled, reconnecting after any broker failure.
 pub async fn run(config: ConsumerConfig, handler: Handler, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = crate::retry::FIRST_BACKOFF;
     while !shutdown.is_cancelled() {
         match session(&config, &handler, &tracker, &shutdown).await {
             Ok(()) => break,
@@ -65,7 +65,7 @@ pub async fn run(config: ConsumerConfig, handler: Handler, shutdown: Cancellatio
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+        backoff = crate::retry::next_backoff(backoff);
     }
     tracker.close();
     if tokio::time::timeout(config.grace, tracker.wait())

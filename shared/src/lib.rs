@@ -12,5 +12,7 @@ pub mod outbox;
 pub mod process;
 pub mod queue;
 pub mod retry;
+pub mod service;
 pub mod shutdown;
+pub mod store;
 pub mod telemetry;

@@ -55,11 +55,11 @@ pub struct AddressPolicy {
 pub struct Refused(pub String);
 
 impl AddressPolicy {
-    /// `allowed` are CIDR strings already validated by the configuration.
-    pub fn new(allow_private: bool, allowed: &[String]) -> Self {
+    /// Refuses private networks unless `allow_private`; `allowed` are admitted anyway.
+    pub fn new(allow_private: bool, allowed: &[IpNet]) -> Self {
         Self {
             allow_private,
-            allowed: allowed.iter().filter_map(|n| n.parse().ok()).collect(),
+            allowed: allowed.to_vec(),
         }
     }
 
@@ -263,7 +263,7 @@ mod tests {
 
     #[test]
     fn allowed_networks_admit_trusted_private_hosts() {
-        let policy = AddressPolicy::new(false, &["10.20.0.0/16".to_string()]);
+        let policy = AddressPolicy::new(false, &["10.20.0.0/16".parse().unwrap()]);
         assert!(policy.permits("10.20.3.4".parse().unwrap()));
         assert!(!policy.permits("10.21.3.4".parse().unwrap()));
     }

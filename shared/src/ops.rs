@@ -65,8 +65,12 @@ async fn metrics(State(ops): State<Ops>) -> impl IntoResponse {
 }
 
 /// Serves the operational endpoints on `listen` until `shutdown` (worker and notifier).
-pub async fn serve(listen: String, ops: Ops, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(&listen)
+pub async fn serve(
+    listen: std::net::SocketAddr,
+    ops: Ops,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on metrics.listen {listen:?}: {e}"))?;
     tracing::info!(address = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");

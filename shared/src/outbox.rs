@@ -5,39 +5,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{GenericClient, Pool};
+use anyhow::Context;
+use deadpool_postgres::Pool;
 use prometheus::{IntCounter, IntGauge, Registry};
-use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::queue::{Outgoing, Publisher};
+use crate::store;
 
 /// Rows published per round trip.
 const BATCH: i64 = 1000;
-
-/// Adds messages to the outbox inside the caller's transaction.
-pub async fn enqueue<C: GenericClient, M: Serialize>(
-    client: &C,
-    routing_key: &str,
-    messages: &[M],
-) -> Result<(), tokio_postgres::Error> {
-    if messages.is_empty() {
-        return Ok(());
-    }
-    let payloads: Vec<serde_json::Value> = messages
-        .iter()
-        .map(|m| serde_json::to_value(m).expect("messages serialize"))
-        .collect();
-    client
-        .execute(
-            "INSERT INTO outbox (routing_key, payload)
-             SELECT $1, p FROM unnest($2::jsonb[]) AS p",
-            &[&routing_key, &payloads],
-        )
-        .await?;
-    Ok(())
-}
 
 /// Publishes outbox rows; every process that writes to the outbox runs one.
 #[derive(Clone)]
@@ -125,35 +103,30 @@ impl Relay {
 
     /// Publishes one batch; returns how many rows it published.
     pub async fn publish_batch(&self) -> anyhow::Result<usize> {
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        // SKIP LOCKED: relays of other processes take other rows instead of waiting.
-        let rows = tx
-            .query(
-                "SELECT id, routing_key, payload FROM outbox ORDER BY id LIMIT $1
-                 FOR UPDATE SKIP LOCKED",
-                &[&BATCH],
-            )
-            .await?;
+        let mut client = self.pool.get().await.context("connecting to the outbox")?;
+        let tx = client
+            .transaction()
+            .await
+            .context("starting the relay round")?;
+        let rows = store::outbox::claim(&tx, BATCH).await?;
         self.backlog.set(rows.len() as i64);
         if rows.is_empty() {
             return Ok(0);
         }
-        let mut ids = Vec::with_capacity(rows.len());
-        let mut messages = Vec::with_capacity(rows.len());
-        for row in &rows {
-            ids.push(row.get::<_, i64>(0));
-            let payload: serde_json::Value = row.get(2);
-            messages.push(Outgoing {
-                routing_key: row.get(1),
-                payload: serde_json::to_vec(&payload)?,
-                delay: None,
-            });
-        }
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let messages = rows
+            .into_iter()
+            .map(|row| {
+                Ok(Outgoing {
+                    routing_key: row.routing_key,
+                    payload: serde_json::to_vec(&row.payload)?,
+                    delay: None,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         self.publisher.publish(&messages).await?;
-        tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids])
-            .await?;
-        tx.commit().await?;
+        store::outbox::remove(&tx, &ids).await?;
+        tx.commit().await.context("committing the relay round")?;
         self.published.inc_by(ids.len() as u64);
         Ok(ids.len())
     }

@@ -2,10 +2,35 @@
 //! and turn the outcome into an exit code.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use clap::{CommandFactory, FromArgMatches, Parser};
+
 use crate::config::Settings;
+
+/// The command line of the worker and the notifier.
+#[derive(Debug, Parser)]
+#[command(version)]
+pub struct ServiceCli {
+    /// TOML configuration file (environment variables VIDEO_IMPORT__SECTION__KEY override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// `main` of a binary whose only option is `--config`: parses it, then [`run`]s `work`.
+pub async fn main<F, Fut>(name: &'static str, work: F) -> ExitCode
+where
+    F: FnOnce(Settings) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let matches = ServiceCli::command().name(name).get_matches();
+    let cli = match ServiceCli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    run(name, cli.config.as_deref(), work).await
+}
 
 /// Loads settings (exit code 2 with the key at fault when they are bad), sets up logging and
 /// TLS, runs `work` and reports its error, if any, on stderr (exit code 1).

@@ -2,8 +2,9 @@
 //!
 //! Topology (all names start with `amqp.prefix`, here `P`):
 //! - exchange `P` (direct) routes `fetch` to quorum queue `P.fetch` and `webhook` to `P.webhook`;
-//! - both dead-letter to exchange `P.dead` (fanout) → queue `P.dead`, so a poison message that
-//!   exceeds the delivery limit is kept, not dropped;
+//! - both dead-letter to exchange `P.dead` (fanout) → `P.dead.route` (direct) → quorum queues
+//!   `P.dead.fetch` and `P.dead.webhook`, so a poison message that exceeds the delivery limit is
+//!   kept, not dropped, and settled by the binary that consumes its kind;
 //! - delays are fanout exchanges `P.delay.Ns` → classic queues holding messages until their
 //!   per-message expiration, which then dead-letter back to `P` under their original routing key
 //!   (Debian's RabbitMQ has no delayed-message plugin).
@@ -14,8 +15,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use futures::future::try_join_all;
 use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeBindOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
@@ -28,6 +29,10 @@ pub const WEBHOOK: &str = "webhook";
 
 /// How often a quorum queue redelivers one message before dead-lettering it.
 pub const DELIVERY_LIMIT: i64 = 20;
+
+/// Longest a message may be held: RabbitMQ takes expirations up to 2^32 - 1 milliseconds
+/// (about 49 days) and refuses the publish above that.
+pub const MAX_DELAY: Duration = Duration::from_millis(u32::MAX as u64);
 
 /// Longest a publish may wait for the broker's confirms before the link is dropped.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -56,9 +61,20 @@ impl Topology {
         format!("{}.{routing_key}", self.prefix)
     }
 
-    /// Exchange and queue that keep dead-lettered messages.
+    /// Fanout exchange that every work queue dead-letters to.
     pub fn dead(&self) -> String {
         format!("{}.dead", self.prefix)
+    }
+
+    /// Direct exchange, bound to [`Self::dead`], that sorts dead letters by routing key.
+    fn dead_route(&self) -> String {
+        format!("{}.dead.route", self.prefix)
+    }
+
+    /// Queue keeping the dead-lettered messages of `routing_key`, so that the binary which
+    /// consumes `routing_key` also settles its dead letters.
+    pub fn dead_queue(&self, routing_key: &str) -> String {
+        format!("{}.dead.{routing_key}", self.prefix)
     }
 
     /// Exchange and queue that hold messages for `secs` seconds.
@@ -68,7 +84,19 @@ impl Topology {
 
     /// Every queue name this topology may create, given the delays in use (for clean-up).
     pub fn queue_names(&self, delays: &[u64]) -> Vec<String> {
-        let mut names = vec![self.queue(FETCH), self.queue(WEBHOOK), self.dead()];
+        let mut names = vec![
+            self.queue(FETCH),
+            self.queue(WEBHOOK),
+            self.dead_queue(FETCH),
+            self.dead_queue(WEBHOOK),
+        ];
+        names.extend(delays.iter().map(|d| self.delay(*d)));
+        names
+    }
+
+    /// Every exchange name this topology may create, given the delays in use (for clean-up).
+    pub fn exchange_names(&self, delays: &[u64]) -> Vec<String> {
+        let mut names = vec![self.exchange(), self.dead(), self.dead_route()];
         names.extend(delays.iter().map(|d| self.delay(*d)));
         names
     }
@@ -96,22 +124,40 @@ impl Topology {
             )
             .await?;
         channel
-            .queue_declare(
-                self.dead().into(),
-                QueueDeclareOptions::durable(),
-                table(&[("x-queue-type", AMQPValue::LongString("quorum".into()))]),
+            .exchange_declare(
+                self.dead_route().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
             )
             .await?;
         channel
-            .queue_bind(
-                self.dead().into(),
+            .exchange_bind(
+                self.dead_route().into(),
                 self.dead().into(),
                 "".into(),
-                QueueBindOptions::default(),
+                ExchangeBindOptions::default(),
                 FieldTable::default(),
             )
             .await?;
         for key in [FETCH, WEBHOOK] {
+            // Dead letters keep their routing key, which picks their queue.
+            channel
+                .queue_declare(
+                    self.dead_queue(key).into(),
+                    QueueDeclareOptions::durable(),
+                    table(&[("x-queue-type", AMQPValue::LongString("quorum".into()))]),
+                )
+                .await?;
+            channel
+                .queue_bind(
+                    self.dead_queue(key).into(),
+                    self.dead_route().into(),
+                    key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
             channel
                 .queue_declare(
                     self.queue(key).into(),
@@ -300,13 +346,14 @@ impl Publisher {
                 .with_content_type("application/json".into());
             let exchange = match message.delay {
                 Some(delay) => {
+                    let delay = delay.min(MAX_DELAY);
                     let bucket = delay_bucket(delay);
                     if !link.delays.contains(&bucket) {
                         self.topology.declare_delay(&link.channel, bucket).await?;
                         link.delays.insert(bucket);
                     }
-                    properties =
-                        properties.with_expiration(delay.as_millis().max(1).to_string().into());
+                    let millis = delay.as_millis().max(1);
+                    properties = properties.with_expiration(millis.to_string().into());
                     self.topology.delay(bucket)
                 }
                 None => self.topology.exchange(),

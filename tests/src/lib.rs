@@ -476,9 +476,7 @@ impl Stack {
                         .queue_delete(queue.as_str().into(), Default::default())
                         .await;
                 }
-                let mut exchanges = vec![topology.exchange(), topology.dead()];
-                exchanges.extend(delays.iter().map(|d| topology.delay(*d)));
-                for exchange in exchanges {
+                for exchange in topology.exchange_names(&delays) {
                     let _ = channel
                         .exchange_delete(exchange.as_str().into(), Default::default())
                         .await;

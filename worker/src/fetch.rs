@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use futures::StreamExt;
 use reqwest::header::{
     HeaderMap, ACCEPT_RANGES, CONTENT_LENGTH, CONTENT_RANGE, ETAG, IF_MODIFIED_SINCE,
@@ -14,8 +14,11 @@ use reqwest::StatusCode;
 use video_import_shared::config::FetchSettings;
 use video_import_shared::ids;
 use video_import_shared::netguard::{self, AddressPolicy, ClientOptions};
+use video_import_shared::retry::parse_retry_after;
+use video_import_shared::store::entries::{NewAsset, Validators};
 
 use crate::probe::{self, TechMeta};
+use crate::retry_policy::{self, RetryPolicy};
 use crate::sniff::{self, VideoKind};
 use crate::store::{Storage, StoredAsset, Upload};
 
@@ -52,30 +55,17 @@ fn storage_error(e: object_store::Error) -> FetchError {
     FetchError::Storage(e.to_string())
 }
 
-/// The source's cache validators, sent back on re-imports.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Validators {
-    pub etag: Option<String>,
-    pub last_modified: Option<String>,
-}
-
-impl Validators {
-    fn from_headers(headers: &HeaderMap) -> Self {
-        let text = |name| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        Self {
-            etag: text(ETAG),
-            last_modified: text(LAST_MODIFIED),
-        }
-    }
-
-    /// Whether the source sent neither an ETag nor a Last-Modified.
-    pub fn is_empty(&self) -> bool {
-        self.etag.is_none() && self.last_modified.is_none()
+/// The source's validators in a response's headers.
+fn validators(headers: &HeaderMap) -> Validators {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    Validators {
+        etag: text(ETAG),
+        last_modified: text(LAST_MODIFIED),
     }
 }
 
@@ -98,10 +88,28 @@ pub struct Downloaded {
     pub meta: TechMeta,
 }
 
+impl Downloaded {
+    /// The download as its media-library entry records it.
+    pub fn to_asset(&self) -> NewAsset {
+        NewAsset {
+            key: self.asset.key.clone(),
+            size: self.asset.size as i64,
+            mime_type: self.kind.mime_type.clone(),
+            sha256: self.asset.sha256.clone(),
+            validators: self.validators.clone(),
+            duration_seconds: self.meta.duration_seconds,
+            width: self.meta.width,
+            height: self.meta.height,
+            codec: self.meta.codec.clone(),
+        }
+    }
+}
+
 /// Downloads videos with the configured limits.
 pub struct Fetcher {
     client: reqwest::Client,
     policy: AddressPolicy,
+    retries: RetryPolicy,
     settings: FetchSettings,
     storage: Storage,
 }
@@ -114,8 +122,8 @@ impl Fetcher {
         let client = netguard::client(
             policy.clone(),
             &ClientOptions {
-                connect_timeout: Duration::from_secs(settings.connect_timeout_secs),
-                read_timeout: Duration::from_secs(settings.read_timeout_secs),
+                connect_timeout: settings.connect_timeout,
+                read_timeout: settings.read_timeout,
                 max_redirects: settings.max_redirects,
                 user_agent: concat!("video-import-worker/", env!("CARGO_PKG_VERSION")).into(),
             },
@@ -123,6 +131,7 @@ impl Fetcher {
         Ok(Self {
             client,
             policy,
+            retries: RetryPolicy::new(settings),
             settings: settings.clone(),
             storage,
         })
@@ -135,27 +144,10 @@ impl Fetcher {
         project_id: i64,
         known: Option<&Validators>,
     ) -> Result<Fetched, FetchError> {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(5))
-            .with_max_times(self.settings.quick_retries)
-            .with_jitter();
         (|| self.download_once(url, project_id, known))
-            .retry(backoff)
-            .when(|e| match e {
-                // A long Retry-After goes back through the queue instead of holding a slot.
-                FetchError::Transient { retry_after, .. } => {
-                    retry_after.is_none_or(|d| d <= Duration::from_secs(5))
-                }
-                _ => false,
-            })
-            .adjust(|e, delay| match e {
-                FetchError::Transient {
-                    retry_after: Some(after),
-                    ..
-                } => delay.map(|d| d.max(*after)),
-                _ => delay,
-            })
+            .retry(self.retries.quick_backoff())
+            .when(RetryPolicy::retry_quickly)
+            .adjust(RetryPolicy::quick_delay)
             .notify(|e, delay| tracing::debug!(url, error = %e, ?delay, "retrying download"))
             .await
     }
@@ -195,7 +187,7 @@ impl Fetcher {
         if let Some(len) = declared.filter(|&len| len > max) {
             return Err(too_large(len, max));
         }
-        let validators = Validators::from_headers(response.headers());
+        let validators = validators(response.headers());
         let resumable = response
             .headers()
             .get(ACCEPT_RANGES)
@@ -243,12 +235,13 @@ impl Fetcher {
 
     /// Time a download may take: 60 s plus its size at the slowest accepted speed, capped.
     fn time_allowed(&self, declared: Option<u64>) -> Duration {
-        let cap = self.settings.total_timeout_secs;
-        let secs = match declared {
-            Some(len) => (60 + len / self.settings.min_bytes_per_sec.max(1)).min(cap),
+        let cap = self.settings.total_timeout;
+        match declared {
+            Some(len) => {
+                Duration::from_secs(60 + len / self.settings.min_bytes_per_sec.max(1)).min(cap)
+            }
             None => cap,
-        };
-        Duration::from_secs(secs)
+        }
     }
 
     /// Streams the body into `sink`. When the connection breaks and the server accepts
@@ -440,15 +433,11 @@ fn status_error(status: StatusCode, headers: &HeaderMap) -> FetchError {
         status.canonical_reason().unwrap_or("")
     )
     .replace("  ", " ");
-    if status.is_server_error()
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::REQUEST_TIMEOUT
-    {
+    if retry_policy::is_transient_status(status) {
         let retry_after = headers
             .get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
         FetchError::Transient {
             reason: text,
             retry_after,

@@ -1,33 +1,26 @@
 //! `video-import-worker`: downloads each video of an import job, stores it, upserts its
 //! media-library entry and, with the last video of a job, announces the job's completion.
+//!
+//! - `consumer`: wiring, and what happens to one fetch message (and a dead-lettered one);
+//! - `load`: the video a message names, with a cache of job facts;
+//! - `fetch`: the SSRF-checked, size- and time-bounded, resumable download;
+//! - `sniff`, `probe`: what kind of video it is, and its duration and size;
+//! - `store`: asset storage (a folder or S3);
+//! - `group_commit`: outcomes recorded a group per transaction (`store::outcomes`);
+//! - `retry_policy`: every retry decision;
+//! - `metrics`: the worker's Prometheus metrics.
 
+mod consumer;
 mod fetch;
-mod import;
+mod group_commit;
+mod load;
 mod metrics;
 mod probe;
-mod record;
+mod retry_policy;
 mod sniff;
 mod store;
-mod upsert;
-
-use std::path::PathBuf;
-
-use clap::Parser;
-
-/// Video import worker.
-#[derive(Debug, Parser)]
-#[command(name = "video-import-worker", version)]
-struct Cli {
-    /// TOML configuration file (environment variables VIDEO_IMPORT__SECTION__KEY override it).
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    video_import_shared::process::run("video-import-worker", cli.config.as_deref(), |settings| {
-        import::run(settings)
-    })
-    .await
+    video_import_shared::process::main("video-import-worker", consumer::run).await
 }

@@ -162,7 +162,15 @@ async fn a_410_stops_retrying_and_redelivery_sends_the_same_webhook_id_again() {
 
 #[tokio::test]
 async fn retry_after_from_the_receiver_is_honoured() {
-    let stack = Stack::start(Options::default()).await;
+    // A Retry-After is honoured up to the schedule's longest delay (here 5 s).
+    let stack = Stack::start(Options {
+        env: vec![(
+            "VIDEO_IMPORT__WEBHOOK__RETRY_SCHEDULE_SECS".into(),
+            "1,1,5".into(),
+        )],
+        ..Options::default()
+    })
+    .await;
     let videos = VideoServer::start().await;
     // The schedule says 1 s; the receiver asks for 3 s.
     let receiver = Receiver::start_with(&[429], Some(3), None).await;

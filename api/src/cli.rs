@@ -9,6 +9,7 @@ use rand::RngCore;
 use serde_json::json;
 use video_import_shared::config::Settings;
 use video_import_shared::db;
+use video_import_shared::store::{self, projects, tokens};
 
 use crate::auth::{hash_token, SCOPES};
 
@@ -106,7 +107,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Serve => crate::app::serve(settings).await,
         Command::Migrate => {
             let pool = db::connect(&settings.database).await?;
-            let applied = db::migrate(&pool).await?;
+            let applied = store::migrate::run(&pool).await?;
             tracing::info!(?applied, "database schema is up to date");
             Ok(())
         }
@@ -123,15 +124,11 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let pool = db::connect(&settings.database).await?;
             let client = pool.get().await?;
             let secret = new_secret("whsec_");
-            let inserted = client
-                .execute(
-                    "INSERT INTO projects (handle, webhook_secret, daily_limit, metadata_schema)
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (handle) DO NOTHING",
-                    &[&handle, &secret, &daily_limit, &schema],
-                )
-                .await
-                .context("creating the project (did you run `video-import-api migrate`?)")?;
-            if inserted == 0 {
+            let limits = projects::Limits {
+                daily_limit,
+                metadata_schema: schema,
+            };
+            if !projects::create(&client, &handle, &secret, &limits).await? {
                 bail!("a project with handle {handle:?} exists already");
             }
             println!("{}", json!({"handle": handle, "webhookSecret": secret}));
@@ -147,19 +144,11 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let pool = db::connect(&settings.database).await?;
             let client = pool.get().await?;
             let secret = new_secret("whsec_");
-            let row = client
-                .query_opt(
-                    "UPDATE projects SET previous_secret = webhook_secret,
-                         previous_secret_expires_at = now() + make_interval(hours => $3),
-                         webhook_secret = $2
-                     WHERE handle = $1 RETURNING previous_secret_expires_at",
-                    &[&handle, &secret, &overlap_hours],
-                )
-                .await?;
-            let Some(row) = row else {
+            let Some(until) =
+                projects::rotate_secret(&client, &handle, &secret, overlap_hours).await?
+            else {
                 bail!("no project {handle:?}");
             };
-            let until: chrono::DateTime<chrono::Utc> = row.get(0);
             println!(
                 "{}",
                 json!({"handle": handle, "webhookSecret": secret, "previousSecretValidUntil": until})
@@ -179,45 +168,42 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let schema = metadata_schema.as_deref().map(read_schema).transpose()?;
             let pool = db::connect(&settings.database).await?;
             let client = pool.get().await?;
-            let row = client
-                .query_opt(
-                    "UPDATE projects SET
-                         daily_limit = CASE WHEN $2 THEN NULL ELSE COALESCE($3, daily_limit) END,
-                         metadata_schema = CASE WHEN $4 THEN NULL ELSE COALESCE($5, metadata_schema) END
-                     WHERE handle = $1 RETURNING daily_limit, metadata_schema IS NOT NULL",
-                    &[&handle, &no_daily_limit, &daily_limit, &no_metadata_schema, &schema],
-                )
-                .await?;
-            let Some(row) = row else {
+            let update = projects::LimitsUpdate {
+                daily_limit: if no_daily_limit {
+                    Some(None)
+                } else {
+                    daily_limit.map(Some)
+                },
+                metadata_schema: if no_metadata_schema {
+                    Some(None)
+                } else {
+                    schema.map(Some)
+                },
+            };
+            let Some((daily_limit, has_schema)) =
+                projects::update_limits(&client, &handle, &update).await?
+            else {
                 bail!("no project {handle:?}");
             };
             println!(
                 "{}",
-                json!({"handle": handle, "dailyLimit": row.get::<_, Option<i32>>(0),
-                       "metadataSchema": row.get::<_, bool>(1)})
+                json!({"handle": handle, "dailyLimit": daily_limit, "metadataSchema": has_schema})
             );
             Ok(())
         }
         Command::Token(TokenCommand::List { project }) => {
             let pool = db::connect(&settings.database).await?;
             let client = pool.get().await?;
-            let rows = client
-                .query(
-                    "SELECT t.id, t.scopes, t.created_at, t.expires_at, t.revoked_at
-                     FROM tokens t JOIN projects p ON p.id = t.project_id
-                     WHERE p.handle = $1 ORDER BY t.id",
-                    &[&project],
-                )
-                .await?;
-            let tokens: Vec<serde_json::Value> = rows
+            let tokens: Vec<serde_json::Value> = tokens::list(&client, &project)
+                .await?
                 .iter()
-                .map(|r| {
+                .map(|t| {
                     json!({
-                        "id": r.get::<_, i64>(0),
-                        "scopes": r.get::<_, Vec<String>>(1),
-                        "createdAt": r.get::<_, chrono::DateTime<chrono::Utc>>(2),
-                        "expiresAt": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(3),
-                        "revokedAt": r.get::<_, Option<chrono::DateTime<chrono::Utc>>>(4),
+                        "id": t.id,
+                        "scopes": t.scopes,
+                        "createdAt": t.created_at,
+                        "expiresAt": t.expires_at,
+                        "revokedAt": t.revoked_at,
                     })
                 })
                 .collect();
@@ -227,13 +213,8 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Token(TokenCommand::Revoke { id }) => {
             let pool = db::connect(&settings.database).await?;
             let client = pool.get().await?;
-            let revoked = client
-                .execute(
-                    "UPDATE tokens SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1",
-                    &[&id],
-                )
-                .await?;
-            if revoked == 0 {
+            let revoked = tokens::revoke(&client, id).await?;
+            if !revoked {
                 bail!("no token with id {id}; `token list --project HANDLE` shows the ids");
             }
             println!("{}", json!({"id": id, "revoked": true}));
@@ -252,25 +233,16 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
             let pool = db::connect(&settings.database).await?;
             let client = pool.get().await?;
-            let Some(row) = client
-                .query_opt("SELECT id FROM projects WHERE handle = $1", &[&project])
-                .await?
+            let token = new_secret("vit_");
+            let expires_at = lifetime.map(|d| chrono::Utc::now() + d);
+            let Some(id) =
+                tokens::create(&client, &project, &hash_token(&token), &scopes, expires_at).await?
             else {
                 bail!("no project {project:?}; create it with `video-import-api project create {project}`");
             };
-            let project_id: i64 = row.get(0);
-            let token = new_secret("vit_");
-            let expires_at = lifetime.map(|d| chrono::Utc::now() + d);
-            let row = client
-                .query_one(
-                    "INSERT INTO tokens (project_id, token_hash, scopes, expires_at)
-                     VALUES ($1, $2, $3, $4) RETURNING id",
-                    &[&project_id, &hash_token(&token), &scopes, &expires_at],
-                )
-                .await?;
             println!(
                 "{}",
-                json!({"token": token, "id": row.get::<_, i64>(0), "project": project,
+                json!({"token": token, "id": id, "project": project,
                        "scopes": scopes, "expiresAt": expires_at})
             );
             Ok(())

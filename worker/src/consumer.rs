@@ -1,81 +1,75 @@
-//! Wiring and the handling of one `FetchVideo` message: load the item, download it, record
-//! the outcome; transient failures go back through a RabbitMQ delay queue.
+//! The worker's wiring, and the handling of one `FetchVideo` message: load the video,
+//! download it, record the outcome; a failure the retry policy says to try again goes back
+//! through a RabbitMQ delay queue. Also settles the fetch messages the broker dead-lettered.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use futures::future::BoxFuture;
-use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use video_import_shared::config::Settings;
-use video_import_shared::consume::{self, ConsumerConfig, Delivered, Disposition};
-use video_import_shared::messages::{DeliverWebhook, FetchVideo};
-use video_import_shared::ops::{self, Ops};
+use video_import_shared::consume::{self, Delivered, Disposition};
+use video_import_shared::messages::FetchVideo;
 use video_import_shared::outbox::Relay;
-use video_import_shared::queue::{self, Outgoing, Publisher, Topology};
+use video_import_shared::queue::{self, Outgoing, Publisher};
 use video_import_shared::retry::until_ok;
-use video_import_shared::{db, shutdown};
+use video_import_shared::service::Service;
+use video_import_shared::store::entries;
+use video_import_shared::store::items::Item;
+use video_import_shared::store::outcomes::{self, Outcome, Recorded};
+use video_import_shared::store::ItemState;
 
 use crate::fetch::{FetchError, Fetched, Fetcher};
+use crate::group_commit::Recorder;
+use crate::load::{self, JobCache};
 use crate::metrics::WorkerMetrics;
-use crate::record::Recorder;
+use crate::retry_policy::{self, Next, RetryPolicy};
 use crate::store::Storage;
-use crate::upsert::{self, JobCache, Outcome, Recorded};
 
-/// Everything a delivery handler needs.
+/// Everything a delivery handler needs; shared by all handlers through an `Arc`.
 struct Importer {
     pool: Pool,
+    /// Job facts already read (a lock held only for a map lookup).
     jobs: JobCache,
+    /// Hands outcomes to the group-commit tasks.
     recorder: Recorder,
     fetcher: Fetcher,
     storage: Storage,
+    retries: RetryPolicy,
+    /// Publishes retries into the delay queues.
     publisher: Arc<Publisher>,
+    /// Woken when a job finished, to publish its webhook message at once.
     relay: Relay,
-    retry_delays: Vec<Duration>,
     metrics: WorkerMetrics,
     shutdown: CancellationToken,
 }
 
 /// Runs the worker until SIGTERM.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let shutdown = shutdown::on_signal();
-    let pool = db::connect(&settings.database).await?;
+    let service = Service::start(&settings).await?;
     let storage = Storage::open(&settings.storage).await?;
     let fetcher = Fetcher::new(&settings.fetch, storage.clone())?;
-    let topology = Topology::new(&settings.amqp.prefix);
-    let publisher = Arc::new(Publisher::new(&settings.amqp.url, topology.clone()));
-    let registry = Registry::new();
-    let metrics = WorkerMetrics::new(&registry)?;
-    let relay = Relay::new(pool.clone(), publisher.clone(), &registry);
-    let relay_task = tokio::spawn(relay.clone().run(shutdown.clone()));
-    let ops_task = tokio::spawn(ops::serve(
-        settings.metrics.listen.clone(),
-        Ops {
-            pool: pool.clone(),
-            publisher: publisher.clone(),
-            registry,
-        },
-        shutdown.clone(),
-    ));
+    let metrics = WorkerMetrics::new(&service.registry)?;
+    let relay = Relay::new(
+        service.pool.clone(),
+        service.publisher.clone(),
+        &service.registry,
+    );
+    let relay_task = tokio::spawn(relay.clone().run(service.shutdown.clone()));
+    let ops_task = service.spawn_ops(settings.metrics.listen);
     let importer = Arc::new(Importer {
-        recorder: Recorder::start(pool.clone(), shutdown.clone()),
+        recorder: Recorder::start(service.pool.clone(), service.shutdown.clone()),
         jobs: JobCache::default(),
-        pool,
+        pool: service.pool.clone(),
         fetcher,
         storage,
-        publisher,
+        retries: RetryPolicy::new(&settings.fetch),
+        publisher: service.publisher.clone(),
         relay,
-        retry_delays: settings
-            .fetch
-            .retry_delays_secs
-            .iter()
-            .map(|s| Duration::from_secs(*s))
-            .collect(),
         metrics,
-        shutdown: shutdown.clone(),
+        shutdown: service.shutdown.clone(),
     });
-    let grace = Duration::from_secs(settings.fetch.shutdown_grace_secs);
     let fetch_handler: consume::Handler = {
         let importer = importer.clone();
         Arc::new(move |message| -> BoxFuture<'static, Disposition> {
@@ -88,30 +82,27 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             let importer = importer.clone();
             Box::pin(async move { importer.handle_dead(message).await })
         });
-    let consumer = |queue: String, prefetch: usize, grace: Duration| ConsumerConfig {
-        url: settings.amqp.url.clone(),
-        queue,
-        topology: topology.clone(),
-        prefetch: prefetch.min(u16::MAX as usize) as u16,
-        grace,
-    };
     tokio::join!(
         consume::run(
-            consumer(
-                topology.queue(queue::FETCH),
+            service.consumer(
+                service.topology.queue(queue::FETCH),
                 settings.fetch.concurrency,
-                grace
+                settings.fetch.shutdown_grace,
             ),
             fetch_handler,
-            shutdown.clone(),
+            service.shutdown.clone(),
         ),
         consume::run(
-            consumer(topology.dead(), 16, Duration::from_secs(5)),
+            service.consumer(
+                service.topology.dead_queue(queue::FETCH),
+                16,
+                std::time::Duration::from_secs(5),
+            ),
             dead_handler,
-            shutdown.clone(),
+            service.shutdown.clone(),
         ),
     );
-    shutdown.cancel();
+    service.shutdown.cancel();
     let _ = relay_task.await;
     ops_task.await??;
     Ok(())
@@ -123,16 +114,21 @@ impl Importer {
             Ok(m) => m,
             Err(e) => {
                 // Not ours to fix by retrying; keep a trace and drop it.
-                tracing::error!(error = %e, body = %String::from_utf8_lossy(data), "dropping unreadable fetch message");
+                tracing::error!(error = %e, bytes = data.len(), "dropping unreadable fetch message");
                 return Disposition::Ack;
             }
         };
+        let span = tracing::info_span!("video", job = %message.job_id, idx = message.idx, attempt = message.attempt);
+        self.import(message).instrument(span).await
+    }
+
+    async fn import(&self, message: FetchVideo) -> Disposition {
         let item = match until_ok(&self.shutdown, || {
-            upsert::load(&self.pool, &self.jobs, &message.job_id, message.idx)
+            load::item(&self.pool, &self.jobs, &message.job_id, message.idx)
         })
         .await
         {
-            Some(Some(item)) if item.pending => item,
+            Some(Some(item)) if item.state == ItemState::Pending => item,
             Some(_) => return Disposition::Ack, // done already, or the job was deleted
             None => return Disposition::Requeue,
         };
@@ -147,26 +143,15 @@ impl Importer {
         let outcome = match &fetched {
             Ok(Fetched::Stored(d)) => {
                 self.metrics.bytes.inc_by(d.asset.size);
-                Outcome::Downloaded(Box::new(d.clone()))
+                Outcome::Downloaded(Box::new(d.to_asset()))
             }
             Ok(Fetched::NotModified) => Outcome::Unchanged,
-            Err(FetchError::Permanent(reason)) => Outcome::Failed(reason.clone()),
-            Err(error) => {
-                let retry_after = match error {
-                    FetchError::Transient { retry_after, .. } => *retry_after,
-                    _ => None,
-                };
-                let attempt = message.attempt as usize;
-                match self.retry_delays.get(attempt) {
-                    Some(delay) => {
-                        let delay = retry_after.map_or(*delay, |after| after.max(*delay));
-                        return self.retry_later(&item, &message, error, delay).await;
-                    }
-                    None => {
-                        Outcome::Failed(format!("{error} (gave up after {} tries)", attempt + 1))
-                    }
+            Err(error) => match self.retries.after_failure(error, message.attempt) {
+                Next::RetryIn(delay) => {
+                    return self.retry_later(&item, &message, error, delay).await;
                 }
-            }
+                Next::GiveUp(reason) => Outcome::Failed(reason),
+            },
         };
         let downloaded_key = match &fetched {
             Ok(Fetched::Stored(d)) => Some(d.asset.key.as_str()),
@@ -180,14 +165,17 @@ impl Importer {
                 asset_used,
                 replaced_key,
             }) => {
-                self.metrics.outcomes.with_label_values(&[state]).inc();
-                tracing::info!(job = %item.job_id, idx = item.idx, external_id = %item.external_id, state, "video done");
+                self.metrics
+                    .outcomes
+                    .with_label_values(&[state.as_str()])
+                    .inc();
+                tracing::info!(external_id = %item.external_id, %state, "video done");
                 if let Some(old) = replaced_key {
                     // Only now that the new entry is committed may the old asset go.
                     self.storage.remove(&old).await;
                 }
                 if job_finished {
-                    tracing::info!(job = %item.job_id, "job finished");
+                    tracing::info!("job finished");
                     self.relay.wake();
                 }
                 (Disposition::Ack, asset_used)
@@ -197,8 +185,11 @@ impl Importer {
             None => (Disposition::Requeue, false),
         };
         if let Some(key) = downloaded_key.filter(|_| !asset_used) {
-            let referenced =
-                until_ok(&self.shutdown, || upsert::is_referenced(&self.pool, key)).await;
+            let referenced = until_ok(&self.shutdown, || async {
+                let client = self.pool.get().await?;
+                entries::is_referenced(&client, key).await
+            })
+            .await;
             if referenced == Some(false) {
                 self.storage.remove(key).await;
             }
@@ -206,26 +197,21 @@ impl Importer {
         disposition
     }
 
-    /// Handles a message the broker set aside after too many deliveries without an ack
-    /// (the worker crashed or was killed each time): its video fails with that reason, so
-    /// the job still finishes. A dead webhook message marks the delivery failed.
+    /// Handles a fetch message the broker set aside after too many deliveries without an
+    /// ack (the worker crashed or was killed each time): its video fails with that reason,
+    /// so the job still finishes.
     async fn handle_dead(&self, message: Delivered) -> Disposition {
-        let done = match message.routing_key.as_str() {
-            queue::FETCH => match serde_json::from_slice::<FetchVideo>(&message.data) {
-                Ok(fetch) => until_ok(&self.shutdown, || self.fail_dead_video(&fetch)).await,
-                Err(_) => Some(()),
-            },
-            queue::WEBHOOK => match serde_json::from_slice::<DeliverWebhook>(&message.data) {
-                Ok(hook) => {
-                    until_ok(&self.shutdown, || {
-                        upsert::fail_webhook(&self.pool, &hook.job_id)
-                    })
-                    .await
-                }
-                Err(_) => Some(()),
-            },
-            _ => Some(()),
+        let Ok(fetch) = serde_json::from_slice::<FetchVideo>(&message.data) else {
+            tracing::error!(
+                bytes = message.data.len(),
+                "dropping an unreadable dead-lettered fetch message"
+            );
+            return Disposition::Ack;
         };
+        let span = tracing::info_span!("dead_video", job = %fetch.job_id, idx = fetch.idx);
+        let done = until_ok(&self.shutdown, || self.fail_dead_video(&fetch))
+            .instrument(span)
+            .await;
         match done {
             // The outcome is in PostgreSQL, where the status endpoint shows it.
             Some(()) => Disposition::Ack,
@@ -234,20 +220,17 @@ impl Importer {
     }
 
     async fn fail_dead_video(&self, fetch: &FetchVideo) -> anyhow::Result<()> {
-        let Some(item) = upsert::load(&self.pool, &self.jobs, &fetch.job_id, fetch.idx).await?
-        else {
+        let Some(item) = load::item(&self.pool, &self.jobs, &fetch.job_id, fetch.idx).await? else {
             return Ok(());
         };
-        let reason = format!(
-            "set aside (dead-lettered) after {} deliveries that never finished: the worker \
-             crashed or was stopped while importing it each time",
-            queue::DELIVERY_LIMIT
-        );
-        let recorded =
-            upsert::record(&self.pool, &[(item.clone(), Outcome::Failed(reason))]).await?;
+        let outcome = Outcome::Failed(retry_policy::dead_letter_reason());
+        let recorded = outcomes::record(&self.pool, &[(item, outcome)]).await?;
         if let Some(Recorded::Done { job_finished, .. }) = recorded.first() {
-            tracing::error!(job = %item.job_id, idx = item.idx, "video dead-lettered; marked failed");
-            self.metrics.outcomes.with_label_values(&["failed"]).inc();
+            tracing::error!("video dead-lettered; marked failed");
+            self.metrics
+                .outcomes
+                .with_label_values(&[ItemState::Failed.as_str()])
+                .inc();
             if *job_finished {
                 self.relay.wake();
             }
@@ -258,22 +241,23 @@ impl Importer {
     /// Notes the failure and republishes the message through a delay queue.
     async fn retry_later(
         &self,
-        item: &upsert::Item,
+        item: &Item,
         message: &FetchVideo,
         error: &FetchError,
-        delay: Duration,
+        delay: std::time::Duration,
     ) -> Disposition {
         let reason = format!(
             "try {} failed: {error}; trying again in {} s",
             message.attempt + 1,
             delay.as_secs()
         );
-        if until_ok(&self.shutdown, || {
-            upsert::note_retry(&self.pool, item, &reason)
+        let noted = until_ok(&self.shutdown, || async {
+            let client = self.pool.get().await?;
+            video_import_shared::store::items::note_retry(&client, &item.job_id, item.idx, &reason)
+                .await
         })
-        .await
-        .is_none()
-        {
+        .await;
+        if noted.is_none() {
             return Disposition::Requeue;
         }
         let next = FetchVideo {
@@ -288,7 +272,7 @@ impl Importer {
         match self.publisher.publish(&[outgoing]).await {
             Ok(()) => {
                 self.metrics.retries.inc();
-                tracing::info!(job = %item.job_id, idx = item.idx, %error, ?delay, "download failed; will try again");
+                tracing::info!(%error, ?delay, "download failed; will try again");
                 Disposition::Ack
             }
             Err(e) => {

@@ -1,6 +1,6 @@
 //! Group commit: videos that finish while a transaction is under way are recorded together
-//! in the next one, so the commit (and the job's counter row) is paid once per group rather
-//! than once per video. A few recorders run side by side.
+//! in the next one (`store::outcomes::record`), so the commit (and the job's counter row) is
+//! paid once per group rather than once per video. A few recorders run side by side.
 
 use std::sync::Arc;
 
@@ -9,7 +9,8 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_util::sync::CancellationToken;
 use video_import_shared::retry::until_ok;
 
-use crate::upsert::{self, Item, Outcome, Recorded};
+use video_import_shared::store::items::Item;
+use video_import_shared::store::outcomes::{self, Outcome, Recorded};
 
 /// Most videos in one transaction.
 const MAX_GROUP: usize = 64;
@@ -78,7 +79,7 @@ async fn run(
             .iter()
             .map(|r| (r.item.clone(), r.outcome.clone()))
             .collect();
-        let results: Vec<Option<Recorded>> = match upsert::record(&pool, &batch).await {
+        let results: Vec<Option<Recorded>> = match outcomes::record(&pool, &batch).await {
             Ok(results) => results.into_iter().map(Some).collect(),
             Err(error) => {
                 // One bad video (or a deadlock) must not hold up the others: go one by one,
@@ -87,7 +88,7 @@ async fn run(
                 let mut results = Vec::with_capacity(batch.len());
                 for one in &batch {
                     let single = std::slice::from_ref(one);
-                    let recorded = until_ok(&shutdown, || upsert::record(&pool, single)).await;
+                    let recorded = until_ok(&shutdown, || outcomes::record(&pool, single)).await;
                     results.push(recorded.and_then(|mut r| r.pop()));
                 }
                 results

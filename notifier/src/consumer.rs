@@ -1,0 +1,327 @@
+//! The notifier's wiring, and the handling of one `DeliverWebhook` message: take a slot of
+//! the receiver's host, load the delivery, make the attempt, schedule the next one through a
+//! delay queue when the schedule says so, and record it. Also settles the webhook messages
+//! the broker dead-lettered.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use futures::future::BoxFuture;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use video_import_shared::config::Settings;
+use video_import_shared::consume::{self, Delivered, Disposition};
+use video_import_shared::messages::DeliverWebhook;
+use video_import_shared::netguard::{self, AddressPolicy, ClientOptions};
+use video_import_shared::queue::{self, Outgoing, Publisher};
+use video_import_shared::retry::until_ok;
+use video_import_shared::service::Service;
+use video_import_shared::store::webhooks::{self, AttemptRecord, Due};
+use video_import_shared::store::WebhookState;
+
+use crate::deliver::{self, Attempt};
+use crate::hosts::HostSlots;
+use crate::schedule::{self, Schedule};
+
+/// Most failed videos listed in one payload.
+const MAX_FAILURES: i64 = 100;
+
+/// Everything a delivery handler needs; shared by all handlers through an `Arc`.
+struct Notifier {
+    /// Deliveries in flight per receiver host (a lock held only for a map lookup).
+    hosts: HostSlots,
+    pool: Pool,
+    /// SSRF-guarded HTTP client that never follows redirects.
+    client: reqwest::Client,
+    /// Publishes retries into the delay queues.
+    publisher: Arc<Publisher>,
+    schedule: Schedule,
+    /// Longest one POST may take.
+    timeout: Duration,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+}
+
+#[derive(Clone)]
+struct Metrics {
+    deliveries: IntCounterVec,
+    seconds: Histogram,
+}
+
+impl Metrics {
+    fn new(registry: &Registry) -> anyhow::Result<Self> {
+        let deliveries = IntCounterVec::new(
+            Opts::new(
+                "webhook_attempts_total",
+                "Webhook attempts by result: delivered, retry, failed",
+            ),
+            &["result"],
+        )?;
+        let seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "webhook_attempt_duration_seconds",
+                "Time of one webhook POST",
+            )
+            .buckets(vec![0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0]),
+        )?;
+        registry.register(Box::new(deliveries.clone()))?;
+        registry.register(Box::new(seconds.clone()))?;
+        Ok(Self {
+            deliveries,
+            seconds,
+        })
+    }
+}
+
+/// Runs the notifier until SIGTERM.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let service = Service::start(&settings).await?;
+    let webhook = &settings.webhook;
+    let client = netguard::client(
+        AddressPolicy::new(webhook.allow_private_networks, &webhook.allowed_networks),
+        &ClientOptions {
+            connect_timeout: webhook.timeout.min(Duration::from_secs(10)),
+            read_timeout: webhook.timeout,
+            // A receiver's redirect is an answer, not an instruction: never followed.
+            max_redirects: 0,
+            user_agent: concat!("video-import-notifier/", env!("CARGO_PKG_VERSION")).into(),
+        },
+    )?;
+    let ops_task = service.spawn_ops(settings.metrics.listen);
+    let notifier = Arc::new(Notifier {
+        hosts: HostSlots::new(webhook.per_host_concurrency),
+        pool: service.pool.clone(),
+        client,
+        publisher: service.publisher.clone(),
+        schedule: Schedule::new(&webhook.retry_schedule),
+        timeout: webhook.timeout,
+        metrics: Metrics::new(&service.registry)?,
+        shutdown: service.shutdown.clone(),
+    });
+    let handler: consume::Handler = {
+        let notifier = notifier.clone();
+        Arc::new(move |message| -> BoxFuture<'static, Disposition> {
+            let notifier = notifier.clone();
+            Box::pin(async move { notifier.handle(&message.data).await })
+        })
+    };
+    let dead_handler: consume::Handler =
+        Arc::new(move |message| -> BoxFuture<'static, Disposition> {
+            let notifier = notifier.clone();
+            Box::pin(async move { notifier.handle_dead(message).await })
+        });
+    tokio::join!(
+        consume::run(
+            service.consumer(
+                service.topology.queue(queue::WEBHOOK),
+                webhook.concurrency,
+                webhook.timeout + Duration::from_secs(5),
+            ),
+            handler,
+            service.shutdown.clone(),
+        ),
+        consume::run(
+            service.consumer(
+                service.topology.dead_queue(queue::WEBHOOK),
+                16,
+                Duration::from_secs(5),
+            ),
+            dead_handler,
+            service.shutdown.clone(),
+        ),
+    );
+    service.shutdown.cancel();
+    ops_task.await??;
+    Ok(())
+}
+
+impl Notifier {
+    async fn handle(&self, data: &[u8]) -> Disposition {
+        let message: DeliverWebhook = match serde_json::from_slice(data) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(error = %e, bytes = data.len(), "dropping unreadable webhook message");
+                return Disposition::Ack;
+            }
+        };
+        let span = tracing::info_span!("webhook", job = %message.job_id, attempt = message.attempt);
+        self.deliver(message).instrument(span).await
+    }
+
+    async fn deliver(&self, message: DeliverWebhook) -> Disposition {
+        // A receiver that is slow or down may hold only a few slots; its other deliveries
+        // wait in the delay queue instead of blocking deliveries to everyone else. With the
+        // URL in the message, that is decided before touching the database.
+        let early = match &message.url {
+            Some(url) => match self.hosts.acquire(url).await {
+                Some(permit) => Some(permit),
+                None => return self.wait_for_host(&message, url).await,
+            },
+            None => None,
+        };
+        let ready = until_ok(&self.shutdown, || self.prepare(&message)).await;
+        let (due, body) = match ready {
+            Some(Some(ready)) => ready,
+            Some(None) => return Disposition::Ack, // delivered, given up, or this attempt was made
+            None => return Disposition::Requeue,
+        };
+        let _permit = match early {
+            Some(permit) => permit,
+            None => match self.hosts.acquire(&due.url).await {
+                Some(permit) => permit,
+                None => return self.wait_for_host(&message, &due.url).await,
+            },
+        };
+        let started = Instant::now();
+        let attempt = deliver::post(&self.client, &due, body, self.timeout).await;
+        let elapsed = started.elapsed();
+        self.metrics.seconds.observe(elapsed.as_secs_f64());
+
+        let made = Schedule::made_this_round(message.attempt, due.round_start);
+        let next_delay = match &attempt {
+            Attempt::Failed { retry_after, .. } => {
+                self.schedule
+                    .next_delay(made, *retry_after, schedule::jitter_factor())
+            }
+            _ => None,
+        };
+        if let Some(delay) = next_delay {
+            // Schedule first: if we crash before recording, the redelivered message repeats
+            // this attempt instead of losing the retry.
+            let next = DeliverWebhook {
+                job_id: message.job_id.clone(),
+                attempt: message.attempt + 1,
+                waited: 0,
+                url: Some(due.url.clone()),
+            };
+            if self.publish_after(&next, delay).await == Disposition::Requeue {
+                return Disposition::Requeue;
+            }
+        }
+        match &attempt {
+            Attempt::Delivered(status) => tracing::info!(status, "webhook delivered"),
+            Attempt::Failed { error, .. } => {
+                tracing::info!(%error, retry_in = ?next_delay, "webhook attempt failed")
+            }
+            Attempt::Gone => tracing::info!("webhook receiver answered 410 Gone; not retrying"),
+        }
+        let record = outcome(&message, &attempt, next_delay.is_some(), made, elapsed);
+        // The result label is the delivery's state after the attempt, "retry" while pending.
+        let result = match record.state {
+            WebhookState::Pending => "retry",
+            state => state.as_str(),
+        };
+        self.metrics.deliveries.with_label_values(&[result]).inc();
+        match until_ok(&self.shutdown, || async {
+            let client = self.pool.get().await?;
+            webhooks::record_attempt(&client, &record).await
+        })
+        .await
+        {
+            Some(()) => Disposition::Ack,
+            None => Disposition::Requeue,
+        }
+    }
+
+    /// Sends the delivery to the delay queue because its host has no free slot.
+    async fn wait_for_host(&self, message: &DeliverWebhook, url: &str) -> Disposition {
+        let later = DeliverWebhook {
+            waited: message.waited + 1,
+            url: Some(url.to_string()),
+            ..message.clone()
+        };
+        let delay = schedule::host_busy_delay(message.waited, schedule::jitter_factor());
+        self.publish_after(&later, delay).await
+    }
+
+    /// Publishes `next` to be handled after `delay`.
+    async fn publish_after(&self, next: &DeliverWebhook, delay: Duration) -> Disposition {
+        let outgoing = Outgoing {
+            routing_key: queue::WEBHOOK.into(),
+            payload: serde_json::to_vec(next).expect("messages serialize"),
+            delay: Some(delay),
+        };
+        match self.publisher.publish(&[outgoing]).await {
+            Ok(()) => Disposition::Ack,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot schedule the webhook; handing the message back");
+                Disposition::Requeue
+            }
+        }
+    }
+
+    /// Loads the delivery and builds its body; `None` if there is nothing to send.
+    async fn prepare(&self, message: &DeliverWebhook) -> anyhow::Result<Option<(Due, Vec<u8>)>> {
+        let client = self.pool.get().await?;
+        let Some(due) = webhooks::due(&client, &message.job_id, message.attempt).await? else {
+            return Ok(None);
+        };
+        let failures = if due.job.failed == 0 {
+            Vec::new()
+        } else {
+            webhooks::failures(&client, &message.job_id, MAX_FAILURES).await?
+        };
+        let body = deliver::body(&message.job_id, &due, failures)?;
+        Ok(Some((due, body)))
+    }
+
+    /// Handles a webhook message the broker set aside after too many deliveries without an
+    /// ack: the delivery fails with that reason, which the status shows.
+    async fn handle_dead(&self, message: Delivered) -> Disposition {
+        let Ok(hook) = serde_json::from_slice::<DeliverWebhook>(&message.data) else {
+            tracing::error!(
+                bytes = message.data.len(),
+                "dropping an unreadable dead-lettered webhook message"
+            );
+            return Disposition::Ack;
+        };
+        let span = tracing::info_span!("dead_webhook", job = %hook.job_id, attempt = hook.attempt);
+        let reason = schedule::dead_letter_reason();
+        let done = until_ok(&self.shutdown, || async {
+            let client = self.pool.get().await?;
+            webhooks::fail_pending(&client, &hook.job_id, &reason).await
+        })
+        .instrument(span)
+        .await;
+        match done {
+            Some(()) => Disposition::Ack,
+            None => Disposition::Requeue,
+        }
+    }
+}
+
+/// The record of an attempt: its HTTP status, error and the delivery's state after it.
+fn outcome<'a>(
+    message: &'a DeliverWebhook,
+    attempt: &Attempt,
+    will_retry: bool,
+    made_this_round: usize,
+    elapsed: Duration,
+) -> AttemptRecord<'a> {
+    let (http_status, error, state) = match attempt {
+        Attempt::Delivered(s) => (Some(*s), None, WebhookState::Delivered),
+        Attempt::Gone => (
+            Some(410),
+            Some("the receiver answered 410 Gone; not retrying".to_string()),
+            WebhookState::Failed,
+        ),
+        Attempt::Failed { error, status, .. } if will_retry => {
+            (*status, Some(error.clone()), WebhookState::Pending)
+        }
+        Attempt::Failed { error, status, .. } => (
+            *status,
+            Some(format!("{error}; gave up after {made_this_round} attempts")),
+            WebhookState::Failed,
+        ),
+    };
+    AttemptRecord {
+        job_id: &message.job_id,
+        number: message.attempt,
+        state,
+        http_status,
+        error,
+        duration_ms: elapsed.as_millis().min(i32::MAX as u128) as i32,
+    }
+}

@@ -1,0 +1,73 @@
+//! What the worker and the notifier both start with: the shutdown token, the database pool,
+//! the queue topology and a publisher, a metrics registry, and the operational endpoints.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use prometheus::Registry;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::consume::ConsumerConfig;
+use crate::ops::{self, Ops};
+use crate::queue::{Publisher, Topology};
+use crate::{db, shutdown};
+
+/// The shared parts of a consuming binary; every field is a cheap handle to clone.
+pub struct Service {
+    /// Cancelled on SIGINT or SIGTERM; every task watches it.
+    pub shutdown: CancellationToken,
+    pub pool: Pool,
+    pub topology: Topology,
+    /// Publishes with confirms; one link shared by every task.
+    pub publisher: Arc<Publisher>,
+    /// Where the binary registers its metrics; `/metrics` serves it.
+    pub registry: Registry,
+    amqp_url: String,
+}
+
+impl Service {
+    /// Installs the signal handler and connects to PostgreSQL (failing fast when it is not
+    /// there); RabbitMQ is connected lazily.
+    pub async fn start(settings: &Settings) -> anyhow::Result<Self> {
+        let shutdown = shutdown::on_signal();
+        let pool = db::connect(&settings.database).await?;
+        let topology = Topology::new(&settings.amqp.prefix);
+        let publisher = Arc::new(Publisher::new(&settings.amqp.url, topology.clone()));
+        Ok(Self {
+            shutdown,
+            pool,
+            topology,
+            publisher,
+            registry: Registry::new(),
+            amqp_url: settings.amqp.url.clone(),
+        })
+    }
+
+    /// Serves `/healthz`, `/readyz` and `/metrics` on `listen` until shutdown.
+    pub fn spawn_ops(&self, listen: SocketAddr) -> JoinHandle<anyhow::Result<()>> {
+        tokio::spawn(ops::serve(
+            listen,
+            Ops {
+                pool: self.pool.clone(),
+                publisher: self.publisher.clone(),
+                registry: self.registry.clone(),
+            },
+            self.shutdown.clone(),
+        ))
+    }
+
+    /// How to consume `queue` with `prefetch` deliveries at once and `grace` to finish them.
+    pub fn consumer(&self, queue: String, prefetch: usize, grace: Duration) -> ConsumerConfig {
+        ConsumerConfig {
+            url: self.amqp_url.clone(),
+            topology: self.topology.clone(),
+            queue,
+            prefetch: prefetch.min(u16::MAX as usize) as u16,
+            grace,
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Job items, one per video: loading one for the worker, noting a failed try, writing a
+//! group's outcomes, and reading a job's items for its status.
+
+use anyhow::Context;
+use deadpool_postgres::{GenericClient, Transaction};
+use serde_json::Value;
+
+use super::entries::Validators;
+use super::jobs::JobFacts;
+use super::ItemState;
+
+/// A video of a job, as the worker needs it.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub job_id: String,
+    pub idx: i32,
+    pub project_id: i64,
+    pub system_name: String,
+    pub external_id: String,
+    pub url: String,
+    pub file_name: String,
+    pub metadata: Value,
+    pub state: ItemState,
+    /// Validators of the existing entry's source, when it came from this same URL.
+    pub known: Option<Validators>,
+}
+
+/// Loads item `idx` of the job; `None` when it does not exist.
+pub async fn load(
+    client: &impl GenericClient,
+    job_id: &str,
+    job: &JobFacts,
+    idx: i32,
+) -> anyhow::Result<Option<Item>> {
+    let statement = client
+        .prepare_cached(
+            // LATERAL keeps the entry a point lookup whatever plan the prepared statement
+            // gets (a generic plan of a plain join scanned the project's entries).
+            "SELECT i.external_id, i.url, i.file_name, i.metadata, i.state,
+                    m.original_url = i.url, m.source_etag, m.source_last_modified
+             FROM job_items i
+             LEFT JOIN LATERAL (
+                 SELECT original_url, source_etag, source_last_modified FROM media_entries
+                 WHERE project_id = $3 AND system_name = $4 AND external_id = i.external_id
+             ) m ON true
+             WHERE i.job_id = $1 AND i.idx = $2",
+        )
+        .await
+        .context("preparing the item lookup")?;
+    let row = client
+        .query_opt(
+            &statement,
+            &[&job_id, &idx, &job.project_id, &job.system_name],
+        )
+        .await
+        .context("loading the item")?;
+    Ok(row.map(|r| {
+        let known = Validators {
+            etag: r.get(6),
+            last_modified: r.get(7),
+        };
+        let same_url = r.get::<_, Option<bool>>(5) == Some(true);
+        Item {
+            job_id: job_id.to_string(),
+            idx,
+            project_id: job.project_id,
+            system_name: job.system_name.clone(),
+            external_id: r.get(0),
+            url: r.get(1),
+            file_name: r.get(2),
+            metadata: r.get(3),
+            state: r.get(4),
+            known: (same_url && !known.is_empty()).then_some(known),
+        }
+    }))
+}
+
+/// Records a failed try of a still-pending item that will be tried again later.
+pub async fn note_retry(
+    client: &impl GenericClient,
+    job_id: &str,
+    idx: i32,
+    reason: &str,
+) -> anyhow::Result<()> {
+    client
+        .execute(
+            "UPDATE job_items SET attempts = attempts + 1, last_error = $3, updated_at = now()
+             WHERE job_id = $1 AND idx = $2 AND state = $4",
+            &[&job_id, &idx, &reason, &ItemState::Pending],
+        )
+        .await
+        .context("noting the failed try")?;
+    Ok(())
+}
+
+/// Locks item `idx` of the job if it is still pending; `false` when another delivery of the
+/// same message finished it already.
+pub(super) async fn lock_pending(
+    tx: &Transaction<'_>,
+    job_id: &str,
+    idx: i32,
+) -> anyhow::Result<bool> {
+    let statement = tx
+        .prepare_cached(
+            "SELECT 1 FROM job_items WHERE job_id = $1 AND idx = $2 AND state = $3 FOR UPDATE",
+        )
+        .await
+        .context("preparing the item lock")?;
+    Ok(tx
+        .query_opt(&statement, &[&job_id, &idx, &ItemState::Pending])
+        .await
+        .context("locking the item")?
+        .is_some())
+}
+
+/// A group's finished items, written with one statement.
+#[derive(Default)]
+pub(super) struct Finished {
+    job_ids: Vec<String>,
+    idx: Vec<i32>,
+    states: Vec<ItemState>,
+    reasons: Vec<Option<String>>,
+    media_ids: Vec<Option<String>>,
+}
+
+impl Finished {
+    /// Adds one item's final state.
+    pub(super) fn push(
+        &mut self,
+        job_id: &str,
+        idx: i32,
+        state: ItemState,
+        reason: Option<String>,
+        media_id: Option<String>,
+    ) {
+        self.job_ids.push(job_id.to_string());
+        self.idx.push(idx);
+        self.states.push(state);
+        self.reasons.push(reason);
+        self.media_ids.push(media_id);
+    }
+
+    /// Writes them all.
+    pub(super) async fn write(&self, tx: &Transaction<'_>) -> anyhow::Result<()> {
+        if self.idx.is_empty() {
+            return Ok(());
+        }
+        let statement = tx
+            .prepare_cached(
+                "UPDATE job_items AS i SET state = u.state, reason = u.reason,
+                     media_id = u.media_id, updated_at = now()
+                 FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[])
+                     AS u(job_id, idx, state, reason, media_id)
+                 WHERE i.job_id = u.job_id AND i.idx = u.idx",
+            )
+            .await
+            .context("preparing the item update")?;
+        tx.execute(
+            &statement,
+            &[
+                &self.job_ids,
+                &self.idx,
+                &self.states,
+                &self.reasons,
+                &self.media_ids,
+            ],
+        )
+        .await
+        .context("marking the group's items")?;
+        Ok(())
+    }
+}
+
+/// One video of a job as the status shows it, with its entry's file facts.
+#[derive(Debug, Clone)]
+pub struct ItemRecord {
+    pub state: ItemState,
+    pub reason: Option<String>,
+    pub external_id: String,
+    pub url: String,
+    pub media_id: Option<String>,
+    pub mime_type: Option<String>,
+    pub size: Option<i64>,
+    /// Why the last try failed, while the video is still pending.
+    pub last_error: Option<String>,
+    pub duration_seconds: Option<f64>,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    pub codec: Option<String>,
+}
+
+/// Every item of the job, in batch order.
+pub async fn of_job(client: &impl GenericClient, job_id: &str) -> anyhow::Result<Vec<ItemRecord>> {
+    let rows = client
+        .query(
+            "SELECT i.state, i.reason, i.external_id, i.url, i.media_id, m.mime_type, m.asset_size,
+                    i.last_error, m.duration_seconds, m.width, m.height, m.video_codec
+             FROM job_items i LEFT JOIN media_entries m ON m.id = i.media_id
+             WHERE i.job_id = $1 ORDER BY i.idx",
+            &[&job_id],
+        )
+        .await
+        .context("reading the job's videos")?;
+    Ok(rows
+        .iter()
+        .map(|row| ItemRecord {
+            state: row.get(0),
+            reason: row.get(1),
+            external_id: row.get(2),
+            url: row.get(3),
+            media_id: row.get(4),
+            mime_type: row.get(5),
+            size: row.get(6),
+            last_error: row.get(7),
+            duration_seconds: row.get(8),
+            width: row.get(9),
+            height: row.get(10),
+            codec: row.get(11),
+        })
+        .collect())
+}

@@ -1,0 +1,407 @@
+//! Import jobs: accepting one (with its items and fetch messages), idempotency keys, the
+//! daily-limit window, counting finished videos and finishing the job, and reading jobs.
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Transaction};
+use serde_json::Value;
+use tokio_postgres::Row;
+
+use super::{outbox, webhooks, ItemState, JobState, WebhookState};
+use crate::messages::FetchVideo;
+use crate::queue;
+
+/// One video of a batch being accepted.
+#[derive(Debug, Clone)]
+pub struct NewVideo {
+    pub url: String,
+    pub external_id: String,
+    pub file_name: String,
+    pub metadata: Value,
+}
+
+/// A batch being accepted.
+#[derive(Debug, Clone)]
+pub struct NewJob<'a> {
+    pub id: &'a str,
+    pub project_id: i64,
+    pub system_name: &'a str,
+    pub webhook: Option<&'a str>,
+    /// The caller's context, byte for byte.
+    pub context: Option<&'a str>,
+    pub videos: &'a [NewVideo],
+}
+
+/// Inserts the job in state `started`, its items in state `pending` and one fetch message
+/// per video into the outbox, inside the caller's transaction.
+pub async fn insert(tx: &Transaction<'_>, job: &NewJob<'_>) -> anyhow::Result<()> {
+    let total = job.videos.len() as i32;
+    tx.execute(
+        "INSERT INTO jobs (id, project_id, system_name, webhook, context, state, total, pending)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        &[
+            &job.id,
+            &job.project_id,
+            &job.system_name,
+            &job.webhook,
+            &job.context,
+            &JobState::Started,
+            &total,
+        ],
+    )
+    .await
+    .context("inserting the job")?;
+    let idx: Vec<i32> = (0..total).collect();
+    let external_ids: Vec<&str> = job.videos.iter().map(|v| v.external_id.as_str()).collect();
+    let urls: Vec<&str> = job.videos.iter().map(|v| v.url.as_str()).collect();
+    let file_names: Vec<&str> = job.videos.iter().map(|v| v.file_name.as_str()).collect();
+    let metadata: Vec<&Value> = job.videos.iter().map(|v| &v.metadata).collect();
+    tx.execute(
+        "INSERT INTO job_items (job_id, idx, external_id, url, file_name, metadata, state)
+         SELECT $1, u.*, $7 FROM unnest($2::int4[], $3::text[], $4::text[], $5::text[], $6::jsonb[]) AS u",
+        &[
+            &job.id,
+            &idx,
+            &external_ids,
+            &urls,
+            &file_names,
+            &metadata,
+            &ItemState::Pending,
+        ],
+    )
+    .await
+    .context("inserting the job's items")?;
+    let messages: Vec<FetchVideo> = idx
+        .iter()
+        .map(|&i| FetchVideo {
+            job_id: job.id.to_string(),
+            idx: i,
+            attempt: 0,
+        })
+        .collect();
+    outbox::enqueue(tx, queue::FETCH, &messages).await
+}
+
+/// What an Idempotency-Key led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyClaim {
+    /// The key is now this request's: go on and create the job.
+    Claimed,
+    /// The same key and body were accepted within 24 hours as this job.
+    Replay(String),
+    /// The key was used within 24 hours with another body.
+    Mismatch,
+}
+
+/// Takes `key` for `job_id`, or finds the job of an earlier request with the same key. A
+/// concurrent request with the same key waits here for the first to commit.
+pub async fn claim_idempotency_key(
+    tx: &Transaction<'_>,
+    project_id: i64,
+    key: &str,
+    request_hash: &str,
+    job_id: &str,
+) -> anyhow::Result<KeyClaim> {
+    let claimed = tx
+        .execute(
+            "INSERT INTO idempotency_keys (project_id, key, request_hash, job_id)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (project_id, key) DO NOTHING",
+            &[&project_id, &key, &request_hash, &job_id],
+        )
+        .await
+        .context("claiming the idempotency key")?;
+    if claimed == 1 {
+        return Ok(KeyClaim::Claimed);
+    }
+    let row = tx
+        .query_one(
+            "SELECT request_hash, job_id, created_at > now() - interval '24 hours'
+             FROM idempotency_keys WHERE project_id = $1 AND key = $2 FOR UPDATE",
+            &[&project_id, &key],
+        )
+        .await
+        .context("reading the idempotency key")?;
+    if !row.get::<_, bool>(2) {
+        // Older than 24 hours: the key is free again.
+        tx.execute(
+            "UPDATE idempotency_keys SET request_hash = $3, job_id = $4, created_at = now()
+             WHERE project_id = $1 AND key = $2",
+            &[&project_id, &key, &request_hash, &job_id],
+        )
+        .await
+        .context("renewing the idempotency key")?;
+        return Ok(KeyClaim::Claimed);
+    }
+    if row.get::<_, String>(0) != request_hash {
+        return Ok(KeyClaim::Mismatch);
+    }
+    Ok(KeyClaim::Replay(row.get(1)))
+}
+
+/// The project's jobs of the last 24 hours, oldest first.
+#[derive(Debug, Clone)]
+pub struct UsageWindow {
+    /// Each job's video count and start.
+    pub jobs: Vec<(i64, DateTime<Utc>)>,
+    /// The database's clock, which the window was measured with.
+    pub now: DateTime<Utc>,
+}
+
+/// Locks the project row (so concurrent batches of one project are counted one after the
+/// other) and reads its jobs of the last 24 hours.
+pub async fn usage_window(tx: &Transaction<'_>, project_id: i64) -> anyhow::Result<UsageWindow> {
+    tx.execute(
+        "SELECT 1 FROM projects WHERE id = $1 FOR UPDATE",
+        &[&project_id],
+    )
+    .await
+    .context("locking the project for its daily limit")?;
+    let rows = tx
+        .query(
+            "SELECT total, started_at, now() FROM jobs
+             WHERE project_id = $1 AND started_at > now() - interval '24 hours'
+             ORDER BY started_at",
+            &[&project_id],
+        )
+        .await
+        .context("reading the project's jobs of the last 24 hours")?;
+    Ok(UsageWindow {
+        now: rows.first().map(|r| r.get(2)).unwrap_or_else(Utc::now),
+        jobs: rows
+            .iter()
+            .map(|r| (r.get::<_, i32>(0) as i64, r.get(1)))
+            .collect(),
+    })
+}
+
+/// The immutable facts of a job that every one of its videos needs.
+#[derive(Debug, Clone)]
+pub struct JobFacts {
+    pub project_id: i64,
+    pub system_name: String,
+}
+
+/// The facts of the job `id`; `None` when it no longer exists.
+pub async fn facts(client: &impl GenericClient, id: &str) -> anyhow::Result<Option<JobFacts>> {
+    let statement = client
+        .prepare_cached("SELECT project_id, system_name FROM jobs WHERE id = $1")
+        .await
+        .context("preparing the job lookup")?;
+    let row = client
+        .query_opt(&statement, &[&id])
+        .await
+        .context("reading the job")?;
+    Ok(row.map(|row| JobFacts {
+        project_id: row.get(0),
+        system_name: row.get(1),
+    }))
+}
+
+/// A job's row without its videos.
+#[derive(Debug, Clone)]
+pub struct JobRecord {
+    pub id: String,
+    pub state: JobState,
+    pub system_name: String,
+    pub total: i32,
+    pub pending: i32,
+    pub imported: i32,
+    pub skipped: i32,
+    pub failed: i32,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+const JOB_COLUMNS: &str = "j.id, j.state, j.system_name, j.total, j.pending, j.imported,
+    j.skipped, j.failed, j.started_at, j.finished_at";
+
+impl JobRecord {
+    fn from_row(row: &Row) -> Self {
+        Self {
+            id: row.get(0),
+            state: row.get(1),
+            system_name: row.get(2),
+            total: row.get(3),
+            pending: row.get(4),
+            imported: row.get(5),
+            skipped: row.get(6),
+            failed: row.get(7),
+            started_at: row.get(8),
+            finished_at: row.get(9),
+        }
+    }
+}
+
+/// A job's webhook delivery as the status shows it.
+#[derive(Debug, Clone)]
+pub struct DeliveryRecord {
+    pub state: WebhookState,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// The job `id` of the project, with its webhook delivery once there is one.
+pub async fn find(
+    client: &impl GenericClient,
+    project_id: i64,
+    id: &str,
+) -> anyhow::Result<Option<(JobRecord, Option<DeliveryRecord>)>> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {JOB_COLUMNS}, d.state, d.attempts, d.last_error, d.delivered_at
+                 FROM jobs j LEFT JOIN webhook_deliveries d ON d.job_id = j.id
+                 WHERE j.id = $1 AND j.project_id = $2"
+            ),
+            &[&id, &project_id],
+        )
+        .await
+        .context("reading the job")?;
+    Ok(row.map(|row| {
+        let delivery = row
+            .get::<_, Option<WebhookState>>(10)
+            .map(|state| DeliveryRecord {
+                state,
+                attempts: row.get(11),
+                last_error: row.get(12),
+                delivered_at: row.get(13),
+            });
+        (JobRecord::from_row(&row), delivery)
+    }))
+}
+
+/// Which of a project's jobs to list.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub state: Option<JobState>,
+    pub system_name: Option<String>,
+    /// Only jobs before this (start time, id) position.
+    pub before: Option<(DateTime<Utc>, String)>,
+    pub limit: i64,
+}
+
+/// The project's jobs, newest first.
+pub async fn list(
+    client: &impl GenericClient,
+    project_id: i64,
+    filter: &ListFilter,
+) -> anyhow::Result<Vec<JobRecord>> {
+    let (before_time, before_id) = filter.before.clone().unzip();
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM jobs j
+                 WHERE j.project_id = $1
+                   AND ($2::text IS NULL OR j.state = $2)
+                   AND ($3::text IS NULL OR j.system_name = $3)
+                   AND ($4::timestamptz IS NULL OR (j.started_at, j.id) < ($4, $5))
+                 ORDER BY j.started_at DESC, j.id DESC LIMIT $6"
+            ),
+            &[
+                &project_id,
+                &filter.state,
+                &filter.system_name,
+                &before_time,
+                &before_id,
+                &filter.limit,
+            ],
+        )
+        .await
+        .context("listing the jobs")?;
+    Ok(rows.iter().map(JobRecord::from_row).collect())
+}
+
+/// A job's readiness for a redelivery request.
+#[derive(Debug, Clone, Copy)]
+pub struct Finish {
+    pub finished: bool,
+    pub has_webhook: bool,
+}
+
+/// Whether the project's job `id` is finished and has a webhook; `None` without such a job.
+pub async fn finish_of(
+    client: &impl GenericClient,
+    project_id: i64,
+    id: &str,
+) -> anyhow::Result<Option<Finish>> {
+    let row = client
+        .query_opt(
+            "SELECT finished_at IS NOT NULL, webhook IS NOT NULL FROM jobs
+             WHERE id = $1 AND project_id = $2",
+            &[&id, &project_id],
+        )
+        .await
+        .context("reading the job")?;
+    Ok(row.map(|r| Finish {
+        finished: r.get(0),
+        has_webhook: r.get(1),
+    }))
+}
+
+/// Finished videos of one job within a group commit.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
+    pub done: i32,
+    pub imported: i32,
+    pub skipped: i32,
+    pub failed: i32,
+}
+
+impl Counts {
+    /// Counts one more video that ended in `state`.
+    pub fn add(&mut self, state: ItemState) {
+        match state {
+            ItemState::Imported => self.imported += 1,
+            ItemState::Skipped => self.skipped += 1,
+            ItemState::Failed => self.failed += 1,
+            // Not finished: nothing to count.
+            ItemState::Pending => return,
+        }
+        self.done += 1;
+    }
+}
+
+/// Counts finished videos on their job and, when none is left pending, moves the job to
+/// `success` or `failed` and creates its webhook delivery. Returns whether the job finished.
+pub async fn count_finished(
+    tx: &Transaction<'_>,
+    job_id: &str,
+    counts: &Counts,
+) -> anyhow::Result<bool> {
+    let statement = tx
+        .prepare_cached(
+            "UPDATE jobs SET pending = pending - $2, imported = imported + $3,
+                 skipped = skipped + $4, failed = failed + $5
+             WHERE id = $1 RETURNING pending, webhook, failed",
+        )
+        .await
+        .context("preparing the job count")?;
+    let job = tx
+        .query_one(
+            &statement,
+            &[
+                &job_id,
+                &counts.done,
+                &counts.imported,
+                &counts.skipped,
+                &counts.failed,
+            ],
+        )
+        .await
+        .context("counting videos on their job")?;
+    let pending: i32 = job.get(0);
+    if pending > 0 {
+        return Ok(false);
+    }
+    tx.execute(
+        "UPDATE jobs SET state = $2, finished_at = now() WHERE id = $1",
+        &[&job_id, &JobState::finished_with(job.get(2))],
+    )
+    .await
+    .context("finishing the job")?;
+    if let Some(url) = job.get::<_, Option<String>>(1) {
+        webhooks::create(tx, job_id, &url).await?;
+    }
+    Ok(true)
+}

@@ -1,0 +1,69 @@
+//! The transactional outbox's rows: written in the same transaction as the state they
+//! announce, claimed and deleted by the relay (`crate::outbox`) once the broker confirmed them.
+
+use anyhow::Context;
+use deadpool_postgres::{GenericClient, Transaction};
+use serde::Serialize;
+
+/// One message waiting to be published.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub id: i64,
+    pub routing_key: String,
+    pub payload: serde_json::Value,
+}
+
+/// Adds messages to the outbox inside the caller's transaction.
+pub async fn enqueue<C: GenericClient, M: Serialize>(
+    client: &C,
+    routing_key: &str,
+    messages: &[M],
+) -> anyhow::Result<()> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    let payloads: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|m| serde_json::to_value(m).expect("messages serialize"))
+        .collect();
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO outbox (routing_key, payload)
+             SELECT $1, p FROM unnest($2::jsonb[]) AS p",
+        )
+        .await
+        .context("preparing the outbox insert")?;
+    client
+        .execute(&statement, &[&routing_key, &payloads])
+        .await
+        .with_context(|| format!("queueing {} {routing_key} messages", messages.len()))?;
+    Ok(())
+}
+
+/// Locks up to `limit` of the oldest rows; rows other relays hold are skipped, not waited for.
+pub async fn claim(tx: &Transaction<'_>, limit: i64) -> anyhow::Result<Vec<Pending>> {
+    let rows = tx
+        .query(
+            "SELECT id, routing_key, payload FROM outbox ORDER BY id LIMIT $1
+             FOR UPDATE SKIP LOCKED",
+            &[&limit],
+        )
+        .await
+        .context("claiming outbox rows")?;
+    Ok(rows
+        .iter()
+        .map(|row| Pending {
+            id: row.get(0),
+            routing_key: row.get(1),
+            payload: row.get(2),
+        })
+        .collect())
+}
+
+/// Removes published rows.
+pub async fn remove(tx: &Transaction<'_>, ids: &[i64]) -> anyhow::Result<()> {
+    tx.execute("DELETE FROM outbox WHERE id = ANY($1)", &[&ids])
+        .await
+        .context("deleting published outbox rows")?;
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! Recording videos' outcomes: one transaction per group of finished videos (one commit and
+//! one counter update per job), guarded by each item's `pending` state so that redelivered
+//! messages change nothing.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use deadpool_postgres::Pool;
+
+use super::entries::{self, EntryChange, NewAsset};
+use super::items::{self, Item};
+use super::jobs::{self, Counts};
+use super::ItemState;
+
+/// What happened to a video.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// A new copy is stored at `asset.key`.
+    Downloaded(Box<NewAsset>),
+    /// The source said the stored copy is current (HTTP 304).
+    Unchanged,
+    /// It will not be imported, for this reason.
+    Failed(String),
+}
+
+/// What the transaction did for one video.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// Another delivery of the same message got there first.
+    AlreadyDone,
+    /// The item ended in `state`.
+    Done {
+        state: ItemState,
+        /// It was the job's last item.
+        job_finished: bool,
+        /// The entry now points at the downloaded asset (otherwise it may be deleted).
+        asset_used: bool,
+        /// The asset this one replaced, to delete now that the commit is done.
+        replaced_key: Option<String>,
+    },
+}
+
+/// Records the outcomes of several videos in one transaction: upserts their entries, marks
+/// their items, counts them on their jobs and finishes the jobs whose last video this was.
+/// Touches no storage: the caller removes what the results say is unused. Rows are locked in
+/// a fixed order (items, then jobs) so that concurrent groups do not deadlock.
+pub async fn record(pool: &Pool, batch: &[(Item, Outcome)]) -> anyhow::Result<Vec<Recorded>> {
+    let mut client = pool.get().await.context("connecting to record outcomes")?;
+    let tx = client
+        .transaction()
+        .await
+        .context("starting the outcome transaction")?;
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by(|&a, &b| {
+        (&batch[a].0.job_id, batch[a].0.idx).cmp(&(&batch[b].0.job_id, batch[b].0.idx))
+    });
+    let mut results = vec![Recorded::AlreadyDone; batch.len()];
+    let mut per_job: BTreeMap<&str, (Counts, Vec<usize>)> = BTreeMap::new();
+    let mut finished = items::Finished::default();
+    for i in order {
+        let (item, outcome) = &batch[i];
+        if !items::lock_pending(&tx, &item.job_id, item.idx).await? {
+            continue;
+        }
+        let change = match outcome {
+            Outcome::Failed(reason) => EntryChange {
+                state: Some(ItemState::Failed),
+                reason: Some(reason.clone()),
+                ..EntryChange::default()
+            },
+            Outcome::Downloaded(asset) => entries::upsert(&tx, item, Some(asset)).await?,
+            Outcome::Unchanged => entries::upsert(&tx, item, None).await?,
+        };
+        let state = change
+            .state
+            .expect("an entry change names the item's state");
+        finished.push(
+            &item.job_id,
+            item.idx,
+            state,
+            change.reason,
+            change.media_id,
+        );
+        let (counts, members) = per_job.entry(item.job_id.as_str()).or_default();
+        counts.add(state);
+        members.push(i);
+        results[i] = Recorded::Done {
+            state,
+            job_finished: false,
+            asset_used: change.asset_used,
+            replaced_key: change.replaced_key,
+        };
+    }
+    finished.write(&tx).await?;
+    for (job_id, (counts, members)) in &per_job {
+        if jobs::count_finished(&tx, job_id, counts).await? {
+            if let Some(Recorded::Done { job_finished, .. }) = results.get_mut(members[0]) {
+                *job_finished = true;
+            }
+        }
+    }
+    tx.commit().await.context("committing the outcomes")?;
+    Ok(results)
+}

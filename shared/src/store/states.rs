@@ -1,0 +1,182 @@
+//! The states a job, an item (one video of a job) and a webhook delivery move through. They
+//! are the only spellings of the state names: serde, SQL and the API schema all go through
+//! these types, and each variant says which binary moves a row into it.
+
+use std::error::Error;
+use std::fmt;
+use std::str::FromStr;
+
+use bytes::BytesMut;
+use serde::{Deserialize, Serialize};
+use tokio_postgres::types::{FromSql, IsNull, ToSql, Type};
+
+/// A state name that is not one of the type's variants.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown {kind} state {value:?}")]
+pub struct UnknownState {
+    kind: &'static str,
+    value: String,
+}
+
+/// Implements `as_str`, `FromStr`, `Display` and the TEXT column conversions from one table.
+macro_rules! state_enum {
+    ($name:ident, $kind:literal, { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $name {
+            /// Every variant, in the order a row moves through them.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The name stored in PostgreSQL and shown in the API.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownState;
+
+            fn from_str(value: &str) -> Result<Self, UnknownState> {
+                match value {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(UnknownState { kind: $kind, value: value.to_string() }),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl ToSql for $name {
+            fn to_sql(
+                &self,
+                ty: &Type,
+                out: &mut BytesMut,
+            ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+                self.as_str().to_sql(ty, out)
+            }
+
+            fn accepts(ty: &Type) -> bool {
+                <&str as ToSql>::accepts(ty)
+            }
+
+            tokio_postgres::types::to_sql_checked!();
+        }
+
+        impl<'a> FromSql<'a> for $name {
+            fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn Error + Sync + Send>> {
+                Ok(<&str as FromSql>::from_sql(ty, raw)?.parse()?)
+            }
+
+            fn accepts(ty: &Type) -> bool {
+                <&str as FromSql>::accepts(ty)
+            }
+        }
+    };
+}
+
+/// Where an import job is: `started` while videos are pending, then `success` or `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Set by the api when it accepts the batch.
+    Started,
+    /// Set by the worker that records the job's last video, when no video failed.
+    Success,
+    /// Set by the worker that records the job's last video, when at least one failed.
+    Failed,
+}
+
+state_enum!(JobState, "job", {
+    Started => "started",
+    Success => "success",
+    Failed => "failed",
+});
+
+impl JobState {
+    /// The state a job ends in, given how many of its videos failed.
+    pub fn finished_with(failed: i32) -> Self {
+        if failed > 0 {
+            JobState::Failed
+        } else {
+            JobState::Success
+        }
+    }
+}
+
+/// Where one video of a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemState {
+    /// Set by the api when it accepts the batch; the worker retries it while it stays here.
+    Pending,
+    /// Set by the worker: a media-library entry was created or updated.
+    Imported,
+    /// Set by the worker: the entry exists already with the same file and metadata.
+    Skipped,
+    /// Set by the worker when it gives up (with the reason), or by the worker's dead-letter
+    /// consumer when the broker set the message aside.
+    Failed,
+}
+
+state_enum!(ItemState, "item", {
+    Pending => "pending",
+    Imported => "imported",
+    Skipped => "skipped",
+    Failed => "failed",
+});
+
+/// Where a finished job's webhook delivery is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookState {
+    /// Created by the worker that finishes the job; set again by the api on a redelivery
+    /// request; kept by the notifier while attempts are left.
+    Pending,
+    /// Set by the notifier when the receiver answered 2xx.
+    Delivered,
+    /// Set by the notifier when the schedule is used up or the receiver answered 410, or by
+    /// the notifier's dead-letter consumer when the broker set the message aside.
+    Failed,
+}
+
+state_enum!(WebhookState, "webhook", {
+    Pending => "pending",
+    Delivered => "delivered",
+    Failed => "failed",
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_through_text_and_serde() {
+        for state in ItemState::ALL {
+            assert_eq!(state.as_str().parse::<ItemState>().unwrap(), *state);
+            assert_eq!(
+                serde_json::to_value(state).unwrap(),
+                serde_json::json!(state.as_str())
+            );
+        }
+        for state in JobState::ALL {
+            assert_eq!(state.to_string().parse::<JobState>().unwrap(), *state);
+        }
+        for state in WebhookState::ALL {
+            let back: WebhookState =
+                serde_json::from_value(serde_json::json!(state.as_str())).unwrap();
+            assert_eq!(back, *state);
+        }
+        let err = "done".parse::<ItemState>().unwrap_err();
+        assert_eq!(err.to_string(), "unknown item state \"done\"");
+    }
+
+    #[test]
+    fn a_job_fails_when_any_video_failed() {
+        assert_eq!(JobState::finished_with(0), JobState::Success);
+        assert_eq!(JobState::finished_with(1), JobState::Failed);
+    }
+}

@@ -1,0 +1,240 @@
+//! Webhook deliveries: created when a job finishes, read and recorded by the notifier for
+//! every attempt, restarted by a redelivery request, failed when the broker sets one aside.
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Transaction};
+
+use super::{outbox, ItemState, JobState, WebhookState};
+use crate::messages::DeliverWebhook;
+use crate::queue;
+
+/// Creates the `pending` delivery of a job that just finished and queues its first attempt.
+pub async fn create(tx: &Transaction<'_>, job_id: &str, url: &str) -> anyhow::Result<()> {
+    tx.execute(
+        "INSERT INTO webhook_deliveries (job_id, webhook_id, url, state) VALUES ($1, $2, $3, $4)",
+        &[
+            &job_id,
+            &format!("msg_{job_id}"),
+            &url,
+            &WebhookState::Pending,
+        ],
+    )
+    .await
+    .context("creating the webhook delivery")?;
+    let message = DeliverWebhook {
+        job_id: job_id.to_string(),
+        attempt: 1,
+        waited: 0,
+        url: Some(url.to_string()),
+    };
+    outbox::enqueue(tx, queue::WEBHOOK, &[message]).await
+}
+
+/// A delivery after a redelivery request.
+#[derive(Debug, Clone)]
+pub struct Redelivery {
+    /// Attempts made before this round.
+    pub attempts: i32,
+    pub webhook_id: String,
+}
+
+/// Moves the delivery of a finished job back to `pending`, starts a new round of the retry
+/// schedule and queues its first attempt. The row lock makes concurrent requests queue
+/// exactly one round each.
+pub async fn redeliver(tx: &Transaction<'_>, job_id: &str) -> anyhow::Result<Redelivery> {
+    let row = tx
+        .query_one(
+            "UPDATE webhook_deliveries SET state = $2, round_start = attempts
+             WHERE job_id = $1 RETURNING attempts, webhook_id, url",
+            &[&job_id, &WebhookState::Pending],
+        )
+        .await
+        .context("restarting the webhook delivery")?;
+    let attempts: i32 = row.get(0);
+    let message = DeliverWebhook {
+        job_id: job_id.to_string(),
+        attempt: attempts as u32 + 1,
+        waited: 0,
+        url: Some(row.get(2)),
+    };
+    outbox::enqueue(tx, queue::WEBHOOK, &[message]).await?;
+    Ok(Redelivery {
+        attempts,
+        webhook_id: row.get(1),
+    })
+}
+
+/// Everything one attempt needs: the delivery, its job and the project's secrets.
+#[derive(Debug, Clone)]
+pub struct Due {
+    pub webhook_id: String,
+    pub url: String,
+    /// The current secret, then the previous one while a rotation overlaps.
+    pub secrets: Vec<String>,
+    /// Attempts made before the current round (a redelivery starts a new round).
+    pub round_start: u32,
+    pub job: FinishedJob,
+}
+
+/// A finished job as its webhook reports it.
+#[derive(Debug, Clone)]
+pub struct FinishedJob {
+    pub state: JobState,
+    pub system_name: String,
+    pub total: i32,
+    pub imported: i32,
+    pub skipped: i32,
+    pub failed: i32,
+    /// The caller's context, byte for byte.
+    pub context: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// The delivery of `job_id` if attempt number `attempt` is still to be made: it is pending
+/// and fewer attempts were recorded. `None` when it was delivered, given up, or made.
+pub async fn due(
+    client: &impl GenericClient,
+    job_id: &str,
+    attempt: u32,
+) -> anyhow::Result<Option<Due>> {
+    let statement = client
+        .prepare_cached(
+            "SELECT d.state, d.attempts, d.webhook_id, d.url, p.webhook_secret,
+                    j.state, j.system_name, j.total, j.imported, j.skipped, j.failed,
+                    j.context, j.started_at, j.finished_at, d.round_start,
+                    CASE WHEN p.previous_secret_expires_at > now() THEN p.previous_secret END
+             FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id
+             JOIN projects p ON p.id = j.project_id
+             WHERE d.job_id = $1",
+        )
+        .await
+        .context("preparing the delivery lookup")?;
+    let Some(row) = client
+        .query_opt(&statement, &[&job_id])
+        .await
+        .context("reading the webhook delivery")?
+    else {
+        return Ok(None);
+    };
+    let state: WebhookState = row.get(0);
+    let attempts_made: i32 = row.get(1);
+    if state != WebhookState::Pending || attempts_made >= attempt as i32 {
+        return Ok(None);
+    }
+    let mut secrets = vec![row.get::<_, String>(4)];
+    secrets.extend(row.get::<_, Option<String>>(15));
+    Ok(Some(Due {
+        webhook_id: row.get(2),
+        url: row.get(3),
+        secrets,
+        round_start: row.get::<_, i32>(14).max(0) as u32,
+        job: FinishedJob {
+            state: row.get(5),
+            system_name: row.get(6),
+            total: row.get(7),
+            imported: row.get(8),
+            skipped: row.get(9),
+            failed: row.get(10),
+            context: row.get(11),
+            started_at: row.get(12),
+            finished_at: row.get(13),
+        },
+    }))
+}
+
+/// The first `limit` failed videos of a job, in batch order: external id and reason.
+pub async fn failures(
+    client: &impl GenericClient,
+    job_id: &str,
+    limit: i64,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let statement = client
+        .prepare_cached(
+            "SELECT external_id, reason FROM job_items
+             WHERE job_id = $1 AND state = $2 ORDER BY idx LIMIT $3",
+        )
+        .await
+        .context("preparing the failures query")?;
+    let rows = client
+        .query(&statement, &[&job_id, &ItemState::Failed, &limit])
+        .await
+        .context("reading the job's failed videos")?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, Option<String>>(1).unwrap_or_default()))
+        .collect())
+}
+
+/// One attempt as it is recorded.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord<'a> {
+    pub job_id: &'a str,
+    /// Its number, from 1.
+    pub number: u32,
+    /// The delivery's state after it.
+    pub state: WebhookState,
+    pub http_status: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: i32,
+}
+
+/// Stores an attempt and the delivery's new state in one statement (one round trip, one
+/// commit).
+pub async fn record_attempt(
+    client: &impl GenericClient,
+    attempt: &AttemptRecord<'_>,
+) -> anyhow::Result<()> {
+    let statement = client
+        .prepare_cached(
+            "WITH attempt AS (
+                 INSERT INTO webhook_attempts (job_id, http_status, error, duration_ms)
+                 VALUES ($1, $5, $4, $6)
+             )
+             UPDATE webhook_deliveries SET attempts = GREATEST(attempts, $2), state = $3,
+                 last_error = COALESCE($4, last_error),
+                 delivered_at = CASE WHEN $3 = $7 THEN now() ELSE delivered_at END
+             WHERE job_id = $1",
+        )
+        .await
+        .context("preparing the attempt record")?;
+    client
+        .execute(
+            &statement,
+            &[
+                &attempt.job_id,
+                &(attempt.number as i32),
+                &attempt.state,
+                &attempt.error,
+                &attempt.http_status.map(i32::from),
+                &attempt.duration_ms,
+                &WebhookState::Delivered,
+            ],
+        )
+        .await
+        .context("recording the webhook attempt")?;
+    Ok(())
+}
+
+/// Fails a still-pending delivery with `reason` (its message was dead-lettered).
+pub async fn fail_pending(
+    client: &impl GenericClient,
+    job_id: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    client
+        .execute(
+            "UPDATE webhook_deliveries SET state = $3, last_error = $2
+             WHERE job_id = $1 AND state = $4",
+            &[
+                &job_id,
+                &reason,
+                &WebhookState::Failed,
+                &WebhookState::Pending,
+            ],
+        )
+        .await
+        .context("failing the dead-lettered webhook delivery")?;
+    Ok(())
+}
