@@ -28,7 +28,7 @@ cleanup() {
   [ -n "$api_pid" ] && kill "$api_pid" 2>/dev/null || true
   wait 2>/dev/null || true
   psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
-  for q in fetch webhook dead; do rabbitmqctl -q delete_queue "schemathesis-$$.$q" >/dev/null 2>&1 || true; done
+  for q in fetch webhook dead.fetch dead.webhook; do rabbitmqctl -q delete_queue "schemathesis-$$.$q" >/dev/null 2>&1 || true; done
 }
 trap cleanup EXIT
 "$bin/video-import-api" migrate

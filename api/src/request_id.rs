@@ -5,6 +5,7 @@ use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
+use tracing::Instrument;
 
 /// The response header carrying the id.
 pub const HEADER: &str = "x-request-id";
@@ -33,10 +34,11 @@ pub async fn assign(request: Request, next: Next) -> Response {
         .map(str::to_string)
         .unwrap_or_else(|| format!("req_{}", video_import_shared::ids::random_id(16)));
     let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
-    let mut response = {
-        let _entered = span.enter();
-        REQUEST_ID.scope(id.clone(), next.run(request)).await
-    };
+    // Attached to the future, so every poll (on any thread) runs inside the span.
+    let mut response = REQUEST_ID
+        .scope(id.clone(), next.run(request))
+        .instrument(span)
+        .await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(HEADER, value);
     }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
-use futures::future::BoxFuture;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -100,18 +99,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         metrics: Metrics::new(&service.registry)?,
         shutdown: service.shutdown.clone(),
     });
-    let handler: consume::Handler = {
-        let notifier = notifier.clone();
-        Arc::new(move |message| -> BoxFuture<'static, Disposition> {
-            let notifier = notifier.clone();
-            Box::pin(async move { notifier.handle(&message.data).await })
-        })
-    };
-    let dead_handler: consume::Handler =
-        Arc::new(move |message| -> BoxFuture<'static, Disposition> {
-            let notifier = notifier.clone();
-            Box::pin(async move { notifier.handle_dead(message).await })
-        });
+    let handler = consume::handler(notifier.clone(), |notifier, message| async move {
+        notifier.handle(&message.data).await
+    });
+    let dead_handler = consume::handler(notifier, |notifier, message| async move {
+        notifier.handle_dead(message).await
+    });
     tokio::join!(
         consume::run(
             service.consumer(

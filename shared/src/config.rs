@@ -163,19 +163,50 @@ mod secs {
     }
 }
 
-/// Lists of durations configured as whole seconds.
+/// Lists of durations configured as whole seconds. A single number is a list of one: the
+/// `config` crate reads `VIDEO_IMPORT__..._SECS=60` as a number, not as a list.
 mod secs_list {
+    use std::fmt;
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde::de::{self, SeqAccess, Visitor};
+    use serde::{Deserializer, Serialize, Serializer};
 
     pub fn serialize<S: Serializer>(value: &[Duration], s: S) -> Result<S::Ok, S::Error> {
         let secs: Vec<u64> = value.iter().map(Duration::as_secs).collect();
         secs.serialize(s)
     }
 
+    struct Seconds;
+
+    impl<'de> Visitor<'de> for Seconds {
+        type Value = Vec<Duration>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of whole seconds, such as [30, 120]")
+        }
+
+        fn visit_u64<E: de::Error>(self, secs: u64) -> Result<Self::Value, E> {
+            Ok(vec![Duration::from_secs(secs)])
+        }
+
+        fn visit_i64<E: de::Error>(self, secs: i64) -> Result<Self::Value, E> {
+            let secs = u64::try_from(secs)
+                .map_err(|_| E::invalid_value(de::Unexpected::Signed(secs), &self))?;
+            self.visit_u64(secs)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut delays = Vec::new();
+            while let Some(secs) = seq.next_element::<u64>()? {
+                delays.push(Duration::from_secs(secs));
+            }
+            Ok(delays)
+        }
+    }
+
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
-        Vec::<u64>::deserialize(d).map(|v| v.into_iter().map(Duration::from_secs).collect())
+        d.deserialize_any(Seconds)
     }
 }
 
@@ -332,6 +363,8 @@ mod tests {
         assert_eq!(settings.fetch.connect_timeout, Duration::from_secs(3));
         assert_eq!(settings.log.format, LogFormat::Json);
         assert_eq!(settings.webhook.timeout, Duration::from_secs(15));
+        let one = load("[webhook]\nretry_schedule_secs = 60\n").unwrap();
+        assert_eq!(one.webhook.retry_schedule, vec![Duration::from_secs(60)]);
     }
 
     #[test]
@@ -344,6 +377,10 @@ mod tests {
             ("[metrics]\nlisten = \"everywhere\"\n", "metrics.listen"),
             ("[log]\nformat = \"xml\"\n", "log.format"),
             ("[webhook]\ntimeout_secs = -1\n", "webhook.timeout_secs"),
+            (
+                "[webhook]\nretry_schedule_secs = [5, \"soon\"]\n",
+                "webhook.retry_schedule_secs",
+            ),
             ("[api]\nmax_batch_size = 0\n", "api.max_batch_size"),
         ] {
             let error = load(toml).unwrap_err().to_string();

@@ -37,6 +37,16 @@ pub struct Delivered {
 /// Handles one message.
 pub type Handler = Arc<dyn Fn(Delivered) -> BoxFuture<'static, Disposition> + Send + Sync>;
 
+/// A handler that calls `handle` with the shared `target` and each message.
+pub fn handler<T, F, Fut>(target: Arc<T>, handle: F) -> Handler
+where
+    T: Send + Sync + 'static,
+    F: Fn(Arc<T>, Delivered) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Disposition> + Send + 'static,
+{
+    Arc::new(move |message| Box::pin(handle(target.clone(), message)))
+}
+
 /// Where and how to consume.
 #[derive(Debug, Clone)]
 pub struct ConsumerConfig {

@@ -452,6 +452,28 @@ impl Stack {
         );
     }
 
+    /// Publishes `payload` to the dead-letter exchange under `routing_key`, as the broker
+    /// does with a message that exceeded its delivery limit.
+    pub async fn dead_letter(&self, routing_key: &str, payload: &Value) {
+        let connection = lapin::Connection::connect(AMQP_URL, Default::default())
+            .await
+            .expect("RabbitMQ on 127.0.0.1:5672");
+        let channel = connection.create_channel().await.expect("a channel");
+        channel
+            .basic_publish(
+                Topology::new(&self.prefix).dead().as_str().into(),
+                routing_key.into(),
+                Default::default(),
+                payload.to_string().as_bytes(),
+                Default::default(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        let _ = connection.close(200, "bye".into()).await;
+    }
+
     /// A SQL query against the stack's database.
     pub async fn sql(&self, query: &str) -> Vec<tokio_postgres::Row> {
         let (client, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls)

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
-use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use video_import_shared::config::Settings;
@@ -70,18 +69,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         metrics,
         shutdown: service.shutdown.clone(),
     });
-    let fetch_handler: consume::Handler = {
-        let importer = importer.clone();
-        Arc::new(move |message| -> BoxFuture<'static, Disposition> {
-            let importer = importer.clone();
-            Box::pin(async move { importer.handle(&message.data).await })
-        })
-    };
-    let dead_handler: consume::Handler =
-        Arc::new(move |message| -> BoxFuture<'static, Disposition> {
-            let importer = importer.clone();
-            Box::pin(async move { importer.handle_dead(message).await })
-        });
+    let fetch_handler = consume::handler(importer.clone(), |importer, message| async move {
+        importer.handle(&message.data).await
+    });
+    let dead_handler = consume::handler(importer, |importer, message| async move {
+        importer.handle_dead(message).await
+    });
     tokio::join!(
         consume::run(
             service.consumer(

@@ -190,6 +190,47 @@ async fn retry_after_from_the_receiver_is_honoured() {
 }
 
 #[tokio::test]
+async fn a_dead_lettered_webhook_fails_with_the_reason() {
+    // After its first attempt fails, the delivery waits a minute for the next.
+    let stack = Stack::start(Options {
+        env: vec![(
+            "VIDEO_IMPORT__WEBHOOK__RETRY_SCHEDULE_SECS".into(),
+            "60".into(),
+        )],
+        ..Options::default()
+    })
+    .await;
+    let videos = VideoServer::start().await;
+    let receiver = Receiver::start(&[503]).await;
+    let project = stack.project("deadhook").await;
+    let job = stack
+        .import(&project.token, &one_video(&videos, &receiver.url))
+        .await;
+    receiver.wait_for(1, 30).await;
+    let mut status = stack.wait_webhook(&project.token, &job, "pending").await;
+    for _ in 0..100 {
+        if status["webhook"]["attempts"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = stack.status(&project.token, &job).await;
+    }
+    assert_eq!(status["webhook"]["state"], "pending", "{status}");
+    assert_eq!(status["webhook"]["attempts"], 1, "{status}");
+    // The broker sets the retry aside, as after too many deliveries: the notifier settles it.
+    stack
+        .dead_letter("webhook", &json!({"job_id": job, "attempt": 2}))
+        .await;
+    let status = stack.wait_webhook(&project.token, &job, "failed").await;
+    let error = status["webhook"]["lastError"].as_str().unwrap();
+    assert!(
+        error.starts_with("set aside (dead-lettered) after 20 deliveries"),
+        "{error}"
+    );
+    stack.finish().await;
+}
+
+#[tokio::test]
 async fn a_hanging_receiver_does_not_hold_up_deliveries_to_others() {
     let stack = Stack::start(Options {
         env: vec![

@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use lapin::options::BasicPublishOptions;
-use lapin::BasicProperties;
 use serde_json::{json, Value};
 use video_import_tests::receiver::Receiver;
 use video_import_tests::videos::{fixture, sha256, VideoServer};
@@ -205,28 +203,9 @@ async fn a_dead_lettered_video_fails_with_the_reason_and_the_job_finishes() {
     ]);
     body["webhook"] = json!(receiver.url);
     let job = stack.import(&project.token, &body).await;
-    let connection = lapin::Connection::connect(
-        "amqp://guest:guest@127.0.0.1:5672/%2f",
-        lapin::ConnectionProperties::default(),
-    )
-    .await
-    .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let dead = format!("{}.dead", stack.prefix);
-    channel
-        .basic_publish(
-            dead.as_str().into(),
-            "fetch".into(),
-            BasicPublishOptions::default(),
-            json!({"job_id": job, "idx": 0, "attempt": 0})
-                .to_string()
-                .as_bytes(),
-            BasicProperties::default(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    stack
+        .dead_letter("fetch", &json!({"job_id": job, "idx": 0, "attempt": 0}))
+        .await;
     let status = stack.wait_finished(&project.token, &job, 30).await;
     assert_eq!(status["state"], "failed");
     let reason = status["videos"][0]["reason"].as_str().unwrap();
@@ -237,7 +216,6 @@ async fn a_dead_lettered_video_fails_with_the_reason_and_the_job_finishes() {
     assert_eq!(status["videos"][1]["state"], "imported");
     let hooks = receiver.wait_for(1, 30).await;
     assert_eq!(hooks[0].json()["failures"][0]["externalId"], "v0");
-    let _ = connection.close(200, "bye".into()).await;
     stack.finish().await;
 }
 
