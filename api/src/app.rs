@@ -21,6 +21,8 @@ use video_import_shared::{db, shutdown};
 use crate::metadata::Schemas;
 use crate::quota::RateLimit;
 use crate::state::{ApiMetrics, AppState};
+use crate::validate::Targets;
+use video_import_shared::netguard::AddressPolicy;
 
 async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
@@ -86,6 +88,16 @@ pub async fn run(
     }
     let relay = Relay::new(pool.clone(), publisher.clone(), &registry);
     let relay_task = tokio::spawn(relay.clone().run(shutdown.clone()));
+    let targets = Arc::new(Targets {
+        videos: AddressPolicy::new(
+            settings.fetch.allow_private_networks,
+            &settings.fetch.allowed_networks,
+        ),
+        webhook: AddressPolicy::new(
+            settings.webhook.allow_private_networks,
+            &settings.webhook.allowed_networks,
+        ),
+    });
     let state = AppState {
         pool: pool.clone(),
         relay,
@@ -96,6 +108,7 @@ pub async fn run(
         settings: Arc::new(settings),
         metrics: ApiMetrics::new(&registry)?,
         schemas: Arc::new(Schemas::default()),
+        targets,
     };
     let ops = Ops {
         pool,

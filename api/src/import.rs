@@ -67,7 +67,7 @@ pub async fn create(
         ),
         None => None,
     };
-    let batch = validate::batch(&body, state.settings.api.max_batch_size)?;
+    let batch = validate::batch(&body, state.settings.api.max_batch_size, &state.targets)?;
 
     let mut client = state.pool.get().await?;
     let limits = projects::limits(&client, caller.project_id).await?;

@@ -12,6 +12,7 @@ use video_import_shared::outbox::Relay;
 
 use crate::metadata::Schemas;
 use crate::quota::RateLimit;
+use crate::validate::Targets;
 
 /// Shared by every request; each handler gets a clone, and every field is a cheap handle.
 #[derive(Clone)]
@@ -28,6 +29,8 @@ pub struct AppState {
     pub schemas: Arc<Schemas>,
     /// Per-token request rate, when configured (a concurrent map inside).
     pub rate_limit: Option<RateLimit>,
+    /// Addresses the worker and notifier may reach, checked at the door (read-only).
+    pub targets: Arc<Targets>,
 }
 
 /// The API's own metrics.

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
+use video_import_shared::netguard::AddressPolicy;
 
 use crate::error::ApiError;
 use crate::model::ImportRequest;
@@ -28,8 +29,16 @@ pub struct Batch {
 /// One video of a valid batch.
 pub use video_import_shared::store::jobs::NewVideo as Video;
 
+/// Which addresses the worker may download from and the notifier may deliver to: a URL
+/// whose host is a refused IP literal is turned away at the door.
+#[derive(Debug, Clone, Default)]
+pub struct Targets {
+    pub videos: AddressPolicy,
+    pub webhook: AddressPolicy,
+}
+
 /// Parses `body` and checks it against the limits; collects every problem it can.
-pub fn batch(body: &[u8], max_videos: usize) -> Result<Batch, ApiError> {
+pub fn batch(body: &[u8], max_videos: usize, targets: &Targets) -> Result<Batch, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let raw: ImportRequest = serde_path_to_error::deserialize(&mut de).map_err(parse_error)?;
     de.end()
@@ -45,7 +54,7 @@ pub fn batch(body: &[u8], max_videos: usize) -> Result<Batch, ApiError> {
         bad("systemName".into(), "must be at most 200 characters");
     }
     if let Some(webhook) = &raw.webhook {
-        if let Err(why) = check_url(webhook) {
+        if let Err(why) = check_url(webhook, &targets.webhook, "webhook.allowed_networks") {
             bad("webhook".into(), &why);
         }
     }
@@ -79,7 +88,7 @@ pub fn batch(body: &[u8], max_videos: usize) -> Result<Batch, ApiError> {
     }
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, video) in raw.videos.iter().enumerate() {
-        if let Err(why) = check_url(&video.url) {
+        if let Err(why) = check_url(&video.url, &targets.videos, "fetch.allowed_networks") {
             bad(format!("videos[{i}].url"), &why);
         }
         let id = video.id.as_str();
@@ -121,8 +130,9 @@ pub fn batch(body: &[u8], max_videos: usize) -> Result<Batch, ApiError> {
     })
 }
 
-/// Only absolute http(s) URLs with a host; `data:` URLs are named explicitly.
-fn check_url(url: &str) -> Result<(), String> {
+/// Only absolute http(s) URLs with a host that is not a refused IP literal (`allow_key`
+/// names the setting that admits one); `data:` URLs are named explicitly.
+fn check_url(url: &str, policy: &AddressPolicy, allow_key: &str) -> Result<(), String> {
     if url.len() > MAX_URL {
         return Err("must be at most 8192 characters".into());
     }
@@ -138,6 +148,12 @@ fn check_url(url: &str) -> Result<(), String> {
     }
     if parsed.host_str().is_none_or(str::is_empty) {
         return Err("must name a host".into());
+    }
+    if let Some(ip) = policy.refused_literal(&parsed) {
+        return Err(format!(
+            "points to {ip}, a private, loopback, link-local or reserved address; use a public \
+             address, or ask the operator to admit the network with {allow_key}"
+        ));
     }
     Ok(())
 }
@@ -178,7 +194,7 @@ mod tests {
     use super::*;
 
     fn fields(body: &str) -> Vec<(String, String)> {
-        match batch(body.as_bytes(), 3) {
+        match batch(body.as_bytes(), 3, &Targets::default()) {
             Err(ApiError::Invalid(f)) => f,
             other => panic!("expected a validation error, got {other:?}"),
         }
@@ -240,11 +256,32 @@ mod tests {
         let body = format!(
             r#"{{"systemName":"s","context":{{ "b": 1.50, "a" : "\u00e9" }},"videos":[{VIDEO}]}}"#
         );
-        let b = batch(body.as_bytes(), 3).unwrap();
+        let b = batch(body.as_bytes(), 3, &Targets::default()).unwrap();
         assert_eq!(
             b.context.as_deref(),
             Some(r#"{ "b": 1.50, "a" : "\u00e9" }"#)
         );
+    }
+
+    #[test]
+    fn private_ip_literals_are_refused_at_the_door() {
+        let body = r#"{"systemName":"s","webhook":"http://[::ffff:127.0.0.1]:9/hook","videos":[
+            {"url":"http://169.254.169.254/latest","id":"a","fileName":"a","metadata":{}},
+            {"url":"http://localhost/v.mp4","id":"b","fileName":"b","metadata":{}}]}"#;
+        let f = fields(body);
+        let names: Vec<&str> = f.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            ["webhook", "videos[0].url"],
+            "names are checked later"
+        );
+        assert!(f[0].1.contains("webhook.allowed_networks"), "{}", f[0].1);
+        assert!(f[1].1.contains("169.254.169.254"), "{}", f[1].1);
+        let trusted = Targets {
+            videos: AddressPolicy::new(false, &["169.254.0.0/16".parse().unwrap()]),
+            webhook: AddressPolicy::new(true, &[]),
+        };
+        assert!(batch(body.as_bytes(), 3, &trusted).is_ok());
     }
 
     #[test]

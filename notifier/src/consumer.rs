@@ -34,6 +34,8 @@ struct Notifier {
     pool: Pool,
     /// SSRF-guarded HTTP client that never follows redirects.
     client: reqwest::Client,
+    /// Which receiver addresses may be reached (IP literals are checked before each POST).
+    policy: AddressPolicy,
     /// Publishes retries into the delay queues.
     publisher: Arc<Publisher>,
     schedule: Schedule,
@@ -78,8 +80,9 @@ impl Metrics {
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let service = Service::start(&settings).await?;
     let webhook = &settings.webhook;
+    let policy = AddressPolicy::new(webhook.allow_private_networks, &webhook.allowed_networks);
     let client = netguard::client(
-        AddressPolicy::new(webhook.allow_private_networks, &webhook.allowed_networks),
+        policy.clone(),
         &ClientOptions {
             connect_timeout: webhook.timeout.min(Duration::from_secs(10)),
             read_timeout: webhook.timeout,
@@ -93,6 +96,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         hosts: HostSlots::new(webhook.per_host_concurrency),
         pool: service.pool.clone(),
         client,
+        policy,
         publisher: service.publisher.clone(),
         schedule: Schedule::new(&webhook.retry_schedule),
         timeout: webhook.timeout,
@@ -168,7 +172,7 @@ impl Notifier {
             },
         };
         let started = Instant::now();
-        let attempt = deliver::post(&self.client, &due, body, self.timeout).await;
+        let attempt = deliver::post(&self.client, &self.policy, &due, body, self.timeout).await;
         let elapsed = started.elapsed();
         self.metrics.seconds.observe(elapsed.as_secs_f64());
 
@@ -199,6 +203,7 @@ impl Notifier {
                 tracing::info!(%error, retry_in = ?next_delay, "webhook attempt failed")
             }
             Attempt::Gone => tracing::info!("webhook receiver answered 410 Gone; not retrying"),
+            Attempt::Refused(reason) => tracing::warn!(%reason, "webhook refused; not retrying"),
         }
         let record = outcome(&message, &attempt, next_delay.is_some(), made, elapsed);
         // The result label is the delivery's state after the attempt, "retry" while pending.
@@ -300,6 +305,7 @@ fn outcome<'a>(
             Some("the receiver answered 410 Gone; not retrying".to_string()),
             WebhookState::Failed,
         ),
+        Attempt::Refused(reason) => (None, Some(reason.clone()), WebhookState::Failed),
         Attempt::Failed { error, status, .. } if will_retry => {
             (*status, Some(error.clone()), WebhookState::Pending)
         }

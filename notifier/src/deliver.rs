@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use video_import_shared::netguard;
+use video_import_shared::netguard::{self, AddressPolicy};
 use video_import_shared::retry::parse_retry_after;
 use video_import_shared::store::webhooks::Due;
 use video_import_shared::store::JobState;
@@ -88,15 +88,27 @@ pub enum Attempt {
     },
     /// 410 Gone: the receiver asked us to stop.
     Gone,
+    /// The URL's address is one the notifier may not reach; retrying cannot help.
+    Refused(String),
 }
 
-/// POSTs `body` to the delivery's URL, signed with each of its secrets.
+/// POSTs `body` to the delivery's URL, signed with each of its secrets, unless `policy`
+/// refuses the URL's address (checked here for IP literals; names are checked by the
+/// client's resolver, every address they resolve to).
 pub async fn post(
     client: &reqwest::Client,
+    policy: &AddressPolicy,
     due: &Due,
     body: Vec<u8>,
     timeout: Duration,
 ) -> Attempt {
+    let url = match reqwest::Url::parse(&due.url) {
+        Ok(url) => url,
+        Err(e) => return Attempt::Refused(format!("the webhook URL is not valid: {e}")),
+    };
+    if let Err(refused) = policy.check_url(&url) {
+        return Attempt::Refused(refused.0);
+    }
     let timestamp = Utc::now().timestamp();
     // One signature per active secret, so receivers can rotate without downtime.
     let signature = due
@@ -106,7 +118,7 @@ pub async fn post(
         .collect::<Vec<_>>()
         .join(" ");
     let response = client
-        .post(&due.url)
+        .post(url)
         .timeout(timeout)
         .header(CONTENT_TYPE, "application/json")
         .header("webhook-id", &due.webhook_id)
@@ -137,13 +149,14 @@ pub async fn post(
             }
         }
         Err(e) => {
-            let error = netguard::refusal_in(&e).unwrap_or_else(|| {
-                if e.is_timeout() {
-                    format!("no answer within {} s", timeout.as_secs())
-                } else {
-                    format!("cannot reach the receiver: {}", netguard::describe(&e))
-                }
-            });
+            if let Some(refused) = netguard::refusal_in(&e) {
+                return Attempt::Refused(refused);
+            }
+            let error = if e.is_timeout() {
+                format!("no answer within {} s", timeout.as_secs())
+            } else {
+                format!("cannot reach the receiver: {}", netguard::describe(&e))
+            };
             Attempt::Failed {
                 error,
                 status: None,

@@ -72,6 +72,16 @@ impl AddressPolicy {
         !REFUSED.iter().any(|n| n.contains(&ip))
     }
 
+    /// The host of `url` when it is an IP literal this policy refuses.
+    pub fn refused_literal(&self, url: &url::Url) -> Option<IpAddr> {
+        let ip = match url.host()? {
+            url::Host::Ipv4(ip) => IpAddr::V4(ip),
+            url::Host::Ipv6(ip) => IpAddr::V6(ip),
+            url::Host::Domain(_) => return None,
+        };
+        (!self.permits(ip)).then_some(ip)
+    }
+
     /// Checks the scheme, and the host when it is an IP literal (no DNS involved then).
     pub fn check_url(&self, url: &url::Url) -> Result<(), Refused> {
         if !matches!(url.scheme(), "http" | "https") {
@@ -93,27 +103,32 @@ impl AddressPolicy {
     }
 }
 
-/// IPv4-mapped and IPv4-compatible IPv6 addresses are judged as the IPv4 address inside.
+/// IPv6 addresses that carry an IPv4 address are judged as the IPv4 address inside:
+/// IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`), NAT64 (`64:ff9b::/96`) and
+/// 6to4 (`2002:aabb:ccdd::/48`).
 fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                // NAT64 (64:ff9b::/96) embeds an IPv4 address in its last 32 bits.
-                if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                    IpAddr::V4(std::net::Ipv4Addr::new(
-                        (s[6] >> 8) as u8,
-                        s[6] as u8,
-                        (s[7] >> 8) as u8,
-                        s[7] as u8,
-                    ))
-                } else {
-                    ip
-                }
-            }
-        },
-        v4 => v4,
+    let IpAddr::V6(v6) = ip else {
+        return ip;
+    };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return IpAddr::V4(v4);
+    }
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| {
+        IpAddr::V4(std::net::Ipv4Addr::new(
+            (hi >> 8) as u8,
+            hi as u8,
+            (lo >> 8) as u8,
+            lo as u8,
+        ))
+    };
+    match s {
+        // `::` and `::1` are IPv6's own unspecified and loopback addresses.
+        [0, 0, 0, 0, 0, 0, 0, 0 | 1] => ip,
+        [0, 0, 0, 0, 0, 0, hi, lo] => v4(hi, lo),
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => v4(hi, lo),
+        [0x2002, hi, lo, ..] => v4(hi, lo),
+        _ => ip,
     }
 }
 
@@ -244,6 +259,10 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "64:ff9b::a00:1",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
         ] {
             assert!(refused(ip), "{ip} should be refused");
         }
@@ -256,6 +275,8 @@ mod tests {
             "8.8.8.8",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
+            "2002:808:808::1",
+            "64:ff9b::808:808",
         ] {
             assert!(!refused(ip), "{ip} should be permitted");
         }
@@ -270,6 +291,20 @@ mod tests {
 
     #[test]
     fn ip_literal_urls_are_checked_without_dns() {
+        for url in [
+            "http://[::ffff:127.0.0.1]:8080/hook",
+            "http://[::ffff:7f00:1]/",
+            "http://[2002:7f00:1::]/",
+            "http://0x7f.1/",
+            "http://2130706433/",
+        ] {
+            assert!(
+                AddressPolicy::new(false, &[])
+                    .check_url(&url.parse().unwrap())
+                    .is_err(),
+                "{url} should be refused"
+            );
+        }
         let policy = AddressPolicy::new(false, &[]);
         let err = policy
             .check_url(&"http://169.254.169.254/latest".parse().unwrap())

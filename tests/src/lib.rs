@@ -19,6 +19,10 @@ use video_import_shared::queue::Topology;
 /// Administrative connection (creates and drops the per-test databases).
 const ADMIN_DB: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+/// Where the test's video servers and webhook receivers listen (see `allowed_networks`).
+pub const TEST_SERVERS: &str = "127.0.0.1/32";
+/// An `allowed_networks` value that admits none of the test servers.
+pub const NO_TEST_SERVERS: &str = "10.255.255.255/32";
 /// Delay queues a test may create: every bucket of delays up to 100 s (tests configure
 /// short retry delays; see `queue::delay_bucket`).
 fn test_delays() -> Vec<u64> {
@@ -142,13 +146,15 @@ impl Stack {
                 "VIDEO_IMPORT__STORAGE__ROOT".into(),
                 dir.join("videos").display().to_string(),
             ),
+            // Private networks stay refused, as in production; the test servers' address
+            // is admitted as a trusted host.
             (
-                "VIDEO_IMPORT__FETCH__ALLOW_PRIVATE_NETWORKS".into(),
-                "true".into(),
+                "VIDEO_IMPORT__FETCH__ALLOWED_NETWORKS".into(),
+                TEST_SERVERS.into(),
             ),
             (
-                "VIDEO_IMPORT__WEBHOOK__ALLOW_PRIVATE_NETWORKS".into(),
-                "true".into(),
+                "VIDEO_IMPORT__WEBHOOK__ALLOWED_NETWORKS".into(),
+                TEST_SERVERS.into(),
             ),
             (
                 "VIDEO_IMPORT__FETCH__RETRY_DELAYS_SECS".into(),

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 use video_import_tests::receiver::Receiver;
 use video_import_tests::videos::{fixture, sha256, VideoServer};
-use video_import_tests::{Options, Stack};
+use video_import_tests::{Options, Stack, NO_TEST_SERVERS};
 
 /// The seed's example request, with the video URL pointed at the local server.
 fn seed_body(video_url: &str, webhook: &str) -> String {
@@ -308,20 +308,36 @@ async fn transient_source_errors_are_retried_until_the_video_arrives() {
 async fn private_addresses_are_refused_unless_configured() {
     let stack = Stack::start(Options {
         env: vec![(
-            "VIDEO_IMPORT__FETCH__ALLOW_PRIVATE_NETWORKS".into(),
-            "false".into(),
+            "VIDEO_IMPORT__FETCH__ALLOWED_NETWORKS".into(),
+            NO_TEST_SERVERS.into(),
         )],
         ..Options::default()
     })
     .await;
     let videos = VideoServer::start().await;
     let project = stack.project("ssrf").await;
+    // Literal private addresses are turned away at the door, naming the field.
+    let literal = json!({"systemName": "archive", "videos": [
+        {"url": videos.url("/videos/sample.mp4"), "id": "a", "fileName": "a", "metadata": {}},
+        {"url": "http://169.254.169.254/latest/meta-data", "id": "b", "fileName": "b", "metadata": {}},
+        {"url": videos.url("/videos/sample.mp4").replace("127.0.0.1", "[::ffff:127.0.0.1]"), "id": "c", "fileName": "c", "metadata": {}}
+    ]});
+    let (code, body) = stack
+        .import_raw(Some(&project.token), &literal.to_string())
+        .await;
+    assert_eq!(code, 400, "{body}");
+    for field in ["videos[0].url", "videos[1].url", "videos[2].url"] {
+        let message = body["error_details"][field].as_str().unwrap_or_default();
+        assert!(
+            message.contains("fetch.allowed_networks"),
+            "{field}: {body}"
+        );
+    }
+    // A name is resolved by the worker, which refuses every address it resolves to.
     let job = stack
         .import(
             &project.token,
             &json!({"systemName": "archive", "videos": [
-                {"url": videos.url("/videos/sample.mp4"), "id": "a", "fileName": "a", "metadata": {}},
-                {"url": "http://169.254.169.254/latest/meta-data", "id": "b", "fileName": "b", "metadata": {}},
                 {"url": videos.url("/videos/sample.mp4").replace("127.0.0.1", "localhost"), "id": "c", "fileName": "c", "metadata": {}}
             ]}),
         )
@@ -337,6 +353,11 @@ async fn private_addresses_are_refused_unless_configured() {
         videos.hits("/videos/sample.mp4"),
         0,
         "no request reached the server"
+    );
+    assert_eq!(
+        stack.sql("SELECT 1 FROM jobs").await.len(),
+        1,
+        "only the second batch is stored"
     );
     stack.finish().await;
 }

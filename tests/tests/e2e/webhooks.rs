@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use video_import_tests::receiver::Receiver;
 use video_import_tests::videos::VideoServer;
-use video_import_tests::{free_port, Options, Stack};
+use video_import_tests::{free_port, Options, Stack, NO_TEST_SERVERS};
 
 fn one_video(videos: &VideoServer, webhook: &str) -> Value {
     json!({"systemName": "archive", "webhook": webhook, "context": {"batch": 7}, "videos": [
@@ -185,6 +185,77 @@ async fn retry_after_from_the_receiver_is_honoured() {
     assert!(
         gap >= 3.0,
         "second attempt came {gap:.2} s after the first; Retry-After asked for 3 s"
+    );
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn webhooks_to_private_addresses_are_refused_without_retries() {
+    let mut stack = Stack::start(Options {
+        env: vec![(
+            "VIDEO_IMPORT__WEBHOOK__ALLOWED_NETWORKS".into(),
+            NO_TEST_SERVERS.into(),
+        )],
+        ..Options::default()
+    })
+    .await;
+    let videos = VideoServer::start().await;
+    let receiver = Receiver::start(&[]).await;
+    let project = stack.project("ssrfhook").await;
+    // IP literals, however spelled, are refused at the door.
+    let mapped = receiver.url.replace("127.0.0.1", "[::ffff:127.0.0.1]");
+    let sixtofour = receiver.url.replace("127.0.0.1", "[2002:7f00:1::]");
+    for webhook in [receiver.url.as_str(), &mapped, &sixtofour] {
+        let (code, body) = stack
+            .import_raw(
+                Some(&project.token),
+                &one_video(&videos, webhook).to_string(),
+            )
+            .await;
+        assert_eq!(code, 400, "{webhook}: {body}");
+        let message = body["error_details"]["webhook"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(message.contains("webhook.allowed_networks"), "{body}");
+    }
+    // A name that resolves to a refused address fails at once, without retries.
+    let by_name = receiver.url.replace("127.0.0.1", "localhost");
+    let job = stack
+        .import(&project.token, &one_video(&videos, &by_name))
+        .await;
+    let status = stack.wait_webhook(&project.token, &job, "failed").await;
+    assert_eq!(status["webhook"]["attempts"], 1, "{status}");
+    let error = status["webhook"]["lastError"].as_str().unwrap();
+    assert!(
+        error.starts_with("refused to connect to localhost"),
+        "{error}"
+    );
+    // The notifier checks literals itself too: an API configured more loosely lets one in.
+    let loose = stack
+        .spawn_api(
+            "api-loose",
+            &[("VIDEO_IMPORT__WEBHOOK__ALLOW_PRIVATE_NETWORKS", "true")],
+        )
+        .await;
+    let accepted: Value = stack
+        .http
+        .post(format!("{loose}/api/v1/import/videos"))
+        .bearer_auth(&project.token)
+        .json(&one_video(&videos, &mapped))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job = accepted["id"].as_str().unwrap();
+    let status = stack.wait_webhook(&project.token, job, "failed").await;
+    assert_eq!(status["webhook"]["attempts"], 1, "{status}");
+    let error = status["webhook"]["lastError"].as_str().unwrap();
+    assert!(error.starts_with("refused to"), "{error}");
+    assert!(
+        receiver.received().is_empty(),
+        "nothing reached the receiver"
     );
     stack.finish().await;
 }
