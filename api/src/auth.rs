@@ -43,6 +43,12 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if parts.headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
+            return Err(ApiError::invalid(
+                "Authorization",
+                "was sent more than once; send one 'Authorization: Bearer <token>' header",
+            ));
+        }
         let header = parts
             .headers
             .get(AUTHORIZATION)

@@ -58,6 +58,9 @@ pub enum ApiError {
     /// The body is larger than `api.max_body_bytes`.
     #[error("payload too large")]
     TooLarge(usize),
+    /// The body was declared as something other than JSON (the Content-Type sent).
+    #[error("unsupported media type {0}")]
+    UnsupportedMediaType(String),
     /// A dependency (database) failed; logged, and the caller is told to retry.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -187,6 +190,13 @@ impl IntoResponse for ApiError {
                 standard(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     json!({ "message": format!("The request body is larger than {limit} bytes; split the batch.") }),
+                ),
+            ),
+            ApiError::UnsupportedMediaType(sent) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                standard(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    json!({ "message": format!("The body was sent as {sent:?}; send JSON with 'Content-Type: application/json'.") }),
                 ),
             ),
             ApiError::Internal(error) => {

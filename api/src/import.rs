@@ -4,8 +4,10 @@
 
 use anyhow::Context;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use sha2::{Digest, Sha256};
 use video_import_shared::ids;
@@ -35,6 +37,7 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
         (status = 401, description = "No or bad token", body = ErrorBody),
         (status = 403, description = "Token lacks public-api:write", body = ErrorBody),
         (status = 413, description = "Body larger than api.max_body_bytes", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 422, description = "Idempotency-Key reused with another body", body = ErrorBody),
         (status = 429, description = "Daily limit (an array, as Livingdocs) or rate limit; see Retry-After", body = Vec<ErrorBody>),
         (status = 503, description = "Database unavailable; nothing stored", body = ErrorBody),
@@ -44,10 +47,20 @@ pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Accepted>, ApiError> {
     caller.require(WRITE)?;
+    check_content_type(&headers)?;
     let limit = state.settings.api.max_body_bytes;
+    // axum stops reading at the body limit; anything it could not read is reported in the
+    // API's own shape.
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(limit)
+        } else {
+            ApiError::invalid("body", rejection.body_text())
+        }
+    })?;
     if body.len() > limit {
         return Err(ApiError::TooLarge(limit));
     }
@@ -109,4 +122,24 @@ pub async fn create(
     state.metrics.videos_accepted.inc_by(total as u64);
     tracing::info!(job = %job_id, videos = total, "import job accepted");
     Ok(Json(Accepted { id: job_id }))
+}
+
+/// A body declared as anything but JSON (`application/json` or `…+json`) is refused with
+/// 415; a body without a Content-Type is read as JSON.
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let text = String::from_utf8_lossy(value.as_bytes()).to_string();
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json" || essence.ends_with("+json") {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(text))
+    }
 }

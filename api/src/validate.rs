@@ -45,6 +45,33 @@ pub fn batch(body: &[u8], max_videos: usize, targets: &Targets) -> Result<Batch,
         .map_err(|e| ApiError::invalid("body", format!("is not valid JSON: {e}")))?;
 
     let mut errors = Vec::new();
+
+    // PostgreSQL cannot store NUL in text or JSONB: name each such field before anything else.
+    let mut nul_free = |field: &dyn Fn() -> String, value: &str| {
+        let ok = !value.contains('\0');
+        if !ok {
+            errors.push((field(), NUL_MESSAGE.to_string()));
+        }
+        ok
+    };
+    let mut clean = nul_free(&|| "systemName".into(), &raw.system_name);
+    if let Some(webhook) = &raw.webhook {
+        clean &= nul_free(&|| "webhook".into(), webhook);
+    }
+    for (i, video) in raw.videos.iter().enumerate() {
+        clean &= nul_free(&|| format!("videos[{i}].url"), &video.url);
+        clean &= nul_free(&|| format!("videos[{i}].id"), &video.id);
+        clean &= nul_free(&|| format!("videos[{i}].fileName"), &video.file_name);
+        for (key, value) in &video.metadata {
+            let path = format!("videos[{i}].metadata.{key}");
+            clean &= nul_free(&|| path.clone(), key);
+            clean &= nul_free_json(&path, value, &mut nul_free);
+        }
+    }
+    if !clean {
+        errors.truncate(100);
+        return Err(ApiError::Invalid(errors));
+    }
     let mut bad = |field: String, message: &str| errors.push((field, message.to_string()));
 
     let system_name = raw.system_name.trim().to_string();
@@ -102,7 +129,9 @@ pub fn batch(body: &[u8], max_videos: usize, targets: &Targets) -> Result<Batch,
                 &format!("duplicates videos[{first}].id {id:?}; ids must be unique within a batch"),
             );
         }
-        if video.file_name.len() > MAX_FILE_NAME {
+        if video.file_name.trim().is_empty() {
+            bad(format!("videos[{i}].fileName"), "must not be empty");
+        } else if video.file_name.len() > MAX_FILE_NAME {
             bad(
                 format!("videos[{i}].fileName"),
                 "must be at most 1024 characters",
@@ -128,6 +157,30 @@ pub fn batch(body: &[u8], max_videos: usize, targets: &Targets) -> Result<Batch,
             })
             .collect(),
     })
+}
+
+/// What a field containing NUL is told.
+const NUL_MESSAGE: &str =
+    "contains a NUL character (\\u0000), which cannot be stored; remove it and send the batch again";
+
+/// Checks every key and string inside a metadata value; `false` when one holds NUL.
+fn nul_free_json(
+    path: &str,
+    value: &Value,
+    check: &mut impl FnMut(&dyn Fn() -> String, &str) -> bool,
+) -> bool {
+    match value {
+        Value::String(text) => check(&|| path.to_string(), text),
+        Value::Array(items) => items.iter().enumerate().fold(true, |ok, (n, item)| {
+            nul_free_json(&format!("{path}[{n}]"), item, check) && ok
+        }),
+        Value::Object(map) => map.iter().fold(true, |ok, (key, item)| {
+            let inner = format!("{path}.{key}");
+            let key_ok = check(&|| inner.clone(), key);
+            nul_free_json(&inner, item, check) && key_ok && ok
+        }),
+        _ => true,
+    }
 }
 
 /// Only absolute http(s) URLs with a host that is not a refused IP literal (`allow_key`
@@ -282,6 +335,42 @@ mod tests {
             webhook: AddressPolicy::new(true, &[]),
         };
         assert!(batch(body.as_bytes(), 3, &trusted).is_ok());
+    }
+
+    #[test]
+    fn nul_characters_are_refused_naming_the_field() {
+        let body = r#"{"systemName":"s\u0000","videos":[
+            {"url":"https://a.example/v\u0000.mp4","id":"a\u0000","fileName":"b\u0000","metadata":
+              {"ti\u0000tle":"x","tags":["ok","n\u0000"],"deep":{"k":"\u0000"}}}]}"#;
+        let f = fields(body);
+        let names: Vec<&str> = f.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "systemName",
+                "videos[0].url",
+                "videos[0].id",
+                "videos[0].fileName",
+                "videos[0].metadata.deep.k",
+                "videos[0].metadata.tags[1]",
+                "videos[0].metadata.ti\0tle",
+            ]
+        );
+        assert!(f[0].1.contains("NUL"), "{}", f[0].1);
+    }
+
+    #[test]
+    fn an_empty_file_name_is_refused() {
+        let f = fields(
+            r#"{"systemName":"s","videos":[{"url":"https://a.example/v.mp4","id":"a","fileName":" ","metadata":{}}]}"#,
+        );
+        assert_eq!(
+            f,
+            [(
+                "videos[0].fileName".to_string(),
+                "must not be empty".to_string()
+            )]
+        );
     }
 
     #[test]

@@ -551,3 +551,101 @@ async fn the_openapi_document_describes_every_route() {
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     stack.finish().await;
 }
+
+/// Sends `body` to the import route with `headers`; the status and the body as JSON
+/// (`Value::Null` when it is not JSON).
+async fn raw_post(stack: &Stack, headers: &[(&str, &str)], body: Vec<u8>) -> (u16, Value) {
+    let mut request = stack
+        .http
+        .post(format!("{}/api/v1/import/videos", stack.api_url));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.body(body).send().await.unwrap();
+    let status = response.status().as_u16();
+    let json = response.json().await.unwrap_or(Value::Null);
+    (status, json)
+}
+
+#[tokio::test]
+async fn careless_and_hostile_requests_get_clear_errors_in_the_api_shape() {
+    let stack = Stack::start(api_only(&[("VIDEO_IMPORT__API__MAX_BODY_BYTES", "2000")])).await;
+    let project = stack.project("careless").await;
+    let bearer = format!("Bearer {}", project.token);
+    let json_headers = [
+        ("authorization", bearer.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let field = |body: &Value, name: &str| {
+        body["error_details"][name]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+
+    // NUL cannot be stored: a 400 naming the field, not a 503 to retry forever.
+    let mut nul = batch(1, "nul");
+    nul["videos"][0]["id"] = json!("a\u{0}b");
+    nul["videos"][0]["metadata"] = json!({"title": "t\u{0}"});
+    let (code, body) = raw_post(&stack, &json_headers, nul.to_string().into_bytes()).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(field(&body, "videos[0].id").contains("NUL"), "{body}");
+    assert!(
+        field(&body, "videos[0].metadata.title").contains("NUL"),
+        "{body}"
+    );
+
+    // Bodies over the limit, by one byte or by a lot, get a 413 in the JSON shape.
+    for size in [2001, 2002, 100_000] {
+        let (code, body) = raw_post(&stack, &json_headers, vec![b' '; size]).await;
+        assert_eq!(code, 413, "{size} bytes: {body}");
+        assert!(body["request_id"].is_string(), "{size} bytes: {body}");
+    }
+
+    // A body declared as something else than JSON.
+    let text = [
+        ("authorization", bearer.as_str()),
+        ("content-type", "text/plain"),
+    ];
+    let (code, body) = raw_post(&stack, &text, batch(1, "t").to_string().into_bytes()).await;
+    assert_eq!(code, 415, "{body}");
+    assert!(body["error_details"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("application/json"));
+
+    // Two Authorization headers: which one counts is not guessed.
+    let other = stack.project("other").await;
+    let response = stack
+        .http
+        .post(format!("{}/api/v1/import/videos", stack.api_url))
+        .header("authorization", &bearer)
+        .header("authorization", format!("Bearer {}", other.token))
+        .json(&batch(1, "two"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        field(&body, "Authorization").contains("more than once"),
+        "{body}"
+    );
+
+    // An empty fileName, like an empty id.
+    let mut empty = batch(1, "empty");
+    empty["videos"][0]["fileName"] = json!("");
+    let (code, body) = raw_post(&stack, &json_headers, empty.to_string().into_bytes()).await;
+    assert_eq!(code, 400, "{body}");
+    assert_eq!(field(&body, "videos[0].fileName"), "must not be empty");
+
+    assert!(
+        stack.sql("SELECT 1 FROM jobs").await.is_empty(),
+        "nothing was stored"
+    );
+    assert!(
+        !stack.log("api").contains("ERROR"),
+        "no request above wrote an ERROR line"
+    );
+    stack.finish().await;
+}
