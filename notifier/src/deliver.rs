@@ -155,7 +155,10 @@ pub async fn post(
             let error = if e.is_timeout() {
                 format!("no answer within {} s", timeout.as_secs())
             } else {
-                format!("cannot reach the receiver: {}", netguard::describe(&e))
+                format!(
+                    "cannot reach the receiver: {}",
+                    netguard::describe(&e.without_url())
+                )
             };
             Attempt::Failed {
                 error,

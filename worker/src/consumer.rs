@@ -162,7 +162,7 @@ impl Importer {
                     .outcomes
                     .with_label_values(&[state.as_str()])
                     .inc();
-                tracing::info!(external_id = %item.external_id, %state, "video done");
+                tracing::info!(external_id = ?item.external_id, %state, "video done");
                 if let Some(old) = replaced_key {
                     // Only now that the new entry is committed may the old asset go.
                     self.storage.remove(&old).await;

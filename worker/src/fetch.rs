@@ -148,7 +148,9 @@ impl Fetcher {
             .retry(self.retries.quick_backoff())
             .when(RetryPolicy::retry_quickly)
             .adjust(RetryPolicy::quick_delay)
-            .notify(|e, delay| tracing::debug!(url, error = %e, ?delay, "retrying download"))
+            .notify(|e, delay| {
+                tracing::debug!(url = %netguard::redact_url(url), error = %e, ?delay, "retrying download")
+            })
             .await
     }
 
@@ -266,7 +268,7 @@ impl Fetcher {
             let from = sink.received;
             let broken = format!(
                 "the connection broke after {from} bytes: {}",
-                netguard::describe(&broke)
+                netguard::describe(&broke.without_url())
             );
             let Some(validators) = resumable.filter(|_| from > 0) else {
                 return Err(FetchError::transient(broken));
@@ -287,11 +289,11 @@ impl Fetcher {
                         )))
                     }
                     Err(Resume::Failed(e)) => {
-                        tracing::debug!(%url, error = %e, "resume request failed");
+                        tracing::debug!(url = %netguard::redact_url(url.as_str()), error = %e, "resume request failed");
                     }
                 }
             };
-            tracing::info!(%url, from, "connection broke; resumed with a Range request");
+            tracing::info!(url = %netguard::redact_url(url.as_str()), from, "connection broke; resumed with a Range request");
         }
     }
 
@@ -316,7 +318,7 @@ impl Fetcher {
         let response = request
             .send()
             .await
-            .map_err(|e| Resume::Failed(netguard::describe(&e)))?;
+            .map_err(|e| Resume::Failed(netguard::describe(&e.without_url())))?;
         let continues = response.status() == StatusCode::PARTIAL_CONTENT
             && response
                 .headers()
@@ -450,6 +452,8 @@ fn status_error(status: StatusCode, headers: &HeaderMap) -> FetchError {
 }
 
 fn request_error(error: reqwest::Error) -> FetchError {
+    // The URL may hold credentials or a presigned signature: never part of a reason.
+    let error = error.without_url();
     if let Some(refusal) = netguard::refusal_in(&error) {
         return FetchError::Permanent(refusal);
     }

@@ -291,3 +291,69 @@ async fn sigterm_lets_in_flight_downloads_finish_and_hands_back_the_rest() {
     assert_eq!(status["overview"]["imported"], 10);
     stack.finish().await;
 }
+
+#[tokio::test]
+async fn secrets_never_reach_the_logs_or_read_only_callers() {
+    let stack = Stack::start(env(&[("VIDEO_IMPORT__LOG__FILTER", "debug")])).await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("secrets").await;
+    let with_password = videos
+        .url("/videos/sample.mp4?sig=SIGNATURE1")
+        .replace("http://", "http://archivist:s3cr3tpw@");
+    let body = json!({"systemName": "archive", "videos": [
+        {"url": with_password, "id": "a\r\nFORGED log line", "fileName": "a", "metadata": {}},
+        {"url": videos.url("/videos/missing.mp4?sig=SIGNATURE2"), "id": "b", "fileName": "b", "metadata": {}},
+        {"url": "http://127.0.0.1:1/v.mp4?sig=SIGNATURE3", "id": "c", "fileName": "c", "metadata": {}}
+    ]});
+    let job = stack.import(&project.token, &body).await;
+    let status = stack.wait_finished(&project.token, &job, 60).await;
+    assert_eq!(status["videos"][0]["state"], "imported", "{status}");
+    for i in [1, 2] {
+        assert_eq!(status["videos"][i]["state"], "failed", "{status}");
+    }
+    let shown = status.to_string();
+    assert!(
+        !shown.contains("SIGNATURE2") && !shown.contains("SIGNATURE3"),
+        "{shown}"
+    );
+    assert!(!shown.contains("s3cr3tpw"), "{shown}");
+
+    // A read-only caller sees where the file came from, not how to log in there.
+    let reader = stack.token(&project.handle, &["public-api:read"]).await;
+    let media_id = status["videos"][0]["video"]["mediaId"].as_str().unwrap();
+    let (code, entry) = stack
+        .get(Some(&reader), &format!("/api/v1/mediaLibrary/{media_id}"))
+        .await;
+    assert_eq!(code, 200);
+    let original = entry["asset"]["originalUrl"].as_str().unwrap();
+    assert!(
+        !original.contains("s3cr3tpw") && !original.contains("archivist"),
+        "{original}"
+    );
+
+    let token_hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        project.token.as_bytes(),
+    ));
+    let mut logs = String::new();
+    for file in std::fs::read_dir(&stack.dir).unwrap() {
+        let path = file.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            logs.push_str(&std::fs::read_to_string(&path).unwrap());
+        }
+    }
+    assert!(logs.contains("DEBUG"), "the processes logged at debug");
+    for secret in [
+        "s3cr3tpw",
+        "SIGNATURE1",
+        "SIGNATURE2",
+        "SIGNATURE3",
+        &token_hash,
+    ] {
+        assert!(!logs.contains(secret), "{secret} is in the logs");
+    }
+    assert!(
+        !logs.lines().any(|line| line.starts_with("FORGED")),
+        "a CR LF in an id forged a log line"
+    );
+    stack.finish().await;
+}
