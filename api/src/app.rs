@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -16,7 +15,7 @@ use video_import_shared::config::Settings;
 use video_import_shared::ops::{self, Ops};
 use video_import_shared::outbox::Relay;
 use video_import_shared::queue::{Publisher, Topology};
-use video_import_shared::{db, shutdown};
+use video_import_shared::{db, process, shutdown};
 
 use crate::metadata::Schemas;
 use crate::quota::RateLimit;
@@ -64,9 +63,7 @@ pub fn router(state: AppState, ops: Ops) -> Router {
 
 /// Connects to everything, starts the outbox relay and serves until SIGTERM.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(&settings.api.listen)
-        .await
-        .with_context(|| format!("cannot listen on api.listen {:?}", settings.api.listen))?;
+    let listener = process::bind("api.listen", settings.api.listen).await?;
     run(settings, listener, shutdown::on_signal()).await
 }
 

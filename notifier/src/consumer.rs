@@ -91,7 +91,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             user_agent: concat!("video-import-notifier/", env!("CARGO_PKG_VERSION")).into(),
         },
     )?;
-    let ops_task = service.spawn_ops(settings.metrics.listen);
+    let ops_task = service.serve_ops(settings.metrics.listen).await?;
     let notifier = Arc::new(Notifier {
         hosts: HostSlots::new(webhook.per_host_concurrency),
         pool: service.pool.clone(),

@@ -64,15 +64,12 @@ async fn metrics(State(ops): State<Ops>) -> impl IntoResponse {
         .into_response()
 }
 
-/// Serves the operational endpoints on `listen` until `shutdown` (worker and notifier).
+/// Serves the operational endpoints on `listener` until `shutdown` (worker and notifier).
 pub async fn serve(
-    listen: std::net::SocketAddr,
+    listener: tokio::net::TcpListener,
     ops: Ops,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on metrics.listen {listen:?}: {e}"))?;
     tracing::info!(address = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
     axum::serve(listener, router(ops))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

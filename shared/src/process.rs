@@ -2,6 +2,7 @@
 //! and turn the outcome into an exit code.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -32,8 +33,24 @@ where
     run(name, cli.config.as_deref(), work).await
 }
 
+/// A start-up failure that a setting causes, such as a listen address in use: reported like
+/// a bad value, with exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SettingError(pub String);
+
+/// Binds `addr` for the setting `key`; a failure (in use, not ours) is a [`SettingError`].
+pub async fn bind(key: &str, addr: SocketAddr) -> Result<tokio::net::TcpListener, SettingError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        SettingError(format!(
+            "cannot listen on {key} {addr}: {e}; choose a free address or stop what uses it"
+        ))
+    })
+}
+
 /// Loads settings (exit code 2 with the key at fault when they are bad), sets up logging and
-/// TLS, runs `work` and reports its error, if any, on stderr (exit code 1).
+/// TLS, runs `work` and reports its error, if any, on stderr (exit code 2 for a
+/// [`SettingError`], 1 otherwise).
 pub async fn run<F, Fut>(name: &str, config: Option<&Path>, work: F) -> ExitCode
 where
     F: FnOnce(Settings) -> Fut,
@@ -50,6 +67,10 @@ where
     crate::telemetry::init_tls();
     match work(settings).await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<SettingError>().is_some() => {
+            eprintln!("{name}: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("{name}: {e:#}");
             ExitCode::FAILURE

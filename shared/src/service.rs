@@ -47,17 +47,22 @@ impl Service {
         })
     }
 
-    /// Serves `/healthz`, `/readyz` and `/metrics` on `listen` until shutdown.
-    pub fn spawn_ops(&self, listen: SocketAddr) -> JoinHandle<anyhow::Result<()>> {
-        tokio::spawn(ops::serve(
-            listen,
+    /// Binds `metrics.listen` (a taken address stops the start with exit code 2) and serves
+    /// `/healthz`, `/readyz` and `/metrics` there until shutdown.
+    pub async fn serve_ops(
+        &self,
+        listen: SocketAddr,
+    ) -> anyhow::Result<JoinHandle<anyhow::Result<()>>> {
+        let listener = crate::process::bind("metrics.listen", listen).await?;
+        Ok(tokio::spawn(ops::serve(
+            listener,
             Ops {
                 pool: self.pool.clone(),
                 publisher: self.publisher.clone(),
                 registry: self.registry.clone(),
             },
             self.shutdown.clone(),
-        ))
+        )))
     }
 
     /// How to consume `queue` with `prefetch` deliveries at once and `grace` to finish them.

@@ -333,13 +333,25 @@ impl Stack {
 
     /// Runs `video-import-api ARGS` with extra environment variables.
     pub async fn api_cli_with(&self, args: &[&str], extra: &[(&str, &str)]) -> CliOutput {
-        let out = Command::new(bin("video-import-api"))
+        self.run_binary("video-import-api", args, extra).await
+    }
+
+    /// Runs `binary ARGS` to its end with the stack's configuration and extra variables.
+    pub async fn run_binary(
+        &self,
+        binary: &str,
+        args: &[&str],
+        extra: &[(&str, &str)],
+    ) -> CliOutput {
+        let out = Command::new(bin(binary))
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(extra.iter().copied())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
             .output()
             .await
-            .expect("run video-import-api");
+            .expect("run a binary");
         CliOutput {
             status: out.status,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

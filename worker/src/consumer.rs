@@ -56,7 +56,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         &service.registry,
     );
     let relay_task = tokio::spawn(relay.clone().run(service.shutdown.clone()));
-    let ops_task = service.spawn_ops(settings.metrics.listen);
+    let ops_task = service.serve_ops(settings.metrics.listen).await?;
     let importer = Arc::new(Importer {
         recorder: Recorder::start(service.pool.clone(), service.shutdown.clone()),
         jobs: JobCache::default(),

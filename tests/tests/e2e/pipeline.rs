@@ -692,6 +692,37 @@ async fn migrate_is_idempotent_when_run_concurrently() {
 }
 
 #[tokio::test]
+async fn a_listen_address_in_use_stops_every_binary_at_start() {
+    let stack = Stack::start(Options {
+        workers: 0,
+        notifier: false,
+        env: vec![],
+    })
+    .await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    for (binary, args, key) in [
+        ("video-import-api", &["serve"][..], "api.listen"),
+        ("video-import-worker", &[][..], "metrics.listen"),
+        ("video-import-notifier", &[][..], "metrics.listen"),
+    ] {
+        let variable = format!("VIDEO_IMPORT__{}", key.to_uppercase().replace('.', "__"));
+        let extra = [(variable.as_str(), address.as_str())];
+        let run = stack.run_binary(binary, args, &extra);
+        let out = tokio::time::timeout(std::time::Duration::from_secs(20), run)
+            .await
+            .unwrap_or_else(|_| panic!("{binary} kept running on a taken {key}"));
+        assert_eq!(out.status.code(), Some(2), "{binary}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(key) && out.stderr.contains(&address),
+            "{binary}: {}",
+            out.stderr
+        );
+    }
+    stack.finish().await;
+}
+
+#[tokio::test]
 async fn bad_configuration_fails_at_start_naming_the_key() {
     let stack = Stack::start(Options {
         workers: 0,
