@@ -139,6 +139,25 @@ fn refusal(host: &str, ip: IpAddr) -> String {
     )
 }
 
+/// A name that does not exist in DNS (NXDOMAIN), as opposed to a resolver that failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("host not found: {0} does not exist in DNS")]
+pub struct HostNotFound(pub String);
+
+/// Whether a lookup failed because the name does not exist (glibc's EAI_NONAME and
+/// EAI_NODATA, musl's and BSD's wording), rather than because the resolver failed.
+fn is_not_found(error: &std::io::Error) -> bool {
+    let text = error.to_string();
+    [
+        "Name or service not known",
+        "No address associated with hostname",
+        "Name does not resolve",
+        "nodename nor servname provided",
+    ]
+    .iter()
+    .any(|m| text.contains(m))
+}
+
 /// Resolves with the system resolver, then keeps only permitted addresses.
 struct GuardedResolver {
     policy: Arc<AddressPolicy>,
@@ -149,10 +168,12 @@ impl Resolve for GuardedResolver {
         let policy = self.policy.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await
-                .map_err(|e| format!("cannot resolve {host}: {e}"))?
-                .collect();
+            let looked_up = tokio::net::lookup_host((host.as_str(), 0)).await;
+            let addrs: Vec<SocketAddr> = match looked_up {
+                Ok(addrs) => addrs.collect(),
+                Err(e) if is_not_found(&e) => return Err(Box::new(HostNotFound(host.clone())) as _),
+                Err(e) => return Err(format!("cannot resolve {host}: {e}").into()),
+            };
             let permitted: Vec<SocketAddr> = addrs
                 .iter()
                 .copied()
@@ -247,6 +268,18 @@ pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
         source = e.source();
     }
     parts.join(": ")
+}
+
+/// The name that does not exist inside a request error, if the error is one.
+pub fn host_not_found_in(error: &(dyn std::error::Error + 'static)) -> Option<HostNotFound> {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(nx) = e.downcast_ref::<HostNotFound>() {
+            return Some(nx.clone());
+        }
+        source = e.source();
+    }
+    None
 }
 
 /// The refusal inside a request error, if the error is one.

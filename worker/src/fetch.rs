@@ -40,6 +40,10 @@ pub enum FetchError {
     /// Our own storage failed; not the source's fault.
     #[error("cannot store the video: {0}")]
     Storage(String),
+    /// The URL's host does not exist in DNS: worth a quick retry (DNS can be briefly
+    /// inconsistent), not the delay schedule.
+    #[error("{0}")]
+    HostNotFound(String),
 }
 
 impl FetchError {
@@ -456,6 +460,9 @@ fn request_error(error: reqwest::Error) -> FetchError {
     let error = error.without_url();
     if let Some(refusal) = netguard::refusal_in(&error) {
         return FetchError::Permanent(refusal);
+    }
+    if let Some(missing) = netguard::host_not_found_in(&error) {
+        return FetchError::HostNotFound(missing.to_string());
     }
     if error.is_redirect() {
         return FetchError::Permanent(format!(

@@ -59,7 +59,8 @@ impl RetryPolicy {
             FetchError::Transient { retry_after, .. } => {
                 retry_after.is_none_or(|d| d <= QUICK_MAX_DELAY)
             }
-            _ => false,
+            FetchError::HostNotFound(_) => true,
+            FetchError::Permanent(_) | FetchError::Storage(_) => false,
         }
     }
 
@@ -79,7 +80,9 @@ impl RetryPolicy {
     /// longest configured delay.
     pub fn after_failure(&self, error: &FetchError, attempt: u32) -> Next {
         let retry_after = match error {
-            FetchError::Permanent(reason) => return Next::GiveUp(reason.clone()),
+            FetchError::Permanent(reason) | FetchError::HostNotFound(reason) => {
+                return Next::GiveUp(reason.clone())
+            }
             FetchError::Transient { retry_after, .. } => *retry_after,
             FetchError::Storage(_) => None,
         };
@@ -198,6 +201,25 @@ mod tests {
         );
         assert_eq!(RetryPolicy::quick_delay(&transient(None), backoff), backoff);
         assert_eq!(RetryPolicy::quick_delay(&transient(Some(2)), None), None);
+    }
+
+    #[test]
+    fn a_host_that_does_not_exist_gets_quick_retries_only() {
+        let missing = FetchError::HostNotFound("host not found: a.invalid does not exist".into());
+        assert!(RetryPolicy::retry_quickly(&missing));
+        assert_eq!(
+            policy().after_failure(&missing, 0),
+            Next::GiveUp("host not found: a.invalid does not exist".into())
+        );
+        // A resolver that failed is another matter: the schedule applies.
+        let failed = FetchError::Transient {
+            reason: "cannot reach the server: cannot resolve a.example: timed out".into(),
+            retry_after: None,
+        };
+        assert_eq!(
+            policy().after_failure(&failed, 0),
+            Next::RetryIn(Duration::from_secs(30))
+        );
     }
 
     #[test]

@@ -357,3 +357,23 @@ async fn secrets_never_reach_the_logs_or_read_only_callers() {
     );
     stack.finish().await;
 }
+
+#[tokio::test]
+async fn a_host_that_does_not_exist_fails_after_the_quick_retries() {
+    // Retries through the queue would wait a minute: the video must fail without them.
+    let stack = Stack::start(env(&[("VIDEO_IMPORT__FETCH__RETRY_DELAYS_SECS", "60,60")])).await;
+    let project = stack.project("nxdomain").await;
+    let job = stack
+        .import(
+            &project.token,
+            &batch(&["http://no-such-host.invalid/video.mp4".to_string()]),
+        )
+        .await;
+    let status = stack.wait_finished(&project.token, &job, 30).await;
+    let reason = status["videos"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("host not found: no-such-host.invalid"),
+        "{reason}"
+    );
+    stack.finish().await;
+}
