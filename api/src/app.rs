@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -19,6 +19,7 @@ use video_import_shared::{db, process, shutdown};
 
 use crate::metadata::Schemas;
 use crate::quota::RateLimit;
+use crate::server;
 use crate::state::{ApiMetrics, AppState};
 use crate::validate::Targets;
 use video_import_shared::netguard::AddressPolicy;
@@ -39,7 +40,6 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
 
 /// All routes.
 pub fn router(state: AppState, ops: Ops) -> Router {
-    let body_limit = state.settings.api.max_body_bytes;
     let api = Router::new()
         .route(
             "/api/v1/import/videos",
@@ -53,8 +53,6 @@ pub fn router(state: AppState, ops: Ops) -> Router {
         )
         .route("/api/v1/mediaLibrary", get(crate::media::find))
         .route("/api/v1/mediaLibrary/{id}", get(crate::media::show))
-        // Our own limit check answers 413 in the Livingdocs shape; axum's would be plain text.
-        .layer(DefaultBodyLimit::max(body_limit + 1))
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state);
     api.merge(ops::router(ops))
@@ -95,6 +93,10 @@ pub async fn run(
             &settings.webhook.allowed_networks,
         ),
     });
+    let limits = server::Limits {
+        header_timeout: settings.api.header_timeout,
+        max_connections: settings.api.max_connections,
+    };
     let state = AppState {
         pool: pool.clone(),
         relay,
@@ -113,10 +115,7 @@ pub async fn run(
         registry,
     };
     tracing::info!(address = %listener.local_addr()?, "video-import-api listening");
-    let stop = shutdown.clone();
-    axum::serve(listener, router(state, ops))
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
+    server::serve(listener, router(state, ops), limits, shutdown.clone()).await;
     shutdown.cancel();
     let _ = relay_task.await;
     Ok(())

@@ -58,6 +58,9 @@ pub enum ApiError {
     /// The body is larger than `api.max_body_bytes`.
     #[error("payload too large")]
     TooLarge(usize),
+    /// The body did not arrive within `api.body_timeout_secs`.
+    #[error("request body timed out")]
+    BodyTimeout(std::time::Duration),
     /// The body was declared as something other than JSON (the Content-Type sent).
     #[error("unsupported media type {0}")]
     UnsupportedMediaType(String),
@@ -190,6 +193,13 @@ impl IntoResponse for ApiError {
                 standard(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     json!({ "message": format!("The request body is larger than {limit} bytes; split the batch.") }),
+                ),
+            ),
+            ApiError::BodyTimeout(limit) => (
+                StatusCode::REQUEST_TIMEOUT,
+                standard(
+                    StatusCode::REQUEST_TIMEOUT,
+                    json!({ "message": format!("The request body did not arrive within {} s; send it again.", limit.as_secs()) }),
                 ),
             ),
             ApiError::UnsupportedMediaType(sent) => (

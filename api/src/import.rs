@@ -3,13 +3,14 @@
 //! items and one outbox message per video, see `store::jobs::insert`).
 
 use anyhow::Context;
+use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::Json;
 use sha2::{Digest, Sha256};
+use video_import_shared::config::ApiSettings;
 use video_import_shared::ids;
 use video_import_shared::store::{jobs, projects};
 
@@ -37,6 +38,7 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
         (status = 401, description = "No or bad token", body = ErrorBody),
         (status = 403, description = "Token lacks public-api:write", body = ErrorBody),
         (status = 413, description = "Body larger than api.max_body_bytes", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within api.body_timeout_secs", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 422, description = "Idempotency-Key reused with another body", body = ErrorBody),
         (status = 429, description = "Daily limit (an array, as Livingdocs) or rate limit; see Retry-After", body = Vec<ErrorBody>),
@@ -47,23 +49,11 @@ pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<Accepted>, ApiError> {
     caller.require(WRITE)?;
     check_content_type(&headers)?;
-    let limit = state.settings.api.max_body_bytes;
-    // axum stops reading at the body limit; anything it could not read is reported in the
-    // API's own shape.
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(limit)
-        } else {
-            ApiError::invalid("body", rejection.body_text())
-        }
-    })?;
-    if body.len() > limit {
-        return Err(ApiError::TooLarge(limit));
-    }
+    let body = read_body(body, &state.settings.api).await?;
     let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
         Some(value) => Some(
             value
@@ -141,5 +131,27 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::UnsupportedMediaType(text))
+    }
+}
+
+/// Reads the whole body, at most `api.max_body_bytes` (413 beyond) within
+/// `api.body_timeout_secs` (408 after), so a client that stops sending cannot hold a request.
+async fn read_body(body: Body, settings: &ApiSettings) -> Result<Bytes, ApiError> {
+    let limit = settings.max_body_bytes;
+    match tokio::time::timeout(settings.body_timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(ApiError::BodyTimeout(settings.body_timeout)),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(error)) => {
+            let too_large = std::error::Error::source(&error)
+                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                Err(ApiError::TooLarge(limit))
+            } else {
+                Err(ApiError::invalid(
+                    "body",
+                    format!("could not be read: {error}"),
+                ))
+            }
+        }
     }
 }

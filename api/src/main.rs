@@ -13,6 +13,7 @@ mod openapi;
 mod quota;
 mod redeliver;
 mod request_id;
+mod server;
 mod state;
 mod status;
 mod validate;

@@ -55,6 +55,15 @@ pub struct ApiSettings {
     pub rate_limit_per_second: u32,
     /// Requests one token may send at once above that rate.
     pub rate_limit_burst: u32,
+    /// Longest a connection may take to send a request's headers, or stay idle between
+    /// requests, before it is closed.
+    #[serde(rename = "header_timeout_secs", with = "secs")]
+    pub header_timeout: Duration,
+    /// Longest a request's body may take to arrive (answered 408 after).
+    #[serde(rename = "body_timeout_secs", with = "secs")]
+    pub body_timeout: Duration,
+    /// Connections served at once; more wait to be accepted until one closes.
+    pub max_connections: usize,
 }
 
 /// Where the worker and notifier serve `/metrics`, `/healthz` and `/readyz`.
@@ -228,6 +237,9 @@ impl Default for Settings {
                 max_body_bytes: 16 * 1024 * 1024,
                 rate_limit_per_second: 0,
                 rate_limit_burst: 20,
+                header_timeout: Duration::from_secs(10),
+                body_timeout: Duration::from_secs(60),
+                max_connections: 1024,
             },
             metrics: MetricsSettings {
                 listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
@@ -315,6 +327,15 @@ impl Settings {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
         if self.api.max_batch_size == 0 {
             return bad("api.max_batch_size", "must be at least 1");
+        }
+        if self.api.max_connections == 0 {
+            return bad("api.max_connections", "must be at least 1");
+        }
+        if self.api.header_timeout.is_zero() || self.api.body_timeout.is_zero() {
+            return bad(
+                "api.header_timeout_secs",
+                "api.header_timeout_secs and api.body_timeout_secs must be at least 1",
+            );
         }
         if self.fetch.concurrency == 0 {
             return bad("fetch.concurrency", "must be at least 1");

@@ -649,3 +649,71 @@ async fn careless_and_hostile_requests_get_clear_errors_in_the_api_shape() {
     );
     stack.finish().await;
 }
+
+#[tokio::test]
+async fn slow_and_idle_connections_cannot_starve_the_api() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let stack = Stack::start(api_only(&[
+        ("VIDEO_IMPORT__API__HEADER_TIMEOUT_SECS", "2"),
+        ("VIDEO_IMPORT__API__BODY_TIMEOUT_SECS", "2"),
+        ("VIDEO_IMPORT__API__MAX_CONNECTIONS", "100"),
+    ]))
+    .await;
+    let project = stack.project("slowloris").await;
+    let job = stack.import(&project.token, &batch(1, "s")).await;
+    let address = stack.api_url.trim_start_matches("http://").to_string();
+    // 300 connections: a third send nothing, a third half a header, a third a body that
+    // stops after 10 of the 1,000 bytes it announced.
+    let stalled_body = format!(
+        "POST /api/v1/import/videos HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"system\"",
+        project.token
+    );
+    let mut slow = Vec::new();
+    for i in 0..300 {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        match i % 3 {
+            0 => {}
+            1 => stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: api\r\nX-Slow: ")
+                .await
+                .unwrap(),
+            _ => stream.write_all(stalled_body.as_bytes()).await.unwrap(),
+        }
+        slow.push(stream);
+    }
+    // Others are still served.
+    for _ in 0..3 {
+        let healthz = tokio::time::timeout(Duration::from_secs(20), stack.get(None, "/healthz"))
+            .await
+            .expect("/healthz answers while slow clients hold connections");
+        assert_eq!(healthz.0, 200);
+        let status = tokio::time::timeout(
+            Duration::from_secs(20),
+            stack.get(
+                Some(&project.token),
+                &format!("/api/v1/import/videos/status?id={job}"),
+            ),
+        )
+        .await
+        .expect("the status answers while slow clients hold connections");
+        assert_eq!(status.0, 200);
+    }
+    // The API closes every slow connection; the stalled body is told so.
+    for (i, stream) in slow.iter_mut().enumerate() {
+        let mut answer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "connection {i} was never closed");
+        if i % 3 == 2 {
+            let text = String::from_utf8_lossy(&answer);
+            assert!(text.starts_with("HTTP/1.1 408"), "connection {i}: {text}");
+            assert!(
+                text.contains("did not arrive within 2 s"),
+                "connection {i}: {text}"
+            );
+        }
+    }
+    stack.finish().await;
+}
