@@ -7,9 +7,11 @@ use base64::Engine;
 use clap::{Parser, Subcommand};
 use rand::RngCore;
 use serde_json::json;
+use std::time::Duration;
 use video_import_shared::config::Settings;
-use video_import_shared::db;
+use video_import_shared::storage::Storage;
 use video_import_shared::store::{self, projects, tokens};
+use video_import_shared::{db, sweep};
 
 use crate::auth::{hash_token, SCOPES};
 
@@ -38,6 +40,24 @@ pub enum Command {
     /// Manage API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Look after stored videos.
+    #[command(subcommand)]
+    Storage(StorageCommand),
+}
+
+/// Storage maintenance.
+#[derive(Debug, Subcommand)]
+pub enum StorageCommand {
+    /// Remove stored objects that no media-library entry references (left by a worker that
+    /// stopped between upload and commit), once older than the grace period.
+    Sweep {
+        /// Override storage.sweep_grace_secs: only objects at least this old are removed.
+        #[arg(long)]
+        grace_secs: Option<u64>,
+        /// Count what would be removed without removing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Project administration.
@@ -189,6 +209,19 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 "{}",
                 json!({"handle": handle, "dailyLimit": daily_limit, "metadataSchema": has_schema})
             );
+            Ok(())
+        }
+        Command::Storage(StorageCommand::Sweep {
+            grace_secs,
+            dry_run,
+        }) => {
+            let grace = grace_secs.map_or(settings.storage.sweep_grace, Duration::from_secs);
+            let pool = db::connect(&settings.database).await?;
+            let storage = Storage::open(&settings.storage).await?;
+            let Some(report) = sweep::sweep(&storage, &pool, grace, dry_run).await? else {
+                bail!("another sweep is running (a worker with storage.sweep_interval_secs, or another command); try again later");
+            };
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Command::Token(TokenCommand::List { project }) => {

@@ -82,6 +82,13 @@ pub struct StorageSettings {
     /// Object storage URL such as `s3://bucket/prefix` (credentials from `AWS_*` variables).
     #[serde(default)]
     pub url: String,
+    /// Stored objects that no entry references are removed once they are this old.
+    #[serde(rename = "sweep_grace_secs", with = "secs")]
+    pub sweep_grace: Duration,
+    /// How often a worker sweeps unreferenced objects (0: never; `video-import-api storage
+    /// sweep` does it on demand).
+    #[serde(rename = "sweep_interval_secs", with = "secs")]
+    pub sweep_interval: Duration,
 }
 
 /// How the worker downloads videos.
@@ -247,6 +254,9 @@ impl Default for Settings {
             storage: StorageSettings {
                 root: "./data/videos".into(),
                 url: String::new(),
+                // Longer than any download may take (fetch.total_timeout_secs) and its commit.
+                sweep_grace: Duration::from_secs(86_400),
+                sweep_interval: Duration::ZERO,
             },
             fetch: FetchSettings {
                 allow_private_networks: false,

@@ -14,5 +14,7 @@ pub mod queue;
 pub mod retry;
 pub mod service;
 pub mod shutdown;
+pub mod storage;
 pub mod store;
+pub mod sweep;
 pub mod telemetry;

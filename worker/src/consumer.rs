@@ -18,13 +18,14 @@ use video_import_shared::store::entries;
 use video_import_shared::store::items::Item;
 use video_import_shared::store::outcomes::{self, Outcome, Recorded};
 use video_import_shared::store::ItemState;
+use video_import_shared::sweep;
 
 use crate::fetch::{FetchError, Fetched, Fetcher};
 use crate::group_commit::Recorder;
 use crate::load::{self, JobCache};
 use crate::metrics::WorkerMetrics;
 use crate::retry_policy::{self, Next, RetryPolicy};
-use crate::store::Storage;
+use video_import_shared::storage::Storage;
 
 /// Everything a delivery handler needs; shared by all handlers through an `Arc`.
 struct Importer {
@@ -57,6 +58,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     let relay_task = tokio::spawn(relay.clone().run(service.shutdown.clone()));
     let ops_task = service.serve_ops(settings.metrics.listen).await?;
+    if !settings.storage.sweep_interval.is_zero() {
+        tokio::spawn(sweep::every(
+            storage.clone(),
+            service.pool.clone(),
+            settings.storage.sweep_grace,
+            settings.storage.sweep_interval,
+            service.shutdown.clone(),
+        ));
+    }
     let importer = Arc::new(Importer {
         recorder: Recorder::start(service.pool.clone(), service.shutdown.clone()),
         jobs: JobCache::default(),

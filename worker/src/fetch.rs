@@ -20,7 +20,7 @@ use video_import_shared::store::entries::{NewAsset, Validators};
 use crate::probe::{self, TechMeta};
 use crate::retry_policy::{self, RetryPolicy};
 use crate::sniff::{self, VideoKind};
-use crate::store::{Storage, StoredAsset, Upload};
+use video_import_shared::storage::{Storage, StoredAsset, Upload};
 
 /// Times one download may pick up again where a broken connection left it.
 const MAX_RESUMES: u32 = 3;

@@ -5,7 +5,6 @@
 //! - `load`: the video a message names, with a cache of job facts;
 //! - `fetch`: the SSRF-checked, size- and time-bounded, resumable download;
 //! - `sniff`, `probe`: what kind of video it is, and its duration and size;
-//! - `store`: asset storage (a folder or S3);
 //! - `group_commit`: outcomes recorded a group per transaction (`store::outcomes`);
 //! - `retry_policy`: every retry decision;
 //! - `metrics`: the worker's Prometheus metrics.
@@ -18,7 +17,6 @@ mod metrics;
 mod probe;
 mod retry_policy;
 mod sniff;
-mod store;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

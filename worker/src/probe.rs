@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::store::Storage;
+use video_import_shared::storage::Storage;
 
 /// Largest `moov` box read into memory.
 const MAX_MOOV: u64 = 64 * 1024 * 1024;

@@ -200,6 +200,52 @@ pub async fn is_referenced(client: &impl GenericClient, key: &str) -> anyhow::Re
         .is_some())
 }
 
+/// Those of `keys` that no entry references.
+pub async fn unreferenced(
+    client: &impl GenericClient,
+    keys: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let rows = client
+        .query(
+            "SELECT k FROM unnest($1::text[]) AS k
+             WHERE NOT EXISTS (SELECT 1 FROM media_entries WHERE asset_key = k)",
+            &[&keys],
+        )
+        .await
+        .context("checking which stored objects entries reference")?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Runs `work` unless another process holds the sweeper's lock; `None` then. The lock is
+/// PostgreSQL's, held by one connection for the duration, so it ends with a crashed process.
+pub async fn while_sweep_locked<T, F>(
+    pool: &deadpool_postgres::Pool,
+    work: F,
+) -> anyhow::Result<Option<T>>
+where
+    F: std::future::Future<Output = anyhow::Result<T>>,
+{
+    const SWEEP_LOCK: i64 = 0x7377_6565_70;
+    let client = pool
+        .get()
+        .await
+        .context("connecting for the sweeper's lock")?;
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&SWEEP_LOCK])
+        .await
+        .context("taking the sweeper's lock")?
+        .get(0);
+    if !locked {
+        return Ok(None);
+    }
+    let result = work.await;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&SWEEP_LOCK])
+        .await
+        .context("releasing the sweeper's lock")?;
+    result.map(Some)
+}
+
 /// An entry as the API shows it.
 #[derive(Debug, Clone)]
 pub struct EntryRecord {

@@ -377,3 +377,125 @@ async fn a_host_that_does_not_exist_fails_after_the_quick_retries() {
     );
     stack.finish().await;
 }
+
+/// Every file below `dir`, as paths relative to it.
+fn files_below(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn objects_left_by_a_worker_killed_before_its_commit_are_swept() {
+    let mut stack = Stack::start(Options::default()).await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("sweep").await;
+    let storage = stack.dir.join("videos");
+    let job = stack
+        .import(&project.token, &batch(&[videos.url("/videos/sample.mp4")]))
+        .await;
+    // Hold the job's row: the worker uploads the video, then waits to count it on the job.
+    let (locker, connection) = tokio_postgres::connect(&stack.db_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; SELECT 1 FROM jobs FOR UPDATE")
+        .await
+        .unwrap();
+    let mut waiting = false;
+    for _ in 0..300 {
+        let rows = stack
+            .sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
+            .await;
+        if rows[0].get::<_, i64>(0) > 0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(waiting, "the worker reached its commit");
+    assert_eq!(files_below(&storage).len(), 1, "the upload is complete");
+    stack.kill("worker1").await;
+    locker.batch_execute("ROLLBACK").await.unwrap();
+
+    // Another worker imports the video again; the first upload is now referenced by nothing.
+    stack.spawn_worker().await;
+    let status = stack.wait_finished(&project.token, &job, 60).await;
+    assert_eq!(status["videos"][0]["state"], "imported", "{status}");
+    assert_eq!(
+        files_below(&storage).len(),
+        2,
+        "{:?}",
+        files_below(&storage)
+    );
+    let media_id = status["videos"][0]["video"]["mediaId"].as_str().unwrap();
+    let (_, entry) = stack
+        .get(
+            Some(&project.token),
+            &format!("/api/v1/mediaLibrary/{media_id}"),
+        )
+        .await;
+    let key = entry["asset"]["key"].as_str().unwrap().to_string();
+
+    // A dry run counts; a young orphan is kept; with no grace the orphan goes.
+    let dry = stack
+        .api_cli(&["storage", "sweep", "--grace-secs", "0", "--dry-run"])
+        .await;
+    assert!(dry.status.success(), "{}", dry.stderr);
+    let report: Value = serde_json::from_str(&dry.stdout).unwrap();
+    assert_eq!(report["unreferenced"], 1, "{report}");
+    assert_eq!(files_below(&storage).len(), 2);
+    let young = stack.api_cli(&["storage", "sweep"]).await;
+    let report: Value = serde_json::from_str(&young.stdout).unwrap();
+    assert_eq!(report["checked"], 0, "nothing is a day old: {report}");
+    let swept = stack
+        .api_cli(&["storage", "sweep", "--grace-secs", "0"])
+        .await;
+    assert!(swept.status.success(), "{}", swept.stderr);
+    let report: Value = serde_json::from_str(&swept.stdout).unwrap();
+    assert_eq!(report["unreferenced"], 1, "{report}");
+    assert_eq!(files_below(&storage), [key.clone()]);
+
+    // A worker configured to sweep does it by itself, incomplete local uploads included.
+    std::fs::write(storage.join("orphan.mp4"), b"left behind").unwrap();
+    std::fs::write(storage.join(format!("{key}#7")), b"").unwrap();
+    let port = video_import_tests::free_port().to_string();
+    stack
+        .spawn(
+            "sweeper",
+            "video-import-worker",
+            &[],
+            &[
+                (
+                    "VIDEO_IMPORT__METRICS__LISTEN",
+                    &format!("127.0.0.1:{port}"),
+                ),
+                ("VIDEO_IMPORT__STORAGE__SWEEP_INTERVAL_SECS", "1"),
+                ("VIDEO_IMPORT__STORAGE__SWEEP_GRACE_SECS", "0"),
+            ],
+        )
+        .await;
+    for _ in 0..100 {
+        if files_below(&storage).len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(files_below(&storage), [key], "{}", stack.log("sweeper"));
+    stack.finish().await;
+}

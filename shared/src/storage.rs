@@ -2,15 +2,18 @@
 //! storage when `storage.url` is set. Uploads are multipart, so an object becomes visible
 //! only once complete; keys are fresh for every upload, so nothing committed is overwritten.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::config::StorageSettings;
 use anyhow::Context;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use sha2::{Digest, Sha256};
-use video_import_shared::config::StorageSettings;
 
 /// Bytes per uploaded part (S3's minimum); with two parts in flight this bounds an upload's
 /// memory to about three parts.
@@ -21,12 +24,18 @@ const PARTS_IN_FLIGHT: usize = 2;
 #[derive(Clone)]
 pub struct Storage {
     store: Arc<dyn ObjectStore>,
+    /// The folder, for local storage (whose incomplete uploads `list` does not show).
+    root: Option<PathBuf>,
 }
 
 impl Storage {
     /// Opens `storage.url` (e.g. `s3://bucket/prefix`, credentials from the usual `AWS_*`
     /// variables) or, without one, the folder `storage.root`.
     pub async fn open(settings: &StorageSettings) -> anyhow::Result<Self> {
+        let root = settings
+            .url
+            .is_empty()
+            .then(|| PathBuf::from(&settings.root));
         let store: Arc<dyn ObjectStore> = if settings.url.is_empty() {
             tokio::fs::create_dir_all(&settings.root)
                 .await
@@ -48,7 +57,7 @@ impl Storage {
                 settings.url
             );
         };
-        Ok(Self { store })
+        Ok(Self { store, root })
     }
 
     /// Starts a multipart upload to `key`.
@@ -79,6 +88,55 @@ impl Storage {
             Err(e) => tracing::warn!(key, error = %e, "could not remove an asset"),
         }
     }
+
+    /// Every object last modified before `before`.
+    pub fn objects_before(
+        &self,
+        before: DateTime<Utc>,
+    ) -> impl futures::Stream<Item = object_store::Result<String>> + '_ {
+        self.store.list(None).filter_map(move |meta| async move {
+            match meta {
+                Ok(meta) if meta.last_modified < before => Some(Ok(meta.location.to_string())),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            }
+        })
+    }
+
+    /// Removes the parts of local uploads that were never completed (a process killed
+    /// mid-upload leaves them; `list` does not show them) last modified before `before`.
+    /// Object stores keep such parts out of sight themselves: on S3, a lifecycle rule
+    /// (AbortIncompleteMultipartUpload) removes them. Returns how many were removed.
+    pub async fn remove_stale_parts(&self, before: DateTime<Utc>) -> std::io::Result<u64> {
+        let Some(root) = self.root.clone() else {
+            return Ok(0);
+        };
+        tokio::task::spawn_blocking(move || remove_parts_below(&root, before.into()))
+            .await
+            .expect("the clean-up task does not panic")
+    }
+}
+
+/// Walks `dir` and removes incomplete-upload files (`name#N`) modified before `before`.
+fn remove_parts_below(
+    dir: &std::path::Path,
+    before: std::time::SystemTime,
+) -> std::io::Result<u64> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            removed += remove_parts_below(&entry.path(), before)?;
+        } else if kind.is_file()
+            && entry.file_name().to_string_lossy().contains('#')
+            && entry.metadata()?.modified()? < before
+        {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// An upload in progress, hashing and counting as it goes.
