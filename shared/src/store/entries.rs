@@ -225,7 +225,7 @@ pub async fn while_sweep_locked<T, F>(
 where
     F: std::future::Future<Output = anyhow::Result<T>>,
 {
-    const SWEEP_LOCK: i64 = 0x7377_6565_70;
+    const SWEEP_LOCK: i64 = 0x0073_7765_6570;
     let client = pool
         .get()
         .await
