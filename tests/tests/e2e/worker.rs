@@ -469,7 +469,7 @@ async fn objects_left_by_a_worker_killed_before_its_commit_are_swept() {
     assert!(swept.status.success(), "{}", swept.stderr);
     let report: Value = serde_json::from_str(&swept.stdout).unwrap();
     assert_eq!(report["unreferenced"], 1, "{report}");
-    assert_eq!(files_below(&storage), [key.clone()]);
+    assert_eq!(files_below(&storage), std::slice::from_ref(&key));
 
     // A worker configured to sweep does it by itself, incomplete local uploads included.
     std::fs::write(storage.join("orphan.mp4"), b"left behind").unwrap();
