@@ -5,6 +5,7 @@
 //! Build the binaries first: `cargo build --workspace --bins && cargo test --workspace`.
 
 pub mod receiver;
+pub mod services;
 pub mod videos;
 
 use std::path::PathBuf;
@@ -16,9 +17,16 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 use video_import_shared::queue::Topology;
 
-/// Administrative connection (creates and drops the per-test databases).
-const ADMIN_DB: &str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres";
+/// The machine's PostgreSQL port.
+const POSTGRES_PORT: u16 = 5432;
+/// The machine's RabbitMQ.
 const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Administrative connection to the PostgreSQL on `port` (creates and drops the per-test
+/// databases).
+fn admin_db(port: u16) -> String {
+    format!("host=127.0.0.1 port={port} user=postgres dbname=postgres")
+}
 /// Where the test's video servers and webhook receivers listen (see `allowed_networks`).
 pub const TEST_SERVERS: &str = "127.0.0.1/32";
 /// An `allowed_networks` value that admits none of the test servers.
@@ -84,6 +92,8 @@ impl Stack {
 
 /// One running stack: database, queue prefix, storage folder and processes.
 pub struct Stack {
+    admin_url: String,
+    amqp_url: String,
     pub db_name: String,
     pub db_url: String,
     pub prefix: String,
@@ -101,6 +111,10 @@ pub struct Options {
     pub notifier: bool,
     /// Extra `VIDEO_IMPORT__...` variables for every process.
     pub env: Vec<(String, String)>,
+    /// PostgreSQL to use (the machine's unless a test brings its own).
+    pub postgres_port: u16,
+    /// RabbitMQ to use (the machine's unless a test brings its own).
+    pub amqp_url: String,
 }
 
 impl Default for Options {
@@ -109,6 +123,8 @@ impl Default for Options {
             workers: 1,
             notifier: true,
             env: Vec::new(),
+            postgres_port: POSTGRES_PORT,
+            amqp_url: AMQP_URL.into(),
         }
     }
 }
@@ -119,7 +135,8 @@ impl Stack {
         video_import_shared::telemetry::init_tls();
         let suffix = random_suffix();
         let db_name = format!("vit_{suffix}");
-        let (admin, conn) = tokio_postgres::connect(ADMIN_DB, tokio_postgres::NoTls)
+        let admin_url = admin_db(options.postgres_port);
+        let (admin, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
             .await
             .expect("PostgreSQL on 127.0.0.1:5432 (start it with deploy/services.sh)");
         tokio::spawn(conn);
@@ -127,7 +144,10 @@ impl Stack {
             .batch_execute(&format!("CREATE DATABASE {db_name}"))
             .await
             .expect("create test database");
-        let db_url = format!("postgres://postgres@127.0.0.1:5432/{db_name}");
+        let db_url = format!(
+            "postgres://postgres@127.0.0.1:{}/{db_name}",
+            options.postgres_port
+        );
         let prefix = format!("vit-{suffix}");
         let dir = std::env::temp_dir().join(format!("vit-{suffix}"));
         std::fs::create_dir_all(&dir).expect("test folder");
@@ -136,7 +156,7 @@ impl Stack {
         let mut env: Vec<(String, String)> = vec![
             ("VIDEO_IMPORT__DATABASE__URL".into(), db_url.clone()),
             ("VIDEO_IMPORT__DATABASE__POOL_SIZE".into(), "4".into()),
-            ("VIDEO_IMPORT__AMQP__URL".into(), AMQP_URL.into()),
+            ("VIDEO_IMPORT__AMQP__URL".into(), options.amqp_url.clone()),
             ("VIDEO_IMPORT__AMQP__PREFIX".into(), prefix.clone()),
             (
                 "VIDEO_IMPORT__API__LISTEN".into(),
@@ -173,6 +193,8 @@ impl Stack {
             env.push((k, v));
         }
         let mut stack = Stack {
+            admin_url,
+            amqp_url: options.amqp_url.clone(),
             db_name,
             db_url,
             prefix,
@@ -473,7 +495,7 @@ impl Stack {
     /// Publishes `payload` to the dead-letter exchange under `routing_key`, as the broker
     /// does with a message that exceeded its delivery limit.
     pub async fn dead_letter(&self, routing_key: &str, payload: &Value) {
-        let connection = lapin::Connection::connect(AMQP_URL, Default::default())
+        let connection = lapin::Connection::connect(&self.amqp_url, Default::default())
             .await
             .expect("RabbitMQ on 127.0.0.1:5672");
         let channel = connection.create_channel().await.expect("a channel");
@@ -507,7 +529,7 @@ impl Stack {
             let _ = child.kill().await;
         }
         self.processes.clear();
-        if let Ok(conn) = lapin::Connection::connect(AMQP_URL, Default::default()).await {
+        if let Ok(conn) = lapin::Connection::connect(&self.amqp_url, Default::default()).await {
             if let Ok(channel) = conn.create_channel().await {
                 let topology = Topology::new(&self.prefix);
                 let delays = test_delays();
@@ -524,7 +546,9 @@ impl Stack {
             }
             let _ = conn.close(200, "bye".into()).await;
         }
-        if let Ok((admin, conn)) = tokio_postgres::connect(ADMIN_DB, tokio_postgres::NoTls).await {
+        if let Ok((admin, conn)) =
+            tokio_postgres::connect(&self.admin_url, tokio_postgres::NoTls).await
+        {
             tokio::spawn(conn);
             let _ = admin
                 .batch_execute(&format!(

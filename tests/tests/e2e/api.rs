@@ -14,6 +14,7 @@ fn api_only(env: &[(&str, &str)]) -> Options {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        ..Options::default()
     }
 }
 

@@ -3,5 +3,6 @@
 
 mod api;
 mod pipeline;
+mod restarts;
 mod webhooks;
 mod worker;

@@ -368,6 +368,7 @@ async fn invalid_batches_are_rejected_with_the_field_and_nothing_is_stored() {
         workers: 0,
         notifier: false,
         env: vec![("VIDEO_IMPORT__API__MAX_BATCH_SIZE".into(), "3".into())],
+        ..Options::default()
     })
     .await;
     let project = stack.project("validation").await;
@@ -432,6 +433,7 @@ async fn tokens_and_scopes_are_enforced_and_projects_are_isolated() {
         workers: 0,
         notifier: false,
         env: vec![],
+        ..Options::default()
     })
     .await;
     let project = stack.project("owner").await;
@@ -619,6 +621,7 @@ async fn accepted_jobs_wait_in_the_outbox_while_rabbitmq_is_unreachable() {
         workers: 0,
         notifier: false,
         env: vec![],
+        ..Options::default()
     })
     .await;
     let videos = VideoServer::start().await;
@@ -681,6 +684,7 @@ async fn migrate_is_idempotent_when_run_concurrently() {
         workers: 0,
         notifier: false,
         env: vec![],
+        ..Options::default()
     })
     .await;
     let (a, b) = tokio::join!(stack.api_cli(&["migrate"]), stack.api_cli(&["migrate"]));
@@ -697,6 +701,7 @@ async fn a_listen_address_in_use_stops_every_binary_at_start() {
         workers: 0,
         notifier: false,
         env: vec![],
+        ..Options::default()
     })
     .await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -728,6 +733,7 @@ async fn bad_configuration_fails_at_start_naming_the_key() {
         workers: 0,
         notifier: false,
         env: vec![],
+        ..Options::default()
     })
     .await;
     let cases = [

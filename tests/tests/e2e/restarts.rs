@@ -1,18 +1,18 @@
-//! Broker and database restarts in the middle of a batch. A test binary of its own: it
-//! restarts the machine's shared RabbitMQ and PostgreSQL, so it must not run beside the
-//! other tests (cargo runs test binaries one after another).
+//! Broker and database restarts in the middle of a batch, on a RabbitMQ node and a
+//! PostgreSQL cluster of the test's own: the machine's services are never touched.
 
-use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use video_import_tests::receiver::Receiver;
+use video_import_tests::services::{OwnPostgres, OwnRabbitMq};
 use video_import_tests::videos::VideoServer;
 use video_import_tests::{Options, Stack};
 
-fn run(script: &str) {
-    let status = Command::new("bash").arg("-c").arg(script).status().unwrap();
-    assert!(status.success(), "{script}");
+/// Runs a blocking service command off the runtime, so the test's servers keep answering.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work).await.unwrap()
 }
 
 async fn slow_batch(videos: &VideoServer, receiver: &Receiver, tag: &str) -> Value {
@@ -52,8 +52,12 @@ async fn assert_complete(stack: &Stack, token: &str, job: &str, tag: &str) {
 
 #[tokio::test]
 async fn rabbitmq_and_postgresql_restarts_lose_and_duplicate_nothing() {
+    let postgres = Arc::new(blocking(OwnPostgres::start).await);
+    let rabbitmq = Arc::new(blocking(OwnRabbitMq::start).await);
     let stack = Stack::start(Options {
         env: vec![("VIDEO_IMPORT__FETCH__CONCURRENCY".into(), "4".into())],
+        postgres_port: postgres.port,
+        amqp_url: rabbitmq.url(),
         ..Options::default()
     })
     .await;
@@ -65,7 +69,8 @@ async fn rabbitmq_and_postgresql_restarts_lose_and_duplicate_nothing() {
         .import(&project.token, &slow_batch(&videos, &receiver, "mq").await)
         .await;
     wait_some_imported(&stack, &project.token, &job).await;
-    run("rabbitmqctl -q stop_app && sleep 2 && rabbitmqctl -q start_app");
+    let broker = rabbitmq.clone();
+    blocking(move || broker.restart(Duration::from_secs(2))).await;
     assert_complete(&stack, &project.token, &job, "mq").await;
     assert!(
         stack
@@ -79,10 +84,12 @@ async fn rabbitmq_and_postgresql_restarts_lose_and_duplicate_nothing() {
         .import(&project.token, &slow_batch(&videos, &receiver, "pg").await)
         .await;
     wait_some_imported(&stack, &project.token, &job).await;
-    run("pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | sort -n | tail -1) main restart");
+    let database = postgres.clone();
+    blocking(move || database.restart()).await;
     assert_complete(&stack, &project.token, &job, "pg").await;
     receiver.wait_for(2, 60).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(receiver.received().len(), 2, "one webhook per job");
     stack.finish().await;
+    blocking(move || drop((postgres, rabbitmq))).await;
 }

@@ -1,0 +1,159 @@
+//! PostgreSQL clusters and RabbitMQ nodes of a test's own, on free ports, for tests that
+//! stop or restart a service: they never touch the machine's. Each is removed when its value
+//! is dropped.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::free_port;
+
+fn run(program: &str, args: &[&str], envs: &[(&str, String)]) {
+    let status = Command::new(program)
+        .args(args)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .status()
+        .unwrap_or_else(|e| panic!("{program} could not be started: {e}"));
+    assert!(status.success(), "{program} {args:?} failed: {status}");
+}
+
+/// A PostgreSQL cluster of the test's own (Debian's `pg_createcluster`), trusting local
+/// connections like the machine's.
+pub struct OwnPostgres {
+    version: String,
+    name: String,
+    pub port: u16,
+}
+
+impl OwnPostgres {
+    /// Creates and starts the cluster.
+    pub fn start() -> Self {
+        let versions = std::fs::read_dir("/etc/postgresql").expect("PostgreSQL is installed");
+        let version = versions
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .max()
+            .expect("a PostgreSQL version")
+            .to_string();
+        let name = format!("vit{}", crate::unique("").trim_start_matches('-'));
+        let port = free_port();
+        run(
+            "pg_createcluster",
+            &[
+                "--quiet",
+                &version,
+                &name,
+                "--port",
+                &port.to_string(),
+                "--start",
+                "--",
+                "--auth=trust",
+            ],
+            &[],
+        );
+        Self {
+            version,
+            name,
+            port,
+        }
+    }
+
+    /// Restarts the cluster (every connection is dropped).
+    pub fn restart(&self) {
+        run(
+            "pg_ctlcluster",
+            &[
+                "--skip-systemctl-redirect",
+                &self.version,
+                &self.name,
+                "restart",
+            ],
+            &[],
+        );
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = Command::new("pg_dropcluster")
+            .args(["--stop", &self.version, &self.name])
+            .status();
+    }
+}
+
+/// A RabbitMQ node of the test's own, with no plugins, listening on 127.0.0.1.
+pub struct OwnRabbitMq {
+    node: String,
+    dir: PathBuf,
+    pub port: u16,
+}
+
+impl OwnRabbitMq {
+    /// Starts the node and waits until it accepts connections.
+    pub fn start() -> Self {
+        let suffix = crate::unique("");
+        let node = format!("vit{suffix}@localhost");
+        let dir = std::env::temp_dir().join(format!("vit-rabbitmq{suffix}"));
+        let port = free_port();
+        std::fs::create_dir_all(dir.join("mnesia")).expect("node folder");
+        std::fs::create_dir_all(dir.join("log")).expect("node folder");
+        std::fs::write(dir.join("plugins"), "[].\n").expect("plugins file");
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
+        )
+        .expect("config file");
+        // The server drops to the rabbitmq user, which must own its folders.
+        run(
+            "chown",
+            &["-R", "rabbitmq:rabbitmq", &dir.display().to_string()],
+            &[],
+        );
+        let path = |name: &str| dir.join(name).display().to_string();
+        let envs = [
+            ("RABBITMQ_NODENAME", node.clone()),
+            ("RABBITMQ_DIST_PORT", free_port().to_string()),
+            ("RABBITMQ_CONFIG_FILE", path("rabbitmq.conf")),
+            ("RABBITMQ_MNESIA_BASE", path("mnesia")),
+            ("RABBITMQ_LOG_BASE", path("log")),
+            ("RABBITMQ_ENABLED_PLUGINS_FILE", path("plugins")),
+            ("RABBITMQ_PID_FILE", path("pid")),
+        ];
+        let log = std::fs::File::create(dir.join("server.out")).expect("server output");
+        Command::new("setsid")
+            .arg("rabbitmq-server")
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .current_dir(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("server output"))
+            .stderr(log)
+            .spawn()
+            .expect("rabbitmq-server");
+        run(
+            "rabbitmqctl",
+            &["-q", "-n", &node, "wait", &path("pid"), "--timeout", "60"],
+            &[],
+        );
+        Self { node, dir, port }
+    }
+
+    /// The AMQP URL of the node.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Stops the broker for `pause` and starts it again (connections are dropped).
+    pub fn restart(&self, pause: std::time::Duration) {
+        run("rabbitmqctl", &["-q", "-n", &self.node, "stop_app"], &[]);
+        std::thread::sleep(pause);
+        run("rabbitmqctl", &["-q", "-n", &self.node, "start_app"], &[]);
+    }
+}
+
+impl Drop for OwnRabbitMq {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "-n", &self.node, "stop"])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
