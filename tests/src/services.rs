@@ -82,6 +82,7 @@ impl Drop for OwnPostgres {
 
 /// A RabbitMQ node of the test's own, with no plugins, listening on 127.0.0.1.
 pub struct OwnRabbitMq {
+    server: std::process::Child,
     node: String,
     dir: PathBuf,
     pub port: u16,
@@ -119,7 +120,7 @@ impl OwnRabbitMq {
             ("RABBITMQ_PID_FILE", path("pid")),
         ];
         let log = std::fs::File::create(dir.join("server.out")).expect("server output");
-        Command::new("setsid")
+        let server = Command::new("setsid")
             .arg("rabbitmq-server")
             .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .current_dir(&dir)
@@ -133,7 +134,12 @@ impl OwnRabbitMq {
             &["-q", "-n", &node, "wait", &path("pid"), "--timeout", "60"],
             &[],
         );
-        Self { node, dir, port }
+        Self {
+            server,
+            node,
+            dir,
+            port,
+        }
     }
 
     /// The AMQP URL of the node.
@@ -154,6 +160,8 @@ impl Drop for OwnRabbitMq {
         let _ = Command::new("rabbitmqctl")
             .args(["-q", "-n", &self.node, "stop"])
             .status();
+        let _ = self.server.kill();
+        let _ = self.server.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
