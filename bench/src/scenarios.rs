@@ -20,6 +20,7 @@ fn options(workers: usize, notifier: bool, extra: &[(&str, &str)]) -> Options {
         workers,
         notifier,
         env,
+        ..Options::default()
     }
 }
 
