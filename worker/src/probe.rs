@@ -11,6 +11,9 @@ use video_import_shared::storage::Storage;
 const MAX_MOOV: u64 = 64 * 1024 * 1024;
 /// Bytes of a Matroska file searched for `Info` and `Tracks`.
 const MATROSKA_HEAD: u64 = 512 * 1024;
+/// Top-level MP4 boxes looked at before giving up (real files have a handful): a file of
+/// millions of tiny boxes must not cost millions of range reads.
+const MAX_TOP_LEVEL_BOXES: usize = 64;
 
 /// What could be learned about the video; a field is `None` when the container did not say.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -42,7 +45,10 @@ pub async fn inspect(storage: &Storage, key: &str, size: u64, mime_type: &str) -
 
 async fn inspect_mp4(storage: &Storage, key: &str, size: u64) -> Result<TechMeta, String> {
     let mut offset = 0u64;
-    while offset + 8 <= size {
+    for _ in 0..MAX_TOP_LEVEL_BOXES {
+        if offset + 8 > size {
+            return Err("no moov box".into());
+        }
         let header = storage
             .read(key, offset..(offset + 16).min(size))
             .await
@@ -60,7 +66,9 @@ async fn inspect_mp4(storage: &Storage, key: &str, size: u64) -> Result<TechMeta
         }
         offset += box_size;
     }
-    Err("no moov box".into())
+    Err(format!(
+        "no moov box among the first {MAX_TOP_LEVEL_BOXES} boxes"
+    ))
 }
 
 /// Size of the box at the start of `header` and the length of its header.
@@ -335,6 +343,100 @@ mod tests {
         assert_eq!(meta.codec.as_deref(), Some("vp8"));
         let d = meta.duration_seconds.unwrap();
         assert!((d - 1.0).abs() < 0.05, "{d}");
+    }
+
+    /// `file` with one random kind of damage: flipped bytes, a cut, a box or element size
+    /// overwritten with an extreme value, or a slice repeated.
+    fn mutate(file: &[u8], rng: &mut impl rand::Rng) -> Vec<u8> {
+        let mut out = file.to_vec();
+        let at = rng.random_range(0..out.len());
+        match rng.random_range(0..4) {
+            0 => {
+                for _ in 0..rng.random_range(1..8) {
+                    let i = rng.random_range(0..out.len());
+                    out[i] ^= 1 << rng.random_range(0..8);
+                }
+            }
+            1 => out.truncate(at),
+            2 => {
+                let value: u32 = [0, 1, 7, 8, 9, 0x7FFF_FFFF, u32::MAX][rng.random_range(0..7)];
+                for (i, b) in value.to_be_bytes().iter().enumerate() {
+                    if let Some(slot) = out.get_mut(at + i) {
+                        *slot = *b;
+                    }
+                }
+            }
+            _ => {
+                let end = (at + rng.random_range(1..64)).min(out.len());
+                let slice = out[at..end].to_vec();
+                out.splice(at..at, slice);
+            }
+        }
+        out
+    }
+
+    /// Mutated real files: the parsers neither panic nor hang, and the box walk stays
+    /// within its bound of range reads.
+    #[tokio::test]
+    async fn mutated_files_never_panic_or_hang() {
+        use rand::SeedableRng;
+
+        let root = std::env::temp_dir().join(format!(
+            "probe-{}",
+            video_import_shared::ids::random_id(8)
+        ));
+        let storage = Storage::open(&video_import_shared::config::StorageSettings {
+            root: root.display().to_string(),
+            ..video_import_shared::config::Settings::default().storage
+        })
+        .await
+        .unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+        for (name, mime) in [
+            ("sample.mp4", "video/mp4"),
+            ("other.mp4", "video/mp4"),
+            ("sample.webm", "video/webm"),
+        ] {
+            let file = fixture(name);
+            for case in 0..300 {
+                let bad = mutate(&file, &mut rng);
+                let _ = crate::sniff::detect(&bad[..bad.len().min(crate::sniff::SNIFF_BYTES)]);
+                let key = format!("m/{case}");
+                let mut upload = storage.upload(&key).await.unwrap();
+                upload.write(&bad).await.unwrap();
+                upload.finish().await.unwrap();
+                let inspected = inspect(&storage, &key, bad.len() as u64, mime);
+                tokio::time::timeout(std::time::Duration::from_secs(5), inspected)
+                    .await
+                    .unwrap_or_else(|_| panic!("{name} case {case} hung"));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[tokio::test]
+    async fn a_file_of_tiny_boxes_costs_a_bounded_number_of_reads() {
+        let root = std::env::temp_dir().join(format!(
+            "probe-{}",
+            video_import_shared::ids::random_id(8)
+        ));
+        let storage = Storage::open(&video_import_shared::config::StorageSettings {
+            root: root.display().to_string(),
+            ..video_import_shared::config::Settings::default().storage
+        })
+        .await
+        .unwrap();
+        // A million empty `free` boxes, then a `moov` that is never reached.
+        let mut file = [0, 0, 0, 8, b'f', b'r', b'e', b'e'].repeat(1_000_000);
+        file.extend_from_slice(&fixture("sample.mp4"));
+        let mut upload = storage.upload("tiny").await.unwrap();
+        upload.write(&file).await.unwrap();
+        upload.finish().await.unwrap();
+        assert_eq!(
+            inspect_mp4(&storage, "tiny", file.len() as u64).await,
+            Err("no moov box among the first 64 boxes".into())
+        );
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]
