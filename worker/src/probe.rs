@@ -381,10 +381,8 @@ mod tests {
     async fn mutated_files_never_panic_or_hang() {
         use rand::SeedableRng;
 
-        let root = std::env::temp_dir().join(format!(
-            "probe-{}",
-            video_import_shared::ids::random_id(8)
-        ));
+        let root =
+            std::env::temp_dir().join(format!("probe-{}", video_import_shared::ids::random_id(8)));
         let storage = Storage::open(&video_import_shared::config::StorageSettings {
             root: root.display().to_string(),
             ..video_import_shared::config::Settings::default().storage
@@ -416,10 +414,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_file_of_tiny_boxes_costs_a_bounded_number_of_reads() {
-        let root = std::env::temp_dir().join(format!(
-            "probe-{}",
-            video_import_shared::ids::random_id(8)
-        ));
+        let root =
+            std::env::temp_dir().join(format!("probe-{}", video_import_shared::ids::random_id(8)));
         let storage = Storage::open(&video_import_shared::config::StorageSettings {
             root: root.display().to_string(),
             ..video_import_shared::config::Settings::default().storage
