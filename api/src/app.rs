@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::{Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -17,6 +18,7 @@ use video_import_shared::outbox::Relay;
 use video_import_shared::queue::{Publisher, Topology};
 use video_import_shared::{db, process, shutdown};
 
+use crate::error::ApiError;
 use crate::metadata::Schemas;
 use crate::quota::RateLimit;
 use crate::server;
@@ -38,6 +40,14 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     response
 }
 
+async fn unknown_route(uri: Uri) -> ApiError {
+    ApiError::UnknownRoute(uri.path().to_string())
+}
+
+async fn wrong_method(method: Method) -> ApiError {
+    ApiError::MethodNotAllowed(method.to_string())
+}
+
 /// All routes.
 pub fn router(state: AppState, ops: Ops) -> Router {
     let api = Router::new()
@@ -51,11 +61,19 @@ pub fn router(state: AppState, ops: Ops) -> Router {
             "/api/v1/import/videos/{id}/webhook",
             post(crate::redeliver::create),
         )
+        .route(
+            "/api/v1/import/videos/{id}/cancel",
+            post(crate::cancel::create),
+        )
         .route("/api/v1/mediaLibrary", get(crate::media::find))
         .route("/api/v1/mediaLibrary/{id}", get(crate::media::show))
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state);
     api.merge(ops::router(ops))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(middleware::from_fn(crate::validate::refuse_nul_in_uri))
+        .layer(middleware::from_fn(crate::versions::refuse_retired))
         .layer(middleware::from_fn(crate::request_id::assign))
 }
 

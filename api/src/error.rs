@@ -34,6 +34,15 @@ pub enum ApiError {
     /// Nothing with that id in the caller's project.
     #[error("not found: {0}")]
     NotFound(String),
+    /// No route has this path (Livingdocs names the URL).
+    #[error("no route {0}")]
+    UnknownRoute(String),
+    /// A dated API version that Livingdocs retired.
+    #[error("API version {0} is gone")]
+    VersionGone(String),
+    /// The route exists, not with this method (the `Allow` header lists the ones it takes).
+    #[error("method {0} not allowed")]
+    MethodNotAllowed(String),
     /// The request conflicts with the resource's state.
     #[error("conflict: {0}")]
     Conflict(String),
@@ -64,7 +73,8 @@ pub enum ApiError {
     /// The body was declared as something other than JSON (the Content-Type sent).
     #[error("unsupported media type {0}")]
     UnsupportedMediaType(String),
-    /// A dependency (database) failed; logged, and the caller is told to retry.
+    /// Something failed on our side; logged with the request id. A database that cannot be
+    /// reached answers 503 (retry), anything else 500.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -138,6 +148,24 @@ impl IntoResponse for ApiError {
                 StatusCode::NOT_FOUND,
                 standard(StatusCode::NOT_FOUND, json!({ "message": what })),
             ),
+            ApiError::UnknownRoute(path) => (
+                StatusCode::NOT_FOUND,
+                standard(StatusCode::NOT_FOUND, json!({ "url": path })),
+            ),
+            ApiError::VersionGone(version) => (
+                StatusCode::GONE,
+                standard(
+                    StatusCode::GONE,
+                    json!({ "message": format!("API version {version} is no longer available; use /api/v1/… or a dated version from 2025-03 on.") }),
+                ),
+            ),
+            ApiError::MethodNotAllowed(method) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                standard(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    json!({ "message": format!("This route does not take {method}; the Allow header lists the methods it takes.") }),
+                ),
+            ),
             ApiError::Conflict(what) => (
                 StatusCode::CONFLICT,
                 standard(StatusCode::CONFLICT, json!({ "message": what })),
@@ -209,17 +237,72 @@ impl IntoResponse for ApiError {
                     json!({ "message": format!("The body was sent as {sent:?}; send JSON with 'Content-Type: application/json'.") }),
                 ),
             ),
+            ApiError::Internal(error) if database_unreachable(&error) => {
+                tracing::error!(error = %format!("{error:#}"), "request failed: the database is unreachable");
+                let status = StatusCode::SERVICE_UNAVAILABLE;
+                let body = standard(
+                    status,
+                    json!({ "message": "The database is unreachable. Nothing was stored; retry in a few seconds." }),
+                );
+                return with_retry_after((status, Json(body)).into_response(), Some(5));
+            }
+            ApiError::Internal(error) if data_exception(&error).is_some() => {
+                let why = data_exception(&error).unwrap_or_default();
+                tracing::warn!(%why, "a value in the request cannot be stored");
+                (
+                    StatusCode::BAD_REQUEST,
+                    standard(
+                        StatusCode::BAD_REQUEST,
+                        json!({ "request": format!("holds a value the database cannot store or compare ({why}); remove it and send the request again") }),
+                    ),
+                )
+            }
             ApiError::Internal(error) => {
                 tracing::error!(error = %format!("{error:#}"), "request failed");
                 (
-                    StatusCode::SERVICE_UNAVAILABLE,
+                    StatusCode::INTERNAL_SERVER_ERROR,
                     standard(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        json!({ "message": "The service could not complete the request (database unavailable). Nothing was stored; retry in a few seconds." }),
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        json!({ "message": "The request failed on our side and was logged with its request id; nothing was stored. Quote the request id when you report it." }),
                     ),
                 )
             }
         };
         (status, Json(body)).into_response()
     }
+}
+
+/// Whether `error` comes from a database that cannot be reached (no connection from the
+/// pool, a closed connection, or a server refusing connections), rather than from a query.
+fn database_unreachable(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        if cause.is::<deadpool_postgres::PoolError>() {
+            return true;
+        }
+        match cause.downcast_ref::<tokio_postgres::Error>() {
+            Some(e) if e.is_closed() => true,
+            // Class 08: connection exception; 57P0x: the server is shutting down or starting.
+            Some(e) => {
+                e.code()
+                    .is_some_and(|c| c.code().starts_with("08") || c.code().starts_with("57P"))
+                    || e.code().is_none()
+                        && std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+            }
+            None => false,
+        }
+    })
+}
+
+/// PostgreSQL's message when `error` is a data exception (SQLSTATE class 22: a value it
+/// cannot store or compare, such as NUL in text): the caller's input, not our failure.
+fn data_exception(error: &anyhow::Error) -> Option<String> {
+    error.chain().find_map(|cause| {
+        let db = cause
+            .downcast_ref::<tokio_postgres::Error>()?
+            .as_db_error()?;
+        db.code()
+            .code()
+            .starts_with("22")
+            .then(|| db.message().to_string())
+    })
 }

@@ -9,6 +9,8 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::HeaderMap;
 use axum::Json;
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 use video_import_shared::config::ApiSettings;
 use video_import_shared::ids;
@@ -28,10 +30,11 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 #[utoipa::path(
     post,
     path = "/api/v1/import/videos",
+    operation_id = "createImport",
     request_body = ImportRequest,
     params(("Idempotency-Key" = Option<String>, Header,
         description = "Same key and body within 24 hours returns the first job (max 255 characters)")),
-    security(("bearer" = [])),
+    security(("bearer" = ["public-api:write"])),
     responses(
         (status = 200, description = "Accepted; the job is durable", body = Accepted),
         (status = 400, description = "Invalid batch or metadata; every offending field is named", body = ErrorBody),
@@ -41,7 +44,7 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
         (status = 408, description = "The body did not arrive within api.body_timeout_secs", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 422, description = "Idempotency-Key reused with another body", body = ErrorBody),
-        (status = 429, description = "Daily limit (an array, as Livingdocs) or rate limit; see Retry-After", body = Vec<ErrorBody>),
+        (status = 429, description = "Daily limit (an array, as Livingdocs) or rate limit (an object); see Retry-After", body = crate::model::TooManyRequests),
         (status = 503, description = "Database unavailable; nothing stored", body = ErrorBody),
     )
 )]
@@ -134,24 +137,38 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// How much of an oversized body is read and discarded before the 413 is sent, so that a
+/// client still sending receives the answer rather than a reset connection.
+const DRAIN_BYTES: usize = 1024 * 1024;
+
 /// Reads the whole body, at most `api.max_body_bytes` (413 beyond) within
 /// `api.body_timeout_secs` (408 after), so a client that stops sending cannot hold a request.
 async fn read_body(body: Body, settings: &ApiSettings) -> Result<Bytes, ApiError> {
     let limit = settings.max_body_bytes;
-    match tokio::time::timeout(settings.body_timeout, axum::body::to_bytes(body, limit)).await {
-        Err(_) => Err(ApiError::BodyTimeout(settings.body_timeout)),
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(error)) => {
-            let too_large = std::error::Error::source(&error)
-                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                Err(ApiError::TooLarge(limit))
-            } else {
-                Err(ApiError::invalid(
-                    "body",
-                    format!("could not be read: {error}"),
-                ))
+    let read = async move {
+        let mut body = body;
+        let mut kept = BytesMut::new();
+        let mut total = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| ApiError::invalid("body", format!("could not be read: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            total += data.len();
+            if total <= limit {
+                kept.extend_from_slice(&data);
+            } else if total > limit + DRAIN_BYTES {
+                return Err(ApiError::TooLarge(limit));
             }
         }
-    }
+        if total > limit {
+            Err(ApiError::TooLarge(limit))
+        } else {
+            Ok(kept.freeze())
+        }
+    };
+    tokio::time::timeout(settings.body_timeout, read)
+        .await
+        .unwrap_or(Err(ApiError::BodyTimeout(settings.body_timeout)))
 }

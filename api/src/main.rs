@@ -3,6 +3,7 @@
 
 mod app;
 mod auth;
+mod cancel;
 mod cli;
 mod error;
 mod import;
@@ -17,6 +18,7 @@ mod server;
 mod state;
 mod status;
 mod validate;
+mod versions;
 
 use clap::Parser;
 

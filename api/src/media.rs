@@ -17,14 +17,15 @@ use crate::state::AppState;
 #[utoipa::path(
     get,
     path = "/api/v1/mediaLibrary/{id}",
+    operation_id = "getMediaEntry",
     params(("id" = String, Path, description = "Media id")),
-    security(("bearer" = [])),
+    security(("bearer" = ["public-api:read"])),
     responses(
         (status = 200, description = "The entry", body = MediaEntry),
         (status = 401, description = "No or bad token", body = crate::model::ErrorBody),
         (status = 403, description = "Token lacks public-api:read", body = crate::model::ErrorBody),
         (status = 404, description = "No such entry in this project", body = crate::model::ErrorBody),
-        (status = 429, description = "Rate limited", body = crate::model::ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = crate::model::ErrorBody),
     )
 )]
 pub async fn show(
@@ -42,6 +43,7 @@ pub async fn show(
 
 /// Query string of the lookup route.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub struct FindQuery {
     #[param(required = true)]
@@ -54,14 +56,15 @@ pub struct FindQuery {
 #[utoipa::path(
     get,
     path = "/api/v1/mediaLibrary",
+    operation_id = "findMediaEntries",
     params(FindQuery),
-    security(("bearer" = [])),
+    security(("bearer" = ["public-api:read"])),
     responses(
         (status = 200, description = "Matching entries", body = Vec<MediaEntry>),
         (status = 400, description = "Missing parameter", body = crate::model::ErrorBody),
         (status = 401, description = "No or bad token", body = crate::model::ErrorBody),
         (status = 403, description = "Token lacks public-api:read", body = crate::model::ErrorBody),
-        (status = 429, description = "Rate limited", body = crate::model::ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = crate::model::ErrorBody),
     )
 )]
 pub async fn find(

@@ -141,6 +141,9 @@ pub struct JobSummary {
     pub system_name: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Set when the job was cancelled; its unfinished videos failed with reason `cancelled`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancelled_at: Option<DateTime<Utc>>,
     pub overview: Overview,
 }
 
@@ -179,6 +182,15 @@ pub struct Asset {
     pub codec: Option<String>,
 }
 
+/// A job after a cancel request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Cancelled {
+    #[serde(flatten)]
+    pub job: JobSummary,
+    /// Videos that were still pending and now failed with reason `cancelled`.
+    pub cancelled: i32,
+}
+
 /// A redelivery was queued.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Redelivery {
@@ -194,6 +206,15 @@ pub struct RedeliveryState {
     pub webhook_id: String,
     /// Attempts made before this redelivery.
     pub attempts: i32,
+}
+
+/// A 429: the daily limit answers an array (as Livingdocs), the rate limit an object.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // documents the two shapes; `ApiError` builds them
+pub enum TooManyRequests {
+    UsageLimit(Vec<ErrorBody>),
+    RateLimit(ErrorBody),
 }
 
 /// Every error: Livingdocs' shape plus the request id.

@@ -16,15 +16,16 @@ use crate::state::AppState;
 #[utoipa::path(
     post,
     path = "/api/v1/import/videos/{id}/webhook",
+    operation_id = "redeliverWebhook",
     params(("id" = String, Path, description = "Job id")),
-    security(("bearer" = [])),
+    security(("bearer" = ["public-api:write"])),
     responses(
         (status = 202, description = "Redelivery queued", body = Redelivery),
         (status = 401, description = "No or bad token", body = crate::model::ErrorBody),
         (status = 403, description = "Token lacks public-api:write", body = crate::model::ErrorBody),
         (status = 404, description = "No such job in this project", body = crate::model::ErrorBody),
         (status = 409, description = "Job still running, or without webhook", body = crate::model::ErrorBody),
-        (status = 429, description = "Rate limited", body = crate::model::ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = crate::model::ErrorBody),
     )
 )]
 pub async fn create(

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 /// How long in-flight requests may finish after shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -74,10 +75,13 @@ pub async fn serve(
         };
         warned_full = false;
         let _ = stream.set_nodelay(true);
-        let connection = http.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(router.clone()),
-        );
+        // Dated API versions are rewritten before routing.
+        let router = router.clone();
+        let service = tower::service_fn(move |request| {
+            router.clone().oneshot(crate::versions::rewrite(request))
+        });
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let mut connection = std::pin::pin!(connection);

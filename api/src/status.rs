@@ -22,13 +22,15 @@ use crate::state::AppState;
 
 /// Query string of the status route.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StatusQuery {
     /// The job id that `POST /api/v1/import/videos` answered.
     #[param(required = true)]
     id: Option<String>,
 }
 
-fn summary(job: JobRecord) -> JobSummary {
+/// A job's row as the API shows it.
+pub fn summary(job: JobRecord) -> JobSummary {
     JobSummary {
         id: job.id,
         finished: job.finished_at.is_some(),
@@ -36,6 +38,7 @@ fn summary(job: JobRecord) -> JobSummary {
         system_name: job.system_name,
         started_at: job.started_at,
         finished_at: job.finished_at,
+        cancelled_at: job.cancelled_at,
         overview: Overview {
             total: job.total,
             pending: job.pending,
@@ -50,15 +53,16 @@ fn summary(job: JobRecord) -> JobSummary {
 #[utoipa::path(
     get,
     path = "/api/v1/import/videos/status",
+    operation_id = "getImportStatus",
     params(StatusQuery),
-    security(("bearer" = [])),
+    security(("bearer" = ["public-api:write"])),
     responses(
         (status = 200, description = "The job", body = JobStatus),
         (status = 400, description = "No id given", body = crate::model::ErrorBody),
         (status = 401, description = "No or bad token", body = crate::model::ErrorBody),
         (status = 403, description = "Token lacks public-api:write", body = crate::model::ErrorBody),
         (status = 404, description = "No such job in this project", body = crate::model::ErrorBody),
-        (status = 429, description = "Rate limited", body = crate::model::ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = crate::model::ErrorBody),
     )
 )]
 pub async fn show(
@@ -118,6 +122,7 @@ pub async fn show(
 
 /// Query string of the job list.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "camelCase")]
 pub struct ListQuery {
     /// Only jobs in this state.
@@ -134,14 +139,15 @@ pub struct ListQuery {
 #[utoipa::path(
     get,
     path = "/api/v1/import/videos",
+    operation_id = "listImports",
     params(ListQuery),
-    security(("bearer" = [])),
+    security(("bearer" = ["public-api:write"])),
     responses(
         (status = 200, description = "A page of jobs", body = JobList),
         (status = 400, description = "Bad limit or cursor", body = crate::model::ErrorBody),
         (status = 401, description = "No or bad token", body = crate::model::ErrorBody),
         (status = 403, description = "Token lacks public-api:write", body = crate::model::ErrorBody),
-        (status = 429, description = "Rate limited", body = crate::model::ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = crate::model::ErrorBody),
     )
 )]
 pub async fn list(

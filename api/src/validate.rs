@@ -159,6 +159,37 @@ pub fn batch(body: &[u8], max_videos: usize, targets: &Targets) -> Result<Batch,
     })
 }
 
+/// Middleware: a path or query parameter containing NUL is refused with 400 naming it,
+/// before any handler could hand it to PostgreSQL (which cannot store or compare it).
+pub async fn refuse_nul_in_uri(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+
+    let uri = request.uri();
+    let path = percent_decode(uri.path());
+    if path.contains('\0') {
+        return ApiError::invalid("path", NUL_MESSAGE).into_response();
+    }
+    for (name, value) in url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()) {
+        if name.contains('\0') || value.contains('\0') {
+            return ApiError::invalid(name.replace('\0', "\\u0000"), NUL_MESSAGE).into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// `%XX` sequences of a path decoded (as path parameters are).
+fn percent_decode(path: &str) -> String {
+    let bytes: Vec<u8> =
+        url::form_urlencoded::parse(format!("p={}", path.replace('+', "%2B")).as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned().into_bytes())
+            .unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 /// What a field containing NUL is told.
 const NUL_MESSAGE: &str =
     "contains a NUL character (\\u0000), which cannot be stored; remove it and send the batch again";
@@ -357,6 +388,12 @@ mod tests {
             ]
         );
         assert!(f[0].1.contains("NUL"), "{}", f[0].1);
+    }
+
+    #[test]
+    fn percent_decoding_finds_nul_in_paths() {
+        assert!(percent_decode("/api/v1/mediaLibrary/a%00b").contains('\0'));
+        assert_eq!(percent_decode("/api/v1/a+b%20c"), "/api/v1/a+b c");
     }
 
     #[test]

@@ -4,47 +4,15 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
-use serde::Serialize;
 use serde_json::value::RawValue;
 use video_import_shared::netguard::{self, AddressPolicy};
 use video_import_shared::retry::parse_retry_after;
 use video_import_shared::store::webhooks::Due;
-use video_import_shared::store::JobState;
+use video_import_shared::webhook::{self, Failure, Overview, Payload};
 
 use crate::sign;
-
-/// The webhook body.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Payload<'a> {
-    id: &'a str,
-    state: JobState,
-    system_name: &'a str,
-    overview: Overview,
-    /// The caller's context, byte for byte.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    context: Option<&'a RawValue>,
-    started_at: DateTime<Utc>,
-    finished_at: Option<DateTime<Utc>>,
-    failures: Vec<Failure>,
-}
-
-#[derive(Serialize)]
-struct Overview {
-    total: i32,
-    imported: i32,
-    skipped: i32,
-    failed: i32,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Failure {
-    external_id: String,
-    reason: String,
-}
 
 /// The body of `job_id`'s webhook, given its delivery and its first failed videos.
 pub fn body(job_id: &str, due: &Due, failures: Vec<(String, String)>) -> anyhow::Result<Vec<u8>> {
@@ -54,16 +22,18 @@ pub fn body(job_id: &str, due: &Due, failures: Vec<(String, String)>) -> anyhow:
         None => None,
     };
     let payload = Payload {
-        id: job_id,
+        event_type: webhook::EVENT_TYPE.into(),
+        timestamp: job.finished_at.unwrap_or(job.started_at),
+        id: job_id.to_string(),
         state: job.state,
-        system_name: &job.system_name,
+        system_name: job.system_name.clone(),
         overview: Overview {
             total: job.total,
             imported: job.imported,
             skipped: job.skipped,
             failed: job.failed,
         },
-        context: context.as_deref(),
+        context,
         started_at: job.started_at,
         finished_at: job.finished_at,
         failures: failures

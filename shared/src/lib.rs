@@ -18,3 +18,4 @@ pub mod storage;
 pub mod store;
 pub mod sweep;
 pub mod telemetry;
+pub mod webhook;

@@ -210,10 +210,12 @@ pub struct JobRecord {
     pub failed: i32,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// When its owner cancelled it.
+    pub cancelled_at: Option<DateTime<Utc>>,
 }
 
 const JOB_COLUMNS: &str = "j.id, j.state, j.system_name, j.total, j.pending, j.imported,
-    j.skipped, j.failed, j.started_at, j.finished_at";
+    j.skipped, j.failed, j.started_at, j.finished_at, j.cancelled_at";
 
 impl JobRecord {
     fn from_row(row: &Row) -> Self {
@@ -228,6 +230,7 @@ impl JobRecord {
             failed: row.get(7),
             started_at: row.get(8),
             finished_at: row.get(9),
+            cancelled_at: row.get(10),
         }
     }
 }
@@ -260,12 +263,12 @@ pub async fn find(
         .context("reading the job")?;
     Ok(row.map(|row| {
         let delivery = row
-            .get::<_, Option<WebhookState>>(10)
+            .get::<_, Option<WebhookState>>(11)
             .map(|state| DeliveryRecord {
                 state,
-                attempts: row.get(11),
-                last_error: row.get(12),
-                delivered_at: row.get(13),
+                attempts: row.get(12),
+                last_error: row.get(13),
+                delivered_at: row.get(14),
             });
         (JobRecord::from_row(&row), delivery)
     }))
@@ -404,4 +407,73 @@ pub async fn count_finished(
         webhooks::create(tx, job_id, &url).await?;
     }
     Ok(true)
+}
+
+/// The reason a cancelled video fails with.
+pub const CANCELLED: &str = "cancelled";
+
+/// What cancelling a job did.
+#[derive(Debug, Clone)]
+pub struct Cancellation {
+    /// Videos that were still pending and now failed with reason `cancelled` (0 when the job
+    /// had finished already).
+    pub cancelled: i32,
+    /// The job afterwards.
+    pub job: JobRecord,
+}
+
+/// Cancels the project's job `id`: its pending videos fail with reason `cancelled` and the
+/// job finishes (queueing its webhook) in the caller's transaction. Idempotent: a finished
+/// job is left as it is. `None` without such a job. Items are locked in batch order before
+/// the job row, the order group commits use, so the two never deadlock.
+pub async fn cancel(
+    tx: &Transaction<'_>,
+    project_id: i64,
+    id: &str,
+) -> anyhow::Result<Option<Cancellation>> {
+    let owned = tx
+        .query_opt(
+            "SELECT 1 FROM jobs WHERE id = $1 AND project_id = $2",
+            &[&id, &project_id],
+        )
+        .await
+        .context("reading the job to cancel")?;
+    if owned.is_none() {
+        return Ok(None);
+    }
+    let pending: Vec<i32> = tx
+        .query(
+            "SELECT idx FROM job_items WHERE job_id = $1 AND state = $2 ORDER BY idx FOR UPDATE",
+            &[&id, &ItemState::Pending],
+        )
+        .await
+        .context("locking the job's pending videos")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if !pending.is_empty() {
+        tx.execute(
+            "UPDATE job_items SET state = $3, reason = $4, updated_at = now()
+             WHERE job_id = $1 AND idx = ANY($2)",
+            &[&id, &pending, &ItemState::Failed, &CANCELLED],
+        )
+        .await
+        .context("failing the cancelled videos")?;
+        tx.execute("UPDATE jobs SET cancelled_at = now() WHERE id = $1", &[&id])
+            .await
+            .context("marking the job cancelled")?;
+        let counts = Counts {
+            done: pending.len() as i32,
+            failed: pending.len() as i32,
+            ..Counts::default()
+        };
+        count_finished(tx, id, &counts).await?;
+    }
+    let (job, _) = find(tx, project_id, id)
+        .await?
+        .context("the cancelled job disappeared")?;
+    Ok(Some(Cancellation {
+        cancelled: pending.len() as i32,
+        job,
+    }))
 }

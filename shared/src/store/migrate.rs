@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("migrations/0004_idempotency.sql")),
     (5, include_str!("migrations/0005_fillfactor.sql")),
     (6, include_str!("migrations/0006_asset_key_index.sql")),
+    (7, include_str!("migrations/0007_cancel.sql")),
 ];
 
 /// Any number so long as every process agrees on it: serialises concurrent `migrate` runs.

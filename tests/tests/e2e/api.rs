@@ -718,3 +718,225 @@ async fn slow_and_idle_connections_cannot_starve_the_api() {
     }
     stack.finish().await;
 }
+
+#[tokio::test]
+async fn every_error_has_the_shape_and_a_request_id() {
+    let stack = Stack::start(api_only(&[])).await;
+    let project = stack.project("shapes").await;
+    let url = |path: &str| format!("{}{path}", stack.api_url);
+    let send = |request: reqwest::RequestBuilder| async move {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let allow = response
+            .headers()
+            .get("allow")
+            .map(|v| v.to_str().unwrap().to_string());
+        let header = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(body["status"], status, "{body}");
+        assert_eq!(body["request_id"], header.as_str(), "{body}");
+        (status, allow, body)
+    };
+    let http = &stack.http;
+    // Unknown routes, as Livingdocs answers them.
+    for path in [
+        "/api/v1/foo",
+        "/nothing",
+        "/api/v1/import/videos/x/y/z",
+        "/api/2026-04/import/videos",
+    ] {
+        let (status, _, body) = send(http.get(url(path)).bearer_auth(&project.token)).await;
+        assert_eq!(status, 404, "{path}: {body}");
+        assert_eq!(body["error_details"]["url"], path, "{body}");
+    }
+    // Wrong methods name the ones the route takes.
+    for (method, path, allowed) in [
+        (reqwest::Method::DELETE, "/api/v1/import/videos", "POST"),
+        (reqwest::Method::PUT, "/api/v1/import/videos/status", "GET"),
+        (
+            reqwest::Method::GET,
+            "/api/v1/import/videos/abc/cancel",
+            "POST",
+        ),
+        (reqwest::Method::POST, "/api/v1/mediaLibrary/abc", "GET"),
+    ] {
+        let (status, allow, body) = send(
+            http.request(method.clone(), url(path))
+                .bearer_auth(&project.token),
+        )
+        .await;
+        assert_eq!(status, 405, "{method} {path}: {body}");
+        assert!(
+            allow.as_deref().unwrap_or_default().contains(allowed),
+            "{method} {path}: Allow {allow:?}"
+        );
+    }
+    // Bodies that are not JSON.
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let (status, _, body) = send(
+            http.post(url("/api/v1/import/videos"))
+                .bearer_auth(&project.token)
+                .header("content-type", content_type)
+                .body(batch(1, "ct").to_string()),
+        )
+        .await;
+        assert_eq!(status, 415, "{content_type}: {body}");
+    }
+    // A retired dated version.
+    let (status, _, body) = send(
+        http.get(url("/api/2024-11/mediaLibrary/x"))
+            .bearer_auth(&project.token),
+    )
+    .await;
+    assert_eq!(status, 410, "{body}");
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn dated_paths_answer_like_v1() {
+    let stack = Stack::start(Options::default()).await;
+    let videos = video_import_tests::videos::VideoServer::start().await;
+    let project = stack.project("dated").await;
+    let body = json!({"systemName": "archive", "videos": [
+        {"url": videos.url("/videos/sample.mp4"), "id": "d1", "fileName": "f", "metadata": {"title": "t"}}]});
+    let accepted: Value = stack
+        .http
+        .post(format!("{}/api/2026-05/import/videos", stack.api_url))
+        .bearer_auth(&project.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job = accepted["id"].as_str().expect("a job id").to_string();
+    let v1 = stack.wait_finished(&project.token, &job, 30).await;
+    for version in ["2025-03", "2026-05", "beta"] {
+        let (code, dated) = stack
+            .get(
+                Some(&project.token),
+                &format!("/api/{version}/import/videos/status?id={job}"),
+            )
+            .await;
+        assert_eq!(code, 200);
+        assert_eq!(dated, v1, "{version}");
+    }
+    let media_id = v1["videos"][0]["video"]["mediaId"].as_str().unwrap();
+    let (_, one) = stack
+        .get(
+            Some(&project.token),
+            &format!("/api/v1/mediaLibrary/{media_id}"),
+        )
+        .await;
+    let (code, dated) = stack
+        .get(
+            Some(&project.token),
+            "/api/2025-09/mediaLibrary?systemName=archive&externalId=d1",
+        )
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(dated, json!([one]));
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn cancelling_a_large_import_stops_it_at_once_with_one_webhook() {
+    let stack = Stack::start(Options {
+        env: vec![("VIDEO_IMPORT__FETCH__CONCURRENCY".into(), "8".into())],
+        ..Options::default()
+    })
+    .await;
+    let videos = video_import_tests::videos::VideoServer::start().await;
+    let receiver = video_import_tests::receiver::Receiver::start(&[]).await;
+    let project = stack.project("cancel").await;
+    // 1,000 videos of about a second each.
+    let items: Vec<Value> = (0..1000)
+        .map(|i| {
+            json!({"url": videos.url(&format!("/slow/300/sample.mp4?n={i}")), "id": format!("c{i}"),
+                        "fileName": "f", "metadata": {}})
+        })
+        .collect();
+    let job = stack
+        .import(
+            &project.token,
+            &json!({"systemName": "archive", "webhook": receiver.url, "videos": items}),
+        )
+        .await;
+    for _ in 0..300 {
+        if videos.hits("/slow/300/sample.mp4") >= 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cancel = |token: String| {
+        let request = stack
+            .http
+            .post(format!(
+                "{}/api/v1/import/videos/{job}/cancel",
+                stack.api_url
+            ))
+            .bearer_auth(token);
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let (code, cancelled) = cancel(project.token.clone()).await;
+    let fetched_at_cancel = videos.hits("/slow/300/sample.mp4");
+    assert_eq!(code, 200, "{cancelled}");
+    assert_eq!(cancelled["finished"], true, "{cancelled}");
+    assert_eq!(cancelled["state"], "failed");
+    assert!(cancelled["cancelledAt"].is_string(), "{cancelled}");
+    let count = cancelled["cancelled"].as_i64().unwrap();
+    assert!(count > 900, "{cancelled}");
+    // Again: nothing more to cancel, the same job.
+    let (code, again) = cancel(project.token.clone()).await;
+    assert_eq!(code, 200);
+    assert_eq!(again["cancelled"], 0);
+    assert_eq!(again["overview"], cancelled["overview"]);
+
+    let status = stack.status(&project.token, &job).await;
+    let reasons: Vec<&str> = status["videos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["reason"].as_str())
+        .collect();
+    assert_eq!(
+        reasons.iter().filter(|r| **r == "cancelled").count() as i64,
+        count
+    );
+    let (_, list) = stack
+        .get(Some(&project.token), "/api/v1/import/videos")
+        .await;
+    assert!(list["jobs"][0]["cancelledAt"].is_string(), "{list}");
+
+    let hooks = receiver.wait_for(1, 30).await;
+    let payload = hooks[0].json();
+    assert_eq!(payload["type"], "import.videos.finished");
+    assert!(payload["timestamp"].is_string(), "{payload}");
+    assert_eq!(payload["overview"]["failed"].as_i64().unwrap(), count);
+    // Queued messages are dropped without downloading: at most the downloads that were in
+    // flight at the cancel are fetched after it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let fetched_later = videos.hits("/slow/300/sample.mp4") - fetched_at_cancel;
+    assert!(
+        fetched_later <= 8,
+        "{fetched_later} videos were fetched after the cancel"
+    );
+    assert_eq!(receiver.received().len(), 1, "exactly one webhook");
+    let other = stack.project("stranger").await;
+    assert_eq!(cancel(other.token).await.0, 404);
+    stack.finish().await;
+}

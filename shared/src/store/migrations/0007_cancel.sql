@@ -1,0 +1,2 @@
+-- A job cancelled by its owner: its unfinished videos failed with reason "cancelled".
+ALTER TABLE jobs ADD COLUMN cancelled_at TIMESTAMPTZ;
