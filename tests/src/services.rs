@@ -59,13 +59,27 @@ impl OwnPostgres {
 
     /// Restarts the cluster (every connection is dropped).
     pub fn restart(&self) {
+        self.ctl("restart");
+    }
+
+    /// Stops the cluster.
+    pub fn stop(&self) {
+        self.ctl("stop");
+    }
+
+    /// Starts the stopped cluster.
+    pub fn start_again(&self) {
+        self.ctl("start");
+    }
+
+    fn ctl(&self, action: &str) {
         run(
             "pg_ctlcluster",
             &[
                 "--skip-systemctl-redirect",
                 &self.version,
                 &self.name,
-                "restart",
+                action,
             ],
             &[],
         );

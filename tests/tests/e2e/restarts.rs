@@ -93,3 +93,51 @@ async fn rabbitmq_and_postgresql_restarts_lose_and_duplicate_nothing() {
     stack.finish().await;
     blocking(move || drop((postgres, rabbitmq))).await;
 }
+
+#[tokio::test]
+async fn an_unreachable_database_answers_503_until_it_is_back() {
+    let postgres = Arc::new(blocking(OwnPostgres::start).await);
+    let stack = Stack::start(Options {
+        workers: 0,
+        notifier: false,
+        postgres_port: postgres.port,
+        env: vec![(
+            "VIDEO_IMPORT__DATABASE__POOL_TIMEOUT_SECS".into(),
+            "2".into(),
+        )],
+        ..Options::default()
+    })
+    .await;
+    let project = stack.project("down").await;
+    let path = "/api/v1/import/videos";
+    assert_eq!(stack.get(Some(&project.token), path).await.0, 200);
+    let database = postgres.clone();
+    blocking(move || database.stop()).await;
+    let response = stack
+        .http
+        .get(format!("{}{path}", stack.api_url))
+        .header("authorization", format!("Bearer {}", project.token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error_details"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unreachable"));
+    let database = postgres.clone();
+    blocking(move || database.start_again()).await;
+    let mut code = 0;
+    for _ in 0..50 {
+        code = stack.get(Some(&project.token), path).await.0;
+        if code == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(code, 200, "the API recovers with the database");
+    stack.finish().await;
+    blocking(move || drop(postgres)).await;
+}
