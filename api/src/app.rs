@@ -9,10 +9,11 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use prometheus::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use video_import_shared::backlog::BacklogMetrics;
 use video_import_shared::config::Settings;
+use video_import_shared::metrics::{self, AmqpMetrics};
 use video_import_shared::ops::{self, Ops};
 use video_import_shared::outbox::Relay;
 use video_import_shared::queue::{Publisher, Topology};
@@ -90,17 +91,20 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let pool = db::connect(&settings.database).await?;
-    let registry = Registry::new();
-    let publisher = Arc::new(Publisher::new(
-        &settings.amqp.url,
-        Topology::new(&settings.amqp.prefix),
-    ));
+    let registry = metrics::registry("api");
+    metrics::register_pool(&registry, &pool);
+    let amqp = AmqpMetrics::new(&registry);
+    let publisher = Arc::new(
+        Publisher::new(&settings.amqp.url, Topology::new(&settings.amqp.prefix))
+            .with_health(amqp.link("publish")),
+    );
     if let Err(e) = publisher.ensure_connected().await {
         // Not fatal: accepted jobs wait in the outbox until the broker is back.
         tracing::warn!(error = %format!("{e:#}"), "RabbitMQ is unreachable; accepting imports into the outbox");
     }
     let relay = Relay::new(pool.clone(), publisher.clone(), &registry);
     let relay_task = tokio::spawn(relay.clone().run(shutdown.clone()));
+    tokio::spawn(BacklogMetrics::new(&registry).run(pool.clone(), shutdown.clone()));
     let targets = Arc::new(Targets {
         videos: AddressPolicy::new(
             settings.fetch.allow_private_networks,
@@ -110,6 +114,7 @@ pub async fn run(
             settings.webhook.allow_private_networks,
             &settings.webhook.allowed_networks,
         ),
+        refusals: Some(metrics::ssrf_refusals(&registry, "api")),
     });
     let limits = server::Limits {
         header_timeout: settings.api.header_timeout,

@@ -35,7 +35,22 @@ pub use video_import_shared::store::jobs::NewVideo as Video;
 pub struct Targets {
     pub videos: AddressPolicy,
     pub webhook: AddressPolicy,
+    /// Counts the URLs refused at the door.
+    pub refusals: Option<prometheus::IntCounter>,
 }
+
+impl Targets {
+    fn count_refusal(&self, why: &str) {
+        if why.starts_with(REFUSED_PREFIX) {
+            if let Some(refusals) = &self.refusals {
+                refusals.inc();
+            }
+        }
+    }
+}
+
+/// How a refused address's message starts.
+const REFUSED_PREFIX: &str = "points to ";
 
 /// Parses `body` and checks it against the limits; collects every problem it can.
 pub fn batch(body: &[u8], max_videos: usize, targets: &Targets) -> Result<Batch, ApiError> {
@@ -82,6 +97,7 @@ pub fn batch(body: &[u8], max_videos: usize, targets: &Targets) -> Result<Batch,
     }
     if let Some(webhook) = &raw.webhook {
         if let Err(why) = check_url(webhook, &targets.webhook, "webhook.allowed_networks") {
+            targets.count_refusal(&why);
             bad("webhook".into(), &why);
         }
     }
@@ -116,6 +132,7 @@ pub fn batch(body: &[u8], max_videos: usize, targets: &Targets) -> Result<Batch,
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, video) in raw.videos.iter().enumerate() {
         if let Err(why) = check_url(&video.url, &targets.videos, "fetch.allowed_networks") {
+            targets.count_refusal(&why);
             bad(format!("videos[{i}].url"), &why);
         }
         let id = video.id.as_str();
@@ -235,7 +252,7 @@ fn check_url(url: &str, policy: &AddressPolicy, allow_key: &str) -> Result<(), S
     }
     if let Some(ip) = policy.refused_literal(&parsed) {
         return Err(format!(
-            "points to {ip}, a private, loopback, link-local or reserved address; use a public \
+            "{REFUSED_PREFIX}{ip}, a private, loopback, link-local or reserved address; use a public \
              address, or ask the operator to admit the network with {allow_key}"
         ));
     }
@@ -364,6 +381,7 @@ mod tests {
         let trusted = Targets {
             videos: AddressPolicy::new(false, &["169.254.0.0/16".parse().unwrap()]),
             webhook: AddressPolicy::new(true, &[]),
+            refusals: None,
         };
         assert!(batch(body.as_bytes(), 3, &trusted).is_ok());
     }

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use video_import_shared::config::Settings;
 use video_import_shared::consume::{self, Delivered, Disposition};
 use video_import_shared::messages::DeliverWebhook;
+use video_import_shared::metrics::{dead_letters, register, ssrf_refusals};
 use video_import_shared::netguard::{self, AddressPolicy, ClientOptions};
 use video_import_shared::queue::{self, Outgoing, Publisher};
 use video_import_shared::retry::until_ok;
@@ -49,6 +50,9 @@ struct Notifier {
 struct Metrics {
     deliveries: IntCounterVec,
     seconds: Histogram,
+    in_flight: IntGauge,
+    dead_letters: IntCounter,
+    ssrf_refusals: IntCounter,
 }
 
 impl Metrics {
@@ -67,18 +71,26 @@ impl Metrics {
             )
             .buckets(vec![0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 30.0]),
         )?;
-        registry.register(Box::new(deliveries.clone()))?;
-        registry.register(Box::new(seconds.clone()))?;
+        for result in ["delivered", "retry", "failed"] {
+            deliveries.with_label_values(&[result]);
+        }
+        let in_flight = IntGauge::new("webhook_deliveries_in_flight", "Webhook POSTs running now")?;
+        register(registry, &deliveries);
+        register(registry, &seconds);
+        register(registry, &in_flight);
         Ok(Self {
             deliveries,
             seconds,
+            in_flight,
+            dead_letters: dead_letters(registry, "webhook"),
+            ssrf_refusals: ssrf_refusals(registry, "notifier"),
         })
     }
 }
 
 /// Runs the notifier until SIGTERM.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let service = Service::start(&settings).await?;
+    let service = Service::start(&settings, "notifier").await?;
     let webhook = &settings.webhook;
     let policy = AddressPolicy::new(webhook.allow_private_networks, &webhook.allowed_networks);
     let client = netguard::client(
@@ -112,7 +124,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tokio::join!(
         consume::run(
             service.consumer(
-                service.topology.queue(queue::WEBHOOK),
+                queue::WEBHOOK,
+                false,
                 webhook.concurrency,
                 webhook.timeout + Duration::from_secs(5),
             ),
@@ -120,11 +133,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             service.shutdown.clone(),
         ),
         consume::run(
-            service.consumer(
-                service.topology.dead_queue(queue::WEBHOOK),
-                16,
-                Duration::from_secs(5),
-            ),
+            service.consumer(queue::WEBHOOK, true, 16, Duration::from_secs(5),),
             dead_handler,
             service.shutdown.clone(),
         ),
@@ -172,8 +181,13 @@ impl Notifier {
             },
         };
         let started = Instant::now();
+        self.metrics.in_flight.inc();
         let attempt = deliver::post(&self.client, &self.policy, &due, body, self.timeout).await;
+        self.metrics.in_flight.dec();
         let elapsed = started.elapsed();
+        if matches!(attempt, Attempt::Refused(_)) {
+            self.metrics.ssrf_refusals.inc();
+        }
         self.metrics.seconds.observe(elapsed.as_secs_f64());
 
         let made = Schedule::made_this_round(message.attempt, due.round_start);
@@ -277,6 +291,7 @@ impl Notifier {
         };
         let span = tracing::info_span!("dead_webhook", job = %hook.job_id, attempt = hook.attempt);
         let reason = schedule::dead_letter_reason();
+        self.metrics.dead_letters.inc();
         let done = until_ok(&self.shutdown, || async {
             let client = self.pool.get().await?;
             webhooks::fail_pending(&client, &hook.job_id, &reason).await

@@ -15,6 +15,7 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::metrics::AmqpLink;
 use crate::queue::{self, Topology};
 
 /// What to do with a delivery once its handler is done.
@@ -58,6 +59,8 @@ pub struct ConsumerConfig {
     pub prefetch: u16,
     /// How long in-flight work may take to finish after shutdown is requested.
     pub grace: Duration,
+    /// Where the link's health is reported.
+    pub link: Option<AmqpLink>,
 }
 
 /// Consumes until `shutdown` is cancelled, reconnecting after any broker failure.
@@ -65,7 +68,11 @@ pub async fn run(config: ConsumerConfig, handler: Handler, shutdown: Cancellatio
     let tracker = TaskTracker::new();
     let mut backoff = crate::retry::FIRST_BACKOFF;
     while !shutdown.is_cancelled() {
-        match session(&config, &handler, &tracker, &shutdown).await {
+        let result = session(&config, &handler, &tracker, &shutdown).await;
+        if let Some(link) = &config.link {
+            link.down();
+        }
+        match result {
             Ok(()) => break,
             Err(error) => {
                 tracing::warn!(queue = %config.queue, error = %format!("{error:#}"), retry_in = ?backoff, "consumer lost its broker connection; reconnecting");
@@ -109,6 +116,9 @@ async fn session(
         )
         .await?;
     tracing::info!(queue = %config.queue, prefetch = config.prefetch, "consuming");
+    if let Some(link) = &config.link {
+        link.up();
+    }
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {

@@ -1,11 +1,13 @@
 //! The library the three video-import binaries share: configuration, database, queue
 //! topology, messages, the outbox relay, SSRF-safe HTTP clients and operational endpoints.
 
+pub mod backlog;
 pub mod config;
 pub mod consume;
 pub mod db;
 pub mod ids;
 pub mod messages;
+pub mod metrics;
 pub mod netguard;
 pub mod ops;
 pub mod outbox;

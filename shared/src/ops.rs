@@ -54,7 +54,10 @@ async fn readyz(State(ops): State<Ops>) -> impl IntoResponse {
 async fn metrics(State(ops): State<Ops>) -> impl IntoResponse {
     let mut buffer = Vec::new();
     let encoder = TextEncoder::new();
-    if let Err(e) = encoder.encode(&ops.registry.gather(), &mut buffer) {
+    // Ours (prefixed video_import_), then the process collector's process_* families.
+    let mut families = ops.registry.gather();
+    families.extend(prometheus::default_registry().gather());
+    if let Err(e) = encoder.encode(&families, &mut buffer) {
         return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response();
     }
     (

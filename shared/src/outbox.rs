@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use deadpool_postgres::Pool;
-use prometheus::{IntCounter, IntGauge, Registry};
+use prometheus::{IntCounter, Registry};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +25,6 @@ pub struct Relay {
     wake: Arc<Notify>,
     published: IntCounter,
     failures: IntCounter,
-    backlog: IntGauge,
 }
 
 impl Relay {
@@ -41,15 +40,9 @@ impl Relay {
             "Outbox relay rounds that failed (broker or database down)",
         )
         .expect("valid metric");
-        let backlog = IntGauge::new(
-            "outbox_backlog",
-            "Messages the last relay round saw waiting in the outbox",
-        )
-        .expect("valid metric");
         for m in [
             Box::new(published.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failures.clone()),
-            Box::new(backlog.clone()),
         ] {
             let _ = registry.register(m);
         }
@@ -59,7 +52,6 @@ impl Relay {
             wake: Arc::new(Notify::new()),
             published,
             failures,
-            backlog,
         }
     }
 
@@ -109,7 +101,6 @@ impl Relay {
             .await
             .context("starting the relay round")?;
         let rows = store::outbox::claim(&tx, BATCH).await?;
-        self.backlog.set(rows.len() as i64);
         if rows.is_empty() {
             return Ok(0);
         }

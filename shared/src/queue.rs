@@ -22,6 +22,8 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::sync::Mutex;
 
+use crate::metrics::AmqpLink;
+
 /// Routing key of "download and upsert this video" messages.
 pub const FETCH: &str = "fetch";
 /// Routing key of "deliver this job's webhook" messages.
@@ -263,6 +265,8 @@ pub struct Publisher {
     url: String,
     topology: Topology,
     link: Mutex<Option<Link>>,
+    /// Where the link's health is reported.
+    health: Option<AmqpLink>,
 }
 
 impl Publisher {
@@ -272,7 +276,14 @@ impl Publisher {
             url: url.to_string(),
             topology,
             link: Mutex::new(None),
+            health: None,
         }
+    }
+
+    /// Reports the link's health to `link`.
+    pub fn with_health(mut self, link: AmqpLink) -> Self {
+        self.health = Some(link);
+        self
     }
 
     /// The topology it publishes into.
@@ -301,6 +312,9 @@ impl Publisher {
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
             self.topology.declare(&channel).await?;
+            if let Some(health) = &self.health {
+                health.up();
+            }
             *guard = Some(Link {
                 connection,
                 channel,
@@ -325,6 +339,9 @@ impl Publisher {
                 ))
             });
         if result.is_err() {
+            if let Some(health) = &self.health {
+                health.down();
+            }
             // Drop the link: the next call starts from a fresh connection.
             if let Some(link) = guard.take() {
                 let _ = link.connection.close(200, "reconnecting".into()).await;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use prometheus::Registry;
+
+use crate::metrics::{self, AmqpMetrics};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -24,25 +26,33 @@ pub struct Service {
     pub topology: Topology,
     /// Publishes with confirms; one link shared by every task.
     pub publisher: Arc<Publisher>,
-    /// Where the binary registers its metrics; `/metrics` serves it.
+    /// Where the binary registers its metrics (prefixed `video_import_`); `/metrics` serves it.
     pub registry: Registry,
+    /// RabbitMQ link health, per link.
+    pub amqp: AmqpMetrics,
     amqp_url: String,
 }
 
 impl Service {
     /// Installs the signal handler and connects to PostgreSQL (failing fast when it is not
     /// there); RabbitMQ is connected lazily.
-    pub async fn start(settings: &Settings) -> anyhow::Result<Self> {
+    pub async fn start(settings: &Settings, component: &str) -> anyhow::Result<Self> {
         let shutdown = shutdown::on_signal();
         let pool = db::connect(&settings.database).await?;
+        let registry = metrics::registry(component);
+        metrics::register_pool(&registry, &pool);
+        let amqp = AmqpMetrics::new(&registry);
         let topology = Topology::new(&settings.amqp.prefix);
-        let publisher = Arc::new(Publisher::new(&settings.amqp.url, topology.clone()));
+        let publisher = Arc::new(
+            Publisher::new(&settings.amqp.url, topology.clone()).with_health(amqp.link("publish")),
+        );
         Ok(Self {
             shutdown,
             pool,
             topology,
             publisher,
-            registry: Registry::new(),
+            registry,
+            amqp,
             amqp_url: settings.amqp.url.clone(),
         })
     }
@@ -65,14 +75,33 @@ impl Service {
         )))
     }
 
-    /// How to consume `queue` with `prefetch` deliveries at once and `grace` to finish them.
-    pub fn consumer(&self, queue: String, prefetch: usize, grace: Duration) -> ConsumerConfig {
+    /// How to consume the queue of `routing_key` (its dead letters when `dead`) with
+    /// `prefetch` deliveries at once and `grace` to finish them.
+    pub fn consumer(
+        &self,
+        routing_key: &str,
+        dead: bool,
+        prefetch: usize,
+        grace: Duration,
+    ) -> ConsumerConfig {
+        let (queue, link) = if dead {
+            (
+                self.topology.dead_queue(routing_key),
+                format!("consume:dead.{routing_key}"),
+            )
+        } else {
+            (
+                self.topology.queue(routing_key),
+                format!("consume:{routing_key}"),
+            )
+        };
         ConsumerConfig {
             url: self.amqp_url.clone(),
             topology: self.topology.clone(),
             queue,
             prefetch: prefetch.min(u16::MAX as usize) as u16,
             grace,
+            link: Some(self.amqp.link(&link)),
         }
     }
 }

@@ -47,7 +47,7 @@ struct Importer {
 
 /// Runs the worker until SIGTERM.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let service = Service::start(&settings).await?;
+    let service = Service::start(&settings, "worker").await?;
     let storage = Storage::open(&settings.storage).await?;
     let fetcher = Fetcher::new(&settings.fetch, storage.clone())?;
     let metrics = WorkerMetrics::new(&service.registry)?;
@@ -88,7 +88,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tokio::join!(
         consume::run(
             service.consumer(
-                service.topology.queue(queue::FETCH),
+                queue::FETCH,
+                false,
                 settings.fetch.concurrency,
                 settings.fetch.shutdown_grace,
             ),
@@ -96,11 +97,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             service.shutdown.clone(),
         ),
         consume::run(
-            service.consumer(
-                service.topology.dead_queue(queue::FETCH),
-                16,
-                std::time::Duration::from_secs(5),
-            ),
+            service.consumer(queue::FETCH, true, 16, std::time::Duration::from_secs(5),),
             dead_handler,
             service.shutdown.clone(),
         ),
@@ -136,16 +133,20 @@ impl Importer {
             None => return Disposition::Requeue,
         };
         let started = std::time::Instant::now();
+        self.metrics.in_flight.inc();
         let fetched = self
             .fetcher
             .download(&item.url, item.project_id, item.known.as_ref())
             .await;
+        self.metrics.in_flight.dec();
         self.metrics
             .download_seconds
             .observe(started.elapsed().as_secs_f64());
+        let mut failure_class = "other";
         let outcome = match &fetched {
             Ok(Fetched::Stored(d)) => {
                 self.metrics.bytes.inc_by(d.asset.size);
+                self.metrics.video_bytes.observe(d.asset.size as f64);
                 Outcome::Downloaded(Box::new(d.to_asset()))
             }
             Ok(Fetched::NotModified) => Outcome::Unchanged,
@@ -153,7 +154,13 @@ impl Importer {
                 Next::RetryIn(delay) => {
                     return self.retry_later(&item, &message, error, delay).await;
                 }
-                Next::GiveUp(reason) => Outcome::Failed(reason),
+                Next::GiveUp(reason) => {
+                    failure_class = error.class();
+                    if failure_class == "refused" {
+                        self.metrics.ssrf_refusals.inc();
+                    }
+                    Outcome::Failed(reason)
+                }
             },
         };
         let downloaded_key = match &fetched {
@@ -172,13 +179,20 @@ impl Importer {
                     .outcomes
                     .with_label_values(&[state.as_str()])
                     .inc();
+                if state == ItemState::Failed {
+                    self.metrics
+                        .failures
+                        .with_label_values(&[failure_class])
+                        .inc();
+                }
                 tracing::info!(external_id = ?item.external_id, %state, "video done");
                 if let Some(old) = replaced_key {
                     // Only now that the new entry is committed may the old asset go.
                     self.storage.remove(&old).await;
                 }
-                if job_finished {
-                    tracing::info!("job finished");
+                if let Some(seconds) = job_finished {
+                    tracing::info!(seconds, "job finished");
+                    self.metrics.job_seconds.observe(seconds);
                     self.relay.wake();
                 }
                 (Disposition::Ack, asset_used)
@@ -230,11 +244,17 @@ impl Importer {
         let recorded = outcomes::record(&self.pool, &[(item, outcome)]).await?;
         if let Some(Recorded::Done { job_finished, .. }) = recorded.first() {
             tracing::error!("video dead-lettered; marked failed");
+            self.metrics.dead_letters.inc();
             self.metrics
                 .outcomes
                 .with_label_values(&[ItemState::Failed.as_str()])
                 .inc();
-            if *job_finished {
+            self.metrics
+                .failures
+                .with_label_values(&["dead_lettered"])
+                .inc();
+            if let Some(seconds) = job_finished {
+                self.metrics.job_seconds.observe(*seconds);
                 self.relay.wake();
             }
         }

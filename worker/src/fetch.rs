@@ -46,7 +46,66 @@ pub enum FetchError {
     HostNotFound(String),
 }
 
+/// Every class [`FetchError::class`] can answer, plus the worker's own.
+pub const FAILURE_CLASSES: [&str; 16] = [
+    "invalid_url",
+    "refused",
+    "http_4xx",
+    "http_429",
+    "http_5xx",
+    "redirect",
+    "too_large",
+    "not_a_video",
+    "timeout",
+    "unreachable",
+    "connection_broke",
+    "truncated",
+    "storage",
+    "host_not_found",
+    "dead_lettered",
+    "other",
+];
+
 impl FetchError {
+    /// A bounded class of the reason, for metrics (the reason itself names the URL's
+    /// details and goes to the job's status).
+    pub fn class(&self) -> &'static str {
+        let reason = match self {
+            FetchError::Storage(_) => return "storage",
+            FetchError::HostNotFound(_) => return "host_not_found",
+            FetchError::Permanent(reason) => reason.as_str(),
+            FetchError::Transient { reason, .. } => reason.as_str(),
+        };
+        let answered = |codes: &str| reason.starts_with(&format!("the server answered {codes}"));
+        if reason.starts_with("the URL is not valid") {
+            "invalid_url"
+        } else if reason.starts_with("refused to") {
+            "refused"
+        } else if reason.contains("redirect") {
+            "redirect"
+        } else if answered("429") {
+            "http_429"
+        } else if answered("5") {
+            "http_5xx"
+        } else if answered("4") {
+            "http_4xx"
+        } else if reason.starts_with("the video is larger than the limit") {
+            "too_large"
+        } else if reason.starts_with("not a video") {
+            "not_a_video"
+        } else if reason.contains("did not answer in time") || reason.contains("took longer than") {
+            "timeout"
+        } else if reason.starts_with("cannot reach the server") {
+            "unreachable"
+        } else if reason.starts_with("the connection broke") {
+            "connection_broke"
+        } else if reason.starts_with("the server announced") {
+            "truncated"
+        } else {
+            "other"
+        }
+    }
+
     fn transient(reason: impl Into<String>) -> Self {
         FetchError::Transient {
             reason: reason.into(),

@@ -366,17 +366,19 @@ impl Counts {
 }
 
 /// Counts finished videos on their job and, when none is left pending, moves the job to
-/// `success` or `failed` and creates its webhook delivery. Returns whether the job finished.
+/// `success` or `failed` and creates its webhook delivery. Returns the job's duration in
+/// seconds when this finished it.
 pub async fn count_finished(
     tx: &Transaction<'_>,
     job_id: &str,
     counts: &Counts,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Option<f64>> {
     let statement = tx
         .prepare_cached(
             "UPDATE jobs SET pending = pending - $2, imported = imported + $3,
                  skipped = skipped + $4, failed = failed + $5
-             WHERE id = $1 RETURNING pending, webhook, failed",
+             WHERE id = $1
+             RETURNING pending, webhook, failed, extract(epoch FROM now() - started_at)::float8",
         )
         .await
         .context("preparing the job count")?;
@@ -395,7 +397,7 @@ pub async fn count_finished(
         .context("counting videos on their job")?;
     let pending: i32 = job.get(0);
     if pending > 0 {
-        return Ok(false);
+        return Ok(None);
     }
     tx.execute(
         "UPDATE jobs SET state = $2, finished_at = now() WHERE id = $1",
@@ -406,7 +408,7 @@ pub async fn count_finished(
     if let Some(url) = job.get::<_, Option<String>>(1) {
         webhooks::create(tx, job_id, &url).await?;
     }
-    Ok(true)
+    Ok(Some(job.get(3)))
 }
 
 /// The reason a cancelled video fails with.
@@ -476,4 +478,46 @@ pub async fn cancel(
         cancelled: pending.len() as i32,
         job,
     }))
+}
+
+/// Work waiting, by kind: how much, and how long the oldest has waited.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Backlog {
+    /// Videos of unfinished jobs not yet imported, skipped or failed.
+    pub videos: i64,
+    /// Seconds since the oldest unfinished job was accepted.
+    pub videos_oldest_secs: f64,
+    /// Webhook deliveries not yet delivered or given up.
+    pub webhooks: i64,
+    pub webhooks_oldest_secs: f64,
+    /// Messages committed but not yet published.
+    pub outbox: i64,
+    pub outbox_oldest_secs: f64,
+}
+
+/// The backlog of every kind of work, from small indexed reads.
+pub async fn backlog(client: &impl GenericClient) -> anyhow::Result<Backlog> {
+    let row = client
+        .query_one(
+            "SELECT
+                 (SELECT coalesce(sum(pending), 0)::bigint FROM jobs WHERE finished_at IS NULL),
+                 (SELECT coalesce(extract(epoch FROM now() - min(started_at)), 0)::float8
+                    FROM jobs WHERE finished_at IS NULL),
+                 (SELECT count(*) FROM webhook_deliveries WHERE state = $1),
+                 (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
+                    FROM webhook_deliveries WHERE state = $1),
+                 (SELECT count(*) FROM outbox),
+                 (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 FROM outbox)",
+            &[&WebhookState::Pending],
+        )
+        .await
+        .context("measuring the backlog")?;
+    Ok(Backlog {
+        videos: row.get(0),
+        videos_oldest_secs: row.get(1),
+        webhooks: row.get(2),
+        webhooks_oldest_secs: row.get(3),
+        outbox: row.get(4),
+        outbox_oldest_secs: row.get(5),
+    })
 }

@@ -24,15 +24,15 @@ pub enum Outcome {
 }
 
 /// What the transaction did for one video.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Recorded {
     /// Another delivery of the same message got there first.
     AlreadyDone,
     /// The item ended in `state`.
     Done {
         state: ItemState,
-        /// It was the job's last item.
-        job_finished: bool,
+        /// It was the job's last item: the job's duration in seconds.
+        job_finished: Option<f64>,
         /// The entry now points at the downloaded asset (otherwise it may be deleted).
         asset_used: bool,
         /// The asset this one replaced, to delete now that the commit is done.
@@ -86,16 +86,16 @@ pub async fn record(pool: &Pool, batch: &[(Item, Outcome)]) -> anyhow::Result<Ve
         members.push(i);
         results[i] = Recorded::Done {
             state,
-            job_finished: false,
+            job_finished: None,
             asset_used: change.asset_used,
             replaced_key: change.replaced_key,
         };
     }
     finished.write(&tx).await?;
     for (job_id, (counts, members)) in &per_job {
-        if jobs::count_finished(&tx, job_id, counts).await? {
+        if let Some(seconds) = jobs::count_finished(&tx, job_id, counts).await? {
             if let Some(Recorded::Done { job_finished, .. }) = results.get_mut(members[0]) {
-                *job_finished = true;
+                *job_finished = Some(seconds);
             }
         }
     }
