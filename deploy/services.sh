@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Starts PostgreSQL and RabbitMQ on this machine if they are not running, installing them
-# with apt-get where they are missing (Debian/Ubuntu, as root). Used by demo.sh and .ci/run.
+# with apt-get where they are missing (Debian/Ubuntu, as root), and installs Prometheus
+# (prometheus and promtool, which the tests run; it is not started here). Used by demo.sh
+# and .ci/run.
 set -euo pipefail
 
 need_install=()
@@ -8,6 +10,7 @@ command -v pg_ctlcluster >/dev/null 2>&1 || need_install+=(postgresql)
 command -v rabbitmq-server >/dev/null 2>&1 || need_install+=(rabbitmq-server)
 command -v python3 >/dev/null 2>&1 || need_install+=(python3)
 command -v curl >/dev/null 2>&1 || need_install+=(curl)
+command -v promtool >/dev/null 2>&1 || need_install+=(prometheus)
 if [ ${#need_install[@]} -gt 0 ]; then
   echo "installing ${need_install[*]}"
   export DEBIAN_FRONTEND=noninteractive

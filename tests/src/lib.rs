@@ -92,6 +92,8 @@ impl Stack {
 
 /// One running stack: database, queue prefix, storage folder and processes.
 pub struct Stack {
+    /// Where each process serves `/metrics`: (Prometheus job, host:port).
+    pub scrape_targets: Vec<(String, String)>,
     admin_url: String,
     amqp_url: String,
     pub db_name: String,
@@ -193,6 +195,7 @@ impl Stack {
             env.push((k, v));
         }
         let mut stack = Stack {
+            scrape_targets: vec![("video-import-api".into(), format!("127.0.0.1:{api_port}"))],
             admin_url,
             amqp_url: options.amqp_url.clone(),
             db_name,
@@ -229,6 +232,9 @@ impl Stack {
             stack
                 .wait_ready(&format!("http://127.0.0.1:{port}/readyz"))
                 .await;
+            stack
+                .scrape_targets
+                .push(("video-import-notifier".into(), format!("127.0.0.1:{port}")));
         }
         stack
     }
@@ -249,6 +255,8 @@ impl Stack {
         .await;
         self.wait_ready(&format!("http://127.0.0.1:{port}/readyz"))
             .await;
+        self.scrape_targets
+            .push(("video-import-worker".into(), format!("127.0.0.1:{port}")));
         port
     }
 

@@ -2,6 +2,7 @@
 //! notifier; see `tests/src/lib.rs`).
 
 mod api;
+mod observability;
 mod pipeline;
 mod restarts;
 mod webhooks;

@@ -1,0 +1,219 @@
+//! Operations as an operator sees them: a real Prometheus scrapes the three binaries of a
+//! running stack; promtool finds every scrape clean; every dashboard panel and alert rule
+//! parses and evaluates, and the panels return data.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use video_import_tests::receiver::Receiver;
+use video_import_tests::videos::VideoServer;
+use video_import_tests::{free_port, Options, Stack};
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+/// Runs `promtool check metrics` on `text`; its verdict.
+async fn promtool_check(text: &str) -> (bool, String) {
+    let mut child = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; .ci/run installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .await
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}
+
+/// `text` percent-encoded for a query string.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Asks Prometheus at `base` for the instant value of `expr`.
+async fn query(http: &reqwest::Client, base: &str, expr: &str) -> Value {
+    http.get(format!("{base}/api/v1/query?query={}", encode(expr)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_every_binary_and_the_dashboard_and_alerts_work() {
+    let stack = Stack::start(Options::default()).await;
+    let videos = VideoServer::start().await;
+    let receiver = Receiver::start(&[]).await;
+    let project = stack.project("observed").await;
+    let body = json!({"systemName": "archive", "webhook": receiver.url, "videos": [
+        {"url": videos.url("/videos/sample.mp4"), "id": "a", "fileName": "a", "metadata": {}},
+        {"url": videos.url("/videos/other.mp4"), "id": "b", "fileName": "b", "metadata": {}},
+        {"url": videos.url("/videos/missing.mp4"), "id": "c", "fileName": "c", "metadata": {}}]});
+    let job = stack.import(&project.token, &body).await;
+    stack.wait_finished(&project.token, &job, 30).await;
+    receiver.wait_for(1, 30).await;
+
+    // Every scrape is clean, namespaced, and has the process and build families.
+    for (job, address) in &stack.scrape_targets {
+        let text = stack
+            .http
+            .get(format!("http://{address}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let (clean, said) = promtool_check(&text).await;
+        assert!(clean, "{job}: promtool check metrics: {said}");
+        assert!(text.contains("video_import_build_info{"), "{job}");
+        assert!(text.contains("process_resident_memory_bytes"), "{job}");
+        for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let name = line.split(' ').nth(2).unwrap();
+            assert!(
+                name.starts_with("video_import_") || name.starts_with("process_"),
+                "{job}: {name} has no namespace"
+            );
+        }
+    }
+
+    // A real Prometheus scrapes all three every second and evaluates the alert rules.
+    let dir = stack.dir.join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut jobs: Vec<Value> = Vec::new();
+    for (job, address) in &stack.scrape_targets {
+        jobs.push(json!({"job_name": job, "static_configs": [{"targets": [address]}]}));
+    }
+    let config = json!({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [repo("deploy/prometheus/alerts.yml")],
+        "scrape_configs": jobs,
+    });
+    // JSON is YAML.
+    std::fs::write(dir.join("prometheus.yml"), config.to_string()).unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let _prometheus = tokio::process::Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prometheus (Debian's prometheus package; .ci/run installs it)");
+    let mut up = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Ok(answer) = stack
+            .http
+            .get(format!("{base}/api/v1/query?query={}", encode("sum(up)")))
+            .send()
+            .await
+        {
+            let answer: Value = answer.json().await.unwrap_or(Value::Null);
+            up = answer["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if up == stack.scrape_targets.len() {
+                break;
+            }
+        }
+    }
+    assert_eq!(up, stack.scrape_targets.len(), "every binary is scraped");
+    // A few more scrapes, so that rates have two samples.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo("deploy/grafana/video-import.json")).unwrap(),
+    )
+    .unwrap();
+    let mut panels = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap();
+            let answer = query(&stack.http, &base, expr).await;
+            assert_eq!(
+                answer["status"], "success",
+                "{}: {expr}: {answer}",
+                panel["title"]
+            );
+            assert!(
+                !answer["data"]["result"].as_array().unwrap().is_empty(),
+                "{} returns no data: {expr}",
+                panel["title"]
+            );
+            panels += 1;
+        }
+    }
+    assert!(panels >= 15, "{panels} panel queries");
+
+    // Every alert rule was evaluated without error.
+    let mut rules: Vec<Value> = Vec::new();
+    for _ in 0..50 {
+        let answer: Value = stack
+            .http
+            .get(format!("{base}/api/v1/rules"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        rules = answer["data"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap().clone())
+            .collect();
+        if !rules.is_empty() && rules.iter().all(|r| r["health"] != "unknown") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(rules.len() >= 12, "{} rules loaded", rules.len());
+    for rule in &rules {
+        assert_eq!(rule["health"], "ok", "{rule}");
+        let answer = query(&stack.http, &base, rule["query"].as_str().unwrap()).await;
+        assert_eq!(answer["status"], "success", "{rule}");
+    }
+    // Nothing is wrong with this stack: no alert fires.
+    let firing: Vec<&Value> = rules.iter().filter(|r| r["state"] == "firing").collect();
+    assert!(firing.is_empty(), "{firing:?}");
+    stack.finish().await;
+}
