@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use video_import_shared::config::ApiSettings;
 use video_import_shared::ids;
 use video_import_shared::store::{jobs, projects};
+use video_import_shared::trace::{self, TraceParent};
 
 use crate::auth::{Caller, WRITE};
 use crate::error::ApiError;
@@ -99,8 +100,16 @@ pub async fn create(
     if let Some(limit) = limits.daily_limit {
         quota::check_daily_limit(&tx, caller.project_id, limit, total).await?;
     }
+    // The job's trace: the caller's, when it sends a valid traceparent.
+    let trace = headers
+        .get(trace::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
+        .unwrap_or_else(TraceParent::root);
+    tracing::Span::current().record("trace_id", trace.trace_id.as_str());
     let job = jobs::NewJob {
         id: &job_id,
+        trace_id: Some(&trace.trace_id),
         project_id: caller.project_id,
         system_name: &batch.system_name,
         webhook: batch.webhook.as_deref(),

@@ -33,7 +33,8 @@ pub async fn assign(request: Request, next: Next) -> Response {
         })
         .map(str::to_string)
         .unwrap_or_else(|| format!("req_{}", video_import_shared::ids::random_id(16)));
-    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path());
+    // `trace_id` is recorded by handlers that start or continue a job's trace.
+    let span = tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.uri().path(), trace_id = tracing::field::Empty);
     // Attached to the future, so every poll (on any thread) runs inside the span.
     let mut response = REQUEST_ID
         .scope(id.clone(), next.run(request))

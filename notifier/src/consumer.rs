@@ -20,6 +20,7 @@ use video_import_shared::retry::until_ok;
 use video_import_shared::service::Service;
 use video_import_shared::store::webhooks::{self, AttemptRecord, Due};
 use video_import_shared::store::WebhookState;
+use video_import_shared::trace::TraceParent;
 
 use crate::deliver::{self, Attempt};
 use crate::hosts::HostSlots;
@@ -116,7 +117,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         shutdown: service.shutdown.clone(),
     });
     let handler = consume::handler(notifier.clone(), |notifier, message| async move {
-        notifier.handle(&message.data).await
+        notifier.handle(message).await
     });
     let dead_handler = consume::handler(notifier, |notifier, message| async move {
         notifier.handle_dead(message).await
@@ -144,7 +145,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 }
 
 impl Notifier {
-    async fn handle(&self, data: &[u8]) -> Disposition {
+    async fn handle(&self, delivered: Delivered) -> Disposition {
+        let data = delivered.data.as_slice();
         let message: DeliverWebhook = match serde_json::from_slice(data) {
             Ok(m) => m,
             Err(e) => {
@@ -152,18 +154,23 @@ impl Notifier {
                 return Disposition::Ack;
             }
         };
-        let span = tracing::info_span!("webhook", job = %message.job_id, attempt = message.attempt);
-        self.deliver(message).instrument(span).await
+        let trace = delivered.traceparent;
+        let trace_id = trace
+            .as_ref()
+            .map(|t| t.trace_id.as_str())
+            .unwrap_or_default();
+        let span = tracing::info_span!("webhook", job = %message.job_id, attempt = message.attempt, trace_id);
+        self.deliver(message, trace.as_ref()).instrument(span).await
     }
 
-    async fn deliver(&self, message: DeliverWebhook) -> Disposition {
+    async fn deliver(&self, message: DeliverWebhook, trace: Option<&TraceParent>) -> Disposition {
         // A receiver that is slow or down may hold only a few slots; its other deliveries
         // wait in the delay queue instead of blocking deliveries to everyone else. With the
         // URL in the message, that is decided before touching the database.
         let early = match &message.url {
             Some(url) => match self.hosts.acquire(url).await {
                 Some(permit) => Some(permit),
-                None => return self.wait_for_host(&message, url).await,
+                None => return self.wait_for_host(&message, url, trace).await,
             },
             None => None,
         };
@@ -177,7 +184,7 @@ impl Notifier {
             Some(permit) => permit,
             None => match self.hosts.acquire(&due.url).await {
                 Some(permit) => permit,
-                None => return self.wait_for_host(&message, &due.url).await,
+                None => return self.wait_for_host(&message, &due.url, trace).await,
             },
         };
         let started = Instant::now();
@@ -207,7 +214,7 @@ impl Notifier {
                 waited: 0,
                 url: Some(due.url.clone()),
             };
-            if self.publish_after(&next, delay).await == Disposition::Requeue {
+            if self.publish_after(&next, delay, trace).await == Disposition::Requeue {
                 return Disposition::Requeue;
             }
         }
@@ -238,22 +245,33 @@ impl Notifier {
     }
 
     /// Sends the delivery to the delay queue because its host has no free slot.
-    async fn wait_for_host(&self, message: &DeliverWebhook, url: &str) -> Disposition {
+    async fn wait_for_host(
+        &self,
+        message: &DeliverWebhook,
+        url: &str,
+        trace: Option<&TraceParent>,
+    ) -> Disposition {
         let later = DeliverWebhook {
             waited: message.waited + 1,
             url: Some(url.to_string()),
             ..message.clone()
         };
         let delay = schedule::host_busy_delay(message.waited, schedule::jitter_factor());
-        self.publish_after(&later, delay).await
+        self.publish_after(&later, delay, trace).await
     }
 
     /// Publishes `next` to be handled after `delay`.
-    async fn publish_after(&self, next: &DeliverWebhook, delay: Duration) -> Disposition {
+    async fn publish_after(
+        &self,
+        next: &DeliverWebhook,
+        delay: Duration,
+        trace: Option<&TraceParent>,
+    ) -> Disposition {
         let outgoing = Outgoing {
             routing_key: queue::WEBHOOK.into(),
             payload: serde_json::to_vec(next).expect("messages serialize"),
             delay: Some(delay),
+            traceparent: trace.map(|t| t.child().header()),
         };
         match self.publisher.publish(&[outgoing]).await {
             Ok(()) => Disposition::Ack,
@@ -289,7 +307,12 @@ impl Notifier {
             );
             return Disposition::Ack;
         };
-        let span = tracing::info_span!("dead_webhook", job = %hook.job_id, attempt = hook.attempt);
+        let trace_id = message
+            .traceparent
+            .as_ref()
+            .map(|t| t.trace_id.as_str())
+            .unwrap_or_default();
+        let span = tracing::info_span!("dead_webhook", job = %hook.job_id, attempt = hook.attempt, trace_id);
         let reason = schedule::dead_letter_reason();
         self.metrics.dead_letters.inc();
         let done = until_ok(&self.shutdown, || async {

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::metrics::AmqpLink;
 use crate::queue::{self, Topology};
+use crate::trace::TraceParent;
 
 /// What to do with a delivery once its handler is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +34,8 @@ pub struct Delivered {
     /// The routing key it was published with (kept when it is dead-lettered).
     pub routing_key: String,
     pub data: Vec<u8>,
+    /// The W3C trace context it was published with.
+    pub traceparent: Option<TraceParent>,
 }
 
 /// Handles one message.
@@ -136,6 +139,7 @@ async fn session(
                         let message = Delivered {
                             routing_key: delivery.routing_key.to_string(),
                             data: delivery.data.clone(),
+                            traceparent: traceparent(&delivery.properties),
                         };
                         let disposition = handler(message).await;
                         // A failed ack means the channel is gone; the broker redelivers.
@@ -153,5 +157,16 @@ async fn session(
                 None => return Err(anyhow!("the broker ended the consumer")),
             }
         }
+    }
+}
+
+/// The `traceparent` header of a delivery, if it carries a valid one.
+fn traceparent(properties: &lapin::BasicProperties) -> Option<TraceParent> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get(crate::trace::HEADER)? {
+        lapin::types::AMQPValue::LongString(text) => {
+            TraceParent::parse(&String::from_utf8_lossy(text.as_bytes()))
+        }
+        _ => None,
     }
 }

@@ -20,4 +20,5 @@ pub mod storage;
 pub mod store;
 pub mod sweep;
 pub mod telemetry;
+pub mod trace;
 pub mod webhook;

@@ -112,6 +112,7 @@ impl Relay {
                     routing_key: row.routing_key,
                     payload: serde_json::to_vec(&row.payload)?,
                     delay: None,
+                    traceparent: row.traceparent,
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;

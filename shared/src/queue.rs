@@ -251,6 +251,8 @@ pub struct Outgoing {
     pub payload: Vec<u8>,
     /// Hold the message this long before it reaches its queue.
     pub delay: Option<Duration>,
+    /// The W3C trace context, sent as the `traceparent` header.
+    pub traceparent: Option<String>,
 }
 
 struct Link {
@@ -361,6 +363,12 @@ impl Publisher {
             let mut properties = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_content_type("application/json".into());
+            if let Some(traceparent) = &message.traceparent {
+                properties = properties.with_headers(table(&[(
+                    crate::trace::HEADER,
+                    AMQPValue::LongString(traceparent.as_str().into()),
+                )]));
+            }
             let exchange = match message.delay {
                 Some(delay) => {
                     let delay = delay.min(MAX_DELAY);

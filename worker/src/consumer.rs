@@ -19,6 +19,7 @@ use video_import_shared::store::items::Item;
 use video_import_shared::store::outcomes::{self, Outcome, Recorded};
 use video_import_shared::store::ItemState;
 use video_import_shared::sweep;
+use video_import_shared::trace::TraceParent;
 
 use crate::fetch::{FetchError, Fetched, Fetcher};
 use crate::group_commit::Recorder;
@@ -80,7 +81,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         shutdown: service.shutdown.clone(),
     });
     let fetch_handler = consume::handler(importer.clone(), |importer, message| async move {
-        importer.handle(&message.data).await
+        importer.handle(message).await
     });
     let dead_handler = consume::handler(importer, |importer, message| async move {
         importer.handle_dead(message).await
@@ -109,7 +110,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 }
 
 impl Importer {
-    async fn handle(&self, data: &[u8]) -> Disposition {
+    async fn handle(&self, delivered: Delivered) -> Disposition {
+        let data = delivered.data.as_slice();
         let message: FetchVideo = match serde_json::from_slice(data) {
             Ok(m) => m,
             Err(e) => {
@@ -118,11 +120,16 @@ impl Importer {
                 return Disposition::Ack;
             }
         };
-        let span = tracing::info_span!("video", job = %message.job_id, idx = message.idx, attempt = message.attempt);
-        self.import(message).instrument(span).await
+        let trace = delivered.traceparent;
+        let trace_id = trace
+            .as_ref()
+            .map(|t| t.trace_id.as_str())
+            .unwrap_or_default();
+        let span = tracing::info_span!("video", job = %message.job_id, idx = message.idx, attempt = message.attempt, trace_id);
+        self.import(message, trace).instrument(span).await
     }
 
-    async fn import(&self, message: FetchVideo) -> Disposition {
+    async fn import(&self, message: FetchVideo, trace: Option<TraceParent>) -> Disposition {
         let item = match until_ok(&self.shutdown, || {
             load::item(&self.pool, &self.jobs, &message.job_id, message.idx)
         })
@@ -152,7 +159,9 @@ impl Importer {
             Ok(Fetched::NotModified) => Outcome::Unchanged,
             Err(error) => match self.retries.after_failure(error, message.attempt) {
                 Next::RetryIn(delay) => {
-                    return self.retry_later(&item, &message, error, delay).await;
+                    return self
+                        .retry_later(&item, &message, error, delay, trace.as_ref())
+                        .await;
                 }
                 Next::GiveUp(reason) => {
                     failure_class = error.class();
@@ -225,7 +234,13 @@ impl Importer {
             );
             return Disposition::Ack;
         };
-        let span = tracing::info_span!("dead_video", job = %fetch.job_id, idx = fetch.idx);
+        let trace_id = message
+            .traceparent
+            .as_ref()
+            .map(|t| t.trace_id.as_str())
+            .unwrap_or_default();
+        let span =
+            tracing::info_span!("dead_video", job = %fetch.job_id, idx = fetch.idx, trace_id);
         let done = until_ok(&self.shutdown, || self.fail_dead_video(&fetch))
             .instrument(span)
             .await;
@@ -268,6 +283,7 @@ impl Importer {
         message: &FetchVideo,
         error: &FetchError,
         delay: std::time::Duration,
+        trace: Option<&TraceParent>,
     ) -> Disposition {
         let reason = format!(
             "try {} failed: {error}; trying again in {} s",
@@ -291,6 +307,7 @@ impl Importer {
             routing_key: queue::FETCH.into(),
             payload: serde_json::to_vec(&next).expect("messages serialize"),
             delay: Some(delay),
+            traceparent: trace.map(|t| t.child().header()),
         };
         match self.publisher.publish(&[outgoing]).await {
             Ok(()) => {

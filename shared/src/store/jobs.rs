@@ -29,6 +29,8 @@ pub struct NewJob<'a> {
     pub webhook: Option<&'a str>,
     /// The caller's context, byte for byte.
     pub context: Option<&'a str>,
+    /// The W3C trace id every message and log line about the job carries.
+    pub trace_id: Option<&'a str>,
     pub videos: &'a [NewVideo],
 }
 
@@ -37,8 +39,9 @@ pub struct NewJob<'a> {
 pub async fn insert(tx: &Transaction<'_>, job: &NewJob<'_>) -> anyhow::Result<()> {
     let total = job.videos.len() as i32;
     tx.execute(
-        "INSERT INTO jobs (id, project_id, system_name, webhook, context, state, total, pending)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        "INSERT INTO jobs (id, project_id, system_name, webhook, context, state, total, pending,
+                           trace_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
         &[
             &job.id,
             &job.project_id,
@@ -47,6 +50,7 @@ pub async fn insert(tx: &Transaction<'_>, job: &NewJob<'_>) -> anyhow::Result<()
             &job.context,
             &JobState::Started,
             &total,
+            &job.trace_id,
         ],
     )
     .await
@@ -79,7 +83,8 @@ pub async fn insert(tx: &Transaction<'_>, job: &NewJob<'_>) -> anyhow::Result<()
             attempt: 0,
         })
         .collect();
-    outbox::enqueue(tx, queue::FETCH, &messages).await
+    let traceparent = job.trace_id.and_then(crate::trace::header_for);
+    outbox::enqueue(tx, queue::FETCH, &messages, traceparent.as_deref()).await
 }
 
 /// What an Idempotency-Key led to.
@@ -378,7 +383,8 @@ pub async fn count_finished(
             "UPDATE jobs SET pending = pending - $2, imported = imported + $3,
                  skipped = skipped + $4, failed = failed + $5
              WHERE id = $1
-             RETURNING pending, webhook, failed, extract(epoch FROM now() - started_at)::float8",
+             RETURNING pending, webhook, failed, extract(epoch FROM now() - started_at)::float8,
+                 trace_id",
         )
         .await
         .context("preparing the job count")?;
@@ -406,7 +412,8 @@ pub async fn count_finished(
     .await
     .context("finishing the job")?;
     if let Some(url) = job.get::<_, Option<String>>(1) {
-        webhooks::create(tx, job_id, &url).await?;
+        let trace_id: Option<String> = job.get(4);
+        webhooks::create(tx, job_id, &url, trace_id.as_deref()).await?;
     }
     Ok(Some(job.get(3)))
 }

@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("migrations/0006_asset_key_index.sql")),
     (7, include_str!("migrations/0007_cancel.sql")),
     (8, include_str!("migrations/0008_backlog_indexes.sql")),
+    (9, include_str!("migrations/0009_trace.sql")),
 ];
 
 /// Any number so long as every process agrees on it: serialises concurrent `migrate` runs.

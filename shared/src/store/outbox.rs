@@ -11,13 +11,17 @@ pub struct Pending {
     pub id: i64,
     pub routing_key: String,
     pub payload: serde_json::Value,
+    /// The W3C trace context to publish it with.
+    pub traceparent: Option<String>,
 }
 
-/// Adds messages to the outbox inside the caller's transaction.
+/// Adds messages to the outbox inside the caller's transaction, to be published with
+/// `traceparent`.
 pub async fn enqueue<C: GenericClient, M: Serialize>(
     client: &C,
     routing_key: &str,
     messages: &[M],
+    traceparent: Option<&str>,
 ) -> anyhow::Result<()> {
     if messages.is_empty() {
         return Ok(());
@@ -28,13 +32,13 @@ pub async fn enqueue<C: GenericClient, M: Serialize>(
         .collect();
     let statement = client
         .prepare_cached(
-            "INSERT INTO outbox (routing_key, payload)
-             SELECT $1, p FROM unnest($2::jsonb[]) AS p",
+            "INSERT INTO outbox (routing_key, payload, traceparent)
+             SELECT $1, p, $3 FROM unnest($2::jsonb[]) AS p",
         )
         .await
         .context("preparing the outbox insert")?;
     client
-        .execute(&statement, &[&routing_key, &payloads])
+        .execute(&statement, &[&routing_key, &payloads, &traceparent])
         .await
         .with_context(|| format!("queueing {} {routing_key} messages", messages.len()))?;
     Ok(())
@@ -44,7 +48,7 @@ pub async fn enqueue<C: GenericClient, M: Serialize>(
 pub async fn claim(tx: &Transaction<'_>, limit: i64) -> anyhow::Result<Vec<Pending>> {
     let rows = tx
         .query(
-            "SELECT id, routing_key, payload FROM outbox ORDER BY id LIMIT $1
+            "SELECT id, routing_key, payload, traceparent FROM outbox ORDER BY id LIMIT $1
              FOR UPDATE SKIP LOCKED",
             &[&limit],
         )
@@ -56,6 +60,7 @@ pub async fn claim(tx: &Transaction<'_>, limit: i64) -> anyhow::Result<Vec<Pendi
             id: row.get(0),
             routing_key: row.get(1),
             payload: row.get(2),
+            traceparent: row.get(3),
         })
         .collect())
 }

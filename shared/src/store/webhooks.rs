@@ -9,8 +9,14 @@ use super::{outbox, ItemState, JobState, WebhookState};
 use crate::messages::DeliverWebhook;
 use crate::queue;
 
-/// Creates the `pending` delivery of a job that just finished and queues its first attempt.
-pub async fn create(tx: &Transaction<'_>, job_id: &str, url: &str) -> anyhow::Result<()> {
+/// Creates the `pending` delivery of a job that just finished and queues its first attempt
+/// (in the job's trace).
+pub async fn create(
+    tx: &Transaction<'_>,
+    job_id: &str,
+    url: &str,
+    trace_id: Option<&str>,
+) -> anyhow::Result<()> {
     tx.execute(
         "INSERT INTO webhook_deliveries (job_id, webhook_id, url, state) VALUES ($1, $2, $3, $4)",
         &[
@@ -28,7 +34,8 @@ pub async fn create(tx: &Transaction<'_>, job_id: &str, url: &str) -> anyhow::Re
         waited: 0,
         url: Some(url.to_string()),
     };
-    outbox::enqueue(tx, queue::WEBHOOK, &[message]).await
+    let traceparent = trace_id.and_then(crate::trace::header_for);
+    outbox::enqueue(tx, queue::WEBHOOK, &[message], traceparent.as_deref()).await
 }
 
 /// A delivery after a redelivery request.
@@ -46,7 +53,8 @@ pub async fn redeliver(tx: &Transaction<'_>, job_id: &str) -> anyhow::Result<Red
     let row = tx
         .query_one(
             "UPDATE webhook_deliveries SET state = $2, round_start = attempts
-             WHERE job_id = $1 RETURNING attempts, webhook_id, url",
+             WHERE job_id = $1
+             RETURNING attempts, webhook_id, url, (SELECT trace_id FROM jobs WHERE id = $1)",
             &[&job_id, &WebhookState::Pending],
         )
         .await
@@ -58,7 +66,9 @@ pub async fn redeliver(tx: &Transaction<'_>, job_id: &str) -> anyhow::Result<Red
         waited: 0,
         url: Some(row.get(2)),
     };
-    outbox::enqueue(tx, queue::WEBHOOK, &[message]).await?;
+    let trace_id: Option<String> = row.get(3);
+    let traceparent = trace_id.as_deref().and_then(crate::trace::header_for);
+    outbox::enqueue(tx, queue::WEBHOOK, &[message], traceparent.as_deref()).await?;
     Ok(Redelivery {
         attempts,
         webhook_id: row.get(1),

@@ -217,3 +217,51 @@ async fn prometheus_scrapes_every_binary_and_the_dashboard_and_alerts_work() {
     assert!(firing.is_empty(), "{firing:?}");
     stack.finish().await;
 }
+
+#[tokio::test]
+async fn one_trace_id_follows_a_job_through_all_three_binaries() {
+    let stack = Stack::start(Options {
+        env: vec![("VIDEO_IMPORT__LOG__FORMAT".into(), "json".into())],
+        ..Options::default()
+    })
+    .await;
+    let videos = VideoServer::start().await;
+    let receiver = Receiver::start(&[]).await;
+    let project = stack.project("traced").await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let body = json!({"systemName": "archive", "webhook": receiver.url, "videos": [
+        {"url": videos.url("/videos/sample.mp4"), "id": "t1", "fileName": "t", "metadata": {}}]});
+    let accepted: Value = stack
+        .http
+        .post(format!("{}/api/v1/import/videos", stack.api_url))
+        .bearer_auth(&project.token)
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job = accepted["id"].as_str().unwrap();
+    stack.wait_finished(&project.token, job, 30).await;
+    receiver.wait_for(1, 30).await;
+    stack.wait_webhook(&project.token, job, "delivered").await;
+    for name in ["api", "worker1", "notifier"] {
+        let log = stack.log(name);
+        let traced: Vec<Value> = log
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|line| line.to_string().contains(trace_id))
+            .collect();
+        assert!(
+            !traced.is_empty(),
+            "{name} logged nothing with the trace id:\n{log}"
+        );
+        assert!(
+            traced.iter().any(|l| l.to_string().contains(job)),
+            "{name}: the traced lines are about the job"
+        );
+    }
+    stack.finish().await;
+}
