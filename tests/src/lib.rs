@@ -366,6 +366,13 @@ impl Stack {
         self.run_binary("video-import-api", args, extra).await
     }
 
+    /// A command running `binary` (built in this workspace), without the stack's variables.
+    pub fn command(&self, binary: &str) -> Command {
+        let mut command = Command::new(bin(binary));
+        command.stdin(Stdio::null()).kill_on_drop(true);
+        command
+    }
+
     /// Runs `binary ARGS` to its end with the stack's configuration and extra variables.
     pub async fn run_binary(
         &self,

@@ -2,6 +2,7 @@
 //! notifier; see `tests/src/lib.rs`).
 
 mod api;
+mod importer;
 mod observability;
 mod pipeline;
 mod restarts;
