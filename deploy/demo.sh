@@ -2,22 +2,33 @@
 # Brings the whole stack up on this machine and runs the seed's example import end to end:
 # POST a batch -> RabbitMQ -> worker downloads and upserts -> notifier POSTs the signed
 # webhook with the caller's context. Stops everything it started when done
-# (pass --keep to leave the api, worker and notifier running).
+# (--keep leaves the api, worker and notifier running; --clean removes the demo's database,
+# queues and files afterwards).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-keep=${1:-}
+keep=
+clean=
+for arg in "$@"; do
+  case "$arg" in
+    --keep) keep=--keep ;;
+    --clean) clean=--clean ;;
+    *) echo "usage: deploy/demo.sh [--keep] [--clean]" >&2; exit 2 ;;
+  esac
+done
 
 deploy/services.sh
-cargo build --workspace --bins --quiet
+echo "building the binaries (the first build takes a few minutes; cargo shows its progress)"
+cargo build --workspace --bins
 bin=$root/target/debug
 
 work=$(mktemp -d)
 export VIDEO_IMPORT__DATABASE__URL=${VIDEO_IMPORT__DATABASE__URL:-postgres://postgres@127.0.0.1:5432/video_import_demo}
 export VIDEO_IMPORT__STORAGE__ROOT=$work/videos
-# The demo serves its video and receives its webhook on 127.0.0.1.
-export VIDEO_IMPORT__FETCH__ALLOW_PRIVATE_NETWORKS=true
-export VIDEO_IMPORT__WEBHOOK__ALLOW_PRIVATE_NETWORKS=true
+# The demo serves its video and receives its webhook on 127.0.0.1, which private-network
+# protection refuses unless admitted: importing from your own machine needs the same.
+export VIDEO_IMPORT__FETCH__ALLOWED_NETWORKS=127.0.0.1/32
+export VIDEO_IMPORT__WEBHOOK__ALLOWED_NETWORKS=127.0.0.1/32
 export VIDEO_IMPORT__AMQP__PREFIX=video-import-demo
 export VIDEO_IMPORT__LOG__FILTER=warn
 
@@ -33,7 +44,19 @@ token=$("$bin/video-import-api" token create --project "$handle" --scope public-
 echo "project $handle created"
 
 pids=()
-cleanup() { [ "$keep" = "--keep" ] || kill "${pids[@]}" 2>/dev/null || true; }
+cleanup() {
+  [ "$keep" = "--keep" ] && return
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  if [ "$clean" = "--clean" ]; then
+    psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS video_import_demo WITH (FORCE)" || true
+    for q in fetch webhook dead.fetch dead.webhook; do
+      rabbitmqctl -q delete_queue "video-import-demo.$q" >/dev/null 2>&1 || true
+    done
+    rm -rf "$work"
+    echo "removed the demo's database, queues and files"
+  fi
+}
 trap cleanup EXIT
 python3 -m http.server 8900 --bind 127.0.0.1 --directory tests/fixtures >/dev/null 2>&1 & pids+=($!)
 python3 deploy/webhook-receiver.py 8901 "$secret" "$work/webhooks.jsonl" >/dev/null & pids+=($!)
@@ -77,7 +100,13 @@ echo "GET /api/v1/import/videos/status?id=$id"
 curl -fsS "http://127.0.0.1:8080/api/v1/import/videos/status?id=$id" -H "Authorization: Bearer $token"
 echo
 grep -q '"verified": true' "$work/webhooks.jsonl" && grep -q some-identifier-sent-to-the-webhook "$work/webhooks.jsonl"
+media=$(curl -fsS "http://127.0.0.1:8080/api/v1/import/videos/status?id=$id" -H "Authorization: Bearer $token" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["videos"][0]["video"]["mediaId"])')
+key=$(curl -fsS "http://127.0.0.1:8080/api/v1/mediaLibrary/$media" -H "Authorization: Bearer $token" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["asset"]["key"])')
 echo "demo import succeeded"
+echo "the video is stored at $VIDEO_IMPORT__STORAGE__ROOT/$key"
+echo "its media-library entry: curl http://127.0.0.1:8080/api/v1/mediaLibrary/$media -H \"Authorization: Bearer $token\""
 if [ "$keep" = "--keep" ]; then
   echo "stack left running; token: $token"
 fi
