@@ -3,7 +3,7 @@
 //! baseline measured in the same run.
 //!
 //! Run: `cargo build --release --workspace --bins && target/release/video-import-bench [SCENARIO…]`
-//! with SCENARIO among e2e, accept, large, latency, webhooks (default: all).
+//! with SCENARIO among e2e, accept, large, latency, webhooks, importer (default: all).
 
 mod baseline;
 mod scenarios;
@@ -14,7 +14,7 @@ use clap::Parser;
 /// Benchmark harness.
 #[derive(Parser)]
 struct Cli {
-    /// Scenarios to run: e2e, accept, large, latency, webhooks (default: all).
+    /// Scenarios to run: e2e, accept, large, latency, webhooks, importer (default: all).
     scenarios: Vec<String>,
 }
 
@@ -31,7 +31,7 @@ pub struct Row {
 async fn main() -> anyhow::Result<()> {
     video_import_shared::telemetry::init_tls();
     let cli = Cli::parse();
-    let all = ["e2e", "accept", "large", "latency", "webhooks"];
+    let all = ["e2e", "accept", "large", "latency", "webhooks", "importer"];
     let chosen: Vec<String> = if cli.scenarios.is_empty() {
         all.iter().map(|s| s.to_string()).collect()
     } else {
@@ -51,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
             "large" => scenarios::large_file().await,
             "latency" => scenarios::latency_bound().await,
             "webhooks" => scenarios::webhooks().await,
+            "importer" => scenarios::importer().await,
             other => anyhow::bail!("unknown scenario {other:?}; use one of {}", all.join(", ")),
         };
         match result {

@@ -359,3 +359,77 @@ pub async fn webhooks() -> anyhow::Result<Vec<Row>> {
         target: "1000/s; < 10 % slower",
     }])
 }
+
+/// Scenario 6: the archive importer submits a 100,000-row CSV (batches of 1,000, 4 in
+/// flight), against the API's own accept rate for the same batches from 4 clients, and the
+/// importer's peak memory.
+pub async fn importer() -> anyhow::Result<Vec<Row>> {
+    let rows = 100_000;
+    let stack = Stack::start(options(0, false, &[])).await;
+    let project = stack.project("bench").await;
+    let base = "https://archive.example";
+
+    // The API's own rate: the same 100 batches of 1,000, 4 at a time.
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..4 {
+        let http = stack.http.clone();
+        let url = format!("{}/api/v1/import/videos", stack.api_url);
+        let token = project.token.clone();
+        tasks.push(tokio::spawn(async move {
+            for b in (c..rows / 1000).step_by(4) {
+                let body = batch(base, 1_000_000 + b * 1000, 1000, None);
+                let r = http.post(&url).bearer_auth(&token).json(&body).send().await;
+                anyhow::ensure!(
+                    matches!(r, Ok(ref r) if r.status() == 200),
+                    "a batch was refused"
+                );
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let api_rate = rows as f64 / started.elapsed().as_secs_f64();
+
+    let manifest = stack.dir.join("archive.csv");
+    let mut csv = String::from("url,id,fileName,metadata.title\n");
+    for i in 0..rows {
+        csv.push_str(&format!("{base}/m/{i}.mp4,m{i},f{i},Title {i}\n"));
+    }
+    std::fs::write(&manifest, csv)?;
+    let started = Instant::now();
+    let mut child = stack
+        .command("video-import")
+        .arg("import")
+        .arg(&manifest)
+        .args(["--api", &stack.api_url, "--token", &project.token])
+        .args(["--system-name", "archive", "--in-flight", "4"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let pid = child.id().unwrap_or(0);
+    let mut peak: f64 = 0.0;
+    let status = loop {
+        peak = peak.max(peak_rss_mib(pid));
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    anyhow::ensure!(status.success(), "the importer failed: {status}");
+    let cli_rate = rows as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "API alone {api_rate:.0} videos/s; importer {cli_rate:.0} videos/s ({:.2}), peak RSS {peak:.1} MiB",
+        cli_rate / api_rate
+    );
+    stack.finish().await;
+    Ok(vec![Row {
+        scenario: "6 archive importer (100,000 rows)",
+        figure: format!("{cli_rate:.0} videos/s, peak RSS {peak:.0} MiB"),
+        baseline: format!("API alone {api_rate:.0} videos/s"),
+        ratio: format!("{:.2}", cli_rate / api_rate),
+        target: "≥ 0.8 of the API, < 50 MiB",
+    }])
+}

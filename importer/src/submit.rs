@@ -139,7 +139,7 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| crate::beside(&options.manifest, ".video-import-state"));
     let mut state = State::open(&state_path, &manifest_sha256, options.batch_size)?;
     let api = Api::new(&options.api, &options.token)?;
-    let progress = Progress::new(valid);
+    let progress = std::sync::Arc::new(Progress::new(valid));
 
     // Second pass: batches, posted `in_flight` at a time.
     let rows = manifest::rows(&options.manifest, format)?.filter_map(Result::ok);
@@ -157,23 +157,31 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
     let submitted = futures::stream::iter(pending)
         .map(|(index, rows): (u64, Vec<Row>)| {
             let api = api.clone();
-            let progress = &progress;
+            let progress = progress.clone();
             let key = batch_key(&manifest_sha256, options.batch_size, index);
-            let mut body = json!({
-                "systemName": options.system_name,
-                "videos": rows.iter().map(Row::to_video).collect::<Vec<Value>>(),
-            });
-            if let Some(webhook) = &options.webhook {
-                body["webhook"] = json!(webhook);
-            }
-            let lines: Vec<u64> = rows.iter().map(|r| r.line).collect();
-            async move { (index, lines, api.import(&body, &key, progress).await) }
+            let system_name = options.system_name.clone();
+            let webhook = options.webhook.clone();
+            // A task per batch: building and sending bodies runs on every core.
+            tokio::spawn(async move {
+                let mut body = json!({
+                    "systemName": system_name,
+                    "videos": rows.iter().map(Row::to_video).collect::<Vec<Value>>(),
+                });
+                if let Some(webhook) = webhook {
+                    body["webhook"] = json!(webhook);
+                }
+                let lines: Vec<u64> = rows.iter().map(|r| r.line).collect();
+                drop(rows);
+                let outcome = api.import(&body, &key, &*progress).await;
+                (index, lines, outcome)
+            })
         })
         .buffer_unordered(options.in_flight);
     futures::pin_mut!(submitted);
     let mut refused_rows = 0u64;
     let mut failed_batches = 0u64;
-    while let Some((index, lines, outcome)) = submitted.next().await {
+    while let Some(joined) = submitted.next().await {
+        let (index, lines, outcome) = joined?;
         match outcome {
             Ok(job) => {
                 progress.accepted(index, lines.len() as u64, &job);
