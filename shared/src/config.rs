@@ -37,6 +37,9 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
+    /// One node's URL, or a cluster's: several separated by commas (or a list in TOML).
+    /// Each process connects to a node that answers and moves to another when it goes away.
+    #[serde(deserialize_with = "url_list")]
     pub url: String,
     /// Prefix of every exchange and queue name; lets several deployments (or tests) share a vhost.
     pub prefix: String,
@@ -162,6 +165,20 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line, for log collectors.
     Json,
+}
+
+/// A string, or a list of strings joined with commas.
+fn url_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(url) => url,
+        OneOrMany::Many(urls) => urls.join(","),
+    })
 }
 
 /// Durations configured as whole seconds.
@@ -338,6 +355,17 @@ impl Settings {
         if self.api.max_batch_size == 0 {
             return bad("api.max_batch_size", "must be at least 1");
         }
+        for node in crate::queue::nodes(&self.amqp.url) {
+            if !matches!(url::Url::parse(node), Ok(u) if matches!(u.scheme(), "amqp" | "amqps")) {
+                return bad(
+                    "amqp.url",
+                    &format!(
+                        "{:?} is not an amqp:// URL; give one node's URL or several separated by commas",
+                        crate::db::redact(node)
+                    ),
+                );
+            }
+        }
         if self.api.max_connections == 0 {
             return bad("api.max_connections", "must be at least 1");
         }
@@ -394,6 +422,12 @@ mod tests {
         assert_eq!(settings.fetch.connect_timeout, Duration::from_secs(3));
         assert_eq!(settings.log.format, LogFormat::Json);
         assert_eq!(settings.webhook.timeout, Duration::from_secs(15));
+        let cluster =
+            load("[amqp]\nurl = [\"amqp://a:5672/%2f\", \"amqp://b:5672/%2f\"]\n").unwrap();
+        assert_eq!(
+            crate::queue::nodes(&cluster.amqp.url),
+            ["amqp://a:5672/%2f", "amqp://b:5672/%2f"]
+        );
         let one = load("[webhook]\nretry_schedule_secs = 60\n").unwrap();
         assert_eq!(one.webhook.retry_schedule, vec![Duration::from_secs(60)]);
     }
@@ -413,6 +447,7 @@ mod tests {
                 "webhook.retry_schedule_secs",
             ),
             ("[api]\nmax_batch_size = 0\n", "api.max_batch_size"),
+            ("[amqp]\nurl = \"amqp://a/%2f, http://b\"\n", "amqp.url"),
         ] {
             let error = load(toml).unwrap_err().to_string();
             assert!(error.contains(key), "{toml}: {error}");

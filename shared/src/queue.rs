@@ -12,7 +12,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use futures::future::try_join_all;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeBindOptions, ExchangeDeclareOptions,
@@ -232,16 +232,45 @@ fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {
     t
 }
 
-/// Opens a connection; a clear message when the broker is not there.
-pub async fn connect(url: &str) -> anyhow::Result<Connection> {
-    Connection::connect(url, ConnectionProperties::default())
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to RabbitMQ at amqp.url {:?}; is it running?",
-                crate::db::redact(url)
-            )
-        })
+/// Where the next connection starts trying nodes: each connection starts one node further,
+/// so that after a node goes away the reconnect tries another first.
+static NEXT_NODE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Longest one node may take to accept a connection before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The nodes of `amqp.url`: one URL, or several separated by commas (a cluster).
+pub fn nodes(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
+}
+
+/// Opens a connection to the first node of `urls` that answers; a clear message when none
+/// does.
+pub async fn connect(urls: &str) -> anyhow::Result<Connection> {
+    let nodes = nodes(urls);
+    anyhow::ensure!(!nodes.is_empty(), "amqp.url names no RabbitMQ node");
+    let start = NEXT_NODE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for i in 0..nodes.len() {
+        let url = nodes[(start + i) % nodes.len()];
+        let attempt = Connection::connect(url, ConnectionProperties::default());
+        match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+            Ok(Ok(connection)) => return Ok(connection),
+            Ok(Err(e)) => failures.push(format!("{}: {e}", crate::db::redact(url))),
+            Err(_) => failures.push(format!(
+                "{}: no answer within {} s",
+                crate::db::redact(url),
+                CONNECT_TIMEOUT.as_secs()
+            )),
+        }
+    }
+    bail!(
+        "cannot connect to RabbitMQ at amqp.url ({}); is it running?",
+        failures.join("; ")
+    )
 }
 
 /// One message to publish.

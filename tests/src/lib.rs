@@ -507,10 +507,26 @@ impl Stack {
         );
     }
 
+    /// The processes of the stack that are no longer running.
+    pub fn exited(&mut self) -> Vec<String> {
+        let mut exited = Vec::new();
+        for (name, child) in &mut self.processes {
+            if !matches!(child.try_wait(), Ok(None)) {
+                exited.push(name.clone());
+            }
+        }
+        exited
+    }
+
+    /// The first node of the stack's `amqp.url`.
+    fn first_node(&self) -> &str {
+        self.amqp_url.split(',').next().unwrap_or_default()
+    }
+
     /// Publishes `payload` to the dead-letter exchange under `routing_key`, as the broker
     /// does with a message that exceeded its delivery limit.
     pub async fn dead_letter(&self, routing_key: &str, payload: &Value) {
-        let connection = lapin::Connection::connect(&self.amqp_url, Default::default())
+        let connection = lapin::Connection::connect(self.first_node(), Default::default())
             .await
             .expect("RabbitMQ on 127.0.0.1:5672");
         let channel = connection.create_channel().await.expect("a channel");
@@ -544,7 +560,7 @@ impl Stack {
             let _ = child.kill().await;
         }
         self.processes.clear();
-        if let Ok(conn) = lapin::Connection::connect(&self.amqp_url, Default::default()).await {
+        if let Ok(conn) = lapin::Connection::connect(self.first_node(), Default::default()).await {
             if let Ok(channel) = conn.create_channel().await {
                 let topology = Topology::new(&self.prefix);
                 let delays = test_delays();

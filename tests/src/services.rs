@@ -179,3 +179,100 @@ impl Drop for OwnRabbitMq {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A three-node RabbitMQ cluster of the test's own, started by `deploy/rabbitmq-cluster.sh`.
+pub struct OwnRabbitCluster {
+    dir: PathBuf,
+    /// `amqp.url` naming all three nodes.
+    pub urls: String,
+}
+
+fn cluster_script() -> String {
+    format!(
+        "{}/../deploy/rabbitmq-cluster.sh",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+impl OwnRabbitCluster {
+    /// Starts the cluster on ports from `base_port` (below the ephemeral range).
+    pub fn start(base_port: u16) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("vitc{}", crate::unique("").trim_start_matches('-')));
+        let out = Command::new(cluster_script())
+            .args(["start", &dir.display().to_string(), &base_port.to_string()])
+            .output()
+            .expect("deploy/rabbitmq-cluster.sh");
+        assert!(
+            out.status.success(),
+            "the cluster did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let urls = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        Self { dir, urls }
+    }
+
+    /// The Erlang name of node `n` (1 to 3).
+    pub fn node(&self, n: u8) -> String {
+        let out = Command::new(cluster_script())
+            .args(["node", &self.dir.display().to_string(), &n.to_string()])
+            .output()
+            .expect("deploy/rabbitmq-cluster.sh");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The node (1 to 3) leading quorum queue `queue`, asked of node `ask`.
+    pub fn leader_of(&self, queue: &str, ask: u8) -> Option<u8> {
+        let out = Command::new("rabbitmqctl")
+            .args([
+                "-q",
+                "-n",
+                &self.node(ask),
+                "list_queues",
+                "name",
+                "leader",
+                "--no-table-headers",
+            ])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let leader = text.lines().find_map(|l| {
+            l.split_whitespace()
+                .collect::<Vec<_>>()
+                .get(..2)
+                .filter(|c| c[0] == queue)
+                .map(|c| c[1].to_string())
+        })?;
+        (1..=3).find(|n| self.node(*n) == leader)
+    }
+
+    /// Starts node `n` again; it rejoins the cluster.
+    pub fn start_node(&self, n: u8) {
+        run(
+            cluster_script().as_str(),
+            &[
+                "start-node",
+                &self.dir.display().to_string(),
+                &n.to_string(),
+            ],
+            &[],
+        );
+    }
+
+    /// Stops node `n` as a failing node would stop.
+    pub fn stop_node(&self, n: u8) {
+        run(
+            cluster_script().as_str(),
+            &["stop-node", &self.dir.display().to_string(), &n.to_string()],
+            &[],
+        );
+    }
+}
+
+impl Drop for OwnRabbitCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(cluster_script())
+            .args(["stop", &self.dir.display().to_string()])
+            .status();
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use video_import_tests::receiver::Receiver;
-use video_import_tests::services::{OwnPostgres, OwnRabbitMq};
+use video_import_tests::services::{OwnPostgres, OwnRabbitCluster, OwnRabbitMq};
 use video_import_tests::videos::VideoServer;
 use video_import_tests::{Options, Stack};
 
@@ -140,4 +140,76 @@ async fn an_unreachable_database_answers_503_until_it_is_back() {
     assert_eq!(code, 200, "the API recovers with the database");
     stack.finish().await;
     blocking(move || drop(postgres)).await;
+}
+
+#[tokio::test]
+async fn a_rabbitmq_cluster_loses_a_node_mid_import_and_nothing_is_lost() {
+    let cluster = Arc::new(blocking(|| OwnRabbitCluster::start(21_100)).await);
+    let mut stack = Stack::start(Options {
+        workers: 2,
+        amqp_url: cluster.urls.clone(),
+        env: vec![("VIDEO_IMPORT__FETCH__CONCURRENCY".into(), "8".into())],
+        ..Options::default()
+    })
+    .await;
+    let videos = VideoServer::start().await;
+    let receiver = Receiver::start(&[]).await;
+    let project = stack.project("cluster").await;
+    let batch = |tag: &str| {
+        let items: Vec<Value> = (0..1000)
+            .map(|i| {
+                json!({"url": videos.url(&format!("/slow/20/sample.mp4?{tag}={i}")),
+                       "id": format!("{tag}{i}"), "fileName": "f", "metadata": {}})
+            })
+            .collect();
+        json!({"systemName": "archive", "webhook": receiver.url, "videos": items})
+    };
+
+    // Every process connected to the first node it was given: that node goes away.
+    let first = stack.import(&project.token, &batch("one")).await;
+    wait_some_imported(&stack, &project.token, &first).await;
+    let nodes = cluster.clone();
+    blocking(move || nodes.stop_node(1)).await;
+    let status = stack.wait_finished(&project.token, &first, 180).await;
+    assert_eq!(
+        status["overview"]["imported"], 1000,
+        "{}",
+        status["overview"]
+    );
+    let nodes = cluster.clone();
+    blocking(move || nodes.start_node(1)).await;
+
+    // Then the node leading the fetch queue.
+    let second = stack.import(&project.token, &batch("two")).await;
+    wait_some_imported(&stack, &project.token, &second).await;
+    let fetch = format!("{}.fetch", stack.prefix);
+    let nodes = cluster.clone();
+    let leader = blocking(move || nodes.leader_of(&fetch, 2))
+        .await
+        .expect("the fetch queue has a leader");
+    let nodes = cluster.clone();
+    blocking(move || nodes.stop_node(leader)).await;
+    let status = stack.wait_finished(&project.token, &second, 180).await;
+    assert_eq!(
+        status["overview"]["imported"], 1000,
+        "{}",
+        status["overview"]
+    );
+
+    let rows = stack
+        .sql("SELECT count(*), count(DISTINCT external_id) FROM media_entries")
+        .await;
+    assert_eq!(
+        rows[0].get::<_, i64>(0),
+        2000,
+        "no entry lost or duplicated"
+    );
+    assert_eq!(rows[0].get::<_, i64>(1), 2000);
+    receiver.wait_for(2, 60).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(receiver.received().len(), 2, "one webhook per job");
+    let exited = stack.exited();
+    assert!(exited.is_empty(), "exited: {exited:?}");
+    stack.finish().await;
+    blocking(move || drop(cluster)).await;
 }
