@@ -134,7 +134,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             service.shutdown.clone(),
         ),
         consume::run(
-            service.consumer(queue::WEBHOOK, true, 16, Duration::from_secs(5),),
+            service.consumer(queue::WEBHOOK, true, 16, Duration::from_secs(5)),
             dead_handler,
             service.shutdown.clone(),
         ),
@@ -146,21 +146,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
 impl Notifier {
     async fn handle(&self, delivered: Delivered) -> Disposition {
-        let data = delivered.data.as_slice();
-        let message: DeliverWebhook = match serde_json::from_slice(data) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!(error = %e, bytes = data.len(), "dropping unreadable webhook message");
-                return Disposition::Ack;
-            }
+        let Some(message) = delivered.decode::<DeliverWebhook>() else {
+            return Disposition::Ack;
         };
-        let trace = delivered.traceparent;
-        let trace_id = trace
-            .as_ref()
-            .map(|t| t.trace_id.as_str())
-            .unwrap_or_default();
-        let span = tracing::info_span!("webhook", job = %message.job_id, attempt = message.attempt, trace_id);
-        self.deliver(message, trace.as_ref()).instrument(span).await
+        let span = tracing::info_span!("webhook", job = %message.job_id, attempt = message.attempt, trace_id = delivered.trace_id());
+        self.deliver(message, delivered.traceparent.as_ref())
+            .instrument(span)
+            .await
     }
 
     async fn deliver(&self, message: DeliverWebhook, trace: Option<&TraceParent>) -> Disposition {
@@ -300,19 +292,10 @@ impl Notifier {
     /// Handles a webhook message the broker set aside after too many deliveries without an
     /// ack: the delivery fails with that reason, which the status shows.
     async fn handle_dead(&self, message: Delivered) -> Disposition {
-        let Ok(hook) = serde_json::from_slice::<DeliverWebhook>(&message.data) else {
-            tracing::error!(
-                bytes = message.data.len(),
-                "dropping an unreadable dead-lettered webhook message"
-            );
+        let Some(hook) = message.decode::<DeliverWebhook>() else {
             return Disposition::Ack;
         };
-        let trace_id = message
-            .traceparent
-            .as_ref()
-            .map(|t| t.trace_id.as_str())
-            .unwrap_or_default();
-        let span = tracing::info_span!("dead_webhook", job = %hook.job_id, attempt = hook.attempt, trace_id);
+        let span = tracing::info_span!("dead_webhook", job = %hook.job_id, attempt = hook.attempt, trace_id = message.trace_id());
         let reason = schedule::dead_letter_reason();
         self.metrics.dead_letters.inc();
         let done = until_ok(&self.shutdown, || async {

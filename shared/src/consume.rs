@@ -38,6 +38,27 @@ pub struct Delivered {
     pub traceparent: Option<TraceParent>,
 }
 
+impl Delivered {
+    /// The message's body as `T`; `None` (logged, with the body's size only) when it cannot
+    /// be read: retrying will not fix it, so the caller acks it.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        match serde_json::from_slice(&self.data) {
+            Ok(message) => Some(message),
+            Err(error) => {
+                tracing::error!(%error, routing_key = %self.routing_key, bytes = self.data.len(), "dropping an unreadable message");
+                None
+            }
+        }
+    }
+
+    /// The trace id the message carries ("" without one), for its log span.
+    pub fn trace_id(&self) -> &str {
+        self.traceparent
+            .as_ref()
+            .map_or("", |t| t.trace_id.as_str())
+    }
+}
+
 /// Handles one message.
 pub type Handler = Arc<dyn Fn(Delivered) -> BoxFuture<'static, Disposition> + Send + Sync>;
 

@@ -98,7 +98,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             service.shutdown.clone(),
         ),
         consume::run(
-            service.consumer(queue::FETCH, true, 16, std::time::Duration::from_secs(5),),
+            service.consumer(queue::FETCH, true, 16, std::time::Duration::from_secs(5)),
             dead_handler,
             service.shutdown.clone(),
         ),
@@ -111,22 +111,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
 impl Importer {
     async fn handle(&self, delivered: Delivered) -> Disposition {
-        let data = delivered.data.as_slice();
-        let message: FetchVideo = match serde_json::from_slice(data) {
-            Ok(m) => m,
-            Err(e) => {
-                // Not ours to fix by retrying; keep a trace and drop it.
-                tracing::error!(error = %e, bytes = data.len(), "dropping unreadable fetch message");
-                return Disposition::Ack;
-            }
+        let Some(message) = delivered.decode::<FetchVideo>() else {
+            return Disposition::Ack;
         };
-        let trace = delivered.traceparent;
-        let trace_id = trace
-            .as_ref()
-            .map(|t| t.trace_id.as_str())
-            .unwrap_or_default();
-        let span = tracing::info_span!("video", job = %message.job_id, idx = message.idx, attempt = message.attempt, trace_id);
-        self.import(message, trace).instrument(span).await
+        let span = tracing::info_span!("video", job = %message.job_id, idx = message.idx, attempt = message.attempt, trace_id = delivered.trace_id());
+        self.import(message, delivered.traceparent)
+            .instrument(span)
+            .await
     }
 
     async fn import(&self, message: FetchVideo, trace: Option<TraceParent>) -> Disposition {
@@ -227,20 +218,10 @@ impl Importer {
     /// ack (the worker crashed or was killed each time): its video fails with that reason,
     /// so the job still finishes.
     async fn handle_dead(&self, message: Delivered) -> Disposition {
-        let Ok(fetch) = serde_json::from_slice::<FetchVideo>(&message.data) else {
-            tracing::error!(
-                bytes = message.data.len(),
-                "dropping an unreadable dead-lettered fetch message"
-            );
+        let Some(fetch) = message.decode::<FetchVideo>() else {
             return Disposition::Ack;
         };
-        let trace_id = message
-            .traceparent
-            .as_ref()
-            .map(|t| t.trace_id.as_str())
-            .unwrap_or_default();
-        let span =
-            tracing::info_span!("dead_video", job = %fetch.job_id, idx = fetch.idx, trace_id);
+        let span = tracing::info_span!("dead_video", job = %fetch.job_id, idx = fetch.idx, trace_id = message.trace_id());
         let done = until_ok(&self.shutdown, || self.fail_dead_video(&fetch))
             .instrument(span)
             .await;

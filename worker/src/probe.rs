@@ -375,12 +375,8 @@ mod tests {
         out
     }
 
-    /// Mutated real files: the parsers neither panic nor hang, and the box walk stays
-    /// within its bound of range reads.
-    #[tokio::test]
-    async fn mutated_files_never_panic_or_hang() {
-        use rand::SeedableRng;
-
+    /// Local storage in a fresh folder of its own.
+    async fn temp_storage() -> (Storage, std::path::PathBuf) {
         let root =
             std::env::temp_dir().join(format!("probe-{}", video_import_shared::ids::random_id(8)));
         let storage = Storage::open(&video_import_shared::config::StorageSettings {
@@ -389,6 +385,16 @@ mod tests {
         })
         .await
         .unwrap();
+        (storage, root)
+    }
+
+    /// Mutated real files: the parsers neither panic nor hang, and the box walk stays
+    /// within its bound of range reads.
+    #[tokio::test]
+    async fn mutated_files_never_panic_or_hang() {
+        use rand::SeedableRng;
+
+        let (storage, root) = temp_storage().await;
         let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
         for (name, mime) in [
             ("sample.mp4", "video/mp4"),
@@ -414,14 +420,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_file_of_tiny_boxes_costs_a_bounded_number_of_reads() {
-        let root =
-            std::env::temp_dir().join(format!("probe-{}", video_import_shared::ids::random_id(8)));
-        let storage = Storage::open(&video_import_shared::config::StorageSettings {
-            root: root.display().to_string(),
-            ..video_import_shared::config::Settings::default().storage
-        })
-        .await
-        .unwrap();
+        let (storage, root) = temp_storage().await;
         // A million empty `free` boxes, then a `moov` that is never reached.
         let mut file = [0, 0, 0, 8, b'f', b'r', b'e', b'e'].repeat(1_000_000);
         file.extend_from_slice(&fixture("sample.mp4"));
