@@ -118,6 +118,8 @@ pub struct FetchSettings {
     pub max_redirects: usize,
     /// Downloads running at once in one worker.
     pub concurrency: usize,
+    /// Downloads from one source host running at once in one worker.
+    pub per_host_concurrency: usize,
     /// After SIGTERM, how long in-flight downloads may run on before they are handed back.
     #[serde(rename = "shutdown_grace_secs", with = "secs")]
     pub shutdown_grace: Duration,
@@ -286,6 +288,7 @@ impl Default for Settings {
                 max_bytes: 10 * 1024 * 1024 * 1024,
                 max_redirects: 5,
                 concurrency: 32,
+                per_host_concurrency: 16,
                 shutdown_grace: Duration::from_secs(30),
                 quick_retries: 2,
                 retry_delays: secs_of(&[30, 120, 600, 1800]),
@@ -377,6 +380,9 @@ impl Settings {
         }
         if self.fetch.concurrency == 0 {
             return bad("fetch.concurrency", "must be at least 1");
+        }
+        if self.fetch.per_host_concurrency == 0 {
+            return bad("fetch.per_host_concurrency", "must be at least 1");
         }
         if self.webhook.per_host_concurrency == 0 {
             return bad("webhook.per_host_concurrency", "must be at least 1");

@@ -27,7 +27,33 @@ pub fn sha256(bytes: &[u8]) -> String {
 
 /// Request counters by label.
 #[derive(Clone, Default)]
-struct Counters(Arc<Mutex<HashMap<String, u32>>>);
+struct Counters(Arc<Mutex<HashMap<String, u32>>>, Arc<InFlight>);
+
+/// Bodies being sent by `/slow` now, the most at once, and when each request came.
+#[derive(Default)]
+struct InFlight {
+    now: std::sync::atomic::AtomicUsize,
+    max: std::sync::atomic::AtomicUsize,
+    arrivals: Mutex<Vec<std::time::Instant>>,
+}
+
+/// Counts a body as in flight until it is dropped.
+struct Sending(Arc<InFlight>);
+
+impl Sending {
+    fn start(in_flight: &Arc<InFlight>) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = in_flight.now.fetch_add(1, SeqCst) + 1;
+        in_flight.max.fetch_max(now, SeqCst);
+        Sending(in_flight.clone())
+    }
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
 
 impl Counters {
     fn bump(&self, label: impl Into<String>) -> u32 {
@@ -43,7 +69,10 @@ impl Counters {
 /// - `/flaky/{n}/{name}`: 503 for the first `n` requests, then the file;
 /// - `/drop/{name}`: the first response breaks off halfway; Range requests are honoured;
 /// - `/drop-norange/{name}`: the first response breaks off halfway; Range is ignored;
-/// - `/slow/{ms}/{name}`: the file in 1 KiB pieces, `ms` milliseconds apart;
+/// - `/slow/{ms}/{name}`: the file in 1 KiB pieces, `ms` milliseconds apart (counted while
+///   in flight, see [`VideoServer::max_in_flight`]);
+/// - `/busy/{secs}/{name}`: the first request gets 429 with `Retry-After: secs`, later ones
+///   the file after 300 ms (each request's arrival is noted, see [`VideoServer::arrivals`]);
 /// - `/stall/{name}`: half the file, then nothing for a minute;
 /// - `/padded/{n}/{name}`: the file followed by `n` zero bytes, with Content-Length;
 /// - `/padded-chunked/{n}/{name}`: the same without Content-Length;
@@ -65,6 +94,7 @@ impl VideoServer {
             .route("/drop/{name}", get(drop_resumable))
             .route("/drop-norange/{name}", get(drop_norange))
             .route("/slow/{ms}/{name}", get(slow))
+            .route("/busy/{secs}/{name}", get(busy))
             .route("/stall/{name}", get(stall))
             .route("/padded/{n}/{name}", get(padded))
             .route("/padded-chunked/{n}/{name}", get(padded_chunked))
@@ -81,6 +111,19 @@ impl VideoServer {
     /// Full URL of `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The most `/slow` bodies that were being sent at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.counters
+            .1
+            .max
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// When each `/busy` request arrived.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.counters.1.arrivals.lock().unwrap().clone()
     }
 
     /// How often `label` was counted (a path, or a path and what happened, e.g. `… range`).
@@ -213,16 +256,37 @@ async fn slow(State(c): State<Counters>, Path((ms, name)): Path<(u64, String)>) 
         return StatusCode::NOT_FOUND.into_response();
     };
     c.bump(format!("/slow/{ms}/{name}"));
+    let sending = Sending::start(&c.1);
     let len = bytes.len();
     let chunks: Vec<Bytes> = bytes.chunks(1024).map(Bytes::copy_from_slice).collect();
     let stream = futures::StreamExt::then(futures::stream::iter(chunks), move |chunk| async move {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         Ok::<_, std::io::Error>(chunk)
     });
+    let stream = futures::StreamExt::map(stream, move |chunk| {
+        let _ = &sending;
+        chunk
+    });
     Response::builder()
         .header(header::CONTENT_LENGTH, len)
         .body(Body::from_stream(stream))
         .unwrap()
+}
+
+async fn busy(State(c): State<Counters>, Path((secs, name)): Path<(u64, String)>) -> Response {
+    let Some(bytes) = read_fixture(&name) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    c.1.arrivals.lock().unwrap().push(std::time::Instant::now());
+    if c.bump(format!("/busy/{secs}/{name}")) == 1 {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, secs.to_string())],
+        )
+            .into_response();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bytes.into_response()
 }
 
 async fn stall(State(c): State<Counters>, Path(name): Path<String>) -> Response {

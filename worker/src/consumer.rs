@@ -23,6 +23,7 @@ use video_import_shared::trace::TraceParent;
 
 use crate::fetch::{FetchError, Fetched, Fetcher};
 use crate::group_commit::Recorder;
+use crate::hosts::{SourceHosts, Turn};
 use crate::load::{self, JobCache};
 use crate::metrics::WorkerMetrics;
 use crate::retry_policy::{self, Next, RetryPolicy};
@@ -36,6 +37,8 @@ struct Importer {
     /// Hands outcomes to the group-commit tasks.
     recorder: Recorder,
     fetcher: Fetcher,
+    /// Download slots and pauses per source host (a lock held only for a map lookup).
+    hosts: Arc<SourceHosts>,
     storage: Storage,
     retries: RetryPolicy,
     /// Publishes retries into the delay queues.
@@ -50,7 +53,8 @@ struct Importer {
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let service = Service::start(&settings, "worker").await?;
     let storage = Storage::open(&settings.storage).await?;
-    let fetcher = Fetcher::new(&settings.fetch, storage.clone())?;
+    let hosts = Arc::new(SourceHosts::new(settings.fetch.per_host_concurrency));
+    let fetcher = Fetcher::new(&settings.fetch, storage.clone(), hosts.clone())?;
     let metrics = WorkerMetrics::new(&service.registry)?;
     let relay = Relay::new(
         service.pool.clone(),
@@ -73,6 +77,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         jobs: JobCache::default(),
         pool: service.pool.clone(),
         fetcher,
+        hosts,
         storage,
         retries: RetryPolicy::new(&settings.fetch),
         publisher: service.publisher.clone(),
@@ -130,6 +135,10 @@ impl Importer {
             Some(_) => return Disposition::Ack, // done already, or the job was deleted
             None => return Disposition::Requeue,
         };
+        let (turn, _slot) = self.hosts.turn(&item.url).await;
+        if let Turn::Later(pause) = turn {
+            return self.postpone(&message, pause, trace.as_ref()).await;
+        }
         let started = std::time::Instant::now();
         self.metrics.in_flight.inc();
         let fetched = self
@@ -137,6 +146,14 @@ impl Importer {
             .download(&item.url, item.project_id, item.known.as_ref())
             .await;
         self.metrics.in_flight.dec();
+        if let Err(FetchError::Transient {
+            retry_after: Some(pause),
+            ..
+        }) = &fetched
+        {
+            // The host asked every client to slow down, not only this download.
+            self.hosts.pause(&item.url, self.retries.cap(*pause));
+        }
         self.metrics
             .download_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -255,6 +272,32 @@ impl Importer {
             }
         }
         Ok(())
+    }
+
+    /// Hands the message back through a delay queue, unchanged, because its source host
+    /// asked for a pause.
+    async fn postpone(
+        &self,
+        message: &FetchVideo,
+        pause: std::time::Duration,
+        trace: Option<&TraceParent>,
+    ) -> Disposition {
+        let outgoing = Outgoing {
+            routing_key: queue::FETCH.into(),
+            payload: serde_json::to_vec(message).expect("messages serialize"),
+            delay: Some(pause),
+            traceparent: trace.map(|t| t.child().header()),
+        };
+        match self.publisher.publish(&[outgoing]).await {
+            Ok(()) => {
+                tracing::info!(?pause, "the source host asked for a pause; trying later");
+                Disposition::Ack
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot postpone; handing the message back");
+                Disposition::Requeue
+            }
+        }
     }
 
     /// Notes the failure and republishes the message through a delay queue.

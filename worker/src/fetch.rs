@@ -2,6 +2,7 @@
 //! and time, resumed with a Range request when the connection breaks, conditional when the
 //! entry already has the source's validators, with quick retries (backon) for hiccups.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::Retryable;
@@ -17,6 +18,7 @@ use video_import_shared::netguard::{self, AddressPolicy, ClientOptions};
 use video_import_shared::retry::parse_retry_after;
 use video_import_shared::store::entries::{NewAsset, Validators};
 
+use crate::hosts::SourceHosts;
 use crate::probe::{self, TechMeta};
 use crate::retry_policy::{self, RetryPolicy};
 use crate::sniff::{self, VideoKind};
@@ -173,13 +175,19 @@ pub struct Fetcher {
     client: reqwest::Client,
     policy: AddressPolicy,
     retries: RetryPolicy,
+    /// Told when a source asks for a pause, so that every download of its host waits.
+    hosts: Arc<SourceHosts>,
     settings: FetchSettings,
     storage: Storage,
 }
 
 impl Fetcher {
     /// A fetcher whose client only reaches permitted addresses.
-    pub fn new(settings: &FetchSettings, storage: Storage) -> anyhow::Result<Self> {
+    pub fn new(
+        settings: &FetchSettings,
+        storage: Storage,
+        hosts: Arc<SourceHosts>,
+    ) -> anyhow::Result<Self> {
         let policy =
             AddressPolicy::new(settings.allow_private_networks, &settings.allowed_networks);
         let client = netguard::client(
@@ -195,6 +203,7 @@ impl Fetcher {
             client,
             policy,
             retries: RetryPolicy::new(settings),
+            hosts,
             settings: settings.clone(),
             storage,
         })
@@ -212,6 +221,13 @@ impl Fetcher {
             .when(RetryPolicy::retry_quickly)
             .adjust(RetryPolicy::quick_delay)
             .notify(|e, delay| {
+                if let FetchError::Transient {
+                    retry_after: Some(pause),
+                    ..
+                } = e
+                {
+                    self.hosts.pause(url, *pause);
+                }
                 tracing::debug!(url = %netguard::redact_url(url), error = %e, ?delay, "retrying download")
             })
             .await

@@ -4,6 +4,7 @@
 //! - `consumer`: wiring, and what happens to one fetch message (and a dead-lettered one);
 //! - `load`: the video a message names, with a cache of job facts;
 //! - `fetch`: the SSRF-checked, size- and time-bounded, resumable download;
+//! - `hosts`: per-source-host download slots and pauses;
 //! - `sniff`, `probe`: what kind of video it is, and its duration and size;
 //! - `group_commit`: outcomes recorded a group per transaction (`store::outcomes`);
 //! - `retry_policy`: every retry decision;
@@ -12,6 +13,7 @@
 mod consumer;
 mod fetch;
 mod group_commit;
+mod hosts;
 mod load;
 mod metrics;
 mod probe;

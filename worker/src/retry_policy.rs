@@ -75,6 +75,13 @@ impl RetryPolicy {
         }
     }
 
+    /// A source's `Retry-After`, capped at the longest configured delay (and RabbitMQ's
+    /// limit): how long its host is left alone.
+    pub fn cap(&self, retry_after: Duration) -> Duration {
+        let longest = self.delays.iter().max().copied().unwrap_or_default();
+        cap_retry_after(retry_after, longest)
+    }
+
     /// What follows a failure of try number `attempt` (0 for the first message) once its
     /// quick tries are spent. A source's Retry-After lengthens the wait, but never beyond the
     /// longest configured delay.

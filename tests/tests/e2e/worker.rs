@@ -499,3 +499,54 @@ async fn objects_left_by_a_worker_killed_before_its_commit_are_swept() {
     assert_eq!(files_below(&storage), [key], "{}", stack.log("sweeper"));
     stack.finish().await;
 }
+
+#[tokio::test]
+async fn downloads_from_one_host_are_bounded_per_worker() {
+    let stack = Stack::start(env(&[
+        ("VIDEO_IMPORT__FETCH__CONCURRENCY", "16"),
+        ("VIDEO_IMPORT__FETCH__PER_HOST_CONCURRENCY", "3"),
+    ]))
+    .await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("polite").await;
+    let urls: Vec<String> = (0..12)
+        .map(|i| videos.url(&format!("/slow/100/sample.mp4?n={i}")))
+        .collect();
+    let job = stack.import(&project.token, &batch(&urls)).await;
+    let status = stack.wait_finished(&project.token, &job, 60).await;
+    assert_eq!(status["overview"]["imported"], 12, "{status}");
+    let most = videos.max_in_flight();
+    assert!(
+        (2..=3).contains(&most),
+        "{most} downloads from one host at once"
+    );
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn a_host_that_asks_for_a_pause_gets_it_from_every_queued_video() {
+    let stack = Stack::start(env(&[
+        ("VIDEO_IMPORT__FETCH__PER_HOST_CONCURRENCY", "2"),
+        ("VIDEO_IMPORT__FETCH__RETRY_DELAYS_SECS", "1,5"),
+    ]))
+    .await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("pause").await;
+    let urls: Vec<String> = (0..4)
+        .map(|i| videos.url(&format!("/busy/3/sample.mp4?n={i}")))
+        .collect();
+    let job = stack.import(&project.token, &batch(&urls)).await;
+    let status = stack.wait_finished(&project.token, &job, 60).await;
+    assert_eq!(status["overview"]["imported"], 4, "{status}");
+    let mut arrivals = videos.arrivals();
+    arrivals.sort();
+    // The first two came together; the first was told to come back in 3 s. The next video
+    // had a free slot after 300 ms, and waited for the host's pause all the same.
+    assert!(arrivals.len() >= 5, "{} requests", arrivals.len());
+    let third = arrivals[2] - arrivals[0];
+    assert!(
+        third >= Duration::from_millis(2500),
+        "the third request came after {third:?}"
+    );
+    stack.finish().await;
+}
