@@ -122,23 +122,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let dead_handler = consume::handler(notifier, |notifier, message| async move {
         notifier.handle_dead(message).await
     });
-    tokio::join!(
-        consume::run(
-            service.consumer(
-                queue::WEBHOOK,
-                false,
-                webhook.concurrency,
-                webhook.timeout + Duration::from_secs(5),
-            ),
+    service
+        .consume(
+            queue::WEBHOOK,
+            webhook.concurrency,
+            webhook.timeout + Duration::from_secs(5),
             handler,
-            service.shutdown.clone(),
-        ),
-        consume::run(
-            service.consumer(queue::WEBHOOK, true, 16, Duration::from_secs(5)),
             dead_handler,
-            service.shutdown.clone(),
-        ),
-    );
+        )
+        .await;
     service.shutdown.cancel();
     ops_task.await??;
     Ok(())

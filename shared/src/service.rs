@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::consume::ConsumerConfig;
+use crate::consume::{self, ConsumerConfig, Handler};
 use crate::ops::{self, Ops};
 use crate::queue::{Publisher, Topology};
 use crate::{db, shutdown};
@@ -75,9 +75,33 @@ impl Service {
         )))
     }
 
+    /// Consumes the queue of `routing_key` with `handle` (`prefetch` at once, `grace` to
+    /// finish after shutdown) and its dead letters with `settle`, until shutdown.
+    pub async fn consume(
+        &self,
+        routing_key: &str,
+        prefetch: usize,
+        grace: Duration,
+        handle: Handler,
+        settle: Handler,
+    ) {
+        tokio::join!(
+            consume::run(
+                self.consumer(routing_key, false, prefetch, grace),
+                handle,
+                self.shutdown.clone(),
+            ),
+            consume::run(
+                self.consumer(routing_key, true, 16, Duration::from_secs(5)),
+                settle,
+                self.shutdown.clone(),
+            ),
+        );
+    }
+
     /// How to consume the queue of `routing_key` (its dead letters when `dead`) with
     /// `prefetch` deliveries at once and `grace` to finish them.
-    pub fn consumer(
+    fn consumer(
         &self,
         routing_key: &str,
         dead: bool,

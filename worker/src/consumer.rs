@@ -91,23 +91,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let dead_handler = consume::handler(importer, |importer, message| async move {
         importer.handle_dead(message).await
     });
-    tokio::join!(
-        consume::run(
-            service.consumer(
-                queue::FETCH,
-                false,
-                settings.fetch.concurrency,
-                settings.fetch.shutdown_grace,
-            ),
+    service
+        .consume(
+            queue::FETCH,
+            settings.fetch.concurrency,
+            settings.fetch.shutdown_grace,
             fetch_handler,
-            service.shutdown.clone(),
-        ),
-        consume::run(
-            service.consumer(queue::FETCH, true, 16, std::time::Duration::from_secs(5)),
             dead_handler,
-            service.shutdown.clone(),
-        ),
-    );
+        )
+        .await;
     service.shutdown.cancel();
     let _ = relay_task.await;
     ops_task.await??;

@@ -1,6 +1,8 @@
 //! The media library: one entry per (project, systemName, externalId), created or updated
 //! when a video is recorded, read by the API.
 
+use std::sync::LazyLock;
+
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Transaction};
@@ -60,6 +62,26 @@ impl NewAsset {
         ]
     }
 }
+
+/// Inserts an entry with its asset (the statement is built once).
+static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO media_entries (id, project_id, system_name, external_id, file_name,
+             metadata, original_url, {ASSET_COLUMNS})
+         VALUES ($1, $2, $3, $4, $5, $6, $7, {})",
+        asset_placeholders(8)
+    )
+});
+
+/// Updates an entry's metadata and replaces its asset.
+static REPLACE_ASSET_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE media_entries SET metadata = $2, file_name = $3, original_url = $4,
+             ({ASSET_COLUMNS}) = ROW({}), version = version + 1, updated_at = now()
+         WHERE id = $1",
+        asset_placeholders(5)
+    )
+});
 
 /// `$first, $first+1, …` for the asset columns.
 fn asset_placeholders(first: usize) -> String {
@@ -125,12 +147,7 @@ pub(super) async fn upsert(
         };
         let media_id = crate::ids::random_id(12);
         let insert = tx
-            .prepare_cached(&format!(
-                "INSERT INTO media_entries (id, project_id, system_name, external_id, file_name,
-                     metadata, original_url, {ASSET_COLUMNS})
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, {})",
-                asset_placeholders(8)
-            ))
+            .prepare_cached(&INSERT_SQL)
             .await
             .context("preparing the entry insert")?;
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![
@@ -166,21 +183,17 @@ pub(super) async fn upsert(
     let mut params: Vec<&(dyn ToSql + Sync)> =
         vec![&media_id, &item.metadata, &item.file_name, &item.url];
     let new_asset = asset.filter(|_| !same_bytes);
-    let sql = match new_asset {
-        None => "UPDATE media_entries SET metadata = $2, file_name = $3, original_url = $4,
+    let sql: &str = match new_asset {
+        None => {
+            "UPDATE media_entries SET metadata = $2, file_name = $3, original_url = $4,
                  version = version + 1, updated_at = now() WHERE id = $1"
-            .to_string(),
+        }
         Some(asset) => {
             params.extend(asset.params());
-            format!(
-                "UPDATE media_entries SET metadata = $2, file_name = $3, original_url = $4,
-                     ({ASSET_COLUMNS}) = ROW({}), version = version + 1, updated_at = now()
-                 WHERE id = $1",
-                asset_placeholders(5)
-            )
+            &REPLACE_ASSET_SQL
         }
     };
-    tx.execute(&sql, &params)
+    tx.execute(sql, &params)
         .await
         .context("updating the entry")?;
     Ok(EntryChange {
