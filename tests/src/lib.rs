@@ -131,6 +131,21 @@ impl Default for Options {
     }
 }
 
+impl Options {
+    /// Only the API (no worker, no notifier), with extra `VIDEO_IMPORT__...` variables.
+    pub fn api_only(env: &[(&str, &str)]) -> Options {
+        Options {
+            workers: 0,
+            notifier: false,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Options::default()
+        }
+    }
+}
+
 impl Stack {
     /// A database, migrations, the API, `workers` workers and a notifier.
     pub async fn start(options: Options) -> Stack {

@@ -15,7 +15,7 @@ use video_import_shared::queue::{self, Outgoing, Publisher};
 use video_import_shared::retry::until_ok;
 use video_import_shared::service::Service;
 use video_import_shared::store::entries;
-use video_import_shared::store::items::Item;
+use video_import_shared::store::items::{self, Item};
 use video_import_shared::store::outcomes::{self, Outcome, Recorded};
 use video_import_shared::store::ItemState;
 use video_import_shared::sweep;
@@ -274,6 +274,18 @@ impl Importer {
         pause: std::time::Duration,
         trace: Option<&TraceParent>,
     ) -> Disposition {
+        let reason = format!(
+            "the source host asked for a pause (Retry-After); trying again in {} s",
+            pause.as_secs()
+        );
+        let noted = until_ok(&self.shutdown, || async {
+            let client = self.pool.get().await?;
+            items::note_waiting(&client, &message.job_id, message.idx, &reason).await
+        })
+        .await;
+        if noted.is_none() {
+            return Disposition::Requeue;
+        }
         let outgoing = Outgoing {
             routing_key: queue::FETCH.into(),
             payload: serde_json::to_vec(message).expect("messages serialize"),
@@ -308,8 +320,7 @@ impl Importer {
         );
         let noted = until_ok(&self.shutdown, || async {
             let client = self.pool.get().await?;
-            video_import_shared::store::items::note_retry(&client, &item.job_id, item.idx, &reason)
-                .await
+            items::note_retry(&client, &item.job_id, item.idx, &reason).await
         })
         .await;
         if noted.is_none() {

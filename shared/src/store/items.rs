@@ -93,6 +93,25 @@ pub async fn note_retry(
     Ok(())
 }
 
+/// Says why a still-pending item waits without a failed try of its own (its source host
+/// asked for a pause), so that its status shows the reason.
+pub async fn note_waiting(
+    client: &impl GenericClient,
+    job_id: &str,
+    idx: i32,
+    reason: &str,
+) -> anyhow::Result<()> {
+    client
+        .execute(
+            "UPDATE job_items SET last_error = $3, updated_at = now()
+             WHERE job_id = $1 AND idx = $2 AND state = $4",
+            &[&job_id, &idx, &reason, &ItemState::Pending],
+        )
+        .await
+        .context("noting why the video waits")?;
+    Ok(())
+}
+
 /// Locks item `idx` of the job if it is still pending; `false` when another delivery of the
 /// same message finished it already.
 pub(super) async fn lock_pending(

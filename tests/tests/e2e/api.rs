@@ -6,18 +6,6 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use video_import_tests::{Options, Stack};
 
-fn api_only(env: &[(&str, &str)]) -> Options {
-    Options {
-        workers: 0,
-        notifier: false,
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Options::default()
-    }
-}
-
 fn batch(n: usize, tag: &str) -> Value {
     let videos: Vec<Value> = (0..n)
         .map(|i| json!({"url": format!("https://archive.example/{tag}/{i}.mp4"), "id": format!("{tag}-{i}"),
@@ -40,7 +28,7 @@ async fn post(stack: &Stack, token: &str, body: &Value, key: Option<&str>) -> re
 
 #[tokio::test]
 async fn the_daily_limit_counts_a_sliding_window_and_answers_the_seed_429() {
-    let stack = Stack::start(api_only(&[])).await;
+    let stack = Stack::start(Options::api_only(&[])).await;
     let out = stack
         .api_cli(&["project", "create", "quota", "--daily-limit", "5"])
         .await;
@@ -125,7 +113,7 @@ async fn the_daily_limit_counts_a_sliding_window_and_answers_the_seed_429() {
 
 #[tokio::test]
 async fn concurrent_batches_cannot_both_squeeze_past_the_limit() {
-    let stack = Stack::start(api_only(&[])).await;
+    let stack = Stack::start(Options::api_only(&[])).await;
     let out = stack
         .api_cli(&["project", "create", "race", "--daily-limit", "10"])
         .await;
@@ -148,7 +136,7 @@ async fn concurrent_batches_cannot_both_squeeze_past_the_limit() {
 
 #[tokio::test]
 async fn metadata_is_checked_against_the_project_schema_with_every_problem_reported() {
-    let stack = Stack::start(api_only(&[])).await;
+    let stack = Stack::start(Options::api_only(&[])).await;
     let schema = stack.dir.join("schema.json");
     std::fs::write(
         &schema,
@@ -240,7 +228,7 @@ async fn metadata_is_checked_against_the_project_schema_with_every_problem_repor
 
 #[tokio::test]
 async fn an_idempotency_key_replays_the_first_job_and_refuses_another_body() {
-    let stack = Stack::start(api_only(&[])).await;
+    let stack = Stack::start(Options::api_only(&[])).await;
     let project = stack.project("idem").await;
     let first: Value = post(&stack, &project.token, &batch(2, "a"), Some("key-1"))
         .await
@@ -290,7 +278,7 @@ async fn an_idempotency_key_replays_the_first_job_and_refuses_another_body() {
 
 #[tokio::test]
 async fn jobs_are_listed_newest_first_page_by_page() {
-    let stack = Stack::start(api_only(&[])).await;
+    let stack = Stack::start(Options::api_only(&[])).await;
     let project = stack.project("pages").await;
     let mut created = Vec::new();
     for i in 0..5 {
@@ -364,7 +352,7 @@ async fn jobs_are_listed_newest_first_page_by_page() {
 
 #[tokio::test]
 async fn tokens_expire_and_can_be_revoked_and_listed() {
-    let stack = Stack::start(api_only(&[])).await;
+    let stack = Stack::start(Options::api_only(&[])).await;
     stack.project("tokens").await;
     let out = stack
         .api_cli(&[
@@ -458,7 +446,7 @@ async fn tokens_expire_and_can_be_revoked_and_listed() {
 
 #[tokio::test]
 async fn every_response_has_a_request_id_and_errors_repeat_it() {
-    let stack = Stack::start(api_only(&[])).await;
+    let stack = Stack::start(Options::api_only(&[])).await;
     let project = stack.project("ids").await;
     let ok = stack
         .http
@@ -502,7 +490,7 @@ async fn every_response_has_a_request_id_and_errors_repeat_it() {
 
 #[tokio::test]
 async fn a_token_over_its_rate_gets_429_with_retry_after() {
-    let stack = Stack::start(api_only(&[
+    let stack = Stack::start(Options::api_only(&[
         ("VIDEO_IMPORT__API__RATE_LIMIT_PER_SECOND", "1"),
         ("VIDEO_IMPORT__API__RATE_LIMIT_BURST", "2"),
     ]))
@@ -530,7 +518,7 @@ async fn a_token_over_its_rate_gets_429_with_retry_after() {
 
 #[tokio::test]
 async fn the_openapi_document_describes_every_route() {
-    let stack = Stack::start(api_only(&[])).await;
+    let stack = Stack::start(Options::api_only(&[])).await;
     let (code, doc) = stack.get(None, "/api/v1/openapi.json").await;
     assert_eq!(code, 200);
     assert!(
@@ -570,7 +558,11 @@ async fn raw_post(stack: &Stack, headers: &[(&str, &str)], body: Vec<u8>) -> (u1
 
 #[tokio::test]
 async fn careless_and_hostile_requests_get_clear_errors_in_the_api_shape() {
-    let stack = Stack::start(api_only(&[("VIDEO_IMPORT__API__MAX_BODY_BYTES", "2000")])).await;
+    let stack = Stack::start(Options::api_only(&[(
+        "VIDEO_IMPORT__API__MAX_BODY_BYTES",
+        "2000",
+    )]))
+    .await;
     let project = stack.project("careless").await;
     let bearer = format!("Bearer {}", project.token);
     let json_headers = [
@@ -655,7 +647,7 @@ async fn careless_and_hostile_requests_get_clear_errors_in_the_api_shape() {
 async fn slow_and_idle_connections_cannot_starve_the_api() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let stack = Stack::start(api_only(&[
+    let stack = Stack::start(Options::api_only(&[
         ("VIDEO_IMPORT__API__HEADER_TIMEOUT_SECS", "2"),
         ("VIDEO_IMPORT__API__BODY_TIMEOUT_SECS", "2"),
         ("VIDEO_IMPORT__API__MAX_CONNECTIONS", "100"),
@@ -721,7 +713,7 @@ async fn slow_and_idle_connections_cannot_starve_the_api() {
 
 #[tokio::test]
 async fn every_error_has_the_shape_and_a_request_id() {
-    let stack = Stack::start(api_only(&[])).await;
+    let stack = Stack::start(Options::api_only(&[])).await;
     let project = stack.project("shapes").await;
     let url = |path: &str| format!("{}{path}", stack.api_url);
     let send = |request: reqwest::RequestBuilder| async move {

@@ -364,12 +364,10 @@ async fn private_addresses_are_refused_unless_configured() {
 
 #[tokio::test]
 async fn invalid_batches_are_rejected_with_the_field_and_nothing_is_stored() {
-    let stack = Stack::start(Options {
-        workers: 0,
-        notifier: false,
-        env: vec![("VIDEO_IMPORT__API__MAX_BATCH_SIZE".into(), "3".into())],
-        ..Options::default()
-    })
+    let stack = Stack::start(Options::api_only(&[(
+        "VIDEO_IMPORT__API__MAX_BATCH_SIZE",
+        "3",
+    )]))
     .await;
     let project = stack.project("validation").await;
     let v = |url: &str, id: &str| json!({"url": url, "id": id, "fileName": "f", "metadata": {}});
@@ -429,13 +427,7 @@ async fn invalid_batches_are_rejected_with_the_field_and_nothing_is_stored() {
 
 #[tokio::test]
 async fn tokens_and_scopes_are_enforced_and_projects_are_isolated() {
-    let stack = Stack::start(Options {
-        workers: 0,
-        notifier: false,
-        env: vec![],
-        ..Options::default()
-    })
-    .await;
+    let stack = Stack::start(Options::api_only(&[])).await;
     let project = stack.project("owner").await;
     let other = stack.project("stranger").await;
     let read_only = stack.token("owner", &["public-api:read"]).await;
@@ -617,13 +609,7 @@ async fn a_webhook_that_never_succeeds_ends_failed_and_visible() {
 
 #[tokio::test]
 async fn accepted_jobs_wait_in_the_outbox_while_rabbitmq_is_unreachable() {
-    let mut stack = Stack::start(Options {
-        workers: 0,
-        notifier: false,
-        env: vec![],
-        ..Options::default()
-    })
-    .await;
+    let mut stack = Stack::start(Options::api_only(&[])).await;
     let videos = VideoServer::start().await;
     let project = stack.project("outbox").await;
     // A second API whose broker address answers nothing.
@@ -680,13 +666,7 @@ async fn accepted_jobs_wait_in_the_outbox_while_rabbitmq_is_unreachable() {
 
 #[tokio::test]
 async fn migrate_is_idempotent_when_run_concurrently() {
-    let stack = Stack::start(Options {
-        workers: 0,
-        notifier: false,
-        env: vec![],
-        ..Options::default()
-    })
-    .await;
+    let stack = Stack::start(Options::api_only(&[])).await;
     let (a, b) = tokio::join!(stack.api_cli(&["migrate"]), stack.api_cli(&["migrate"]));
     assert!(a.status.success(), "{}", a.stderr);
     assert!(b.status.success(), "{}", b.stderr);
@@ -701,13 +681,7 @@ async fn migrate_is_idempotent_when_run_concurrently() {
 
 #[tokio::test]
 async fn a_listen_address_in_use_stops_every_binary_at_start() {
-    let stack = Stack::start(Options {
-        workers: 0,
-        notifier: false,
-        env: vec![],
-        ..Options::default()
-    })
-    .await;
+    let stack = Stack::start(Options::api_only(&[])).await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = taken.local_addr().unwrap().to_string();
     for (binary, args, key) in [
@@ -733,13 +707,7 @@ async fn a_listen_address_in_use_stops_every_binary_at_start() {
 
 #[tokio::test]
 async fn bad_configuration_fails_at_start_naming_the_key() {
-    let stack = Stack::start(Options {
-        workers: 0,
-        notifier: false,
-        env: vec![],
-        ..Options::default()
-    })
-    .await;
+    let stack = Stack::start(Options::api_only(&[])).await;
     let cases = [
         (
             "VIDEO_IMPORT__API__MAX_BATCH_SIZE",
