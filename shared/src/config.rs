@@ -120,6 +120,10 @@ pub struct FetchSettings {
     pub concurrency: usize,
     /// Downloads from one source host running at once in one worker.
     pub per_host_concurrency: usize,
+    /// Most videos kept ready in the fetch queue: the dispatcher tops it up, in fair order,
+    /// to twice the workers' download slots but never beyond this, so a new batch waits
+    /// behind at most this many videos of other jobs.
+    pub dispatch_ahead: u32,
     /// After SIGTERM, how long in-flight downloads may run on before they are handed back.
     #[serde(rename = "shutdown_grace_secs", with = "secs")]
     pub shutdown_grace: Duration,
@@ -289,6 +293,7 @@ impl Default for Settings {
                 max_redirects: 5,
                 concurrency: 32,
                 per_host_concurrency: 16,
+                dispatch_ahead: 512,
                 shutdown_grace: Duration::from_secs(30),
                 quick_retries: 2,
                 retry_delays: secs_of(&[30, 120, 600, 1800]),
@@ -380,6 +385,9 @@ impl Settings {
         }
         if self.fetch.concurrency == 0 {
             return bad("fetch.concurrency", "must be at least 1");
+        }
+        if self.fetch.dispatch_ahead == 0 {
+            return bad("fetch.dispatch_ahead", "must be at least 1");
         }
         if self.fetch.per_host_concurrency == 0 {
             return bad("fetch.per_host_concurrency", "must be at least 1");

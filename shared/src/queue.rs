@@ -434,6 +434,41 @@ impl Publisher {
         Ok(())
     }
 
+    /// How many messages wait in the queue of `routing_key` and how many consumers read it.
+    pub async fn depth(&self, routing_key: &str) -> anyhow::Result<QueueDepth> {
+        let mut guard = self.link.lock().await;
+        let result = tokio::time::timeout(PUBLISH_TIMEOUT, async {
+            let link = self.link_mut(&mut guard).await?;
+            let queue = link
+                .channel
+                .queue_declare(
+                    self.topology.queue(routing_key).into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            anyhow::Ok(QueueDepth {
+                ready: queue.message_count(),
+                consumers: queue.consumer_count(),
+            })
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "RabbitMQ did not answer how long the queue is"
+            ))
+        });
+        if result.is_err() {
+            if let Some(link) = guard.take() {
+                let _ = link.connection.close(200, "reconnecting".into()).await;
+            }
+        }
+        result
+    }
+
     /// Whether the publisher's connection is up right now.
     pub async fn is_connected(&self) -> bool {
         self.link
@@ -442,6 +477,15 @@ impl Publisher {
             .as_ref()
             .is_some_and(|l| l.connection.status().connected())
     }
+}
+
+/// A queue's length as RabbitMQ reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Messages not yet delivered to a consumer.
+    pub ready: u32,
+    /// Consumers reading the queue (one per worker).
+    pub consumers: u32,
 }
 
 /// Holding queues are shared by delays of similar length: the delay rounded down to two

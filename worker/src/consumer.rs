@@ -21,6 +21,7 @@ use video_import_shared::store::ItemState;
 use video_import_shared::sweep;
 use video_import_shared::trace::TraceParent;
 
+use crate::dispatch::Dispatcher;
 use crate::fetch::{FetchError, Fetched, Fetcher};
 use crate::group_commit::Recorder;
 use crate::hosts::{SourceHosts, Turn};
@@ -62,6 +63,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         &service.registry,
     );
     let relay_task = tokio::spawn(relay.clone().run(service.shutdown.clone()));
+    let dispatcher = Dispatcher::new(
+        service.pool.clone(),
+        service.publisher.clone(),
+        settings.fetch.dispatch_ahead,
+        settings.fetch.concurrency as u32,
+        &service.registry,
+    );
+    let dispatch_task = tokio::spawn(dispatcher.run(service.shutdown.clone()));
     let ops_task = service.serve_ops(settings.metrics.listen).await?;
     if !settings.storage.sweep_interval.is_zero() {
         tokio::spawn(sweep::every(
@@ -102,6 +111,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await;
     service.shutdown.cancel();
     let _ = relay_task.await;
+    let _ = dispatch_task.await;
     ops_task.await??;
     Ok(())
 }

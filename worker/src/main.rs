@@ -2,6 +2,8 @@
 //! media-library entry and, with the last video of a job, announces the job's completion.
 //!
 //! - `consumer`: wiring, and what happens to one fetch message (and a dead-lettered one);
+//! - `dispatch`, `fair`: topping up the fetch queue from PostgreSQL in fair order between
+//!   projects and jobs;
 //! - `load`: the video a message names, with a cache of job facts;
 //! - `fetch`: the SSRF-checked, size- and time-bounded, resumable download;
 //! - `hosts`: per-source-host download slots and pauses;
@@ -11,6 +13,8 @@
 //! - `metrics`: the worker's Prometheus metrics.
 
 mod consumer;
+mod dispatch;
+mod fair;
 mod fetch;
 mod group_commit;
 mod hosts;

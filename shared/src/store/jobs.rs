@@ -7,9 +7,7 @@ use deadpool_postgres::{GenericClient, Transaction};
 use serde_json::Value;
 use tokio_postgres::Row;
 
-use super::{outbox, webhooks, ItemState, JobState, WebhookState};
-use crate::messages::FetchVideo;
-use crate::queue;
+use super::{dispatch, webhooks, ItemState, JobState, WebhookState};
 
 /// One video of a batch being accepted.
 #[derive(Debug, Clone)]
@@ -34,8 +32,8 @@ pub struct NewJob<'a> {
     pub videos: &'a [NewVideo],
 }
 
-/// Inserts the job in state `started`, its items in state `pending` and one fetch message
-/// per video into the outbox, inside the caller's transaction.
+/// Inserts the job in state `started`, its items in state `pending`, and registers it for
+/// dispatch (`store::dispatch`), inside the caller's transaction.
 pub async fn insert(tx: &Transaction<'_>, job: &NewJob<'_>) -> anyhow::Result<()> {
     let total = job.videos.len() as i32;
     tx.execute(
@@ -75,16 +73,8 @@ pub async fn insert(tx: &Transaction<'_>, job: &NewJob<'_>) -> anyhow::Result<()
     )
     .await
     .context("inserting the job's items")?;
-    let messages: Vec<FetchVideo> = idx
-        .iter()
-        .map(|&i| FetchVideo {
-            job_id: job.id.to_string(),
-            idx: i,
-            attempt: 0,
-        })
-        .collect();
     let traceparent = job.trace_id.and_then(crate::trace::header_for);
-    outbox::enqueue(tx, queue::FETCH, &messages, traceparent.as_deref()).await
+    dispatch::insert(tx, job.id, job.project_id, total, traceparent.as_deref()).await
 }
 
 /// What an Idempotency-Key led to.
@@ -460,6 +450,7 @@ pub async fn cancel(
         .iter()
         .map(|r| r.get(0))
         .collect();
+    dispatch::forget(tx, id).await?;
     if !pending.is_empty() {
         tx.execute(
             "UPDATE job_items SET state = $3, reason = $4, updated_at = now()

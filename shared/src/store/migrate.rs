@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (7, include_str!("migrations/0007_cancel.sql")),
     (8, include_str!("migrations/0008_backlog_indexes.sql")),
     (9, include_str!("migrations/0009_trace.sql")),
+    (10, include_str!("migrations/0010_dispatch.sql")),
 ];
 
 /// Any number so long as every process agrees on it: serialises concurrent `migrate` runs.

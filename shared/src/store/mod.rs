@@ -7,12 +7,14 @@
 //! - [`projects`], [`tokens`]: administration and authentication;
 //! - [`jobs`]: accepting a batch, idempotency keys, the daily-limit window, counting finished
 //!   videos and finishing the job, reading jobs;
+//! - [`dispatch`]: jobs whose videos are still to be handed to the fetch queue, in fair order;
 //! - [`items`]: one video of a job: loading it for the worker, failed tries, status rows;
 //! - [`entries`]: the media library;
 //! - [`outcomes`]: the worker's group commit of finished videos;
 //! - [`webhooks`]: deliveries and their attempts;
 //! - [`outbox`]: messages written with the state they announce.
 
+pub mod dispatch;
 pub mod entries;
 pub mod items;
 pub mod jobs;

@@ -406,7 +406,7 @@ async fn invalid_batches_are_rejected_with_the_field_and_nothing_is_stored() {
         );
     }
     let stored = stack
-        .sql("SELECT (SELECT count(*) FROM jobs) + (SELECT count(*) FROM job_items) + (SELECT count(*) FROM outbox)")
+        .sql("SELECT (SELECT count(*) FROM jobs) + (SELECT count(*) FROM job_items) + (SELECT count(*) FROM outbox) + (SELECT count(*) FROM dispatch)")
         .await;
     assert_eq!(
         stored[0].get::<_, i64>(0),
@@ -608,7 +608,7 @@ async fn a_webhook_that_never_succeeds_ends_failed_and_visible() {
 }
 
 #[tokio::test]
-async fn accepted_jobs_wait_in_the_outbox_while_rabbitmq_is_unreachable() {
+async fn accepted_jobs_wait_in_postgresql_while_rabbitmq_is_unreachable() {
     let mut stack = Stack::start(Options::api_only(&[])).await;
     let videos = VideoServer::start().await;
     let project = stack.project("outbox").await;
@@ -652,14 +652,16 @@ async fn accepted_jobs_wait_in_the_outbox_while_rabbitmq_is_unreachable() {
         "unreachable"
     );
 
-    // The messages are durable in PostgreSQL; the relay of an API that reaches the broker
-    // publishes them, and a worker finishes the job.
+    // The job waits in PostgreSQL; a worker that reaches the broker hands its videos to the
+    // fetch queue and finishes it.
     stack.kill("api-cut-off").await;
     stack.spawn_worker().await;
     let status = stack.wait_finished(&project.token, &job, 30).await;
     assert_eq!(status["state"], "success", "{status}");
     assert_eq!(status["overview"]["imported"], 2);
-    let left = stack.sql("SELECT count(*) FROM outbox").await;
+    let left = stack
+        .sql("SELECT (SELECT count(*) FROM outbox) + (SELECT count(*) FROM dispatch)")
+        .await;
     assert_eq!(left[0].get::<_, i64>(0), 0);
     stack.finish().await;
 }

@@ -550,3 +550,47 @@ async fn a_host_that_asks_for_a_pause_gets_it_from_every_queued_video() {
     );
     stack.finish().await;
 }
+
+#[tokio::test]
+async fn a_small_batch_does_not_wait_behind_another_backlog() {
+    // One worker with 8 slots and sources that take 300 ms: 2,000 queued videos are over a
+    // minute of work, so a first-in first-out queue would hold the small batches that long.
+    let stack = Stack::start(env(&[("VIDEO_IMPORT__FETCH__CONCURRENCY", "8")])).await;
+    let videos = VideoServer::start().await;
+    let big = stack.project("archive-a").await;
+    let small = stack.project("newsroom-b").await;
+    let slow = |prefix: &str, n: usize| -> Value {
+        let videos: Vec<Value> = (0..n)
+            .map(|i| {
+                let url = videos.url(&format!("/slow/100/sample.mp4?{prefix}{i}"));
+                json!({"url": url, "id": format!("{prefix}{i}"), "fileName": "f", "metadata": {}})
+            })
+            .collect();
+        json!({"systemName": "archive", "videos": videos})
+    };
+    let backlog = [
+        stack.import(&big.token, &slow("a", 1000)).await,
+        stack.import(&big.token, &slow("b", 1000)).await,
+    ];
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let posted = std::time::Instant::now();
+    let other_project = stack.import(&small.token, &slow("c", 5)).await;
+    let same_project = stack.import(&big.token, &slow("d", 5)).await;
+    let b = stack.wait_finished(&small.token, &other_project, 60).await;
+    let a2 = stack.wait_finished(&big.token, &same_project, 60).await;
+    let waited = posted.elapsed();
+    assert_eq!(b["overview"]["imported"], 5, "{b}");
+    assert_eq!(a2["overview"]["imported"], 5, "{a2}");
+    // Both finished while the backlog was still far from done.
+    let mut pending = 0;
+    for job in &backlog {
+        pending += stack.status(&big.token, job).await["overview"]["pending"]
+            .as_i64()
+            .unwrap();
+    }
+    assert!(
+        pending > 1500,
+        "the small batches finished only after {waited:?}, with {pending} of the backlog pending"
+    );
+    stack.finish().await;
+}

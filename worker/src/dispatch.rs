@@ -1,0 +1,172 @@
+//! The dispatcher: keeps the fetch queue topped up to `fetch.dispatch_ahead` ready messages,
+//! taking videos from PostgreSQL (`store::dispatch`) in fair order (`fair`). Every worker runs
+//! one; a PostgreSQL advisory lock lets one at a time hand out videos, so any number of
+//! workers need no coordinator besides PostgreSQL and RabbitMQ.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use deadpool_postgres::Pool;
+use prometheus::{IntCounter, Registry};
+use tokio_util::sync::CancellationToken;
+use video_import_shared::messages::FetchVideo;
+use video_import_shared::metrics::register;
+use video_import_shared::queue::{self, Outgoing, Publisher};
+use video_import_shared::store::dispatch;
+
+use crate::fair::{self, Demand};
+
+/// Pause between two looks at the queue.
+const TICK: Duration = Duration::from_millis(50);
+/// Most jobs considered in one round (the least recently served).
+const MAX_JOBS: i64 = 5_000;
+
+/// Ready messages kept per download slot of the consuming workers: enough to cover the
+/// downloads that finish between two rounds when sources are fast.
+const READY_PER_SLOT: u32 = 2;
+
+/// Tops up the fetch queue.
+pub struct Dispatcher {
+    pool: Pool,
+    publisher: Arc<Publisher>,
+    /// Most ready messages to keep in the fetch queue (`fetch.dispatch_ahead`).
+    ahead: u32,
+    /// Download slots of one worker (`fetch.concurrency`); every worker is assumed alike.
+    slots: u32,
+    dispatched: IntCounter,
+}
+
+impl Dispatcher {
+    /// A dispatcher keeping at most `ahead` messages ready for workers of `slots` downloads
+    /// each; its counter goes to `registry`.
+    pub fn new(
+        pool: Pool,
+        publisher: Arc<Publisher>,
+        ahead: u32,
+        slots: u32,
+        registry: &Registry,
+    ) -> Self {
+        let dispatched = IntCounter::new(
+            "videos_dispatched_total",
+            "Videos handed from PostgreSQL to the fetch queue by this worker's dispatcher",
+        )
+        .expect("valid metric");
+        register(registry, &dispatched);
+        Self {
+            pool,
+            publisher,
+            ahead,
+            slots,
+            dispatched,
+        }
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(TICK) => {}
+            }
+            match self.round().await {
+                Ok(_) if failing => {
+                    failing = false;
+                    tracing::info!("dispatcher recovered");
+                }
+                Ok(_) => {}
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %format!("{error:#}"), "dispatcher cannot hand out videos; accepted jobs wait in PostgreSQL until it can");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// One round: hands out as many videos as the queue has room for; returns how many.
+    pub async fn round(&self) -> anyhow::Result<usize> {
+        let depth = self.publisher.depth(queue::FETCH).await?;
+        let target = target(self.ahead, self.slots, depth.consumers);
+        let budget = target.saturating_sub(depth.ready);
+        // Small top-ups cost a transaction each and change nothing for fairness.
+        if budget == 0 || budget < target / 4 {
+            return Ok(0);
+        }
+        let mut client = self.pool.get().await.context("connecting to dispatch")?;
+        let tx = client
+            .transaction()
+            .await
+            .context("starting a dispatch round")?;
+        if !dispatch::lock(&tx).await? {
+            return Ok(0);
+        }
+        let waiting = dispatch::waiting(&tx, MAX_JOBS).await?;
+        if waiting.is_empty() {
+            return Ok(0);
+        }
+        let demands: Vec<Demand<_>> = waiting
+            .iter()
+            .map(|w| Demand {
+                project: w.project_id,
+                served: w.served_at,
+                remaining: w.remaining(),
+            })
+            .collect();
+        let takes = fair::allocate(budget, &demands);
+        let mut messages = Vec::new();
+        let mut handed = Vec::new();
+        for (job, take) in waiting.iter().zip(takes) {
+            if take == 0 {
+                continue;
+            }
+            let end = job.next_idx + take as i32;
+            for idx in job.next_idx..end {
+                let message = FetchVideo {
+                    job_id: job.job_id.clone(),
+                    idx,
+                    attempt: 0,
+                };
+                messages.push(Outgoing {
+                    routing_key: queue::FETCH.into(),
+                    payload: serde_json::to_vec(&message).expect("messages serialize"),
+                    delay: None,
+                    traceparent: job.traceparent.clone(),
+                });
+            }
+            handed.push((job.job_id.clone(), end));
+        }
+        // Published before the commit: a crash in between hands the range out again, and
+        // the items' `pending` guard makes the second message a no-op.
+        self.publisher.publish(&messages).await?;
+        dispatch::advance(&tx, &handed).await?;
+        tx.commit().await.context("committing a dispatch round")?;
+        self.dispatched.inc_by(messages.len() as u64);
+        Ok(messages.len())
+    }
+}
+
+/// Ready messages to keep: what the consuming workers' slots get through between rounds,
+/// at most `ahead`. A short queue is what makes dispatch fair: a new batch waits behind at
+/// most this many videos of other jobs, whatever their backlog.
+fn target(ahead: u32, slots: u32, consumers: u32) -> u32 {
+    (consumers.max(1) * slots * READY_PER_SLOT).clamp(1, ahead)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::target;
+
+    #[test]
+    fn the_queue_grows_with_the_workers_up_to_the_configured_bound() {
+        assert_eq!(
+            target(512, 32, 0),
+            64,
+            "no consumer yet: one worker's worth"
+        );
+        assert_eq!(target(512, 32, 2), 128);
+        assert_eq!(target(512, 32, 20), 512);
+        assert_eq!(target(512, 0, 2), 1);
+    }
+}

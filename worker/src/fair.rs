@@ -1,0 +1,141 @@
+//! Fair shares of the fetch queue: how many videos each waiting job may hand out in one
+//! dispatch round. Projects share the round equally (round-robin, so a small batch never
+//! waits behind another project's backlog), then each project's share is split equally
+//! between its jobs. A share a project cannot use goes to the others. Pure, so the rule is
+//! tested here and nowhere else.
+
+/// One job waiting for dispatch, as the fair share sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Demand<K> {
+    pub project: i64,
+    /// When the job was last served; smaller goes first when the round is too small to give
+    /// everyone a video (`None`, never served, is smallest).
+    pub served: K,
+    /// Videos it still has to hand out.
+    pub remaining: u32,
+}
+
+/// How many videos each of `demands` may hand out this round, out of `budget`. A project's
+/// place in line is that of its most recently served job, so a project that was just served
+/// waits for the others when videos are scarce.
+pub fn allocate<K: Ord + Copy>(budget: u32, demands: &[Demand<K>]) -> Vec<u32> {
+    // Projects in line order, each with its jobs (indexes into `demands`, in their order).
+    let mut projects: Vec<(i64, K, Vec<usize>)> = Vec::new();
+    for (i, d) in demands.iter().enumerate() {
+        match projects.iter_mut().find(|(p, _, _)| *p == d.project) {
+            Some((_, served, jobs)) => {
+                *served = (*served).max(d.served);
+                jobs.push(i);
+            }
+            None => projects.push((d.project, d.served, vec![i])),
+        }
+    }
+    projects.sort_by_key(|(_, served, _)| *served);
+    let wanted: Vec<u32> = projects
+        .iter()
+        .map(|(_, _, jobs)| {
+            jobs.iter()
+                .map(|&i| demands[i].remaining)
+                .fold(0u32, u32::saturating_add)
+        })
+        .collect();
+    let mut takes = vec![0; demands.len()];
+    for ((_, _, jobs), share) in projects.iter().zip(water_fill(budget, &wanted)) {
+        let wanted: Vec<u32> = jobs.iter().map(|&i| demands[i].remaining).collect();
+        for (&i, take) in jobs.iter().zip(water_fill(share, &wanted)) {
+            takes[i] = take;
+        }
+    }
+    takes
+}
+
+/// Splits `budget` equally between `wanted`, giving what one cannot use to the others; when
+/// there is less than one each, the first in line get one.
+fn water_fill(budget: u32, wanted: &[u32]) -> Vec<u32> {
+    let mut given = vec![0u32; wanted.len()];
+    let mut left = budget;
+    loop {
+        let open: Vec<usize> = (0..wanted.len())
+            .filter(|&i| given[i] < wanted[i])
+            .collect();
+        if open.is_empty() || left == 0 {
+            return given;
+        }
+        let share = (left / open.len() as u32).max(1);
+        for i in open {
+            let take = share.min(wanted[i] - given[i]).min(left);
+            given[i] += take;
+            left -= take;
+            if left == 0 {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(project: i64, served: u32, remaining: u32) -> Demand<u32> {
+        Demand {
+            project,
+            served,
+            remaining,
+        }
+    }
+
+    #[test]
+    fn one_job_takes_the_budget_up_to_what_it_has() {
+        assert_eq!(allocate(100, &[job(1, 0, 1000)]), vec![100]);
+        assert_eq!(allocate(100, &[job(1, 0, 30)]), vec![30]);
+        assert_eq!(allocate(0, &[job(1, 0, 30)]), vec![0]);
+        assert_eq!(allocate(100, &[] as &[Demand<u32>]), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn a_small_project_gets_all_it_wants_beside_a_large_one() {
+        // Project 1 has 100,000 queued, project 2 posts 5: 2 gets its 5 this round.
+        let takes = allocate(512, &[job(1, 3, 100_000), job(2, 0, 5)]);
+        assert_eq!(takes, vec![507, 5]);
+    }
+
+    #[test]
+    fn projects_share_equally_whatever_their_number_of_jobs() {
+        // Project 1 has three jobs, project 2 one: each project gets half.
+        let demands = [
+            job(1, 1, 1000),
+            job(1, 1, 1000),
+            job(1, 1, 1000),
+            job(2, 1, 1000),
+        ];
+        let takes = allocate(300, &demands);
+        assert_eq!(takes[3], 150);
+        assert_eq!(takes[..3].iter().sum::<u32>(), 150);
+        // A project's share is split between its jobs.
+        assert_eq!(takes[..3], [50, 50, 50]);
+    }
+
+    #[test]
+    fn a_scarce_round_goes_to_the_least_recently_served_project() {
+        // One video for three projects: the one served longest ago gets it, whichever order
+        // the jobs came in; project 1 counts as served at 9 (its newest job).
+        let demands = [job(1, 1, 10), job(2, 5, 10), job(3, 2, 10), job(1, 9, 10)];
+        assert_eq!(allocate(1, &demands), vec![0, 0, 1, 0]);
+        assert_eq!(allocate(2, &demands), vec![0, 1, 1, 0]);
+    }
+
+    #[test]
+    fn never_more_than_the_budget_or_than_wanted() {
+        for budget in [0, 1, 7, 100, 513] {
+            let demands = [job(1, 0, 3), job(2, 4, 250), job(2, 1, 1), job(3, 2, 90)];
+            let takes = allocate(budget, &demands);
+            let total: u32 = takes.iter().sum();
+            let wanted: u32 = demands.iter().map(|d| d.remaining).sum();
+            assert_eq!(total, budget.min(wanted), "budget {budget}: {takes:?}");
+            for (take, d) in takes.iter().zip(&demands) {
+                assert!(*take <= d.remaining);
+            }
+        }
+    }
+}
