@@ -1,6 +1,7 @@
 //! The media library: one entry per (project, systemName, externalId), created or updated
 //! when a video is recorded, read by the API.
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use anyhow::Context;
@@ -63,13 +64,14 @@ impl NewAsset {
     }
 }
 
-/// Inserts an entry with its asset (the statement is built once).
+/// Inserts a group's new entries, one row per element of the arrays (built once).
 static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO media_entries (id, project_id, system_name, external_id, file_name,
              metadata, original_url, {ASSET_COLUMNS})
-         VALUES ($1, $2, $3, $4, $5, $6, $7, {})",
-        asset_placeholders(8)
+         SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
+             $6::jsonb[], $7::text[], $8::text[], $9::int8[], $10::text[], $11::text[],
+             $12::text[], $13::text[], $14::float8[], $15::int4[], $16::int4[], $17::text[])"
     )
 });
 
@@ -79,17 +81,12 @@ static REPLACE_ASSET_SQL: LazyLock<String> = LazyLock::new(|| {
         "UPDATE media_entries SET metadata = $2, file_name = $3, original_url = $4,
              ({ASSET_COLUMNS}) = ROW({}), version = version + 1, updated_at = now()
          WHERE id = $1",
-        asset_placeholders(5)
+        (5..15)
+            .map(|n| format!("${n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 });
-
-/// `$first, $first+1, …` for the asset columns.
-fn asset_placeholders(first: usize) -> String {
-    (first..first + 10)
-        .map(|n| format!("${n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// What recording one video did to its entry.
 #[derive(Debug, Default)]
@@ -112,96 +109,230 @@ impl EntryChange {
     }
 }
 
-/// Inserts or updates the entry of the item's (project, systemName, externalId). `asset` is
-/// `None` when the source said it was unchanged.
-pub(super) async fn upsert(
+/// An entry's identity: (project, systemName, externalId).
+pub(super) type EntryKey = (i64, String, String);
+
+/// The key of the entry an item imports into.
+pub(super) fn key_of(item: &Item) -> EntryKey {
+    (
+        item.project_id,
+        item.system_name.clone(),
+        item.external_id.clone(),
+    )
+}
+
+/// What deciding about a video needs of the entry as it stands.
+#[derive(Debug, Clone)]
+pub(super) struct Current {
+    id: String,
+    sha256: String,
+    metadata: Value,
+    file_name: String,
+    asset_key: String,
+}
+
+/// Locks the existing entries of `keys` (in id order, so concurrent groups do not deadlock)
+/// and returns them by key. Two first imports of one externalId at once meet at the unique
+/// key when inserting, and the loser's group is recorded again.
+pub(super) async fn lock_existing(
     tx: &Transaction<'_>,
-    item: &Item,
-    asset: Option<&NewAsset>,
-) -> anyhow::Result<EntryChange> {
-    // The row lock serialises writers of an existing entry; two first imports of one
-    // externalId at once meet at the unique key, and the loser's group is recorded again.
-    let select = tx
+    keys: &[EntryKey],
+) -> anyhow::Result<HashMap<EntryKey, Current>> {
+    let projects: Vec<i64> = keys.iter().map(|k| k.0).collect();
+    let systems: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
+    let external: Vec<&str> = keys.iter().map(|k| k.2.as_str()).collect();
+    let statement = tx
         .prepare_cached(
-            "SELECT id, sha256, metadata, file_name, asset_key FROM media_entries
-             WHERE project_id = $1 AND system_name = $2 AND external_id = $3 FOR UPDATE",
+            "SELECT m.project_id, m.system_name, m.external_id, m.id, m.sha256, m.metadata,
+                    m.file_name, m.asset_key
+             FROM unnest($1::int8[], $2::text[], $3::text[]) AS k(project_id, system_name, external_id)
+             JOIN media_entries m ON m.project_id = k.project_id
+                 AND m.system_name = k.system_name AND m.external_id = k.external_id
+             ORDER BY m.id FOR UPDATE OF m",
         )
         .await
         .context("preparing the entry lookup")?;
-    let existing = tx
-        .query_opt(
-            &select,
-            &[&item.project_id, &item.system_name, &item.external_id],
-        )
+    let rows = tx
+        .query(&statement, &[&projects, &systems, &external])
         .await
-        .context("locking the entry")?;
-    let Some(row) = existing else {
-        let Some(asset) = asset else {
-            return Ok(EntryChange {
-                reason: Some(
-                    "the source was unchanged but the entry no longer exists; import it again"
-                        .into(),
-                ),
-                ..EntryChange::new(ItemState::Failed)
-            });
+        .context("locking the group's entries")?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                (r.get(0), r.get(1), r.get(2)),
+                Current {
+                    id: r.get(3),
+                    sha256: r.get(4),
+                    metadata: r.get(5),
+                    file_name: r.get(6),
+                    asset_key: r.get(7),
+                },
+            )
+        })
+        .collect())
+}
+
+/// A group's entry writes, planned video by video and written together.
+#[derive(Default)]
+pub(super) struct Writes {
+    inserts: Vec<(String, Item, NewAsset)>,
+    updates: Vec<(String, Item, Option<NewAsset>)>,
+}
+
+impl Writes {
+    /// Decides what the video does to its entry (`current`, as the earlier videos of the
+    /// group left it) and plans the write. `asset` is `None` when the source said it was
+    /// unchanged.
+    pub(super) fn plan(
+        &mut self,
+        current: &mut HashMap<EntryKey, Current>,
+        item: &Item,
+        asset: Option<&NewAsset>,
+    ) -> EntryChange {
+        let key = key_of(item);
+        let Some(entry) = current.get_mut(&key) else {
+            let Some(asset) = asset else {
+                return EntryChange {
+                    reason: Some(
+                        "the source was unchanged but the entry no longer exists; import it again"
+                            .into(),
+                    ),
+                    ..EntryChange::new(ItemState::Failed)
+                };
+            };
+            let media_id = crate::ids::random_id(12);
+            current.insert(
+                key,
+                Current {
+                    id: media_id.clone(),
+                    sha256: asset.sha256.clone(),
+                    metadata: item.metadata.clone(),
+                    file_name: item.file_name.clone(),
+                    asset_key: asset.key.clone(),
+                },
+            );
+            self.inserts
+                .push((media_id.clone(), item.clone(), asset.clone()));
+            return EntryChange {
+                media_id: Some(media_id),
+                asset_used: true,
+                ..EntryChange::new(ItemState::Imported)
+            };
         };
-        let media_id = crate::ids::random_id(12);
-        let insert = tx
-            .prepare_cached(&INSERT_SQL)
-            .await
-            .context("preparing the entry insert")?;
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
-            &media_id,
-            &item.project_id,
-            &item.system_name,
-            &item.external_id,
-            &item.file_name,
-            &item.metadata,
-            &item.url,
-        ];
-        params.extend(asset.params());
-        tx.execute(&insert, &params)
-            .await
-            .context("inserting the entry")?;
-        return Ok(EntryChange {
-            media_id: Some(media_id),
-            asset_used: true,
+        let same_bytes = asset.is_none_or(|a| entry.sha256 == a.sha256);
+        let same_metadata = entry.metadata == item.metadata && entry.file_name == item.file_name;
+        if same_bytes && same_metadata {
+            return EntryChange {
+                reason: Some("already exists".into()),
+                media_id: Some(entry.id.clone()),
+                ..EntryChange::new(ItemState::Skipped)
+            };
+        }
+        let new_asset = asset.filter(|_| !same_bytes).cloned();
+        entry.metadata = item.metadata.clone();
+        entry.file_name = item.file_name.clone();
+        let replaced_key = new_asset.as_ref().map(|a| {
+            entry.sha256 = a.sha256.clone();
+            std::mem::replace(&mut entry.asset_key, a.key.clone())
+        });
+        self.updates
+            .push((entry.id.clone(), item.clone(), new_asset));
+        EntryChange {
+            media_id: Some(entry.id.clone()),
+            asset_used: replaced_key.is_some(),
+            replaced_key,
             ..EntryChange::new(ItemState::Imported)
-        });
-    };
-    let media_id: String = row.get(0);
-    let same_bytes = asset.is_none_or(|a| row.get::<_, String>(1) == a.sha256);
-    let same_metadata =
-        row.get::<_, Value>(2) == item.metadata && row.get::<_, String>(3) == item.file_name;
-    if same_bytes && same_metadata {
-        return Ok(EntryChange {
-            reason: Some("already exists".into()),
-            media_id: Some(media_id),
-            ..EntryChange::new(ItemState::Skipped)
-        });
+        }
     }
-    let mut params: Vec<&(dyn ToSql + Sync)> =
-        vec![&media_id, &item.metadata, &item.file_name, &item.url];
-    let new_asset = asset.filter(|_| !same_bytes);
-    let sql: &str = match new_asset {
-        None => {
-            "UPDATE media_entries SET metadata = $2, file_name = $3, original_url = $4,
-                 version = version + 1, updated_at = now() WHERE id = $1"
+
+    /// Writes the planned inserts (one statement) and then the updates.
+    pub(super) async fn write(&self, tx: &Transaction<'_>) -> anyhow::Result<()> {
+        if !self.inserts.is_empty() {
+            let column = |f: &dyn Fn(&(String, Item, NewAsset)) -> String| -> Vec<String> {
+                self.inserts.iter().map(f).collect()
+            };
+            let ids = column(&|(id, _, _)| id.clone());
+            let projects: Vec<i64> = self.inserts.iter().map(|(_, i, _)| i.project_id).collect();
+            let systems = column(&|(_, i, _)| i.system_name.clone());
+            let external = column(&|(_, i, _)| i.external_id.clone());
+            let file_names = column(&|(_, i, _)| i.file_name.clone());
+            let metadata: Vec<&Value> = self.inserts.iter().map(|(_, i, _)| &i.metadata).collect();
+            let urls = column(&|(_, i, _)| i.url.clone());
+            let keys = column(&|(_, _, a)| a.key.clone());
+            let sizes: Vec<i64> = self.inserts.iter().map(|(_, _, a)| a.size).collect();
+            let mimes = column(&|(_, _, a)| a.mime_type.clone());
+            let hashes = column(&|(_, _, a)| a.sha256.clone());
+            let etags: Vec<Option<&str>> = self
+                .inserts
+                .iter()
+                .map(|(_, _, a)| a.validators.etag.as_deref())
+                .collect();
+            let modified: Vec<Option<&str>> = self
+                .inserts
+                .iter()
+                .map(|(_, _, a)| a.validators.last_modified.as_deref())
+                .collect();
+            let durations: Vec<Option<f64>> = self
+                .inserts
+                .iter()
+                .map(|(_, _, a)| a.duration_seconds)
+                .collect();
+            let widths: Vec<Option<i32>> = self.inserts.iter().map(|(_, _, a)| a.width).collect();
+            let heights: Vec<Option<i32>> = self.inserts.iter().map(|(_, _, a)| a.height).collect();
+            let codecs: Vec<Option<&str>> = self
+                .inserts
+                .iter()
+                .map(|(_, _, a)| a.codec.as_deref())
+                .collect();
+            let insert = tx
+                .prepare_cached(&INSERT_SQL)
+                .await
+                .context("preparing the entry insert")?;
+            tx.execute(
+                &insert,
+                &[
+                    &ids,
+                    &projects,
+                    &systems,
+                    &external,
+                    &file_names,
+                    &metadata,
+                    &urls,
+                    &keys,
+                    &sizes,
+                    &mimes,
+                    &hashes,
+                    &etags,
+                    &modified,
+                    &durations,
+                    &widths,
+                    &heights,
+                    &codecs,
+                ],
+            )
+            .await
+            .context("inserting the group's new entries")?;
         }
-        Some(asset) => {
-            params.extend(asset.params());
-            &REPLACE_ASSET_SQL
+        for (id, item, asset) in &self.updates {
+            let mut params: Vec<&(dyn ToSql + Sync)> =
+                vec![id, &item.metadata, &item.file_name, &item.url];
+            let sql: &str = match asset {
+                None => {
+                    "UPDATE media_entries SET metadata = $2, file_name = $3, original_url = $4,
+                         version = version + 1, updated_at = now() WHERE id = $1"
+                }
+                Some(asset) => {
+                    params.extend(asset.params());
+                    &REPLACE_ASSET_SQL
+                }
+            };
+            tx.execute(sql, &params)
+                .await
+                .context("updating the entry")?;
         }
-    };
-    tx.execute(sql, &params)
-        .await
-        .context("updating the entry")?;
-    Ok(EntryChange {
-        media_id: Some(media_id),
-        asset_used: new_asset.is_some(),
-        replaced_key: new_asset.map(|_| row.get(4)),
-        ..EntryChange::new(ItemState::Imported)
-    })
+        Ok(())
+    }
 }
 
 /// Whether a committed entry points at the asset `key` (so it must not be deleted).

@@ -1,6 +1,8 @@
 //! Job items, one per video: loading one for the worker, noting a failed try, writing a
 //! group's outcomes, and reading a job's items for its status.
 
+use std::collections::HashSet;
+
 use anyhow::Context;
 use deadpool_postgres::{GenericClient, Transaction};
 use serde_json::Value;
@@ -112,24 +114,29 @@ pub async fn note_waiting(
     Ok(())
 }
 
-/// Locks item `idx` of the job if it is still pending; `false` when another delivery of the
-/// same message finished it already.
+/// Locks those of the group's items (`job_id`, `idx` pairs) that are still pending, in
+/// (job, idx) order so that concurrent groups do not deadlock, and returns them; the others
+/// were finished already by another delivery of the same message.
 pub(super) async fn lock_pending(
     tx: &Transaction<'_>,
-    job_id: &str,
-    idx: i32,
-) -> anyhow::Result<bool> {
+    keys: &[(&str, i32)],
+) -> anyhow::Result<HashSet<(String, i32)>> {
+    let (job_ids, idx): (Vec<&str>, Vec<i32>) = keys.iter().copied().unzip();
     let statement = tx
         .prepare_cached(
-            "SELECT 1 FROM job_items WHERE job_id = $1 AND idx = $2 AND state = $3 FOR UPDATE",
+            "SELECT i.job_id, i.idx FROM unnest($1::text[], $2::int4[]) AS k(job_id, idx)
+             JOIN job_items i ON i.job_id = k.job_id AND i.idx = k.idx
+             WHERE i.state = $3 ORDER BY i.job_id, i.idx FOR UPDATE OF i",
         )
         .await
         .context("preparing the item lock")?;
     Ok(tx
-        .query_opt(&statement, &[&job_id, &idx, &ItemState::Pending])
+        .query(&statement, &[&job_ids, &idx, &ItemState::Pending])
         .await
-        .context("locking the item")?
-        .is_some())
+        .context("locking the group's items")?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
 }
 
 /// A group's finished items, written with one statement.

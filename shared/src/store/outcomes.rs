@@ -42,8 +42,11 @@ pub enum Recorded {
 
 /// Records the outcomes of several videos in one transaction: upserts their entries, marks
 /// their items, counts them on their jobs and finishes the jobs whose last video this was.
-/// Touches no storage: the caller removes what the results say is unused. Rows are locked in
-/// a fixed order (items, then jobs) so that concurrent groups do not deadlock.
+/// Set-based: one statement locks the group's pending items, one its existing entries, one
+/// inserts its new entries, one marks its items, one counts per job (only changed entries
+/// are updated one by one). Touches no storage: the caller removes what the results say is
+/// unused. Rows are locked in a fixed order (items, entries, jobs) so that concurrent groups
+/// do not deadlock.
 pub async fn record(pool: &Pool, batch: &[(Item, Outcome)]) -> anyhow::Result<Vec<Recorded>> {
     let mut client = pool.get().await.context("connecting to record outcomes")?;
     let tx = client
@@ -54,12 +57,31 @@ pub async fn record(pool: &Pool, batch: &[(Item, Outcome)]) -> anyhow::Result<Ve
     order.sort_by(|&a, &b| {
         (&batch[a].0.job_id, batch[a].0.idx).cmp(&(&batch[b].0.job_id, batch[b].0.idx))
     });
+    let keys: Vec<(&str, i32)> = batch
+        .iter()
+        .map(|(item, _)| (item.job_id.as_str(), item.idx))
+        .collect();
+    let pending = items::lock_pending(&tx, &keys).await?;
+    let is_pending = |item: &Item| pending.contains(&(item.job_id.clone(), item.idx));
+    let mut entry_keys: Vec<entries::EntryKey> = batch
+        .iter()
+        .filter(|(item, outcome)| !matches!(outcome, Outcome::Failed(_)) && is_pending(item))
+        .map(|(item, _)| entries::key_of(item))
+        .collect();
+    entry_keys.sort();
+    entry_keys.dedup();
+    let mut current = if entry_keys.is_empty() {
+        Default::default()
+    } else {
+        entries::lock_existing(&tx, &entry_keys).await?
+    };
+    let mut writes = entries::Writes::default();
     let mut results = vec![Recorded::AlreadyDone; batch.len()];
     let mut per_job: BTreeMap<&str, (Counts, Vec<usize>)> = BTreeMap::new();
     let mut finished = items::Finished::default();
     for i in order {
         let (item, outcome) = &batch[i];
-        if !items::lock_pending(&tx, &item.job_id, item.idx).await? {
+        if !is_pending(item) {
             continue;
         }
         let change = match outcome {
@@ -68,8 +90,8 @@ pub async fn record(pool: &Pool, batch: &[(Item, Outcome)]) -> anyhow::Result<Ve
                 reason: Some(reason.clone()),
                 ..EntryChange::default()
             },
-            Outcome::Downloaded(asset) => entries::upsert(&tx, item, Some(asset)).await?,
-            Outcome::Unchanged => entries::upsert(&tx, item, None).await?,
+            Outcome::Downloaded(asset) => writes.plan(&mut current, item, Some(asset)),
+            Outcome::Unchanged => writes.plan(&mut current, item, None),
         };
         let state = change
             .state
@@ -91,6 +113,7 @@ pub async fn record(pool: &Pool, batch: &[(Item, Outcome)]) -> anyhow::Result<Ve
             replaced_key: change.replaced_key,
         };
     }
+    writes.write(&tx).await?;
     finished.write(&tx).await?;
     for (job_id, (counts, members)) in &per_job {
         if let Some(seconds) = jobs::count_finished(&tx, job_id, counts).await? {

@@ -132,6 +132,63 @@ async fn seed_example_imports_the_video_and_signs_the_webhook() {
 }
 
 #[tokio::test]
+async fn two_jobs_importing_the_same_ids_at_once_leave_one_entry_each() {
+    // Two workers record groups that hold videos of both jobs: an entry created earlier in
+    // the same group is updated, not inserted twice, and replaced assets are removed.
+    let stack = Stack::start(Options {
+        workers: 2,
+        ..Options::default()
+    })
+    .await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("same-ids").await;
+    let batch = |file: &str, title: &str| {
+        let videos: Vec<Value> = (0..50)
+            .map(|i| json!({"url": videos.url(&format!("/videos/{file}?{i}")), "id": format!("ext-{i}"), "fileName": "clip", "metadata": {"title": title}}))
+            .collect();
+        json!({"systemName": "archive", "videos": videos})
+    };
+    let first = stack
+        .import(&project.token, &batch("sample.mp4", "one"))
+        .await;
+    let second = stack
+        .import(&project.token, &batch("sample.webm", "two"))
+        .await;
+    for job in [&first, &second] {
+        let status = stack.wait_finished(&project.token, job, 60).await;
+        assert_eq!(status["overview"]["imported"], 50, "{status}");
+    }
+    let rows = stack
+        .sql("SELECT count(*), min(version)::int8, max(version)::int8, count(DISTINCT asset_key) FROM media_entries")
+        .await;
+    assert_eq!(rows[0].get::<_, i64>(0), 50, "one entry per id");
+    assert_eq!(rows[0].get::<_, i64>(1), 2, "each entry written twice");
+    assert_eq!(rows[0].get::<_, i64>(2), 2);
+    assert_eq!(rows[0].get::<_, i64>(3), 50);
+    let stored = walk(&stack.dir.join("videos"));
+    assert_eq!(stored, 50, "replaced assets are removed");
+    stack.finish().await;
+}
+
+/// Files under `dir`, recursively.
+fn walk(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    if e.path().is_dir() {
+                        walk(&e.path())
+                    } else {
+                        1
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test]
 async fn reimport_updates_the_same_entry_and_identical_reimport_is_skipped() {
     let stack = Stack::start(Options::default()).await;
     let videos = VideoServer::start().await;
