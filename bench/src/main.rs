@@ -3,9 +3,11 @@
 //! baseline measured in the same run.
 //!
 //! Run: `cargo build --release --workspace --bins && target/release/video-import-bench [SCENARIO…]`
-//! with SCENARIO among e2e, accept, large, latency, webhooks, importer (default: all).
+//! with SCENARIO among e2e, accept, large, latency, webhooks, importer, archive, fair, polite
+//! (default: all).
 
 mod baseline;
+mod scale;
 mod scenarios;
 mod servers;
 
@@ -14,7 +16,8 @@ use clap::Parser;
 /// Benchmark harness.
 #[derive(Parser)]
 struct Cli {
-    /// Scenarios to run: e2e, accept, large, latency, webhooks, importer (default: all).
+    /// Scenarios to run: e2e, accept, large, latency, webhooks, importer, archive, fair,
+    /// polite (default: all).
     scenarios: Vec<String>,
 }
 
@@ -31,7 +34,9 @@ pub struct Row {
 async fn main() -> anyhow::Result<()> {
     video_import_shared::telemetry::init_tls();
     let cli = Cli::parse();
-    let all = ["e2e", "accept", "large", "latency", "webhooks", "importer"];
+    let all = [
+        "e2e", "accept", "large", "latency", "webhooks", "importer", "archive", "fair", "polite",
+    ];
     let chosen: Vec<String> = if cli.scenarios.is_empty() {
         all.iter().map(|s| s.to_string()).collect()
     } else {
@@ -52,6 +57,9 @@ async fn main() -> anyhow::Result<()> {
             "latency" => scenarios::latency_bound().await,
             "webhooks" => scenarios::webhooks().await,
             "importer" => scenarios::importer().await,
+            "archive" => scale::archive_size().await,
+            "fair" => scale::fairness().await,
+            "polite" => scale::polite().await,
             other => anyhow::bail!("unknown scenario {other:?}; use one of {}", all.join(", ")),
         };
         match result {

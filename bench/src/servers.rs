@@ -35,6 +35,39 @@ async fn video(State((bytes, delay)): State<(Bytes, Duration)>) -> Response {
     ([(header::CONTENT_TYPE, "video/mp4")], bytes).into_response()
 }
 
+/// Requests being answered now and the most at once, for a video server.
+#[derive(Default)]
+pub struct Concurrency {
+    now: AtomicU64,
+    most: AtomicU64,
+}
+
+impl Concurrency {
+    /// The most requests that were being answered at once.
+    pub fn most(&self) -> u64 {
+        self.most.load(Ordering::Relaxed)
+    }
+}
+
+/// Like [`videos`], counting how many requests are answered at once.
+pub async fn counted_videos(bytes: Bytes, delay: Duration) -> (String, Arc<Concurrency>) {
+    let concurrency = Arc::new(Concurrency::default());
+    let app = Router::new()
+        .route("/v/{n}", get(counted_video))
+        .with_state((bytes, delay, concurrency.clone()));
+    (serve(app).await, concurrency)
+}
+
+async fn counted_video(
+    State((bytes, delay, c)): State<(Bytes, Duration, Arc<Concurrency>)>,
+) -> Response {
+    let now = c.now.fetch_add(1, Ordering::Relaxed) + 1;
+    c.most.fetch_max(now, Ordering::Relaxed);
+    tokio::time::sleep(delay).await;
+    c.now.fetch_sub(1, Ordering::Relaxed);
+    ([(header::CONTENT_TYPE, "video/mp4")], bytes).into_response()
+}
+
 /// Serves one file from disk at `/large.mp4`, streamed.
 pub async fn large_file(path: std::path::PathBuf) -> String {
     let app = Router::new()

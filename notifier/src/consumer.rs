@@ -1,7 +1,8 @@
 //! The notifier's wiring, and the handling of one `DeliverWebhook` message: take a slot of
-//! the receiver's host, load the delivery, make the attempt, schedule the next one through a
-//! delay queue when the schedule says so, and record it. Also settles the webhook messages
-//! the broker dead-lettered.
+//! the receiver's host (or hold the delivery in PostgreSQL while it has none, see `hold`),
+//! load the delivery, make the attempt, schedule the next one through a delay queue when the
+//! schedule says so, and record it. Also settles the webhook messages the broker
+//! dead-lettered.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +24,8 @@ use video_import_shared::store::WebhookState;
 use video_import_shared::trace::TraceParent;
 
 use crate::deliver::{self, Attempt};
-use crate::hosts::HostSlots;
+use crate::hold::Releaser;
+use crate::hosts::{self, HostSlots};
 use crate::schedule::{self, Schedule};
 
 /// Most failed videos listed in one payload.
@@ -32,7 +34,7 @@ const MAX_FAILURES: i64 = 100;
 /// Everything a delivery handler needs; shared by all handlers through an `Arc`.
 struct Notifier {
     /// Deliveries in flight per receiver host (a lock held only for a map lookup).
-    hosts: HostSlots,
+    hosts: Arc<HostSlots>,
     pool: Pool,
     /// SSRF-guarded HTTP client that never follows redirects.
     client: reqwest::Client,
@@ -52,6 +54,10 @@ struct Metrics {
     deliveries: IntCounterVec,
     seconds: Histogram,
     in_flight: IntGauge,
+    /// Deliveries held because their host had no free slot.
+    holds: IntCounter,
+    /// Held deliveries published again.
+    released: IntCounter,
     dead_letters: IntCounter,
     ssrf_refusals: IntCounter,
 }
@@ -78,11 +84,23 @@ impl Metrics {
         let in_flight = IntGauge::new("webhook_deliveries_in_flight", "Webhook POSTs running now")?;
         register(registry, &deliveries);
         register(registry, &seconds);
+        let holds = IntCounter::new(
+            "webhook_holds_total",
+            "Deliveries held in PostgreSQL because their receiver's host had no free slot",
+        )?;
+        let released = IntCounter::new(
+            "webhook_releases_total",
+            "Held deliveries published again once their host had a free slot",
+        )?;
         register(registry, &in_flight);
+        register(registry, &holds);
+        register(registry, &released);
         Ok(Self {
             deliveries,
             seconds,
             in_flight,
+            holds,
+            released,
             dead_letters: dead_letters(registry, "webhook"),
             ssrf_refusals: ssrf_refusals(registry, "notifier"),
         })
@@ -105,15 +123,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         },
     )?;
     let ops_task = service.serve_ops(settings.metrics.listen).await?;
+    let hosts = Arc::new(HostSlots::new(webhook.per_host_concurrency));
+    let metrics = Metrics::new(&service.registry)?;
+    let releaser = Releaser {
+        pool: service.pool.clone(),
+        publisher: service.publisher.clone(),
+        hosts: hosts.clone(),
+        released: metrics.released.clone(),
+    };
+    let release_task = tokio::spawn(releaser.run(service.shutdown.clone()));
     let notifier = Arc::new(Notifier {
-        hosts: HostSlots::new(webhook.per_host_concurrency),
+        hosts,
         pool: service.pool.clone(),
         client,
         policy,
         publisher: service.publisher.clone(),
         schedule: Schedule::new(&webhook.retry_schedule),
         timeout: webhook.timeout,
-        metrics: Metrics::new(&service.registry)?,
+        metrics,
         shutdown: service.shutdown.clone(),
     });
     let handler = consume::handler(notifier.clone(), |notifier, message| async move {
@@ -132,6 +159,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         )
         .await;
     service.shutdown.cancel();
+    let _ = release_task.await;
     ops_task.await??;
     Ok(())
 }
@@ -148,13 +176,13 @@ impl Notifier {
     }
 
     async fn deliver(&self, message: DeliverWebhook, trace: Option<&TraceParent>) -> Disposition {
-        // A receiver that is slow or down may hold only a few slots; its other deliveries
-        // wait in the delay queue instead of blocking deliveries to everyone else. With the
-        // URL in the message, that is decided before touching the database.
+        // A receiver that is slow or down may hold only a few slots; its other deliveries are
+        // held in PostgreSQL instead of blocking deliveries to everyone else. With the URL in
+        // the message, that is decided before touching the database.
         let early = match &message.url {
             Some(url) => match self.hosts.acquire(url).await {
                 Some(permit) => Some(permit),
-                None => return self.wait_for_host(&message, url, trace).await,
+                None => return self.hold(&message, url).await,
             },
             None => None,
         };
@@ -168,7 +196,7 @@ impl Notifier {
             Some(permit) => permit,
             None => match self.hosts.acquire(&due.url).await {
                 Some(permit) => permit,
-                None => return self.wait_for_host(&message, &due.url, trace).await,
+                None => return self.hold(&message, &due.url).await,
             },
         };
         let started = Instant::now();
@@ -195,7 +223,6 @@ impl Notifier {
             let next = DeliverWebhook {
                 job_id: message.job_id.clone(),
                 attempt: message.attempt + 1,
-                waited: 0,
                 url: Some(due.url.clone()),
             };
             if self.publish_after(&next, delay, trace).await == Disposition::Requeue {
@@ -228,20 +255,24 @@ impl Notifier {
         }
     }
 
-    /// Sends the delivery to the delay queue because its host has no free slot.
-    async fn wait_for_host(
-        &self,
-        message: &DeliverWebhook,
-        url: &str,
-        trace: Option<&TraceParent>,
-    ) -> Disposition {
-        let later = DeliverWebhook {
-            waited: message.waited + 1,
-            url: Some(url.to_string()),
-            ..message.clone()
-        };
-        let delay = schedule::host_busy_delay(message.waited, schedule::jitter_factor());
-        self.publish_after(&later, delay, trace).await
+    /// Holds the delivery in PostgreSQL because its host has no free slot; the releaser
+    /// publishes it again once the host has one.
+    async fn hold(&self, message: &DeliverWebhook, url: &str) -> Disposition {
+        let host = hosts::host_key(url);
+        let held = until_ok(&self.shutdown, || async {
+            let client = self.pool.get().await?;
+            webhooks::hold(&client, &message.job_id, message.attempt, &host).await
+        })
+        .await;
+        match held {
+            Some(true) => {
+                self.metrics.holds.inc();
+                tracing::debug!(%host, "receiver's host busy; delivery held");
+                Disposition::Ack
+            }
+            Some(false) => Disposition::Ack, // delivered, given up, or this attempt was made
+            None => Disposition::Requeue,
+        }
     }
 
     /// Publishes `next` to be handled after `delay`.

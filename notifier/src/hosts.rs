@@ -2,6 +2,7 @@
 //! receiver cannot take every slot of the notifier.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -9,7 +10,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::schedule;
 
-/// Bounds the deliveries in flight to one receiver host.
+/// Bounds the deliveries in flight to one receiver host; shared by every delivery handler
+/// and the releaser of held deliveries (a lock held only for a map lookup).
 pub struct HostSlots {
     per_host: usize,
     hosts: Mutex<HashMap<String, Host>>,
@@ -17,8 +19,24 @@ pub struct HostSlots {
 
 struct Host {
     slots: Arc<Semaphore>,
+    /// Handlers waiting for one of its slots now.
+    waiting: Arc<AtomicUsize>,
     /// Set when a wait for a slot ran out: until then, others do not wait at all.
     congested_until: Option<Instant>,
+}
+
+/// The host (and port) of a receiver URL: what slots and holds are counted by.
+pub fn host_key(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .ok()
+        .map(|u| {
+            format!(
+                "{}:{}",
+                u.host_str().unwrap_or_default(),
+                u.port_or_known_default().unwrap_or(0)
+            )
+        })
+        .unwrap_or_default()
 }
 
 impl HostSlots {
@@ -30,22 +48,24 @@ impl HostSlots {
         }
     }
 
+    /// Free slots of `host` and the handlers already waiting for one.
+    pub fn free(&self, host: &str) -> (usize, usize) {
+        match self.hosts.lock().expect("host slots lock").get(host) {
+            Some(h) => (
+                h.slots.available_permits(),
+                h.waiting.load(Ordering::Relaxed),
+            ),
+            None => (self.per_host, 0),
+        }
+    }
+
     /// A slot for the host of `url`, waiting up to `schedule::HOST_WAIT` for one: a fast host frees
     /// slots within that; a slow or dead one does not, and `None` is the answer. Once a
     /// wait has run out, the host's other deliveries do not wait for a while, so a dead
     /// receiver cannot fill the notifier's slots with waiting.
     pub async fn acquire(&self, url: &str) -> Option<OwnedSemaphorePermit> {
-        let key = reqwest::Url::parse(url)
-            .ok()
-            .map(|u| {
-                format!(
-                    "{}:{}",
-                    u.host_str().unwrap_or_default(),
-                    u.port_or_known_default().unwrap_or(0)
-                )
-            })
-            .unwrap_or_default();
-        let slots = {
+        let key = host_key(url);
+        let (slots, waiting) = {
             let mut hosts = self.hosts.lock().expect("host slots lock");
             // Forget idle hosts so the map does not grow with every receiver ever seen.
             if hosts.len() > 10_000 {
@@ -53,6 +73,7 @@ impl HostSlots {
             }
             let host = hosts.entry(key.clone()).or_insert_with(|| Host {
                 slots: Arc::new(Semaphore::new(self.per_host)),
+                waiting: Arc::new(AtomicUsize::new(0)),
                 congested_until: None,
             });
             if let Ok(permit) = host.slots.clone().try_acquire_owned() {
@@ -62,9 +83,12 @@ impl HostSlots {
             if host.congested_until.is_some_and(|t| t > Instant::now()) {
                 return None;
             }
-            host.slots.clone()
+            (host.slots.clone(), host.waiting.clone())
         };
-        match tokio::time::timeout(schedule::HOST_WAIT, slots.acquire_owned()).await {
+        waiting.fetch_add(1, Ordering::Relaxed);
+        let permit = tokio::time::timeout(schedule::HOST_WAIT, slots.acquire_owned()).await;
+        waiting.fetch_sub(1, Ordering::Relaxed);
+        match permit {
             Ok(permit) => permit.ok(),
             Err(_) => {
                 if let Some(host) = self.hosts.lock().expect("host slots lock").get_mut(&key) {

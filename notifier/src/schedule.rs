@@ -1,6 +1,6 @@
 //! Every retry decision of the notifier, as pure functions: where an attempt stands in the
 //! retry schedule, the delay before the next one (jittered, lengthened by a receiver's capped
-//! `Retry-After`), and how long deliveries to a busy host wait.
+//! `Retry-After`), and how many held deliveries a busy host gets back.
 
 use std::time::Duration;
 
@@ -10,13 +10,6 @@ use video_import_shared::retry::cap_retry_after;
 
 /// How long a delivery may wait in process for a slot of its receiver's host.
 pub const HOST_WAIT: Duration = Duration::from_secs(1);
-
-/// How long a delivery first waits in the delay queue when its receiver's host has all its
-/// slots in use; it doubles with each further wait, up to 16 times as long.
-pub const HOST_BUSY_DELAY: Duration = Duration::from_secs(5);
-
-/// Most doublings of [`HOST_BUSY_DELAY`].
-const HOST_BUSY_DOUBLINGS: u32 = 4;
 
 /// Jitter spreads retries over ±10 % so that many failed deliveries do not return at once.
 const JITTER: f64 = 0.1;
@@ -59,14 +52,16 @@ impl Schedule {
     }
 }
 
-/// A random factor for [`Schedule::next_delay`] and [`host_busy_delay`].
+/// A random factor for [`Schedule::next_delay`].
 pub fn jitter_factor() -> f64 {
     rand::rng().random_range(1.0 - JITTER..1.0 + JITTER)
 }
 
-/// How long a delivery that found its host busy `waited` times before waits now.
-pub fn host_busy_delay(waited: u32, jitter: f64) -> Duration {
-    (HOST_BUSY_DELAY * 2u32.pow(waited.min(HOST_BUSY_DOUBLINGS))).mul_f64(jitter)
+/// How many of a host's `held` deliveries to publish again when it has `free` slots in this
+/// notifier and `waiting` of its deliveries already wait for a slot here: only what the free
+/// slots can take, so a dead receiver's backlog stays held and costs nothing.
+pub fn to_release(free: usize, waiting: usize, held: i64) -> i64 {
+    (free.saturating_sub(waiting) as i64).min(held).max(0)
 }
 
 /// Why a delivery fails when the broker set its message aside after too many deliveries.
@@ -153,11 +148,15 @@ mod tests {
     }
 
     #[test]
-    fn a_busy_host_doubles_the_wait_up_to_sixteen_times() {
-        assert_eq!(host_busy_delay(0, 1.0), Duration::from_secs(5));
-        assert_eq!(host_busy_delay(1, 1.0), Duration::from_secs(10));
-        assert_eq!(host_busy_delay(4, 1.0), Duration::from_secs(80));
-        assert_eq!(host_busy_delay(40, 1.0), Duration::from_secs(80));
-        assert_eq!(host_busy_delay(0, 1.1), Duration::from_millis(5500));
+    fn a_busy_host_gets_back_only_what_its_free_slots_take() {
+        assert_eq!(to_release(0, 0, 500), 0, "a dead host's backlog stays held");
+        assert_eq!(to_release(8, 0, 500), 8);
+        assert_eq!(
+            to_release(8, 3, 500),
+            5,
+            "deliveries already waiting go first"
+        );
+        assert_eq!(to_release(8, 20, 500), 0);
+        assert_eq!(to_release(8, 0, 2), 2);
     }
 }

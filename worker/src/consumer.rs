@@ -128,13 +128,9 @@ impl Importer {
     }
 
     async fn import(&self, message: FetchVideo, trace: Option<TraceParent>) -> Disposition {
-        let item = match until_ok(&self.shutdown, || {
-            load::item(&self.pool, &self.jobs, &message.job_id, message.idx)
-        })
-        .await
-        {
-            Some(Some(item)) if item.state == ItemState::Pending => item,
-            Some(_) => return Disposition::Ack, // done already, or the job was deleted
+        let item = match self.pending_item(&message).await {
+            Some(Some(item)) => item,
+            Some(None) => return Disposition::Ack, // done, cancelled, or the job was deleted
             None => return Disposition::Requeue,
         };
         let (turn, _slot) = self.hosts.turn(&item.url).await;
@@ -231,6 +227,24 @@ impl Importer {
             }
         }
         disposition
+    }
+
+    /// The message's video if it is still pending: carried in the message (only its state
+    /// is read) or, for messages without it, loaded. `None` at shutdown.
+    async fn pending_item(&self, message: &FetchVideo) -> Option<Option<Item>> {
+        if let Some(item) = Item::from_message(message) {
+            let pending = until_ok(&self.shutdown, || async {
+                let client = self.pool.get().await?;
+                items::is_pending(&client, &message.job_id, message.idx).await
+            })
+            .await?;
+            return Some(pending.then_some(item));
+        }
+        let item = until_ok(&self.shutdown, || {
+            load::item(&self.pool, &self.jobs, &message.job_id, message.idx)
+        })
+        .await?;
+        Some(item.filter(|item| item.state == ItemState::Pending))
     }
 
     /// Handles a fetch message the broker set aside after too many deliveries without an

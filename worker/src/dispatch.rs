@@ -10,7 +10,6 @@ use anyhow::Context;
 use deadpool_postgres::Pool;
 use prometheus::{IntCounter, Registry};
 use tokio_util::sync::CancellationToken;
-use video_import_shared::messages::FetchVideo;
 use video_import_shared::metrics::register;
 use video_import_shared::queue::{self, Outgoing, Publisher};
 use video_import_shared::store::dispatch;
@@ -115,28 +114,34 @@ impl Dispatcher {
             })
             .collect();
         let takes = fair::allocate(budget, &demands);
-        let mut messages = Vec::new();
-        let mut handed = Vec::new();
-        for (job, take) in waiting.iter().zip(takes) {
-            if take == 0 {
-                continue;
-            }
-            let end = job.next_idx + take as i32;
-            for idx in job.next_idx..end {
-                let message = FetchVideo {
-                    job_id: job.job_id.clone(),
-                    idx,
-                    attempt: 0,
-                };
-                messages.push(Outgoing {
-                    routing_key: queue::FETCH.into(),
-                    payload: serde_json::to_vec(&message).expect("messages serialize"),
-                    delay: None,
-                    traceparent: job.traceparent.clone(),
-                });
-            }
-            handed.push((job.job_id.clone(), end));
-        }
+        let ranges: Vec<(&dispatch::Waiting, i32)> = waiting
+            .iter()
+            .zip(takes)
+            .filter(|(_, take)| *take > 0)
+            .map(|(job, take)| (job, job.next_idx + take as i32))
+            .collect();
+        let videos = dispatch::videos(&tx, &ranges).await?;
+        let traces: std::collections::HashMap<&str, Option<&String>> = ranges
+            .iter()
+            .map(|(job, _)| (job.job_id.as_str(), job.traceparent.as_ref()))
+            .collect();
+        let messages: Vec<Outgoing> = videos
+            .iter()
+            .map(|video| Outgoing {
+                routing_key: queue::FETCH.into(),
+                payload: serde_json::to_vec(&video.message(0)).expect("messages serialize"),
+                delay: None,
+                traceparent: traces
+                    .get(video.job_id.as_str())
+                    .copied()
+                    .flatten()
+                    .cloned(),
+            })
+            .collect();
+        let handed: Vec<(String, i32)> = ranges
+            .iter()
+            .map(|(job, end)| (job.job_id.clone(), *end))
+            .collect();
         // Published before the commit: a crash in between hands the range out again, and
         // the items' `pending` guard makes the second message a no-op.
         self.publisher.publish(&messages).await?;

@@ -1,8 +1,10 @@
 //! Fair shares of the fetch queue: how many videos each waiting job may hand out in one
 //! dispatch round. Projects share the round equally (round-robin, so a small batch never
-//! waits behind another project's backlog), then each project's share is split equally
-//! between its jobs. A share a project cannot use goes to the others. Pure, so the rule is
-//! tested here and nowhere else.
+//! waits behind another project's backlog); a share a project cannot use goes to the
+//! others. Within a project, the job with the fewest videos left goes first, so a small
+//! batch does not wait behind the project's own large ones either, while the large ones are
+//! served one after the other rather than all at once (which would make every group commit
+//! update every job's counter row). Pure, so the rule is tested here and nowhere else.
 
 /// One job waiting for dispatch, as the fair share sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,10 +42,13 @@ pub fn allocate<K: Ord + Copy>(budget: u32, demands: &[Demand<K>]) -> Vec<u32> {
         })
         .collect();
     let mut takes = vec![0; demands.len()];
-    for ((_, _, jobs), share) in projects.iter().zip(water_fill(budget, &wanted)) {
-        let wanted: Vec<u32> = jobs.iter().map(|&i| demands[i].remaining).collect();
-        for (&i, take) in jobs.iter().zip(water_fill(share, &wanted)) {
-            takes[i] = take;
+    for ((_, _, jobs), share) in projects.iter_mut().zip(water_fill(budget, &wanted)) {
+        // Fewest left first; the sort is stable, so equal jobs keep their line order.
+        jobs.sort_by_key(|&i| demands[i].remaining);
+        let mut left = share;
+        for &i in jobs.iter() {
+            takes[i] = left.min(demands[i].remaining);
+            left -= takes[i];
         }
     }
     takes
@@ -111,9 +116,16 @@ mod tests {
         ];
         let takes = allocate(300, &demands);
         assert_eq!(takes[3], 150);
-        assert_eq!(takes[..3].iter().sum::<u32>(), 150);
-        // A project's share is split between its jobs.
-        assert_eq!(takes[..3], [50, 50, 50]);
+        // Within the project, one large job after the other.
+        assert_eq!(takes[..3], [150, 0, 0]);
+    }
+
+    #[test]
+    fn within_a_project_the_smallest_job_goes_first() {
+        // A project's 5-video batch posted behind its own 1,000-video ones.
+        let demands = [job(1, 1, 1000), job(1, 1, 900), job(1, 0, 5)];
+        assert_eq!(allocate(100, &demands), vec![0, 95, 5]);
+        assert_eq!(allocate(3, &demands), vec![0, 0, 3]);
     }
 
     #[test]

@@ -7,11 +7,16 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Transaction};
 
+use super::entries::Validators;
+use super::items::Item;
+use super::ItemState;
+
 /// A job with videos not yet handed out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Waiting {
     pub job_id: String,
     pub project_id: i64,
+    pub system_name: String,
     /// The next video to hand out.
     pub next_idx: i32,
     pub total: i32,
@@ -33,12 +38,14 @@ pub async fn insert(
     tx: &Transaction<'_>,
     job_id: &str,
     project_id: i64,
+    system_name: &str,
     total: i32,
     traceparent: Option<&str>,
 ) -> anyhow::Result<()> {
     tx.execute(
-        "INSERT INTO dispatch (job_id, project_id, total, traceparent) VALUES ($1, $2, $3, $4)",
-        &[&job_id, &project_id, &total, &traceparent],
+        "INSERT INTO dispatch (job_id, project_id, system_name, total, traceparent)
+         VALUES ($1, $2, $3, $4, $5)",
+        &[&job_id, &project_id, &system_name, &total, &traceparent],
     )
     .await
     .context("registering the job for dispatch")?;
@@ -60,7 +67,8 @@ pub async fn lock(tx: &Transaction<'_>) -> anyhow::Result<bool> {
 pub async fn waiting(tx: &Transaction<'_>, limit: i64) -> anyhow::Result<Vec<Waiting>> {
     let statement = tx
         .prepare_cached(
-            "SELECT job_id, project_id, next_idx, total, traceparent, served_at FROM dispatch
+            "SELECT job_id, project_id, system_name, next_idx, total, traceparent, served_at
+             FROM dispatch
              ORDER BY served_at NULLS FIRST, created_at LIMIT $1",
         )
         .await
@@ -74,10 +82,11 @@ pub async fn waiting(tx: &Transaction<'_>, limit: i64) -> anyhow::Result<Vec<Wai
         .map(|r| Waiting {
             job_id: r.get(0),
             project_id: r.get(1),
-            next_idx: r.get(2),
-            total: r.get(3),
-            traceparent: r.get(4),
-            served_at: r.get(5),
+            system_name: r.get(2),
+            next_idx: r.get(3),
+            total: r.get(4),
+            traceparent: r.get(5),
+            served_at: r.get(6),
         })
         .collect())
 }
@@ -116,4 +125,55 @@ pub async fn forget(client: &impl GenericClient, job_id: &str) -> anyhow::Result
         .await
         .context("forgetting the job's dispatch")?;
     Ok(())
+}
+
+/// The still-pending videos of `ranges` (a job and its videos `from..to`), with the
+/// validators of their existing entries, in (job, idx) order: what the fetch messages carry
+/// so that the worker need not load them.
+pub async fn videos(tx: &Transaction<'_>, ranges: &[(&Waiting, i32)]) -> anyhow::Result<Vec<Item>> {
+    let jobs: Vec<&str> = ranges.iter().map(|(w, _)| w.job_id.as_str()).collect();
+    let projects: Vec<i64> = ranges.iter().map(|(w, _)| w.project_id).collect();
+    let systems: Vec<&str> = ranges.iter().map(|(w, _)| w.system_name.as_str()).collect();
+    let from: Vec<i32> = ranges.iter().map(|(w, _)| w.next_idx).collect();
+    let to: Vec<i32> = ranges.iter().map(|(_, end)| *end).collect();
+    // Not a prepared statement: a plan cached while the library was small would scan it
+    // whole once it is large; this one is planned with the tables as they are.
+    let rows = tx
+        .query(
+            "SELECT i.job_id, i.idx, r.project_id, r.system_name, i.external_id, i.url,
+                    i.file_name, i.metadata, m.original_url = i.url, m.source_etag,
+                    m.source_last_modified
+             FROM unnest($1::text[], $2::int8[], $3::text[], $4::int4[], $5::int4[])
+                 AS r(job_id, project_id, system_name, lo, hi)
+             JOIN job_items i ON i.job_id = r.job_id AND i.idx >= r.lo AND i.idx < r.hi
+             LEFT JOIN media_entries m ON m.project_id = r.project_id
+                 AND m.system_name = r.system_name AND m.external_id = i.external_id
+             WHERE i.state = $6
+             ORDER BY i.job_id, i.idx",
+            &[&jobs, &projects, &systems, &from, &to, &ItemState::Pending],
+        )
+        .await
+        .context("reading the videos to hand out")?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let known = Validators {
+                etag: r.get(9),
+                last_modified: r.get(10),
+            };
+            let same_url = r.get::<_, Option<bool>>(8) == Some(true);
+            Item {
+                job_id: r.get(0),
+                idx: r.get(1),
+                project_id: r.get(2),
+                system_name: r.get(3),
+                external_id: r.get(4),
+                url: r.get(5),
+                file_name: r.get(6),
+                metadata: r.get(7),
+                state: ItemState::Pending,
+                known: (same_url && !known.is_empty()).then_some(known),
+            }
+        })
+        .collect())
 }

@@ -141,8 +141,10 @@ pub(super) async fn lock_existing(
     let projects: Vec<i64> = keys.iter().map(|k| k.0).collect();
     let systems: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
     let external: Vec<&str> = keys.iter().map(|k| k.2.as_str()).collect();
+    // Planned on every call (not a cached prepared statement): a plan cached while the
+    // library was empty would scan it whole once it has grown.
     let statement = tx
-        .prepare_cached(
+        .prepare(
             "SELECT m.project_id, m.system_name, m.external_id, m.id, m.sha256, m.metadata,
                     m.file_name, m.asset_key
              FROM unnest($1::int8[], $2::text[], $3::text[]) AS k(project_id, system_name, external_id)

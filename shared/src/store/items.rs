@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::entries::Validators;
 use super::jobs::JobFacts;
 use super::ItemState;
+use crate::messages::{FetchVideo, Video};
 
 /// A video of a job, as the worker needs it.
 #[derive(Debug, Clone)]
@@ -27,6 +28,67 @@ pub struct Item {
     pub known: Option<Validators>,
 }
 
+impl Item {
+    /// The fetch message for this video's try number `attempt` (from 0).
+    pub fn message(&self, attempt: u32) -> FetchVideo {
+        let known = self.known.clone().unwrap_or_default();
+        FetchVideo {
+            job_id: self.job_id.clone(),
+            idx: self.idx,
+            attempt,
+            video: Some(Video {
+                project_id: self.project_id,
+                system_name: self.system_name.clone(),
+                external_id: self.external_id.clone(),
+                url: self.url.clone(),
+                file_name: self.file_name.clone(),
+                metadata: self.metadata.clone(),
+                etag: known.etag,
+                last_modified: known.last_modified,
+            }),
+        }
+    }
+
+    /// The video a fetch message carries (assumed pending); `None` for a message that
+    /// carries ids only.
+    pub fn from_message(message: &FetchVideo) -> Option<Item> {
+        let video = message.video.clone()?;
+        let known = Validators {
+            etag: video.etag,
+            last_modified: video.last_modified,
+        };
+        Some(Item {
+            job_id: message.job_id.clone(),
+            idx: message.idx,
+            project_id: video.project_id,
+            system_name: video.system_name,
+            external_id: video.external_id,
+            url: video.url,
+            file_name: video.file_name,
+            metadata: video.metadata,
+            state: ItemState::Pending,
+            known: (!known.is_empty()).then_some(known),
+        })
+    }
+}
+
+/// Whether item `idx` of the job is still pending (not finished, failed or cancelled).
+pub async fn is_pending(
+    client: &impl GenericClient,
+    job_id: &str,
+    idx: i32,
+) -> anyhow::Result<bool> {
+    let statement = client
+        .prepare_cached("SELECT 1 FROM job_items WHERE job_id = $1 AND idx = $2 AND state = $3")
+        .await
+        .context("preparing the item check")?;
+    Ok(client
+        .query_opt(&statement, &[&job_id, &idx, &ItemState::Pending])
+        .await
+        .context("checking the item")?
+        .is_some())
+}
+
 /// Loads item `idx` of the job; `None` when it does not exist.
 pub async fn load(
     client: &impl GenericClient,
@@ -34,10 +96,11 @@ pub async fn load(
     job: &JobFacts,
     idx: i32,
 ) -> anyhow::Result<Option<Item>> {
+    // Planned on every call (not a cached prepared statement): a plan cached while the
+    // library was empty scans it whole once it has grown. Fetch messages from the
+    // dispatcher carry their video, so this runs only for older messages.
     let statement = client
-        .prepare_cached(
-            // LATERAL keeps the entry a point lookup whatever plan the prepared statement
-            // gets (a generic plan of a plain join scanned the project's entries).
+        .prepare(
             "SELECT i.external_id, i.url, i.file_name, i.metadata, i.state,
                     m.original_url = i.url, m.source_etag, m.source_last_modified
              FROM job_items i

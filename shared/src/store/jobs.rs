@@ -74,7 +74,15 @@ pub async fn insert(tx: &Transaction<'_>, job: &NewJob<'_>) -> anyhow::Result<()
     .await
     .context("inserting the job's items")?;
     let traceparent = job.trace_id.and_then(crate::trace::header_for);
-    dispatch::insert(tx, job.id, job.project_id, total, traceparent.as_deref()).await
+    dispatch::insert(
+        tx,
+        job.id,
+        job.project_id,
+        job.system_name,
+        total,
+        traceparent.as_deref(),
+    )
+    .await
 }
 
 /// What an Idempotency-Key led to.

@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (8, include_str!("migrations/0008_backlog_indexes.sql")),
     (9, include_str!("migrations/0009_trace.sql")),
     (10, include_str!("migrations/0010_dispatch.sql")),
+    (11, include_str!("migrations/0011_webhook_hold.sql")),
 ];
 
 /// Any number so long as every process agrees on it: serialises concurrent `migrate` runs.

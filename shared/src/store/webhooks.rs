@@ -1,5 +1,6 @@
 //! Webhook deliveries: created when a job finishes, read and recorded by the notifier for
-//! every attempt, restarted by a redelivery request, failed when the broker sets one aside.
+//! every attempt, held while their receiver's host is busy, restarted by a redelivery
+//! request, failed when the broker sets one aside.
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -31,7 +32,6 @@ pub async fn create(
     let message = DeliverWebhook {
         job_id: job_id.to_string(),
         attempt: 1,
-        waited: 0,
         url: Some(url.to_string()),
     };
     let traceparent = trace_id.and_then(crate::trace::header_for);
@@ -63,7 +63,6 @@ pub async fn redeliver(tx: &Transaction<'_>, job_id: &str) -> anyhow::Result<Red
     let message = DeliverWebhook {
         job_id: job_id.to_string(),
         attempt: attempts as u32 + 1,
-        waited: 0,
         url: Some(row.get(2)),
     };
     let trace_id: Option<String> = row.get(3);
@@ -246,5 +245,91 @@ pub async fn fail_pending(
         )
         .await
         .context("failing the dead-lettered webhook delivery")?;
+    Ok(())
+}
+
+/// Holds attempt `attempt` of the job's delivery until its receiver's `host` has a free slot
+/// (the message that carried it is then acknowledged); `false` when there is nothing to
+/// hold (delivered, given up, or the attempt was made).
+pub async fn hold(
+    client: &impl GenericClient,
+    job_id: &str,
+    attempt: u32,
+    host: &str,
+) -> anyhow::Result<bool> {
+    let statement = client
+        .prepare_cached(
+            "UPDATE webhook_deliveries SET held_host = $3, held_attempt = $2, held_at = now()
+             WHERE job_id = $1 AND state = $4 AND attempts < $2",
+        )
+        .await
+        .context("preparing the hold")?;
+    let held = client
+        .execute(
+            &statement,
+            &[&job_id, &(attempt as i32), &host, &WebhookState::Pending],
+        )
+        .await
+        .context("holding the webhook delivery")?;
+    Ok(held == 1)
+}
+
+/// Hosts with held deliveries, and how many each.
+pub async fn held_hosts(client: &impl GenericClient) -> anyhow::Result<Vec<(String, i64)>> {
+    let rows = client
+        .query(
+            "SELECT held_host, count(*) FROM webhook_deliveries WHERE held_host IS NOT NULL
+             GROUP BY held_host",
+            &[],
+        )
+        .await
+        .context("reading the hosts with held deliveries")?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// A held delivery being let go.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub job_id: String,
+    pub attempt: u32,
+    pub url: String,
+    /// The job's W3C trace id.
+    pub trace_id: Option<String>,
+}
+
+/// Locks up to `limit` of the host's held deliveries, longest held first; rows another
+/// notifier is letting go are skipped. The caller publishes them, then calls [`unhold`] in
+/// the same transaction.
+pub async fn take_held(tx: &Transaction<'_>, host: &str, limit: i64) -> anyhow::Result<Vec<Held>> {
+    let rows = tx
+        .query(
+            "SELECT d.job_id, d.held_attempt, d.url, j.trace_id
+             FROM webhook_deliveries d JOIN jobs j ON j.id = d.job_id
+             WHERE d.held_host = $1 ORDER BY d.held_at LIMIT $2
+             FOR UPDATE OF d SKIP LOCKED",
+            &[&host, &limit],
+        )
+        .await
+        .context("taking held deliveries")?;
+    Ok(rows
+        .iter()
+        .map(|r| Held {
+            job_id: r.get(0),
+            attempt: r.get::<_, i32>(1).max(1) as u32,
+            url: r.get(2),
+            trace_id: r.get(3),
+        })
+        .collect())
+}
+
+/// Ends the hold of deliveries whose messages were published again.
+pub async fn unhold(tx: &Transaction<'_>, job_ids: &[&str]) -> anyhow::Result<()> {
+    tx.execute(
+        "UPDATE webhook_deliveries SET held_host = NULL, held_attempt = NULL, held_at = NULL
+         WHERE job_id = ANY($1)",
+        &[&job_ids],
+    )
+    .await
+    .context("ending the holds")?;
     Ok(())
 }

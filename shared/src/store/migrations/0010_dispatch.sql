@@ -5,6 +5,7 @@
 CREATE TABLE dispatch (
     job_id          TEXT PRIMARY KEY REFERENCES jobs(id) ON DELETE CASCADE,
     project_id      BIGINT NOT NULL,
+    system_name     TEXT NOT NULL,
     -- The next video (by idx) to hand out; videos before it are in the queue or done.
     next_idx        INTEGER NOT NULL DEFAULT 0,
     total           INTEGER NOT NULL,
