@@ -69,7 +69,7 @@ struct Shared {
     /// `Retry-After` seconds sent with every non-2xx answer.
     retry_after: Option<u64>,
     /// Hold every request this long before answering (a receiver that hangs).
-    hang: Option<Duration>,
+    hang: Arc<Mutex<Option<Duration>>>,
     in_flight: Arc<Mutex<(usize, usize)>>,
 }
 
@@ -93,7 +93,7 @@ impl Receiver {
     ) -> Receiver {
         let shared = Shared {
             retry_after,
-            hang,
+            hang: Arc::new(Mutex::new(hang)),
             ..Shared::default()
         };
         shared.script.lock().unwrap().extend(script);
@@ -104,6 +104,11 @@ impl Receiver {
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
         Receiver { url, shared }
+    }
+
+    /// Changes how long later requests hang before the answer (`None`: not at all).
+    pub fn set_hang(&self, hang: Option<Duration>) {
+        *self.shared.hang.lock().unwrap() = hang;
     }
 
     /// The most requests this receiver ever had in flight at once.
@@ -145,7 +150,8 @@ async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
         in_flight.0 += 1;
         in_flight.1 = in_flight.1.max(in_flight.0);
     }
-    if let Some(hang) = shared.hang {
+    let hang = *shared.hang.lock().unwrap();
+    if let Some(hang) = hang {
         tokio::time::sleep(hang).await;
     }
     shared.in_flight.lock().unwrap().0 -= 1;

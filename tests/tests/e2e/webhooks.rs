@@ -357,3 +357,131 @@ async fn a_hanging_receiver_does_not_hold_up_deliveries_to_others() {
     assert!(hanging.max_in_flight() <= 2);
     stack.finish().await;
 }
+
+/// A counter of a binary's metrics endpoint.
+async fn counter(stack: &Stack, port: u16, name: &str) -> f64 {
+    let text = stack
+        .http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics"))
+}
+
+async fn held(stack: &Stack) -> i64 {
+    stack
+        .sql("SELECT count(*) FROM webhook_deliveries WHERE held_host IS NOT NULL")
+        .await[0]
+        .get(0)
+}
+
+async fn spawn_notifier(stack: &mut Stack, name: &str) -> u16 {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    stack
+        .spawn(
+            name,
+            "video-import-notifier",
+            &[],
+            &[("VIDEO_IMPORT__METRICS__LISTEN", &listen)],
+        )
+        .await;
+    port
+}
+
+#[tokio::test]
+async fn a_dead_receivers_deliveries_are_held_and_all_go_out_once_it_answers() {
+    let env = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let mut stack = Stack::start(Options {
+        notifier: false,
+        env: vec![
+            env("VIDEO_IMPORT__WEBHOOK__PER_HOST_CONCURRENCY", "2"),
+            env("VIDEO_IMPORT__WEBHOOK__TIMEOUT_SECS", "2"),
+            env(
+                "VIDEO_IMPORT__WEBHOOK__RETRY_SCHEDULE_SECS",
+                "1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1",
+            ),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let port = spawn_notifier(&mut stack, "notifier-a").await;
+    let videos = VideoServer::start().await;
+    let dead = Receiver::start_with(&[], None, Some(Duration::from_secs(3600))).await;
+    let project = stack.project("held").await;
+    let mut jobs = Vec::new();
+    for _ in 0..20 {
+        jobs.push(
+            stack
+                .import(&project.token, &one_video(&videos, &dead.url))
+                .await,
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while held(&stack).await < 15 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "deliveries were not held"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // While the host has no free slot its deliveries stay held: they are published again
+    // only as its two slots free up (each slot's request times out after 2 s).
+    let (requests, released) = (
+        dead.received().len(),
+        counter(&stack, port, "video_import_webhook_releases_total").await,
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let requests = dead.received().len() - requests;
+    let released = counter(&stack, port, "video_import_webhook_releases_total").await - released;
+    assert!(
+        requests <= 8,
+        "{requests} requests in 4 s to a host with two slots"
+    );
+    assert!(
+        released <= requests as f64 + 2.0,
+        "{released} held deliveries were published again for {requests} requests"
+    );
+    assert!(held(&stack).await >= 12, "most deliveries stay held");
+
+    // The notifier dies with deliveries held; another one delivers them all once the
+    // receiver answers again, each with its own webhook id.
+    stack.kill("notifier-a").await;
+    dead.set_hang(None);
+    spawn_notifier(&mut stack, "notifier-b").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let delivered: i64 = stack
+            .sql("SELECT count(*) FROM webhook_deliveries WHERE state = 'delivered'")
+            .await[0]
+            .get(0);
+        if delivered == 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{delivered} of 20 delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ids: std::collections::HashSet<String> = dead
+        .received()
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect();
+    assert_eq!(ids.len(), 20, "one webhook id per job");
+    assert_eq!(held(&stack).await, 0);
+    // Waiting for a slot is not an attempt: no delivery used up its retries.
+    let most: i32 = stack
+        .sql("SELECT max(attempts) FROM webhook_deliveries")
+        .await[0]
+        .get(0);
+    assert!(most < 30, "{most} attempts");
+    stack.finish().await;
+}
