@@ -1,11 +1,15 @@
 //! Group commit: videos that finish while a transaction is under way are recorded together
 //! in the next one (`store::outcomes::record`), so the commit (and the job's counter row) is
-//! paid once per group rather than once per video. A few recorders run side by side.
+//! paid once per group rather than once per video. A few recorders run side by side, each
+//! for its own share of the jobs: a job's outcomes always go to the same recorder, so two
+//! transactions of one worker never wait for each other on the job's counter row, and the
+//! longer a commit takes, the larger the next group grows.
 
-use std::sync::Arc;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 
 use deadpool_postgres::Pool;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use video_import_shared::retry::until_ok;
 
@@ -26,24 +30,30 @@ struct Request {
 /// Hands outcomes to the recorders.
 #[derive(Clone)]
 pub struct Recorder {
-    requests: mpsc::Sender<Request>,
+    /// One queue per recorder.
+    requests: Vec<mpsc::Sender<Request>>,
 }
 
 impl Recorder {
     /// Starts the recorders; they stop once every `Recorder` clone is dropped.
     pub fn start(pool: Pool, shutdown: CancellationToken) -> Self {
-        let (requests, receiver) = mpsc::channel(MAX_GROUP * RECORDERS * 4);
-        let receiver = Arc::new(Mutex::new(receiver));
-        for _ in 0..RECORDERS {
-            tokio::spawn(run(pool.clone(), receiver.clone(), shutdown.clone()));
-        }
+        let requests = (0..RECORDERS)
+            .map(|_| {
+                let (requests, receiver) = mpsc::channel(MAX_GROUP * 4);
+                tokio::spawn(run(pool.clone(), receiver, shutdown.clone()));
+                requests
+            })
+            .collect();
         Self { requests }
     }
 
     /// Records one video's outcome; `None` if shutdown came before it was durable.
     pub async fn record(&self, item: Item, outcome: Outcome) -> Option<Recorded> {
         let (reply, answer) = oneshot::channel();
-        self.requests
+        let mut hash = DefaultHasher::new();
+        item.job_id.hash(&mut hash);
+        let recorder = &self.requests[hash.finish() as usize % self.requests.len()];
+        recorder
             .send(Request {
                 item,
                 outcome,
@@ -55,14 +65,9 @@ impl Recorder {
     }
 }
 
-async fn run(
-    pool: Pool,
-    receiver: Arc<Mutex<mpsc::Receiver<Request>>>,
-    shutdown: CancellationToken,
-) {
+async fn run(pool: Pool, mut receiver: mpsc::Receiver<Request>, shutdown: CancellationToken) {
     loop {
         let group = {
-            let mut receiver = receiver.lock().await;
             let Some(first) = receiver.recv().await else {
                 return;
             };

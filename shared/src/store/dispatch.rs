@@ -146,8 +146,12 @@ pub async fn videos(tx: &Transaction<'_>, ranges: &[(&Waiting, i32)]) -> anyhow:
              FROM unnest($1::text[], $2::int8[], $3::text[], $4::int4[], $5::int4[])
                  AS r(job_id, project_id, system_name, lo, hi)
              JOIN job_items i ON i.job_id = r.job_id AND i.idx >= r.lo AND i.idx < r.hi
-             LEFT JOIN media_entries m ON m.project_id = r.project_id
-                 AND m.system_name = r.system_name AND m.external_id = i.external_id
+             LEFT JOIN LATERAL (
+                 SELECT original_url, source_etag, source_last_modified FROM media_entries
+                 WHERE project_id = r.project_id AND system_name = r.system_name
+                     AND external_id = i.external_id
+                 OFFSET 0 -- not flattened: one point lookup per video, whatever the statistics
+             ) m ON true
              WHERE i.state = $6
              ORDER BY i.job_id, i.idx",
             &[&jobs, &projects, &systems, &from, &to, &ItemState::Pending],
