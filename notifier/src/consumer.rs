@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use video_import_shared::config::Settings;
@@ -28,6 +29,10 @@ use crate::hold::Releaser;
 use crate::hosts::{self, HostSlots};
 use crate::schedule::{self, Schedule};
 
+/// Messages handled at once per POST slot: most of them wait for their host's slot (or are
+/// held), so a burst of deliveries to a dead receiver cannot keep the others from arriving.
+const HANDLERS_PER_POST: usize = 4;
+
 /// Most failed videos listed in one payload.
 const MAX_FAILURES: i64 = 100;
 
@@ -35,6 +40,9 @@ const MAX_FAILURES: i64 = 100;
 struct Notifier {
     /// Deliveries in flight per receiver host (a lock held only for a map lookup).
     hosts: Arc<HostSlots>,
+    /// POSTs in flight (`webhook.concurrency`); taken after the host's slot, so handlers
+    /// that wait for a busy host's slot do not keep others from posting.
+    posts: Arc<Semaphore>,
     pool: Pool,
     /// SSRF-guarded HTTP client that never follows redirects.
     client: reqwest::Client,
@@ -134,6 +142,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let release_task = tokio::spawn(releaser.run(service.shutdown.clone()));
     let notifier = Arc::new(Notifier {
         hosts,
+        posts: Arc::new(Semaphore::new(webhook.concurrency)),
         pool: service.pool.clone(),
         client,
         policy,
@@ -152,7 +161,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     service
         .consume(
             queue::WEBHOOK,
-            webhook.concurrency,
+            webhook.concurrency * HANDLERS_PER_POST,
             webhook.timeout + Duration::from_secs(5),
             handler,
             dead_handler,
@@ -192,17 +201,22 @@ impl Notifier {
             Some(None) => return Disposition::Ack, // delivered, given up, or this attempt was made
             None => return Disposition::Requeue,
         };
-        let _permit = match early {
+        let host_slot = match early {
             Some(permit) => permit,
             None => match self.hosts.acquire(&due.url).await {
                 Some(permit) => permit,
                 None => return self.hold(&message, &due.url).await,
             },
         };
+        let Ok(post_slot) = self.posts.acquire().await else {
+            return Disposition::Requeue;
+        };
         let started = Instant::now();
         self.metrics.in_flight.inc();
         let attempt = deliver::post(&self.client, &self.policy, &due, body, self.timeout).await;
         self.metrics.in_flight.dec();
+        // The slots bound connections to the receiver: free them before the bookkeeping.
+        drop((host_slot, post_slot));
         let elapsed = started.elapsed();
         if matches!(attempt, Attempt::Refused(_)) {
             self.metrics.ssrf_refusals.inc();
