@@ -95,12 +95,30 @@ pub struct Counter {
     last: Arc<Mutex<Option<Instant>>>,
 }
 
+/// How a bench receiver answers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Answer {
+    /// 204 at once.
+    AtOnce,
+    /// Never (after an hour).
+    Never,
+    /// 503 at once.
+    Unavailable,
+    /// 204 after this long.
+    After(Duration),
+}
+
 impl Counter {
     /// A receiver answering 204 at once, or never (after an hour) when `hang`.
     pub async fn start(hang: bool) -> Counter {
+        Self::answering(if hang { Answer::Never } else { Answer::AtOnce }).await
+    }
+
+    /// A receiver answering as `answer` says.
+    pub async fn answering(answer: Answer) -> Counter {
         let count = Arc::new(AtomicU64::new(0));
         let last = Arc::new(Mutex::new(None));
-        let state = (count.clone(), last.clone(), hang);
+        let state = (count.clone(), last.clone(), answer);
         let app = Router::new()
             .route("/hook", post(receive))
             .with_state(state);
@@ -133,11 +151,17 @@ impl Counter {
     }
 }
 
-type CounterState = (Arc<AtomicU64>, Arc<Mutex<Option<Instant>>>, bool);
+type CounterState = (Arc<AtomicU64>, Arc<Mutex<Option<Instant>>>, Answer);
 
-async fn receive(State((count, last, hang)): State<CounterState>, _body: Bytes) -> Response {
-    if hang {
-        tokio::time::sleep(Duration::from_secs(3600)).await;
+async fn receive(State((count, last, answer)): State<CounterState>, _body: Bytes) -> Response {
+    match answer {
+        Answer::AtOnce => {}
+        Answer::Never => tokio::time::sleep(Duration::from_secs(3600)).await,
+        Answer::Unavailable => {
+            count.fetch_add(1, Ordering::Relaxed);
+            return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+        Answer::After(delay) => tokio::time::sleep(delay).await,
     }
     count.fetch_add(1, Ordering::Relaxed);
     *last.lock().await = Some(Instant::now());

@@ -20,10 +20,11 @@ use video_import_shared::netguard::{self, AddressPolicy, ClientOptions};
 use video_import_shared::queue::{self, Outgoing, Publisher};
 use video_import_shared::retry::until_ok;
 use video_import_shared::service::Service;
-use video_import_shared::store::webhooks::{self, AttemptRecord, Due};
+use video_import_shared::store::webhooks::{self, AttemptRecord, Due, Hold};
 use video_import_shared::store::WebhookState;
 use video_import_shared::trace::TraceParent;
 
+use crate::batch::Batcher;
 use crate::deliver::{self, Attempt};
 use crate::hold::Releaser;
 use crate::hosts::{self, HostSlots};
@@ -40,6 +41,10 @@ const MAX_FAILURES: i64 = 100;
 struct Notifier {
     /// Deliveries in flight per receiver host (a lock held only for a map lookup).
     hosts: Arc<HostSlots>,
+    /// Records attempts a group per statement.
+    attempts: Batcher<AttemptRecord, ()>,
+    /// Holds deliveries a group per statement.
+    holds: Batcher<Hold, bool>,
     /// POSTs in flight (`webhook.concurrency`); taken after the host's slot, so handlers
     /// that wait for a busy host's slot do not keep others from posting.
     posts: Arc<Semaphore>,
@@ -140,8 +145,27 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         released: metrics.released.clone(),
     };
     let release_task = tokio::spawn(releaser.run(service.shutdown.clone()));
+    let pool = service.pool.clone();
+    let attempts = Batcher::start(move |records: Vec<AttemptRecord>| {
+        let pool = pool.clone();
+        async move {
+            let client = pool.get().await?;
+            webhooks::record_attempts(&client, &records).await?;
+            Ok(vec![(); records.len()])
+        }
+    });
+    let pool = service.pool.clone();
+    let holds = Batcher::start(move |holds: Vec<Hold>| {
+        let pool = pool.clone();
+        async move {
+            let client = pool.get().await?;
+            webhooks::hold(&client, &holds).await
+        }
+    });
     let notifier = Arc::new(Notifier {
         hosts,
+        attempts,
+        holds,
         posts: Arc::new(Semaphore::new(webhook.concurrency)),
         pool: service.pool.clone(),
         client,
@@ -258,11 +282,7 @@ impl Notifier {
             state => state.as_str(),
         };
         self.metrics.deliveries.with_label_values(&[result]).inc();
-        match until_ok(&self.shutdown, || async {
-            let client = self.pool.get().await?;
-            webhooks::record_attempt(&client, &record).await
-        })
-        .await
+        match until_ok(&self.shutdown, || self.attempts.submit(record.clone())).await
         {
             Some(()) => Disposition::Ack,
             None => Disposition::Requeue,
@@ -273,11 +293,12 @@ impl Notifier {
     /// publishes it again once the host has one.
     async fn hold(&self, message: &DeliverWebhook, url: &str) -> Disposition {
         let host = hosts::host_key(url);
-        let held = until_ok(&self.shutdown, || async {
-            let client = self.pool.get().await?;
-            webhooks::hold(&client, &message.job_id, message.attempt, &host).await
-        })
-        .await;
+        let hold = Hold {
+            job_id: message.job_id.clone(),
+            attempt: message.attempt,
+            host: host.clone(),
+        };
+        let held = until_ok(&self.shutdown, || self.holds.submit(hold.clone())).await;
         match held {
             Some(true) => {
                 self.metrics.holds.inc();
@@ -349,13 +370,13 @@ impl Notifier {
 }
 
 /// The record of an attempt: its HTTP status, error and the delivery's state after it.
-fn outcome<'a>(
-    message: &'a DeliverWebhook,
+fn outcome(
+    message: &DeliverWebhook,
     attempt: &Attempt,
     will_retry: bool,
     made_this_round: usize,
     elapsed: Duration,
-) -> AttemptRecord<'a> {
+) -> AttemptRecord {
     let (http_status, error, state) = match attempt {
         Attempt::Delivered(s) => (Some(*s), None, WebhookState::Delivered),
         Attempt::Gone => (
@@ -374,7 +395,7 @@ fn outcome<'a>(
         ),
     };
     AttemptRecord {
-        job_id: &message.job_id,
+        job_id: message.job_id.clone(),
         number: message.attempt,
         state,
         http_status,

@@ -178,8 +178,8 @@ pub async fn failures(
 
 /// One attempt as it is recorded.
 #[derive(Debug, Clone)]
-pub struct AttemptRecord<'a> {
-    pub job_id: &'a str,
+pub struct AttemptRecord {
+    pub job_id: String,
     /// Its number, from 1.
     pub number: u32,
     /// The delivery's state after it.
@@ -189,40 +189,51 @@ pub struct AttemptRecord<'a> {
     pub duration_ms: i32,
 }
 
-/// Stores an attempt and the delivery's new state in one statement (one round trip, one
-/// commit).
-pub async fn record_attempt(
+/// Stores several attempts and their deliveries' new states in one statement (one round
+/// trip, one commit).
+pub async fn record_attempts(
     client: &impl GenericClient,
-    attempt: &AttemptRecord<'_>,
+    attempts: &[AttemptRecord],
 ) -> anyhow::Result<()> {
     let statement = client
         .prepare_cached(
             "WITH attempt AS (
                  INSERT INTO webhook_attempts (job_id, http_status, error, duration_ms)
-                 VALUES ($1, $5, $4, $6)
+                 SELECT * FROM unnest($1::text[], $2::int4[], $3::text[], $4::int4[])
              )
-             UPDATE webhook_deliveries SET attempts = GREATEST(attempts, $2), state = $3,
-                 last_error = COALESCE($4, last_error),
-                 delivered_at = CASE WHEN $3 = $7 THEN now() ELSE delivered_at END
-             WHERE job_id = $1",
+             UPDATE webhook_deliveries AS d SET attempts = GREATEST(d.attempts, u.number),
+                 state = u.state, last_error = COALESCE(u.error, d.last_error),
+                 delivered_at = CASE WHEN u.state = $7 THEN now() ELSE d.delivered_at END
+             FROM unnest($1::text[], $5::int4[], $6::text[], $3::text[])
+                 AS u(job_id, number, state, error)
+             WHERE d.job_id = u.job_id",
         )
         .await
-        .context("preparing the attempt record")?;
+        .context("preparing the attempt records")?;
+    let job_ids: Vec<&str> = attempts.iter().map(|a| a.job_id.as_str()).collect();
+    let statuses: Vec<Option<i32>> = attempts
+        .iter()
+        .map(|a| a.http_status.map(i32::from))
+        .collect();
+    let errors: Vec<Option<&str>> = attempts.iter().map(|a| a.error.as_deref()).collect();
+    let durations: Vec<i32> = attempts.iter().map(|a| a.duration_ms).collect();
+    let numbers: Vec<i32> = attempts.iter().map(|a| a.number as i32).collect();
+    let states: Vec<WebhookState> = attempts.iter().map(|a| a.state).collect();
     client
         .execute(
             &statement,
             &[
-                &attempt.job_id,
-                &(attempt.number as i32),
-                &attempt.state,
-                &attempt.error,
-                &attempt.http_status.map(i32::from),
-                &attempt.duration_ms,
+                &job_ids,
+                &statuses,
+                &errors,
+                &durations,
+                &numbers,
+                &states,
                 &WebhookState::Delivered,
             ],
         )
         .await
-        .context("recording the webhook attempt")?;
+        .context("recording the webhook attempts")?;
     Ok(())
 }
 
@@ -248,30 +259,43 @@ pub async fn fail_pending(
     Ok(())
 }
 
-/// Holds attempt `attempt` of the job's delivery until its receiver's `host` has a free slot
-/// (the message that carried it is then acknowledged); `false` when there is nothing to
-/// hold (delivered, given up, or the attempt was made).
-pub async fn hold(
-    client: &impl GenericClient,
-    job_id: &str,
-    attempt: u32,
-    host: &str,
-) -> anyhow::Result<bool> {
+/// A delivery to hold: attempt `attempt` of the job's delivery, whose receiver's `host`
+/// has no free slot.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    pub job_id: String,
+    pub attempt: u32,
+    pub host: String,
+}
+
+/// Holds each delivery until its host has a free slot (the message that carried it is then
+/// acknowledged), in one statement; for each, `false` when there was nothing to hold
+/// (delivered, given up, or the attempt was made).
+pub async fn hold(client: &impl GenericClient, holds: &[Hold]) -> anyhow::Result<Vec<bool>> {
     let statement = client
         .prepare_cached(
-            "UPDATE webhook_deliveries SET held_host = $3, held_attempt = $2, held_at = now()
-             WHERE job_id = $1 AND state = $4 AND attempts < $2",
+            "UPDATE webhook_deliveries AS d
+             SET held_host = u.host, held_attempt = u.attempt, held_at = now()
+             FROM unnest($1::text[], $2::int4[], $3::text[]) AS u(job_id, attempt, host)
+             WHERE d.job_id = u.job_id AND d.state = $4 AND d.attempts < u.attempt
+             RETURNING d.job_id",
         )
         .await
-        .context("preparing the hold")?;
-    let held = client
-        .execute(
+        .context("preparing the holds")?;
+    let job_ids: Vec<&str> = holds.iter().map(|h| h.job_id.as_str()).collect();
+    let attempts: Vec<i32> = holds.iter().map(|h| h.attempt as i32).collect();
+    let hosts: Vec<&str> = holds.iter().map(|h| h.host.as_str()).collect();
+    let held: std::collections::HashSet<String> = client
+        .query(
             &statement,
-            &[&job_id, &(attempt as i32), &host, &WebhookState::Pending],
+            &[&job_ids, &attempts, &hosts, &WebhookState::Pending],
         )
         .await
-        .context("holding the webhook delivery")?;
-    Ok(held == 1)
+        .context("holding webhook deliveries")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(holds.iter().map(|h| held.contains(&h.job_id)).collect())
 }
 
 /// Hosts with held deliveries, and how many each.

@@ -1,0 +1,85 @@
+//! Group commit for the notifier's writes: requests that arrive while a statement is under
+//! way are written together by the next one, so a busy notifier pays one round trip and one
+//! commit per group instead of one per delivery.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+/// Most requests written by one statement.
+const MAX_GROUP: usize = 128;
+/// Statements under way at once.
+const WRITERS: usize = 2;
+
+type Reply<R> = oneshot::Sender<Result<R, String>>;
+
+/// Hands requests of type `T` to the writers and waits for each one's answer `R`.
+pub struct Batcher<T, R> {
+    requests: mpsc::Sender<(T, Reply<R>)>,
+}
+
+impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
+    /// Starts writers that write groups with `write`, which answers each request in order;
+    /// they stop once the `Batcher` is dropped.
+    pub fn start<F, Fut>(write: F) -> Self
+    where
+        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = anyhow::Result<Vec<R>>> + Send,
+    {
+        let (requests, receiver) = mpsc::channel::<(T, Reply<R>)>(MAX_GROUP * WRITERS * 4);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let write = Arc::new(write);
+        for _ in 0..WRITERS {
+            let receiver = receiver.clone();
+            let write = write.clone();
+            tokio::spawn(async move {
+                loop {
+                    let group = {
+                        let mut receiver = receiver.lock().await;
+                        let Some(first) = receiver.recv().await else {
+                            return;
+                        };
+                        let mut group = vec![first];
+                        while group.len() < MAX_GROUP {
+                            match receiver.try_recv() {
+                                Ok(request) => group.push(request),
+                                Err(_) => break,
+                            }
+                        }
+                        group
+                    };
+                    let (items, replies): (Vec<T>, Vec<Reply<R>>) = group.into_iter().unzip();
+                    match write(items).await {
+                        Ok(answers) => {
+                            for (reply, answer) in replies.into_iter().zip(answers) {
+                                let _ = reply.send(Ok(answer));
+                            }
+                        }
+                        Err(error) => {
+                            // Every caller retries its own request.
+                            let error = format!("{error:#}");
+                            for reply in replies {
+                                let _ = reply.send(Err(error.clone()));
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        Self { requests }
+    }
+
+    /// Writes `item` with the next group and returns its answer.
+    pub async fn submit(&self, item: T) -> anyhow::Result<R> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send((item, reply))
+            .await
+            .map_err(|_| anyhow::anyhow!("the notifier's writers stopped"))?;
+        answer
+            .await
+            .map_err(|_| anyhow::anyhow!("the notifier's writer stopped"))?
+            .map_err(|e| anyhow::anyhow!(e))
+    }
+}
