@@ -17,7 +17,7 @@ use video_import_shared::consume::{self, Delivered, Disposition};
 use video_import_shared::messages::DeliverWebhook;
 use video_import_shared::metrics::{dead_letters, register, ssrf_refusals};
 use video_import_shared::netguard::{self, AddressPolicy, ClientOptions};
-use video_import_shared::queue::{self, Outgoing, Publisher};
+use video_import_shared::queue::{self, Outgoing};
 use video_import_shared::retry::until_ok;
 use video_import_shared::service::Service;
 use video_import_shared::store::webhooks::{self, AttemptRecord, Due, Hold};
@@ -53,8 +53,8 @@ struct Notifier {
     client: reqwest::Client,
     /// Which receiver addresses may be reached (IP literals are checked before each POST).
     policy: AddressPolicy,
-    /// Publishes retries into the delay queues.
-    publisher: Arc<Publisher>,
+    /// Publishes retries into the delay queues, a group per confirm round.
+    retries: Batcher<Outgoing, ()>,
     schedule: Schedule,
     /// Longest one POST may take.
     timeout: Duration,
@@ -162,6 +162,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             webhooks::hold(&client, &holds).await
         }
     });
+    let publisher = service.publisher.clone();
+    let retries = Batcher::start(move |messages: Vec<Outgoing>| {
+        let publisher = publisher.clone();
+        async move {
+            publisher.publish(&messages).await?;
+            Ok(vec![(); messages.len()])
+        }
+    });
     let notifier = Arc::new(Notifier {
         hosts,
         attempts,
@@ -170,7 +178,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         pool: service.pool.clone(),
         client,
         policy,
-        publisher: service.publisher.clone(),
+        retries,
         schedule: Schedule::new(&webhook.retry_schedule),
         timeout: webhook.timeout,
         metrics,
@@ -323,7 +331,7 @@ impl Notifier {
             delay: Some(delay),
             traceparent: trace.map(|t| t.child().header()),
         };
-        match self.publisher.publish(&[outgoing]).await {
+        match self.retries.submit(outgoing).await {
             Ok(()) => Disposition::Ack,
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "cannot schedule the webhook; handing the message back");

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -21,8 +20,9 @@ struct Host {
     slots: Arc<Semaphore>,
     /// Handlers waiting for one of its slots now.
     waiting: Arc<AtomicUsize>,
-    /// Set when a wait for a slot ran out: until then, others do not wait at all.
-    congested_until: Option<Instant>,
+    /// Set when a wait for a slot ran out, cleared when a slot is taken at once: while set,
+    /// deliveries that find no free slot do not wait at all.
+    congested: bool,
 }
 
 /// The host (and port) of a receiver URL: what slots and holds are counted by.
@@ -59,10 +59,10 @@ impl HostSlots {
         }
     }
 
-    /// A slot for the host of `url`, waiting up to `schedule::HOST_WAIT` for one: a fast host frees
-    /// slots within that; a slow or dead one does not, and `None` is the answer. Once a
-    /// wait has run out, the host's other deliveries do not wait for a while, so a dead
-    /// receiver cannot fill the notifier's slots with waiting.
+    /// A slot for the host of `url`, waiting up to `schedule::HOST_WAIT` for one: a fast host
+    /// frees slots within that; a slow or dead one does not, and `None` is the answer. Once a
+    /// wait has run out, the host's other deliveries do not wait at all until one of them
+    /// finds a free slot, so a dead receiver cannot fill the notifier's handlers with waiting.
     pub async fn acquire(&self, url: &str) -> Option<OwnedSemaphorePermit> {
         let key = host_key(url);
         let (slots, waiting) = {
@@ -74,13 +74,13 @@ impl HostSlots {
             let host = hosts.entry(key.clone()).or_insert_with(|| Host {
                 slots: Arc::new(Semaphore::new(self.per_host)),
                 waiting: Arc::new(AtomicUsize::new(0)),
-                congested_until: None,
+                congested: false,
             });
             if let Ok(permit) = host.slots.clone().try_acquire_owned() {
-                host.congested_until = None;
+                host.congested = false;
                 return Some(permit);
             }
-            if host.congested_until.is_some_and(|t| t > Instant::now()) {
+            if host.congested {
                 return None;
             }
             (host.slots.clone(), host.waiting.clone())
@@ -92,7 +92,7 @@ impl HostSlots {
             Ok(permit) => permit.ok(),
             Err(_) => {
                 if let Some(host) = self.hosts.lock().expect("host slots lock").get_mut(&key) {
-                    host.congested_until = Some(Instant::now() + schedule::HOST_WAIT);
+                    host.congested = true;
                 }
                 None
             }
