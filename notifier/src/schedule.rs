@@ -9,7 +9,7 @@ use video_import_shared::queue;
 use video_import_shared::retry::cap_retry_after;
 
 /// How long a delivery may wait in process for a slot of its receiver's host.
-pub const HOST_WAIT: Duration = Duration::from_millis(250);
+pub const HOST_WAIT: Duration = Duration::from_millis(100);
 
 /// Jitter spreads retries over ±10 % so that many failed deliveries do not return at once.
 const JITTER: f64 = 0.1;
