@@ -334,9 +334,21 @@ pub async fn webhooks() -> anyhow::Result<Vec<Row>> {
     let total = 5000u64;
     let others = [
         (None, 0, ""),
-        (Some(Answer::Never), 500, "500 to a receiver that never answers"),
-        (Some(Answer::Never), 5000, "5,000 to a receiver that never answers"),
-        (Some(Answer::Unavailable), 500, "500 to a receiver that answers 503"),
+        (
+            Some(Answer::Never),
+            500,
+            "500 to a receiver that never answers",
+        ),
+        (
+            Some(Answer::Never),
+            5000,
+            "5,000 to a receiver that never answers",
+        ),
+        (
+            Some(Answer::Unavailable),
+            500,
+            "500 to a receiver that answers 503",
+        ),
         (
             Some(Answer::After(Duration::from_secs(14))),
             500,

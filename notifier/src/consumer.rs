@@ -290,8 +290,7 @@ impl Notifier {
             state => state.as_str(),
         };
         self.metrics.deliveries.with_label_values(&[result]).inc();
-        match until_ok(&self.shutdown, || self.attempts.submit(record.clone())).await
-        {
+        match until_ok(&self.shutdown, || self.attempts.submit(record.clone())).await {
             Some(()) => Disposition::Ack,
             None => Disposition::Requeue,
         }
