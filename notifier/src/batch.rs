@@ -83,3 +83,46 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
             .map_err(|e| anyhow::anyhow!(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn requests_that_arrive_together_are_written_together_and_answered_in_order() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let batcher = Arc::new(Batcher::start(move |items: Vec<u32>| {
+            let calls = counted.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                // Slow enough that the other requests queue up behind the first groups.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                Ok(items.iter().map(|n| n * 10).collect::<Vec<_>>())
+            }
+        }));
+        let tasks: Vec<_> = (0..200u32)
+            .map(|n| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move { (n, batcher.submit(n).await.unwrap()) })
+            })
+            .collect();
+        for task in tasks {
+            let (n, answer) = task.await.unwrap();
+            assert_eq!(answer, n * 10, "each request gets its own answer");
+        }
+        let calls = calls.load(Ordering::SeqCst);
+        assert!(calls < 20, "200 requests took {calls} writes");
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_fails_every_request_of_its_group() {
+        let batcher = Batcher::start(|_: Vec<u32>| async {
+            Err::<Vec<()>, _>(anyhow::anyhow!("database down"))
+        });
+        let error = batcher.submit(1).await.unwrap_err();
+        assert!(error.to_string().contains("database down"), "{error}");
+    }
+}
