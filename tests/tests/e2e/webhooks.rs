@@ -445,7 +445,7 @@ async fn a_dead_receivers_deliveries_are_held_and_all_go_out_once_it_answers() {
         "{requests} requests in 4 s to a host with two slots"
     );
     assert!(
-        released <= requests as f64 + 2.0,
+        released <= requests as f64 + 4.0,
         "{released} held deliveries were published again for {requests} requests"
     );
     assert!(held(&stack).await >= 12, "most deliveries stay held");
