@@ -19,7 +19,7 @@ use crate::hosts::HostSlots;
 use crate::schedule;
 
 /// Pause between two looks at the held deliveries.
-const TICK: Duration = Duration::from_millis(200);
+const TICK: Duration = Duration::from_millis(50);
 
 /// Publishes held deliveries again as their hosts' slots free up.
 pub struct Releaser {
@@ -62,7 +62,7 @@ impl Releaser {
         let mut released = 0;
         for (host, count) in held {
             let (free, waiting) = self.hosts.free(&host);
-            let n = schedule::to_release(free, waiting, count);
+            let n = schedule::to_release(free, self.hosts.per_host(), waiting, count);
             if n == 0 {
                 continue;
             }

@@ -25,19 +25,7 @@ struct Host {
     congested: bool,
 }
 
-/// The host (and port) of a receiver URL: what slots and holds are counted by.
-pub fn host_key(url: &str) -> String {
-    reqwest::Url::parse(url)
-        .ok()
-        .map(|u| {
-            format!(
-                "{}:{}",
-                u.host_str().unwrap_or_default(),
-                u.port_or_known_default().unwrap_or(0)
-            )
-        })
-        .unwrap_or_default()
-}
+pub use video_import_shared::webhook::receiver_host as host_key;
 
 impl HostSlots {
     /// At most `per_host` deliveries in flight to each host.
@@ -46,6 +34,11 @@ impl HostSlots {
             per_host,
             hosts: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Slots per host.
+    pub fn per_host(&self) -> usize {
+        self.per_host
     }
 
     /// Free slots of `host` and the handlers already waiting for one.

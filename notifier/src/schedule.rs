@@ -57,11 +57,18 @@ pub fn jitter_factor() -> f64 {
     rand::rng().random_range(1.0 - JITTER..1.0 + JITTER)
 }
 
-/// How many of a host's `held` deliveries to publish again when it has `free` slots in this
-/// notifier and `waiting` of its deliveries already wait for a slot here: only what the free
-/// slots can take, so a dead receiver's backlog stays held and costs nothing.
-pub fn to_release(free: usize, waiting: usize, held: i64) -> i64 {
-    (free.saturating_sub(waiting) as i64).min(held).max(0)
+/// How many of a host's `held` deliveries to publish again when it has `free` of its
+/// `per_host` slots in this notifier and `waiting` of its deliveries already wait for one
+/// here: none while no slot is free, so a dead receiver's backlog stays held and costs
+/// nothing; otherwise what the free slots take plus one slot's worth of waiting each, so a
+/// receiver that answers again is drained at its concurrency limit.
+pub fn to_release(free: usize, per_host: usize, waiting: usize, held: i64) -> i64 {
+    if free == 0 {
+        return 0;
+    }
+    ((free + per_host).saturating_sub(waiting) as i64)
+        .min(held)
+        .max(0)
 }
 
 /// Why a delivery fails when the broker set its message aside after too many deliveries.
@@ -149,14 +156,23 @@ mod tests {
 
     #[test]
     fn a_busy_host_gets_back_only_what_its_free_slots_take() {
-        assert_eq!(to_release(0, 0, 500), 0, "a dead host's backlog stays held");
-        assert_eq!(to_release(8, 0, 500), 8);
         assert_eq!(
-            to_release(8, 3, 500),
-            5,
+            to_release(0, 8, 0, 500),
+            0,
+            "a dead host's backlog stays held"
+        );
+        assert_eq!(
+            to_release(8, 8, 0, 500),
+            16,
+            "free slots plus one wait each"
+        );
+        assert_eq!(to_release(1, 8, 0, 500), 9);
+        assert_eq!(
+            to_release(8, 8, 3, 500),
+            13,
             "deliveries already waiting go first"
         );
-        assert_eq!(to_release(8, 20, 500), 0);
-        assert_eq!(to_release(8, 0, 2), 2);
+        assert_eq!(to_release(8, 8, 20, 500), 0);
+        assert_eq!(to_release(8, 8, 0, 2), 2);
     }
 }

@@ -11,13 +11,35 @@ use crate::messages::DeliverWebhook;
 use crate::queue;
 
 /// Creates the `pending` delivery of a job that just finished and queues its first attempt
-/// (in the job's trace).
+/// (in the job's trace), or holds it when its receiver's host has held deliveries already.
 pub async fn create(
     tx: &Transaction<'_>,
     job_id: &str,
     url: &str,
     trace_id: Option<&str>,
 ) -> anyhow::Result<()> {
+    // A receiver whose deliveries are held already (it is slow or down) gets this one held
+    // too: its message would only be consumed to be held.
+    let host = crate::webhook::receiver_host(url);
+    let held = tx
+        .execute(
+            "INSERT INTO webhook_deliveries
+                 (job_id, webhook_id, url, state, held_host, held_attempt, held_at)
+             SELECT $1, $2, $3, $4, $5, 1, now()
+             WHERE EXISTS (SELECT 1 FROM webhook_deliveries WHERE held_host = $5)",
+            &[
+                &job_id,
+                &format!("msg_{job_id}"),
+                &url,
+                &WebhookState::Pending,
+                &host,
+            ],
+        )
+        .await
+        .context("creating the webhook delivery")?;
+    if held == 1 {
+        return Ok(());
+    }
     tx.execute(
         "INSERT INTO webhook_deliveries (job_id, webhook_id, url, state) VALUES ($1, $2, $3, $4)",
         &[
