@@ -12,6 +12,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use video_import_shared::batch::Batcher;
 use video_import_shared::config::Settings;
 use video_import_shared::consume::{self, Delivered, Disposition};
 use video_import_shared::messages::DeliverWebhook;
@@ -24,7 +25,6 @@ use video_import_shared::store::webhooks::{self, AttemptRecord, Due, Hold};
 use video_import_shared::store::WebhookState;
 use video_import_shared::trace::TraceParent;
 
-use crate::batch::Batcher;
 use crate::deliver::{self, Attempt};
 use crate::hold::Releaser;
 use crate::hosts::{self, HostSlots};
@@ -33,6 +33,11 @@ use crate::schedule::{self, Schedule};
 /// Messages handled at once per POST slot: most of them wait for their host's slot (or are
 /// held), so a burst of deliveries to a dead receiver cannot keep the others from arriving.
 const HANDLERS_PER_POST: usize = 4;
+
+/// Statements of each kind (attempts, holds, retry publishes) under way at once.
+const WRITERS: usize = 2;
+/// Most requests written by one of them.
+const MAX_GROUP: usize = 128;
 
 /// Most failed videos listed in one payload.
 const MAX_FAILURES: i64 = 100;
@@ -146,7 +151,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let release_task = tokio::spawn(releaser.run(service.shutdown.clone()));
     let pool = service.pool.clone();
-    let attempts = Batcher::start(move |records: Vec<AttemptRecord>| {
+    let attempts = Batcher::start(WRITERS, MAX_GROUP, move |records: Vec<AttemptRecord>| {
         let pool = pool.clone();
         async move {
             let client = pool.get().await?;
@@ -155,7 +160,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     });
     let pool = service.pool.clone();
-    let holds = Batcher::start(move |holds: Vec<Hold>| {
+    let holds = Batcher::start(WRITERS, MAX_GROUP, move |holds: Vec<Hold>| {
         let pool = pool.clone();
         async move {
             let client = pool.get().await?;
@@ -163,7 +168,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     });
     let publisher = service.publisher.clone();
-    let retries = Batcher::start(move |messages: Vec<Outgoing>| {
+    let retries = Batcher::start(WRITERS, MAX_GROUP, move |messages: Vec<Outgoing>| {
         let publisher = publisher.clone();
         async move {
             publisher.publish(&messages).await?;

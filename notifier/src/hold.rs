@@ -12,6 +12,7 @@ use deadpool_postgres::Pool;
 use prometheus::IntCounter;
 use tokio_util::sync::CancellationToken;
 use video_import_shared::messages::DeliverWebhook;
+use video_import_shared::periodic;
 use video_import_shared::queue::{self, Outgoing, Publisher};
 use video_import_shared::store::webhooks;
 
@@ -33,25 +34,14 @@ pub struct Releaser {
 impl Releaser {
     /// Runs until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut failing = false;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(TICK) => {}
-            }
-            match self.round().await {
-                Ok(_) if failing => {
-                    failing = false;
-                    tracing::info!("held webhook deliveries are released again");
-                }
-                Ok(_) => {}
-                Err(error) if !failing => {
-                    failing = true;
-                    tracing::warn!(error = %format!("{error:#}"), "cannot release held webhook deliveries; they stay held until it can");
-                }
-                Err(_) => {}
-            }
-        }
+        periodic::every(
+            TICK,
+            shutdown,
+            "cannot release held webhook deliveries; they stay held until it can",
+            "held webhook deliveries are released again",
+            || self.round(),
+        )
+        .await;
     }
 
     /// One look: for every host with held deliveries and free slots here, publishes as many

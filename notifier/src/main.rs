@@ -2,7 +2,6 @@
 //! wait in RabbitMQ delay queues rather than in a sleeping consumer.
 //!
 //! - `consumer`: wiring, and what happens to one webhook message (and a dead-lettered one);
-//! - `batch`: group commit of attempt records and holds;
 //! - `deliver`: the payload and the signed POST;
 //! - `hosts`: per-host slots, so one slow receiver cannot take every slot;
 //! - `hold`: deliveries held in PostgreSQL while their host has no free slot, released as
@@ -10,7 +9,6 @@
 //! - `schedule`: every retry decision;
 //! - `sign`: Standard Webhooks signatures.
 
-mod batch;
 mod consumer;
 mod deliver;
 mod hold;

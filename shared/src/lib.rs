@@ -2,6 +2,7 @@
 //! topology, messages, the outbox relay, SSRF-safe HTTP clients and operational endpoints.
 
 pub mod backlog;
+pub mod batch;
 pub mod config;
 pub mod consume;
 pub mod db;
@@ -11,6 +12,7 @@ pub mod metrics;
 pub mod netguard;
 pub mod ops;
 pub mod outbox;
+pub mod periodic;
 pub mod process;
 pub mod queue;
 pub mod retry;

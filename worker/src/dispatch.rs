@@ -11,6 +11,7 @@ use deadpool_postgres::Pool;
 use prometheus::{IntCounter, Registry};
 use tokio_util::sync::CancellationToken;
 use video_import_shared::metrics::register;
+use video_import_shared::periodic;
 use video_import_shared::queue::{self, Outgoing, Publisher};
 use video_import_shared::store::dispatch;
 
@@ -63,25 +64,14 @@ impl Dispatcher {
 
     /// Runs until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut failing = false;
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(TICK) => {}
-            }
-            match self.round().await {
-                Ok(_) if failing => {
-                    failing = false;
-                    tracing::info!("dispatcher recovered");
-                }
-                Ok(_) => {}
-                Err(error) if !failing => {
-                    failing = true;
-                    tracing::warn!(error = %format!("{error:#}"), "dispatcher cannot hand out videos; accepted jobs wait in PostgreSQL until it can");
-                }
-                Err(_) => {}
-            }
-        }
+        periodic::every(
+            TICK,
+            shutdown,
+            "dispatcher cannot hand out videos; accepted jobs wait in PostgreSQL until it can",
+            "dispatcher recovered",
+            || self.round(),
+        )
+        .await;
     }
 
     /// One round: hands out as many videos as the queue has room for; returns how many.

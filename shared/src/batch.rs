@@ -1,16 +1,12 @@
-//! Group commit for the notifier's writes: requests that arrive while a statement is under
-//! way are written together by the next one, so a busy notifier pays one round trip and one
-//! commit per group instead of one per delivery.
+//! Group commit: requests that arrive while a write is under way are written together by
+//! the next one, so a busy process pays one round trip and one commit per group instead of
+//! one per request. The worker records videos' outcomes with it, the notifier its attempts,
+//! holds and retries.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Mutex};
-
-/// Most requests written by one statement.
-const MAX_GROUP: usize = 128;
-/// Statements under way at once.
-const WRITERS: usize = 2;
 
 type Reply<R> = oneshot::Sender<Result<R, String>>;
 
@@ -20,17 +16,17 @@ pub struct Batcher<T, R> {
 }
 
 impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
-    /// Starts writers that write groups with `write`, which answers each request in order;
-    /// they stop once the `Batcher` is dropped.
-    pub fn start<F, Fut>(write: F) -> Self
+    /// Starts `writers` tasks that write groups of at most `max_group` requests with `write`,
+    /// which answers each request in order; they stop once the `Batcher` is dropped.
+    pub fn start<F, Fut>(writers: usize, max_group: usize, write: F) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = anyhow::Result<Vec<R>>> + Send,
     {
-        let (requests, receiver) = mpsc::channel::<(T, Reply<R>)>(MAX_GROUP * WRITERS * 4);
+        let (requests, receiver) = mpsc::channel::<(T, Reply<R>)>(max_group * writers * 4);
         let receiver = Arc::new(Mutex::new(receiver));
         let write = Arc::new(write);
-        for _ in 0..WRITERS {
+        for _ in 0..writers {
             let receiver = receiver.clone();
             let write = write.clone();
             tokio::spawn(async move {
@@ -41,7 +37,7 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
                             return;
                         };
                         let mut group = vec![first];
-                        while group.len() < MAX_GROUP {
+                        while group.len() < max_group {
                             match receiver.try_recv() {
                                 Ok(request) => group.push(request),
                                 Err(_) => break,
@@ -76,10 +72,10 @@ impl<T: Send + 'static, R: Send + 'static> Batcher<T, R> {
         self.requests
             .send((item, reply))
             .await
-            .map_err(|_| anyhow::anyhow!("the notifier's writers stopped"))?;
+            .map_err(|_| anyhow::anyhow!("the writers stopped"))?;
         answer
             .await
-            .map_err(|_| anyhow::anyhow!("the notifier's writer stopped"))?
+            .map_err(|_| anyhow::anyhow!("the writer stopped"))?
             .map_err(|e| anyhow::anyhow!(e))
     }
 }
@@ -94,7 +90,7 @@ mod tests {
     async fn requests_that_arrive_together_are_written_together_and_answered_in_order() {
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = calls.clone();
-        let batcher = Arc::new(Batcher::start(move |items: Vec<u32>| {
+        let batcher = Arc::new(Batcher::start(2, 128, move |items: Vec<u32>| {
             let calls = counted.clone();
             async move {
                 calls.fetch_add(1, Ordering::SeqCst);
@@ -119,7 +115,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_write_fails_every_request_of_its_group() {
-        let batcher = Batcher::start(|_: Vec<u32>| async {
+        let batcher = Batcher::start(1, 8, |_: Vec<u32>| async {
             Err::<Vec<()>, _>(anyhow::anyhow!("database down"))
         });
         let error = batcher.submit(1).await.unwrap_err();
