@@ -1,7 +1,9 @@
-//! The dispatcher: keeps the fetch queue topped up to `fetch.dispatch_ahead` ready messages,
-//! taking videos from PostgreSQL (`store::dispatch`) in fair order (`fair`). Every worker runs
-//! one; a PostgreSQL advisory lock lets one at a time hand out videos, so any number of
-//! workers need no coordinator besides PostgreSQL and RabbitMQ.
+//! The dispatcher: keeps the fetch queue topped up to about twice the consuming workers'
+//! download slots (at most `fetch.dispatch_ahead` ready messages), taking videos from
+//! PostgreSQL (`store::dispatch`) in fair order (`fair`). A short queue is what makes the
+//! order matter: a new batch waits behind at most that many videos of other jobs. Every
+//! worker runs one; a PostgreSQL advisory lock lets one at a time hand out videos, so any
+//! number of workers need no coordinator besides PostgreSQL and RabbitMQ.
 
 use std::sync::Arc;
 use std::time::Duration;
