@@ -232,47 +232,49 @@ impl Stack {
             stack.spawn_worker().await;
         }
         if options.notifier {
-            let port = free_port();
-            stack
-                .spawn(
-                    "notifier",
-                    "video-import-notifier",
-                    &[],
-                    &[(
-                        "VIDEO_IMPORT__METRICS__LISTEN",
-                        &format!("127.0.0.1:{port}"),
-                    )],
-                )
-                .await;
-            stack
-                .wait_ready(&format!("http://127.0.0.1:{port}/readyz"))
-                .await;
-            stack
-                .scrape_targets
-                .push(("video-import-notifier".into(), format!("127.0.0.1:{port}")));
+            stack.spawn_notifier("notifier").await;
         }
         stack
     }
 
-    /// Starts one more worker and waits until it is ready.
+    /// Starts one more worker and waits until it is ready; returns its metrics port.
     pub async fn spawn_worker(&mut self) -> u16 {
-        let port = free_port();
         let name = format!("worker{}", self.processes.len());
+        self.spawn_ready(&name, "video-import-worker").await
+    }
+
+    /// Starts a notifier called `name` and waits until it is ready; returns its metrics port.
+    pub async fn spawn_notifier(&mut self, name: &str) -> u16 {
+        self.spawn_ready(name, "video-import-notifier").await
+    }
+
+    /// Starts `binary` with its metrics on a free port, waits for `/readyz` and adds it to
+    /// the scrape targets; returns the port.
+    async fn spawn_ready(&mut self, name: &str, binary: &str) -> u16 {
+        let port = free_port();
+        let address = format!("127.0.0.1:{port}");
         self.spawn(
-            &name,
-            "video-import-worker",
+            name,
+            binary,
             &[],
-            &[(
-                "VIDEO_IMPORT__METRICS__LISTEN",
-                &format!("127.0.0.1:{port}"),
-            )],
+            &[("VIDEO_IMPORT__METRICS__LISTEN", &address)],
         )
         .await;
-        self.wait_ready(&format!("http://127.0.0.1:{port}/readyz"))
-            .await;
-        self.scrape_targets
-            .push(("video-import-worker".into(), format!("127.0.0.1:{port}")));
+        self.wait_ready(&format!("http://{address}/readyz")).await;
+        self.scrape_targets.push((binary.into(), address));
         port
+    }
+
+    /// The text a binary's `/metrics` at `address` (host:port) answers.
+    pub async fn metrics(&self, address: &str) -> String {
+        self.http
+            .get(format!("http://{address}/metrics"))
+            .send()
+            .await
+            .expect("metrics endpoint answers")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     /// Starts one more API with extra variables; returns its base URL once it answers.

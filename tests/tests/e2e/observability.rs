@@ -82,15 +82,7 @@ async fn prometheus_scrapes_every_binary_and_the_dashboard_and_alerts_work() {
 
     // Every scrape is clean, namespaced, and has the process and build families.
     for (job, address) in &stack.scrape_targets {
-        let text = stack
-            .http
-            .get(format!("http://{address}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = stack.metrics(address).await;
         let (clean, said) = promtool_check(&text).await;
         assert!(clean, "{job}: promtool check metrics: {said}");
         assert!(text.contains("video_import_build_info{"), "{job}");

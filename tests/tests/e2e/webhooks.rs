@@ -360,15 +360,7 @@ async fn a_hanging_receiver_does_not_hold_up_deliveries_to_others() {
 
 /// A counter of a binary's metrics endpoint.
 async fn counter(stack: &Stack, port: u16, name: &str) -> f64 {
-    let text = stack
-        .http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = stack.metrics(&format!("127.0.0.1:{port}")).await;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name} in the metrics"))
@@ -379,20 +371,6 @@ async fn held(stack: &Stack) -> i64 {
         .sql("SELECT count(*) FROM webhook_deliveries WHERE held_host IS NOT NULL")
         .await[0]
         .get(0)
-}
-
-async fn spawn_notifier(stack: &mut Stack, name: &str) -> u16 {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    stack
-        .spawn(
-            name,
-            "video-import-notifier",
-            &[],
-            &[("VIDEO_IMPORT__METRICS__LISTEN", &listen)],
-        )
-        .await;
-    port
 }
 
 #[tokio::test]
@@ -411,7 +389,7 @@ async fn a_dead_receivers_deliveries_are_held_and_all_go_out_once_it_answers() {
         ..Options::default()
     })
     .await;
-    let port = spawn_notifier(&mut stack, "notifier-a").await;
+    let port = stack.spawn_notifier("notifier-a").await;
     let videos = VideoServer::start().await;
     let dead = Receiver::start_with(&[], None, Some(Duration::from_secs(3600))).await;
     let project = stack.project("held").await;
@@ -464,7 +442,7 @@ async fn a_dead_receivers_deliveries_are_held_and_all_go_out_once_it_answers() {
     }
     assert_eq!(held(&stack).await, before + 5, "created held");
     dead.set_hang(None);
-    spawn_notifier(&mut stack, "notifier-b").await;
+    stack.spawn_notifier("notifier-b").await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let delivered: i64 = stack
