@@ -24,9 +24,20 @@ const MIGRATIONS: &[(i32, &str)] = &[
 /// Any number so long as every process agrees on it: serialises concurrent `migrate` runs.
 const MIGRATION_LOCK: i64 = 0x7669_6465_6f5f_696d;
 
+/// The newest migration's version: what a database is at once `migrate` has run.
+pub fn latest() -> i32 {
+    MIGRATIONS.last().map_or(0, |(version, _)| *version)
+}
+
 /// Applies pending migrations and returns their versions; safe when several processes run
 /// it at once.
 pub async fn run(pool: &Pool) -> anyhow::Result<Vec<i32>> {
+    run_until(pool, latest()).await
+}
+
+/// Applies pending migrations up to version `last` (a database as an older release left it,
+/// for upgrade tests) and returns their versions.
+pub async fn run_until(pool: &Pool, last: i32) -> anyhow::Result<Vec<i32>> {
     let mut client = pool.get().await.context("connecting to migrate")?;
     let tx = client
         .transaction()
@@ -52,7 +63,7 @@ pub async fn run(pool: &Pool) -> anyhow::Result<Vec<i32>> {
             .await
             .context("reading schema_migrations")?
             .is_some();
-        if done {
+        if done || *version > last {
             continue;
         }
         tx.batch_execute(sql)
