@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Deserialize;
 use utoipa::IntoParams;
-use video_import_shared::netguard;
+use video_import_shared::redact::{self, Show};
 use video_import_shared::store::entries::{self, EntryRecord};
 
 use crate::auth::{Caller, READ};
@@ -101,7 +101,7 @@ fn entry(record: EntryRecord) -> MediaEntry {
             size: record.asset.size,
             mime_type: record.asset.mime_type,
             sha256: record.asset.sha256,
-            original_url: netguard::without_userinfo(&record.original_url),
+            original_url: redact::url(&record.original_url, Show::WithoutCredentials),
             duration: record.asset.duration_seconds,
             width: record.asset.width,
             height: record.asset.height,

@@ -9,7 +9,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa::IntoParams;
-use video_import_shared::netguard;
+use video_import_shared::redact::{self, Show};
 use video_import_shared::store::jobs::{self, JobRecord};
 use video_import_shared::store::{items, JobState};
 
@@ -97,7 +97,7 @@ pub async fn show(
             reason: item.reason,
             video: item.media_id.map(|media_id| VideoRef {
                 media_id,
-                original_url: netguard::without_userinfo(&item.url),
+                original_url: redact::url(&item.url, Show::WithoutCredentials),
                 mime_type: item.mime_type,
                 size: item.size,
                 duration: item.duration_seconds,

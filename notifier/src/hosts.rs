@@ -1,23 +1,25 @@
 //! Per-host slots: deliveries in flight to one receiver host are bounded, so a slow or dead
 //! receiver cannot take every slot of the notifier.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+pub use video_import_shared::hosts::host_key;
+use video_import_shared::hosts::{HostState, PerHost};
 
 use crate::schedule;
 
 /// Bounds the deliveries in flight to one receiver host; shared by every delivery handler
-/// and the releaser of held deliveries (a lock held only for a map lookup).
+/// and the releaser of held deliveries.
 pub struct HostSlots {
     per_host: usize,
-    hosts: Mutex<HashMap<String, Host>>,
+    hosts: PerHost<Host>,
 }
 
 struct Host {
     slots: Arc<Semaphore>,
+    per_host: usize,
     /// Handlers waiting for one of its slots now.
     waiting: Arc<AtomicUsize>,
     /// Set when a wait for a slot ran out, cleared when a slot is taken at once: while set,
@@ -25,14 +27,23 @@ struct Host {
     congested: bool,
 }
 
-pub use video_import_shared::webhook::receiver_host as host_key;
+impl HostState for Host {
+    fn is_idle(&self) -> bool {
+        self.slots.available_permits() == self.per_host
+    }
+}
 
 impl HostSlots {
     /// At most `per_host` deliveries in flight to each host.
     pub fn new(per_host: usize) -> Self {
         Self {
             per_host,
-            hosts: Mutex::new(HashMap::new()),
+            hosts: PerHost::new(move || Host {
+                slots: Arc::new(Semaphore::new(per_host)),
+                per_host,
+                waiting: Arc::new(AtomicUsize::new(0)),
+                congested: false,
+            }),
         }
     }
 
@@ -43,13 +54,13 @@ impl HostSlots {
 
     /// Free slots of `host` and the handlers already waiting for one.
     pub fn free(&self, host: &str) -> (usize, usize) {
-        match self.hosts.lock().expect("host slots lock").get(host) {
+        self.hosts.peek(host, |h| match h {
             Some(h) => (
                 h.slots.available_permits(),
                 h.waiting.load(Ordering::Relaxed),
             ),
             None => (self.per_host, 0),
-        }
+        })
     }
 
     /// A slot for the host of `url`, waiting up to `schedule::HOST_WAIT` for one: a fast host
@@ -58,25 +69,19 @@ impl HostSlots {
     /// finds a free slot, so a dead receiver cannot fill the notifier's handlers with waiting.
     pub async fn acquire(&self, url: &str) -> Option<OwnedSemaphorePermit> {
         let key = host_key(url);
-        let (slots, waiting) = {
-            let mut hosts = self.hosts.lock().expect("host slots lock");
-            // Forget idle hosts so the map does not grow with every receiver ever seen.
-            if hosts.len() > 10_000 {
-                hosts.retain(|_, h| h.slots.available_permits() < self.per_host);
-            }
-            let host = hosts.entry(key.clone()).or_insert_with(|| Host {
-                slots: Arc::new(Semaphore::new(self.per_host)),
-                waiting: Arc::new(AtomicUsize::new(0)),
-                congested: false,
-            });
+        let wait = self.hosts.with(&key, |host| {
             if let Ok(permit) = host.slots.clone().try_acquire_owned() {
                 host.congested = false;
-                return Some(permit);
+                return Err(Some(permit));
             }
             if host.congested {
-                return None;
+                return Err(None);
             }
-            (host.slots.clone(), host.waiting.clone())
+            Ok((host.slots.clone(), host.waiting.clone()))
+        });
+        let (slots, waiting) = match wait {
+            Ok(wait) => wait,
+            Err(answer) => return answer,
         };
         waiting.fetch_add(1, Ordering::Relaxed);
         let permit = tokio::time::timeout(schedule::HOST_WAIT, slots.acquire_owned()).await;
@@ -84,9 +89,11 @@ impl HostSlots {
         match permit {
             Ok(permit) => permit.ok(),
             Err(_) => {
-                if let Some(host) = self.hosts.lock().expect("host slots lock").get_mut(&key) {
-                    host.congested = true;
-                }
+                self.hosts.peek(&key, |h| {
+                    if let Some(host) = h {
+                        host.congested = true;
+                    }
+                });
                 None
             }
         }

@@ -363,13 +363,13 @@ impl Settings {
         if self.api.max_batch_size == 0 {
             return bad("api.max_batch_size", "must be at least 1");
         }
-        for node in crate::queue::nodes(&self.amqp.url) {
+        for node in nodes(&self.amqp.url) {
             if !matches!(url::Url::parse(node), Ok(u) if matches!(u.scheme(), "amqp" | "amqps")) {
                 return bad(
                     "amqp.url",
                     &format!(
                         "{:?} is not an amqp:// URL; give one node's URL or several separated by commas",
-                        crate::db::redact(node)
+                        crate::redact::url(node, crate::redact::Show::WithoutCredentials)
                     ),
                 );
             }
@@ -400,6 +400,14 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// The nodes of `amqp.url`: one URL, or several separated by commas (a cluster).
+pub fn nodes(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 #[cfg(test)]
@@ -439,7 +447,7 @@ mod tests {
         let cluster =
             load("[amqp]\nurl = [\"amqp://a:5672/%2f\", \"amqp://b:5672/%2f\"]\n").unwrap();
         assert_eq!(
-            crate::queue::nodes(&cluster.amqp.url),
+            nodes(&cluster.amqp.url),
             ["amqp://a:5672/%2f", "amqp://b:5672/%2f"]
         );
         let one = load("[webhook]\nretry_schedule_secs = 60\n").unwrap();

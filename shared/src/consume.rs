@@ -20,12 +20,15 @@ use crate::queue::{self, Topology};
 use crate::trace::TraceParent;
 
 /// What to do with a delivery once its handler is done.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Disposition {
     /// The outcome is durable: remove the message.
     Ack,
     /// Not handled (shutting down, dependency down): give it back for redelivery.
     Requeue,
+    /// It cannot be handled, ever, by this binary (a message version it does not read):
+    /// the broker dead-letters it, and the dead-letter consumer settles it.
+    Reject(String),
 }
 
 /// A delivered message.
@@ -36,26 +39,23 @@ pub struct Delivered {
     pub data: Vec<u8>,
     /// The W3C trace context it was published with.
     pub traceparent: Option<TraceParent>,
+    /// Why the broker last dead-lettered it (`x-death`'s latest reason: `rejected`,
+    /// `delivery_limit`, `expired`), if it ever did.
+    pub death: Option<String>,
 }
 
 impl Delivered {
-    /// The message's body as `T`; `None` (logged, with the body's size only) when it cannot
-    /// be read: retrying will not fix it, so the caller acks it.
-    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
-        match serde_json::from_slice(&self.data) {
-            Ok(message) => Some(message),
-            Err(error) => {
-                tracing::error!(%error, routing_key = %self.routing_key, bytes = self.data.len(), "dropping an unreadable message");
-                None
-            }
-        }
-    }
-
     /// The trace id the message carries ("" without one), for its log span.
     pub fn trace_id(&self) -> &str {
         self.traceparent
             .as_ref()
             .map_or("", |t| t.trace_id.as_str())
+    }
+
+    /// Whether the broker dead-lettered it because a consumer rejected it (a binary that
+    /// could not read it), rather than because it exceeded its delivery limit.
+    pub fn was_rejected(&self) -> bool {
+        self.death.as_deref() == Some("rejected")
     }
 }
 
@@ -161,6 +161,7 @@ async fn session(
                             routing_key: delivery.routing_key.to_string(),
                             data: delivery.data.clone(),
                             traceparent: traceparent(&delivery.properties),
+                            death: death_reason(&delivery.properties),
                         };
                         let disposition = handler(message).await;
                         // A failed ack means the channel is gone; the broker redelivers.
@@ -169,6 +170,12 @@ async fn session(
                             Disposition::Requeue => {
                                 delivery
                                     .nack(BasicNackOptions { requeue: true, ..Default::default() })
+                                    .await
+                            }
+                            Disposition::Reject(reason) => {
+                                tracing::warn!(%reason, routing_key = %delivery.routing_key, "dead-lettering a message this binary cannot read");
+                                delivery
+                                    .nack(BasicNackOptions { requeue: false, ..Default::default() })
                                     .await
                             }
                         };
@@ -188,6 +195,22 @@ fn traceparent(properties: &lapin::BasicProperties) -> Option<TraceParent> {
         lapin::types::AMQPValue::LongString(text) => {
             TraceParent::parse(&String::from_utf8_lossy(text.as_bytes()))
         }
+        _ => None,
+    }
+}
+
+/// The reason of the latest `x-death` entry of a delivery (RabbitMQ puts the latest first).
+fn death_reason(properties: &lapin::BasicProperties) -> Option<String> {
+    use lapin::types::AMQPValue;
+    let headers = properties.headers().as_ref()?;
+    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(latest) = deaths.as_slice().first()? else {
+        return None;
+    };
+    match latest.inner().get("reason")? {
+        AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).into_owned()),
         _ => None,
     }
 }

@@ -1,4 +1,4 @@
-//! PostgreSQL connections: the pool, a readiness ping and URL redaction for messages. The
+//! PostgreSQL connections: the pool, and a readiness ping. The
 //! schema and every query live in [`crate::store`].
 
 use anyhow::Context;
@@ -6,6 +6,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 use tokio_postgres::NoTls;
 
 use crate::config::DatabaseSettings;
+use crate::redact::Show;
 
 /// Builds the pool and checks one connection, so a wrong URL fails at start.
 pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
@@ -36,7 +37,7 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
     let _check = pool.get().await.with_context(|| {
         format!(
             "cannot connect to PostgreSQL at database.url {:?}; is it running?",
-            redact(&settings.url)
+            crate::redact::url(&settings.url, Show::WithoutCredentials)
         )
     })?;
     Ok(pool)
@@ -47,16 +48,5 @@ pub async fn ping(pool: &Pool) -> bool {
     match pool.get().await {
         Ok(client) => client.simple_query("SELECT 1").await.is_ok(),
         Err(_) => false,
-    }
-}
-
-/// Hides the password of a connection URL in messages.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        _ => url.to_string(),
     }
 }

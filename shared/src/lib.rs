@@ -1,11 +1,11 @@
 //! The library the three video-import binaries share: configuration, database, queue
 //! topology, messages, the outbox relay, SSRF-safe HTTP clients and operational endpoints.
 
-pub mod backlog;
 pub mod batch;
 pub mod config;
 pub mod consume;
 pub mod db;
+pub mod hosts;
 pub mod ids;
 pub mod messages;
 pub mod metrics;
@@ -15,6 +15,7 @@ pub mod outbox;
 pub mod periodic;
 pub mod process;
 pub mod queue;
+pub mod redact;
 pub mod retry;
 pub mod service;
 pub mod shutdown;

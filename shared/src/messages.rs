@@ -1,8 +1,129 @@
-//! Messages exchanged over RabbitMQ. PostgreSQL holds the state (a fetch message carries a
-//! copy of its video's data, never its state), so a redelivered or duplicated message is
-//! harmless.
+//! Messages exchanged over RabbitMQ: one type per queue, its wire versions, and the mapping
+//! between store rows and messages (the store knows rows, this module knows the wire).
+//!
+//! Every message body carries its version as `"v": N`; the two shapes published before
+//! versioning carry none and are told apart by their fields. A binary reads its own version
+//! and the one before it ([`FetchVideo::VERSIONS`], [`DeliverWebhook::VERSIONS`]), so that
+//! during a rolling upgrade old and new binaries can share one queue. A message of any other
+//! version is not guessed at: decoding answers [`Unreadable::Version`], the consumer
+//! dead-letters it with that reason, and the binary's dead-letter consumer settles it (a
+//! newer message waits for a newer binary; a retired one fails its video or delivery with
+//! the reason). `tests/fixtures/messages/<queue>/v<N>.json` holds every version ever
+//! published; a test decodes each, so a change that breaks an old message fails CI.
+//!
+//! Fetch messages:
+//! - v1 (retired): `{job_id, idx, attempt}`; the worker loaded the video from PostgreSQL.
+//! - v2: v1 and `video`, the video itself as the dispatcher read it.
+//! - v3: v2 and `"v": 3`.
+//!
+//! Webhook messages:
+//! - v1 (retired): `{job_id, attempt}`.
+//! - v2: v1 and `url`, the receiver's URL. No round: it belongs to the delivery's current one.
+//! - v3: v2 and `"v": 3` and `round`, the delivery's round (see `store::webhooks`). `attempt`
+//!   keeps v2's meaning (attempts made over all rounds, plus one), so the previous release,
+//!   which ignores `v` and `round`, handles a v3 message as it did a v2 one.
 
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
+
+use crate::queue::{self, Outgoing};
+use crate::store::outbox::{NewMessage, Pending};
+use crate::store::webhooks::{Held, RoundStarted};
+use crate::store::{Item, ItemState, Validators};
+use crate::trace::TraceParent;
+
+/// The versions of one queue's messages a binary reads: its own and the one before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Versions {
+    pub oldest: u32,
+    pub newest: u32,
+}
+
+impl fmt::Display for Versions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}..{}", self.oldest, self.newest)
+    }
+}
+
+/// Why a message body could not be read. Retrying will not change it: the consumer
+/// dead-letters the message with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unreadable {
+    /// A version this binary does not read: older than it supports (retired), or newer (a
+    /// newer release published it during a rolling upgrade).
+    #[error("message version {found} not supported by this binary (it reads {reads})")]
+    Version { found: u32, reads: Versions },
+    /// Not a message of this queue at all.
+    #[error("not a readable {queue} message: {error}")]
+    Malformed { queue: &'static str, error: String },
+}
+
+impl Unreadable {
+    /// Whether a newer binary may read it: leave it for one instead of failing its work.
+    pub fn is_newer(&self) -> bool {
+        matches!(self, Unreadable::Version { found, reads } if found > &reads.newest)
+    }
+}
+
+/// What decoding looks at first: the version, and the fields that tell the unversioned
+/// shapes apart.
+#[derive(Deserialize)]
+struct Probe {
+    v: Option<u32>,
+    video: Option<IgnoredAny>,
+    url: Option<IgnoredAny>,
+}
+
+/// The ids every version of either message carries: enough to settle one that cannot be
+/// read (to fail its video or its delivery with the reason).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Ids {
+    pub job_id: String,
+    /// The video's position (fetch messages only).
+    pub idx: Option<i32>,
+}
+
+impl Ids {
+    /// The ids of a message body, whatever its version; `None` when it has none.
+    pub fn of(body: &[u8]) -> Option<Ids> {
+        serde_json::from_slice(body).ok()
+    }
+}
+
+/// The version of `body`, given the version its unversioned shape with (`with_field`) or
+/// without the distinguishing field has.
+fn version(body: &[u8], queue: &'static str, field: fn(&Probe) -> bool) -> Result<u32, Unreadable> {
+    let probe: Probe = serde_json::from_slice(body).map_err(|e| Unreadable::Malformed {
+        queue,
+        error: e.to_string(),
+    })?;
+    Ok(probe.v.unwrap_or(if field(&probe) { 2 } else { 1 }))
+}
+
+fn decode_as<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    queue: &'static str,
+) -> Result<T, Unreadable> {
+    serde_json::from_slice(body).map_err(|e| Unreadable::Malformed {
+        queue,
+        error: e.to_string(),
+    })
+}
+
+/// A body with its version first.
+#[derive(Serialize)]
+struct Versioned<'a, T> {
+    v: u32,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+fn encode<T: Serialize>(v: u32, body: &T) -> Vec<u8> {
+    serde_json::to_vec(&Versioned { v, body }).expect("messages serialize")
+}
 
 /// Download, store and upsert one video of a job.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -13,10 +134,8 @@ pub struct FetchVideo {
     /// How many earlier tries went back through the queue (0 on the first).
     #[serde(default)]
     pub attempt: u32,
-    /// The video itself, so that the worker need not load it (absent in older messages,
-    /// which the worker loads).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub video: Option<Video>,
+    /// The video itself, so that the worker need not load it.
+    pub video: Video,
 }
 
 /// What a worker needs to import one video, as the dispatcher read it.
@@ -35,19 +154,307 @@ pub struct Video {
     pub last_modified: Option<String>,
 }
 
-/// Deliver a finished job's webhook.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+impl FetchVideo {
+    /// The version this binary publishes.
+    pub const VERSION: u32 = 3;
+    /// The versions this binary reads.
+    pub const VERSIONS: Versions = Versions {
+        oldest: 2,
+        newest: Self::VERSION,
+    };
+
+    /// Reads a fetch message of any version this binary supports.
+    pub fn decode(body: &[u8]) -> Result<Self, Unreadable> {
+        match version(body, "fetch", |p| p.video.is_some())? {
+            2 | 3 => decode_as(body, "fetch"),
+            found => Err(Unreadable::Version {
+                found,
+                reads: Self::VERSIONS,
+            }),
+        }
+    }
+
+    /// The first try of a pending video the dispatcher read.
+    pub fn first_try(item: &Item) -> Self {
+        let known = item.known.clone().unwrap_or_default();
+        FetchVideo {
+            job_id: item.job_id.clone(),
+            idx: item.idx,
+            attempt: 0,
+            video: Video {
+                project_id: item.project_id,
+                system_name: item.system_name.clone(),
+                external_id: item.external_id.clone(),
+                url: item.url.clone(),
+                file_name: item.file_name.clone(),
+                metadata: item.metadata.clone(),
+                etag: known.etag,
+                last_modified: known.last_modified,
+            },
+        }
+    }
+
+    /// The next try of the same video.
+    pub fn next_try(&self) -> Self {
+        FetchVideo {
+            attempt: self.attempt + 1,
+            ..self.clone()
+        }
+    }
+
+    /// The video the message carries, as the store records it (pending, as far as the
+    /// message knows; the worker checks).
+    pub fn item(&self) -> Item {
+        let video = self.video.clone();
+        let known = Validators {
+            etag: video.etag,
+            last_modified: video.last_modified,
+        };
+        Item {
+            job_id: self.job_id.clone(),
+            idx: self.idx,
+            project_id: video.project_id,
+            system_name: video.system_name,
+            external_id: video.external_id,
+            url: video.url,
+            file_name: video.file_name,
+            metadata: video.metadata,
+            state: ItemState::Pending,
+            known: (!known.is_empty()).then_some(known),
+        }
+    }
+
+    /// The message to publish, `delay` from now, in the trace `traceparent`.
+    pub fn outgoing(&self, delay: Option<Duration>, traceparent: Option<String>) -> Outgoing {
+        Outgoing {
+            routing_key: queue::FETCH.into(),
+            payload: encode(Self::VERSION, self),
+            delay,
+            traceparent,
+        }
+    }
+}
+
+/// Which round of its delivery a webhook message belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// Round `n` (v3 messages).
+    Of(u32),
+    /// The delivery's current round (v2 messages, published before rounds were counted).
+    Current,
+}
+
+/// Deliver (attempt `attempt` of) a finished job's webhook.
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeliverWebhook {
     pub job_id: String,
-    /// Number of this attempt, starting at 1.
-    #[serde(default = "first_attempt")]
+    pub round: Round,
+    /// Number of this attempt over all rounds, from 1.
     pub attempt: u32,
     /// The receiver's URL (a job's webhook never changes), so the notifier can check the
     /// host's free slots before it reads the database.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
+    pub url: String,
 }
 
-fn first_attempt() -> u32 {
-    1
+/// The wire shape of webhook messages v2 (no `round`) and v3.
+#[derive(Serialize, Deserialize)]
+struct WebhookWire {
+    job_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    round: Option<u32>,
+    attempt: u32,
+    url: String,
+}
+
+impl DeliverWebhook {
+    /// The version this binary publishes.
+    pub const VERSION: u32 = 3;
+    /// The versions this binary reads.
+    pub const VERSIONS: Versions = Versions {
+        oldest: 2,
+        newest: Self::VERSION,
+    };
+
+    /// Reads a webhook message of any version this binary supports.
+    pub fn decode(body: &[u8]) -> Result<Self, Unreadable> {
+        let found = version(body, "webhook", |p| p.url.is_some())?;
+        if !(Self::VERSIONS.oldest..=Self::VERSIONS.newest).contains(&found) {
+            return Err(Unreadable::Version {
+                found,
+                reads: Self::VERSIONS,
+            });
+        }
+        let wire: WebhookWire = decode_as(body, "webhook")?;
+        let round = match (found, wire.round) {
+            (2, _) => Round::Current,
+            (_, Some(n)) => Round::Of(n),
+            (_, None) => {
+                return Err(Unreadable::Malformed {
+                    queue: "webhook",
+                    error: "a version 3 message without its round".into(),
+                })
+            }
+        };
+        Ok(DeliverWebhook {
+            job_id: wire.job_id,
+            round,
+            attempt: wire.attempt,
+            url: wire.url,
+        })
+    }
+
+    /// The first attempt of a round that just started.
+    pub fn first_of(round: &RoundStarted) -> Self {
+        DeliverWebhook {
+            job_id: round.job_id.clone(),
+            round: Round::Of(round.round),
+            attempt: round.attempt,
+            url: round.url.clone(),
+        }
+    }
+
+    /// A held delivery's attempt, released.
+    pub fn released(held: &Held) -> Self {
+        DeliverWebhook {
+            job_id: held.job_id.clone(),
+            round: Round::Of(held.round),
+            attempt: held.attempt,
+            url: held.url.clone(),
+        }
+    }
+
+    /// The attempt after this one, in `round` (the delivery's round as the attempt found it).
+    pub fn next(&self, round: u32) -> Self {
+        DeliverWebhook {
+            job_id: self.job_id.clone(),
+            round: Round::Of(round),
+            attempt: self.attempt + 1,
+            url: self.url.clone(),
+        }
+    }
+
+    fn payload(&self) -> Vec<u8> {
+        let wire = WebhookWire {
+            job_id: self.job_id.clone(),
+            round: match self.round {
+                Round::Of(n) => Some(n),
+                Round::Current => None,
+            },
+            attempt: self.attempt,
+            url: self.url.clone(),
+        };
+        encode(Self::VERSION, &wire)
+    }
+
+    /// The message to publish, `delay` from now, in the trace `traceparent`.
+    pub fn outgoing(&self, delay: Option<Duration>, traceparent: Option<String>) -> Outgoing {
+        Outgoing {
+            routing_key: queue::WEBHOOK.into(),
+            payload: self.payload(),
+            delay,
+            traceparent,
+        }
+    }
+
+    /// The outbox row that queues the first attempt of a round that just started, to be
+    /// written in the transaction that started it.
+    pub fn announce(round: &RoundStarted) -> NewMessage {
+        let message = Self::first_of(round);
+        NewMessage {
+            routing_key: queue::WEBHOOK.into(),
+            payload: serde_json::from_slice(&message.payload()).expect("messages serialize"),
+            traceparent: round.trace_id.as_deref().and_then(crate::trace::header_for),
+        }
+    }
+}
+
+/// An outbox row as it is published: its body as written (whatever version it was written
+/// at; consumers read the one before theirs).
+pub fn from_outbox(row: Pending) -> Outgoing {
+    Outgoing {
+        routing_key: row.routing_key,
+        payload: serde_json::to_vec(&row.payload).expect("JSON serializes"),
+        delay: None,
+        traceparent: row.traceparent,
+    }
+}
+
+/// A delivered message published again unchanged, `delay` from now (a dead letter going back
+/// to its queue for a binary that reads it), in a child span of its trace.
+pub fn again(
+    routing_key: &str,
+    body: &[u8],
+    delay: Option<Duration>,
+    trace: Option<&TraceParent>,
+) -> Outgoing {
+    Outgoing {
+        routing_key: routing_key.to_string(),
+        payload: body.to_vec(),
+        delay,
+        traceparent: trace.map(|t| t.child().header()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn video() -> serde_json::Value {
+        serde_json::json!({"project_id": 1, "system_name": "s", "external_id": "e",
+            "url": "http://a.example/v.mp4", "file_name": "v.mp4", "metadata": {}})
+    }
+
+    #[test]
+    fn fetch_messages_round_trip_and_old_versions_are_named() {
+        let item = FetchVideo::decode(
+            serde_json::json!({"job_id": "j", "idx": 3, "attempt": 1, "video": video()})
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap()
+        .item();
+        let message = FetchVideo::first_try(&item);
+        let out = message.outgoing(None, None);
+        assert_eq!(out.routing_key, "fetch");
+        let body: serde_json::Value = serde_json::from_slice(&out.payload).unwrap();
+        assert_eq!(body["v"], 3);
+        assert_eq!(FetchVideo::decode(&out.payload).unwrap(), message);
+        let v1 = FetchVideo::decode(br#"{"job_id":"j","idx":0,"attempt":0}"#).unwrap_err();
+        assert_eq!(
+            v1.to_string(),
+            "message version 1 not supported by this binary (it reads 2..3)"
+        );
+        assert!(!v1.is_newer());
+        let v9 = FetchVideo::decode(br#"{"v":9,"job_id":"j","idx":0}"#).unwrap_err();
+        assert!(v9.is_newer());
+        assert!(matches!(
+            FetchVideo::decode(b"not json").unwrap_err(),
+            Unreadable::Malformed { .. }
+        ));
+        assert_eq!(
+            Ids::of(br#"{"v":9,"job_id":"j","idx":4}"#),
+            Some(Ids {
+                job_id: "j".into(),
+                idx: Some(4)
+            })
+        );
+    }
+
+    #[test]
+    fn webhook_messages_carry_their_round_and_v2_means_the_current_one() {
+        let v2 = DeliverWebhook::decode(br#"{"job_id":"j","attempt":2,"url":"http://r/"}"#)
+            .unwrap();
+        assert_eq!(v2.round, Round::Current);
+        let next = v2.next(4);
+        let out = next.outgoing(None, None);
+        let body: serde_json::Value = serde_json::from_slice(&out.payload).unwrap();
+        assert_eq!(body["v"], 3);
+        assert_eq!(body["round"], 4);
+        assert_eq!(body["attempt"], 3);
+        assert_eq!(DeliverWebhook::decode(&out.payload).unwrap(), next);
+        assert!(DeliverWebhook::decode(br#"{"job_id":"j","attempt":1}"#)
+            .unwrap_err()
+            .to_string()
+            .starts_with("message version 1 not supported"));
+    }
 }

@@ -226,36 +226,6 @@ pub fn client(policy: AddressPolicy, options: &ClientOptions) -> reqwest::Result
         .build()
 }
 
-/// `url` as logs may show it: without user name, password, query string or fragment (a
-/// presigned URL's signature lives in its query).
-pub fn redact_url(url: &str) -> String {
-    let Ok(mut parsed) = url::Url::parse(url) else {
-        return "<not a valid URL>".into();
-    };
-    let _ = parsed.set_username("");
-    let _ = parsed.set_password(None);
-    parsed.set_fragment(None);
-    let had_query = parsed.query().is_some_and(|q| !q.is_empty());
-    parsed.set_query(None);
-    let mut text = parsed.to_string();
-    if had_query {
-        text.push_str("?…");
-    }
-    text
-}
-
-/// `url` without user name and password, as the API shows it to readers of an entry.
-pub fn without_userinfo(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
-            let _ = parsed.set_username("");
-            let _ = parsed.set_password(None);
-            parsed.to_string()
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// An error and its causes on one line, without repeats.
 pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![error.to_string()];
@@ -343,21 +313,6 @@ mod tests {
         ] {
             assert!(!refused(ip), "{ip} should be permitted");
         }
-    }
-
-    #[test]
-    fn urls_lose_their_secrets_before_they_are_shown() {
-        let url = "https://user:pa55@archive.example:8443/v/a.mp4?X-Amz-Signature=abc#t=1";
-        assert_eq!(redact_url(url), "https://archive.example:8443/v/a.mp4?…");
-        assert_eq!(
-            without_userinfo(url),
-            "https://archive.example:8443/v/a.mp4?X-Amz-Signature=abc#t=1"
-        );
-        assert_eq!(
-            without_userinfo("https://archive.example/a.mp4"),
-            "https://archive.example/a.mp4"
-        );
-        assert_eq!(redact_url("no url"), "<not a valid URL>");
     }
 
     #[test]

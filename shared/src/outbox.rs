@@ -11,8 +11,10 @@ use prometheus::{IntCounter, Registry};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::messages::{self, DeliverWebhook};
 use crate::queue::{Outgoing, Publisher};
 use crate::store;
+use crate::store::webhooks::RoundStarted;
 
 /// Rows published per round trip.
 const BATCH: i64 = 1000;
@@ -105,21 +107,22 @@ impl Relay {
             return Ok(0);
         }
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let messages = rows
-            .into_iter()
-            .map(|row| {
-                Ok(Outgoing {
-                    routing_key: row.routing_key,
-                    payload: serde_json::to_vec(&row.payload)?,
-                    delay: None,
-                    traceparent: row.traceparent,
-                })
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let messages: Vec<Outgoing> = rows.into_iter().map(messages::from_outbox).collect();
         self.publisher.publish(&messages).await?;
         store::outbox::remove(&tx, &ids).await?;
         tx.commit().await.context("committing the relay round")?;
         self.published.inc_by(ids.len() as u64);
         Ok(ids.len())
     }
+}
+
+/// Queues the first attempt of each webhook round that the transaction started (a finished
+/// job's first round, a redelivery's): written with the state that started it, published by
+/// the relay after the commit.
+pub async fn announce(
+    tx: &deadpool_postgres::Transaction<'_>,
+    rounds: &[RoundStarted],
+) -> anyhow::Result<()> {
+    let messages: Vec<_> = rounds.iter().map(DeliverWebhook::announce).collect();
+    store::outbox::enqueue(tx, &messages).await
 }

@@ -239,18 +239,10 @@ static NEXT_NODE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsiz
 /// Longest one node may take to accept a connection before the next is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The nodes of `amqp.url`: one URL, or several separated by commas (a cluster).
-pub fn nodes(urls: &str) -> Vec<&str> {
-    urls.split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .collect()
-}
-
 /// Opens a connection to the first node of `urls` that answers; a clear message when none
 /// does.
 pub async fn connect(urls: &str) -> anyhow::Result<Connection> {
-    let nodes = nodes(urls);
+    let nodes = crate::config::nodes(urls);
     anyhow::ensure!(!nodes.is_empty(), "amqp.url names no RabbitMQ node");
     let start = NEXT_NODE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut failures = Vec::new();
@@ -259,10 +251,10 @@ pub async fn connect(urls: &str) -> anyhow::Result<Connection> {
         let attempt = Connection::connect(url, ConnectionProperties::default());
         match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
             Ok(Ok(connection)) => return Ok(connection),
-            Ok(Err(e)) => failures.push(format!("{}: {e}", crate::db::redact(url))),
+            Ok(Err(e)) => failures.push(format!("{}: {e}", crate::redact::url(url, crate::redact::Show::WithoutCredentials))),
             Err(_) => failures.push(format!(
                 "{}: no answer within {} s",
-                crate::db::redact(url),
+                crate::redact::url(url, crate::redact::Show::WithoutCredentials),
                 CONNECT_TIMEOUT.as_secs()
             )),
         }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::storage::Storage;
-use crate::store::entries;
+use crate::store::{entries, locks};
 
 /// Keys checked against the database per query.
 const PAGE: usize = 1000;
@@ -38,7 +38,7 @@ pub async fn sweep(
     grace: Duration,
     dry_run: bool,
 ) -> anyhow::Result<Option<Report>> {
-    entries::while_sweep_locked(pool, sweep_locked(storage, pool, grace, dry_run)).await
+    locks::while_sweep_locked(pool, sweep_locked(storage, pool, grace, dry_run)).await
 }
 
 async fn sweep_locked(

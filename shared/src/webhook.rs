@@ -53,18 +53,3 @@ pub struct Failure {
     pub external_id: String,
     pub reason: String,
 }
-
-/// The host (and port) of a receiver URL: what a receiver's slots and held deliveries are
-/// counted by.
-pub fn receiver_host(url: &str) -> String {
-    url::Url::parse(url)
-        .ok()
-        .map(|u| {
-            format!(
-                "{}:{}",
-                u.host_str().unwrap_or_default(),
-                u.port_or_known_default().unwrap_or(0)
-            )
-        })
-        .unwrap_or_default()
-}

@@ -14,6 +14,7 @@ use prometheus::{IntCounter, Registry};
 use tokio_util::sync::CancellationToken;
 use video_import_shared::metrics::register;
 use video_import_shared::periodic;
+use video_import_shared::messages::FetchVideo;
 use video_import_shared::queue::{self, Outgoing, Publisher};
 use video_import_shared::store::dispatch;
 
@@ -119,15 +120,9 @@ impl Dispatcher {
             .collect();
         let messages: Vec<Outgoing> = videos
             .iter()
-            .map(|video| Outgoing {
-                routing_key: queue::FETCH.into(),
-                payload: serde_json::to_vec(&video.message(0)).expect("messages serialize"),
-                delay: None,
-                traceparent: traces
-                    .get(video.job_id.as_str())
-                    .copied()
-                    .flatten()
-                    .cloned(),
+            .map(|video| {
+                let trace = traces.get(video.job_id.as_str()).copied().flatten();
+                FetchVideo::first_try(video).outgoing(None, trace.cloned())
             })
             .collect();
         let handed: Vec<(String, i32)> = ranges

@@ -14,10 +14,13 @@ use reqwest::header::{
 use reqwest::StatusCode;
 use video_import_shared::config::FetchSettings;
 use video_import_shared::ids;
+use video_import_shared::redact::{self, Show};
 use video_import_shared::netguard::{self, AddressPolicy, ClientOptions};
 use video_import_shared::retry::parse_retry_after;
-use video_import_shared::store::entries::{NewAsset, Validators};
+use video_import_shared::store::entries::NewAsset;
+use video_import_shared::store::Validators;
 
+use crate::error::{FailureClass, FetchError};
 use crate::hosts::SourceHosts;
 use crate::probe::{self, TechMeta};
 use crate::retry_policy::{self, RetryPolicy};
@@ -27,97 +30,8 @@ use video_import_shared::storage::{Storage, StoredAsset, Upload};
 /// Times one download may pick up again where a broken connection left it.
 const MAX_RESUMES: u32 = 3;
 
-/// Why a download did not produce a video.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum FetchError {
-    /// Trying again will not help (404, not a video, too large, refused address).
-    #[error("{0}")]
-    Permanent(String),
-    /// Worth another try later (connection failure, timeout, 5xx, 429).
-    #[error("{reason}")]
-    Transient {
-        reason: String,
-        retry_after: Option<Duration>,
-    },
-    /// Our own storage failed; not the source's fault.
-    #[error("cannot store the video: {0}")]
-    Storage(String),
-    /// The URL's host does not exist in DNS: worth a quick retry (DNS can be briefly
-    /// inconsistent), not the delay schedule.
-    #[error("{0}")]
-    HostNotFound(String),
-}
-
-/// Every class [`FetchError::class`] can answer, plus the worker's own.
-pub const FAILURE_CLASSES: [&str; 16] = [
-    "invalid_url",
-    "refused",
-    "http_4xx",
-    "http_429",
-    "http_5xx",
-    "redirect",
-    "too_large",
-    "not_a_video",
-    "timeout",
-    "unreachable",
-    "connection_broke",
-    "truncated",
-    "storage",
-    "host_not_found",
-    "dead_lettered",
-    "other",
-];
-
-impl FetchError {
-    /// A bounded class of the reason, for metrics (the reason itself names the URL's
-    /// details and goes to the job's status).
-    pub fn class(&self) -> &'static str {
-        let reason = match self {
-            FetchError::Storage(_) => return "storage",
-            FetchError::HostNotFound(_) => return "host_not_found",
-            FetchError::Permanent(reason) => reason.as_str(),
-            FetchError::Transient { reason, .. } => reason.as_str(),
-        };
-        let answered = |codes: &str| reason.starts_with(&format!("the server answered {codes}"));
-        if reason.starts_with("the URL is not valid") {
-            "invalid_url"
-        } else if reason.starts_with("refused to") {
-            "refused"
-        } else if reason.contains("redirect") {
-            "redirect"
-        } else if answered("429") {
-            "http_429"
-        } else if answered("5") {
-            "http_5xx"
-        } else if answered("4") {
-            "http_4xx"
-        } else if reason.starts_with("the video is larger than the limit") {
-            "too_large"
-        } else if reason.starts_with("not a video") {
-            "not_a_video"
-        } else if reason.contains("did not answer in time") || reason.contains("took longer than") {
-            "timeout"
-        } else if reason.starts_with("cannot reach the server") {
-            "unreachable"
-        } else if reason.starts_with("the connection broke") {
-            "connection_broke"
-        } else if reason.starts_with("the server announced") {
-            "truncated"
-        } else {
-            "other"
-        }
-    }
-
-    fn transient(reason: impl Into<String>) -> Self {
-        FetchError::Transient {
-            reason: reason.into(),
-            retry_after: None,
-        }
-    }
-}
-
 fn storage_error(e: object_store::Error) -> FetchError {
-    FetchError::Storage(e.to_string())
+    FetchError::from(e)
 }
 
 /// The source's validators in a response's headers.
@@ -228,7 +142,7 @@ impl Fetcher {
                 {
                     self.hosts.pause(url, *pause);
                 }
-                tracing::debug!(url = %netguard::redact_url(url), error = %e, ?delay, "retrying download")
+                tracing::debug!(url = %redact::url(url, Show::ForLogs), error = %e, ?delay, "retrying download")
             })
             .await
     }
@@ -241,10 +155,10 @@ impl Fetcher {
     ) -> Result<Fetched, FetchError> {
         let parsed: url::Url = url
             .parse()
-            .map_err(|e| FetchError::Permanent(format!("the URL is not valid: {e}")))?;
+            .map_err(|e| FetchError::permanent(FailureClass::InvalidUrl, format!("the URL is not valid: {e}")))?;
         self.policy
             .check_url(&parsed)
-            .map_err(|r| FetchError::Permanent(r.0))?;
+            .map_err(|r| FetchError::permanent(FailureClass::Refused, r.0))?;
         let started = Instant::now();
         let mut request = self.client.get(parsed.clone());
         if let Some(known) = known {
@@ -286,7 +200,7 @@ impl Fetcher {
         )
         .await
         .unwrap_or_else(|_| {
-            Err(FetchError::transient(format!(
+            Err(FetchError::transient(FailureClass::Timeout, format!(
                 "the download took longer than the {} s allowed for it \
                          (fetch.total_timeout_secs, fetch.min_bytes_per_sec)",
                 allowed.as_secs()
@@ -298,7 +212,7 @@ impl Fetcher {
         }
         if let Some(len) = declared.filter(|&len| len != sink.received) {
             sink.abort().await;
-            return Err(FetchError::transient(format!(
+            return Err(FetchError::transient(FailureClass::Truncated, format!(
                 "the server announced {len} bytes but sent {}",
                 sink.received
             )));
@@ -350,12 +264,12 @@ impl Fetcher {
                 netguard::describe(&broke.without_url())
             );
             let Some(validators) = resumable.filter(|_| from > 0) else {
-                return Err(FetchError::transient(broken));
+                return Err(FetchError::transient(FailureClass::ConnectionBroke, broken));
             };
             // A resume request may itself meet a dying connection: each try counts.
             body = loop {
                 if resumes == MAX_RESUMES {
-                    return Err(FetchError::transient(format!(
+                    return Err(FetchError::transient(FailureClass::ConnectionBroke, format!(
                         "{broken}; gave up resuming after {MAX_RESUMES} Range requests"
                     )));
                 }
@@ -363,16 +277,16 @@ impl Fetcher {
                 match self.resume(url, from, validators).await {
                     Ok(response) => break response.bytes_stream().boxed(),
                     Err(Resume::Refused(status)) => {
-                        return Err(FetchError::transient(format!(
+                        return Err(FetchError::transient(FailureClass::ConnectionBroke, format!(
                             "{broken}; the server cannot resume it (answered {status} to a Range request)"
                         )))
                     }
                     Err(Resume::Failed(e)) => {
-                        tracing::debug!(url = %netguard::redact_url(url.as_str()), error = %e, "resume request failed");
+                        tracing::debug!(url = %redact::url(url.as_str(), Show::ForLogs), error = %e, "resume request failed");
                     }
                 }
             };
-            tracing::info!(url = %netguard::redact_url(url.as_str()), from, "connection broke; resumed with a Range request");
+            tracing::info!(url = %redact::url(url.as_str(), Show::ForLogs), from, "connection broke; resumed with a Range request");
         }
     }
 
@@ -463,7 +377,7 @@ impl<'a> Sink<'a> {
     /// Sniffs the first bytes and opens the upload under a fresh key.
     async fn start(&mut self) -> Result<(), FetchError> {
         let kind = sniff::detect(&self.head).map_err(|detected| {
-            FetchError::Permanent(format!("not a video (detected: {detected})"))
+            FetchError::permanent(FailureClass::NotAVideo, format!("not a video (detected: {detected})"))
         })?;
         let key = format!(
             "{}/{}.{}",
@@ -502,7 +416,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 fn too_large(len: u64, max: u64) -> FetchError {
-    FetchError::Permanent(format!(
+    FetchError::permanent(FailureClass::TooLarge, format!(
         "the video is larger than the limit: {len} bytes or more, fetch.max_bytes is {max}"
     ))
 }
@@ -520,13 +434,17 @@ fn status_error(status: StatusCode, headers: &HeaderMap) -> FetchError {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
         FetchError::Transient {
+            class: FailureClass::of_status(status.as_u16()),
             reason: text,
             retry_after,
         }
     } else if status.is_redirection() {
-        FetchError::Permanent(format!("{text} (a redirect that was not followed)"))
+        FetchError::permanent(
+            FailureClass::Redirect,
+            format!("{text} (a redirect that was not followed)"),
+        )
     } else {
-        FetchError::Permanent(text)
+        FetchError::permanent(FailureClass::of_status(status.as_u16()), text)
     }
 }
 
@@ -534,24 +452,24 @@ fn request_error(error: reqwest::Error) -> FetchError {
     // The URL may hold credentials or a presigned signature: never part of a reason.
     let error = error.without_url();
     if let Some(refusal) = netguard::refusal_in(&error) {
-        return FetchError::Permanent(refusal);
+        return FetchError::permanent(FailureClass::Refused, refusal);
     }
     if let Some(missing) = netguard::host_not_found_in(&error) {
         return FetchError::HostNotFound(missing.to_string());
     }
     if error.is_redirect() {
-        return FetchError::Permanent(format!(
+        return FetchError::permanent(FailureClass::Redirect, format!(
             "redirects not followed: {}",
             netguard::describe(&error)
         ));
     }
     if error.is_timeout() {
-        return FetchError::transient(format!(
+        return FetchError::transient(FailureClass::Timeout, format!(
             "the server did not answer in time: {}",
             netguard::describe(&error)
         ));
     }
-    FetchError::transient(format!(
+    FetchError::transient(FailureClass::Unreachable, format!(
         "cannot reach the server: {}",
         netguard::describe(&error)
     ))

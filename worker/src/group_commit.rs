@@ -8,11 +8,13 @@
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 
+use anyhow::Context;
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 use video_import_shared::batch::Batcher;
+use video_import_shared::outbox;
 use video_import_shared::retry::until_ok;
-use video_import_shared::store::items::Item;
+use video_import_shared::store::Item;
 use video_import_shared::store::outcomes::{self, Outcome, Recorded};
 
 /// Most videos in one transaction.
@@ -59,17 +61,31 @@ async fn record_group(
     shutdown: &CancellationToken,
     group: Vec<(Item, Outcome)>,
 ) -> Vec<Option<Recorded>> {
-    match outcomes::record(pool, &group).await {
+    match record(pool, &group).await {
         Ok(results) => results.into_iter().map(Some).collect(),
         Err(error) => {
             tracing::warn!(error = %format!("{error:#}"), size = group.len(), "group commit failed; recording one by one");
             let mut results = Vec::with_capacity(group.len());
             for one in &group {
                 let single = std::slice::from_ref(one);
-                let recorded = until_ok(shutdown, || outcomes::record(pool, single)).await;
+                let recorded = until_ok(shutdown, || record(pool, single)).await;
                 results.push(recorded.and_then(|mut r| r.pop()));
             }
             results
         }
     }
+}
+
+/// Records a group's outcomes in one transaction, with the webhook rounds of the jobs it
+/// finished queued in the outbox before the commit.
+pub async fn record(pool: &Pool, group: &[(Item, Outcome)]) -> anyhow::Result<Vec<Recorded>> {
+    let mut client = pool.get().await.context("connecting to record outcomes")?;
+    let tx = client
+        .transaction()
+        .await
+        .context("starting the outcome transaction")?;
+    let (results, rounds) = outcomes::record(&tx, group).await?;
+    outbox::announce(&tx, &rounds).await?;
+    tx.commit().await.context("committing the outcomes")?;
+    Ok(results)
 }

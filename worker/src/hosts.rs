@@ -2,18 +2,15 @@
 //! host at once per worker, and a host that answered 429 or 503 with `Retry-After` is left
 //! alone until then by every download queued for it, not only by the one that got the answer.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use video_import_shared::hosts::{host_key, HostState, PerHost};
 
 /// A pause this short is waited out in process; a longer one hands the video back to the
 /// delay queue.
 const WAIT_IN_PROCESS: Duration = Duration::from_secs(5);
-
-/// Most hosts remembered; idle ones are forgotten beyond it.
-const MAX_HOSTS: usize = 10_000;
 
 /// What a download must do before it may start.
 #[derive(Debug, PartialEq, Eq)]
@@ -26,35 +23,32 @@ pub enum Turn {
 
 struct Host {
     slots: Arc<Semaphore>,
+    per_host: usize,
     paused_until: Option<Instant>,
+}
+
+impl HostState for Host {
+    fn is_idle(&self) -> bool {
+        self.slots.available_permits() == self.per_host
+            && self.paused_until.is_none_or(|until| until <= Instant::now())
+    }
 }
 
 /// Per-host slots and pauses, shared by every download of the worker.
 pub struct SourceHosts {
-    per_host: usize,
-    hosts: Mutex<HashMap<String, Host>>,
-}
-
-/// `host:port` of `url` (the whole text when it does not parse).
-fn host_key(url: &str) -> String {
-    url::Url::parse(url)
-        .ok()
-        .and_then(|u| {
-            Some(format!(
-                "{}:{}",
-                u.host_str()?,
-                u.port_or_known_default().unwrap_or(0)
-            ))
-        })
-        .unwrap_or_else(|| url.to_string())
+    hosts: PerHost<Host>,
 }
 
 impl SourceHosts {
     /// At most `per_host` downloads from one host at once.
     pub fn new(per_host: usize) -> Self {
+        let per_host = per_host.max(1);
         Self {
-            per_host: per_host.max(1),
-            hosts: Mutex::new(HashMap::new()),
+            hosts: PerHost::new(move || Host {
+                slots: Arc::new(Semaphore::new(per_host)),
+                per_host,
+                paused_until: None,
+            }),
         }
     }
 
@@ -63,28 +57,11 @@ impl SourceHosts {
     /// is ours, so a download that waited for a slot still honours a pause asked meanwhile.
     pub async fn turn(&self, url: &str) -> (Turn, Option<OwnedSemaphorePermit>) {
         let key = host_key(url);
-        let slots = {
-            let mut hosts = self.hosts.lock().expect("source hosts lock");
-            if hosts.len() > MAX_HOSTS {
-                let per_host = self.per_host;
-                hosts.retain(|_, h| h.slots.available_permits() < per_host);
-            }
-            hosts
-                .entry(key.clone())
-                .or_insert_with(|| Host {
-                    slots: Arc::new(Semaphore::new(self.per_host)),
-                    paused_until: None,
-                })
-                .slots
-                .clone()
-        };
+        let slots = self.hosts.with(&key, |h| h.slots.clone());
         let permit = slots.acquire_owned().await.ok();
         let pause = self
             .hosts
-            .lock()
-            .expect("source hosts lock")
-            .get(&key)
-            .and_then(|h| h.paused_until)
+            .with(&key, |h| h.paused_until)
             .map(|until| until.saturating_duration_since(Instant::now()))
             .filter(|left| !left.is_zero());
         match pause {
@@ -100,12 +77,9 @@ impl SourceHosts {
     /// The host of `url` asked for a pause of `pause`: no download of it starts before then.
     pub fn pause(&self, url: &str, pause: Duration) {
         let until = Instant::now() + pause;
-        let mut hosts = self.hosts.lock().expect("source hosts lock");
-        let host = hosts.entry(host_key(url)).or_insert_with(|| Host {
-            slots: Arc::new(Semaphore::new(self.per_host)),
-            paused_until: None,
+        self.hosts.with(&host_key(url), |host| {
+            host.paused_until = Some(host.paused_until.map_or(until, |u| u.max(until)));
         });
-        host.paused_until = Some(host.paused_until.map_or(until, |u| u.max(until)));
     }
 }
 

@@ -5,7 +5,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 use video_import_shared::metrics::{dead_letters, duration_buckets, register, ssrf_refusals};
 use video_import_shared::store::ItemState;
 
-use crate::fetch::FAILURE_CLASSES;
+use crate::error::FailureClass;
 
 /// Counters and histograms of downloads and outcomes.
 #[derive(Clone)]
@@ -44,8 +44,8 @@ impl WorkerMetrics {
             ),
             &["reason"],
         )?;
-        for class in FAILURE_CLASSES {
-            failures.with_label_values(&[class]);
+        for class in FailureClass::ALL {
+            failures.with_label_values(&[class.as_str()]);
         }
         let retries = IntCounter::new(
             "video_retries_total",
@@ -92,5 +92,15 @@ impl WorkerMetrics {
             dead_letters: dead_letters(registry, "fetch"),
             ssrf_refusals: ssrf_refusals(registry, "worker"),
         })
+    }
+}
+
+impl WorkerMetrics {
+    /// Counts a video that finished in `state` (and, when it failed, its `class`).
+    pub fn finished(&self, state: ItemState, class: FailureClass) {
+        self.outcomes.with_label_values(&[state.as_str()]).inc();
+        if state == ItemState::Failed {
+            self.failures.with_label_values(&[class.as_str()]).inc();
+        }
     }
 }

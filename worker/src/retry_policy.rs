@@ -10,7 +10,7 @@ use video_import_shared::config::FetchSettings;
 use video_import_shared::queue;
 use video_import_shared::retry::cap_retry_after;
 
-use crate::fetch::FetchError;
+use crate::error::FetchError;
 
 /// Shortest pause before a quick retry.
 const QUICK_MIN_DELAY: Duration = Duration::from_millis(200);
@@ -60,7 +60,7 @@ impl RetryPolicy {
                 retry_after.is_none_or(|d| d <= QUICK_MAX_DELAY)
             }
             FetchError::HostNotFound(_) => true,
-            FetchError::Permanent(_) | FetchError::Storage(_) => false,
+            FetchError::Permanent { .. } | FetchError::Storage(_) => false,
         }
     }
 
@@ -87,7 +87,7 @@ impl RetryPolicy {
     /// longest configured delay.
     pub fn after_failure(&self, error: &FetchError, attempt: u32) -> Next {
         let retry_after = match error {
-            FetchError::Permanent(reason) | FetchError::HostNotFound(reason) => {
+            FetchError::Permanent { reason, .. } | FetchError::HostNotFound(reason) => {
                 return Next::GiveUp(reason.clone())
             }
             FetchError::Transient { retry_after, .. } => *retry_after,
@@ -122,6 +122,7 @@ pub fn dead_letter_reason() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::FailureClass;
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
@@ -132,6 +133,7 @@ mod tests {
 
     fn transient(retry_after: Option<u64>) -> FetchError {
         FetchError::Transient {
+            class: FailureClass::Http5xx,
             reason: "the server answered 503".into(),
             retry_after: retry_after.map(Duration::from_secs),
         }
@@ -167,7 +169,7 @@ mod tests {
 
     #[test]
     fn permanent_failures_give_up_at_once() {
-        let error = FetchError::Permanent("the server answered 404 Not Found".into());
+        let error = FetchError::permanent(FailureClass::Http4xx, "the server answered 404 Not Found");
         assert_eq!(
             policy().after_failure(&error, 0),
             Next::GiveUp("the server answered 404 Not Found".into())
@@ -220,6 +222,7 @@ mod tests {
         );
         // A resolver that failed is another matter: the schedule applies.
         let failed = FetchError::Transient {
+            class: FailureClass::Unreachable,
             reason: "cannot reach the server: cannot resolve a.example: timed out".into(),
             retry_after: None,
         };

@@ -7,8 +7,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Transaction};
 
-use super::entries::Validators;
-use super::items::Item;
+use super::model::{Item, Validators};
 use super::ItemState;
 
 /// A job with videos not yet handed out.

@@ -11,22 +11,8 @@ use serde_json::Value;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
-use super::items::Item;
+use super::model::{Item, Validators};
 use super::ItemState;
-
-/// The source's cache validators, sent back on re-imports.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Validators {
-    pub etag: Option<String>,
-    pub last_modified: Option<String>,
-}
-
-impl Validators {
-    /// Whether the source sent neither an ETag nor a Last-Modified.
-    pub fn is_empty(&self) -> bool {
-        self.etag.is_none() && self.last_modified.is_none()
-    }
-}
 
 /// A stored, sniffed download as its entry records it.
 #[derive(Debug, Clone, PartialEq)]
@@ -360,36 +346,6 @@ pub async fn unreferenced(
         .await
         .context("checking which stored objects entries reference")?;
     Ok(rows.iter().map(|r| r.get(0)).collect())
-}
-
-/// Runs `work` unless another process holds the sweeper's lock; `None` then. The lock is
-/// PostgreSQL's, held by one connection for the duration, so it ends with a crashed process.
-pub async fn while_sweep_locked<T, F>(
-    pool: &deadpool_postgres::Pool,
-    work: F,
-) -> anyhow::Result<Option<T>>
-where
-    F: std::future::Future<Output = anyhow::Result<T>>,
-{
-    const SWEEP_LOCK: i64 = 0x0073_7765_6570;
-    let client = pool
-        .get()
-        .await
-        .context("connecting for the sweeper's lock")?;
-    let locked: bool = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&SWEEP_LOCK])
-        .await
-        .context("taking the sweeper's lock")?
-        .get(0);
-    if !locked {
-        return Ok(None);
-    }
-    let result = work.await;
-    client
-        .execute("SELECT pg_advisory_unlock($1)", &[&SWEEP_LOCK])
-        .await
-        .context("releasing the sweeper's lock")?;
-    result.map(Some)
 }
 
 /// An entry as the API shows it.

@@ -1,76 +1,12 @@
-//! Job items, one per video: loading one for the worker, noting a failed try, writing a
-//! group's outcomes, and reading a job's items for its status.
+//! Job items, one per video: whether one is still pending, noting a failed try or a wait,
+//! writing a group's outcomes, and reading a job's items for its status.
 
 use std::collections::HashSet;
 
 use anyhow::Context;
 use deadpool_postgres::{GenericClient, Transaction};
-use serde_json::Value;
 
-use super::entries::Validators;
-use super::jobs::JobFacts;
 use super::ItemState;
-use crate::messages::{FetchVideo, Video};
-
-/// A video of a job, as the worker needs it.
-#[derive(Debug, Clone)]
-pub struct Item {
-    pub job_id: String,
-    pub idx: i32,
-    pub project_id: i64,
-    pub system_name: String,
-    pub external_id: String,
-    pub url: String,
-    pub file_name: String,
-    pub metadata: Value,
-    pub state: ItemState,
-    /// Validators of the existing entry's source, when it came from this same URL.
-    pub known: Option<Validators>,
-}
-
-impl Item {
-    /// The fetch message for this video's try number `attempt` (from 0).
-    pub fn message(&self, attempt: u32) -> FetchVideo {
-        let known = self.known.clone().unwrap_or_default();
-        FetchVideo {
-            job_id: self.job_id.clone(),
-            idx: self.idx,
-            attempt,
-            video: Some(Video {
-                project_id: self.project_id,
-                system_name: self.system_name.clone(),
-                external_id: self.external_id.clone(),
-                url: self.url.clone(),
-                file_name: self.file_name.clone(),
-                metadata: self.metadata.clone(),
-                etag: known.etag,
-                last_modified: known.last_modified,
-            }),
-        }
-    }
-
-    /// The video a fetch message carries (assumed pending); `None` for a message that
-    /// carries ids only.
-    pub fn from_message(message: &FetchVideo) -> Option<Item> {
-        let video = message.video.clone()?;
-        let known = Validators {
-            etag: video.etag,
-            last_modified: video.last_modified,
-        };
-        Some(Item {
-            job_id: message.job_id.clone(),
-            idx: message.idx,
-            project_id: video.project_id,
-            system_name: video.system_name,
-            external_id: video.external_id,
-            url: video.url,
-            file_name: video.file_name,
-            metadata: video.metadata,
-            state: ItemState::Pending,
-            known: (!known.is_empty()).then_some(known),
-        })
-    }
-}
 
 /// Whether item `idx` of the job is still pending (not finished, failed or cancelled).
 pub async fn is_pending(
@@ -87,57 +23,6 @@ pub async fn is_pending(
         .await
         .context("checking the item")?
         .is_some())
-}
-
-/// Loads item `idx` of the job; `None` when it does not exist.
-pub async fn load(
-    client: &impl GenericClient,
-    job_id: &str,
-    job: &JobFacts,
-    idx: i32,
-) -> anyhow::Result<Option<Item>> {
-    // Planned on every call (not a cached prepared statement): a plan cached while the
-    // library was empty scans it whole once it has grown. Fetch messages from the
-    // dispatcher carry their video, so this runs only for older messages.
-    let statement = client
-        .prepare(
-            "SELECT i.external_id, i.url, i.file_name, i.metadata, i.state,
-                    m.original_url = i.url, m.source_etag, m.source_last_modified
-             FROM job_items i
-             LEFT JOIN LATERAL (
-                 SELECT original_url, source_etag, source_last_modified FROM media_entries
-                 WHERE project_id = $3 AND system_name = $4 AND external_id = i.external_id
-             ) m ON true
-             WHERE i.job_id = $1 AND i.idx = $2",
-        )
-        .await
-        .context("preparing the item lookup")?;
-    let row = client
-        .query_opt(
-            &statement,
-            &[&job_id, &idx, &job.project_id, &job.system_name],
-        )
-        .await
-        .context("loading the item")?;
-    Ok(row.map(|r| {
-        let known = Validators {
-            etag: r.get(6),
-            last_modified: r.get(7),
-        };
-        let same_url = r.get::<_, Option<bool>>(5) == Some(true);
-        Item {
-            job_id: job_id.to_string(),
-            idx,
-            project_id: job.project_id,
-            system_name: job.system_name.clone(),
-            external_id: r.get(0),
-            url: r.get(1),
-            file_name: r.get(2),
-            metadata: r.get(3),
-            state: r.get(4),
-            known: (same_url && !known.is_empty()).then_some(known),
-        }
-    }))
 }
 
 /// Records a failed try of a still-pending item that will be tried again later.

@@ -1,5 +1,6 @@
-//! Import jobs: accepting one (with its items and fetch messages), idempotency keys, the
-//! daily-limit window, counting finished videos and finishing the job, and reading jobs.
+//! Import jobs: accepting one (with its items, registered for dispatch), reading and listing
+//! them, counting finished videos and finishing the job (with its webhook delivery), and
+//! cancelling one.
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -7,7 +8,8 @@ use deadpool_postgres::{GenericClient, Transaction};
 use serde_json::Value;
 use tokio_postgres::Row;
 
-use super::{dispatch, webhooks, ItemState, JobState, WebhookState};
+use super::webhooks::{self, RoundStarted};
+use super::{dispatch, ItemState, JobState, WebhookState};
 
 /// One video of a batch being accepted.
 #[derive(Debug, Clone)]
@@ -83,121 +85,6 @@ pub async fn insert(tx: &Transaction<'_>, job: &NewJob<'_>) -> anyhow::Result<()
         traceparent.as_deref(),
     )
     .await
-}
-
-/// What an Idempotency-Key led to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyClaim {
-    /// The key is now this request's: go on and create the job.
-    Claimed,
-    /// The same key and body were accepted within 24 hours as this job.
-    Replay(String),
-    /// The key was used within 24 hours with another body.
-    Mismatch,
-}
-
-/// Takes `key` for `job_id`, or finds the job of an earlier request with the same key. A
-/// concurrent request with the same key waits here for the first to commit.
-pub async fn claim_idempotency_key(
-    tx: &Transaction<'_>,
-    project_id: i64,
-    key: &str,
-    request_hash: &str,
-    job_id: &str,
-) -> anyhow::Result<KeyClaim> {
-    let claimed = tx
-        .execute(
-            "INSERT INTO idempotency_keys (project_id, key, request_hash, job_id)
-             VALUES ($1, $2, $3, $4) ON CONFLICT (project_id, key) DO NOTHING",
-            &[&project_id, &key, &request_hash, &job_id],
-        )
-        .await
-        .context("claiming the idempotency key")?;
-    if claimed == 1 {
-        return Ok(KeyClaim::Claimed);
-    }
-    let row = tx
-        .query_one(
-            "SELECT request_hash, job_id, created_at > now() - interval '24 hours'
-             FROM idempotency_keys WHERE project_id = $1 AND key = $2 FOR UPDATE",
-            &[&project_id, &key],
-        )
-        .await
-        .context("reading the idempotency key")?;
-    if !row.get::<_, bool>(2) {
-        // Older than 24 hours: the key is free again.
-        tx.execute(
-            "UPDATE idempotency_keys SET request_hash = $3, job_id = $4, created_at = now()
-             WHERE project_id = $1 AND key = $2",
-            &[&project_id, &key, &request_hash, &job_id],
-        )
-        .await
-        .context("renewing the idempotency key")?;
-        return Ok(KeyClaim::Claimed);
-    }
-    if row.get::<_, String>(0) != request_hash {
-        return Ok(KeyClaim::Mismatch);
-    }
-    Ok(KeyClaim::Replay(row.get(1)))
-}
-
-/// The project's jobs of the last 24 hours, oldest first.
-#[derive(Debug, Clone)]
-pub struct UsageWindow {
-    /// Each job's video count and start.
-    pub jobs: Vec<(i64, DateTime<Utc>)>,
-    /// The database's clock, which the window was measured with.
-    pub now: DateTime<Utc>,
-}
-
-/// Locks the project row (so concurrent batches of one project are counted one after the
-/// other) and reads its jobs of the last 24 hours.
-pub async fn usage_window(tx: &Transaction<'_>, project_id: i64) -> anyhow::Result<UsageWindow> {
-    tx.execute(
-        "SELECT 1 FROM projects WHERE id = $1 FOR UPDATE",
-        &[&project_id],
-    )
-    .await
-    .context("locking the project for its daily limit")?;
-    let rows = tx
-        .query(
-            "SELECT total, started_at, now() FROM jobs
-             WHERE project_id = $1 AND started_at > now() - interval '24 hours'
-             ORDER BY started_at",
-            &[&project_id],
-        )
-        .await
-        .context("reading the project's jobs of the last 24 hours")?;
-    Ok(UsageWindow {
-        now: rows.first().map(|r| r.get(2)).unwrap_or_else(Utc::now),
-        jobs: rows
-            .iter()
-            .map(|r| (r.get::<_, i32>(0) as i64, r.get(1)))
-            .collect(),
-    })
-}
-
-/// The immutable facts of a job that every one of its videos needs.
-#[derive(Debug, Clone)]
-pub struct JobFacts {
-    pub project_id: i64,
-    pub system_name: String,
-}
-
-/// The facts of the job `id`; `None` when it no longer exists.
-pub async fn facts(client: &impl GenericClient, id: &str) -> anyhow::Result<Option<JobFacts>> {
-    let statement = client
-        .prepare_cached("SELECT project_id, system_name FROM jobs WHERE id = $1")
-        .await
-        .context("preparing the job lookup")?;
-    let row = client
-        .query_opt(&statement, &[&id])
-        .await
-        .context("reading the job")?;
-    Ok(row.map(|row| JobFacts {
-        project_id: row.get(0),
-        system_name: row.get(1),
-    }))
 }
 
 /// A job's row without its videos.
@@ -368,14 +255,22 @@ impl Counts {
     }
 }
 
+/// A job that the last of its videos just finished.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobFinished {
+    /// From acceptance to now.
+    pub seconds: f64,
+    /// The first round of its webhook delivery, to announce in the same transaction.
+    pub webhook: Option<RoundStarted>,
+}
+
 /// Counts finished videos on their job and, when none is left pending, moves the job to
-/// `success` or `failed` and creates its webhook delivery. Returns the job's duration in
-/// seconds when this finished it.
+/// `success` or `failed` and creates its webhook delivery.
 pub async fn count_finished(
     tx: &Transaction<'_>,
     job_id: &str,
     counts: &Counts,
-) -> anyhow::Result<Option<f64>> {
+) -> anyhow::Result<Option<JobFinished>> {
     let statement = tx
         .prepare_cached(
             "UPDATE jobs SET pending = pending - $2, imported = imported + $3,
@@ -409,11 +304,17 @@ pub async fn count_finished(
     )
     .await
     .context("finishing the job")?;
-    if let Some(url) = job.get::<_, Option<String>>(1) {
-        let trace_id: Option<String> = job.get(4);
-        webhooks::create(tx, job_id, &url, trace_id.as_deref()).await?;
-    }
-    Ok(Some(job.get(3)))
+    let webhook = match job.get::<_, Option<String>>(1) {
+        Some(url) => {
+            let trace_id: Option<String> = job.get(4);
+            webhooks::create(tx, job_id, &url, trace_id.as_deref()).await?
+        }
+        None => None,
+    };
+    Ok(Some(JobFinished {
+        seconds: job.get(3),
+        webhook,
+    }))
 }
 
 /// The reason a cancelled video fails with.
@@ -427,10 +328,13 @@ pub struct Cancellation {
     pub cancelled: i32,
     /// The job afterwards.
     pub job: JobRecord,
+    /// The first round of its webhook delivery when this finished it, to announce in the
+    /// same transaction.
+    pub webhook: Option<RoundStarted>,
 }
 
 /// Cancels the project's job `id`: its pending videos fail with reason `cancelled` and the
-/// job finishes (queueing its webhook) in the caller's transaction. Idempotent: a finished
+/// job finishes (creating its webhook delivery) in the caller's transaction. Idempotent: a finished
 /// job is left as it is. `None` without such a job. Items are locked in batch order before
 /// the job row, the order group commits use, so the two never deadlock.
 pub async fn cancel(
@@ -459,6 +363,7 @@ pub async fn cancel(
         .map(|r| r.get(0))
         .collect();
     dispatch::forget(tx, id).await?;
+    let mut webhook = None;
     if !pending.is_empty() {
         tx.execute(
             "UPDATE job_items SET state = $3, reason = $4, updated_at = now()
@@ -475,7 +380,9 @@ pub async fn cancel(
             failed: pending.len() as i32,
             ..Counts::default()
         };
-        count_finished(tx, id, &counts).await?;
+        webhook = count_finished(tx, id, &counts)
+            .await?
+            .and_then(|finished| finished.webhook);
     }
     let (job, _) = find(tx, project_id, id)
         .await?
@@ -483,47 +390,6 @@ pub async fn cancel(
     Ok(Some(Cancellation {
         cancelled: pending.len() as i32,
         job,
+        webhook,
     }))
-}
-
-/// Work waiting, by kind: how much, and how long the oldest has waited.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Backlog {
-    /// Videos of unfinished jobs not yet imported, skipped or failed.
-    pub videos: i64,
-    /// Seconds since the oldest unfinished job was accepted.
-    pub videos_oldest_secs: f64,
-    /// Webhook deliveries not yet delivered or given up.
-    pub webhooks: i64,
-    pub webhooks_oldest_secs: f64,
-    /// Messages committed but not yet published.
-    pub outbox: i64,
-    pub outbox_oldest_secs: f64,
-}
-
-/// The backlog of every kind of work, from small indexed reads.
-pub async fn backlog(client: &impl GenericClient) -> anyhow::Result<Backlog> {
-    let row = client
-        .query_one(
-            "SELECT
-                 (SELECT coalesce(sum(pending), 0)::bigint FROM jobs WHERE finished_at IS NULL),
-                 (SELECT coalesce(extract(epoch FROM now() - min(started_at)), 0)::float8
-                    FROM jobs WHERE finished_at IS NULL),
-                 (SELECT count(*) FROM webhook_deliveries WHERE state = $1),
-                 (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8
-                    FROM webhook_deliveries WHERE state = $1),
-                 (SELECT count(*) FROM outbox),
-                 (SELECT coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 FROM outbox)",
-            &[&WebhookState::Pending],
-        )
-        .await
-        .context("measuring the backlog")?;
-    Ok(Backlog {
-        videos: row.get(0),
-        videos_oldest_secs: row.get(1),
-        webhooks: row.get(2),
-        webhooks_oldest_secs: row.get(3),
-        outbox: row.get(4),
-        outbox_oldest_secs: row.get(5),
-    })
 }

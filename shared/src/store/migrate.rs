@@ -19,6 +19,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (9, include_str!("migrations/0009_trace.sql")),
     (10, include_str!("migrations/0010_dispatch.sql")),
     (11, include_str!("migrations/0011_webhook_hold.sql")),
+    (12, include_str!("migrations/0012_webhook_rounds.sql")),
 ];
 
 /// Any number so long as every process agrees on it: serialises concurrent `migrate` runs.

@@ -1,29 +1,40 @@
 //! The system of record: the PostgreSQL schema, its migrations and every query against it.
 //! The binaries change a job, an item, an entry or a webhook delivery only by calling these
-//! functions, so each state change has one home.
+//! functions, so each state change has one home. The store knows rows, not the wire: what a
+//! row becomes on RabbitMQ is `crate::messages`'s business.
 //!
-//! - [`states`]: `JobState`, `ItemState`, `WebhookState`, and who moves a row into each;
+//! - [`states`]: `JobState`, `ItemState`, `WebhookState`, `Waiting`, and who moves a row
+//!   into each;
+//! - [`model`]: `Item` and `Validators`, the values the modules below pass each other;
 //! - [`migrate`]: the embedded migrations (`migrations/`);
 //! - [`projects`], [`tokens`]: administration and authentication;
-//! - [`jobs`]: accepting a batch, idempotency keys, the daily-limit window, counting finished
-//!   videos and finishing the job, reading jobs;
+//! - [`jobs`]: accepting a batch, counting finished videos and finishing the job, reading,
+//!   listing and cancelling jobs;
+//! - [`idempotency`]: Idempotency-Key claims; [`usage`]: the daily-limit window;
 //! - [`dispatch`]: jobs whose videos are still to be handed to the fetch queue, in fair order;
-//! - [`items`]: one video of a job: loading it for the worker, failed tries, status rows;
+//! - [`items`]: one video of a job: pending checks, failed tries, status rows;
 //! - [`entries`]: the media library;
 //! - [`outcomes`]: the worker's group commit of finished videos;
-//! - [`webhooks`]: deliveries and their attempts;
-//! - [`outbox`]: messages written with the state they announce.
+//! - [`webhooks`]: deliveries, their rounds and attempts, held deliveries;
+//! - [`outbox`]: messages written with the state they announce;
+//! - [`backlog`]: how much work of each kind waits; [`locks`]: one-at-a-time work.
 
+pub mod backlog;
 pub mod dispatch;
 pub mod entries;
+pub mod idempotency;
 pub mod items;
 pub mod jobs;
+pub mod locks;
 pub mod migrate;
+pub mod model;
 pub mod outbox;
 pub mod outcomes;
 pub mod projects;
 pub mod states;
 pub mod tokens;
+pub mod usage;
 pub mod webhooks;
 
-pub use states::{ItemState, JobState, UnknownState, WebhookState};
+pub use model::{Item, Validators};
+pub use states::{ItemState, JobState, UnknownState, Waiting, WebhookState};

@@ -3,7 +3,6 @@
 
 use anyhow::Context;
 use deadpool_postgres::{GenericClient, Transaction};
-use serde::Serialize;
 
 /// One message waiting to be published.
 #[derive(Debug, Clone)]
@@ -15,32 +14,35 @@ pub struct Pending {
     pub traceparent: Option<String>,
 }
 
-/// Adds messages to the outbox inside the caller's transaction, to be published with
-/// `traceparent`.
-pub async fn enqueue<C: GenericClient, M: Serialize>(
-    client: &C,
-    routing_key: &str,
-    messages: &[M],
-    traceparent: Option<&str>,
-) -> anyhow::Result<()> {
+/// A message to write to the outbox: its routing key and body as `crate::messages` built
+/// them (the store keeps no wire format of its own).
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub routing_key: String,
+    pub payload: serde_json::Value,
+    /// The W3C trace context to publish it with.
+    pub traceparent: Option<String>,
+}
+
+/// Adds messages to the outbox inside the caller's transaction.
+pub async fn enqueue<C: GenericClient>(client: &C, messages: &[NewMessage]) -> anyhow::Result<()> {
     if messages.is_empty() {
         return Ok(());
     }
-    let payloads: Vec<serde_json::Value> = messages
-        .iter()
-        .map(|m| serde_json::to_value(m).expect("messages serialize"))
-        .collect();
+    let keys: Vec<&str> = messages.iter().map(|m| m.routing_key.as_str()).collect();
+    let payloads: Vec<&serde_json::Value> = messages.iter().map(|m| &m.payload).collect();
+    let traces: Vec<Option<&str>> = messages.iter().map(|m| m.traceparent.as_deref()).collect();
     let statement = client
         .prepare_cached(
             "INSERT INTO outbox (routing_key, payload, traceparent)
-             SELECT $1, p, $3 FROM unnest($2::jsonb[]) AS p",
+             SELECT * FROM unnest($1::text[], $2::jsonb[], $3::text[])",
         )
         .await
         .context("preparing the outbox insert")?;
     client
-        .execute(&statement, &[&routing_key, &payloads, &traceparent])
+        .execute(&statement, &[&keys, &payloads, &traces])
         .await
-        .with_context(|| format!("queueing {} {routing_key} messages", messages.len()))?;
+        .with_context(|| format!("queueing {} messages", messages.len()))?;
     Ok(())
 }
 

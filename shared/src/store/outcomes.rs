@@ -4,12 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Context;
-use deadpool_postgres::Pool;
+use deadpool_postgres::Transaction;
 
 use super::entries::{self, EntryChange, NewAsset};
-use super::items::{self, Item};
+use super::items;
 use super::jobs::{self, Counts};
+use super::model::Item;
+use super::webhooks::RoundStarted;
 use super::ItemState;
 
 /// What happened to a video.
@@ -21,6 +22,16 @@ pub enum Outcome {
     Unchanged,
     /// It will not be imported, for this reason.
     Failed(String),
+}
+
+impl Outcome {
+    /// The reason of a failure ("" for the others).
+    pub fn reason(&self) -> &str {
+        match self {
+            Outcome::Failed(reason) => reason,
+            _ => "",
+        }
+    }
 }
 
 /// What the transaction did for one video.
@@ -40,19 +51,19 @@ pub enum Recorded {
     },
 }
 
-/// Records the outcomes of several videos in one transaction: upserts their entries, marks
-/// their items, counts them on their jobs and finishes the jobs whose last video this was.
+/// Records the outcomes of several videos in the caller's transaction: upserts their
+/// entries, marks their items, counts them on their jobs and finishes the jobs whose last
+/// video this was. Returns each video's result and the webhook rounds the finished jobs
+/// started, which the caller announces before it commits.
 /// Set-based: one statement locks the group's pending items, one its existing entries, one
 /// inserts its new entries, one marks its items, one counts per job (only changed entries
 /// are updated one by one). Touches no storage: the caller removes what the results say is
 /// unused. Rows are locked in a fixed order (items, entries, jobs) so that concurrent groups
 /// do not deadlock.
-pub async fn record(pool: &Pool, batch: &[(Item, Outcome)]) -> anyhow::Result<Vec<Recorded>> {
-    let mut client = pool.get().await.context("connecting to record outcomes")?;
-    let tx = client
-        .transaction()
-        .await
-        .context("starting the outcome transaction")?;
+pub async fn record(
+    tx: &Transaction<'_>,
+    batch: &[(Item, Outcome)],
+) -> anyhow::Result<(Vec<Recorded>, Vec<RoundStarted>)> {
     let mut order: Vec<usize> = (0..batch.len()).collect();
     order.sort_by(|&a, &b| {
         (&batch[a].0.job_id, batch[a].0.idx).cmp(&(&batch[b].0.job_id, batch[b].0.idx))
@@ -61,7 +72,7 @@ pub async fn record(pool: &Pool, batch: &[(Item, Outcome)]) -> anyhow::Result<Ve
         .iter()
         .map(|(item, _)| (item.job_id.as_str(), item.idx))
         .collect();
-    let pending = items::lock_pending(&tx, &keys).await?;
+    let pending = items::lock_pending(tx, &keys).await?;
     let is_pending = |item: &Item| pending.contains(&(item.job_id.clone(), item.idx));
     let mut entry_keys: Vec<entries::EntryKey> = batch
         .iter()
@@ -73,7 +84,7 @@ pub async fn record(pool: &Pool, batch: &[(Item, Outcome)]) -> anyhow::Result<Ve
     let mut current = if entry_keys.is_empty() {
         Default::default()
     } else {
-        entries::lock_existing(&tx, &entry_keys).await?
+        entries::lock_existing(tx, &entry_keys).await?
     };
     let mut writes = entries::Writes::default();
     let mut results = vec![Recorded::AlreadyDone; batch.len()];
@@ -113,15 +124,16 @@ pub async fn record(pool: &Pool, batch: &[(Item, Outcome)]) -> anyhow::Result<Ve
             replaced_key: change.replaced_key,
         };
     }
-    writes.write(&tx).await?;
-    finished.write(&tx).await?;
+    writes.write(tx).await?;
+    finished.write(tx).await?;
+    let mut rounds = Vec::new();
     for (job_id, (counts, members)) in &per_job {
-        if let Some(seconds) = jobs::count_finished(&tx, job_id, counts).await? {
+        if let Some(done) = jobs::count_finished(tx, job_id, counts).await? {
             if let Some(Recorded::Done { job_finished, .. }) = results.get_mut(members[0]) {
-                *job_finished = Some(seconds);
+                *job_finished = Some(done.seconds);
             }
+            rounds.extend(done.webhook);
         }
     }
-    tx.commit().await.context("committing the outcomes")?;
-    Ok(results)
+    Ok((results, rounds))
 }

@@ -129,7 +129,9 @@ state_enum!(ItemState, "item", {
     Failed => "failed",
 });
 
-/// Where a finished job's webhook delivery is.
+/// Where a finished job's webhook delivery is. A new round (a redelivery request) moves it
+/// back to `Pending`; only an attempt of the current round moves it on (see
+/// `store::webhooks`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum WebhookState {
@@ -148,6 +150,33 @@ state_enum!(WebhookState, "webhook", {
     Delivered => "delivered",
     Failed => "failed",
 });
+
+/// Where a `Pending` delivery's next attempt waits. Kept in the `held_*` columns beside
+/// `state` rather than as a state of its own, so that the previous release, which reads
+/// only `state`, keeps working during a rolling upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Waiting {
+    /// A message in RabbitMQ (a delay queue, the webhook queue, or the outbox on its way).
+    /// Set when the delivery is created or its round starts; set again by the notifier's
+    /// releaser when it publishes a held delivery.
+    Queued,
+    /// In PostgreSQL only (`held_host`, `held_round`, `held_attempt`, `held_at`), because its
+    /// receiver's host had no free slot: set by the notifier that found none, or by the
+    /// worker creating a delivery whose host has held deliveries already. Moved back to
+    /// `Queued` by the notifier's releaser once the host has a free slot, or by the api on a
+    /// redelivery request (which queues its new round).
+    Held,
+}
+
+impl Waiting {
+    /// The waiting place of a row whose `held_host` is `held_host`.
+    pub fn of(held_host: Option<&str>) -> Self {
+        match held_host {
+            Some(_) => Waiting::Held,
+            None => Waiting::Queued,
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

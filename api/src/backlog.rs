@@ -8,8 +8,8 @@ use deadpool_postgres::Pool;
 use prometheus::{Gauge, GaugeVec, IntGauge, IntGaugeVec, Opts, Registry};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::register;
-use crate::store::jobs;
+use video_import_shared::metrics::register;
+use video_import_shared::store::backlog;
 
 /// How often the backlog is measured.
 const EVERY: Duration = Duration::from_secs(5);
@@ -68,7 +68,7 @@ impl BacklogMetrics {
         }
     }
 
-    fn set(&self, backlog: &jobs::Backlog) {
+    fn set(&self, backlog: &backlog::Backlog) {
         for (kind, count, age) in [
             ("videos", backlog.videos, backlog.videos_oldest_secs),
             ("webhooks", backlog.webhooks, backlog.webhooks_oldest_secs),
@@ -86,7 +86,7 @@ impl BacklogMetrics {
         loop {
             let measured = async {
                 let client = pool.get().await?;
-                jobs::backlog(&client).await
+                backlog::backlog(&client).await
             }
             .await;
             match measured {

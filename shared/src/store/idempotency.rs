@@ -1,0 +1,61 @@
+//! Idempotency keys: a retried POST with the same key and body finds the job the first one
+//! created, for 24 hours.
+
+use anyhow::Context;
+use deadpool_postgres::Transaction;
+
+/// What an Idempotency-Key led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyClaim {
+    /// The key is now this request's: go on and create the job.
+    Claimed,
+    /// The same key and body were accepted within 24 hours as this job.
+    Replay(String),
+    /// The key was used within 24 hours with another body.
+    Mismatch,
+}
+
+/// Takes `key` for `job_id`, or finds the job of an earlier request with the same key. A
+/// concurrent request with the same key waits here for the first to commit.
+pub async fn claim_idempotency_key(
+    tx: &Transaction<'_>,
+    project_id: i64,
+    key: &str,
+    request_hash: &str,
+    job_id: &str,
+) -> anyhow::Result<KeyClaim> {
+    let claimed = tx
+        .execute(
+            "INSERT INTO idempotency_keys (project_id, key, request_hash, job_id)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (project_id, key) DO NOTHING",
+            &[&project_id, &key, &request_hash, &job_id],
+        )
+        .await
+        .context("claiming the idempotency key")?;
+    if claimed == 1 {
+        return Ok(KeyClaim::Claimed);
+    }
+    let row = tx
+        .query_one(
+            "SELECT request_hash, job_id, created_at > now() - interval '24 hours'
+             FROM idempotency_keys WHERE project_id = $1 AND key = $2 FOR UPDATE",
+            &[&project_id, &key],
+        )
+        .await
+        .context("reading the idempotency key")?;
+    if !row.get::<_, bool>(2) {
+        // Older than 24 hours: the key is free again.
+        tx.execute(
+            "UPDATE idempotency_keys SET request_hash = $3, job_id = $4, created_at = now()
+             WHERE project_id = $1 AND key = $2",
+            &[&project_id, &key, &request_hash, &job_id],
+        )
+        .await
+        .context("renewing the idempotency key")?;
+        return Ok(KeyClaim::Claimed);
+    }
+    if row.get::<_, String>(0) != request_hash {
+        return Ok(KeyClaim::Mismatch);
+    }
+    Ok(KeyClaim::Replay(row.get(1)))
+}

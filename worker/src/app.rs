@@ -1,0 +1,86 @@
+//! The worker's wiring: builds its state from the settings and runs its loops (the outbox
+//! relay, the dispatcher, the storage sweeper, the operational endpoints, and the consumers
+//! of the fetch queue and its dead letters) until SIGTERM.
+
+use std::sync::Arc;
+
+use video_import_shared::config::Settings;
+use video_import_shared::consume;
+use video_import_shared::outbox::Relay;
+use video_import_shared::queue;
+use video_import_shared::service::Service;
+use video_import_shared::storage::Storage;
+use video_import_shared::sweep;
+
+use crate::dispatch::Dispatcher;
+use crate::fetch::Fetcher;
+use crate::group_commit::Recorder;
+use crate::hosts::SourceHosts;
+use crate::import::Importer;
+use crate::metrics::WorkerMetrics;
+use crate::retry_policy::RetryPolicy;
+
+/// Runs the worker until SIGTERM.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let service = Service::start(&settings, "worker").await?;
+    let storage = Storage::open(&settings.storage).await?;
+    let hosts = Arc::new(SourceHosts::new(settings.fetch.per_host_concurrency));
+    let fetcher = Fetcher::new(&settings.fetch, storage.clone(), hosts.clone())?;
+    let metrics = WorkerMetrics::new(&service.registry)?;
+    let relay = Relay::new(
+        service.pool.clone(),
+        service.publisher.clone(),
+        &service.registry,
+    );
+    let relay_task = tokio::spawn(relay.clone().run(service.shutdown.clone()));
+    let dispatcher = Dispatcher::new(
+        service.pool.clone(),
+        service.publisher.clone(),
+        settings.fetch.dispatch_ahead,
+        settings.fetch.concurrency as u32,
+        &service.registry,
+    );
+    let dispatch_task = tokio::spawn(dispatcher.run(service.shutdown.clone()));
+    let ops_task = service.serve_ops(settings.metrics.listen).await?;
+    if !settings.storage.sweep_interval.is_zero() {
+        tokio::spawn(sweep::every(
+            storage.clone(),
+            service.pool.clone(),
+            settings.storage.sweep_grace,
+            settings.storage.sweep_interval,
+            service.shutdown.clone(),
+        ));
+    }
+    let importer = Arc::new(Importer {
+        recorder: Recorder::start(service.pool.clone(), service.shutdown.clone()),
+        pool: service.pool.clone(),
+        fetcher,
+        hosts,
+        storage,
+        retries: RetryPolicy::new(&settings.fetch),
+        publisher: service.publisher.clone(),
+        relay,
+        metrics,
+        shutdown: service.shutdown.clone(),
+    });
+    let fetch_handler = consume::handler(importer.clone(), |importer, message| async move {
+        importer.handle(message).await
+    });
+    let dead_handler = consume::handler(importer, |importer, message| async move {
+        importer.settle(message).await
+    });
+    service
+        .consume(
+            queue::FETCH,
+            settings.fetch.concurrency,
+            settings.fetch.shutdown_grace,
+            fetch_handler,
+            dead_handler,
+        )
+        .await;
+    service.shutdown.cancel();
+    let _ = relay_task.await;
+    let _ = dispatch_task.await;
+    ops_task.await??;
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! What happens to one fetch message: check that its video is still pending, take a slot of
+//! its source host, download it, record the outcome (a group per transaction, see
+//! `group_commit`); a failure the retry policy says to try again, or a pause the source host
+//! asked for, goes back through a RabbitMQ delay queue. A message this binary cannot read is
+//! rejected, for `settle` to deal with.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use video_import_shared::consume::{Delivered, Disposition};
+use video_import_shared::messages::FetchVideo;
+use video_import_shared::outbox::Relay;
+use video_import_shared::queue::Publisher;
+use video_import_shared::retry::until_ok;
+use video_import_shared::storage::Storage;
+use video_import_shared::store::outcomes::{Outcome, Recorded};
+use video_import_shared::store::{entries, items, Item};
+use video_import_shared::trace::TraceParent;
+
+use crate::error::{FailureClass, FetchError};
+use crate::fetch::{Fetched, Fetcher};
+use crate::group_commit::Recorder;
+use crate::hosts::{SourceHosts, Turn};
+use crate::metrics::WorkerMetrics;
+use crate::retry_policy::{Next, RetryPolicy};
+
+/// Everything a delivery handler needs; shared by all handlers through an `Arc`.
+pub struct Importer {
+    pub pool: Pool,
+    /// Hands outcomes to the group-commit tasks.
+    pub recorder: Recorder,
+    pub fetcher: Fetcher,
+    /// Download slots and pauses per source host.
+    pub hosts: Arc<SourceHosts>,
+    pub storage: Storage,
+    pub retries: RetryPolicy,
+    /// Publishes retries into the delay queues.
+    pub publisher: Arc<Publisher>,
+    /// Woken when a job finished, to publish its webhook message at once.
+    pub relay: Relay,
+    pub metrics: WorkerMetrics,
+    pub shutdown: CancellationToken,
+}
+
+impl Importer {
+    /// Handles one fetch message.
+    pub async fn handle(&self, delivered: Delivered) -> Disposition {
+        let message = match FetchVideo::decode(&delivered.data) {
+            Ok(message) => message,
+            Err(unreadable) => return Disposition::Reject(unreadable.to_string()),
+        };
+        let span = tracing::info_span!("video", job = %message.job_id, idx = message.idx, attempt = message.attempt, trace_id = delivered.trace_id());
+        self.import(message, delivered.traceparent)
+            .instrument(span)
+            .await
+    }
+
+    async fn import(&self, message: FetchVideo, trace: Option<TraceParent>) -> Disposition {
+        let item = message.item();
+        match self.is_pending(&item).await {
+            Some(true) => {}
+            Some(false) => return Disposition::Ack, // done, cancelled, or the job was deleted
+            None => return Disposition::Requeue,
+        }
+        let (turn, _slot) = self.hosts.turn(&item.url).await;
+        if let Turn::Later(pause) = turn {
+            let reason = format!(
+                "the source host asked for a pause (Retry-After); trying again in {} s",
+                pause.as_secs()
+            );
+            // Not a failed try of its own: the same message goes back unchanged.
+            return self
+                .later(&item, message.clone(), pause, Waited::Paused(reason), trace.as_ref())
+                .await;
+        }
+        let started = std::time::Instant::now();
+        self.metrics.in_flight.inc();
+        let fetched = self
+            .fetcher
+            .download(&item.url, item.project_id, item.known.as_ref())
+            .await;
+        self.metrics.in_flight.dec();
+        if let Err(FetchError::Transient {
+            retry_after: Some(pause),
+            ..
+        }) = &fetched
+        {
+            // The host asked every client to slow down, not only this download.
+            self.hosts.pause(&item.url, self.retries.cap(*pause));
+        }
+        self.metrics
+            .download_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let mut failure_class = FailureClass::Other;
+        let outcome = match &fetched {
+            Ok(Fetched::Stored(d)) => {
+                self.metrics.bytes.inc_by(d.asset.size);
+                self.metrics.video_bytes.observe(d.asset.size as f64);
+                Outcome::Downloaded(Box::new(d.to_asset()))
+            }
+            Ok(Fetched::NotModified) => Outcome::Unchanged,
+            Err(error) => match self.retries.after_failure(error, message.attempt) {
+                Next::RetryIn(delay) => {
+                    let reason = format!(
+                        "try {} failed: {error}; trying again in {} s",
+                        message.attempt + 1,
+                        delay.as_secs()
+                    );
+                    return self
+                        .later(&item, message.next_try(), delay, Waited::Failed(reason), trace.as_ref())
+                        .await;
+                }
+                Next::GiveUp(reason) => {
+                    failure_class = error.class();
+                    if failure_class == FailureClass::Refused {
+                        self.metrics.ssrf_refusals.inc();
+                    }
+                    Outcome::Failed(reason)
+                }
+            },
+        };
+        let downloaded_key = match &fetched {
+            Ok(Fetched::Stored(d)) => Some(d.asset.key.as_str()),
+            _ => None,
+        };
+        let recorded = self.recorder.record(item.clone(), outcome).await;
+        let (disposition, asset_used) = match recorded {
+            Some(Recorded::Done {
+                state,
+                job_finished,
+                asset_used,
+                replaced_key,
+            }) => {
+                self.metrics.finished(state, failure_class);
+                tracing::info!(external_id = ?item.external_id, %state, "video done");
+                if let Some(old) = replaced_key {
+                    // Only now that the new entry is committed may the old asset go.
+                    self.storage.remove(&old).await;
+                }
+                if let Some(seconds) = job_finished {
+                    tracing::info!(seconds, "job finished");
+                    self.metrics.job_seconds.observe(seconds);
+                    self.relay.wake();
+                }
+                (Disposition::Ack, asset_used)
+            }
+            // A lost commit acknowledgement also lands here: ask whether the asset is in use.
+            Some(Recorded::AlreadyDone) => (Disposition::Ack, false),
+            None => (Disposition::Requeue, false),
+        };
+        if let Some(key) = downloaded_key.filter(|_| !asset_used) {
+            let referenced = until_ok(&self.shutdown, || async {
+                let client = self.pool.get().await?;
+                entries::is_referenced(&client, key).await
+            })
+            .await;
+            if referenced == Some(false) {
+                self.storage.remove(key).await;
+            }
+        }
+        disposition
+    }
+
+    /// Whether the message's video is still pending (not finished, failed or cancelled);
+    /// `None` at shutdown.
+    async fn is_pending(&self, item: &Item) -> Option<bool> {
+        until_ok(&self.shutdown, || async {
+            let client = self.pool.get().await?;
+            items::is_pending(&client, &item.job_id, item.idx).await
+        })
+        .await
+    }
+
+    /// Notes why the video waits, then hands `next` back through a delay queue: the video is
+    /// tried again after `delay`.
+    async fn later(
+        &self,
+        item: &Item,
+        next: FetchVideo,
+        delay: Duration,
+        why: Waited,
+        trace: Option<&TraceParent>,
+    ) -> Disposition {
+        let noted = until_ok(&self.shutdown, || async {
+            let client = self.pool.get().await?;
+            match &why {
+                Waited::Failed(reason) => {
+                    items::note_retry(&client, &item.job_id, item.idx, reason).await
+                }
+                Waited::Paused(reason) => {
+                    items::note_waiting(&client, &item.job_id, item.idx, reason).await
+                }
+            }
+        })
+        .await;
+        if noted.is_none() {
+            return Disposition::Requeue;
+        }
+        let outgoing = next.outgoing(Some(delay), trace.map(|t| t.child().header()));
+        match self.publisher.publish(&[outgoing]).await {
+            Ok(()) => {
+                if matches!(why, Waited::Failed(_)) {
+                    self.metrics.retries.inc();
+                }
+                tracing::info!(?delay, reason = why.reason(), "trying the video later");
+                Disposition::Ack
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot hand the video to the delay queue; handing the message back");
+                Disposition::Requeue
+            }
+        }
+    }
+}
+
+/// Why a video is tried later.
+enum Waited {
+    /// Its try failed, for this reason: a try is counted.
+    Failed(String),
+    /// Its source host asked every client for a pause: no try is counted.
+    Paused(String),
+}
+
+impl Waited {
+    fn reason(&self) -> &str {
+        match self {
+            Waited::Failed(reason) | Waited::Paused(reason) => reason,
+        }
+    }
+}

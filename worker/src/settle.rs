@@ -1,0 +1,114 @@
+//! Settling the fetch messages the broker dead-lettered: one a binary rejected because it
+//! could not read it goes back to the queue for one that can (or, a newer version, waits for
+//! a newer binary); one that exceeded its delivery limit (the worker crashed or was killed
+//! each time), or a retired version, fails its video with the reason, so the job still
+//! finishes.
+
+use std::time::Duration;
+
+use tracing::Instrument;
+use video_import_shared::consume::{Delivered, Disposition};
+use video_import_shared::messages::{self, FetchVideo, Ids, Unreadable};
+use video_import_shared::retry::until_ok;
+use video_import_shared::store::outcomes::{Outcome, Recorded};
+use video_import_shared::store::{Item, ItemState};
+
+use crate::error::FailureClass;
+use crate::group_commit;
+use crate::import::Importer;
+use crate::retry_policy;
+
+/// How long a message rejected by an older binary waits before it goes back to the queue
+/// (so that during a rolling upgrade it does not bounce between old binaries).
+const BACK_TO_QUEUE: Duration = Duration::from_secs(1);
+/// How long a message of a newer version waits before it is offered again: until a binary
+/// that reads it runs (the rest of a rolling upgrade).
+const WAIT_FOR_NEWER: Duration = Duration::from_secs(15);
+
+impl Importer {
+    /// Handles one dead-lettered fetch message.
+    pub async fn settle(&self, delivered: Delivered) -> Disposition {
+        let span = tracing::info_span!("dead_video", trace_id = delivered.trace_id());
+        self.settle_in_span(delivered).instrument(span).await
+    }
+
+    async fn settle_in_span(&self, delivered: Delivered) -> Disposition {
+        match FetchVideo::decode(&delivered.data) {
+            Ok(_) if delivered.was_rejected() => {
+                tracing::info!("a binary that cannot read this message rejected it; queueing it again");
+                self.again(&delivered, BACK_TO_QUEUE).await
+            }
+            Ok(message) => {
+                let reason = retry_policy::dead_letter_reason();
+                self.fail(message.item(), reason, FailureClass::DeadLettered)
+                    .await
+            }
+            Err(unreadable) if unreadable.is_newer() => {
+                tracing::warn!(%unreadable, "waiting for a binary that reads this message");
+                self.again(&delivered, WAIT_FOR_NEWER).await
+            }
+            Err(unreadable) => self.fail_unreadable(&delivered, unreadable).await,
+        }
+    }
+
+    /// Publishes the message again, unchanged, after `delay`.
+    async fn again(&self, delivered: &Delivered, delay: Duration) -> Disposition {
+        let outgoing = messages::again(
+            &delivered.routing_key,
+            &delivered.data,
+            Some(delay),
+            delivered.traceparent.as_ref(),
+        );
+        match self.publisher.publish(&[outgoing]).await {
+            Ok(()) => Disposition::Ack,
+            Err(_) => Disposition::Requeue,
+        }
+    }
+
+    /// Fails the video of a message that no binary of this release reads, with the reason.
+    async fn fail_unreadable(&self, delivered: &Delivered, unreadable: Unreadable) -> Disposition {
+        match Ids::of(&delivered.data) {
+            Some(Ids {
+                job_id,
+                idx: Some(idx),
+            }) => {
+                self.fail(
+                    Item::known_by_ids(&job_id, idx),
+                    unreadable.to_string(),
+                    FailureClass::Unreadable,
+                )
+                .await
+            }
+            _ => {
+                // Nothing names the video: there is nothing to fail. Logged and counted, so
+                // that it is not dropped silently.
+                tracing::error!(%unreadable, bytes = delivered.data.len(), "dropping a dead-lettered message that names no video");
+                self.metrics.dead_letters.inc();
+                Disposition::Ack
+            }
+        }
+    }
+
+    /// Records the video as failed with `reason`, if it is still pending.
+    async fn fail(&self, item: Item, reason: String, class: FailureClass) -> Disposition {
+        let batch = [(item, Outcome::Failed(reason))];
+        let recorded = until_ok(&self.shutdown, || {
+            group_commit::record(&self.pool, &batch)
+        })
+        .await;
+        let Some(recorded) = recorded else {
+            return Disposition::Requeue;
+        };
+        if let Some(Recorded::Done { job_finished, .. }) = recorded.first() {
+            tracing::error!(reason = %batch[0].1.reason(), "video dead-lettered; marked failed");
+            self.metrics.dead_letters.inc();
+            self.metrics.finished(ItemState::Failed, class);
+            if let Some(seconds) = job_finished {
+                self.metrics.job_seconds.observe(*seconds);
+                self.relay.wake();
+            }
+        }
+        // The outcome is in PostgreSQL, where the status endpoint shows it.
+        Disposition::Ack
+    }
+}
