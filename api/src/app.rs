@@ -1,4 +1,4 @@
-//! The HTTP application: routes, the metrics middleware and the server loop.
+//! The API's wiring: routes, the metrics middleware, and the state and loops it serves with.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,16 +9,14 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use video_import_shared::backlog::BacklogMetrics;
 use video_import_shared::config::Settings;
-use video_import_shared::metrics::{self, AmqpMetrics};
+use video_import_shared::metrics;
 use video_import_shared::ops::{self, Ops};
 use video_import_shared::outbox::Relay;
-use video_import_shared::queue::{Publisher, Topology};
-use video_import_shared::{db, process, shutdown};
+use video_import_shared::process;
+use video_import_shared::service::Service;
 
+use crate::backlog::BacklogMetrics;
 use crate::error::ApiError;
 use crate::metadata::Schemas;
 use crate::quota::RateLimit;
@@ -78,33 +76,25 @@ pub fn router(state: AppState, ops: Ops) -> Router {
         .layer(middleware::from_fn(crate::request_id::assign))
 }
 
-/// Connects to everything, starts the outbox relay and serves until SIGTERM.
+/// Connects to everything, starts the outbox relay and the backlog gauges, and serves on
+/// `api.listen` until SIGTERM.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let service = Service::start(&settings, "api").await?;
     let listener = process::bind("api.listen", settings.api.listen).await?;
-    run(settings, listener, shutdown::on_signal()).await
-}
-
-/// Serves on `listener` until `shutdown` is cancelled.
-pub async fn run(
-    settings: Settings,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let pool = db::connect(&settings.database).await?;
-    let registry = metrics::registry("api");
-    metrics::register_pool(&registry, &pool);
-    let amqp = AmqpMetrics::new(&registry);
-    let publisher = Arc::new(
-        Publisher::new(&settings.amqp.url, Topology::new(&settings.amqp.prefix))
-            .with_health(amqp.link("publish")),
-    );
-    if let Err(e) = publisher.ensure_connected().await {
+    if let Err(e) = service.publisher.ensure_connected().await {
         // Not fatal: accepted jobs wait in the outbox until the broker is back.
         tracing::warn!(error = %format!("{e:#}"), "RabbitMQ is unreachable; accepting imports into the outbox");
     }
-    let relay = Relay::new(pool.clone(), publisher.clone(), &registry);
+    let shutdown = service.shutdown.clone();
+    let relay = Relay::new(
+        service.pool.clone(),
+        service.publisher.clone(),
+        &service.registry,
+    );
     let relay_task = tokio::spawn(relay.clone().run(shutdown.clone()));
-    tokio::spawn(BacklogMetrics::new(&registry).run(pool.clone(), shutdown.clone()));
+    tokio::spawn(
+        BacklogMetrics::new(&service.registry).run(service.pool.clone(), shutdown.clone()),
+    );
     let targets = Arc::new(Targets {
         videos: AddressPolicy::new(
             settings.fetch.allow_private_networks,
@@ -114,28 +104,28 @@ pub async fn run(
             settings.webhook.allow_private_networks,
             &settings.webhook.allowed_networks,
         ),
-        refusals: Some(metrics::ssrf_refusals(&registry, "api")),
+        refusals: Some(metrics::ssrf_refusals(&service.registry, "api")),
     });
     let limits = server::Limits {
         header_timeout: settings.api.header_timeout,
         max_connections: settings.api.max_connections,
     };
     let state = AppState {
-        pool: pool.clone(),
+        pool: service.pool.clone(),
         relay,
         rate_limit: RateLimit::new(
             settings.api.rate_limit_per_second,
             settings.api.rate_limit_burst,
         ),
         settings: Arc::new(settings),
-        metrics: ApiMetrics::new(&registry)?,
+        metrics: ApiMetrics::new(&service.registry)?,
         schemas: Arc::new(Schemas::default()),
         targets,
     };
     let ops = Ops {
-        pool,
-        publisher,
-        registry,
+        pool: service.pool.clone(),
+        publisher: service.publisher.clone(),
+        registry: service.registry.clone(),
     };
     tracing::info!(address = %listener.local_addr()?, "video-import-api listening");
     server::serve(listener, router(state, ops), limits, shutdown.clone()).await;

@@ -6,6 +6,7 @@
 use anyhow::Context;
 use axum::extract::{Path, State};
 use axum::Json;
+use video_import_shared::outbox;
 use video_import_shared::store::jobs;
 
 use crate::auth::{Caller, WRITE};
@@ -40,6 +41,8 @@ pub async fn create(
     let Some(cancellation) = jobs::cancel(&tx, caller.project_id, &id).await? else {
         return Err(ApiError::NotFound(format!("No import job with id {id:?}.")));
     };
+    let rounds: Vec<_> = cancellation.webhook.iter().cloned().collect();
+    outbox::announce(&tx, &rounds).await?;
     tx.commit().await.context("committing the cancel")?;
     if cancellation.cancelled > 0 {
         // The job just finished: publish its webhook message now.

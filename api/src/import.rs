@@ -1,6 +1,6 @@
 //! `POST /api/v1/import/videos`: validate the batch and its metadata, then, in one
 //! transaction, honour the Idempotency-Key, enforce the daily limit and store the job (its
-//! items and one outbox message per video, see `store::jobs::insert`).
+//! items, registered for dispatch, see `store::jobs::insert`).
 
 use anyhow::Context;
 use axum::body::Body;
@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 use video_import_shared::config::ApiSettings;
 use video_import_shared::ids;
-use video_import_shared::store::{jobs, projects};
+use video_import_shared::store::{idempotency, jobs, projects};
 use video_import_shared::trace::{self, TraceParent};
 
 use crate::auth::{Caller, WRITE};
@@ -88,11 +88,11 @@ pub async fn create(
     let tx = client.transaction().await.context("starting the import")?;
     if let Some(key) = &idempotency_key {
         let hash = hex::encode(Sha256::digest(&body));
-        match jobs::claim_idempotency_key(&tx, caller.project_id, key, &hash, &job_id).await? {
-            jobs::KeyClaim::Claimed => {}
+        match idempotency::claim(&tx, caller.project_id, key, &hash, &job_id).await? {
+            idempotency::KeyClaim::Claimed => {}
             // The transaction ends unused: the first request's job stands.
-            jobs::KeyClaim::Replay(first) => return Ok(Json(Accepted { id: first })),
-            jobs::KeyClaim::Mismatch => return Err(ApiError::IdempotencyMismatch),
+            idempotency::KeyClaim::Replay(first) => return Ok(Json(Accepted { id: first })),
+            idempotency::KeyClaim::Mismatch => return Err(ApiError::IdempotencyMismatch),
         }
     }
     let total = batch.videos.len() as i32;

@@ -3,6 +3,7 @@
 
 mod app;
 mod auth;
+mod backlog;
 mod cancel;
 mod cli;
 mod error;

@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use deadpool_postgres::Transaction;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
-use video_import_shared::store::jobs;
+use video_import_shared::store::usage;
 
 use crate::error::ApiError;
 
@@ -21,7 +21,7 @@ pub async fn check_daily_limit(
     limit: i32,
     requested: i32,
 ) -> Result<(), ApiError> {
-    let window = jobs::usage_window(tx, project_id).await?;
+    let window = usage::window(tx, project_id).await?;
     let used: i64 = window.jobs.iter().map(|(total, _)| total).sum();
     let (limit, requested) = (limit as i64, requested as i64);
     if used + requested <= limit {

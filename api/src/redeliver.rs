@@ -5,6 +5,7 @@ use anyhow::Context;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use video_import_shared::outbox;
 use video_import_shared::store::{jobs, webhooks, WebhookState};
 
 use crate::auth::{Caller, WRITE};
@@ -53,6 +54,7 @@ pub async fn create(
         ));
     }
     let redelivery = webhooks::redeliver(&tx, &id).await?;
+    outbox::announce(&tx, std::slice::from_ref(&redelivery.started)).await?;
     tx.commit().await.context("committing the redelivery")?;
     state.relay.wake();
     Ok((

@@ -13,8 +13,9 @@ use prometheus::IntCounter;
 use tokio_util::sync::CancellationToken;
 use video_import_shared::messages::DeliverWebhook;
 use video_import_shared::periodic;
-use video_import_shared::queue::{self, Outgoing, Publisher};
+use video_import_shared::queue::{Outgoing, Publisher};
 use video_import_shared::store::webhooks;
+use video_import_shared::trace;
 
 use crate::hosts::HostSlots;
 use crate::schedule;
@@ -60,19 +61,9 @@ impl Releaser {
             let taken = webhooks::take_held(&tx, &host, n).await?;
             let messages: Vec<Outgoing> = taken
                 .iter()
-                .map(|h| Outgoing {
-                    routing_key: queue::WEBHOOK.into(),
-                    payload: serde_json::to_vec(&DeliverWebhook {
-                        job_id: h.job_id.clone(),
-                        attempt: h.attempt,
-                        url: Some(h.url.clone()),
-                    })
-                    .expect("messages serialize"),
-                    delay: None,
-                    traceparent: h
-                        .trace_id
-                        .as_deref()
-                        .and_then(video_import_shared::trace::header_for),
+                .map(|h| {
+                    let trace = h.trace_id.as_deref().and_then(trace::header_for);
+                    DeliverWebhook::released(h).outgoing(None, trace)
                 })
                 .collect();
             // Published before the hold ends: a crash in between publishes them again, and

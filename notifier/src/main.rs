@@ -1,22 +1,27 @@
 //! `video-import-notifier`: delivers each finished job's webhook, signed, with retries that
 //! wait in RabbitMQ delay queues rather than in a sleeping consumer.
 //!
-//! - `consumer`: wiring, and what happens to one webhook message (and a dead-lettered one);
-//! - `deliver`: the payload and the signed POST;
+//! - `app`: wiring: builds the state and starts the loops;
+//! - `deliver`: what happens to one webhook message; `settle`: to a dead-lettered one;
+//! - `post`: the payload and the signed POST;
 //! - `hosts`: per-host slots, so one slow receiver cannot take every slot;
 //! - `hold`: deliveries held in PostgreSQL while their host has no free slot, released as
 //!   slots free up;
 //! - `schedule`: every retry decision;
-//! - `sign`: Standard Webhooks signatures.
+//! - `sign`: Standard Webhooks signatures;
+//! - `metrics`: the notifier's Prometheus metrics.
 
-mod consumer;
+mod app;
 mod deliver;
 mod hold;
 mod hosts;
+mod metrics;
+mod post;
 mod schedule;
+mod settle;
 mod sign;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    video_import_shared::process::main("video-import-notifier", consumer::run).await
+    video_import_shared::process::main("video-import-notifier", app::run).await
 }

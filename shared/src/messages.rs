@@ -442,8 +442,8 @@ mod tests {
 
     #[test]
     fn webhook_messages_carry_their_round_and_v2_means_the_current_one() {
-        let v2 = DeliverWebhook::decode(br#"{"job_id":"j","attempt":2,"url":"http://r/"}"#)
-            .unwrap();
+        let v2 =
+            DeliverWebhook::decode(br#"{"job_id":"j","attempt":2,"url":"http://r/"}"#).unwrap();
         assert_eq!(v2.round, Round::Current);
         let next = v2.next(4);
         let out = next.outgoing(None, None);

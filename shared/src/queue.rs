@@ -251,7 +251,10 @@ pub async fn connect(urls: &str) -> anyhow::Result<Connection> {
         let attempt = Connection::connect(url, ConnectionProperties::default());
         match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
             Ok(Ok(connection)) => return Ok(connection),
-            Ok(Err(e)) => failures.push(format!("{}: {e}", crate::redact::url(url, crate::redact::Show::WithoutCredentials))),
+            Ok(Err(e)) => failures.push(format!(
+                "{}: {e}",
+                crate::redact::url(url, crate::redact::Show::WithoutCredentials)
+            )),
             Err(_) => failures.push(format!(
                 "{}: no answer within {} s",
                 crate::redact::url(url, crate::redact::Show::WithoutCredentials),

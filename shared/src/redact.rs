@@ -61,10 +61,16 @@ mod tests {
             "https://archive.example/a.mp4"
         );
         assert_eq!(
-            url("amqp://guest:guest@127.0.0.1:5672/%2f", Show::WithoutCredentials),
+            url(
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                Show::WithoutCredentials
+            ),
             "amqp://127.0.0.1:5672/%2f"
         );
         assert_eq!(url("no url", Show::ForLogs), "<not a valid URL>");
-        assert_eq!(url("host=db user=x", Show::WithoutCredentials), "host=db user=x");
+        assert_eq!(
+            url("host=db user=x", Show::WithoutCredentials),
+            "host=db user=x"
+        );
     }
 }

@@ -12,9 +12,9 @@ use anyhow::Context;
 use deadpool_postgres::Pool;
 use prometheus::{IntCounter, Registry};
 use tokio_util::sync::CancellationToken;
+use video_import_shared::messages::FetchVideo;
 use video_import_shared::metrics::register;
 use video_import_shared::periodic;
-use video_import_shared::messages::FetchVideo;
 use video_import_shared::queue::{self, Outgoing, Publisher};
 use video_import_shared::store::dispatch;
 

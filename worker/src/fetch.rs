@@ -14,8 +14,8 @@ use reqwest::header::{
 use reqwest::StatusCode;
 use video_import_shared::config::FetchSettings;
 use video_import_shared::ids;
-use video_import_shared::redact::{self, Show};
 use video_import_shared::netguard::{self, AddressPolicy, ClientOptions};
+use video_import_shared::redact::{self, Show};
 use video_import_shared::retry::parse_retry_after;
 use video_import_shared::store::entries::NewAsset;
 use video_import_shared::store::Validators;
@@ -153,9 +153,12 @@ impl Fetcher {
         project_id: i64,
         known: Option<&Validators>,
     ) -> Result<Fetched, FetchError> {
-        let parsed: url::Url = url
-            .parse()
-            .map_err(|e| FetchError::permanent(FailureClass::InvalidUrl, format!("the URL is not valid: {e}")))?;
+        let parsed: url::Url = url.parse().map_err(|e| {
+            FetchError::permanent(
+                FailureClass::InvalidUrl,
+                format!("the URL is not valid: {e}"),
+            )
+        })?;
         self.policy
             .check_url(&parsed)
             .map_err(|r| FetchError::permanent(FailureClass::Refused, r.0))?;
@@ -200,11 +203,14 @@ impl Fetcher {
         )
         .await
         .unwrap_or_else(|_| {
-            Err(FetchError::transient(FailureClass::Timeout, format!(
-                "the download took longer than the {} s allowed for it \
+            Err(FetchError::transient(
+                FailureClass::Timeout,
+                format!(
+                    "the download took longer than the {} s allowed for it \
                          (fetch.total_timeout_secs, fetch.min_bytes_per_sec)",
-                allowed.as_secs()
-            )))
+                    allowed.as_secs()
+                ),
+            ))
         });
         if let Err(e) = pumped {
             sink.abort().await;
@@ -212,10 +218,13 @@ impl Fetcher {
         }
         if let Some(len) = declared.filter(|&len| len != sink.received) {
             sink.abort().await;
-            return Err(FetchError::transient(FailureClass::Truncated, format!(
-                "the server announced {len} bytes but sent {}",
-                sink.received
-            )));
+            return Err(FetchError::transient(
+                FailureClass::Truncated,
+                format!(
+                    "the server announced {len} bytes but sent {}",
+                    sink.received
+                ),
+            ));
         }
         let (asset, kind) = sink.finish().await?;
         let meta = probe::inspect(&self.storage, &asset.key, asset.size, &kind.mime_type).await;
@@ -269,9 +278,10 @@ impl Fetcher {
             // A resume request may itself meet a dying connection: each try counts.
             body = loop {
                 if resumes == MAX_RESUMES {
-                    return Err(FetchError::transient(FailureClass::ConnectionBroke, format!(
-                        "{broken}; gave up resuming after {MAX_RESUMES} Range requests"
-                    )));
+                    return Err(FetchError::transient(
+                        FailureClass::ConnectionBroke,
+                        format!("{broken}; gave up resuming after {MAX_RESUMES} Range requests"),
+                    ));
                 }
                 resumes += 1;
                 match self.resume(url, from, validators).await {
@@ -377,7 +387,10 @@ impl<'a> Sink<'a> {
     /// Sniffs the first bytes and opens the upload under a fresh key.
     async fn start(&mut self) -> Result<(), FetchError> {
         let kind = sniff::detect(&self.head).map_err(|detected| {
-            FetchError::permanent(FailureClass::NotAVideo, format!("not a video (detected: {detected})"))
+            FetchError::permanent(
+                FailureClass::NotAVideo,
+                format!("not a video (detected: {detected})"),
+            )
         })?;
         let key = format!(
             "{}/{}.{}",
@@ -416,9 +429,12 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 fn too_large(len: u64, max: u64) -> FetchError {
-    FetchError::permanent(FailureClass::TooLarge, format!(
-        "the video is larger than the limit: {len} bytes or more, fetch.max_bytes is {max}"
-    ))
+    FetchError::permanent(
+        FailureClass::TooLarge,
+        format!(
+            "the video is larger than the limit: {len} bytes or more, fetch.max_bytes is {max}"
+        ),
+    )
 }
 
 fn status_error(status: StatusCode, headers: &HeaderMap) -> FetchError {
@@ -458,19 +474,22 @@ fn request_error(error: reqwest::Error) -> FetchError {
         return FetchError::HostNotFound(missing.to_string());
     }
     if error.is_redirect() {
-        return FetchError::permanent(FailureClass::Redirect, format!(
-            "redirects not followed: {}",
-            netguard::describe(&error)
-        ));
+        return FetchError::permanent(
+            FailureClass::Redirect,
+            format!("redirects not followed: {}", netguard::describe(&error)),
+        );
     }
     if error.is_timeout() {
-        return FetchError::transient(FailureClass::Timeout, format!(
-            "the server did not answer in time: {}",
-            netguard::describe(&error)
-        ));
+        return FetchError::transient(
+            FailureClass::Timeout,
+            format!(
+                "the server did not answer in time: {}",
+                netguard::describe(&error)
+            ),
+        );
     }
-    FetchError::transient(FailureClass::Unreachable, format!(
-        "cannot reach the server: {}",
-        netguard::describe(&error)
-    ))
+    FetchError::transient(
+        FailureClass::Unreachable,
+        format!("cannot reach the server: {}", netguard::describe(&error)),
+    )
 }

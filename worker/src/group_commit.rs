@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use video_import_shared::batch::Batcher;
 use video_import_shared::outbox;
 use video_import_shared::retry::until_ok;
-use video_import_shared::store::Item;
 use video_import_shared::store::outcomes::{self, Outcome, Recorded};
+use video_import_shared::store::Item;
 
 /// Most videos in one transaction.
 const MAX_GROUP: usize = 64;

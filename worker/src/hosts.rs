@@ -30,7 +30,9 @@ struct Host {
 impl HostState for Host {
     fn is_idle(&self) -> bool {
         self.slots.available_permits() == self.per_host
-            && self.paused_until.is_none_or(|until| until <= Instant::now())
+            && self
+                .paused_until
+                .is_none_or(|until| until <= Instant::now())
     }
 }
 

@@ -73,7 +73,13 @@ impl Importer {
             );
             // Not a failed try of its own: the same message goes back unchanged.
             return self
-                .later(&item, message.clone(), pause, Waited::Paused(reason), trace.as_ref())
+                .later(
+                    &item,
+                    message.clone(),
+                    pause,
+                    Waited::Paused(reason),
+                    trace.as_ref(),
+                )
                 .await;
         }
         let started = std::time::Instant::now();
@@ -110,7 +116,13 @@ impl Importer {
                         delay.as_secs()
                     );
                     return self
-                        .later(&item, message.next_try(), delay, Waited::Failed(reason), trace.as_ref())
+                        .later(
+                            &item,
+                            message.next_try(),
+                            delay,
+                            Waited::Failed(reason),
+                            trace.as_ref(),
+                        )
                         .await;
                 }
                 Next::GiveUp(reason) => {

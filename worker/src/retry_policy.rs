@@ -169,7 +169,8 @@ mod tests {
 
     #[test]
     fn permanent_failures_give_up_at_once() {
-        let error = FetchError::permanent(FailureClass::Http4xx, "the server answered 404 Not Found");
+        let error =
+            FetchError::permanent(FailureClass::Http4xx, "the server answered 404 Not Found");
         assert_eq!(
             policy().after_failure(&error, 0),
             Next::GiveUp("the server answered 404 Not Found".into())

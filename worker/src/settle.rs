@@ -35,7 +35,9 @@ impl Importer {
     async fn settle_in_span(&self, delivered: Delivered) -> Disposition {
         match FetchVideo::decode(&delivered.data) {
             Ok(_) if delivered.was_rejected() => {
-                tracing::info!("a binary that cannot read this message rejected it; queueing it again");
+                tracing::info!(
+                    "a binary that cannot read this message rejected it; queueing it again"
+                );
                 self.again(&delivered, BACK_TO_QUEUE).await
             }
             Ok(message) => {
@@ -92,10 +94,7 @@ impl Importer {
     /// Records the video as failed with `reason`, if it is still pending.
     async fn fail(&self, item: Item, reason: String, class: FailureClass) -> Disposition {
         let batch = [(item, Outcome::Failed(reason))];
-        let recorded = until_ok(&self.shutdown, || {
-            group_commit::record(&self.pool, &batch)
-        })
-        .await;
+        let recorded = until_ok(&self.shutdown, || group_commit::record(&self.pool, &batch)).await;
         let Some(recorded) = recorded else {
             return Disposition::Requeue;
         };

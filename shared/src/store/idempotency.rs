@@ -17,7 +17,7 @@ pub enum KeyClaim {
 
 /// Takes `key` for `job_id`, or finds the job of an earlier request with the same key. A
 /// concurrent request with the same key waits here for the first to commit.
-pub async fn claim_idempotency_key(
+pub async fn claim(
     tx: &Transaction<'_>,
     project_id: i64,
     key: &str,

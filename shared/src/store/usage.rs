@@ -15,7 +15,7 @@ pub struct UsageWindow {
 
 /// Locks the project row (so concurrent batches of one project are counted one after the
 /// other) and reads its jobs of the last 24 hours.
-pub async fn usage_window(tx: &Transaction<'_>, project_id: i64) -> anyhow::Result<UsageWindow> {
+pub async fn window(tx: &Transaction<'_>, project_id: i64) -> anyhow::Result<UsageWindow> {
     tx.execute(
         "SELECT 1 FROM projects WHERE id = $1 FOR UPDATE",
         &[&project_id],

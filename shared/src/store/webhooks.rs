@@ -342,8 +342,8 @@ pub async fn fail_pending(
 #[derive(Debug, Clone)]
 pub struct Hold {
     pub job_id: String,
-    /// The attempt's round: only the current round is held.
-    pub round: u32,
+    /// The attempt's round (`None`: the current one): only the current round is held.
+    pub round: Option<u32>,
     pub attempt: u32,
     pub host: String,
 }
@@ -360,7 +360,7 @@ pub async fn hold(client: &impl GenericClient, holds: &[Hold]) -> anyhow::Result
              FROM unnest($1::text[], $2::int4[], $3::text[], $5::int4[])
                  AS u(job_id, attempt, host, round)
              WHERE d.job_id = u.job_id AND d.state = $4 AND d.attempts < u.attempt
-                 AND d.round = u.round
+                 AND (u.round IS NULL OR d.round = u.round)
              RETURNING d.job_id",
         )
         .await
@@ -368,7 +368,7 @@ pub async fn hold(client: &impl GenericClient, holds: &[Hold]) -> anyhow::Result
     let job_ids: Vec<&str> = holds.iter().map(|h| h.job_id.as_str()).collect();
     let attempts: Vec<i32> = holds.iter().map(|h| h.attempt as i32).collect();
     let hosts: Vec<&str> = holds.iter().map(|h| h.host.as_str()).collect();
-    let rounds: Vec<i32> = holds.iter().map(|h| h.round as i32).collect();
+    let rounds: Vec<Option<i32>> = holds.iter().map(|h| h.round.map(|r| r as i32)).collect();
     let held: std::collections::HashSet<String> = client
         .query(
             &statement,

@@ -1,0 +1,83 @@
+//! Settling the webhook messages the broker dead-lettered: one a binary rejected because it
+//! could not read it goes back to the queue for one that can (or, a newer version, waits for
+//! a newer binary); one that exceeded its delivery limit, or a retired version, fails its
+//! delivery with the reason, which the job's status shows.
+
+use std::time::Duration;
+
+use tracing::Instrument;
+use video_import_shared::consume::{Delivered, Disposition};
+use video_import_shared::messages::{self, DeliverWebhook, Ids, Round};
+use video_import_shared::retry::until_ok;
+use video_import_shared::store::webhooks;
+
+use crate::deliver::Notifier;
+use crate::schedule;
+
+/// How long a message rejected by an older binary waits before it goes back to the queue.
+const BACK_TO_QUEUE: Duration = Duration::from_secs(1);
+/// How long a message of a newer version waits before it is offered again.
+const WAIT_FOR_NEWER: Duration = Duration::from_secs(15);
+
+impl Notifier {
+    /// Handles one dead-lettered webhook message.
+    pub async fn settle(&self, delivered: Delivered) -> Disposition {
+        let span = tracing::info_span!("dead_webhook", trace_id = delivered.trace_id());
+        self.settle_in_span(delivered).instrument(span).await
+    }
+
+    async fn settle_in_span(&self, delivered: Delivered) -> Disposition {
+        let (job_id, round, reason) = match DeliverWebhook::decode(&delivered.data) {
+            Ok(_) if delivered.was_rejected() => {
+                tracing::info!(
+                    "a binary that cannot read this message rejected it; queueing it again"
+                );
+                return self.again(&delivered, BACK_TO_QUEUE).await;
+            }
+            Ok(hook) => {
+                let round = match hook.round {
+                    Round::Of(n) => Some(n),
+                    Round::Current => None,
+                };
+                (hook.job_id, round, schedule::dead_letter_reason())
+            }
+            Err(unreadable) if unreadable.is_newer() => {
+                tracing::warn!(%unreadable, "waiting for a binary that reads this message");
+                return self.again(&delivered, WAIT_FOR_NEWER).await;
+            }
+            Err(unreadable) => match Ids::of(&delivered.data) {
+                Some(ids) => (ids.job_id, None, unreadable.to_string()),
+                None => {
+                    tracing::error!(%unreadable, bytes = delivered.data.len(), "dropping a dead-lettered message that names no job");
+                    self.metrics.dead_letters.inc();
+                    return Disposition::Ack;
+                }
+            },
+        };
+        tracing::error!(job = %job_id, %reason, "webhook message dead-lettered; delivery failed");
+        self.metrics.dead_letters.inc();
+        let done = until_ok(&self.shutdown, || async {
+            let client = self.pool.get().await?;
+            webhooks::fail_pending(&client, &job_id, round, &reason).await
+        })
+        .await;
+        match done {
+            Some(()) => Disposition::Ack,
+            None => Disposition::Requeue,
+        }
+    }
+
+    /// Publishes the message again, unchanged, after `delay`.
+    async fn again(&self, delivered: &Delivered, delay: Duration) -> Disposition {
+        let outgoing = messages::again(
+            &delivered.routing_key,
+            &delivered.data,
+            Some(delay),
+            delivered.traceparent.as_ref(),
+        );
+        match self.retries.submit(outgoing).await {
+            Ok(()) => Disposition::Ack,
+            Err(_) => Disposition::Requeue,
+        }
+    }
+}
