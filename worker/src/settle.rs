@@ -11,7 +11,7 @@ use video_import_shared::consume::{Delivered, Disposition};
 use video_import_shared::messages::{self, FetchVideo, Ids, Unreadable};
 use video_import_shared::retry::until_ok;
 use video_import_shared::store::outcomes::{Outcome, Recorded};
-use video_import_shared::store::{Item, ItemState};
+use video_import_shared::store::{items, Item, ItemState};
 
 use crate::error::FailureClass;
 use crate::group_commit;
@@ -47,6 +47,7 @@ impl Importer {
             }
             Err(unreadable) if unreadable.is_newer() => {
                 tracing::warn!(%unreadable, "waiting for a binary that reads this message");
+                self.note_waiting(&delivered, &unreadable).await;
                 self.again(&delivered, WAIT_FOR_NEWER).await
             }
             Err(unreadable) => self.fail_unreadable(&delivered, unreadable).await,
@@ -64,6 +65,22 @@ impl Importer {
         match self.publisher.publish(&[outgoing]).await {
             Ok(()) => Disposition::Ack,
             Err(_) => Disposition::Requeue,
+        }
+    }
+
+    /// Says in the video's status why it waits (best effort: the message goes on waiting
+    /// whether or not this is written).
+    async fn note_waiting(&self, delivered: &Delivered, unreadable: &Unreadable) {
+        let Some(Ids {
+            job_id,
+            idx: Some(idx),
+        }) = Ids::of(&delivered.data)
+        else {
+            return;
+        };
+        let reason = format!("waiting for a binary that reads it: {unreadable}");
+        if let Ok(client) = self.pool.get().await {
+            let _ = items::note_waiting(&client, &job_id, idx, &reason).await;
         }
     }
 

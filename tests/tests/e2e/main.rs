@@ -3,8 +3,10 @@
 
 mod api;
 mod importer;
+mod messages;
 mod observability;
 mod pipeline;
 mod restarts;
+mod rounds;
 mod webhooks;
 mod worker;

@@ -290,7 +290,10 @@ async fn a_dead_lettered_webhook_fails_with_the_reason() {
     assert_eq!(status["webhook"]["attempts"], 1, "{status}");
     // The broker sets the retry aside, as after too many deliveries: the notifier settles it.
     stack
-        .dead_letter("webhook", &json!({"job_id": job, "attempt": 2}))
+        .dead_letter(
+            "webhook",
+            &json!({"v": 3, "job_id": job, "round": 1, "attempt": 2, "url": receiver.url}),
+        )
         .await;
     let status = stack.wait_webhook(&project.token, &job, "failed").await;
     let error = status["webhook"]["lastError"].as_str().unwrap();

@@ -204,7 +204,12 @@ async fn a_dead_lettered_video_fails_with_the_reason_and_the_job_finishes() {
     body["webhook"] = json!(receiver.url);
     let job = stack.import(&project.token, &body).await;
     stack
-        .dead_letter("fetch", &json!({"job_id": job, "idx": 0, "attempt": 0}))
+        .dead_letter(
+            "fetch",
+            &json!({"v": 3, "job_id": job, "idx": 0, "attempt": 0, "video": {
+                "project_id": 0, "system_name": "", "external_id": "v0",
+                "url": videos.url("/stall/sample.mp4"), "file_name": "", "metadata": {}}}),
+        )
         .await;
     let status = stack.wait_finished(&project.token, &job, 30).await;
     assert_eq!(status["state"], "failed");
