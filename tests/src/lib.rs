@@ -167,8 +167,6 @@ impl Stack {
         );
         let prefix = format!("vit-{suffix}");
         let dir = std::env::temp_dir().join(format!("vit-{suffix}"));
-        std::fs::create_dir_all(&dir).expect("test folder");
-        eprintln!("test stack: database {db_name}, logs in {}", dir.display());
         let api_port = free_port();
         let mut env: Vec<(String, String)> = vec![
             ("VIDEO_IMPORT__DATABASE__URL".into(), db_url.clone()),
@@ -209,6 +207,7 @@ impl Stack {
             env.retain(|(key, _)| *key != k);
             env.push((k, v));
         }
+        // From here on the stack exists, so a panic below still removes the database.
         let mut stack = Stack {
             scrape_targets: vec![("video-import-api".into(), format!("127.0.0.1:{api_port}"))],
             admin_url,
@@ -222,6 +221,12 @@ impl Stack {
             env,
             processes: Vec::new(),
         };
+        std::fs::create_dir_all(&stack.dir).expect("test folder");
+        eprintln!(
+            "test stack: database {}, logs in {}",
+            stack.db_name,
+            stack.dir.display()
+        );
         let out = stack.api_cli(&["migrate"]).await;
         assert!(out.status.success(), "migrate failed: {}", out.stderr);
         stack
@@ -371,6 +376,33 @@ impl Stack {
     /// The log of process `name`.
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// The last `lines` lines of every process log in the stack's folder, for failure
+    /// messages.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .collect();
+        logs.sort();
+        let mut out = String::new();
+        for path in logs {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let all: Vec<&str> = text.lines().collect();
+            let tail = &all[all.len().saturating_sub(lines)..];
+            out.push_str(&format!(
+                "--- {} (last {} of {} lines) ---\n{}\n",
+                path.display(),
+                tail.len(),
+                all.len(),
+                tail.join("\n")
+            ));
+        }
+        out
     }
 
     /// Runs `video-import-api ARGS` with the stack's configuration.
@@ -571,41 +603,150 @@ impl Stack {
         client.query(query, &[]).await.expect("query")
     }
 
-    /// Stops the processes and removes the database, queues and files.
-    pub async fn finish(mut self) {
+    /// Stops the processes and removes the database, queues and files (what dropping the
+    /// stack does; kept so that a test's end reads as such).
+    pub async fn finish(self) {
+        drop(self);
+    }
+}
+
+/// How many lines of each process's log a failed test prints.
+const FAILURE_LOG_LINES: usize = 50;
+
+impl Drop for Stack {
+    /// Kills the processes and removes the database, queues and folder, also when the test
+    /// panicked (then the process logs' tails are printed first, as the folder goes too).
+    fn drop(&mut self) {
+        let mut pids = Vec::new();
         for (_, child) in &mut self.processes {
-            let _ = child.kill().await;
+            pids.extend(child.id());
+            let _ = child.start_kill();
         }
-        self.processes.clear();
-        if let Ok(conn) = lapin::Connection::connect(self.first_node(), Default::default()).await {
-            if let Ok(channel) = conn.create_channel().await {
-                let topology = Topology::new(&self.prefix);
-                let delays = test_delays();
-                for queue in topology.queue_names(&delays) {
-                    let _ = channel
-                        .queue_delete(queue.as_str().into(), Default::default())
-                        .await;
-                }
-                for exchange in topology.exchange_names(&delays) {
-                    let _ = channel
-                        .exchange_delete(exchange.as_str().into(), Default::default())
-                        .await;
-                }
-            }
-            let _ = conn.close(200, "bye".into()).await;
+        wait_dead(&pids, Duration::from_secs(10));
+        if std::thread::panicking() {
+            eprintln!(
+                "test failed; the stack's logs were in {} (removed now), the last {} lines of each:\n{}",
+                self.dir.display(),
+                FAILURE_LOG_LINES,
+                self.log_tails(FAILURE_LOG_LINES)
+            );
         }
-        if let Ok((admin, conn)) =
-            tokio_postgres::connect(&self.admin_url, tokio_postgres::NoTls).await
-        {
-            tokio::spawn(conn);
-            let _ = admin
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    self.db_name
-                ))
-                .await;
+        let cleanup = Cleanup {
+            admin_url: self.admin_url.clone(),
+            amqp_url: self.first_node().to_string(),
+            prefix: self.prefix.clone(),
+            db_name: self.db_name.clone(),
+        };
+        // Drop cannot await, and blocking on the test's own runtime would deadlock a
+        // current-thread one: the clean-up gets a thread and a runtime of its own.
+        let done = std::thread::spawn(move || cleanup.run()).join();
+        if let Err(e) = done {
+            eprintln!("clean-up of {} failed: {e:?}", self.db_name);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        // Dropping the children lets tokio reap them.
+        self.processes.clear();
+    }
+}
+
+/// Waits (at most `limit`) until every process in `pids` has exited, so that none still
+/// writes into the folder about to be removed.
+fn wait_dead(pids: &[u32], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while pids.iter().any(|pid| alive(*pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether process `pid` still runs (a zombie waiting to be reaped does not).
+fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) S ...": the name may hold spaces and parentheses, the state follows the last ')'.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X') | None)
+}
+
+/// What a stack leaves outside its folder: its database, queues and exchanges.
+struct Cleanup {
+    admin_url: String,
+    amqp_url: String,
+    prefix: String,
+    db_name: String,
+}
+
+impl Cleanup {
+    /// Removes the queues, exchanges and database, each bounded in time so that a broker or
+    /// database that went away does not hang the test.
+    fn run(self) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a clean-up runtime");
+        runtime.block_on(async {
+            let limit = Duration::from_secs(20);
+            if tokio::time::timeout(limit, self.broker()).await.is_err() {
+                eprintln!(
+                    "clean-up: RabbitMQ did not answer; queues {}.* are left",
+                    self.prefix
+                );
+            }
+            if tokio::time::timeout(limit, self.database()).await.is_err() {
+                eprintln!(
+                    "clean-up: PostgreSQL did not answer; database {} is left",
+                    self.db_name
+                );
+            }
+        });
+    }
+
+    async fn broker(&self) {
+        let Ok(conn) = lapin::Connection::connect(&self.amqp_url, Default::default()).await else {
+            return;
+        };
+        let topology = Topology::new(&self.prefix);
+        let delays = test_delays();
+        let mut channel = conn.create_channel().await.ok();
+        for queue in topology.queue_names(&delays) {
+            let Some(open) = &channel else { break };
+            if open
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await
+                .is_err()
+            {
+                // A failed operation closes the channel: go on with a new one.
+                channel = conn.create_channel().await.ok();
+            }
+        }
+        for exchange in topology.exchange_names(&delays) {
+            let Some(open) = &channel else { break };
+            if open
+                .exchange_delete(exchange.as_str().into(), Default::default())
+                .await
+                .is_err()
+            {
+                channel = conn.create_channel().await.ok();
+            }
+        }
+        let _ = conn.close(200, "bye".into()).await;
+    }
+
+    async fn database(&self) {
+        let Ok((admin, conn)) =
+            tokio_postgres::connect(&self.admin_url, tokio_postgres::NoTls).await
+        else {
+            return;
+        };
+        tokio::spawn(conn);
+        let _ = admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db_name
+            ))
+            .await;
     }
 }
 
