@@ -80,14 +80,48 @@ pub struct Project {
     pub token: String,
 }
 
-/// Process id of a running process of the stack (for resource measurements).
-impl Stack {
-    pub fn pid(&self, name: &str) -> Option<u32> {
-        self.processes
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, c)| c.id())
+/// What a process of the stack is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Api,
+    Worker,
+    Notifier,
+    /// Started with [`Stack::spawn`]: any binary, any arguments.
+    Other,
+}
+
+/// A process the stack started: its name (its log is `dir/NAME.log`) and where it answers
+/// `/healthz`, `/readyz` and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proc {
+    /// Unique within the stack: `api`, `worker0`, `worker1`, …, `notifier0`, …
+    pub name: String,
+    pub kind: Kind,
+    /// The port of its metrics endpoint (the API's: its listen port; 0 when not known, for
+    /// processes started with [`Stack::spawn`]).
+    pub metrics_port: u16,
+}
+
+impl Proc {
+    /// `host:port` of its metrics endpoint.
+    pub fn metrics_address(&self) -> String {
+        format!("127.0.0.1:{}", self.metrics_port)
     }
+}
+
+/// How a process was started, so that it can be started again the same way.
+#[derive(Debug, Clone)]
+struct Spec {
+    binary: String,
+    args: Vec<String>,
+    extra: Vec<(String, String)>,
+}
+
+/// A process of the stack that has not been stopped by the test.
+struct Running {
+    proc: Proc,
+    spec: Spec,
+    child: Child,
 }
 
 /// One running stack: database, queue prefix, storage folder and processes.
@@ -103,7 +137,13 @@ pub struct Stack {
     pub api_url: String,
     pub http: reqwest::Client,
     env: Vec<(String, String)>,
-    processes: Vec<(String, Child)>,
+    processes: Vec<Running>,
+    /// Every process name used so far, in start order (their logs stay after they stop).
+    started: Vec<String>,
+    /// Processes of each kind started so far, for their names.
+    workers_started: usize,
+    notifiers_started: usize,
+    apis_started: usize,
 }
 
 /// How to start a stack.
@@ -220,6 +260,10 @@ impl Stack {
             http: reqwest::Client::new(),
             env,
             processes: Vec::new(),
+            started: Vec::new(),
+            workers_started: 0,
+            notifiers_started: 0,
+            apis_started: 0,
         };
         std::fs::create_dir_all(&stack.dir).expect("test folder");
         eprintln!(
@@ -229,45 +273,105 @@ impl Stack {
         );
         let out = stack.api_cli(&["migrate"]).await;
         assert!(out.status.success(), "migrate failed: {}", out.stderr);
-        stack
-            .spawn("api", "video-import-api", &["serve"], &[])
-            .await;
-        stack.wait_ready(&format!("{}/readyz", stack.api_url)).await;
+        let api = Spec {
+            binary: "video-import-api".into(),
+            args: vec!["serve".into()],
+            extra: Vec::new(),
+        };
+        let name = stack.next_name(Kind::Api);
+        stack.start_process(&name, Kind::Api, api_port, api).await;
         for _ in 0..options.workers {
             stack.spawn_worker().await;
         }
         if options.notifier {
-            stack.spawn_notifier("notifier").await;
+            stack.spawn_notifier().await;
         }
         stack
     }
 
-    /// Starts one more worker and waits until it is ready; returns its metrics port.
-    pub async fn spawn_worker(&mut self) -> u16 {
-        let name = format!("worker{}", self.processes.len());
-        self.spawn_ready(&name, "video-import-worker").await
+    /// Starts one more worker (`worker0`, `worker1`, … in start order) and waits until it
+    /// is ready.
+    pub async fn spawn_worker(&mut self) -> Proc {
+        self.spawn_ready(Kind::Worker, "video-import-worker").await
     }
 
-    /// Starts a notifier called `name` and waits until it is ready; returns its metrics port.
-    pub async fn spawn_notifier(&mut self, name: &str) -> u16 {
-        self.spawn_ready(name, "video-import-notifier").await
+    /// Starts one more notifier (`notifier0`, `notifier1`, …) and waits until it is ready.
+    pub async fn spawn_notifier(&mut self) -> Proc {
+        self.spawn_ready(Kind::Notifier, "video-import-notifier")
+            .await
     }
 
     /// Starts `binary` with its metrics on a free port, waits for `/readyz` and adds it to
-    /// the scrape targets; returns the port.
-    async fn spawn_ready(&mut self, name: &str, binary: &str) -> u16 {
+    /// the scrape targets.
+    async fn spawn_ready(&mut self, kind: Kind, binary: &str) -> Proc {
         let port = free_port();
-        let address = format!("127.0.0.1:{port}");
-        self.spawn(
-            name,
-            binary,
-            &[],
-            &[("VIDEO_IMPORT__METRICS__LISTEN", &address)],
-        )
-        .await;
-        self.wait_ready(&format!("http://{address}/readyz")).await;
-        self.scrape_targets.push((binary.into(), address));
-        port
+        let spec = Spec {
+            binary: binary.into(),
+            args: Vec::new(),
+            extra: vec![(
+                "VIDEO_IMPORT__METRICS__LISTEN".into(),
+                format!("127.0.0.1:{port}"),
+            )],
+        };
+        let name = self.next_name(kind);
+        self.start_process(&name, kind, port, spec).await
+    }
+
+    /// The name the next process of `kind` gets.
+    fn next_name(&mut self, kind: Kind) -> String {
+        match kind {
+            Kind::Worker => {
+                self.workers_started += 1;
+                format!("worker{}", self.workers_started - 1)
+            }
+            Kind::Notifier => {
+                self.notifiers_started += 1;
+                format!("notifier{}", self.notifiers_started - 1)
+            }
+            // The first is `api`, as the tests that read its log expect.
+            Kind::Api => {
+                self.apis_started += 1;
+                match self.apis_started {
+                    1 => "api".into(),
+                    n => format!("api{}", n - 1),
+                }
+            }
+            Kind::Other => format!("process{}", self.started.len()),
+        }
+    }
+
+    /// Starts a process from `spec`, waits until it is ready (API, worker, notifier) and
+    /// adds it to the scrape targets.
+    async fn start_process(&mut self, name: &str, kind: Kind, port: u16, spec: Spec) -> Proc {
+        let proc = Proc {
+            name: name.into(),
+            kind,
+            metrics_port: port,
+        };
+        self.launch(proc.clone(), spec.clone());
+        if kind != Kind::Other {
+            let address = proc.metrics_address();
+            self.wait_ready(&format!("http://{address}/readyz")).await;
+            self.scrape_targets.push((spec.binary, address));
+        }
+        proc
+    }
+
+    /// The running processes of `kind`, in start order.
+    pub fn running(&self, kind: Kind) -> Vec<Proc> {
+        self.processes
+            .iter()
+            .filter(|r| r.proc.kind == kind)
+            .map(|r| r.proc.clone())
+            .collect()
+    }
+
+    /// Process id of a running process of the stack (for resource measurements).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.processes
+            .iter()
+            .find(|r| r.proc.name == name)
+            .and_then(|r| r.child.id())
     }
 
     /// The text a binary's `/metrics` at `address` (host:port) answers.
@@ -288,8 +392,12 @@ impl Stack {
         let listen = format!("127.0.0.1:{port}");
         let mut vars = vec![("VIDEO_IMPORT__API__LISTEN", listen.as_str())];
         vars.extend_from_slice(extra);
-        self.spawn(name, "video-import-api", &["serve"], &vars)
-            .await;
+        let proc = Proc {
+            name: name.into(),
+            kind: Kind::Api,
+            metrics_port: port,
+        };
+        self.launch(proc, spec("video-import-api", &["serve"], &vars));
         let base = format!("http://{listen}");
         let deadline = Instant::now() + Duration::from_secs(30);
         while self
@@ -311,45 +419,87 @@ impl Stack {
 
     /// Starts a process of the stack with extra variables; its output goes to `dir/name.log`.
     pub async fn spawn(&mut self, name: &str, binary: &str, args: &[&str], extra: &[(&str, &str)]) {
-        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).expect("log file");
-        let mut command = Command::new(bin(binary));
+        let proc = Proc {
+            name: name.into(),
+            kind: Kind::Other,
+            metrics_port: 0,
+        };
+        self.launch(proc, spec(binary, args, extra));
+    }
+
+    /// Starts the process; its output goes to `dir/NAME.log`.
+    fn launch(&mut self, proc: Proc, spec: Spec) {
+        assert!(
+            !self.started.contains(&proc.name),
+            "a process called {} was started before: its log would be overwritten",
+            proc.name
+        );
+        let log =
+            std::fs::File::create(self.dir.join(format!("{}.log", proc.name))).expect("log file");
+        let mut command = Command::new(bin(&spec.binary));
         command
-            .args(args)
+            .args(&spec.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .envs(extra.iter().copied())
+            .envs(spec.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .kill_on_drop(true);
         let child = command.spawn().expect("spawn binary");
-        self.processes.push((name.to_string(), child));
+        self.started.push(proc.name.clone());
+        self.processes.push(Running { proc, spec, child });
+    }
+
+    /// Takes process `name` out of the stack (and its scrape target).
+    fn remove(&mut self, name: &str) -> Option<Running> {
+        let pos = self.processes.iter().position(|r| r.proc.name == name)?;
+        let running = self.processes.remove(pos);
+        let address = running.proc.metrics_address();
+        self.scrape_targets.retain(|(_, a)| *a != address);
+        Some(running)
     }
 
     /// Sends SIGTERM to process `name` and waits for it to exit.
     pub async fn terminate(&mut self, name: &str) -> std::process::ExitStatus {
-        let pos = self
-            .processes
-            .iter()
-            .position(|(n, _)| n == name)
-            .expect("a process of that name");
-        let (_, mut child) = self.processes.remove(pos);
-        let pid = child.id().expect("running").to_string();
+        let mut running = self.remove(name).expect("a process of that name");
+        let pid = running.child.id().expect("running").to_string();
         let sent = std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("kill");
         assert!(sent.success());
-        tokio::time::timeout(Duration::from_secs(60), child.wait())
+        tokio::time::timeout(Duration::from_secs(60), running.child.wait())
             .await
-            .expect("exits within the grace period")
+            .unwrap_or_else(|_| panic!("{name} did not exit within 60 s of SIGTERM"))
             .expect("exit status")
+    }
+
+    /// Stops `proc` with SIGTERM (it must exit cleanly) and starts a process of the same
+    /// kind with the same configuration (the same ports: a restarted API answers at the
+    /// same URL); returns the new process once it is ready.
+    pub async fn restart(&mut self, proc: &Proc) -> Proc {
+        let spec = self
+            .processes
+            .iter()
+            .find(|r| r.proc.name == proc.name)
+            .map(|r| r.spec.clone())
+            .unwrap_or_else(|| panic!("{} is not running", proc.name));
+        let status = self.terminate(&proc.name).await;
+        assert!(
+            status.success(),
+            "{} exited with {status} after SIGTERM\n{}",
+            proc.name,
+            self.log_tails(FAILURE_LOG_LINES)
+        );
+        let name = self.next_name(proc.kind);
+        self.start_process(&name, proc.kind, proc.metrics_port, spec)
+            .await
     }
 
     /// Stops a process by name with SIGKILL.
     pub async fn kill(&mut self, name: &str) {
-        if let Some(pos) = self.processes.iter().position(|(n, _)| n == name) {
-            let (_, mut child) = self.processes.remove(pos);
-            let _ = child.kill().await;
+        if let Some(mut running) = self.remove(name) {
+            let _ = running.child.kill().await;
         }
     }
 
@@ -361,14 +511,20 @@ impl Stack {
                     return;
                 }
             }
-            let dir = self.dir.clone();
-            for (name, child) in &mut self.processes {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let log = std::fs::read_to_string(dir.join(format!("{name}.log")));
-                    panic!("{name} exited with {status}: {}", log.unwrap_or_default());
+            for running in &mut self.processes {
+                if let Ok(Some(status)) = running.child.try_wait() {
+                    let name = running.proc.name.clone();
+                    panic!(
+                        "{name} exited with {status}:\n{}",
+                        self.log_tails(FAILURE_LOG_LINES)
+                    );
                 }
             }
-            assert!(Instant::now() < deadline, "{url} never became ready");
+            assert!(
+                Instant::now() < deadline,
+                "{url} never became ready:\n{}",
+                self.log_tails(FAILURE_LOG_LINES)
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -378,27 +534,19 @@ impl Stack {
         std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
     }
 
-    /// The last `lines` lines of every process log in the stack's folder, for failure
-    /// messages.
+    /// The last `lines` lines of the log of every process the stack started (running or
+    /// not), for failure messages.
     pub fn log_tails(&self, lines: usize) -> String {
-        let mut logs: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "log"))
-            .collect();
-        logs.sort();
         let mut out = String::new();
-        for path in logs {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for name in &self.started {
+            let text = self.log(name);
             let all: Vec<&str> = text.lines().collect();
             let tail = &all[all.len().saturating_sub(lines)..];
             out.push_str(&format!(
-                "--- {} (last {} of {} lines) ---\n{}\n",
-                path.display(),
+                "--- {name} (last {} of {} lines of {}) ---\n{}\n",
                 tail.len(),
                 all.len(),
+                self.dir.join(format!("{name}.log")).display(),
                 tail.join("\n")
             ));
         }
@@ -534,8 +682,8 @@ impl Stack {
             }
             assert!(
                 Instant::now() < deadline,
-                "job {job} did not finish in {secs} s: {status}\nworker log:\n{}",
-                self.log("worker0")
+                "job {job} did not finish in {secs} s: {status}\n{}",
+                self.log_tails(FAILURE_LOG_LINES)
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -559,9 +707,9 @@ impl Stack {
     /// The processes of the stack that are no longer running.
     pub fn exited(&mut self) -> Vec<String> {
         let mut exited = Vec::new();
-        for (name, child) in &mut self.processes {
-            if !matches!(child.try_wait(), Ok(None)) {
-                exited.push(name.clone());
+        for running in &mut self.processes {
+            if !matches!(running.child.try_wait(), Ok(None)) {
+                exited.push(running.proc.name.clone());
             }
         }
         exited
@@ -618,9 +766,9 @@ impl Drop for Stack {
     /// panicked (then the process logs' tails are printed first, as the folder goes too).
     fn drop(&mut self) {
         let mut pids = Vec::new();
-        for (_, child) in &mut self.processes {
-            pids.extend(child.id());
-            let _ = child.start_kill();
+        for running in &mut self.processes {
+            pids.extend(running.child.id());
+            let _ = running.child.start_kill();
         }
         wait_dead(&pids, Duration::from_secs(10));
         if std::thread::panicking() {
@@ -747,6 +895,18 @@ impl Cleanup {
                 self.db_name
             ))
             .await;
+    }
+}
+
+/// A [`Spec`] from borrowed parts.
+fn spec(binary: &str, args: &[&str], extra: &[(&str, &str)]) -> Spec {
+    Spec {
+        binary: binary.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        extra: extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use video_import_tests::receiver::Receiver;
 use video_import_tests::videos::VideoServer;
-use video_import_tests::{free_port, Options, Stack};
+use video_import_tests::{free_port, Kind, Options, Stack};
 
 fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -239,7 +239,12 @@ async fn one_trace_id_follows_a_job_through_all_three_binaries() {
     stack.wait_finished(&project.token, job, 30).await;
     receiver.wait_for(1, 30).await;
     stack.wait_webhook(&project.token, job, "delivered").await;
-    for name in ["api", "worker1", "notifier"] {
+    let processes = [Kind::Api, Kind::Worker, Kind::Notifier].map(|kind| {
+        let running = stack.running(kind);
+        assert_eq!(running.len(), 1, "one {kind:?}");
+        running[0].name.clone()
+    });
+    for name in &processes {
         let log = stack.log(name);
         let traced: Vec<Value> = log
             .lines()

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 use video_import_tests::receiver::Receiver;
 use video_import_tests::videos::{fixture, sha256, VideoServer};
-use video_import_tests::{Options, Stack, NO_TEST_SERVERS};
+use video_import_tests::{Kind, Options, Stack, NO_TEST_SERVERS};
 
 /// The seed's example request, with the video URL pointed at the local server.
 fn seed_body(video_url: &str, webhook: &str) -> String {
@@ -590,10 +590,13 @@ async fn two_workers_share_a_batch_without_duplicates_and_send_one_webhook() {
     assert_eq!(entries[0].get::<_, i64>(0), 60);
     assert_eq!(entries[0].get::<_, i64>(1), 60);
     // Both workers took part.
-    for worker in ["worker1", "worker2"] {
+    let workers = stack.running(Kind::Worker);
+    assert_eq!(workers.len(), 2);
+    for worker in workers {
         assert!(
-            stack.log(worker).contains("video done"),
-            "{worker} did no work"
+            stack.log(&worker.name).contains("video done"),
+            "{} did no work",
+            worker.name
         );
     }
     receiver.wait_for(1, 30).await;

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use video_import_tests::receiver::Receiver;
 use video_import_tests::services::{OwnPostgres, OwnRabbitCluster, OwnRabbitMq};
 use video_import_tests::videos::VideoServer;
-use video_import_tests::{Options, Stack};
+use video_import_tests::{Kind, Options, Stack};
 
 /// Runs a blocking service command off the runtime, so the test's servers keep answering.
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
@@ -74,7 +74,7 @@ async fn rabbitmq_and_postgresql_restarts_lose_and_duplicate_nothing() {
     assert_complete(&stack, &project.token, &job, "mq").await;
     assert!(
         stack
-            .log("worker1")
+            .log(&stack.running(Kind::Worker)[0].name)
             .contains("consumer lost its broker connection"),
         "the worker saw the broker go and reconnected"
     );

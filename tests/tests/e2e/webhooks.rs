@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use video_import_tests::receiver::Receiver;
 use video_import_tests::videos::VideoServer;
-use video_import_tests::{free_port, Options, Stack, NO_TEST_SERVERS};
+use video_import_tests::{free_port, Options, Proc, Stack, NO_TEST_SERVERS};
 
 fn one_video(videos: &VideoServer, webhook: &str) -> Value {
     json!({"systemName": "archive", "webhook": webhook, "context": {"batch": 7}, "videos": [
@@ -359,8 +359,8 @@ async fn a_hanging_receiver_does_not_hold_up_deliveries_to_others() {
 }
 
 /// A counter of a binary's metrics endpoint.
-async fn counter(stack: &Stack, port: u16, name: &str) -> f64 {
-    let text = stack.metrics(&format!("127.0.0.1:{port}")).await;
+async fn counter(stack: &Stack, process: &Proc, name: &str) -> f64 {
+    let text = stack.metrics(&process.metrics_address()).await;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name} in the metrics"))
@@ -389,7 +389,7 @@ async fn a_dead_receivers_deliveries_are_held_and_all_go_out_once_it_answers() {
         ..Options::default()
     })
     .await;
-    let port = stack.spawn_notifier("notifier-a").await;
+    let notifier = stack.spawn_notifier().await;
     let videos = VideoServer::start().await;
     let dead = Receiver::start_with(&[], None, Some(Duration::from_secs(3600))).await;
     let project = stack.project("held").await;
@@ -413,11 +413,12 @@ async fn a_dead_receivers_deliveries_are_held_and_all_go_out_once_it_answers() {
     // only as its two slots free up (each slot's request times out after 2 s).
     let (requests, released) = (
         dead.received().len(),
-        counter(&stack, port, "video_import_webhook_releases_total").await,
+        counter(&stack, &notifier, "video_import_webhook_releases_total").await,
     );
     tokio::time::sleep(Duration::from_secs(4)).await;
     let requests = dead.received().len() - requests;
-    let released = counter(&stack, port, "video_import_webhook_releases_total").await - released;
+    let released =
+        counter(&stack, &notifier, "video_import_webhook_releases_total").await - released;
     assert!(
         requests <= 8,
         "{requests} requests in 4 s to a host with two slots"
@@ -432,7 +433,7 @@ async fn a_dead_receivers_deliveries_are_held_and_all_go_out_once_it_answers() {
     // receiver get their deliveries held at once, without a message (no notifier runs to
     // hold them). Another notifier delivers them all once the receiver answers again, each
     // with its own webhook id.
-    stack.kill("notifier-a").await;
+    stack.kill(&notifier.name).await;
     let before = held(&stack).await;
     for _ in 0..5 {
         let job = stack
@@ -442,7 +443,7 @@ async fn a_dead_receivers_deliveries_are_held_and_all_go_out_once_it_answers() {
     }
     assert_eq!(held(&stack).await, before + 5, "created held");
     dead.set_hang(None);
-    stack.spawn_notifier("notifier-b").await;
+    stack.spawn_notifier().await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let delivered: i64 = stack

@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use video_import_tests::receiver::Receiver;
 use video_import_tests::videos::{fixture, sha256, VideoServer};
-use video_import_tests::{Options, Stack};
+use video_import_tests::{Kind, Options, Stack};
 
 fn batch(urls: &[String]) -> Value {
     let videos: Vec<Value> = urls
@@ -240,7 +240,8 @@ async fn a_worker_killed_mid_batch_loses_and_duplicates_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    stack.kill("worker1").await;
+    let worker = stack.running(Kind::Worker)[0].clone();
+    stack.kill(&worker.name).await;
     let status = stack.status(&project.token, &job).await;
     assert!(
         status["overview"]["pending"].as_i64().unwrap() > 0,
@@ -276,9 +277,10 @@ async fn sigterm_lets_in_flight_downloads_finish_and_hands_back_the_rest() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let status = stack.terminate("worker1").await;
+    let worker = stack.running(Kind::Worker)[0].clone();
+    let status = stack.terminate(&worker.name).await;
     assert!(status.success(), "the worker exits cleanly: {status}");
-    let log = stack.log("worker1");
+    let log = stack.log(&worker.name);
     assert!(log.contains("shutdown requested"), "{log}");
     // The downloads in flight at SIGTERM were finished, not abandoned.
     let done = stack
@@ -430,7 +432,8 @@ async fn objects_left_by_a_worker_killed_before_its_commit_are_swept() {
     }
     assert!(waiting, "the worker reached its commit");
     assert_eq!(files_below(&storage).len(), 1, "the upload is complete");
-    stack.kill("worker1").await;
+    let worker = stack.running(Kind::Worker)[0].clone();
+    stack.kill(&worker.name).await;
     locker.batch_execute("ROLLBACK").await.unwrap();
 
     // Another worker imports the video again; the first upload is now referenced by nothing.
