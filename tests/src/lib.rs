@@ -4,11 +4,16 @@
 //!
 //! Build the binaries first: `cargo build --workspace --bins && cargo test --workspace`.
 
+mod batch;
+mod poll;
 pub mod receiver;
 pub mod services;
 pub mod videos;
 
-use std::path::PathBuf;
+pub use batch::{batch, Batch};
+pub use poll::poll_until;
+
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -249,7 +254,8 @@ impl Stack {
         }
         // From here on the stack exists, so a panic below still removes the database.
         let mut stack = Stack {
-            scrape_targets: vec![("video-import-api".into(), format!("127.0.0.1:{api_port}"))],
+            // Each process adds its own once it is ready.
+            scrape_targets: Vec::new(),
             admin_url,
             amqp_url: options.amqp_url.clone(),
             db_name,
@@ -399,21 +405,12 @@ impl Stack {
         };
         self.launch(proc, spec("video-import-api", &["serve"], &vars));
         let base = format!("http://{listen}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self
-            .http
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "{name} never answered: {}",
-                self.log(name)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let healthz = format!("{base}/healthz");
+        let what = format!("{name} to answer {healthz}");
+        self.poll_until(&what, Duration::from_secs(30), async || {
+            self.http.get(&healthz).send().await.map(|_| ())
+        })
+        .await;
         base
     }
 
@@ -503,30 +500,31 @@ impl Stack {
         }
     }
 
+    /// Waits until `url` answers 2xx; fails at once if a process of the stack exited.
     async fn wait_ready(&mut self, url: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = self.http.get(url).send().await {
-                if r.status().is_success() {
-                    return;
+        // Borrowed field by field: the probe checks the children, the message reads the logs.
+        let (http, processes, dir, started) =
+            (&self.http, &mut self.processes, &self.dir, &self.started);
+        let what = format!("{url} to answer 2xx");
+        let tails = || log_tails(dir, started, FAILURE_LOG_LINES);
+        poll::poll_with(
+            &what,
+            Duration::from_secs(30),
+            async || {
+                for running in processes.iter_mut() {
+                    if let Ok(Some(status)) = running.child.try_wait() {
+                        panic!("{} exited with {status}:\n{}", running.proc.name, tails());
+                    }
                 }
-            }
-            for running in &mut self.processes {
-                if let Ok(Some(status)) = running.child.try_wait() {
-                    let name = running.proc.name.clone();
-                    panic!(
-                        "{name} exited with {status}:\n{}",
-                        self.log_tails(FAILURE_LOG_LINES)
-                    );
+                match http.get(url).send().await {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(r.status().to_string()),
+                    Err(e) => Err(e.to_string()),
                 }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{url} never became ready:\n{}",
-                self.log_tails(FAILURE_LOG_LINES)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            },
+            tails,
+        )
+        .await
     }
 
     /// The log of process `name`.
@@ -537,20 +535,7 @@ impl Stack {
     /// The last `lines` lines of the log of every process the stack started (running or
     /// not), for failure messages.
     pub fn log_tails(&self, lines: usize) -> String {
-        let mut out = String::new();
-        for name in &self.started {
-            let text = self.log(name);
-            let all: Vec<&str> = text.lines().collect();
-            let tail = &all[all.len().saturating_sub(lines)..];
-            out.push_str(&format!(
-                "--- {name} (last {} of {} lines of {}) ---\n{}\n",
-                tail.len(),
-                all.len(),
-                self.dir.join(format!("{name}.log")).display(),
-                tail.join("\n")
-            ));
-        }
-        out
+        log_tails(&self.dir, &self.started, lines)
     }
 
     /// Runs `video-import-api ARGS` with the stack's configuration.
@@ -636,9 +621,10 @@ impl Stack {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    /// POSTs a batch and returns the job id, asserting 200.
-    pub async fn import(&self, token: &str, body: &Value) -> String {
-        let (status, response) = self.import_raw(Some(token), &body.to_string()).await;
+    /// POSTs a batch (a [`Batch`] or any JSON) and returns the job id, asserting 200.
+    pub async fn import(&self, token: &str, body: &impl serde::Serialize) -> String {
+        let body = serde_json::to_string(body).expect("a JSON body");
+        let (status, response) = self.import_raw(Some(token), &body).await;
         assert_eq!(status, 200, "import answered {response}");
         response["id"].as_str().expect("job id").to_string()
     }
@@ -669,39 +655,41 @@ impl Stack {
     /// Polls the status until the job is finished (at most `secs` seconds); answers other
     /// than 200 (the API's database restarting) are waited out.
     pub async fn wait_finished(&self, token: &str, job: &str, secs: u64) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let (code, status) = self
-                .get(
-                    Some(token),
-                    &format!("/api/v1/import/videos/status?id={job}"),
-                )
-                .await;
+        let path = format!("/api/v1/import/videos/status?id={job}");
+        let what = format!("job {job} to finish");
+        self.poll_until(&what, Duration::from_secs(secs), async || {
+            let (code, status) = self.get(Some(token), &path).await;
             if code == 200 && status["finished"] == Value::Bool(true) {
-                return status;
+                Ok(status)
+            } else {
+                Err(format!("{code} {status}"))
             }
-            assert!(
-                Instant::now() < deadline,
-                "job {job} did not finish in {secs} s: {status}\n{}",
-                self.log_tails(FAILURE_LOG_LINES)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 
     /// Polls the status until the job's webhook is in `state` (at most 15 s).
     pub async fn wait_webhook(&self, token: &str, job: &str, state: &str) -> Value {
-        for _ in 0..150 {
+        let what = format!("the webhook of {job} to be {state}");
+        self.poll_until(&what, Duration::from_secs(15), async || {
             let status = self.status(token, job).await;
             if status["webhook"]["state"] == state {
-                return status;
+                Ok(status)
+            } else {
+                Err(status)
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!(
-            "webhook of {job} never reached {state}: {}",
-            self.status(token, job).await
-        );
+        })
+        .await
+    }
+
+    /// [`poll_until`], with the tails of the stack's process logs in the failure message.
+    pub async fn poll_until<T, E: std::fmt::Display>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        probe: impl AsyncFnMut() -> Result<T, E>,
+    ) -> T {
+        poll::poll_with(what, timeout, probe, || self.log_tails(FAILURE_LOG_LINES)).await
     }
 
     /// The processes of the stack that are no longer running.
@@ -896,6 +884,25 @@ impl Cleanup {
             ))
             .await;
     }
+}
+
+/// The last `lines` lines of the logs `dir/NAME.log` of `names`.
+fn log_tails(dir: &Path, names: &[String], lines: usize) -> String {
+    let mut out = String::new();
+    for name in names {
+        let path = dir.join(format!("{name}.log"));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let tail = &all[all.len().saturating_sub(lines)..];
+        out.push_str(&format!(
+            "--- {name} (last {} of {} lines of {}) ---\n{}\n",
+            tail.len(),
+            all.len(),
+            path.display(),
+            tail.join("\n")
+        ));
+    }
+    out
 }
 
 /// A [`Spec`] from borrowed parts.
