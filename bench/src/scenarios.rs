@@ -221,7 +221,7 @@ pub async fn large_file() -> anyhow::Result<Vec<Row>> {
     let url = format!("{base}/large.mp4");
     let curl = baseline::curl(&url, &stack.dir.join("curl.out"))?;
     println!("curl -o: {:.0} MiB/s", curl / 1048576.0);
-    let pid = stack.pid("worker1").expect("worker running");
+    let pid = stack.pid("worker0").expect("worker running");
     let idle = peak_rss_mib(pid);
     let started = Instant::now();
     let job = post(

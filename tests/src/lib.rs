@@ -4,11 +4,16 @@
 //!
 //! Build the binaries first: `cargo build --workspace --bins && cargo test --workspace`.
 
+mod batch;
+mod poll;
 pub mod receiver;
 pub mod services;
 pub mod videos;
 
-use std::path::PathBuf;
+pub use batch::{batch, Batch};
+pub use poll::poll_until;
+
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -80,14 +85,48 @@ pub struct Project {
     pub token: String,
 }
 
-/// Process id of a running process of the stack (for resource measurements).
-impl Stack {
-    pub fn pid(&self, name: &str) -> Option<u32> {
-        self.processes
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, c)| c.id())
+/// What a process of the stack is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Api,
+    Worker,
+    Notifier,
+    /// Started with [`Stack::spawn`]: any binary, any arguments.
+    Other,
+}
+
+/// A process the stack started: its name (its log is `dir/NAME.log`) and where it answers
+/// `/healthz`, `/readyz` and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proc {
+    /// Unique within the stack: `api`, `worker0`, `worker1`, …, `notifier0`, …
+    pub name: String,
+    pub kind: Kind,
+    /// The port of its metrics endpoint (the API's: its listen port; 0 when not known, for
+    /// processes started with [`Stack::spawn`]).
+    pub metrics_port: u16,
+}
+
+impl Proc {
+    /// `host:port` of its metrics endpoint.
+    pub fn metrics_address(&self) -> String {
+        format!("127.0.0.1:{}", self.metrics_port)
     }
+}
+
+/// How a process was started, so that it can be started again the same way.
+#[derive(Debug, Clone)]
+struct Spec {
+    binary: String,
+    args: Vec<String>,
+    extra: Vec<(String, String)>,
+}
+
+/// A process of the stack that has not been stopped by the test.
+struct Running {
+    proc: Proc,
+    spec: Spec,
+    child: Child,
 }
 
 /// One running stack: database, queue prefix, storage folder and processes.
@@ -103,7 +142,13 @@ pub struct Stack {
     pub api_url: String,
     pub http: reqwest::Client,
     env: Vec<(String, String)>,
-    processes: Vec<(String, Child)>,
+    processes: Vec<Running>,
+    /// Every process name used so far, in start order (their logs stay after they stop).
+    started: Vec<String>,
+    /// Processes of each kind started so far, for their names.
+    workers_started: usize,
+    notifiers_started: usize,
+    apis_started: usize,
 }
 
 /// How to start a stack.
@@ -167,8 +212,6 @@ impl Stack {
         );
         let prefix = format!("vit-{suffix}");
         let dir = std::env::temp_dir().join(format!("vit-{suffix}"));
-        std::fs::create_dir_all(&dir).expect("test folder");
-        eprintln!("test stack: database {db_name}, logs in {}", dir.display());
         let api_port = free_port();
         let mut env: Vec<(String, String)> = vec![
             ("VIDEO_IMPORT__DATABASE__URL".into(), db_url.clone()),
@@ -209,8 +252,10 @@ impl Stack {
             env.retain(|(key, _)| *key != k);
             env.push((k, v));
         }
+        // From here on the stack exists, so a panic below still removes the database.
         let mut stack = Stack {
-            scrape_targets: vec![("video-import-api".into(), format!("127.0.0.1:{api_port}"))],
+            // Each process adds its own once it is ready.
+            scrape_targets: Vec::new(),
             admin_url,
             amqp_url: options.amqp_url.clone(),
             db_name,
@@ -221,48 +266,118 @@ impl Stack {
             http: reqwest::Client::new(),
             env,
             processes: Vec::new(),
+            started: Vec::new(),
+            workers_started: 0,
+            notifiers_started: 0,
+            apis_started: 0,
         };
+        std::fs::create_dir_all(&stack.dir).expect("test folder");
+        eprintln!(
+            "test stack: database {}, logs in {}",
+            stack.db_name,
+            stack.dir.display()
+        );
         let out = stack.api_cli(&["migrate"]).await;
         assert!(out.status.success(), "migrate failed: {}", out.stderr);
-        stack
-            .spawn("api", "video-import-api", &["serve"], &[])
-            .await;
-        stack.wait_ready(&format!("{}/readyz", stack.api_url)).await;
+        let api = Spec {
+            binary: "video-import-api".into(),
+            args: vec!["serve".into()],
+            extra: Vec::new(),
+        };
+        let name = stack.next_name(Kind::Api);
+        stack.start_process(&name, Kind::Api, api_port, api).await;
         for _ in 0..options.workers {
             stack.spawn_worker().await;
         }
         if options.notifier {
-            stack.spawn_notifier("notifier").await;
+            stack.spawn_notifier().await;
         }
         stack
     }
 
-    /// Starts one more worker and waits until it is ready; returns its metrics port.
-    pub async fn spawn_worker(&mut self) -> u16 {
-        let name = format!("worker{}", self.processes.len());
-        self.spawn_ready(&name, "video-import-worker").await
+    /// Starts one more worker (`worker0`, `worker1`, … in start order) and waits until it
+    /// is ready.
+    pub async fn spawn_worker(&mut self) -> Proc {
+        self.spawn_ready(Kind::Worker, "video-import-worker").await
     }
 
-    /// Starts a notifier called `name` and waits until it is ready; returns its metrics port.
-    pub async fn spawn_notifier(&mut self, name: &str) -> u16 {
-        self.spawn_ready(name, "video-import-notifier").await
+    /// Starts one more notifier (`notifier0`, `notifier1`, …) and waits until it is ready.
+    pub async fn spawn_notifier(&mut self) -> Proc {
+        self.spawn_ready(Kind::Notifier, "video-import-notifier")
+            .await
     }
 
     /// Starts `binary` with its metrics on a free port, waits for `/readyz` and adds it to
-    /// the scrape targets; returns the port.
-    async fn spawn_ready(&mut self, name: &str, binary: &str) -> u16 {
+    /// the scrape targets.
+    async fn spawn_ready(&mut self, kind: Kind, binary: &str) -> Proc {
         let port = free_port();
-        let address = format!("127.0.0.1:{port}");
-        self.spawn(
-            name,
-            binary,
-            &[],
-            &[("VIDEO_IMPORT__METRICS__LISTEN", &address)],
-        )
-        .await;
-        self.wait_ready(&format!("http://{address}/readyz")).await;
-        self.scrape_targets.push((binary.into(), address));
-        port
+        let spec = Spec {
+            binary: binary.into(),
+            args: Vec::new(),
+            extra: vec![(
+                "VIDEO_IMPORT__METRICS__LISTEN".into(),
+                format!("127.0.0.1:{port}"),
+            )],
+        };
+        let name = self.next_name(kind);
+        self.start_process(&name, kind, port, spec).await
+    }
+
+    /// The name the next process of `kind` gets.
+    fn next_name(&mut self, kind: Kind) -> String {
+        match kind {
+            Kind::Worker => {
+                self.workers_started += 1;
+                format!("worker{}", self.workers_started - 1)
+            }
+            Kind::Notifier => {
+                self.notifiers_started += 1;
+                format!("notifier{}", self.notifiers_started - 1)
+            }
+            // The first is `api`, as the tests that read its log expect.
+            Kind::Api => {
+                self.apis_started += 1;
+                match self.apis_started {
+                    1 => "api".into(),
+                    n => format!("api{}", n - 1),
+                }
+            }
+            Kind::Other => format!("process{}", self.started.len()),
+        }
+    }
+
+    /// Starts a process from `spec`, waits until it is ready (API, worker, notifier) and
+    /// adds it to the scrape targets.
+    async fn start_process(&mut self, name: &str, kind: Kind, port: u16, spec: Spec) -> Proc {
+        let proc = Proc {
+            name: name.into(),
+            kind,
+            metrics_port: port,
+        };
+        self.launch(proc.clone(), spec.clone());
+        if kind != Kind::Other {
+            let address = proc.metrics_address();
+            self.wait_ready(&format!("http://{address}/readyz")).await;
+            self.scrape_targets.push((spec.binary, address));
+        }
+        proc
+    }
+
+    /// The running processes of `kind`, in start order.
+    pub fn running(&self, kind: Kind) -> Vec<Proc> {
+        self.processes
+            .iter()
+            .filter(|r| r.proc.kind == kind)
+            .map(|r| r.proc.clone())
+            .collect()
+    }
+
+    /// Process id of a running process of the stack (for resource measurements).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.processes
+            .iter()
+            .find(|r| r.proc.name == name)
+            .and_then(|r| r.child.id())
     }
 
     /// The text a binary's `/metrics` at `address` (host:port) answers.
@@ -283,94 +398,144 @@ impl Stack {
         let listen = format!("127.0.0.1:{port}");
         let mut vars = vec![("VIDEO_IMPORT__API__LISTEN", listen.as_str())];
         vars.extend_from_slice(extra);
-        self.spawn(name, "video-import-api", &["serve"], &vars)
-            .await;
+        let proc = Proc {
+            name: name.into(),
+            kind: Kind::Api,
+            metrics_port: port,
+        };
+        self.launch(proc, spec("video-import-api", &["serve"], &vars));
         let base = format!("http://{listen}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self
-            .http
-            .get(format!("{base}/healthz"))
-            .send()
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "{name} never answered: {}",
-                self.log(name)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let healthz = format!("{base}/healthz");
+        let what = format!("{name} to answer {healthz}");
+        self.poll_until(&what, Duration::from_secs(30), async || {
+            self.http.get(&healthz).send().await.map(|_| ())
+        })
+        .await;
         base
     }
 
     /// Starts a process of the stack with extra variables; its output goes to `dir/name.log`.
     pub async fn spawn(&mut self, name: &str, binary: &str, args: &[&str], extra: &[(&str, &str)]) {
-        let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).expect("log file");
-        let mut command = Command::new(bin(binary));
+        let proc = Proc {
+            name: name.into(),
+            kind: Kind::Other,
+            metrics_port: 0,
+        };
+        self.launch(proc, spec(binary, args, extra));
+    }
+
+    /// Starts the process; its output goes to `dir/NAME.log`.
+    fn launch(&mut self, proc: Proc, spec: Spec) {
+        assert!(
+            !self.started.contains(&proc.name),
+            "a process called {} was started before: its log would be overwritten",
+            proc.name
+        );
+        let log =
+            std::fs::File::create(self.dir.join(format!("{}.log", proc.name))).expect("log file");
+        let mut command = Command::new(bin(&spec.binary));
         command
-            .args(args)
+            .args(&spec.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .envs(extra.iter().copied())
+            .envs(spec.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .kill_on_drop(true);
         let child = command.spawn().expect("spawn binary");
-        self.processes.push((name.to_string(), child));
+        self.started.push(proc.name.clone());
+        self.processes.push(Running { proc, spec, child });
+    }
+
+    /// Takes process `name` out of the stack (and its scrape target).
+    fn remove(&mut self, name: &str) -> Option<Running> {
+        let pos = self.processes.iter().position(|r| r.proc.name == name)?;
+        let running = self.processes.remove(pos);
+        let address = running.proc.metrics_address();
+        self.scrape_targets.retain(|(_, a)| *a != address);
+        Some(running)
     }
 
     /// Sends SIGTERM to process `name` and waits for it to exit.
     pub async fn terminate(&mut self, name: &str) -> std::process::ExitStatus {
-        let pos = self
-            .processes
-            .iter()
-            .position(|(n, _)| n == name)
-            .expect("a process of that name");
-        let (_, mut child) = self.processes.remove(pos);
-        let pid = child.id().expect("running").to_string();
+        let mut running = self.remove(name).expect("a process of that name");
+        let pid = running.child.id().expect("running").to_string();
         let sent = std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("kill");
         assert!(sent.success());
-        tokio::time::timeout(Duration::from_secs(60), child.wait())
+        tokio::time::timeout(Duration::from_secs(60), running.child.wait())
             .await
-            .expect("exits within the grace period")
+            .unwrap_or_else(|_| panic!("{name} did not exit within 60 s of SIGTERM"))
             .expect("exit status")
+    }
+
+    /// Stops `proc` with SIGTERM (it must exit cleanly) and starts a process of the same
+    /// kind with the same configuration (the same ports: a restarted API answers at the
+    /// same URL); returns the new process once it is ready.
+    pub async fn restart(&mut self, proc: &Proc) -> Proc {
+        let spec = self
+            .processes
+            .iter()
+            .find(|r| r.proc.name == proc.name)
+            .map(|r| r.spec.clone())
+            .unwrap_or_else(|| panic!("{} is not running", proc.name));
+        let status = self.terminate(&proc.name).await;
+        assert!(
+            status.success(),
+            "{} exited with {status} after SIGTERM\n{}",
+            proc.name,
+            self.log_tails(FAILURE_LOG_LINES)
+        );
+        let name = self.next_name(proc.kind);
+        self.start_process(&name, proc.kind, proc.metrics_port, spec)
+            .await
     }
 
     /// Stops a process by name with SIGKILL.
     pub async fn kill(&mut self, name: &str) {
-        if let Some(pos) = self.processes.iter().position(|(n, _)| n == name) {
-            let (_, mut child) = self.processes.remove(pos);
-            let _ = child.kill().await;
+        if let Some(mut running) = self.remove(name) {
+            let _ = running.child.kill().await;
         }
     }
 
+    /// Waits until `url` answers 2xx; fails at once if a process of the stack exited.
     async fn wait_ready(&mut self, url: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = self.http.get(url).send().await {
-                if r.status().is_success() {
-                    return;
+        // Borrowed field by field: the probe checks the children, the message reads the logs.
+        let (http, processes, dir, started) =
+            (&self.http, &mut self.processes, &self.dir, &self.started);
+        let what = format!("{url} to answer 2xx");
+        let tails = || log_tails(dir, started, FAILURE_LOG_LINES);
+        poll::poll_with(
+            &what,
+            Duration::from_secs(30),
+            async || {
+                for running in processes.iter_mut() {
+                    if let Ok(Some(status)) = running.child.try_wait() {
+                        panic!("{} exited with {status}:\n{}", running.proc.name, tails());
+                    }
                 }
-            }
-            let dir = self.dir.clone();
-            for (name, child) in &mut self.processes {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let log = std::fs::read_to_string(dir.join(format!("{name}.log")));
-                    panic!("{name} exited with {status}: {}", log.unwrap_or_default());
+                match http.get(url).send().await {
+                    Ok(r) if r.status().is_success() => Ok(()),
+                    Ok(r) => Err(r.status().to_string()),
+                    Err(e) => Err(e.to_string()),
                 }
-            }
-            assert!(Instant::now() < deadline, "{url} never became ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            },
+            tails,
+        )
+        .await
     }
 
     /// The log of process `name`.
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// The last `lines` lines of the log of every process the stack started (running or
+    /// not), for failure messages.
+    pub fn log_tails(&self, lines: usize) -> String {
+        log_tails(&self.dir, &self.started, lines)
     }
 
     /// Runs `video-import-api ARGS` with the stack's configuration.
@@ -456,9 +621,10 @@ impl Stack {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    /// POSTs a batch and returns the job id, asserting 200.
-    pub async fn import(&self, token: &str, body: &Value) -> String {
-        let (status, response) = self.import_raw(Some(token), &body.to_string()).await;
+    /// POSTs a batch (a [`Batch`] or any JSON) and returns the job id, asserting 200.
+    pub async fn import(&self, token: &str, body: &impl serde::Serialize) -> String {
+        let body = serde_json::to_string(body).expect("a JSON body");
+        let (status, response) = self.import_raw(Some(token), &body).await;
         assert_eq!(status, 200, "import answered {response}");
         response["id"].as_str().expect("job id").to_string()
     }
@@ -489,47 +655,49 @@ impl Stack {
     /// Polls the status until the job is finished (at most `secs` seconds); answers other
     /// than 200 (the API's database restarting) are waited out.
     pub async fn wait_finished(&self, token: &str, job: &str, secs: u64) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            let (code, status) = self
-                .get(
-                    Some(token),
-                    &format!("/api/v1/import/videos/status?id={job}"),
-                )
-                .await;
+        let path = format!("/api/v1/import/videos/status?id={job}");
+        let what = format!("job {job} to finish");
+        self.poll_until(&what, Duration::from_secs(secs), async || {
+            let (code, status) = self.get(Some(token), &path).await;
             if code == 200 && status["finished"] == Value::Bool(true) {
-                return status;
+                Ok(status)
+            } else {
+                Err(format!("{code} {status}"))
             }
-            assert!(
-                Instant::now() < deadline,
-                "job {job} did not finish in {secs} s: {status}\nworker log:\n{}",
-                self.log("worker0")
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await
     }
 
     /// Polls the status until the job's webhook is in `state` (at most 15 s).
     pub async fn wait_webhook(&self, token: &str, job: &str, state: &str) -> Value {
-        for _ in 0..150 {
+        let what = format!("the webhook of {job} to be {state}");
+        self.poll_until(&what, Duration::from_secs(15), async || {
             let status = self.status(token, job).await;
             if status["webhook"]["state"] == state {
-                return status;
+                Ok(status)
+            } else {
+                Err(status)
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!(
-            "webhook of {job} never reached {state}: {}",
-            self.status(token, job).await
-        );
+        })
+        .await
+    }
+
+    /// [`poll_until`], with the tails of the stack's process logs in the failure message.
+    pub async fn poll_until<T, E: std::fmt::Display>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        probe: impl AsyncFnMut() -> Result<T, E>,
+    ) -> T {
+        poll::poll_with(what, timeout, probe, || self.log_tails(FAILURE_LOG_LINES)).await
     }
 
     /// The processes of the stack that are no longer running.
     pub fn exited(&mut self) -> Vec<String> {
         let mut exited = Vec::new();
-        for (name, child) in &mut self.processes {
-            if !matches!(child.try_wait(), Ok(None)) {
-                exited.push(name.clone());
+        for running in &mut self.processes {
+            if !matches!(running.child.try_wait(), Ok(None)) {
+                exited.push(running.proc.name.clone());
             }
         }
         exited
@@ -571,41 +739,181 @@ impl Stack {
         client.query(query, &[]).await.expect("query")
     }
 
-    /// Stops the processes and removes the database, queues and files.
-    pub async fn finish(mut self) {
-        for (_, child) in &mut self.processes {
-            let _ = child.kill().await;
+    /// Stops the processes and removes the database, queues and files (what dropping the
+    /// stack does; kept so that a test's end reads as such).
+    pub async fn finish(self) {
+        drop(self);
+    }
+}
+
+/// How many lines of each process's log a failed test prints.
+const FAILURE_LOG_LINES: usize = 50;
+
+impl Drop for Stack {
+    /// Kills the processes and removes the database, queues and folder, also when the test
+    /// panicked (then the process logs' tails are printed first, as the folder goes too).
+    fn drop(&mut self) {
+        let mut pids = Vec::new();
+        for running in &mut self.processes {
+            pids.extend(running.child.id());
+            let _ = running.child.start_kill();
         }
-        self.processes.clear();
-        if let Ok(conn) = lapin::Connection::connect(self.first_node(), Default::default()).await {
-            if let Ok(channel) = conn.create_channel().await {
-                let topology = Topology::new(&self.prefix);
-                let delays = test_delays();
-                for queue in topology.queue_names(&delays) {
-                    let _ = channel
-                        .queue_delete(queue.as_str().into(), Default::default())
-                        .await;
-                }
-                for exchange in topology.exchange_names(&delays) {
-                    let _ = channel
-                        .exchange_delete(exchange.as_str().into(), Default::default())
-                        .await;
-                }
-            }
-            let _ = conn.close(200, "bye".into()).await;
+        wait_dead(&pids, Duration::from_secs(10));
+        if std::thread::panicking() {
+            eprintln!(
+                "test failed; the stack's logs were in {} (removed now), the last {} lines of each:\n{}",
+                self.dir.display(),
+                FAILURE_LOG_LINES,
+                self.log_tails(FAILURE_LOG_LINES)
+            );
         }
-        if let Ok((admin, conn)) =
-            tokio_postgres::connect(&self.admin_url, tokio_postgres::NoTls).await
-        {
-            tokio::spawn(conn);
-            let _ = admin
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    self.db_name
-                ))
-                .await;
+        let cleanup = Cleanup {
+            admin_url: self.admin_url.clone(),
+            amqp_url: self.first_node().to_string(),
+            prefix: self.prefix.clone(),
+            db_name: self.db_name.clone(),
+        };
+        // Drop cannot await, and blocking on the test's own runtime would deadlock a
+        // current-thread one: the clean-up gets a thread and a runtime of its own.
+        let done = std::thread::spawn(move || cleanup.run()).join();
+        if let Err(e) = done {
+            eprintln!("clean-up of {} failed: {e:?}", self.db_name);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        // Dropping the children lets tokio reap them.
+        self.processes.clear();
+    }
+}
+
+/// Waits (at most `limit`) until every process in `pids` has exited, so that none still
+/// writes into the folder about to be removed.
+fn wait_dead(pids: &[u32], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while pids.iter().any(|pid| alive(*pid)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether process `pid` still runs (a zombie waiting to be reaped does not).
+fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) S ...": the name may hold spaces and parentheses, the state follows the last ')'.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X') | None)
+}
+
+/// What a stack leaves outside its folder: its database, queues and exchanges.
+struct Cleanup {
+    admin_url: String,
+    amqp_url: String,
+    prefix: String,
+    db_name: String,
+}
+
+impl Cleanup {
+    /// Removes the queues, exchanges and database, each bounded in time so that a broker or
+    /// database that went away does not hang the test.
+    fn run(self) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a clean-up runtime");
+        runtime.block_on(async {
+            let limit = Duration::from_secs(20);
+            if tokio::time::timeout(limit, self.broker()).await.is_err() {
+                eprintln!(
+                    "clean-up: RabbitMQ did not answer; queues {}.* are left",
+                    self.prefix
+                );
+            }
+            if tokio::time::timeout(limit, self.database()).await.is_err() {
+                eprintln!(
+                    "clean-up: PostgreSQL did not answer; database {} is left",
+                    self.db_name
+                );
+            }
+        });
+    }
+
+    async fn broker(&self) {
+        let Ok(conn) = lapin::Connection::connect(&self.amqp_url, Default::default()).await else {
+            return;
+        };
+        let topology = Topology::new(&self.prefix);
+        let delays = test_delays();
+        let mut channel = conn.create_channel().await.ok();
+        for queue in topology.queue_names(&delays) {
+            let Some(open) = &channel else { break };
+            if open
+                .queue_delete(queue.as_str().into(), Default::default())
+                .await
+                .is_err()
+            {
+                // A failed operation closes the channel: go on with a new one.
+                channel = conn.create_channel().await.ok();
+            }
+        }
+        for exchange in topology.exchange_names(&delays) {
+            let Some(open) = &channel else { break };
+            if open
+                .exchange_delete(exchange.as_str().into(), Default::default())
+                .await
+                .is_err()
+            {
+                channel = conn.create_channel().await.ok();
+            }
+        }
+        let _ = conn.close(200, "bye".into()).await;
+    }
+
+    async fn database(&self) {
+        let Ok((admin, conn)) =
+            tokio_postgres::connect(&self.admin_url, tokio_postgres::NoTls).await
+        else {
+            return;
+        };
+        tokio::spawn(conn);
+        let _ = admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.db_name
+            ))
+            .await;
+    }
+}
+
+/// The last `lines` lines of the logs `dir/NAME.log` of `names`.
+fn log_tails(dir: &Path, names: &[String], lines: usize) -> String {
+    let mut out = String::new();
+    for name in names {
+        let path = dir.join(format!("{name}.log"));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let tail = &all[all.len().saturating_sub(lines)..];
+        out.push_str(&format!(
+            "--- {name} (last {} of {} lines of {}) ---\n{}\n",
+            tail.len(),
+            all.len(),
+            path.display(),
+            tail.join("\n")
+        ));
+    }
+    out
+}
+
+/// A [`Spec`] from borrowed parts.
+fn spec(binary: &str, args: &[&str], extra: &[(&str, &str)]) -> Spec {
+    Spec {
+        binary: binary.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        extra: extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
     }
 }
 

@@ -123,19 +123,16 @@ impl Receiver {
 
     /// Waits until at least `n` requests arrived (at most `secs` seconds).
     pub async fn wait_for(&self, n: usize, secs: u64) -> Vec<Received> {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
+        let what = format!("{n} webhook requests");
+        crate::poll_until(&what, Duration::from_secs(secs), async || {
             let got = self.received();
             if got.len() >= n {
-                return got;
+                Ok(got)
+            } else {
+                Err(format!("{} requests", got.len()))
             }
-            assert!(
-                Instant::now() < deadline,
-                "expected {n} webhook requests within {secs} s, got {}",
-                got.len()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 }
 

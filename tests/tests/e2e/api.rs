@@ -6,12 +6,14 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use video_import_tests::{Options, Stack};
 
+/// `n` videos at made-up URLs (no worker runs in these tests), ids `TAG-0`, `TAG-1`, …
 fn batch(n: usize, tag: &str) -> Value {
-    let videos: Vec<Value> = (0..n)
-        .map(|i| json!({"url": format!("https://archive.example/{tag}/{i}.mp4"), "id": format!("{tag}-{i}"),
-                        "fileName": "f", "metadata": {"title": "t"}}))
-        .collect();
-    json!({"systemName": "archive", "videos": videos})
+    (0..n)
+        .fold(video_import_tests::batch("archive"), |batch, i| {
+            let url = format!("https://archive.example/{tag}/{i}.mp4");
+            batch.video_with(url, format!("{tag}-{i}"), "f", json!({"title": "t"}))
+        })
+        .build()
 }
 
 async fn post(stack: &Stack, token: &str, body: &Value, key: Option<&str>) -> reqwest::Response {
@@ -156,11 +158,26 @@ async fn metadata_is_checked_against_the_project_schema_with_every_problem_repor
         .await;
     assert!(out.status.success(), "{}", out.stderr);
     let token = stack.token("strict", &["public-api:write"]).await;
-    let body = json!({"systemName": "archive", "videos": [
-        {"url": "https://a.example/1.mp4", "id": "one", "fileName": "f", "metadata": {"title": "fine", "year": 1999}},
-        {"url": "https://a.example/2.mp4", "id": "two", "fileName": "f", "metadata": {"year": "1999"}},
-        {"url": "https://a.example/3.mp4", "id": "three", "fileName": "f", "metadata": {"title": 3, "colour": "red"}}
-    ]});
+    let body = video_import_tests::batch("archive")
+        .video_with(
+            "https://a.example/1.mp4",
+            "one",
+            "f",
+            json!({"title": "fine", "year": 1999}),
+        )
+        .video_with(
+            "https://a.example/2.mp4",
+            "two",
+            "f",
+            json!({"year": "1999"}),
+        )
+        .video_with(
+            "https://a.example/3.mp4",
+            "three",
+            "f",
+            json!({"title": 3, "colour": "red"}),
+        )
+        .build();
     let response = post(&stack, &token, &body, None).await;
     assert_eq!(response.status(), 400);
     let error: Value = response.json().await.unwrap();
@@ -197,8 +214,15 @@ async fn metadata_is_checked_against_the_project_schema_with_every_problem_repor
 
     // Without a schema, the fallback fields must be strings and others are free.
     let plain = stack.project("plain").await;
-    let response = post(&stack, &plain.token, &json!({"systemName": "a", "videos": [
-        {"url": "https://a.example/1.mp4", "id": "x", "fileName": "f", "metadata": {"title": 5, "credit": "LC"}}]}), None).await;
+    let body = video_import_tests::batch("a")
+        .video_with(
+            "https://a.example/1.mp4",
+            "x",
+            "f",
+            json!({"title": 5, "credit": "LC"}),
+        )
+        .build();
+    let response = post(&stack, &plain.token, &body, None).await;
     assert_eq!(response.status(), 400);
     let error: Value = response.json().await.unwrap();
     assert_eq!(
@@ -527,14 +551,22 @@ async fn the_openapi_document_describes_every_route() {
         doc["openapi"]
     );
     let paths = doc["paths"].as_object().unwrap();
-    for path in [
-        "/api/v1/import/videos",
-        "/api/v1/import/videos/status",
-        "/api/v1/import/videos/{id}/webhook",
-        "/api/v1/mediaLibrary",
-        "/api/v1/mediaLibrary/{id}",
+    // Every route the service serves, with its method: a client generated from the document
+    // can call each of them.
+    for (path, method) in [
+        ("/api/v1/import/videos", "post"),
+        ("/api/v1/import/videos", "get"),
+        ("/api/v1/import/videos/status", "get"),
+        ("/api/v1/import/videos/{id}/webhook", "post"),
+        ("/api/v1/import/videos/{id}/cancel", "post"),
+        ("/api/v1/mediaLibrary", "get"),
+        ("/api/v1/mediaLibrary/{id}", "get"),
     ] {
-        assert!(paths.contains_key(path), "{path} missing");
+        assert!(
+            paths.get(path).is_some_and(|p| p[method].is_object()),
+            "{} {path} missing",
+            method.to_uppercase()
+        );
     }
     assert!(paths["/api/v1/import/videos"]["post"]["requestBody"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
@@ -796,8 +828,12 @@ async fn dated_paths_answer_like_v1() {
     let stack = Stack::start(Options::default()).await;
     let videos = video_import_tests::videos::VideoServer::start().await;
     let project = stack.project("dated").await;
-    let body = json!({"systemName": "archive", "videos": [
-        {"url": videos.url("/videos/sample.mp4"), "id": "d1", "fileName": "f", "metadata": {"title": "t"}}]});
+    let body = video_import_tests::batch("archive").video_with(
+        videos.url("/videos/sample.mp4"),
+        "d1",
+        "f",
+        json!({"title": "t"}),
+    );
     let accepted: Value = stack
         .http
         .post(format!("{}/api/2026-05/import/videos", stack.api_url))
@@ -850,24 +886,26 @@ async fn cancelling_a_large_import_stops_it_at_once_with_one_webhook() {
     let receiver = video_import_tests::receiver::Receiver::start(&[]).await;
     let project = stack.project("cancel").await;
     // 1,000 videos of about a second each.
-    let items: Vec<Value> = (0..1000)
-        .map(|i| {
-            json!({"url": videos.url(&format!("/slow/300/sample.mp4?n={i}")), "id": format!("c{i}"),
-                        "fileName": "f", "metadata": {}})
-        })
-        .collect();
-    let job = stack
-        .import(
-            &project.token,
-            &json!({"systemName": "archive", "webhook": receiver.url, "videos": items}),
+    let body = (0..1000).fold(
+        video_import_tests::batch("archive").webhook(&receiver.url),
+        |batch, i| {
+            batch.video(
+                videos.url(&format!("/slow/300/sample.mp4?n={i}")),
+                format!("c{i}"),
+            )
+        },
+    );
+    let job = stack.import(&project.token, &body).await;
+    stack
+        .poll_until(
+            "8 downloads started",
+            Duration::from_secs(6),
+            async || match videos.hits("/slow/300/sample.mp4") {
+                hits if hits >= 8 => Ok(()),
+                hits => Err(format!("{hits} requests")),
+            },
         )
         .await;
-    for _ in 0..300 {
-        if videos.hits("/slow/300/sample.mp4") >= 8 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let cancel = |token: String| {
         let request = stack
             .http

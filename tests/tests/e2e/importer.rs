@@ -137,16 +137,22 @@ async fn a_run_killed_halfway_resumes_without_a_second_job_for_any_batch() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut child = first.spawn().unwrap();
-    let mut recorded = 0;
-    for _ in 0..200 {
-        recorded = std::fs::read_to_string(&state)
-            .map(|s| s.lines().count().saturating_sub(1))
-            .unwrap_or(0);
-        if recorded >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let recorded = stack
+        .poll_until(
+            "the state file to record 2 batches",
+            Duration::from_secs(10),
+            async || {
+                let recorded = std::fs::read_to_string(&state)
+                    .map(|s| s.lines().count().saturating_sub(1))
+                    .unwrap_or(0);
+                if recorded >= 2 {
+                    Ok(recorded)
+                } else {
+                    Err(format!("{recorded} batches recorded"))
+                }
+            },
+        )
+        .await;
     child.kill().await.unwrap();
     assert!(
         (2..6).contains(&recorded),

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use video_import_tests::receiver::Receiver;
 use video_import_tests::videos::VideoServer;
-use video_import_tests::{free_port, Options, Stack};
+use video_import_tests::{batch, free_port, Kind, Options, Stack};
 
 fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -72,10 +72,11 @@ async fn prometheus_scrapes_every_binary_and_the_dashboard_and_alerts_work() {
     let videos = VideoServer::start().await;
     let receiver = Receiver::start(&[]).await;
     let project = stack.project("observed").await;
-    let body = json!({"systemName": "archive", "webhook": receiver.url, "videos": [
-        {"url": videos.url("/videos/sample.mp4"), "id": "a", "fileName": "a", "metadata": {}},
-        {"url": videos.url("/videos/other.mp4"), "id": "b", "fileName": "b", "metadata": {}},
-        {"url": videos.url("/videos/missing.mp4"), "id": "c", "fileName": "c", "metadata": {}}]});
+    let body = batch("archive")
+        .webhook(&receiver.url)
+        .video_with(videos.url("/videos/sample.mp4"), "a", "a", json!({}))
+        .video_with(videos.url("/videos/other.mp4"), "b", "b", json!({}))
+        .video_with(videos.url("/videos/missing.mp4"), "c", "c", json!({}));
     let job = stack.import(&project.token, &body).await;
     stack.wait_finished(&project.token, &job, 30).await;
     receiver.wait_for(1, 30).await;
@@ -128,26 +129,29 @@ async fn prometheus_scrapes_every_binary_and_the_dashboard_and_alerts_work() {
         .kill_on_drop(true)
         .spawn()
         .expect("prometheus (Debian's prometheus package; .ci/run installs it)");
-    let mut up = 0;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        if let Ok(answer) = stack
-            .http
-            .get(format!("{base}/api/v1/query?query={}", encode("sum(up)")))
-            .send()
-            .await
-        {
-            let answer: Value = answer.json().await.unwrap_or(Value::Null);
-            up = answer["data"]["result"][0]["value"][1]
-                .as_str()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if up == stack.scrape_targets.len() {
-                break;
-            }
-        }
-    }
-    assert_eq!(up, stack.scrape_targets.len(), "every binary is scraped");
+    let targets = stack.scrape_targets.len();
+    let up_query = format!("{base}/api/v1/query?query={}", encode("sum(up)"));
+    stack
+        .poll_until(
+            "Prometheus to scrape every binary",
+            Duration::from_secs(20),
+            async || {
+                let answer = match stack.http.get(&up_query).send().await {
+                    Ok(answer) => answer.json().await.unwrap_or(Value::Null),
+                    Err(e) => return Err(format!("Prometheus: {e}")),
+                };
+                let up: usize = answer["data"]["result"][0]["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if up == targets {
+                    Ok(())
+                } else {
+                    Err(format!("{up} of {targets} targets up"))
+                }
+            },
+        )
+        .await;
     // A few more scrapes, so that rates have two samples.
     tokio::time::sleep(Duration::from_secs(4)).await;
 
@@ -176,28 +180,39 @@ async fn prometheus_scrapes_every_binary_and_the_dashboard_and_alerts_work() {
     assert!(panels >= 15, "{panels} panel queries");
 
     // Every alert rule was evaluated without error.
-    let mut rules: Vec<Value> = Vec::new();
-    for _ in 0..50 {
-        let answer: Value = stack
-            .http
-            .get(format!("{base}/api/v1/rules"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        rules = answer["data"]["groups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|g| g["rules"].as_array().unwrap().clone())
-            .collect();
-        if !rules.is_empty() && rules.iter().all(|r| r["health"] != "unknown") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let rules_url = format!("{base}/api/v1/rules");
+    let rules: Vec<Value> = stack
+        .poll_until(
+            "every alert rule evaluated",
+            Duration::from_secs(10),
+            async || {
+                let answer: Value = stack
+                    .http
+                    .get(&rules_url)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let rules: Vec<Value> = answer["data"]["groups"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|g| g["rules"].as_array().unwrap().clone())
+                    .collect();
+                let unknown = rules.iter().filter(|r| r["health"] == "unknown").count();
+                if !rules.is_empty() && unknown == 0 {
+                    Ok(rules)
+                } else {
+                    Err(format!(
+                        "{} rules, {unknown} not evaluated yet",
+                        rules.len()
+                    ))
+                }
+            },
+        )
+        .await;
     assert!(rules.len() >= 12, "{} rules loaded", rules.len());
     for rule in &rules {
         assert_eq!(rule["health"], "ok", "{rule}");
@@ -221,8 +236,12 @@ async fn one_trace_id_follows_a_job_through_all_three_binaries() {
     let receiver = Receiver::start(&[]).await;
     let project = stack.project("traced").await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let body = json!({"systemName": "archive", "webhook": receiver.url, "videos": [
-        {"url": videos.url("/videos/sample.mp4"), "id": "t1", "fileName": "t", "metadata": {}}]});
+    let body = batch("archive").webhook(&receiver.url).video_with(
+        videos.url("/videos/sample.mp4"),
+        "t1",
+        "t",
+        json!({}),
+    );
     let accepted: Value = stack
         .http
         .post(format!("{}/api/v1/import/videos", stack.api_url))
@@ -239,7 +258,12 @@ async fn one_trace_id_follows_a_job_through_all_three_binaries() {
     stack.wait_finished(&project.token, job, 30).await;
     receiver.wait_for(1, 30).await;
     stack.wait_webhook(&project.token, job, "delivered").await;
-    for name in ["api", "worker1", "notifier"] {
+    let processes = [Kind::Api, Kind::Worker, Kind::Notifier].map(|kind| {
+        let running = stack.running(kind);
+        assert_eq!(running.len(), 1, "one {kind:?}");
+        running[0].name.clone()
+    });
+    for name in &processes {
         let log = stack.log(name);
         let traced: Vec<Value> = log
             .lines()

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 use video_import_tests::receiver::Receiver;
 use video_import_tests::videos::{fixture, sha256, VideoServer};
-use video_import_tests::{Options, Stack, NO_TEST_SERVERS};
+use video_import_tests::{batch, Kind, Options, Stack, NO_TEST_SERVERS};
 
 /// The seed's example request, with the video URL pointed at the local server.
 fn seed_body(video_url: &str, webhook: &str) -> String {
@@ -142,17 +142,17 @@ async fn two_jobs_importing_the_same_ids_at_once_leave_one_entry_each() {
     .await;
     let videos = VideoServer::start().await;
     let project = stack.project("same-ids").await;
-    let batch = |file: &str, title: &str| {
-        let videos: Vec<Value> = (0..50)
-            .map(|i| json!({"url": videos.url(&format!("/videos/{file}?{i}")), "id": format!("ext-{i}"), "fileName": "clip", "metadata": {"title": title}}))
-            .collect();
-        json!({"systemName": "archive", "videos": videos})
+    let fifty = |file: &str, title: &str| {
+        (0..50).fold(batch("archive"), |batch, i| {
+            let url = videos.url(&format!("/videos/{file}?{i}"));
+            batch.video_with(url, format!("ext-{i}"), "clip", json!({"title": title}))
+        })
     };
     let first = stack
-        .import(&project.token, &batch("sample.mp4", "one"))
+        .import(&project.token, &fifty("sample.mp4", "one"))
         .await;
     let second = stack
-        .import(&project.token, &batch("sample.webm", "two"))
+        .import(&project.token, &fifty("sample.webm", "two"))
         .await;
     for job in [&first, &second] {
         let status = stack.wait_finished(&project.token, job, 60).await;
@@ -193,20 +193,19 @@ async fn reimport_updates_the_same_entry_and_identical_reimport_is_skipped() {
     let stack = Stack::start(Options::default()).await;
     let videos = VideoServer::start().await;
     let project = stack.project("upserts").await;
-    let batch = |file: &str, title: &str| {
-        json!({"systemName": "archive", "videos": [
-            {"url": videos.url(&format!("/videos/{file}")), "id": "ext-1", "fileName": "clip", "metadata": {"title": title}}
-        ]})
+    let one = |file: &str, title: &str| {
+        let url = videos.url(&format!("/videos/{file}"));
+        batch("archive").video_with(url, "ext-1", "clip", json!({"title": title}))
     };
     let first = stack
-        .import(&project.token, &batch("sample.mp4", "one"))
+        .import(&project.token, &one("sample.mp4", "one"))
         .await;
     let first = stack.wait_finished(&project.token, &first, 30).await;
     let media_id = first["videos"][0]["video"]["mediaId"].clone();
 
     // Identical: skipped, same entry.
     let again = stack
-        .import(&project.token, &batch("sample.mp4", "one"))
+        .import(&project.token, &one("sample.mp4", "one"))
         .await;
     let again = stack.wait_finished(&project.token, &again, 30).await;
     assert_eq!(again["state"], "success");
@@ -217,7 +216,7 @@ async fn reimport_updates_the_same_entry_and_identical_reimport_is_skipped() {
 
     // New metadata: imported, same entry, version 2.
     let meta = stack
-        .import(&project.token, &batch("sample.mp4", "two"))
+        .import(&project.token, &one("sample.mp4", "two"))
         .await;
     let meta = stack.wait_finished(&project.token, &meta, 30).await;
     assert_eq!(meta["videos"][0]["state"], "imported");
@@ -231,7 +230,7 @@ async fn reimport_updates_the_same_entry_and_identical_reimport_is_skipped() {
         )
         .await;
     let bytes = stack
-        .import(&project.token, &batch("sample.webm", "two"))
+        .import(&project.token, &one("sample.webm", "two"))
         .await;
     let bytes = stack.wait_finished(&project.token, &bytes, 30).await;
     assert_eq!(bytes["videos"][0]["state"], "imported");
@@ -274,11 +273,16 @@ async fn missing_and_non_video_files_fail_with_reasons_and_the_webhook_says_so()
     let job = stack
         .import(
             &project.token,
-            &json!({"systemName": "archive", "webhook": receiver.url, "videos": [
-                {"url": videos.url("/videos/sample.mp4"), "id": "good", "fileName": "g", "metadata": {}},
-                {"url": videos.url("/videos/nothing-here.mp4"), "id": "missing", "fileName": "m", "metadata": {}},
-                {"url": videos.url("/videos/page.html"), "id": "html", "fileName": "h", "metadata": {}}
-            ]}),
+            &batch("archive")
+                .webhook(&receiver.url)
+                .video_with(videos.url("/videos/sample.mp4"), "good", "g", json!({}))
+                .video_with(
+                    videos.url("/videos/nothing-here.mp4"),
+                    "missing",
+                    "m",
+                    json!({}),
+                )
+                .video_with(videos.url("/videos/page.html"), "html", "h", json!({})),
         )
         .await;
     let status = stack.wait_finished(&project.token, &job, 30).await;
@@ -325,9 +329,7 @@ async fn transient_source_errors_are_retried_until_the_video_arrives() {
     let job = stack
         .import(
             &project.token,
-            &json!({"systemName": "archive", "videos": [
-                {"url": videos.url("/flaky/2/sample.mp4"), "id": "f", "fileName": "f", "metadata": {}}
-            ]}),
+            &batch("archive").video(videos.url("/flaky/2/sample.mp4"), "f"),
         )
         .await;
     let status = stack.wait_finished(&project.token, &job, 30).await;
@@ -345,9 +347,7 @@ async fn transient_source_errors_are_retried_until_the_video_arrives() {
     let job = stack
         .import(
             &project.token,
-            &json!({"systemName": "archive", "videos": [
-                {"url": videos.url("/flaky/100/sample.mp4"), "id": "g", "fileName": "g", "metadata": {}}
-            ]}),
+            &batch("archive").video_with(videos.url("/flaky/100/sample.mp4"), "g", "g", json!({})),
         )
         .await;
     let status = stack.wait_finished(&project.token, &job, 30).await;
@@ -374,13 +374,20 @@ async fn private_addresses_are_refused_unless_configured() {
     let videos = VideoServer::start().await;
     let project = stack.project("ssrf").await;
     // Literal private addresses are turned away at the door, naming the field.
-    let literal = json!({"systemName": "archive", "videos": [
-        {"url": videos.url("/videos/sample.mp4"), "id": "a", "fileName": "a", "metadata": {}},
-        {"url": "http://169.254.169.254/latest/meta-data", "id": "b", "fileName": "b", "metadata": {}},
-        {"url": videos.url("/videos/sample.mp4").replace("127.0.0.1", "[::ffff:127.0.0.1]"), "id": "c", "fileName": "c", "metadata": {}}
-    ]});
+    let mapped = videos
+        .url("/videos/sample.mp4")
+        .replace("127.0.0.1", "[::ffff:127.0.0.1]");
+    let literal = batch("archive")
+        .video_with(videos.url("/videos/sample.mp4"), "a", "a", json!({}))
+        .video_with(
+            "http://169.254.169.254/latest/meta-data",
+            "b",
+            "b",
+            json!({}),
+        )
+        .video_with(mapped, "c", "c", json!({}));
     let (code, body) = stack
-        .import_raw(Some(&project.token), &literal.to_string())
+        .import_raw(Some(&project.token), &literal.build().to_string())
         .await;
     assert_eq!(code, 400, "{body}");
     for field in ["videos[0].url", "videos[1].url", "videos[2].url"] {
@@ -394,9 +401,14 @@ async fn private_addresses_are_refused_unless_configured() {
     let job = stack
         .import(
             &project.token,
-            &json!({"systemName": "archive", "videos": [
-                {"url": videos.url("/videos/sample.mp4").replace("127.0.0.1", "localhost"), "id": "c", "fileName": "c", "metadata": {}}
-            ]}),
+            &batch("archive").video_with(
+                videos
+                    .url("/videos/sample.mp4")
+                    .replace("127.0.0.1", "localhost"),
+                "c",
+                "c",
+                json!({}),
+            ),
         )
         .await;
     let status = stack.wait_finished(&project.token, &job, 30).await;
@@ -475,7 +487,7 @@ async fn invalid_batches_are_rejected_with_the_field_and_nothing_is_stored() {
     let job = stack
         .import(
             &project.token,
-            &json!({"systemName": "a", "videos": [v(ok, "a"), v(ok, "b"), v(ok, "c")]}),
+            &batch("a").video(ok, "a").video(ok, "b").video(ok, "c"),
         )
         .await;
     assert_eq!(job.len(), 12);
@@ -489,7 +501,8 @@ async fn tokens_and_scopes_are_enforced_and_projects_are_isolated() {
     let other = stack.project("stranger").await;
     let read_only = stack.token("owner", &["public-api:read"]).await;
     let write_only = stack.token("owner", &["public-api:write"]).await;
-    let body = json!({"systemName": "a", "videos": [{"url": "https://archive.example/v.mp4", "id": "a", "fileName": "f", "metadata": {}}]}).to_string();
+    let one = batch("a").video("https://archive.example/v.mp4", "a");
+    let body = one.clone().build().to_string();
 
     let (code, response) = stack.import_raw(None, &body).await;
     assert_eq!(code, 401);
@@ -505,9 +518,7 @@ async fn tokens_and_scopes_are_enforced_and_projects_are_isolated() {
     assert_eq!(code, 403);
     assert_eq!(response["error"], "Forbidden");
 
-    let job = stack
-        .import(&write_only, &serde_json::from_str(&body).unwrap())
-        .await;
+    let job = stack.import(&write_only, &one).await;
     let (code, _) = stack
         .get(
             Some(&read_only),
@@ -568,18 +579,16 @@ async fn two_workers_share_a_batch_without_duplicates_and_send_one_webhook() {
     let videos = VideoServer::start().await;
     let receiver = Receiver::start(&[]).await;
     let project = stack.project("parallel").await;
-    let items: Vec<Value> = (0..60)
-        .map(|i| {
-            let file = if i % 2 == 0 { "sample.mp4" } else { "other.mp4" };
-            json!({"url": videos.url(&format!("/videos/{file}")), "id": format!("v{i}"), "fileName": "f", "metadata": {"n": i}})
-        })
-        .collect();
-    let job = stack
-        .import(
-            &project.token,
-            &json!({"systemName": "archive", "webhook": receiver.url, "videos": items}),
-        )
-        .await;
+    let body = (0..60).fold(batch("archive").webhook(&receiver.url), |batch, i| {
+        let file = if i % 2 == 0 {
+            "sample.mp4"
+        } else {
+            "other.mp4"
+        };
+        let url = videos.url(&format!("/videos/{file}"));
+        batch.video_with(url, format!("v{i}"), "f", json!({"n": i}))
+    });
+    let job = stack.import(&project.token, &body).await;
     let status = stack.wait_finished(&project.token, &job, 60).await;
     assert_eq!(status["state"], "success", "{status}");
     assert_eq!(status["overview"]["imported"], 60);
@@ -590,10 +599,13 @@ async fn two_workers_share_a_batch_without_duplicates_and_send_one_webhook() {
     assert_eq!(entries[0].get::<_, i64>(0), 60);
     assert_eq!(entries[0].get::<_, i64>(1), 60);
     // Both workers took part.
-    for worker in ["worker1", "worker2"] {
+    let workers = stack.running(Kind::Worker);
+    assert_eq!(workers.len(), 2);
+    for worker in workers {
         assert!(
-            stack.log(worker).contains("video done"),
-            "{worker} did no work"
+            stack.log(&worker.name).contains("video done"),
+            "{} did no work",
+            worker.name
         );
     }
     receiver.wait_for(1, 30).await;
@@ -611,9 +623,10 @@ async fn webhook_is_retried_with_the_same_id_until_the_receiver_accepts_it() {
     let job = stack
         .import(
             &project.token,
-            &json!({"systemName": "archive", "webhook": receiver.url, "context": {"a": 1}, "videos": [
-                {"url": videos.url("/videos/sample.mp4"), "id": "a", "fileName": "a", "metadata": {}}
-            ]}),
+            &batch("archive")
+                .webhook(&receiver.url)
+                .context(json!({"a": 1}))
+                .video_with(videos.url("/videos/sample.mp4"), "a", "a", json!({})),
         )
         .await;
     let hooks = receiver.wait_for(3, 30).await;
@@ -646,9 +659,12 @@ async fn a_webhook_that_never_succeeds_ends_failed_and_visible() {
     let job = stack
         .import(
             &project.token,
-            &json!({"systemName": "archive", "webhook": receiver.url, "videos": [
-                {"url": videos.url("/videos/sample.mp4"), "id": "a", "fileName": "a", "metadata": {}}
-            ]}),
+            &batch("archive").webhook(&receiver.url).video_with(
+                videos.url("/videos/sample.mp4"),
+                "a",
+                "a",
+                json!({}),
+            ),
         )
         .await;
     // The first attempt and the three configured retries.
@@ -681,10 +697,11 @@ async fn accepted_jobs_wait_in_postgresql_while_rabbitmq_is_unreachable() {
         .http
         .post(format!("{cut_off}/api/v1/import/videos"))
         .bearer_auth(&project.token)
-        .json(&json!({"systemName": "archive", "videos": [
-            {"url": videos.url("/videos/sample.mp4"), "id": "a", "fileName": "a", "metadata": {}},
-            {"url": videos.url("/videos/other.mp4"), "id": "b", "fileName": "b", "metadata": {}}
-        ]}))
+        .json(
+            &batch("archive")
+                .video_with(videos.url("/videos/sample.mp4"), "a", "a", json!({}))
+                .video_with(videos.url("/videos/other.mp4"), "b", "b", json!({})),
+        )
         .send()
         .await
         .unwrap();
@@ -733,7 +750,8 @@ async fn migrate_is_idempotent_when_run_concurrently() {
         .sql("SELECT count(*), max(version)::bigint FROM schema_migrations")
         .await;
     let (applied, newest) = (rows[0].get::<_, i64>(0), rows[0].get::<_, i64>(1));
-    assert!(newest >= 7, "every migration ran: {newest}");
+    let latest = i64::from(video_import_shared::store::migrate::latest());
+    assert_eq!(newest, latest, "every migration ran");
     assert_eq!(applied, newest, "each migration applied once");
     stack.finish().await;
 }

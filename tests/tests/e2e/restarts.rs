@@ -4,37 +4,42 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use video_import_tests::receiver::Receiver;
 use video_import_tests::services::{OwnPostgres, OwnRabbitCluster, OwnRabbitMq};
 use video_import_tests::videos::VideoServer;
-use video_import_tests::{Options, Stack};
+use video_import_tests::{batch, Batch, Kind, Options, Stack};
 
 /// Runs a blocking service command off the runtime, so the test's servers keep answering.
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(work).await.unwrap()
 }
 
-async fn slow_batch(videos: &VideoServer, receiver: &Receiver, tag: &str) -> Value {
-    let items: Vec<Value> = (0..30)
-        .map(|i| {
-            json!({"url": videos.url(&format!("/slow/100/sample.mp4?{tag}={i}")),
-                   "id": format!("{tag}{i}"), "fileName": "f", "metadata": {}})
-        })
-        .collect();
-    json!({"systemName": "archive", "webhook": receiver.url, "videos": items})
+/// `n` slow videos (three 1 KiB pieces, `ms` apart) with ids `TAG0`, `TAG1`, … and the
+/// receiver's webhook.
+fn slow_batch(videos: &VideoServer, receiver: &Receiver, tag: &str, n: usize, ms: u32) -> Batch {
+    (0..n).fold(batch("archive").webhook(&receiver.url), |batch, i| {
+        let url = videos.url(&format!("/slow/{ms}/sample.mp4?{tag}={i}"));
+        batch.video(url, format!("{tag}{i}"))
+    })
 }
 
 async fn wait_some_imported(stack: &Stack, token: &str, job: &str) {
-    for _ in 0..400 {
-        let status = stack.status(token, job).await;
-        if status["overview"]["imported"].as_i64().unwrap() >= 3 {
-            assert!(status["overview"]["pending"].as_i64().unwrap() > 0);
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("no progress");
+    let status = stack
+        .poll_until("3 videos imported", Duration::from_secs(10), async || {
+            let status = stack.status(token, job).await;
+            if status["overview"]["imported"].as_i64().unwrap() >= 3 {
+                Ok(status)
+            } else {
+                Err(status["overview"].clone())
+            }
+        })
+        .await;
+    assert!(
+        status["overview"]["pending"].as_i64().unwrap() > 0,
+        "the batch is still under way: {}",
+        status["overview"]
+    );
 }
 
 async fn assert_complete(stack: &Stack, token: &str, job: &str, tag: &str) {
@@ -66,7 +71,10 @@ async fn rabbitmq_and_postgresql_restarts_lose_and_duplicate_nothing() {
     let project = stack.project("restarts").await;
 
     let job = stack
-        .import(&project.token, &slow_batch(&videos, &receiver, "mq").await)
+        .import(
+            &project.token,
+            &slow_batch(&videos, &receiver, "mq", 30, 100),
+        )
         .await;
     wait_some_imported(&stack, &project.token, &job).await;
     let broker = rabbitmq.clone();
@@ -74,14 +82,17 @@ async fn rabbitmq_and_postgresql_restarts_lose_and_duplicate_nothing() {
     assert_complete(&stack, &project.token, &job, "mq").await;
     assert!(
         stack
-            .log("worker1")
+            .log(&stack.running(Kind::Worker)[0].name)
             .contains("consumer lost its broker connection"),
         "the worker saw the broker go and reconnected"
     );
     receiver.wait_for(1, 60).await;
 
     let job = stack
-        .import(&project.token, &slow_batch(&videos, &receiver, "pg").await)
+        .import(
+            &project.token,
+            &slow_batch(&videos, &receiver, "pg", 30, 100),
+        )
         .await;
     wait_some_imported(&stack, &project.token, &job).await;
     let database = postgres.clone();
@@ -129,15 +140,17 @@ async fn an_unreachable_database_answers_503_until_it_is_back() {
         .contains("unreachable"));
     let database = postgres.clone();
     blocking(move || database.start_again()).await;
-    let mut code = 0;
-    for _ in 0..50 {
-        code = stack.get(Some(&project.token), path).await.0;
-        if code == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert_eq!(code, 200, "the API recovers with the database");
+    // The API recovers with the database.
+    stack
+        .poll_until(
+            "the API to answer 200 again",
+            Duration::from_secs(10),
+            async || match stack.get(Some(&project.token), path).await.0 {
+                200 => Ok(()),
+                code => Err(code),
+            },
+        )
+        .await;
     stack.finish().await;
     blocking(move || drop(postgres)).await;
 }
@@ -155,15 +168,7 @@ async fn a_rabbitmq_cluster_loses_a_node_mid_import_and_nothing_is_lost() {
     let videos = VideoServer::start().await;
     let receiver = Receiver::start(&[]).await;
     let project = stack.project("cluster").await;
-    let batch = |tag: &str| {
-        let items: Vec<Value> = (0..1000)
-            .map(|i| {
-                json!({"url": videos.url(&format!("/slow/20/sample.mp4?{tag}={i}")),
-                       "id": format!("{tag}{i}"), "fileName": "f", "metadata": {}})
-            })
-            .collect();
-        json!({"systemName": "archive", "webhook": receiver.url, "videos": items})
-    };
+    let batch = |tag: &str| slow_batch(&videos, &receiver, tag, 1000, 20);
 
     // Every process connected to the first node it was given: that node goes away.
     let first = stack.import(&project.token, &batch("one")).await;

@@ -6,12 +6,15 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use video_import_tests::receiver::Receiver;
 use video_import_tests::videos::VideoServer;
-use video_import_tests::{free_port, Options, Stack, NO_TEST_SERVERS};
+use video_import_tests::{
+    batch, free_port, poll_until, Batch, Options, Proc, Stack, NO_TEST_SERVERS,
+};
 
-fn one_video(videos: &VideoServer, webhook: &str) -> Value {
-    json!({"systemName": "archive", "webhook": webhook, "context": {"batch": 7}, "videos": [
-        {"url": videos.url("/videos/sample.mp4"), "id": "a", "fileName": "a", "metadata": {}}
-    ]})
+fn one_video(videos: &VideoServer, webhook: &str) -> Batch {
+    batch("archive")
+        .webhook(webhook)
+        .context(json!({"batch": 7}))
+        .video_with(videos.url("/videos/sample.mp4"), "a", "a", json!({}))
 }
 
 /// Asks for a job's webhook again; returns the HTTP status.
@@ -59,13 +62,11 @@ async fn wait_listening(url: &str) {
         .next()
         .unwrap()
         .to_string();
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{url} never listened");
+    let what = format!("{url} to listen");
+    poll_until(&what, Duration::from_secs(5), async || {
+        tokio::net::TcpStream::connect(&addr).await.map(|_| ())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -150,8 +151,10 @@ async fn a_410_stops_retrying_and_redelivery_sends_the_same_webhook_id_again() {
 
     // A job without a webhook, and someone else's job.
     let plain = stack
-        .import(&project.token, &json!({"systemName": "a", "videos": [
-            {"url": videos.url("/videos/sample.mp4"), "id": "b", "fileName": "b", "metadata": {}}]}))
+        .import(
+            &project.token,
+            &batch("a").video_with(videos.url("/videos/sample.mp4"), "b", "b", json!({})),
+        )
         .await;
     stack.wait_finished(&project.token, &plain, 30).await;
     assert_eq!(redeliver(&stack, &project.token, &plain).await, 409);
@@ -209,7 +212,7 @@ async fn webhooks_to_private_addresses_are_refused_without_retries() {
         let (code, body) = stack
             .import_raw(
                 Some(&project.token),
-                &one_video(&videos, webhook).to_string(),
+                &one_video(&videos, webhook).build().to_string(),
             )
             .await;
         assert_eq!(code, 400, "{webhook}: {body}");
@@ -278,14 +281,21 @@ async fn a_dead_lettered_webhook_fails_with_the_reason() {
         .import(&project.token, &one_video(&videos, &receiver.url))
         .await;
     receiver.wait_for(1, 30).await;
-    let mut status = stack.wait_webhook(&project.token, &job, "pending").await;
-    for _ in 0..100 {
-        if status["webhook"]["attempts"] == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        status = stack.status(&project.token, &job).await;
-    }
+    stack.wait_webhook(&project.token, &job, "pending").await;
+    let status = stack
+        .poll_until(
+            "the first attempt recorded",
+            Duration::from_secs(10),
+            async || {
+                let status = stack.status(&project.token, &job).await;
+                if status["webhook"]["attempts"] == 1 {
+                    Ok(status)
+                } else {
+                    Err(status)
+                }
+            },
+        )
+        .await;
     assert_eq!(status["webhook"]["state"], "pending", "{status}");
     assert_eq!(status["webhook"]["attempts"], 1, "{status}");
     // The broker sets the retry aside, as after too many deliveries: the notifier settles it.
@@ -362,8 +372,8 @@ async fn a_hanging_receiver_does_not_hold_up_deliveries_to_others() {
 }
 
 /// A counter of a binary's metrics endpoint.
-async fn counter(stack: &Stack, port: u16, name: &str) -> f64 {
-    let text = stack.metrics(&format!("127.0.0.1:{port}")).await;
+async fn counter(stack: &Stack, process: &Proc, name: &str) -> f64 {
+    let text = stack.metrics(&process.metrics_address()).await;
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name} in the metrics"))
@@ -392,7 +402,7 @@ async fn a_dead_receivers_deliveries_are_held_and_all_go_out_once_it_answers() {
         ..Options::default()
     })
     .await;
-    let port = stack.spawn_notifier("notifier-a").await;
+    let notifier = stack.spawn_notifier().await;
     let videos = VideoServer::start().await;
     let dead = Receiver::start_with(&[], None, Some(Duration::from_secs(3600))).await;
     let project = stack.project("held").await;
@@ -404,23 +414,26 @@ async fn a_dead_receivers_deliveries_are_held_and_all_go_out_once_it_answers() {
                 .await,
         );
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while held(&stack).await < 15 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "deliveries were not held"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    stack
+        .poll_until(
+            "15 deliveries held",
+            Duration::from_secs(30),
+            async || match held(&stack).await {
+                n if n >= 15 => Ok(()),
+                n => Err(format!("{n} held")),
+            },
+        )
+        .await;
     // While the host has no free slot its deliveries stay held: they are published again
     // only as its two slots free up (each slot's request times out after 2 s).
     let (requests, released) = (
         dead.received().len(),
-        counter(&stack, port, "video_import_webhook_releases_total").await,
+        counter(&stack, &notifier, "video_import_webhook_releases_total").await,
     );
     tokio::time::sleep(Duration::from_secs(4)).await;
     let requests = dead.received().len() - requests;
-    let released = counter(&stack, port, "video_import_webhook_releases_total").await - released;
+    let released =
+        counter(&stack, &notifier, "video_import_webhook_releases_total").await - released;
     assert!(
         requests <= 8,
         "{requests} requests in 4 s to a host with two slots"
@@ -435,7 +448,7 @@ async fn a_dead_receivers_deliveries_are_held_and_all_go_out_once_it_answers() {
     // receiver get their deliveries held at once, without a message (no notifier runs to
     // hold them). Another notifier delivers them all once the receiver answers again, each
     // with its own webhook id.
-    stack.kill("notifier-a").await;
+    stack.kill(&notifier.name).await;
     let before = held(&stack).await;
     for _ in 0..5 {
         let job = stack
@@ -445,22 +458,23 @@ async fn a_dead_receivers_deliveries_are_held_and_all_go_out_once_it_answers() {
     }
     assert_eq!(held(&stack).await, before + 5, "created held");
     dead.set_hang(None);
-    stack.spawn_notifier("notifier-b").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let delivered: i64 = stack
-            .sql("SELECT count(*) FROM webhook_deliveries WHERE state = 'delivered'")
-            .await[0]
-            .get(0);
-        if delivered == 25 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{delivered} of 25 delivered"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    stack.spawn_notifier().await;
+    stack
+        .poll_until(
+            "25 deliveries delivered",
+            Duration::from_secs(60),
+            async || {
+                let delivered: i64 = stack
+                    .sql("SELECT count(*) FROM webhook_deliveries WHERE state = 'delivered'")
+                    .await[0]
+                    .get(0);
+                match delivered {
+                    25 => Ok(()),
+                    n => Err(format!("{n} of 25 delivered")),
+                }
+            },
+        )
+        .await;
     let ids: std::collections::HashSet<String> = dead
         .received()
         .iter()

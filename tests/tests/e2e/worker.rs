@@ -5,16 +5,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use video_import_tests::receiver::Receiver;
 use video_import_tests::videos::{fixture, sha256, VideoServer};
-use video_import_tests::{Options, Stack};
-
-fn batch(urls: &[String]) -> Value {
-    let videos: Vec<Value> = urls
-        .iter()
-        .enumerate()
-        .map(|(i, url)| json!({"url": url, "id": format!("v{i}"), "fileName": "f", "metadata": {}}))
-        .collect();
-    json!({"systemName": "archive", "videos": videos})
-}
+use video_import_tests::{batch, Kind, Options, Stack};
 
 fn env(pairs: &[(&str, &str)]) -> Options {
     Options {
@@ -34,7 +25,7 @@ async fn a_broken_download_resumes_with_a_range_request_or_starts_again() {
     let job = stack
         .import(
             &project.token,
-            &batch(&[
+            &batch("archive").urls([
                 videos.url("/drop/sample.webm"),
                 videos.url("/drop-norange/sample.mp4"),
             ]),
@@ -63,7 +54,7 @@ async fn oversized_videos_fail_with_the_limit_named() {
     let job = stack
         .import(
             &project.token,
-            &batch(&[
+            &batch("archive").urls([
                 videos.url("/padded/30000/sample.mp4"),
                 videos.url("/padded-chunked/30000/sample.mp4"),
                 videos.url("/padded/1000/sample.mp4"),
@@ -105,7 +96,7 @@ async fn redirects_are_checked_at_every_hop_and_bounded() {
     let job = stack
         .import(
             &project.token,
-            &batch(&[
+            &batch("archive").urls([
                 videos.url("/redirect/2/sample.mp4"),
                 videos.url("/redirect/5/sample.mp4"),
                 videos.url("/to?location=http://169.254.169.254/latest/meta-data"),
@@ -139,7 +130,10 @@ async fn a_stalled_source_times_out_and_fails_after_its_retries() {
     let videos = VideoServer::start().await;
     let project = stack.project("stall").await;
     let job = stack
-        .import(&project.token, &batch(&[videos.url("/stall/sample.mp4")]))
+        .import(
+            &project.token,
+            &batch("archive").urls([videos.url("/stall/sample.mp4")]),
+        )
         .await;
     let status = stack.wait_finished(&project.token, &job, 60).await;
     let reason = status["videos"][0]["reason"].as_str().unwrap();
@@ -159,10 +153,8 @@ async fn an_unchanged_source_is_not_downloaded_again() {
     let videos = VideoServer::start().await;
     let project = stack.project("etag").await;
     let url = videos.url("/etag/sample.mp4");
-    let with_title = |title: &str| {
-        json!({"systemName": "archive", "videos": [
-            {"url": url, "id": "e", "fileName": "f", "metadata": {"title": title}}]})
-    };
+    let with_title =
+        |title: &str| batch("archive").video_with(&url, "e", "f", json!({"title": title}));
     let first = stack.import(&project.token, &with_title("a")).await;
     stack.wait_finished(&project.token, &first, 30).await;
     let same = stack.import(&project.token, &with_title("a")).await;
@@ -197,11 +189,12 @@ async fn a_dead_lettered_video_fails_with_the_reason_and_the_job_finishes() {
     let project = stack.project("poison").await;
     // One video that stalls, so that its message is still unacked when the broker sets a
     // copy aside, as it does after the delivery limit.
-    let mut body = batch(&[
-        videos.url("/stall/sample.mp4"),
-        videos.url("/videos/sample.mp4"),
-    ]);
-    body["webhook"] = json!(receiver.url);
+    let body = batch("archive")
+        .urls([
+            videos.url("/stall/sample.mp4"),
+            videos.url("/videos/sample.mp4"),
+        ])
+        .webhook(&receiver.url);
     let job = stack.import(&project.token, &body).await;
     stack
         .dead_letter(
@@ -234,18 +227,20 @@ async fn a_worker_killed_mid_batch_loses_and_duplicates_nothing() {
     let urls: Vec<String> = (0..40)
         .map(|i| videos.url(&format!("/slow/300/sample.mp4?n={i}")))
         .collect();
-    let mut body = batch(&urls);
-    body["webhook"] = json!(receiver.url);
+    let body = batch("archive").urls(&urls).webhook(&receiver.url);
     let job = stack.import(&project.token, &body).await;
     // Wait until the worker is in the middle of the batch.
-    for _ in 0..300 {
-        let status = stack.status(&project.token, &job).await;
-        if status["overview"]["imported"].as_i64().unwrap() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    stack.kill("worker1").await;
+    stack
+        .poll_until("2 videos imported", Duration::from_secs(15), async || {
+            let status = stack.status(&project.token, &job).await;
+            match status["overview"]["imported"].as_i64().unwrap() {
+                done if done >= 2 => Ok(()),
+                done => Err(format!("{done} imported")),
+            }
+        })
+        .await;
+    let worker = stack.running(Kind::Worker)[0].clone();
+    stack.kill(&worker.name).await;
     let status = stack.status(&project.token, &job).await;
     assert!(
         status["overview"]["pending"].as_i64().unwrap() > 0,
@@ -274,16 +269,23 @@ async fn sigterm_lets_in_flight_downloads_finish_and_hands_back_the_rest() {
     let urls: Vec<String> = (0..10)
         .map(|i| videos.url(&format!("/slow/300/sample.mp4?n={i}")))
         .collect();
-    let job = stack.import(&project.token, &batch(&urls)).await;
-    for _ in 0..300 {
-        if videos.hits("/slow/300/sample.mp4") >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let status = stack.terminate("worker1").await;
+    let job = stack
+        .import(&project.token, &batch("archive").urls(&urls))
+        .await;
+    stack
+        .poll_until(
+            "2 downloads started",
+            Duration::from_secs(6),
+            async || match videos.hits("/slow/300/sample.mp4") {
+                hits if hits >= 2 => Ok(()),
+                hits => Err(format!("{hits} requests")),
+            },
+        )
+        .await;
+    let worker = stack.running(Kind::Worker)[0].clone();
+    let status = stack.terminate(&worker.name).await;
     assert!(status.success(), "the worker exits cleanly: {status}");
-    let log = stack.log("worker1");
+    let log = stack.log(&worker.name);
     assert!(log.contains("shutdown requested"), "{log}");
     // The downloads in flight at SIGTERM were finished, not abandoned.
     let done = stack
@@ -305,11 +307,20 @@ async fn secrets_never_reach_the_logs_or_read_only_callers() {
     let with_password = videos
         .url("/videos/sample.mp4?sig=SIGNATURE1")
         .replace("http://", "http://archivist:s3cr3tpw@");
-    let body = json!({"systemName": "archive", "videos": [
-        {"url": with_password, "id": "a\r\nFORGED log line", "fileName": "a", "metadata": {}},
-        {"url": videos.url("/videos/missing.mp4?sig=SIGNATURE2"), "id": "b", "fileName": "b", "metadata": {}},
-        {"url": "http://127.0.0.1:1/v.mp4?sig=SIGNATURE3", "id": "c", "fileName": "c", "metadata": {}}
-    ]});
+    let body = batch("archive")
+        .video_with(with_password, "a\r\nFORGED log line", "a", json!({}))
+        .video_with(
+            videos.url("/videos/missing.mp4?sig=SIGNATURE2"),
+            "b",
+            "b",
+            json!({}),
+        )
+        .video_with(
+            "http://127.0.0.1:1/v.mp4?sig=SIGNATURE3",
+            "c",
+            "c",
+            json!({}),
+        );
     let job = stack.import(&project.token, &body).await;
     let status = stack.wait_finished(&project.token, &job, 60).await;
     assert_eq!(status["videos"][0]["state"], "imported", "{status}");
@@ -371,7 +382,7 @@ async fn a_host_that_does_not_exist_fails_after_the_quick_retries() {
     let job = stack
         .import(
             &project.token,
-            &batch(&["http://no-such-host.invalid/video.mp4".to_string()]),
+            &batch("archive").urls(["http://no-such-host.invalid/video.mp4".to_string()]),
         )
         .await;
     let status = stack.wait_finished(&project.token, &job, 30).await;
@@ -411,7 +422,10 @@ async fn objects_left_by_a_worker_killed_before_its_commit_are_swept() {
     let project = stack.project("sweep").await;
     let storage = stack.dir.join("videos");
     let job = stack
-        .import(&project.token, &batch(&[videos.url("/videos/sample.mp4")]))
+        .import(
+            &project.token,
+            &batch("archive").urls([videos.url("/videos/sample.mp4")]),
+        )
         .await;
     // Hold the job's row: the worker uploads the video, then waits to count it on the job.
     let (locker, connection) = tokio_postgres::connect(&stack.db_url, tokio_postgres::NoTls)
@@ -422,20 +436,24 @@ async fn objects_left_by_a_worker_killed_before_its_commit_are_swept() {
         .batch_execute("BEGIN; SELECT 1 FROM jobs FOR UPDATE")
         .await
         .unwrap();
-    let mut waiting = false;
-    for _ in 0..300 {
-        let rows = stack
-            .sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
-            .await;
-        if rows[0].get::<_, i64>(0) > 0 {
-            waiting = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(waiting, "the worker reached its commit");
+    stack
+        .poll_until(
+            "the worker to reach its commit (wait for the lock)",
+            Duration::from_secs(15),
+            async || {
+                let rows = stack
+                    .sql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
+                    .await;
+                match rows[0].get::<_, i64>(0) {
+                    0 => Err("no session waiting for a lock"),
+                    _ => Ok(()),
+                }
+            },
+        )
+        .await;
     assert_eq!(files_below(&storage).len(), 1, "the upload is complete");
-    stack.kill("worker1").await;
+    let worker = stack.running(Kind::Worker)[0].clone();
+    stack.kill(&worker.name).await;
     locker.batch_execute("ROLLBACK").await.unwrap();
 
     // Another worker imports the video again; the first upload is now referenced by nothing.
@@ -495,13 +513,17 @@ async fn objects_left_by_a_worker_killed_before_its_commit_are_swept() {
             ],
         )
         .await;
-    for _ in 0..100 {
-        if files_below(&storage).len() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(files_below(&storage), [key], "{}", stack.log("sweeper"));
+    let left = stack
+        .poll_until(
+            "the sweeper to leave one file",
+            Duration::from_secs(10),
+            async || match files_below(&storage) {
+                files if files.len() == 1 => Ok(files),
+                files => Err(format!("{files:?}")),
+            },
+        )
+        .await;
+    assert_eq!(left, [key], "{}", stack.log("sweeper"));
     stack.finish().await;
 }
 
@@ -517,7 +539,9 @@ async fn downloads_from_one_host_are_bounded_per_worker() {
     let urls: Vec<String> = (0..12)
         .map(|i| videos.url(&format!("/slow/100/sample.mp4?n={i}")))
         .collect();
-    let job = stack.import(&project.token, &batch(&urls)).await;
+    let job = stack
+        .import(&project.token, &batch("archive").urls(&urls))
+        .await;
     let status = stack.wait_finished(&project.token, &job, 60).await;
     assert_eq!(status["overview"]["imported"], 12, "{status}");
     let most = videos.max_in_flight();
@@ -540,7 +564,9 @@ async fn a_host_that_asks_for_a_pause_gets_it_from_every_queued_video() {
     let urls: Vec<String> = (0..4)
         .map(|i| videos.url(&format!("/busy/3/sample.mp4?n={i}")))
         .collect();
-    let job = stack.import(&project.token, &batch(&urls)).await;
+    let job = stack
+        .import(&project.token, &batch("archive").urls(&urls))
+        .await;
     let status = stack.wait_finished(&project.token, &job, 60).await;
     assert_eq!(status["overview"]["imported"], 4, "{status}");
     let mut arrivals = videos.arrivals();
@@ -564,14 +590,11 @@ async fn a_small_batch_does_not_wait_behind_another_backlog() {
     let videos = VideoServer::start().await;
     let big = stack.project("archive-a").await;
     let small = stack.project("newsroom-b").await;
-    let slow = |prefix: &str, n: usize| -> Value {
-        let videos: Vec<Value> = (0..n)
-            .map(|i| {
-                let url = videos.url(&format!("/slow/100/sample.mp4?{prefix}{i}"));
-                json!({"url": url, "id": format!("{prefix}{i}"), "fileName": "f", "metadata": {}})
-            })
-            .collect();
-        json!({"systemName": "archive", "videos": videos})
+    let slow = |prefix: &str, n: usize| {
+        (0..n).fold(batch("archive"), |batch, i| {
+            let url = videos.url(&format!("/slow/100/sample.mp4?{prefix}{i}"));
+            batch.video(url, format!("{prefix}{i}"))
+        })
     };
     let backlog = [
         stack.import(&big.token, &slow("a", 1000)).await,
