@@ -6,5 +6,6 @@ mod importer;
 mod observability;
 mod pipeline;
 mod restarts;
+mod upgrades;
 mod webhooks;
 mod worker;

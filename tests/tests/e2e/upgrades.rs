@@ -1,0 +1,420 @@
+//! Upgrades: a database an old release left behind is migrated without losing a row, and a
+//! deployment restarted process by process loses and duplicates nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::Engine;
+use serde_json::{json, Value};
+use video_import_shared::store::migrate;
+use video_import_tests::receiver::Receiver;
+use video_import_tests::videos::{fixture, sha256, VideoServer};
+use video_import_tests::{Database, Options, Stack};
+
+/// The tables of migration 0001, each with a key that orders its rows.
+const FIRST_TABLES: [(&str, &str); 8] = [
+    ("projects", "handle"),
+    ("tokens", "token_hash"),
+    ("jobs", "id"),
+    ("job_items", "job_id, idx"),
+    ("media_entries", "id"),
+    ("outbox", "id"),
+    ("webhook_deliveries", "job_id"),
+    ("webhook_attempts", "id"),
+];
+
+/// The token the old release issued (only its hash is in the database).
+const OLD_TOKEN: &str = "vit_issued-by-the-old-release";
+const REVOKED_TOKEN: &str = "vit_revoked-under-the-old-release";
+
+/// What migration 0001's tables hold after a while in production: two projects, tokens (one
+/// revoked), a finished job with its delivered webhook and attempts, an unfinished job whose
+/// videos are imported, failed and pending (the pending ones still in the outbox, as the old
+/// release queued them: a `fetch` row per video without the video), and their entries.
+fn old_release_data(secret: &str, videos: &VideoServer, webhook: &str) -> String {
+    let token = sha256(OLD_TOKEN.as_bytes());
+    let revoked = sha256(REVOKED_TOKEN.as_bytes());
+    let mp4 = fixture("sample.mp4");
+    let (size, digest) = (mp4.len(), sha256(&mp4));
+    let url = |n: &str| videos.url(&format!("/videos/sample.mp4?old={n}"));
+    let (a, b, c, d, e, f, g) = (
+        url("a"),
+        url("b"),
+        url("c"),
+        url("d"),
+        videos.url("/videos/gone.mp4"),
+        url("f"),
+        url("g"),
+    );
+    format!(
+        r#"
+INSERT INTO projects (handle, webhook_secret, daily_limit, metadata_schema, created_at)
+VALUES ('archive', '{secret}', 5000, '{{"type": "object", "required": ["title"]}}', '2025-01-02 03:04:05+00'),
+       ('newsroom', 'whsec_bmV3c3Jvb20tc2VjcmV0LW9mLTMyLWJ5dGVzISE=', NULL, NULL, '2025-02-03 04:05:06+00');
+INSERT INTO tokens (project_id, token_hash, scopes, created_at, expires_at, revoked_at)
+SELECT id, '{token}', ARRAY['public-api:write', 'public-api:read'], '2025-01-02 03:05:00+00', NULL, NULL
+FROM projects WHERE handle = 'archive';
+INSERT INTO tokens (project_id, token_hash, scopes, created_at, expires_at, revoked_at)
+SELECT id, '{revoked}', ARRAY['public-api:write'], '2025-01-03 00:00:00+00', '2030-01-01 00:00:00+00', '2025-06-01 12:00:00+00'
+FROM projects WHERE handle = 'archive';
+
+INSERT INTO jobs (id, project_id, system_name, webhook, context, state, total, pending,
+                  imported, skipped, failed, started_at, finished_at)
+SELECT 'oldjobdone01', id, 'legacy-cms', '{webhook}', '{{
+  "batch": 1
+}}', 'success', 3, 0, 2, 1, 0, '2025-03-01 10:00:00+00', '2025-03-01 10:00:07+00'
+FROM projects WHERE handle = 'archive';
+INSERT INTO jobs (id, project_id, system_name, webhook, context, state, total, pending,
+                  imported, skipped, failed, started_at, finished_at)
+SELECT 'oldjobopen01', id, 'legacy-cms', '{webhook}', '{{"batch": 2}}', 'started', 4, 2, 1, 0, 1,
+       '2025-03-02 10:00:00+00', NULL
+FROM projects WHERE handle = 'archive';
+
+INSERT INTO job_items (job_id, idx, external_id, url, file_name, metadata, state, reason,
+                       media_id, attempts, last_error, updated_at) VALUES
+ ('oldjobdone01', 0, 'a', '{a}', 'a.mp4', '{{"title": "A"}}', 'imported', NULL, 'oldmediaaaa1', 0, NULL, '2025-03-01 10:00:03+00'),
+ ('oldjobdone01', 1, 'b', '{b}', 'b.mp4', '{{"title": "B"}}', 'imported', NULL, 'oldmediabbb1', 1, 'the server answered 503 Service Unavailable for the video URL', '2025-03-01 10:00:06+00'),
+ ('oldjobdone01', 2, 'c', '{c}', 'c.mp4', '{{"title": "C"}}', 'skipped', 'already exists', 'oldmediaccc1', 0, NULL, '2025-03-01 10:00:07+00'),
+ ('oldjobopen01', 0, 'd', '{d}', 'd.mp4', '{{"title": "D"}}', 'imported', NULL, 'oldmediaddd1', 0, NULL, '2025-03-02 10:00:02+00'),
+ ('oldjobopen01', 1, 'e', '{e}', 'e.mp4', '{{"title": "E"}}', 'failed', 'the server answered 404 Not Found for the video URL', NULL, 0, NULL, '2025-03-02 10:00:02+00'),
+ ('oldjobopen01', 2, 'f', '{f}', 'f.mp4', '{{"title": "F"}}', 'pending', NULL, NULL, 1, 'the server answered 503 Service Unavailable for the video URL', '2025-03-02 10:00:03+00'),
+ ('oldjobopen01', 3, 'g', '{g}', 'g.mp4', '{{"title": "G"}}', 'pending', NULL, NULL, 0, NULL, '2025-03-02 10:00:00+00');
+
+INSERT INTO media_entries (id, project_id, system_name, external_id, version, file_name,
+                           metadata, asset_key, asset_size, mime_type, sha256, original_url,
+                           created_at, updated_at)
+SELECT m.id, p.id, 'legacy-cms', m.ext, m.version, m.ext || '.mp4', m.metadata::jsonb,
+       p.id || '/' || m.id || '.mp4', {size}, 'video/mp4', '{digest}', m.url,
+       '2025-02-01 00:00:00+00', m.updated::timestamptz
+FROM projects p, (VALUES
+  ('oldmediaaaa1', 'a', 1, '{{"title": "A"}}', '{a}', '2025-03-01 10:00:03+00'),
+  ('oldmediabbb1', 'b', 2, '{{"title": "B"}}', '{b}', '2025-03-01 10:00:06+00'),
+  ('oldmediaccc1', 'c', 1, '{{"title": "C"}}', '{c}', '2025-02-01 00:00:00+00'),
+  ('oldmediaddd1', 'd', 1, '{{"title": "D"}}', '{d}', '2025-03-02 10:00:02+00')
+) AS m(id, ext, version, metadata, url, updated)
+WHERE p.handle = 'archive';
+
+INSERT INTO webhook_deliveries (job_id, webhook_id, url, state, attempts, last_error,
+                                delivered_at, created_at)
+VALUES ('oldjobdone01', 'msg_oldjobdone01', '{webhook}', 'delivered', 2,
+        'the receiver answered 500 Internal Server Error', '2025-03-01 10:00:13+00',
+        '2025-03-01 10:00:07+00');
+INSERT INTO webhook_attempts (job_id, attempted_at, http_status, error, duration_ms) VALUES
+ ('oldjobdone01', '2025-03-01 10:00:08+00', 500, 'the receiver answered 500 Internal Server Error', 120),
+ ('oldjobdone01', '2025-03-01 10:00:13+00', 204, NULL, 35);
+
+INSERT INTO outbox (routing_key, payload, created_at) VALUES
+ ('fetch', '{{"job_id": "oldjobopen01", "idx": 2, "attempt": 1}}', '2025-03-02 10:00:03+00'),
+ ('fetch', '{{"job_id": "oldjobopen01", "idx": 3, "attempt": 0}}', '2025-03-02 10:00:00+00');
+"#
+    )
+}
+
+/// Every row of `table` as JSON, ordered by `key`.
+async fn rows(client: &tokio_postgres::Client, table: &str, key: &str) -> Vec<Value> {
+    client
+        .query(
+            &format!("SELECT to_jsonb(t) FROM {table} t ORDER BY {key}"),
+            &[],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("reading {table}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// The rows of every table of migration 0001.
+async fn snapshot(client: &tokio_postgres::Client) -> BTreeMap<&'static str, Vec<Value>> {
+    let mut tables = BTreeMap::new();
+    for (table, key) in FIRST_TABLES {
+        tables.insert(table, rows(client, table, key).await);
+    }
+    tables
+}
+
+/// Columns later migrations added to migration 0001's tables, with the value each must have
+/// in a row written before it existed. A migration that adds a column to these tables fails
+/// this test until the column is listed here, with the value old rows get.
+fn added_columns() -> BTreeMap<(&'static str, &'static str), Value> {
+    BTreeMap::from([
+        // 0002: secret rotation and redelivery rounds.
+        (("projects", "previous_secret"), Value::Null),
+        (("projects", "previous_secret_expires_at"), Value::Null),
+        (("webhook_deliveries", "round_start"), json!(0)),
+        // 0003: source validators and technical metadata, unknown for old entries.
+        (("media_entries", "source_etag"), Value::Null),
+        (("media_entries", "source_last_modified"), Value::Null),
+        (("media_entries", "duration_seconds"), Value::Null),
+        (("media_entries", "width"), Value::Null),
+        (("media_entries", "height"), Value::Null),
+        (("media_entries", "video_codec"), Value::Null),
+        // 0007: cancellation.
+        (("jobs", "cancelled_at"), Value::Null),
+        // 0009: trace ids.
+        (("jobs", "trace_id"), Value::Null),
+        (("outbox", "traceparent"), Value::Null),
+        // 0011: held deliveries.
+        (("webhook_deliveries", "held_host"), Value::Null),
+        (("webhook_deliveries", "held_attempt"), Value::Null),
+        (("webhook_deliveries", "held_at"), Value::Null),
+    ])
+}
+
+#[tokio::test]
+async fn a_database_from_the_first_release_upgrades_with_every_row_intact() {
+    video_import_shared::telemetry::init_tls();
+    let latest = migrate::latest();
+    let videos = VideoServer::start().await;
+    let receiver = Receiver::start(&[]).await;
+    let secret = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(b"the-old-release-webhook-secret!!")
+    );
+
+    // The schema as the first release left it, and its data.
+    let old = Database::create().await;
+    let pool = video_import_shared::db::connect(&old.settings())
+        .await
+        .expect("a pool on the test database");
+    assert_eq!(migrate::run_until(&pool, 1).await.unwrap(), [1]);
+    let client = old.client().await;
+    client
+        .batch_execute(&old_release_data(&secret, &videos, &receiver.url))
+        .await
+        .expect("the first release's data fits its schema");
+    let before = snapshot(&client).await;
+
+    // Upgrade.
+    let applied = migrate::run(&pool).await.expect("the upgrade applies");
+    assert_eq!(applied, (2..=latest).collect::<Vec<_>>());
+    let after = snapshot(&client).await;
+
+    // Every row is still there with every value; the columns added since hold what the
+    // migrations give old rows.
+    let added = added_columns();
+    for (table, old_rows) in &before {
+        let new_rows = &after[table];
+        assert_eq!(
+            new_rows.len(),
+            old_rows.len(),
+            "{table}: rows lost or added"
+        );
+        for (old_row, new_row) in old_rows.iter().zip(new_rows) {
+            let (old_row, new_row) = (old_row.as_object().unwrap(), new_row.as_object().unwrap());
+            for (column, value) in old_row {
+                assert_eq!(
+                    &new_row[column], value,
+                    "{table}.{column} changed: {new_row:?}"
+                );
+            }
+            let new_columns: BTreeSet<&str> = new_row
+                .keys()
+                .filter(|c| !old_row.contains_key(*c))
+                .map(String::as_str)
+                .collect();
+            let expected: BTreeSet<&str> = added
+                .keys()
+                .filter(|(t, _)| t == table)
+                .map(|(_, c)| *c)
+                .collect();
+            assert_eq!(new_columns, expected, "{table}: columns added since 0001");
+            for column in new_columns {
+                assert_eq!(
+                    new_row[column],
+                    added[&(*table, column)],
+                    "{table}.{column} of a row from before it existed"
+                );
+            }
+        }
+    }
+    // The tables added since are empty: nothing from the old release belongs there (the old
+    // release queued its pending videos in the outbox, not in `dispatch`).
+    for table in ["idempotency_keys", "dispatch"] {
+        assert!(rows(&client, table, "1").await.is_empty(), "{table}");
+    }
+    let indexes: BTreeSet<String> = client
+        .query(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = 'public'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for index in [
+        "jobs_project_state_started",
+        "media_entries_asset_key",
+        "jobs_unfinished",
+        "webhook_deliveries_pending",
+        "webhook_deliveries_held",
+    ] {
+        assert!(indexes.contains(index), "{index} missing: {indexes:?}");
+    }
+    let fillfactor: Vec<(String, Vec<String>)> = client
+        .query(
+            "SELECT relname::text, reloptions FROM pg_class
+             WHERE relname IN ('job_items', 'jobs', 'media_entries', 'webhook_deliveries')
+             ORDER BY relname",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                r.get::<_, Option<Vec<String>>>(1).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let expected_fillfactor = [
+        ("job_items", "fillfactor=70"),
+        ("jobs", "fillfactor=50"),
+        ("media_entries", "fillfactor=80"),
+        ("webhook_deliveries", "fillfactor=70"),
+    ];
+    for ((relation, options), (name, option)) in fillfactor.iter().zip(expected_fillfactor) {
+        assert_eq!(relation, name);
+        assert!(
+            options.iter().any(|o| o == option),
+            "{relation}: {options:?}"
+        );
+    }
+
+    // Again: nothing to apply, each version recorded once.
+    assert_eq!(migrate::run(&pool).await.unwrap(), Vec::<i32>::new());
+    let versions: Vec<i32> = client
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, (1..=latest).collect::<Vec<_>>());
+    drop(pool);
+
+    // The new release runs on the upgraded database: the old token still works, the old
+    // job's queued videos are imported and its webhook is signed with the old secret.
+    let stack = Stack::start(Options {
+        database: Some(old.name.clone()),
+        ..Options::default()
+    })
+    .await;
+    let status = stack.wait_finished(OLD_TOKEN, "oldjobopen01", 60).await;
+    assert_eq!(
+        status["overview"],
+        json!({"total": 4, "imported": 3, "skipped": 0, "failed": 1, "pending": 0}),
+        "{status}"
+    );
+    assert_eq!(status["state"], "failed");
+    assert_eq!(status["videos"][0]["video"]["mediaId"], "oldmediaddd1");
+    assert_eq!(
+        status["videos"][1]["reason"],
+        "the server answered 404 Not Found for the video URL"
+    );
+    let hooks = receiver.wait_for(1, 30).await;
+    let hook = &hooks[0];
+    assert_eq!(hook.header("webhook-id"), "msg_oldjobopen01");
+    assert!(hook.signature_valid(&secret), "signed with the old secret");
+    let raw = String::from_utf8(hook.body.to_vec()).unwrap();
+    assert!(raw.contains(r#""context":{"batch": 2}"#), "{raw}");
+    assert_eq!(
+        hook.json()["failures"],
+        json!([{"externalId": "e", "reason": "the server answered 404 Not Found for the video URL"}])
+    );
+    let done = stack.status(OLD_TOKEN, "oldjobdone01").await;
+    assert_eq!(done["state"], "success");
+    assert_eq!(
+        done["overview"],
+        json!({"total": 3, "imported": 2, "skipped": 1, "failed": 0, "pending": 0})
+    );
+    assert_eq!(done["videos"][2]["reason"], "already exists");
+    assert_eq!(done["webhook"]["state"], "delivered", "{done}");
+    assert_eq!(done["webhook"]["attempts"], 2);
+    let (code, entry) = stack
+        .get(Some(OLD_TOKEN), "/api/v1/mediaLibrary/oldmediabbb1")
+        .await;
+    assert_eq!(code, 200, "{entry}");
+    assert_eq!(entry["version"], 2);
+    assert_eq!(entry["metadata"], json!({"title": "B"}));
+    assert_eq!(
+        entry["asset"]["originalUrl"],
+        videos.url("/videos/sample.mp4?old=b")
+    );
+    let (code, refused) = stack
+        .get(Some(REVOKED_TOKEN), "/api/v1/import/videos")
+        .await;
+    assert_eq!(code, 401, "{refused}");
+    assert_eq!(
+        refused["error_details"]["access_token"],
+        "The access token was revoked."
+    );
+    // Exactly the two queued videos were downloaded, once each (the counter ignores the
+    // query string), and the failed one was not tried again.
+    assert_eq!(videos.hits("/videos/sample.mp4"), 2);
+    assert_eq!(videos.hits("/videos/gone.mp4"), 0);
+    let entries = stack
+        .sql("SELECT count(*), count(*) FILTER (WHERE duration_seconds IS NOT NULL) FROM media_entries")
+        .await;
+    assert_eq!(
+        entries[0].get::<_, i64>(0),
+        6,
+        "four old entries and two new ones"
+    );
+    assert_eq!(
+        entries[0].get::<_, i64>(1),
+        2,
+        "only new entries were probed"
+    );
+
+    // On empty databases, two migrations at once: from two pools in this process, and from
+    // two `video-import-api migrate` processes. Both succeed, each version is recorded once.
+    let fresh = Database::create().await;
+    let (a, b) = tokio::join!(
+        async {
+            let pool = video_import_shared::db::connect(&fresh.settings()).await?;
+            migrate::run(&pool).await
+        },
+        async {
+            let pool = video_import_shared::db::connect(&fresh.settings()).await?;
+            migrate::run(&pool).await
+        },
+    );
+    let (a, b) = (a.expect("first migration"), b.expect("second migration"));
+    let mut both: Vec<i32> = a.iter().chain(&b).copied().collect();
+    both.sort();
+    assert_eq!(both, (1..=latest).collect::<Vec<_>>(), "{a:?} and {b:?}");
+    let by_processes = Database::create().await;
+    let env = [("VIDEO_IMPORT__DATABASE__URL", by_processes.url.as_str())];
+    let (a, b) = tokio::join!(
+        stack.run_binary("video-import-api", &["migrate"], &env),
+        stack.run_binary("video-import-api", &["migrate"], &env),
+    );
+    assert!(a.status.success(), "{}", a.stderr);
+    assert!(b.status.success(), "{}", b.stderr);
+    for database in [&fresh, &by_processes] {
+        let versions: Vec<i32> = database
+            .client()
+            .await
+            .query(
+                "SELECT version FROM schema_migrations ORDER BY version",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(
+            versions,
+            (1..=latest).collect::<Vec<_>>(),
+            "{}",
+            database.name
+        );
+    }
+    stack.finish().await;
+}
