@@ -485,6 +485,12 @@ impl Stack {
     /// kind with the same configuration (the same ports: a restarted API answers at the
     /// same URL); returns the new process once it is ready.
     pub async fn restart(&mut self, proc: &Proc) -> Proc {
+        self.restart_after(proc, Duration::ZERO).await
+    }
+
+    /// [`Stack::restart`], with the process kind down for `pause` in between (as while a
+    /// deployment replaces a machine).
+    pub async fn restart_after(&mut self, proc: &Proc, pause: Duration) -> Proc {
         let spec = self
             .processes
             .iter()
@@ -498,6 +504,7 @@ impl Stack {
             proc.name,
             self.log_tails(FAILURE_LOG_LINES)
         );
+        tokio::time::sleep(pause).await;
         let name = self.next_name(proc.kind);
         self.start_process(&name, proc.kind, proc.metrics_port, spec)
             .await
@@ -1005,6 +1012,27 @@ pub struct CliOutput {
     pub status: std::process::ExitStatus,
     pub stdout: String,
     pub stderr: String,
+}
+
+/// Every file below `dir`, as paths relative to it, sorted (e.g. a stack's stored videos).
+pub fn files_below(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    found.sort();
+    found
 }
 
 /// A random lowercase id for test data.

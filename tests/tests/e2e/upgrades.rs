@@ -2,13 +2,14 @@
 //! deployment restarted process by process loses and duplicates nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{json, Value};
 use video_import_shared::store::migrate;
 use video_import_tests::receiver::Receiver;
 use video_import_tests::videos::{fixture, sha256, VideoServer};
-use video_import_tests::{Database, Options, Stack};
+use video_import_tests::{batch, files_below, Database, Kind, Options, Stack};
 
 /// The tables of migration 0001, each with a key that orders its rows.
 const FIRST_TABLES: [(&str, &str); 8] = [
@@ -416,5 +417,261 @@ async fn a_database_from_the_first_release_upgrades_with_every_row_intact() {
             database.name
         );
     }
+    stack.finish().await;
+}
+
+/// Videos in the rolling restart, as batches of `PER_BATCH`.
+const BATCHES: usize = 20;
+const PER_BATCH: usize = 100;
+/// Each video is three 1 KiB pieces this many milliseconds apart (about 210 ms a video).
+const PIECE_MS: u64 = 70;
+
+/// POSTs `body` with `key` until the API answers 200, retrying the same request when the
+/// connection fails (the API restarting) or the API answers 5xx; the job id and the tries.
+async fn post_until_accepted(
+    http: &reqwest::Client,
+    api_url: &str,
+    token: &str,
+    key: &str,
+    body: &Value,
+) -> (String, u32) {
+    let mut tries = 0;
+    let started = Instant::now();
+    loop {
+        tries += 1;
+        let answer = http
+            .post(format!("{api_url}/api/v1/import/videos"))
+            .bearer_auth(token)
+            .header("Idempotency-Key", key)
+            .json(body)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await;
+        match answer {
+            Ok(response) if response.status() == 200 => {
+                let job: Value = response.json().await.expect("a JSON answer");
+                return (job["id"].as_str().expect("a job id").to_string(), tries);
+            }
+            Ok(response) if response.status().is_server_error() => {}
+            Ok(response) => panic!(
+                "batch {key} answered {}: {}",
+                response.status(),
+                response.text().await.unwrap_or_default()
+            ),
+            Err(_) => {}
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "batch {key} was not accepted in 2 minutes ({tries} tries)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_restart_loses_and_duplicates_nothing() {
+    let began = Instant::now();
+    let mut stack = Stack::start(Options {
+        workers: 2,
+        env: vec![
+            // Enough slots that the import runs, few enough that it lasts through the
+            // restarts (16 slots × ~210 ms a video: about 30 s for the 2,000 videos).
+            ("VIDEO_IMPORT__FETCH__CONCURRENCY".into(), "8".into()),
+            // A SIGTERMed worker finishes its downloads in flight within this.
+            (
+                "VIDEO_IMPORT__FETCH__SHUTDOWN_GRACE_SECS".into(),
+                "5".into(),
+            ),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let videos = VideoServer::start().await;
+    let receiver = Receiver::start(&[]).await;
+    let project = stack.project("rolling").await;
+    let url =
+        |batch: usize, i: usize| videos.url(&format!("/slow/{PIECE_MS}/sample.mp4?r={batch}-{i}"));
+    let bodies: Vec<Value> = (0..BATCHES)
+        .map(|b| {
+            (0..PER_BATCH)
+                .fold(batch("archive").webhook(&receiver.url), |batch, i| {
+                    batch.video(url(b, i), format!("r{b}-{i}"))
+                })
+                .build()
+        })
+        .collect();
+
+    // The client: a batch every half second, each retried with its key until accepted.
+    let client = {
+        let (http, api_url, token) = (
+            stack.http.clone(),
+            stack.api_url.clone(),
+            project.token.clone(),
+        );
+        tokio::spawn(async move {
+            let mut accepted = Vec::new();
+            for (n, body) in bodies.iter().enumerate() {
+                let key = format!("rolling-batch-{n}");
+                accepted.push(post_until_accepted(&http, &api_url, &token, &key, body).await);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            accepted
+        })
+    };
+
+    // Meanwhile, twice: the API, each worker and the notifier, one at a time. The API stays
+    // down for longer than the client's pause between batches, so that a POST meets it down.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut restarts = Vec::new();
+    let mut workers: Vec<String> = stack
+        .running(Kind::Worker)
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
+    for round in 1..=2 {
+        for kind in [Kind::Api, Kind::Worker, Kind::Notifier] {
+            for old in stack.running(kind) {
+                let started = Instant::now();
+                let down = match kind {
+                    Kind::Api => Duration::from_millis(1500),
+                    _ => Duration::ZERO,
+                };
+                let new = stack.restart_after(&old, down).await;
+                if kind == Kind::Worker {
+                    workers.push(new.name.clone());
+                }
+                restarts.push(format!(
+                    "round {round}: {} -> {} in {:.2} s",
+                    old.name,
+                    new.name,
+                    started.elapsed().as_secs_f64()
+                ));
+                // Let the new process take its share before the next one goes.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    let restarted_at = began.elapsed();
+    let accepted = client.await.expect("the client task");
+    let posted_at = began.elapsed();
+
+    // Every job finishes and its webhook is delivered.
+    let jobs: Vec<String> = accepted.iter().map(|(job, _)| job.clone()).collect();
+    for job in &jobs {
+        let what = format!("job {job} finished with its webhook delivered");
+        stack
+            .poll_until(&what, Duration::from_secs(180), async || {
+                let status = stack.status(&project.token, job).await;
+                if status["finished"] == true && status["webhook"]["state"] == "delivered" {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{} webhook {}",
+                        status["overview"], status["webhook"]
+                    ))
+                }
+            })
+            .await;
+    }
+    let finished_at = began.elapsed();
+    eprintln!(
+        "rolling restart: restarts done at {:.1} s, all 20 batches accepted at {:.1} s ({} tries), \
+         every job finished and notified at {:.1} s\n  {}",
+        restarted_at.as_secs_f64(),
+        posted_at.as_secs_f64(),
+        accepted.iter().map(|(_, tries)| tries).sum::<u32>(),
+        finished_at.as_secs_f64(),
+        restarts.join("\n  ")
+    );
+
+    // Each POST got its own job; no retry made a second one (and some POST was retried).
+    let tries: u32 = accepted.iter().map(|(_, tries)| tries).sum();
+    assert!(
+        tries > BATCHES as u32,
+        "no POST met the API down: {tries} tries"
+    );
+    let distinct: BTreeSet<&String> = jobs.iter().collect();
+    assert_eq!(distinct.len(), BATCHES, "{jobs:?}");
+    let count: i64 = stack.sql("SELECT count(*) FROM jobs").await[0].get(0);
+    assert_eq!(count, BATCHES as i64, "jobs in the database");
+    // Every video of every job imported, none failed or skipped.
+    for job in &jobs {
+        let status = stack.status(&project.token, job).await;
+        assert_eq!(status["state"], "success", "{job}: {}", status["overview"]);
+        assert_eq!(
+            status["overview"],
+            json!({"total": PER_BATCH, "imported": PER_BATCH, "skipped": 0, "failed": 0, "pending": 0}),
+            "{job}"
+        );
+    }
+    // One entry per video, each written once, each with its stored file.
+    let entries = stack
+        .sql("SELECT count(*), count(DISTINCT external_id), min(version)::int8, max(version)::int8 FROM media_entries")
+        .await;
+    let total = (BATCHES * PER_BATCH) as i64;
+    assert_eq!(entries[0].get::<_, i64>(0), total, "entries");
+    assert_eq!(entries[0].get::<_, i64>(1), total, "distinct external ids");
+    assert_eq!(entries[0].get::<_, i64>(2), 1, "every entry at version 1");
+    assert_eq!(entries[0].get::<_, i64>(3), 1, "every entry at version 1");
+    let stored = files_below(&stack.dir.join("videos"));
+    assert_eq!(
+        stored.len(),
+        total as usize,
+        "stored files (no orphan, none missing)"
+    );
+    // Every URL was downloaded to its end; count the ones fetched more than once.
+    let counts = videos.counts();
+    let prefix = format!("/slow/{PIECE_MS}/sample.mp4?");
+    let requested: Vec<u32> = counts
+        .iter()
+        .filter(|(label, _)| label.starts_with(&prefix) && !label.ends_with(" complete"))
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(requested.len(), total as usize, "every URL was requested");
+    let completed = counts
+        .iter()
+        .filter(|(label, _)| label.starts_with(&prefix) && label.ends_with(" complete"))
+        .count();
+    assert_eq!(completed, total as usize, "every URL was sent to its end");
+    let again = requested.iter().filter(|n| **n > 1).count();
+    eprintln!("rolling restart: {again} of {total} URLs were requested more than once");
+    assert_eq!(again, 0, "a graceful restart downloads nothing twice");
+
+    // One webhook id per job, every delivery signed; retries of an id are allowed.
+    let hooks = receiver.received();
+    let ids: BTreeSet<String> = hooks
+        .iter()
+        .map(|h| h.header("webhook-id").to_string())
+        .collect();
+    assert_eq!(ids.len(), BATCHES, "{ids:?}");
+    for job in &jobs {
+        assert!(ids.contains(&format!("msg_{job}")), "no webhook for {job}");
+    }
+    for hook in &hooks {
+        assert!(
+            hook.signature_valid(&project.secret),
+            "{}",
+            hook.header("webhook-id")
+        );
+    }
+    eprintln!(
+        "rolling restart: {} webhook requests for {BATCHES} jobs",
+        hooks.len()
+    );
+    // The restarts came mid-import: every worker, the replaced ones and the last ones,
+    // imported videos.
+    for worker in &workers {
+        assert!(
+            stack.log(worker).contains("video done"),
+            "{worker} imported nothing"
+        );
+    }
+    let exited = stack.exited();
+    assert!(exited.is_empty(), "exited: {exited:?}");
+    assert!(
+        began.elapsed() < Duration::from_secs(300),
+        "{:?}",
+        began.elapsed()
+    );
     stack.finish().await;
 }
