@@ -162,6 +162,9 @@ pub struct Options {
     pub postgres_port: u16,
     /// RabbitMQ to use (the machine's unless a test brings its own).
     pub amqp_url: String,
+    /// An existing database on that PostgreSQL to use (and migrate, and drop at the end)
+    /// instead of a new one: e.g. one an upgrade test filled at an older schema.
+    pub database: Option<String>,
 }
 
 impl Default for Options {
@@ -172,6 +175,7 @@ impl Default for Options {
             env: Vec::new(),
             postgres_port: POSTGRES_PORT,
             amqp_url: AMQP_URL.into(),
+            database: None,
         }
     }
 }
@@ -196,16 +200,22 @@ impl Stack {
     pub async fn start(options: Options) -> Stack {
         video_import_shared::telemetry::init_tls();
         let suffix = random_suffix();
-        let db_name = format!("vit_{suffix}");
         let admin_url = admin_db(options.postgres_port);
-        let (admin, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432 (start it with deploy/services.sh)");
-        tokio::spawn(conn);
-        admin
-            .batch_execute(&format!("CREATE DATABASE {db_name}"))
-            .await
-            .expect("create test database");
+        let db_name = match options.database {
+            Some(existing) => existing,
+            None => {
+                let db_name = format!("vit_{suffix}");
+                let (admin, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+                    .await
+                    .expect("PostgreSQL on 127.0.0.1:5432 (start it with deploy/services.sh)");
+                tokio::spawn(conn);
+                admin
+                    .batch_execute(&format!("CREATE DATABASE {db_name}"))
+                    .await
+                    .expect("create test database");
+                db_name
+            }
+        };
         let db_url = format!(
             "postgres://postgres@127.0.0.1:{}/{db_name}",
             options.postgres_port
@@ -475,6 +485,12 @@ impl Stack {
     /// kind with the same configuration (the same ports: a restarted API answers at the
     /// same URL); returns the new process once it is ready.
     pub async fn restart(&mut self, proc: &Proc) -> Proc {
+        self.restart_after(proc, Duration::ZERO).await
+    }
+
+    /// [`Stack::restart`], with the process kind down for `pause` in between (as while a
+    /// deployment replaces a machine).
+    pub async fn restart_after(&mut self, proc: &Proc, pause: Duration) -> Proc {
         let spec = self
             .processes
             .iter()
@@ -488,6 +504,7 @@ impl Stack {
             proc.name,
             self.log_tails(FAILURE_LOG_LINES)
         );
+        tokio::time::sleep(pause).await;
         let name = self.next_name(proc.kind);
         self.start_process(&name, proc.kind, proc.metrics_port, spec)
             .await
@@ -806,6 +823,89 @@ fn alive(pid: u32) -> bool {
     !matches!(state, Some('Z' | 'X') | None)
 }
 
+/// Drops database `name` (connections and all) on the PostgreSQL of `admin_url`, if it is
+/// there.
+async fn drop_database(admin_url: &str, name: &str) {
+    let Ok((admin, conn)) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await else {
+        return;
+    };
+    tokio::spawn(conn);
+    let _ = admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await;
+}
+
+/// A database of a test's own on the machine's PostgreSQL (empty, not migrated), dropped when
+/// the value is, also when the test panics.
+pub struct Database {
+    pub name: String,
+    /// Its `postgres://` URL.
+    pub url: String,
+    admin_url: String,
+}
+
+impl Database {
+    /// Creates an empty database `vit_<random>`.
+    pub async fn create() -> Database {
+        let name = format!("vit_{}", random_suffix());
+        let admin_url = admin_db(POSTGRES_PORT);
+        let (admin, conn) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (start it with deploy/services.sh)");
+        tokio::spawn(conn);
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create a database");
+        Database {
+            url: format!("postgres://postgres@127.0.0.1:{POSTGRES_PORT}/{name}"),
+            name,
+            admin_url,
+        }
+    }
+
+    /// Settings for `video_import_shared::db::connect`: a small pool on this database.
+    pub fn settings(&self) -> video_import_shared::config::DatabaseSettings {
+        video_import_shared::config::DatabaseSettings {
+            url: self.url.clone(),
+            pool_size: 4,
+            pool_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// A plain connection to the database.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the database");
+        tokio::spawn(conn);
+        client
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // As for a stack: a thread and a runtime of its own, since Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a clean-up runtime");
+            runtime.block_on(async {
+                let limit = Duration::from_secs(20);
+                if tokio::time::timeout(limit, drop_database(&admin_url, &name))
+                    .await
+                    .is_err()
+                {
+                    eprintln!("clean-up: PostgreSQL did not answer; database {name} is left");
+                }
+            });
+        })
+        .join();
+    }
+}
+
 /// What a stack leaves outside its folder: its database, queues and exchanges.
 struct Cleanup {
     admin_url: String,
@@ -871,18 +971,7 @@ impl Cleanup {
     }
 
     async fn database(&self) {
-        let Ok((admin, conn)) =
-            tokio_postgres::connect(&self.admin_url, tokio_postgres::NoTls).await
-        else {
-            return;
-        };
-        tokio::spawn(conn);
-        let _ = admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.db_name
-            ))
-            .await;
+        drop_database(&self.admin_url, &self.db_name).await;
     }
 }
 
@@ -923,6 +1012,27 @@ pub struct CliOutput {
     pub status: std::process::ExitStatus,
     pub stdout: String,
     pub stderr: String,
+}
+
+/// Every file below `dir`, as paths relative to it, sorted (e.g. a stack's stored videos).
+pub fn files_below(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&folder) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    found.sort();
+    found
 }
 
 /// A random lowercase id for test data.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -70,7 +70,8 @@ impl Counters {
 /// - `/drop/{name}`: the first response breaks off halfway; Range requests are honoured;
 /// - `/drop-norange/{name}`: the first response breaks off halfway; Range is ignored;
 /// - `/slow/{ms}/{name}`: the file in 1 KiB pieces, `ms` milliseconds apart (counted while
-///   in flight, see [`VideoServer::max_in_flight`]);
+///   in flight, see [`VideoServer::max_in_flight`]); each full URL is counted too, and again
+///   as `URL complete` once its last piece was handed over (see [`VideoServer::counts`]);
 /// - `/busy/{secs}/{name}`: the first request gets 429 with `Retry-After: secs`, later ones
 ///   the file after 300 ms (each request's arrival is noted, see [`VideoServer::arrivals`]);
 /// - `/stall/{name}`: half the file, then nothing for a minute;
@@ -124,6 +125,11 @@ impl VideoServer {
     /// When each `/busy` request arrived.
     pub fn arrivals(&self) -> Vec<std::time::Instant> {
         self.counters.1.arrivals.lock().unwrap().clone()
+    }
+
+    /// Every counter: label and count.
+    pub fn counts(&self) -> HashMap<String, u32> {
+        self.counters.0.lock().unwrap().clone()
     }
 
     /// How often `label` was counted (a path, or a path and what happened, e.g. `… range`).
@@ -251,17 +257,32 @@ async fn drop_norange(State(c): State<Counters>, Path(name): Path<String>) -> Re
         .unwrap()
 }
 
-async fn slow(State(c): State<Counters>, Path((ms, name)): Path<(u64, String)>) -> Response {
+async fn slow(
+    State(c): State<Counters>,
+    Path((ms, name)): Path<(u64, String)>,
+    uri: Uri,
+) -> Response {
     let Some(bytes) = read_fixture(&name) else {
         return StatusCode::NOT_FOUND.into_response();
     };
     c.bump(format!("/slow/{ms}/{name}"));
+    c.bump(uri.to_string());
     let sending = Sending::start(&c.1);
     let len = bytes.len();
     let chunks: Vec<Bytes> = bytes.chunks(1024).map(Bytes::copy_from_slice).collect();
-    let stream = futures::StreamExt::then(futures::stream::iter(chunks), move |chunk| async move {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        Ok::<_, std::io::Error>(chunk)
+    let last = chunks.len() - 1;
+    let complete = format!("{uri} complete");
+    let pieces = futures::stream::iter(chunks.into_iter().enumerate());
+    let stream = futures::StreamExt::then(pieces, move |(n, chunk)| {
+        let (c, complete) = (c.clone(), complete.clone());
+        async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            // The last piece is handed over: the client was still reading at the end.
+            if n == last {
+                c.bump(complete);
+            }
+            Ok::<_, std::io::Error>(chunk)
+        }
     });
     let stream = futures::StreamExt::map(stream, move |chunk| {
         let _ = &sending;

@@ -8,5 +8,6 @@ mod observability;
 mod pipeline;
 mod restarts;
 mod rounds;
+mod upgrades;
 mod webhooks;
 mod worker;

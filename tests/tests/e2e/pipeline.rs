@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 use video_import_tests::receiver::Receiver;
 use video_import_tests::videos::{fixture, sha256, VideoServer};
-use video_import_tests::{batch, Kind, Options, Stack, NO_TEST_SERVERS};
+use video_import_tests::{batch, files_below, Kind, Options, Stack, NO_TEST_SERVERS};
 
 /// The seed's example request, with the video URL pointed at the local server.
 fn seed_body(video_url: &str, webhook: &str) -> String {
@@ -165,27 +165,9 @@ async fn two_jobs_importing_the_same_ids_at_once_leave_one_entry_each() {
     assert_eq!(rows[0].get::<_, i64>(1), 2, "each entry written twice");
     assert_eq!(rows[0].get::<_, i64>(2), 2);
     assert_eq!(rows[0].get::<_, i64>(3), 50);
-    let stored = walk(&stack.dir.join("videos"));
+    let stored = files_below(&stack.dir.join("videos")).len();
     assert_eq!(stored, 50, "replaced assets are removed");
     stack.finish().await;
-}
-
-/// Files under `dir`, recursively.
-fn walk(dir: &std::path::Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| {
-                    if e.path().is_dir() {
-                        walk(&e.path())
-                    } else {
-                        1
-                    }
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 #[tokio::test]

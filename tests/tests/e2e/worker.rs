@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use video_import_tests::receiver::Receiver;
 use video_import_tests::videos::{fixture, sha256, VideoServer};
-use video_import_tests::{batch, Kind, Options, Stack};
+use video_import_tests::{batch, files_below, Kind, Options, Stack};
 
 fn env(pairs: &[(&str, &str)]) -> Options {
     Options {
@@ -392,27 +392,6 @@ async fn a_host_that_does_not_exist_fails_after_the_quick_retries() {
         "{reason}"
     );
     stack.finish().await;
-}
-
-/// Every file below `dir`, as paths relative to it.
-fn files_below(dir: &std::path::Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(folder) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&folder) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else {
-                found.push(path.strip_prefix(dir).unwrap().display().to_string());
-            }
-        }
-    }
-    found.sort();
-    found
 }
 
 #[tokio::test]
