@@ -88,8 +88,11 @@ pub struct Project {
 /// What a process of the stack is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// `video-import-api serve`.
     Api,
+    /// `video-import-worker`.
     Worker,
+    /// `video-import-notifier`.
     Notifier,
     /// Started with [`Stack::spawn`]: any binary, any arguments.
     Other,
@@ -101,6 +104,7 @@ pub enum Kind {
 pub struct Proc {
     /// Unique within the stack: `api`, `worker0`, `worker1`, …, `notifier0`, …
     pub name: String,
+    /// What it runs.
     pub kind: Kind,
     /// The port of its metrics endpoint (the API's: its listen port; 0 when not known, for
     /// processes started with [`Stack::spawn`]).
@@ -838,6 +842,7 @@ async fn drop_database(admin_url: &str, name: &str) {
 /// A database of a test's own on the machine's PostgreSQL (empty, not migrated), dropped when
 /// the value is, also when the test panics.
 pub struct Database {
+    /// `vit_<random>`.
     pub name: String,
     /// Its `postgres://` URL.
     pub url: String,
