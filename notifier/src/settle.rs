@@ -1,7 +1,8 @@
 //! Settling the webhook messages the broker dead-lettered: one a binary rejected because it
 //! could not read it goes back to the queue for one that can (or, a newer version, waits for
-//! a newer binary); one that exceeded its delivery limit, or a retired version, fails its
-//! delivery with the reason, which the job's status shows.
+//! a newer binary); one of a retired version is queued again as a current message of the
+//! delivery's current round; one that exceeded its delivery limit fails its delivery with
+//! that reason, which the job's status shows.
 
 use std::time::Duration;
 
@@ -46,7 +47,7 @@ impl Notifier {
                 return self.again(&delivered, WAIT_FOR_NEWER).await;
             }
             Err(unreadable) => match Ids::of(&delivered.data) {
-                Some(ids) => (ids.job_id, None, unreadable.to_string()),
+                Some(ids) => return self.requeue_current(ids, &delivered).await,
                 None => {
                     tracing::error!(%unreadable, bytes = delivered.data.len(), "dropping a dead-lettered message that names no job");
                     self.metrics.dead_letters.inc();
@@ -64,6 +65,35 @@ impl Notifier {
         match done {
             Some(()) => Disposition::Ack,
             None => Disposition::Requeue,
+        }
+    }
+
+    /// Queues the attempt a retired message asked for as a current message of the
+    /// delivery's current round (its URL read from PostgreSQL), if the delivery is pending.
+    async fn requeue_current(&self, ids: Ids, delivered: &Delivered) -> Disposition {
+        let round = until_ok(&self.shutdown, || async {
+            let client = self.pool.get().await?;
+            webhooks::pending_round(&client, &ids.job_id).await
+        })
+        .await;
+        let Some(round) = round else {
+            return Disposition::Requeue;
+        };
+        let Some((round, url)) = round else {
+            // Delivered or given up already: the retired message has nothing left to do.
+            return Disposition::Ack;
+        };
+        let message = DeliverWebhook {
+            job_id: ids.job_id,
+            round: Round::Of(round),
+            attempt: ids.attempt.unwrap_or(1),
+            url,
+        };
+        tracing::info!(job = %message.job_id, round, attempt = message.attempt, "a retired webhook message is queued again as a current one");
+        let trace = delivered.traceparent.as_ref().map(|t| t.child().header());
+        match self.retries.submit(message.outgoing(None, trace)).await {
+            Ok(()) => Disposition::Ack,
+            Err(_) => Disposition::Requeue,
         }
     }
 

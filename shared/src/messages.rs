@@ -7,8 +7,8 @@
 //! during a rolling upgrade old and new binaries can share one queue. A message of any other
 //! version is not guessed at: decoding answers [`Unreadable::Version`], the consumer
 //! dead-letters it with that reason, and the binary's dead-letter consumer settles it (a
-//! newer message waits for a newer binary; a retired one fails its video or delivery with
-//! the reason). `tests/fixtures/messages/<queue>/v<N>.json` holds every version ever
+//! newer message waits for a newer binary; a retired one is turned into current work: its
+//! video handed out again, its webhook attempt queued again). `tests/fixtures/messages/<queue>/v<N>.json` holds every version ever
 //! published; a test decodes each, so a change that breaks an old message fails CI.
 //!
 //! Fetch messages:
@@ -78,12 +78,14 @@ struct Probe {
 }
 
 /// The ids every version of either message carries: enough to settle one that cannot be
-/// read (to fail its video or its delivery with the reason).
+/// read (to hand its video out again, or to queue its webhook attempt again).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Ids {
     pub job_id: String,
     /// The video's position (fetch messages only).
     pub idx: Option<i32>,
+    /// The attempt's number (webhook messages) or the try's (fetch messages).
+    pub attempt: Option<u32>,
 }
 
 impl Ids {
@@ -435,7 +437,8 @@ mod tests {
             Ids::of(br#"{"v":9,"job_id":"j","idx":4}"#),
             Some(Ids {
                 job_id: "j".into(),
-                idx: Some(4)
+                idx: Some(4),
+                attempt: None,
             })
         );
     }

@@ -23,14 +23,12 @@ pub enum FailureClass {
     HostNotFound,
     /// The broker set the message aside after too many deliveries without an ack.
     DeadLettered,
-    /// A message this binary cannot read (a retired version).
-    Unreadable,
     Other,
 }
 
 impl FailureClass {
     /// Every class, so that each series exists from the start.
-    pub const ALL: [FailureClass; 17] = [
+    pub const ALL: [FailureClass; 16] = [
         FailureClass::InvalidUrl,
         FailureClass::Refused,
         FailureClass::Http4xx,
@@ -46,7 +44,6 @@ impl FailureClass {
         FailureClass::Storage,
         FailureClass::HostNotFound,
         FailureClass::DeadLettered,
-        FailureClass::Unreadable,
         FailureClass::Other,
     ];
 
@@ -68,7 +65,6 @@ impl FailureClass {
             FailureClass::Storage => "storage",
             FailureClass::HostNotFound => "host_not_found",
             FailureClass::DeadLettered => "dead_lettered",
-            FailureClass::Unreadable => "unreadable_message",
             FailureClass::Other => "other",
         }
     }

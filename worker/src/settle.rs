@@ -1,8 +1,9 @@
 //! Settling the fetch messages the broker dead-lettered: one a binary rejected because it
 //! could not read it goes back to the queue for one that can (or, a newer version, waits for
-//! a newer binary); one that exceeded its delivery limit (the worker crashed or was killed
-//! each time), or a retired version, fails its video with the reason, so the job still
-//! finishes.
+//! a newer binary, its video's status saying why); one of a retired version has its video
+//! handed out again by the dispatcher, which reads it from PostgreSQL; one that exceeded its
+//! delivery limit (the worker crashed or was killed each time) fails its video with that
+//! reason, so the job still finishes.
 
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use video_import_shared::consume::{Delivered, Disposition};
 use video_import_shared::messages::{self, FetchVideo, Ids, Unreadable};
 use video_import_shared::retry::until_ok;
 use video_import_shared::store::outcomes::{Outcome, Recorded};
-use video_import_shared::store::{items, Item, ItemState};
+use video_import_shared::store::{dispatch, items, Item, ItemState};
 
 use crate::error::FailureClass;
 use crate::group_commit;
@@ -50,7 +51,7 @@ impl Importer {
                 self.note_waiting(&delivered, &unreadable).await;
                 self.again(&delivered, WAIT_FOR_NEWER).await
             }
-            Err(unreadable) => self.fail_unreadable(&delivered, unreadable).await,
+            Err(unreadable) => self.redispatch(&delivered, unreadable).await,
         }
     }
 
@@ -74,6 +75,7 @@ impl Importer {
         let Some(Ids {
             job_id,
             idx: Some(idx),
+            ..
         }) = Ids::of(&delivered.data)
         else {
             return;
@@ -84,27 +86,34 @@ impl Importer {
         }
     }
 
-    /// Fails the video of a message that no binary of this release reads, with the reason.
-    async fn fail_unreadable(&self, delivered: &Delivered, unreadable: Unreadable) -> Disposition {
-        match Ids::of(&delivered.data) {
-            Some(Ids {
-                job_id,
-                idx: Some(idx),
-            }) => {
-                self.fail(
-                    Item::known_by_ids(&job_id, idx),
-                    unreadable.to_string(),
-                    FailureClass::Unreadable,
-                )
-                .await
-            }
-            _ => {
-                // Nothing names the video: there is nothing to fail. Logged and counted, so
-                // that it is not dropped silently.
-                tracing::error!(%unreadable, bytes = delivered.data.len(), "dropping a dead-lettered message that names no video");
-                self.metrics.dead_letters.inc();
+    /// Hands the video of a retired message out again (the dispatcher reads it from
+    /// PostgreSQL and publishes a current message), or fails it with the reason when the
+    /// message names no video.
+    async fn redispatch(&self, delivered: &Delivered, unreadable: Unreadable) -> Disposition {
+        let Some(Ids {
+            job_id,
+            idx: Some(idx),
+            ..
+        }) = Ids::of(&delivered.data)
+        else {
+            // Nothing names the video: there is nothing to hand out or fail. Logged and
+            // counted, so that it is not dropped silently.
+            tracing::error!(%unreadable, bytes = delivered.data.len(), "dropping a dead-lettered message that names no video");
+            self.metrics.dead_letters.inc();
+            return Disposition::Ack;
+        };
+        let trace = delivered.traceparent.as_ref().map(|t| t.header());
+        let again = until_ok(&self.shutdown, || async {
+            let client = self.pool.get().await?;
+            dispatch::again(&client, &job_id, idx, trace.as_deref()).await
+        })
+        .await;
+        match again {
+            Some(handed) => {
+                tracing::info!(job = %job_id, idx, %unreadable, handed, "a retired message's video is handed out again");
                 Disposition::Ack
             }
+            None => Disposition::Requeue,
         }
     }
 

@@ -117,6 +117,31 @@ pub async fn advance(tx: &Transaction<'_>, handed: &[(String, i32)]) -> anyhow::
     Ok(())
 }
 
+/// Hands video `idx` of a job out again (its message was of a retired version, which no
+/// binary reads any more): the job's dispatch row is created, or moved back to `idx`, if the
+/// video is still pending. Returns whether it was. Harmless when the video is handed out
+/// twice: the items' `pending` guard makes the second message a no-op.
+pub async fn again(
+    client: &impl GenericClient,
+    job_id: &str,
+    idx: i32,
+    traceparent: Option<&str>,
+) -> anyhow::Result<bool> {
+    let changed = client
+        .execute(
+            "INSERT INTO dispatch (job_id, project_id, system_name, total, next_idx, traceparent)
+             SELECT j.id, j.project_id, j.system_name, j.total, i.idx, $3
+             FROM jobs j JOIN job_items i ON i.job_id = j.id AND i.idx = $2 AND i.state = $4
+             WHERE j.id = $1
+             ON CONFLICT (job_id) DO UPDATE
+                 SET next_idx = LEAST(dispatch.next_idx, EXCLUDED.next_idx)",
+            &[&job_id, &idx, &traceparent, &ItemState::Pending],
+        )
+        .await
+        .context("handing the video out again")?;
+    Ok(changed == 1)
+}
+
 /// Stops dispatching the job (it was cancelled).
 pub async fn forget(client: &impl GenericClient, job_id: &str) -> anyhow::Result<()> {
     client

@@ -22,25 +22,6 @@ pub struct Item {
     pub known: Option<Validators>,
 }
 
-impl Item {
-    /// A video known only by its job and position (a message that cannot be read names no
-    /// more): enough to record it as failed, nothing else.
-    pub fn known_by_ids(job_id: &str, idx: i32) -> Item {
-        Item {
-            job_id: job_id.to_string(),
-            idx,
-            project_id: 0,
-            system_name: String::new(),
-            external_id: String::new(),
-            url: String::new(),
-            file_name: String::new(),
-            metadata: Value::Null,
-            state: ItemState::Pending,
-            known: None,
-        }
-    }
-}
-
 /// The source's cache validators, sent back on re-imports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Validators {

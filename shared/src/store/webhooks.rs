@@ -311,6 +311,21 @@ pub async fn record_attempts(
     Ok(())
 }
 
+/// The current round and URL of the job's delivery while it is pending; `None` otherwise.
+pub async fn pending_round(
+    client: &impl GenericClient,
+    job_id: &str,
+) -> anyhow::Result<Option<(u32, String)>> {
+    let row = client
+        .query_opt(
+            "SELECT round, url FROM webhook_deliveries WHERE job_id = $1 AND state = $2",
+            &[&job_id, &WebhookState::Pending],
+        )
+        .await
+        .context("reading the webhook delivery's round")?;
+    Ok(row.map(|r| (r.get::<_, i32>(0) as u32, r.get(1))))
+}
+
 /// Fails a still-pending delivery with `reason` (its message was dead-lettered), if `round`
 /// (`None`: any) is its current one.
 pub async fn fail_pending(

@@ -1,12 +1,14 @@
 //! Versioned messages: every version ever published (the golden fixtures) decodes, or is
 //! refused with its reason; a message of a version a binary does not read is dead-lettered
-//! and settled, never dropped.
+//! with that reason and settled, never dropped: a newer one waits for a newer binary, a
+//! retired one's video is handed out again.
 
 use std::path::PathBuf;
 
 use serde_json::{json, Value};
 use video_import_shared::messages::{DeliverWebhook, FetchVideo, Round, Unreadable};
 use video_import_shared::queue::Topology;
+use video_import_tests::receiver::Receiver;
 use video_import_tests::videos::VideoServer;
 use video_import_tests::{Options, Stack};
 
@@ -103,27 +105,6 @@ async fn publish(stack: &Stack, routing_key: &str, body: &Value) {
     let _ = connection.close(200, "bye".into()).await;
 }
 
-/// Polls the job's first video until `check` accepts it (at most 30 s).
-async fn wait_video(
-    stack: &Stack,
-    token: &str,
-    job: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let status = stack.status(token, job).await;
-        if check(&status["videos"][0]) {
-            return status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the video never got there: {status}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test]
 async fn messages_of_versions_a_binary_does_not_read_are_settled_with_the_reason() {
     let stack = Stack::start(Options::default()).await;
@@ -146,18 +127,25 @@ async fn messages_of_versions_a_binary_does_not_read_are_settled_with_the_reason
         &json!({"v": 99, "job_id": job, "idx": 1, "attempt": 0, "shape": "unknown"}),
     )
     .await;
-    // A message of a retired version: its video fails with the reason.
+    // A message of a retired version: its video is handed out again, read from PostgreSQL
+    // by the dispatcher, and downloaded a second time (both stall; 2 + 1 requests).
     publish(
         &stack,
         "fetch",
         &json!({"job_id": job, "idx": 0, "attempt": 0}),
     )
     .await;
-    let status = wait_video(&stack, &project.token, &job, |v| v["state"] == "failed").await;
-    assert_eq!(
-        status["videos"][0]["reason"],
-        "message version 1 not supported by this binary (it reads 2..3)"
-    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while videos.hits("/stall/sample.mp4") < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the retired message's video was not handed out again: {:?}",
+            videos.counts()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let status = stack.status(&project.token, &job).await;
+    assert_eq!(status["videos"][0]["state"], "pending", "{status}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let status = stack.status(&project.token, &job).await;
@@ -181,6 +169,41 @@ async fn messages_of_versions_a_binary_does_not_read_are_settled_with_the_reason
         log.contains("dead-lettering a message this binary cannot read"),
         "{log}"
     );
+    assert!(
+        log.contains("a retired message's video is handed out again"),
+        "{log}"
+    );
     assert!(!log.contains("panicked"), "{log}");
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn a_retired_webhook_message_is_queued_again_as_a_current_one() {
+    let stack = Stack::start(Options {
+        // After the first failure the next attempt waits 60 s: what arrives sooner is the
+        // retired message's attempt.
+        env: vec![(
+            "VIDEO_IMPORT__WEBHOOK__RETRY_SCHEDULE_SECS".into(),
+            "60".into(),
+        )],
+        ..Options::default()
+    })
+    .await;
+    let videos = VideoServer::start().await;
+    let receiver = Receiver::start(&[503]).await;
+    let project = stack.project("oldhook").await;
+    let body = json!({"systemName": "oldhook", "webhook": receiver.url, "videos": [
+        {"url": videos.url("/videos/sample.mp4"), "id": "a", "fileName": "a", "metadata": {}}
+    ]});
+    let job = stack.import(&project.token, &body).await;
+    receiver.wait_for(1, 30).await;
+    // Attempt 2, as the first release published it (no URL, no version).
+    publish(&stack, "webhook", &json!({"job_id": job, "attempt": 2})).await;
+    let status = stack.wait_webhook(&project.token, &job, "delivered").await;
+    assert_eq!(status["webhook"]["attempts"], 2, "{status}");
+    let hooks = receiver.received();
+    assert_eq!(hooks.len(), 2);
+    assert_eq!(hooks[0].header("webhook-id"), hooks[1].header("webhook-id"));
+    assert!(hooks[1].signature_valid(&project.secret));
     stack.finish().await;
 }

@@ -158,6 +158,11 @@ fn added_columns() -> BTreeMap<(&'static str, &'static str), Value> {
         (("webhook_deliveries", "held_host"), Value::Null),
         (("webhook_deliveries", "held_attempt"), Value::Null),
         (("webhook_deliveries", "held_at"), Value::Null),
+        // 0012: webhook rounds: every delivery and attempt from before is of round 1.
+        (("webhook_deliveries", "round"), json!(1)),
+        (("webhook_deliveries", "held_round"), Value::Null),
+        (("webhook_attempts", "round"), json!(1)),
+        (("webhook_attempts", "number"), Value::Null),
     ])
 }
 
