@@ -19,9 +19,10 @@ use video_import_shared::service::Service;
 use crate::backlog::BacklogMetrics;
 use crate::error::ApiError;
 use crate::metadata::Schemas;
+use crate::metrics::ApiMetrics;
 use crate::quota::RateLimit;
 use crate::server;
-use crate::state::{ApiMetrics, AppState};
+use crate::state::AppState;
 use crate::validate::Targets;
 use video_import_shared::netguard::AddressPolicy;
 

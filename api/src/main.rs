@@ -10,6 +10,7 @@ mod error;
 mod import;
 mod media;
 mod metadata;
+mod metrics;
 mod model;
 mod openapi;
 mod quota;

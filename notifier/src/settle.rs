@@ -8,17 +8,12 @@ use std::time::Duration;
 
 use tracing::Instrument;
 use video_import_shared::consume::{Delivered, Disposition};
-use video_import_shared::messages::{self, DeliverWebhook, Ids, Round};
+use video_import_shared::messages::{self, DeadLetter, DeliverWebhook, Ids, Round};
 use video_import_shared::retry::until_ok;
 use video_import_shared::store::webhooks;
 
 use crate::deliver::Notifier;
 use crate::schedule;
-
-/// How long a message rejected by an older binary waits before it goes back to the queue.
-const BACK_TO_QUEUE: Duration = Duration::from_secs(1);
-/// How long a message of a newer version waits before it is offered again.
-const WAIT_FOR_NEWER: Duration = Duration::from_secs(15);
 
 impl Notifier {
     /// Handles one dead-lettered webhook message.
@@ -28,25 +23,19 @@ impl Notifier {
     }
 
     async fn settle_in_span(&self, delivered: Delivered) -> Disposition {
-        let (job_id, round, reason) = match DeliverWebhook::decode(&delivered.data) {
-            Ok(_) if delivered.was_rejected() => {
+        let decoded = DeliverWebhook::decode(&delivered.data);
+        let hook = match DeadLetter::of(decoded, delivered.was_rejected()) {
+            DeadLetter::BackToQueue(pause) => {
                 tracing::info!(
                     "a binary that cannot read this message rejected it; queueing it again"
                 );
-                return self.again(&delivered, BACK_TO_QUEUE).await;
+                return self.again(&delivered, pause).await;
             }
-            Ok(hook) => {
-                let round = match hook.round {
-                    Round::Of(n) => Some(n),
-                    Round::Current => None,
-                };
-                (hook.job_id, round, schedule::dead_letter_reason())
-            }
-            Err(unreadable) if unreadable.is_newer() => {
+            DeadLetter::WaitForNewer(pause, unreadable) => {
                 tracing::warn!(%unreadable, "waiting for a binary that reads this message");
-                return self.again(&delivered, WAIT_FOR_NEWER).await;
+                return self.again(&delivered, pause).await;
             }
-            Err(unreadable) => match Ids::of(&delivered.data) {
+            DeadLetter::Retired(unreadable) => match Ids::of(&delivered.data) {
                 Some(ids) => return self.requeue_current(ids, &delivered).await,
                 None => {
                     tracing::error!(%unreadable, bytes = delivered.data.len(), "dropping a dead-lettered message that names no job");
@@ -54,6 +43,12 @@ impl Notifier {
                     return Disposition::Ack;
                 }
             },
+            DeadLetter::Exhausted(hook) => hook,
+        };
+        let (job_id, reason) = (hook.job_id, schedule::dead_letter_reason());
+        let round = match hook.round {
+            Round::Of(n) => Some(n),
+            Round::Current => None,
         };
         tracing::error!(job = %job_id, %reason, "webhook message dead-lettered; delivery failed");
         self.metrics.dead_letters.inc();
@@ -83,12 +78,7 @@ impl Notifier {
             // Delivered or given up already: the retired message has nothing left to do.
             return Disposition::Ack;
         };
-        let message = DeliverWebhook {
-            job_id: ids.job_id,
-            round: Round::Of(round),
-            attempt: ids.attempt.unwrap_or(1),
-            url,
-        };
+        let message = DeliverWebhook::current(&ids.job_id, round, ids.attempt.unwrap_or(1), &url);
         tracing::info!(job = %message.job_id, round, attempt = message.attempt, "a retired webhook message is queued again as a current one");
         let trace = delivered.traceparent.as_ref().map(|t| t.child().header());
         match self.retries.submit(message.outgoing(None, trace)).await {

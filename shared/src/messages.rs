@@ -68,6 +68,43 @@ impl Unreadable {
     }
 }
 
+/// What a binary's dead-letter consumer does with a message of its queue, given whether it
+/// reads it and why the broker dead-lettered it: one rule for the worker and the notifier.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeadLetter<T> {
+    /// A binary that could not read it (an older one) rejected it; this one reads it: back
+    /// to the queue after this pause, so it does not bounce between old binaries.
+    BackToQueue(Duration),
+    /// A newer release published it: offered again after this pause, until a binary that
+    /// reads it takes it (the rest of a rolling upgrade).
+    WaitForNewer(Duration, Unreadable),
+    /// A retired version (or not a message of this queue at all): its work is turned into
+    /// current work from its [`Ids`], if it names any.
+    Retired(Unreadable),
+    /// Readable, and set aside after its delivery limit: its work fails with that reason.
+    Exhausted(T),
+}
+
+impl<T> DeadLetter<T> {
+    /// Pause before a message an older binary rejected goes back to the queue.
+    pub const BACK_TO_QUEUE: Duration = Duration::from_secs(1);
+    /// Pause before a newer release's message is offered again.
+    pub const WAIT_FOR_NEWER: Duration = Duration::from_secs(15);
+
+    /// The rule: `decoded` is the body as this binary reads it, `rejected` whether a
+    /// consumer rejected it (rather than the broker's delivery limit setting it aside).
+    pub fn of(decoded: Result<T, Unreadable>, rejected: bool) -> Self {
+        match decoded {
+            Ok(_) if rejected => DeadLetter::BackToQueue(Self::BACK_TO_QUEUE),
+            Ok(message) => DeadLetter::Exhausted(message),
+            Err(unreadable) if unreadable.is_newer() => {
+                DeadLetter::WaitForNewer(Self::WAIT_FOR_NEWER, unreadable)
+            }
+            Err(unreadable) => DeadLetter::Retired(unreadable),
+        }
+    }
+}
+
 /// What decoding looks at first: the version, and the fields that tell the unversioned
 /// shapes apart.
 #[derive(Deserialize)]
@@ -315,6 +352,17 @@ impl DeliverWebhook {
         }
     }
 
+    /// Attempt `attempt` of a delivery's current round `round` (a retired message's attempt,
+    /// queued again).
+    pub fn current(job_id: &str, round: u32, attempt: u32, url: &str) -> Self {
+        DeliverWebhook {
+            job_id: job_id.to_string(),
+            round: Round::Of(round),
+            attempt,
+            url: url.to_string(),
+        }
+    }
+
     /// A held delivery's attempt, released.
     pub fn released(held: &Held) -> Self {
         DeliverWebhook {
@@ -441,6 +489,33 @@ mod tests {
                 attempt: None,
             })
         );
+    }
+
+    #[test]
+    fn dead_letters_go_back_wait_for_a_newer_binary_or_are_settled() {
+        let newer = Unreadable::Version {
+            found: 4,
+            reads: FetchVideo::VERSIONS,
+        };
+        let retired = Unreadable::Version {
+            found: 1,
+            reads: FetchVideo::VERSIONS,
+        };
+        assert_eq!(
+            DeadLetter::of(Ok(7), true),
+            DeadLetter::BackToQueue(Duration::from_secs(1))
+        );
+        assert_eq!(DeadLetter::of(Ok(7), false), DeadLetter::Exhausted(7));
+        for rejected in [true, false] {
+            assert_eq!(
+                DeadLetter::<u8>::of(Err(newer.clone()), rejected),
+                DeadLetter::WaitForNewer(Duration::from_secs(15), newer.clone())
+            );
+            assert_eq!(
+                DeadLetter::<u8>::of(Err(retired.clone()), rejected),
+                DeadLetter::Retired(retired.clone())
+            );
+        }
     }
 
     #[test]

@@ -732,13 +732,29 @@ impl Stack {
     /// Publishes `payload` to the dead-letter exchange under `routing_key`, as the broker
     /// does with a message that exceeded its delivery limit.
     pub async fn dead_letter(&self, routing_key: &str, payload: &Value) {
+        self.publish_to(&Topology::new(&self.prefix).dead(), routing_key, payload)
+            .await;
+    }
+
+    /// Publishes `payload` to the work exchange under `routing_key`, as a binary of another
+    /// release would.
+    pub async fn publish(&self, routing_key: &str, payload: &Value) {
+        self.publish_to(
+            &Topology::new(&self.prefix).exchange(),
+            routing_key,
+            payload,
+        )
+        .await;
+    }
+
+    async fn publish_to(&self, exchange: &str, routing_key: &str, payload: &Value) {
         let connection = lapin::Connection::connect(self.first_node(), Default::default())
             .await
             .expect("RabbitMQ on 127.0.0.1:5672");
         let channel = connection.create_channel().await.expect("a channel");
         channel
             .basic_publish(
-                Topology::new(&self.prefix).dead().as_str().into(),
+                exchange.into(),
                 routing_key.into(),
                 Default::default(),
                 payload.to_string().as_bytes(),
@@ -749,6 +765,21 @@ impl Stack {
             .await
             .expect("confirm");
         let _ = connection.close(200, "bye".into()).await;
+    }
+
+    /// Asks for a job's webhook again (`POST …/{job}/webhook`); returns the HTTP status.
+    pub async fn redeliver(&self, token: &str, job: &str) -> u16 {
+        self.http
+            .post(format!(
+                "{}/api/v1/import/videos/{job}/webhook",
+                self.api_url
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("POST redelivery")
+            .status()
+            .as_u16()
     }
 
     /// A SQL query against the stack's database.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tracing::Instrument;
 use video_import_shared::consume::{Delivered, Disposition};
-use video_import_shared::messages::{self, FetchVideo, Ids, Unreadable};
+use video_import_shared::messages::{self, DeadLetter, FetchVideo, Ids, Unreadable};
 use video_import_shared::retry::until_ok;
 use video_import_shared::store::outcomes::{Outcome, Recorded};
 use video_import_shared::store::{dispatch, items, Item, ItemState};
@@ -19,13 +19,6 @@ use crate::group_commit;
 use crate::import::Importer;
 use crate::retry_policy;
 
-/// How long a message rejected by an older binary waits before it goes back to the queue
-/// (so that during a rolling upgrade it does not bounce between old binaries).
-const BACK_TO_QUEUE: Duration = Duration::from_secs(1);
-/// How long a message of a newer version waits before it is offered again: until a binary
-/// that reads it runs (the rest of a rolling upgrade).
-const WAIT_FOR_NEWER: Duration = Duration::from_secs(15);
-
 impl Importer {
     /// Handles one dead-lettered fetch message.
     pub async fn settle(&self, delivered: Delivered) -> Disposition {
@@ -34,24 +27,25 @@ impl Importer {
     }
 
     async fn settle_in_span(&self, delivered: Delivered) -> Disposition {
-        match FetchVideo::decode(&delivered.data) {
-            Ok(_) if delivered.was_rejected() => {
+        let decoded = FetchVideo::decode(&delivered.data);
+        match DeadLetter::of(decoded, delivered.was_rejected()) {
+            DeadLetter::BackToQueue(pause) => {
                 tracing::info!(
                     "a binary that cannot read this message rejected it; queueing it again"
                 );
-                self.again(&delivered, BACK_TO_QUEUE).await
+                self.again(&delivered, pause).await
             }
-            Ok(message) => {
+            DeadLetter::WaitForNewer(pause, unreadable) => {
+                tracing::warn!(%unreadable, "waiting for a binary that reads this message");
+                self.note_waiting(&delivered, &unreadable).await;
+                self.again(&delivered, pause).await
+            }
+            DeadLetter::Retired(unreadable) => self.redispatch(&delivered, unreadable).await,
+            DeadLetter::Exhausted(message) => {
                 let reason = retry_policy::dead_letter_reason();
                 self.fail(message.item(), reason, FailureClass::DeadLettered)
                     .await
             }
-            Err(unreadable) if unreadable.is_newer() => {
-                tracing::warn!(%unreadable, "waiting for a binary that reads this message");
-                self.note_waiting(&delivered, &unreadable).await;
-                self.again(&delivered, WAIT_FOR_NEWER).await
-            }
-            Err(unreadable) => self.redispatch(&delivered, unreadable).await,
         }
     }
 

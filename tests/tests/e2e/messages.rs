@@ -5,9 +5,8 @@
 
 use std::path::PathBuf;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use video_import_shared::messages::{DeliverWebhook, FetchVideo, Round, Unreadable};
-use video_import_shared::queue::Topology;
 use video_import_tests::receiver::Receiver;
 use video_import_tests::videos::VideoServer;
 use video_import_tests::{Options, Stack};
@@ -82,29 +81,6 @@ fn every_webhook_message_ever_published_decodes_or_is_refused_with_its_reason() 
     }
 }
 
-/// Publishes `body` to the work exchange under `routing_key`, as a binary of another
-/// release would.
-async fn publish(stack: &Stack, routing_key: &str, body: &Value) {
-    let node = "amqp://guest:guest@127.0.0.1:5672/%2f";
-    let connection = lapin::Connection::connect(node, Default::default())
-        .await
-        .expect("RabbitMQ on 127.0.0.1:5672");
-    let channel = connection.create_channel().await.expect("a channel");
-    channel
-        .basic_publish(
-            Topology::new(&stack.prefix).exchange().as_str().into(),
-            routing_key.into(),
-            Default::default(),
-            body.to_string().as_bytes(),
-            Default::default(),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("confirm");
-    let _ = connection.close(200, "bye".into()).await;
-}
-
 #[tokio::test]
 async fn messages_of_versions_a_binary_does_not_read_are_settled_with_the_reason() {
     let stack = Stack::start(Options::default()).await;
@@ -121,20 +97,17 @@ async fn messages_of_versions_a_binary_does_not_read_are_settled_with_the_reason
     let job = stack.import(&project.token, &body).await;
     // A message from a newer release: the worker rejects it, and its dead-letter consumer
     // keeps it for a binary that reads it, saying so in the video's status.
-    publish(
-        &stack,
-        "fetch",
-        &json!({"v": 99, "job_id": job, "idx": 1, "attempt": 0, "shape": "unknown"}),
-    )
-    .await;
+    stack
+        .publish(
+            "fetch",
+            &json!({"v": 99, "job_id": job, "idx": 1, "attempt": 0, "shape": "unknown"}),
+        )
+        .await;
     // A message of a retired version: its video is handed out again, read from PostgreSQL
     // by the dispatcher, and downloaded a second time (both stall; 2 + 1 requests).
-    publish(
-        &stack,
-        "fetch",
-        &json!({"job_id": job, "idx": 0, "attempt": 0}),
-    )
-    .await;
+    stack
+        .publish("fetch", &json!({"job_id": job, "idx": 0, "attempt": 0}))
+        .await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while videos.hits("/stall/sample.mp4") < 3 {
         assert!(
@@ -198,7 +171,9 @@ async fn a_retired_webhook_message_is_queued_again_as_a_current_one() {
     let job = stack.import(&project.token, &body).await;
     receiver.wait_for(1, 30).await;
     // Attempt 2, as the first release published it (no URL, no version).
-    publish(&stack, "webhook", &json!({"job_id": job, "attempt": 2})).await;
+    stack
+        .publish("webhook", &json!({"job_id": job, "attempt": 2}))
+        .await;
     let status = stack.wait_webhook(&project.token, &job, "delivered").await;
     assert_eq!(status["webhook"]["attempts"], 2, "{status}");
     let hooks = receiver.received();

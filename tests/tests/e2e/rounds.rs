@@ -37,21 +37,6 @@ async fn late_failing_receiver() -> (String, Arc<AtomicUsize>) {
     (url, count)
 }
 
-async fn redeliver(stack: &Stack, token: &str, job: &str) -> u16 {
-    stack
-        .http
-        .post(format!(
-            "{}/api/v1/import/videos/{job}/webhook",
-            stack.api_url
-        ))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("POST redelivery")
-        .status()
-        .as_u16()
-}
-
 async fn wait_requests(count: &AtomicUsize, n: usize, secs: u64) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while count.load(Ordering::SeqCst) < n {
@@ -88,7 +73,7 @@ async fn a_late_answer_from_before_a_redelivery_cannot_overwrite_it() {
     // Attempt 1 failed; attempt 2 hangs for 8 s. Redelivery while it hangs:
     wait_requests(&count, 2, 30).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(redeliver(&stack, &project.token, &job).await, 202);
+    assert_eq!(stack.redeliver(&project.token, &job).await, 202);
     wait_requests(&count, 3, 15).await;
     let delivered = stack.wait_webhook(&project.token, &job, "delivered").await;
     let delivered_at = delivered["webhook"]["deliveredAt"].clone();
@@ -133,8 +118,8 @@ async fn a_late_answer_from_before_a_redelivery_cannot_overwrite_it() {
     );
 
     // Two redeliveries in a row: both accepted, both rounds sent.
-    assert_eq!(redeliver(&stack, &project.token, &job).await, 202);
-    assert_eq!(redeliver(&stack, &project.token, &job).await, 202);
+    assert_eq!(stack.redeliver(&project.token, &job).await, 202);
+    assert_eq!(stack.redeliver(&project.token, &job).await, 202);
     wait_requests(&count, 5, 15).await;
     let status: Value = stack.wait_webhook(&project.token, &job, "delivered").await;
     assert_eq!(status["webhook"]["state"], "delivered");

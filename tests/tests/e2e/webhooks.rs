@@ -17,22 +17,6 @@ fn one_video(videos: &VideoServer, webhook: &str) -> Batch {
         .video_with(videos.url("/videos/sample.mp4"), "a", "a", json!({}))
 }
 
-/// Asks for a job's webhook again; returns the HTTP status.
-async fn redeliver(stack: &Stack, token: &str, job: &str) -> u16 {
-    stack
-        .http
-        .post(format!(
-            "{}/api/v1/import/videos/{job}/webhook",
-            stack.api_url
-        ))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 /// Starts `deploy/webhook-receiver.py`, which answers 204 only when Python's `hmac`
 /// verifies the signature; returns its URL and the file it writes.
 fn python_receiver(
@@ -138,7 +122,7 @@ async fn a_410_stops_retrying_and_redelivery_sends_the_same_webhook_id_again() {
     assert_eq!(receiver.received().len(), 1, "no retry after 410");
 
     // Redeliver on demand: a new round, same webhook-id.
-    assert_eq!(redeliver(&stack, &project.token, &job).await, 202);
+    assert_eq!(stack.redeliver(&project.token, &job).await, 202);
     let hooks = receiver.wait_for(2, 30).await;
     assert_eq!(hooks[1].header("webhook-id"), hooks[0].header("webhook-id"));
     assert_eq!(hooks[1].json()["id"], job);
@@ -146,7 +130,7 @@ async fn a_410_stops_retrying_and_redelivery_sends_the_same_webhook_id_again() {
     assert_eq!(status["webhook"]["attempts"], 2);
 
     // And again after success.
-    assert_eq!(redeliver(&stack, &project.token, &job).await, 202);
+    assert_eq!(stack.redeliver(&project.token, &job).await, 202);
     receiver.wait_for(3, 30).await;
 
     // A job without a webhook, and someone else's job.
@@ -157,9 +141,9 @@ async fn a_410_stops_retrying_and_redelivery_sends_the_same_webhook_id_again() {
         )
         .await;
     stack.wait_finished(&project.token, &plain, 30).await;
-    assert_eq!(redeliver(&stack, &project.token, &plain).await, 409);
+    assert_eq!(stack.redeliver(&project.token, &plain).await, 409);
     let other = stack.project("other").await;
-    assert_eq!(redeliver(&stack, &other.token, &job).await, 404);
+    assert_eq!(stack.redeliver(&other.token, &job).await, 404);
     stack.finish().await;
 }
 
