@@ -11,6 +11,8 @@ command -v rabbitmq-server >/dev/null 2>&1 || need_install+=(rabbitmq-server)
 command -v python3 >/dev/null 2>&1 || need_install+=(python3)
 command -v curl >/dev/null 2>&1 || need_install+=(curl)
 command -v promtool >/dev/null 2>&1 || need_install+=(prometheus)
+# The durability test watches the worker's fsync calls.
+command -v strace >/dev/null 2>&1 || need_install+=(strace)
 if [ ${#need_install[@]} -gt 0 ]; then
   echo "installing ${need_install[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -65,6 +65,7 @@ impl Storage {
         let path = Path::from(key);
         let upload = self.store.put_multipart(&path).await?;
         Ok(Upload {
+            root: self.root.clone(),
             key: key.to_string(),
             writer: WriteMultipart::new_with_chunk_size(upload, PART_BYTES),
             hasher: Sha256::new(),
@@ -139,8 +140,26 @@ fn remove_parts_below(
     Ok(removed)
 }
 
+/// Syncs the file `key` below `root`, its folder and `root` itself (a new folder's entry
+/// lives in its parent) to disk.
+fn sync_durably(root: &std::path::Path, key: &str) -> std::io::Result<()> {
+    let file = root.join(key);
+    std::fs::File::open(&file)?.sync_all()?;
+    let mut dir = file.parent();
+    while let Some(d) = dir {
+        std::fs::File::open(d)?.sync_all()?;
+        if d == root {
+            break;
+        }
+        dir = d.parent();
+    }
+    Ok(())
+}
+
 /// An upload in progress, hashing and counting as it goes.
 pub struct Upload {
+    /// The folder of local storage, whose files are synced once complete.
+    root: Option<PathBuf>,
     key: String,
     writer: WriteMultipart,
     hasher: Sha256,
@@ -157,9 +176,30 @@ impl Upload {
         Ok(())
     }
 
-    /// Completes the upload; the object is visible from now on.
+    /// Completes the upload; the object is visible from now on, and durable: on local
+    /// storage the file and its folders are synced to disk before this returns, so that an
+    /// entry committed after it never points at a file a power loss took away. (S3 answers
+    /// a completed upload only once it is durable.)
     pub async fn finish(self) -> object_store::Result<StoredAsset> {
         self.writer.finish().await?;
+        if let Some(root) = self.root.clone() {
+            let key = self.key.clone();
+            let synced = tokio::task::spawn_blocking(move || sync_durably(&root, &key))
+                .await
+                .expect("the sync task does not panic");
+            if let Err(source) = synced {
+                // Not durable: it must not be used, so it must not stay.
+                let _ = tokio::fs::remove_file(self.root.as_ref().expect("local").join(&self.key))
+                    .await;
+                return Err(object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(std::io::Error::new(
+                        source.kind(),
+                        format!("syncing the stored file to disk failed: {source}"),
+                    )),
+                });
+            }
+        }
         Ok(StoredAsset {
             key: self.key,
             size: self.size,
