@@ -100,6 +100,9 @@ pub enum FetchError {
     /// inconsistent), not the delay schedule.
     #[error("{0}")]
     HostNotFound(String),
+    /// Stopped on purpose (its job was cancelled): not a failure, nothing to record.
+    #[error("the download was stopped: its job was cancelled")]
+    Stopped,
 }
 
 impl FetchError {
@@ -126,6 +129,7 @@ impl FetchError {
             FetchError::Permanent { class, .. } | FetchError::Transient { class, .. } => *class,
             FetchError::Storage(_) => FailureClass::Storage,
             FetchError::HostNotFound(_) => FailureClass::HostNotFound,
+            FetchError::Stopped => FailureClass::Other,
         }
     }
 }

@@ -12,6 +12,7 @@ use reqwest::header::{
     IF_NONE_MATCH, IF_RANGE, LAST_MODIFIED, RANGE, RETRY_AFTER,
 };
 use reqwest::StatusCode;
+use tokio_util::sync::CancellationToken;
 use video_import_shared::config::FetchSettings;
 use video_import_shared::ids;
 use video_import_shared::netguard::{self, AddressPolicy, ClientOptions};
@@ -123,14 +124,16 @@ impl Fetcher {
         })
     }
 
-    /// Downloads `url` into storage under the project's keys, retrying quick hiccups.
+    /// Downloads `url` into storage under the project's keys, retrying quick hiccups; a
+    /// cancelled `stop` ends it with [`FetchError::Stopped`], its partial upload abandoned.
     pub async fn download(
         &self,
         url: &str,
         project_id: i64,
         known: Option<&Validators>,
+        stop: &CancellationToken,
     ) -> Result<Fetched, FetchError> {
-        (|| self.download_once(url, project_id, known))
+        (|| self.download_once(url, project_id, known, stop))
             .retry(self.retries.quick_backoff())
             .when(RetryPolicy::retry_quickly)
             .adjust(RetryPolicy::quick_delay)
@@ -152,7 +155,11 @@ impl Fetcher {
         url: &str,
         project_id: i64,
         known: Option<&Validators>,
+        stop: &CancellationToken,
     ) -> Result<Fetched, FetchError> {
+        if stop.is_cancelled() {
+            return Err(FetchError::Stopped);
+        }
         let parsed: url::Url = url.parse().map_err(|e| {
             FetchError::permanent(
                 FailureClass::InvalidUrl,
@@ -192,7 +199,7 @@ impl Fetcher {
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"bytes"));
         let allowed = self.time_allowed(declared);
         let mut sink = Sink::new(&self.storage, project_id, max);
-        let pumped = tokio::time::timeout(
+        let pumping = tokio::time::timeout(
             allowed,
             self.pump(
                 &parsed,
@@ -200,9 +207,12 @@ impl Fetcher {
                 resumable.then_some(&validators),
                 &mut sink,
             ),
-        )
-        .await
-        .unwrap_or_else(|_| {
+        );
+        let pumped = tokio::select! {
+            pumped = pumping => pumped,
+            _ = stop.cancelled() => Ok(Err(FetchError::Stopped)),
+        };
+        let pumped = pumped.unwrap_or_else(|_| {
             Err(FetchError::transient(
                 FailureClass::Timeout,
                 format!(

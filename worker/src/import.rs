@@ -27,6 +27,9 @@ use crate::hosts::{SourceHosts, Turn};
 use crate::metrics::WorkerMetrics;
 use crate::retry_policy::{Next, RetryPolicy};
 
+/// How often a running download looks whether its video is still pending.
+const CANCEL_POLL: Duration = Duration::from_secs(1);
+
 /// Everything a delivery handler needs; shared by all handlers through an `Arc`.
 pub struct Importer {
     pub pool: Pool,
@@ -82,13 +85,20 @@ impl Importer {
                 )
                 .await;
         }
+        // The wait for the host's slot can be long: the job may have been cancelled meanwhile.
+        match self.is_pending(&item).await {
+            Some(true) => {}
+            Some(false) => return Disposition::Ack,
+            None => return Disposition::Requeue,
+        }
         let started = std::time::Instant::now();
         self.metrics.in_flight.inc();
-        let fetched = self
-            .fetcher
-            .download(&item.url, item.project_id, item.known.as_ref())
-            .await;
+        let fetched = self.download_while_pending(&item).await;
         self.metrics.in_flight.dec();
+        if let Err(FetchError::Stopped) = fetched {
+            tracing::info!("download stopped: the job was cancelled");
+            return Disposition::Ack;
+        }
         if let Err(FetchError::Transient {
             retry_after: Some(pause),
             ..
@@ -184,6 +194,29 @@ impl Importer {
             items::is_pending(&client, &item.job_id, item.idx).await
         })
         .await
+    }
+
+    /// Downloads the video, looking every [`CANCEL_POLL`] whether it is still pending: a
+    /// cancelled job's downloads stop instead of running to their end.
+    async fn download_while_pending(&self, item: &Item) -> Result<Fetched, FetchError> {
+        let stop = CancellationToken::new();
+        let download =
+            self.fetcher
+                .download(&item.url, item.project_id, item.known.as_ref(), &stop);
+        tokio::pin!(download);
+        loop {
+            tokio::select! {
+                fetched = &mut download => return fetched,
+                _ = tokio::time::sleep(CANCEL_POLL), if !stop.is_cancelled() => {
+                    let client = self.pool.get().await;
+                    if let Ok(client) = client {
+                        if let Ok(false) = items::is_pending(&client, &item.job_id, item.idx).await {
+                            stop.cancel();
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Notes why the video waits, then hands `next` back through a delay queue: the video is

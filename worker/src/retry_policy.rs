@@ -60,7 +60,7 @@ impl RetryPolicy {
                 retry_after.is_none_or(|d| d <= QUICK_MAX_DELAY)
             }
             FetchError::HostNotFound(_) => true,
-            FetchError::Permanent { .. } | FetchError::Storage(_) => false,
+            FetchError::Permanent { .. } | FetchError::Storage(_) | FetchError::Stopped => false,
         }
     }
 
@@ -90,6 +90,7 @@ impl RetryPolicy {
             FetchError::Permanent { reason, .. } | FetchError::HostNotFound(reason) => {
                 return Next::GiveUp(reason.clone())
             }
+            FetchError::Stopped => return Next::GiveUp(FetchError::Stopped.to_string()),
             FetchError::Transient { retry_after, .. } => *retry_after,
             FetchError::Storage(_) => None,
         };

@@ -2,6 +2,7 @@
 //! notifier; see `tests/src/lib.rs`).
 
 mod api;
+mod cancel;
 mod durability;
 mod importer;
 mod messages;
