@@ -104,40 +104,44 @@ impl Storage {
         })
     }
 
-    /// Removes the parts of local uploads that were never completed (a process killed
-    /// mid-upload leaves them; `list` does not show them) last modified before `before`.
-    /// Object stores keep such parts out of sight themselves: on S3, a lifecycle rule
-    /// (AbortIncompleteMultipartUpload) removes them. Returns how many were removed.
-    pub async fn remove_stale_parts(&self, before: DateTime<Utc>) -> std::io::Result<u64> {
+    /// Counts, and unless `dry_run` removes, the parts of local uploads that were never
+    /// completed (a process killed mid-upload leaves them; `list` does not show them) last
+    /// modified before `before`. Object stores keep such parts out of sight themselves: on
+    /// S3, a lifecycle rule (AbortIncompleteMultipartUpload) removes them. Returns how many.
+    pub async fn stale_parts(&self, before: DateTime<Utc>, dry_run: bool) -> std::io::Result<u64> {
         let Some(root) = self.root.clone() else {
             return Ok(0);
         };
-        tokio::task::spawn_blocking(move || remove_parts_below(&root, before.into()))
+        tokio::task::spawn_blocking(move || parts_below(&root, before.into(), dry_run))
             .await
             .expect("the clean-up task does not panic")
     }
 }
 
-/// Walks `dir` and removes incomplete-upload files (`name#N`) modified before `before`.
-fn remove_parts_below(
+/// Walks `dir` and counts, unless `dry_run` removing, incomplete-upload files (`name#N`)
+/// modified before `before`.
+fn parts_below(
     dir: &std::path::Path,
     before: std::time::SystemTime,
+    dry_run: bool,
 ) -> std::io::Result<u64> {
-    let mut removed = 0;
+    let mut found = 0;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let kind = entry.file_type()?;
         if kind.is_dir() {
-            removed += remove_parts_below(&entry.path(), before)?;
+            found += parts_below(&entry.path(), before, dry_run)?;
         } else if kind.is_file()
             && entry.file_name().to_string_lossy().contains('#')
             && entry.metadata()?.modified()? < before
         {
-            std::fs::remove_file(entry.path())?;
-            removed += 1;
+            if !dry_run {
+                std::fs::remove_file(entry.path())?;
+            }
+            found += 1;
         }
     }
-    Ok(removed)
+    Ok(found)
 }
 
 /// Syncs the file `key` below `root`, its folder and `root` itself (a new folder's entry

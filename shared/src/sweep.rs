@@ -25,7 +25,8 @@ pub struct Report {
     pub checked: u64,
     /// Of those, the ones no entry references (removed unless a dry run).
     pub unreferenced: u64,
-    /// Parts of incomplete local uploads removed.
+    /// Parts of incomplete local uploads older than the grace period (removed unless a dry
+    /// run).
     pub stale_parts: u64,
     /// Nothing was removed.
     pub dry_run: bool,
@@ -70,12 +71,10 @@ async fn sweep_locked(
             }
         }
     }
-    if !dry_run {
-        report.stale_parts = storage
-            .remove_stale_parts(before)
-            .await
-            .context("removing incomplete uploads")?;
-    }
+    report.stale_parts = storage
+        .stale_parts(before, dry_run)
+        .await
+        .context("removing incomplete uploads")?;
     Ok(report)
 }
 

@@ -454,14 +454,19 @@ async fn objects_left_by_a_worker_killed_before_its_commit_are_swept() {
         .await;
     let key = entry["asset"]["key"].as_str().unwrap().to_string();
 
-    // A dry run counts; a young orphan is kept; with no grace the orphan goes.
+    // A dry run counts (an incomplete upload's part too) and removes nothing; a young
+    // orphan is kept; with no grace the orphan and the part go.
+    let part = storage.join(format!("{key}#3"));
+    std::fs::write(&part, b"").unwrap();
     let dry = stack
         .api_cli(&["storage", "sweep", "--grace-secs", "0", "--dry-run"])
         .await;
     assert!(dry.status.success(), "{}", dry.stderr);
     let report: Value = serde_json::from_str(&dry.stdout).unwrap();
     assert_eq!(report["unreferenced"], 1, "{report}");
-    assert_eq!(files_below(&storage).len(), 2);
+    assert_eq!(report["staleParts"], 1, "{report}");
+    assert_eq!(files_below(&storage).len(), 3);
+    assert!(part.exists(), "a dry run removed the part");
     let young = stack.api_cli(&["storage", "sweep"]).await;
     let report: Value = serde_json::from_str(&young.stdout).unwrap();
     assert_eq!(report["checked"], 0, "nothing is a day old: {report}");
@@ -471,6 +476,7 @@ async fn objects_left_by_a_worker_killed_before_its_commit_are_swept() {
     assert!(swept.status.success(), "{}", swept.stderr);
     let report: Value = serde_json::from_str(&swept.stdout).unwrap();
     assert_eq!(report["unreferenced"], 1, "{report}");
+    assert_eq!(report["staleParts"], 1, "{report}");
     assert_eq!(files_below(&storage), std::slice::from_ref(&key));
 
     // A worker configured to sweep does it by itself, incomplete local uploads included.
