@@ -141,7 +141,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 bail!("--daily-limit must be zero or more");
             }
             let schema = metadata_schema.as_deref().map(read_schema).transpose()?;
-            let pool = db::connect(&settings.database).await?;
+            let pool = db::connect_migrated(&settings.database).await?;
             let client = pool.get().await?;
             let secret = new_secret("whsec_");
             let limits = projects::Limits {
@@ -161,7 +161,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             if overlap_hours < 0 {
                 bail!("--overlap-hours must be zero or more");
             }
-            let pool = db::connect(&settings.database).await?;
+            let pool = db::connect_migrated(&settings.database).await?;
             let client = pool.get().await?;
             let secret = new_secret("whsec_");
             let Some(until) =
@@ -186,7 +186,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 bail!("--daily-limit must be zero or more");
             }
             let schema = metadata_schema.as_deref().map(read_schema).transpose()?;
-            let pool = db::connect(&settings.database).await?;
+            let pool = db::connect_migrated(&settings.database).await?;
             let client = pool.get().await?;
             let update = projects::LimitsUpdate {
                 daily_limit: if no_daily_limit {
@@ -216,7 +216,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             dry_run,
         }) => {
             let grace = grace_secs.map_or(settings.storage.sweep_grace, Duration::from_secs);
-            let pool = db::connect(&settings.database).await?;
+            let pool = db::connect_migrated(&settings.database).await?;
             let storage = Storage::open(&settings.storage).await?;
             let Some(report) = sweep::sweep(&storage, &pool, grace, dry_run).await? else {
                 bail!("another sweep is running (a worker with storage.sweep_interval_secs, or another command); try again later");
@@ -225,7 +225,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token(TokenCommand::List { project }) => {
-            let pool = db::connect(&settings.database).await?;
+            let pool = db::connect_migrated(&settings.database).await?;
             let client = pool.get().await?;
             let tokens: Vec<serde_json::Value> = tokens::list(&client, &project)
                 .await?
@@ -244,7 +244,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token(TokenCommand::Revoke { id }) => {
-            let pool = db::connect(&settings.database).await?;
+            let pool = db::connect_migrated(&settings.database).await?;
             let client = pool.get().await?;
             let revoked = tokens::revoke(&client, id).await?;
             if !revoked {
@@ -264,7 +264,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                     bail!("unknown scope {scope:?}; use one of {}", SCOPES.join(", "));
                 }
             }
-            let pool = db::connect(&settings.database).await?;
+            let pool = db::connect_migrated(&settings.database).await?;
             let client = pool.get().await?;
             let token = new_secret("vit_");
             let expires_at = lifetime.map(|d| chrono::Utc::now() + d);

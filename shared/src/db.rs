@@ -34,12 +34,28 @@ pub async fn connect(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
         })
         .build()
         .context("building the database pool")?;
-    let _check = pool.get().await.with_context(|| {
-        format!(
-            "cannot connect to PostgreSQL at database.url {:?}; is it running?",
-            crate::redact::url(&settings.url, Show::WithoutCredentials)
-        )
-    })?;
+    let shown = crate::redact::url(&settings.url, Show::WithoutCredentials);
+    if let Err(error) = pool.get().await {
+        if let deadpool_postgres::PoolError::Backend(e) = &error {
+            if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME) {
+                anyhow::bail!(
+                    "the database of database.url {shown:?} does not exist: create it first \
+                     (e.g. `createdb NAME`), then run `video-import-api migrate`"
+                );
+            }
+        }
+        return Err(anyhow::Error::new(error).context(format!(
+            "cannot connect to PostgreSQL at database.url {shown:?}; is it running?"
+        )));
+    }
+    Ok(pool)
+}
+
+/// [`connect`], then checks that the schema is one this binary runs against
+/// (`store::migrate::check`): for everything but `migrate` itself.
+pub async fn connect_migrated(settings: &DatabaseSettings) -> anyhow::Result<Pool> {
+    let pool = connect(settings).await?;
+    crate::store::migrate::check(&pool).await?;
     Ok(pool)
 }
 

@@ -50,7 +50,7 @@ pub async fn bind(key: &str, addr: SocketAddr) -> Result<tokio::net::TcpListener
 
 /// Loads settings (exit code 2 with the key at fault when they are bad), sets up logging and
 /// TLS, runs `work` and reports its error, if any, on stderr (exit code 2 for a
-/// [`SettingError`], 1 otherwise).
+/// [`SettingError`] or a schema this binary cannot run against, 1 otherwise).
 pub async fn run<F, Fut>(name: &str, config: Option<&Path>, work: F) -> ExitCode
 where
     F: FnOnce(Settings) -> Fut,
@@ -67,7 +67,11 @@ where
     crate::telemetry::init_tls();
     match work(settings).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<SettingError>().is_some() => {
+        Err(e)
+            if e.downcast_ref::<SettingError>().is_some()
+                || e.downcast_ref::<crate::store::migrate::SchemaError>()
+                    .is_some() =>
+        {
             eprintln!("{name}: {e:#}");
             ExitCode::from(2)
         }

@@ -35,10 +35,11 @@ pub struct Service {
 
 impl Service {
     /// Installs the signal handler and connects to PostgreSQL (failing fast when it is not
-    /// there); RabbitMQ is connected lazily.
+    /// there, or its schema is not one this binary runs against); RabbitMQ is connected
+    /// lazily.
     pub async fn start(settings: &Settings, component: &str) -> anyhow::Result<Self> {
         let shutdown = shutdown::on_signal();
-        let pool = db::connect(&settings.database).await?;
+        let pool = db::connect_migrated(&settings.database).await?;
         let registry = metrics::registry(component);
         metrics::register_pool(&registry, &pool);
         let amqp = AmqpMetrics::new(&registry);

@@ -1,5 +1,7 @@
 //! Logging setup.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
@@ -17,8 +19,10 @@ pub fn init(settings: &LogSettings) {
     let filter = QUIET.iter().fold(filter, |f, d| {
         f.add_directive(d.parse().expect("valid directive"))
     });
+    // Colours only for a person at a terminal: a log file or a collector gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match settings.format {
         LogFormat::Json => builder.json().init(),

@@ -10,6 +10,7 @@ mod observability;
 mod pipeline;
 mod restarts;
 mod rounds;
+mod schema;
 mod upgrades;
 mod webhooks;
 mod worker;
