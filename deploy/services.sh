@@ -20,14 +20,21 @@ if [ ${#need_install[@]} -gt 0 ]; then
   apt-get install -y -qq "${need_install[@]}" >/dev/null
 fi
 
-if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+# Local trust auth, as on the developer machines, whether or not PostgreSQL runs already
+# (installing the package may have started it with password authentication).
+reload=no
+if [ -d /etc/postgresql ]; then
   version=$(ls /etc/postgresql | sort -n | tail -1)
   conf=/etc/postgresql/$version/main
-  # Local trust auth, as on the developer machines.
   if ! grep -q "^host all all 127.0.0.1/32 trust" "$conf/pg_hba.conf"; then
     sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\nlocal all all trust' "$conf/pg_hba.conf"
+    reload=yes
   fi
+fi
+if ! pg_isready -q -h 127.0.0.1 -p 5432; then
   pg_ctlcluster --skip-systemctl-redirect "$version" main start
+elif [ "$reload" = yes ]; then
+  pg_ctlcluster --skip-systemctl-redirect "$version" main reload
 fi
 for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
 pg_isready -h 127.0.0.1 -p 5432

@@ -473,12 +473,13 @@ impl Stack {
     /// Sends SIGTERM to process `name` and waits for it to exit.
     pub async fn terminate(&mut self, name: &str) -> std::process::ExitStatus {
         let mut running = self.remove(name).expect("a process of that name");
-        let pid = running.child.id().expect("running").to_string();
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill");
-        assert!(sent.success());
+        let pid = running.child.id().expect("running");
+        // Through the system call, not the `kill` program (procps is not on every machine).
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap_or_else(|e| panic!("cannot send SIGTERM to {name}: {e}"));
         tokio::time::timeout(Duration::from_secs(60), running.child.wait())
             .await
             .unwrap_or_else(|_| panic!("{name} did not exit within 60 s of SIGTERM"))
