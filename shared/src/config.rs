@@ -272,7 +272,7 @@ impl Default for Settings {
                 max_connections: 1024,
             },
             metrics: MetricsSettings {
-                listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+                listen: default_metrics_listen("video-import-worker"),
             },
             storage: StorageSettings {
                 root: "./data/videos".into(),
@@ -327,8 +327,20 @@ pub struct ConfigError(String);
 impl Settings {
     /// Loads defaults, then `file` (if any), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        let defaults = config::Config::try_from(&Settings::default())
-            .map_err(|e| ConfigError(e.to_string()))?;
+        Self::load_over(Settings::default(), file)
+    }
+
+    /// [`Settings::load`] for the binary `binary`, whose own defaults differ where two
+    /// binaries on one machine would otherwise clash (`metrics.listen`).
+    pub fn load_for(binary: &str, file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut defaults = Settings::default();
+        defaults.metrics.listen = default_metrics_listen(binary);
+        Self::load_over(defaults, file)
+    }
+
+    fn load_over(defaults: Settings, file: Option<&Path>) -> Result<Self, ConfigError> {
+        let defaults =
+            config::Config::try_from(&defaults).map_err(|e| ConfigError(e.to_string()))?;
         let mut builder = config::Config::builder().add_source(defaults);
         if let Some(path) = file {
             if !path.exists() {
@@ -400,6 +412,16 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// The default `metrics.listen` of each binary: its own port, so that a worker and a
+/// notifier run side by side on one machine without configuration.
+pub fn default_metrics_listen(binary: &str) -> SocketAddr {
+    let port = match binary {
+        "video-import-notifier" => 9092,
+        _ => 9091,
+    };
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// The nodes of `amqp.url`: one URL, or several separated by commas (a cluster).

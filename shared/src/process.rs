@@ -56,7 +56,7 @@ where
     F: FnOnce(Settings) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let settings = match Settings::load(config) {
+    let settings = match Settings::load_for(name, config) {
         Ok(settings) => settings,
         Err(e) => {
             eprintln!("{name}: {e}");
@@ -79,5 +79,19 @@ where
             eprintln!("{name}: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Settings;
+
+    #[test]
+    fn a_worker_and_a_notifier_on_one_machine_get_ports_of_their_own() {
+        let worker = Settings::load_for("video-import-worker", None).unwrap();
+        let notifier = Settings::load_for("video-import-notifier", None).unwrap();
+        assert_eq!(worker.metrics.listen.to_string(), "127.0.0.1:9091");
+        assert_eq!(notifier.metrics.listen.to_string(), "127.0.0.1:9092");
+        assert_ne!(worker.metrics.listen.port(), worker.api.listen.port());
     }
 }

@@ -17,6 +17,9 @@ const WAIT_IN_PROCESS: Duration = Duration::from_secs(5);
 pub enum Turn {
     /// Go: the permit is held for the download's duration.
     Go,
+    /// Go, after waiting for the host's slot or a short pause (what was true before the wait
+    /// may not be any more).
+    GoAfterWait,
     /// The host asked for a pause this long: try again later.
     Later(Duration),
 }
@@ -60,7 +63,10 @@ impl SourceHosts {
     pub async fn turn(&self, url: &str) -> (Turn, Option<OwnedSemaphorePermit>) {
         let key = host_key(url);
         let slots = self.hosts.with(&key, |h| h.slots.clone());
-        let permit = slots.acquire_owned().await.ok();
+        let (permit, waited) = match slots.clone().try_acquire_owned() {
+            Ok(permit) => (Some(permit), false),
+            Err(_) => (slots.acquire_owned().await.ok(), true),
+        };
         let pause = self
             .hosts
             .with(&key, |h| h.paused_until)
@@ -70,8 +76,9 @@ impl SourceHosts {
             Some(left) if left > WAIT_IN_PROCESS => (Turn::Later(left), None),
             Some(left) => {
                 tokio::time::sleep(left).await;
-                (Turn::Go, permit)
+                (Turn::GoAfterWait, permit)
             }
+            None if waited => (Turn::GoAfterWait, permit),
             None => (Turn::Go, permit),
         }
     }
@@ -101,8 +108,13 @@ mod tests {
         let (turn, other) = hosts.turn("http://b.example/1").await;
         assert_eq!(turn, Turn::Go);
         assert!(other.is_some());
+        let waiting = tokio::spawn({
+            let hosts = std::sync::Arc::new(hosts);
+            async move { hosts.turn("http://a.example/3").await.0 }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
         drop((a, b));
-        assert!(hosts.turn("http://a.example/3").await.1.is_some());
+        assert_eq!(waiting.await.unwrap(), Turn::GoAfterWait);
     }
 
     #[tokio::test]
@@ -115,7 +127,7 @@ mod tests {
         hosts.pause("https://brief.example/x", Duration::from_millis(200));
         let started = Instant::now();
         let (turn, _) = hosts.turn("https://brief.example/y").await;
-        assert_eq!(turn, Turn::Go);
+        assert_eq!(turn, Turn::GoAfterWait);
         assert!(started.elapsed() >= Duration::from_millis(150));
     }
 }

@@ -85,11 +85,13 @@ impl Importer {
                 )
                 .await;
         }
-        // The wait for the host's slot can be long: the job may have been cancelled meanwhile.
-        match self.is_pending(&item).await {
-            Some(true) => {}
-            Some(false) => return Disposition::Ack,
-            None => return Disposition::Requeue,
+        if turn == Turn::GoAfterWait {
+            // The wait for the host's slot can be long: the job may have been cancelled.
+            match self.is_pending(&item).await {
+                Some(true) => {}
+                Some(false) => return Disposition::Ack,
+                None => return Disposition::Requeue,
+            }
         }
         let started = std::time::Instant::now();
         self.metrics.in_flight.inc();
