@@ -166,7 +166,7 @@ impl AsyncWrite for Connection {
 pub async fn linger(mut stream: TcpStream) {
     let _ = tokio::time::timeout(LINGER, async {
         let _ = stream.shutdown().await;
-        let mut scratch = [0u8; 8192];
+        let mut scratch = [0u8; 4096];
         let mut discarded = 0;
         while discarded < LINGER_BYTES {
             match stream.read(&mut scratch).await {

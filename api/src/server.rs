@@ -29,7 +29,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Connections refused for their address that are answered at once; beyond these, refused
 /// connections are closed without an answer (so refusing stays cheap under a flood).
-const MAX_REFUSALS_ANSWERING: usize = 256;
+const MAX_REFUSALS_ANSWERING: usize = 1024;
 
 /// How often at most the refusals of over-limit addresses are logged.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);

@@ -2,6 +2,7 @@
 //! notifier; see `tests/src/lib.rs`).
 
 mod api;
+mod hardening;
 mod importer;
 mod messages;
 mod observability;
