@@ -110,6 +110,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let limits = server::Limits {
         header_timeout: settings.api.header_timeout,
         max_connections: settings.api.max_connections,
+        max_connections_per_client: settings.api.max_connections_per_client,
     };
     let state = AppState {
         pool: service.pool.clone(),

@@ -73,6 +73,9 @@ pub enum ApiError {
     /// The body was declared as something other than JSON (the Content-Type sent).
     #[error("unsupported media type {0}")]
     UnsupportedMediaType(String),
+    /// The JSON body was declared in a charset other than UTF-8 (the charset sent).
+    #[error("unsupported charset {0}")]
+    UnsupportedCharset(String),
     /// Something failed on our side; logged with the request id. A database that cannot be
     /// reached answers 503 (retry), anything else 500.
     #[error(transparent)]
@@ -235,6 +238,13 @@ impl IntoResponse for ApiError {
                 standard(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     json!({ "message": format!("The body was sent as {sent:?}; send JSON with 'Content-Type: application/json'.") }),
+                ),
+            ),
+            ApiError::UnsupportedCharset(charset) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                standard(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    json!({ "message": format!("The Content-Type names charset {charset:?}; only UTF-8 is read. Send the body as UTF-8, with 'Content-Type: application/json' or 'application/json; charset=utf-8'.") }),
                 ),
             ),
             ApiError::Internal(error) if database_unreachable(&error) => {

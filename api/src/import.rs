@@ -43,7 +43,7 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
         (status = 403, description = "Token lacks public-api:write", body = ErrorBody),
         (status = 413, description = "Body larger than api.max_body_bytes", body = ErrorBody),
         (status = 408, description = "The body did not arrive within api.body_timeout_secs", body = ErrorBody),
-        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json, or names a charset other than utf-8", body = ErrorBody),
         (status = 422, description = "Idempotency-Key reused with another body", body = ErrorBody),
         (status = 429, description = "Daily limit (an array, as Livingdocs) or rate limit (an object); see Retry-After", body = crate::model::TooManyRequests),
         (status = 503, description = "Database unavailable; nothing stored", body = ErrorBody),
@@ -126,24 +126,28 @@ pub async fn create(
     Ok(Json(Accepted { id: job_id }))
 }
 
-/// A body declared as anything but JSON (`application/json` or `…+json`) is refused with
-/// 415; a body without a Content-Type is read as JSON.
+/// A body declared as anything but JSON (`application/json` or `…+json`), or in a charset
+/// other than UTF-8, is refused with 415; a body without a Content-Type is read as JSON.
 fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(value) = headers.get(CONTENT_TYPE) else {
         return Ok(());
     };
     let text = String::from_utf8_lossy(value.as_bytes()).to_string();
-    let essence = text
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
-    if essence == "application/json" || essence.ends_with("+json") {
-        Ok(())
-    } else {
-        Err(ApiError::UnsupportedMediaType(text))
+    let mut parts = text.split(';');
+    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    if essence != "application/json" && !essence.ends_with("+json") {
+        return Err(ApiError::UnsupportedMediaType(text));
     }
+    for parameter in parts {
+        let (name, value) = parameter.split_once('=').unwrap_or((parameter, ""));
+        if name.trim().eq_ignore_ascii_case("charset") {
+            let charset = value.trim().trim_matches('"');
+            if !charset.eq_ignore_ascii_case("utf-8") {
+                return Err(ApiError::UnsupportedCharset(charset.to_string()));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How much of an oversized body is read and discarded before the 413 is sent, so that a

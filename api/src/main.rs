@@ -13,6 +13,7 @@ mod metadata;
 mod metrics;
 mod model;
 mod openapi;
+mod protocol;
 mod quota;
 mod redeliver;
 mod request_id;

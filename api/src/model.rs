@@ -7,8 +7,10 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 pub use video_import_shared::store::{ItemState, JobState, WebhookState};
 
-/// Body of `POST /api/v1/import/videos` (parsed by `validate`, which names bad fields).
+/// Body of `POST /api/v1/import/videos`. It documents the body; `validate` parses it field
+/// by field, so that every missing or mistyped field is named.
 #[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)]
 #[serde(rename_all = "camelCase")]
 pub struct ImportRequest {
     /// Identifier of the system the videos come from; with each video's `id` the upsert key.
@@ -33,9 +35,11 @@ pub struct ImportRequest {
 
 /// One video of an import batch.
 #[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)] // documents the body, see `ImportRequest`
 #[serde(rename_all = "camelCase")]
 pub struct VideoInput {
-    /// http(s) URL of the video file; no `data:` URLs.
+    /// http(s) URL of the video file, written `http(s)://host/…`; no `data:` URLs, no
+    /// control characters.
     #[schema(example = "https://archive.example/sample.mp4")]
     pub url: String,
     /// Your id of the video (stored as `externalId`), unique within the batch.
@@ -44,7 +48,8 @@ pub struct VideoInput {
     /// File name of the media-library entry.
     #[schema(max_length = 1024, example = "sample")]
     pub file_name: String,
-    /// Metadata, validated against the project's schema.
+    /// Metadata, validated against the project's schema. Numbers must be storable exactly
+    /// (64-bit integers, or at most 15 significant digits).
     #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
 }

@@ -70,6 +70,36 @@ impl Modify for Conventions {
             .into_iter()
             .flatten()
             {
+                // Answered by the accept loop for any operation (see `server` and `protocol`).
+                let error = |description: &str| {
+                    RefOr::T(
+                        ResponseBuilder::new()
+                            .description(description)
+                            .content(
+                                "application/json",
+                                ContentBuilder::new()
+                                    .schema(Some(RefOr::Ref(
+                                        utoipa::openapi::Ref::from_schema_name("ErrorBody"),
+                                    )))
+                                    .build(),
+                            )
+                            .build(),
+                    )
+                };
+                let responses = &mut operation.responses.responses;
+                responses.entry("400".into()).or_insert_with(|| {
+                    error(
+                        "The request is not valid HTTP/1.1; error_details names the part at fault",
+                    )
+                });
+                responses.entry("431".into()).or_insert_with(|| {
+                    error("More than 100 header fields, or over 64 KiB of request line and headers")
+                });
+                if let Some(RefOr::T(too_many)) = responses.get_mut("429") {
+                    too_many.description.push_str(
+                        "; also a connection beyond api.max_connections_per_client from one address",
+                    );
+                }
                 for (status, response) in operation.responses.responses.iter_mut() {
                     let RefOr::T(response) = response else {
                         continue;

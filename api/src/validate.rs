@@ -3,11 +3,12 @@
 
 use std::collections::HashMap;
 
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 use video_import_shared::netguard::AddressPolicy;
 
 use crate::error::ApiError;
-use crate::model::ImportRequest;
 
 /// Largest `context`, as in Livingdocs.
 pub const MAX_CONTEXT_BYTES: usize = 8192;
@@ -52,63 +53,129 @@ impl Targets {
 /// How a refused address's message starts.
 const REFUSED_PREFIX: &str = "points to ";
 
-/// Parses `body` and checks it against the limits; collects every problem it can.
+/// The batch as sent, each field kept as its raw JSON, so that every field that is missing
+/// or of the wrong type can be named (a typed parse stops at the first).
+#[derive(Deserialize)]
+struct RawRequest<'a> {
+    #[serde(rename = "systemName", default, borrow, deserialize_with = "present")]
+    system_name: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    webhook: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    context: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    videos: Option<&'a RawValue>,
+}
+
+/// One video as sent (see [`RawRequest`]).
+#[derive(Deserialize)]
+struct RawVideo<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    url: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(rename = "fileName", default, borrow, deserialize_with = "present")]
+    file_name: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    metadata: Option<&'a RawValue>,
+}
+
+/// A field that is present, `null` included (`None` is kept for a missing field).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
+}
+
+/// What kind of JSON value `raw` is, for messages.
+fn kind(raw: &RawValue) -> &'static str {
+    match raw.get().as_bytes().first() {
+        Some(b'"') => "a string",
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+/// The problems of one batch, by field path.
+#[derive(Default)]
+struct Problems(Vec<(String, String)>);
+
+impl Problems {
+    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push((field.into(), message.into()));
+    }
+
+    /// The string at `field`: `None` (and the problem noted) when it is missing, not a
+    /// string, or holds NUL.
+    fn string(&mut self, field: &dyn Fn() -> String, raw: Option<&RawValue>) -> Option<String> {
+        let Some(raw) = raw else {
+            self.add(field(), "is required");
+            return None;
+        };
+        match serde_json::from_str::<String>(raw.get()) {
+            Ok(text) if text.contains('\0') => {
+                self.add(field(), NUL_MESSAGE);
+                None
+            }
+            Ok(text) => Some(text),
+            Err(_) => {
+                self.add(field(), format!("must be a string, not {}", kind(raw)));
+                None
+            }
+        }
+    }
+}
+
+/// Parses `body` and checks it against the limits; reports every problem of the batch at
+/// once, each under its field path.
 pub fn batch(body: &[u8], max_videos: usize, targets: &Targets) -> Result<Batch, ApiError> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some_and(|&b| b != b'{') {
+        // Still a JSON syntax error first, if there is one.
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            return Err(ApiError::invalid("body", format!("is not valid JSON: {e}")));
+        }
+        return Err(ApiError::invalid(
+            "body",
+            "must be a JSON object with systemName and videos",
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
-    let raw: ImportRequest = serde_path_to_error::deserialize(&mut de).map_err(parse_error)?;
+    let raw: RawRequest = serde_path_to_error::deserialize(&mut de).map_err(parse_error)?;
     de.end()
         .map_err(|e| ApiError::invalid("body", format!("is not valid JSON: {e}")))?;
 
-    let mut errors = Vec::new();
-
-    // PostgreSQL cannot store NUL in text or JSONB: name each such field before anything else.
-    let mut nul_free = |field: &dyn Fn() -> String, value: &str| {
-        let ok = !value.contains('\0');
-        if !ok {
-            errors.push((field(), NUL_MESSAGE.to_string()));
+    let mut problems = Problems::default();
+    let system_name = problems
+        .string(&|| "systemName".into(), raw.system_name)
+        .map(|name| name.trim().to_string());
+    match &system_name {
+        Some(name) if name.is_empty() => problems.add("systemName", "must not be empty"),
+        Some(name) if name.len() > MAX_SYSTEM_NAME => {
+            problems.add("systemName", "must be at most 200 characters")
         }
-        ok
+        _ => {}
+    }
+    let webhook = match raw.webhook {
+        Some(raw) if raw.get() == "null" => None,
+        None => None,
+        webhook => problems.string(&|| "webhook".into(), webhook),
     };
-    let mut clean = nul_free(&|| "systemName".into(), &raw.system_name);
-    if let Some(webhook) = &raw.webhook {
-        clean &= nul_free(&|| "webhook".into(), webhook);
-    }
-    for (i, video) in raw.videos.iter().enumerate() {
-        clean &= nul_free(&|| format!("videos[{i}].url"), &video.url);
-        clean &= nul_free(&|| format!("videos[{i}].id"), &video.id);
-        clean &= nul_free(&|| format!("videos[{i}].fileName"), &video.file_name);
-        for (key, value) in &video.metadata {
-            let path = format!("videos[{i}].metadata.{key}");
-            clean &= nul_free(&|| path.clone(), key);
-            clean &= nul_free_json(&path, value, &mut nul_free);
-        }
-    }
-    if !clean {
-        errors.truncate(100);
-        return Err(ApiError::Invalid(errors));
-    }
-    let mut bad = |field: String, message: &str| errors.push((field, message.to_string()));
-
-    let system_name = raw.system_name.trim().to_string();
-    if system_name.is_empty() {
-        bad("systemName".into(), "must not be empty");
-    } else if system_name.len() > MAX_SYSTEM_NAME {
-        bad("systemName".into(), "must be at most 200 characters");
-    }
-    if let Some(webhook) = &raw.webhook {
+    if let Some(webhook) = &webhook {
         if let Err(why) = check_url(webhook, &targets.webhook, "webhook.allowed_networks") {
             targets.count_refusal(&why);
-            bad("webhook".into(), &why);
+            problems.add("webhook", why);
         }
     }
     let context = match raw.context {
         Some(ctx) if ctx.get() != "null" => {
             if !ctx.get().starts_with('{') {
-                bad("context".into(), "must be a JSON object");
+                problems.add("context", "must be a JSON object");
             } else if ctx.get().len() > MAX_CONTEXT_BYTES {
-                bad(
-                    "context".into(),
-                    &format!(
+                problems.add(
+                    "context",
+                    format!(
                         "is {} bytes; it may be at most {MAX_CONTEXT_BYTES} bytes",
                         ctx.get().len()
                     ),
@@ -118,62 +185,169 @@ pub fn batch(body: &[u8], max_videos: usize, targets: &Targets) -> Result<Batch,
         }
         _ => None,
     };
-    if raw.videos.is_empty() {
-        bad("videos".into(), "must contain at least one video");
-    } else if raw.videos.len() > max_videos {
-        bad(
-            "videos".into(),
-            &format!(
-                "has {} videos; a batch may have at most {max_videos}: split it into several batches",
-                raw.videos.len()
-            ),
-        );
+    let raw_videos: Vec<&RawValue> = match raw.videos {
+        None => {
+            problems.add("videos", "is required");
+            Vec::new()
+        }
+        Some(raw) => match serde_json::from_str(raw.get()) {
+            Ok(videos) => {
+                let videos: Vec<&RawValue> = videos;
+                if videos.is_empty() {
+                    problems.add("videos", "must contain at least one video");
+                } else if videos.len() > max_videos {
+                    problems.add(
+                        "videos",
+                        format!(
+                            "has {} videos; a batch may have at most {max_videos}: split it into several batches",
+                            videos.len()
+                        ),
+                    );
+                }
+                videos
+            }
+            Err(_) => {
+                problems.add(
+                    "videos",
+                    format!("must be an array of videos, not {}", kind(raw)),
+                );
+                Vec::new()
+            }
+        },
+    };
+    let mut videos = Vec::with_capacity(raw_videos.len());
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, raw) in raw_videos.into_iter().enumerate() {
+        let video: RawVideo = match serde_json::from_str(raw.get()) {
+            Ok(video) => video,
+            Err(e) if raw.get().starts_with('{') => {
+                problems.add(format!("videos[{i}]"), serde_message(&e));
+                continue;
+            }
+            Err(_) => {
+                problems.add(
+                    format!("videos[{i}]"),
+                    format!(
+                        "must be an object with url, id, fileName and metadata, not {}",
+                        kind(raw)
+                    ),
+                );
+                continue;
+            }
+        };
+        let url = problems.string(&|| format!("videos[{i}].url"), video.url);
+        if let Some(url) = &url {
+            if let Err(why) = check_url(url, &targets.videos, "fetch.allowed_networks") {
+                targets.count_refusal(&why);
+                problems.add(format!("videos[{i}].url"), why);
+            }
+        }
+        let id = problems.string(&|| format!("videos[{i}].id"), video.id);
+        if let Some(id) = &id {
+            if id.trim().is_empty() {
+                problems.add(format!("videos[{i}].id"), "must not be empty");
+            } else if id.len() > MAX_ID {
+                problems.add(format!("videos[{i}].id"), "must be at most 1024 characters");
+            } else if let Some(first) = seen.insert(id.clone(), i) {
+                problems.add(
+                    format!("videos[{i}].id"),
+                    format!(
+                        "duplicates videos[{first}].id {id:?}; ids must be unique within a batch"
+                    ),
+                );
+            }
+        }
+        let file_name = problems.string(&|| format!("videos[{i}].fileName"), video.file_name);
+        if let Some(file_name) = &file_name {
+            if file_name.trim().is_empty() {
+                problems.add(format!("videos[{i}].fileName"), "must not be empty");
+            } else if file_name.len() > MAX_FILE_NAME {
+                problems.add(
+                    format!("videos[{i}].fileName"),
+                    "must be at most 1024 characters",
+                );
+            }
+        }
+        let metadata = metadata(&mut problems, i, video.metadata);
+        if let (Some(url), Some(external_id), Some(file_name), Some(metadata)) =
+            (url, id, file_name, metadata)
+        {
+            videos.push(Video {
+                url,
+                external_id,
+                file_name,
+                metadata: Value::Object(metadata),
+            });
+        }
     }
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for (i, video) in raw.videos.iter().enumerate() {
-        if let Err(why) = check_url(&video.url, &targets.videos, "fetch.allowed_networks") {
-            targets.count_refusal(&why);
-            bad(format!("videos[{i}].url"), &why);
-        }
-        let id = video.id.as_str();
-        if id.trim().is_empty() {
-            bad(format!("videos[{i}].id"), "must not be empty");
-        } else if id.len() > MAX_ID {
-            bad(format!("videos[{i}].id"), "must be at most 1024 characters");
-        } else if let Some(first) = seen.insert(id, i) {
-            bad(
-                format!("videos[{i}].id"),
-                &format!("duplicates videos[{first}].id {id:?}; ids must be unique within a batch"),
-            );
-        }
-        if video.file_name.trim().is_empty() {
-            bad(format!("videos[{i}].fileName"), "must not be empty");
-        } else if video.file_name.len() > MAX_FILE_NAME {
-            bad(
-                format!("videos[{i}].fileName"),
-                "must be at most 1024 characters",
-            );
-        }
-    }
+    let mut errors = problems.0;
     if !errors.is_empty() {
         errors.truncate(100);
         return Err(ApiError::Invalid(errors));
     }
     Ok(Batch {
-        system_name,
-        webhook: raw.webhook,
+        system_name: system_name.unwrap_or_default(),
+        webhook,
         context,
-        videos: raw
-            .videos
-            .into_iter()
-            .map(|v| Video {
-                url: v.url,
-                external_id: v.id,
-                file_name: v.file_name,
-                metadata: Value::Object(v.metadata),
-            })
-            .collect(),
+        videos,
     })
+}
+
+/// The metadata of video `i`: a JSON object whose keys and strings hold no NUL and whose
+/// numbers can be stored exactly; `None` (and the problems noted) otherwise.
+fn metadata(
+    problems: &mut Problems,
+    i: usize,
+    raw: Option<&RawValue>,
+) -> Option<Map<String, Value>> {
+    let field = format!("videos[{i}].metadata");
+    let Some(raw) = raw else {
+        problems.add(field, "is required");
+        return None;
+    };
+    let Ok(map) = serde_json::from_str::<Map<String, Value>>(raw.get()) else {
+        problems.add(field, format!("must be a JSON object, not {}", kind(raw)));
+        return None;
+    };
+    let before = problems.0.len();
+    let mut nul_free = |field: &dyn Fn() -> String, value: &str| {
+        let ok = !value.contains('\0');
+        if !ok {
+            problems.add(field(), NUL_MESSAGE);
+        }
+        ok
+    };
+    for (key, value) in &map {
+        let path = format!("{field}.{key}");
+        nul_free(&|| path.clone(), key);
+        nul_free_json(&path, value, &mut nul_free);
+    }
+    if map.values().any(has_float) {
+        numbers::each(raw.get(), &field, |path, number| {
+            if let Some(stored) = numbers::changed(number) {
+                problems.add(
+                    path,
+                    format!(
+                        "is {number}, a number that cannot be stored exactly (it would become \
+                         {stored}); send at most 15 significant digits (whole numbers from -2^63 \
+                         to 2^64-1 are kept exactly), or send the value as a string"
+                    ),
+                );
+            }
+        });
+    }
+    (problems.0.len() == before).then_some(map)
+}
+
+/// Whether `value` holds a number that is not a 64-bit integer (one that may have been
+/// rounded when parsed).
+fn has_float(value: &Value) -> bool {
+    match value {
+        Value::Number(n) => n.is_f64(),
+        Value::Array(items) => items.iter().any(has_float),
+        Value::Object(map) => map.values().any(has_float),
+        _ => false,
+    }
 }
 
 /// Middleware: a path or query parameter containing NUL is refused with 400 naming it,
@@ -231,14 +405,25 @@ fn nul_free_json(
     }
 }
 
-/// Only absolute http(s) URLs with a host that is not a refused IP literal (`allow_key`
-/// names the setting that admits one); `data:` URLs are named explicitly.
+/// Only absolute http(s) URLs, written out as `http(s)://host…`, with a host that is not a
+/// refused IP literal (`allow_key` names the setting that admits one) and no control
+/// characters; `data:` URLs are named explicitly. The text itself is checked, not only what
+/// the url crate makes of it: it drops tabs and line breaks and finds a host in
+/// `http:///a.mp4` (`a.mp4`), while the text is what is stored and fetched.
 fn check_url(url: &str, policy: &AddressPolicy, allow_key: &str) -> Result<(), String> {
     if url.len() > MAX_URL {
         return Err("must be at most 8192 characters".into());
     }
     if url.trim_start().to_ascii_lowercase().starts_with("data:") {
         return Err("data: URLs are not allowed; give an http or https URL to the file".into());
+    }
+    if let Some(control) = url.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "contains the control character U+{:04X} ({}), which a URL may not hold; remove it \
+             (or percent-encode it, as %0A for a line feed)",
+            control as u32,
+            control.escape_default()
+        ));
     }
     let parsed = url::Url::parse(url).map_err(|e| format!("is not a valid URL ({e})"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
@@ -247,8 +432,12 @@ fn check_url(url: &str, policy: &AddressPolicy, allow_key: &str) -> Result<(), S
             parsed.scheme()
         ));
     }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err("must name a host".into());
+    if !names_host(url) || parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "must name a host right after {}:// (as in {}://archive.example/video.mp4)",
+            parsed.scheme(),
+            parsed.scheme()
+        ));
     }
     if let Some(ip) = policy.refused_literal(&parsed) {
         return Err(format!(
@@ -257,6 +446,26 @@ fn check_url(url: &str, policy: &AddressPolicy, allow_key: &str) -> Result<(), S
         ));
     }
     Ok(())
+}
+
+/// Whether the text of an http(s) URL has `://` after its scheme and a host before the
+/// path: not `http:///a.mp4`, `http:/a.mp4`, `http:a.mp4`, `http:\\a.mp4` nor `http://user@:80/`.
+fn names_host(url: &str) -> bool {
+    let url = url.trim_start_matches(' ');
+    let Some((_, rest)) = url.split_once(':') else {
+        return false;
+    };
+    let Some(rest) = rest.strip_prefix("//") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#', '\\']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let host = if host_port.starts_with('[') {
+        host_port.split(']').next().unwrap_or_default()
+    } else {
+        host_port.split(':').next().unwrap_or_default()
+    };
+    !host.is_empty()
 }
 
 /// Turns a serde error into the field it concerns.
@@ -277,17 +486,144 @@ fn parse_error(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError
         };
         return ApiError::invalid(field, "is required");
     }
-    let message = message
-        .split(" at line ")
-        .next()
-        .unwrap_or(&message)
-        .to_string();
+    let message = serde_message(&inner);
     let field = if path == "." || path.is_empty() {
         "body".to_string()
     } else {
         path
     };
     ApiError::invalid(field, message)
+}
+
+/// serde's message without its position (the field path says where).
+fn serde_message(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    message
+        .split(" at line ")
+        .next()
+        .unwrap_or(&message)
+        .to_string()
+}
+
+/// The numbers of a JSON text, and whether each survives being stored.
+///
+/// Metadata is parsed into `serde_json::Value`, which keeps 64-bit integers exactly but
+/// every other number as a 64-bit float, and is written to PostgreSQL (JSONB, which itself
+/// would keep any number exactly) as that float's shortest text. A number with more
+/// significant digits than a float holds would be stored changed, so it is refused.
+mod numbers {
+    /// Where a scan is inside the text.
+    enum Frame {
+        Object { key: String, expect_key: bool },
+        Array { index: usize },
+    }
+
+    /// Calls `found` with the field path and the text of every number in `json` (valid
+    /// JSON; `base` is the path of its root), in one pass.
+    pub fn each(json: &str, base: &str, mut found: impl FnMut(String, &str)) {
+        let bytes = json.as_bytes();
+        let mut frames: Vec<Frame> = Vec::new();
+        let path = |frames: &[Frame]| {
+            let mut path = base.to_string();
+            for frame in frames {
+                match frame {
+                    Frame::Object { key, .. } => {
+                        path.push('.');
+                        path.push_str(key);
+                    }
+                    Frame::Array { index } => path.push_str(&format!("[{index}]")),
+                }
+            }
+            path
+        };
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'"' => {
+                    let mut end = i + 1;
+                    while end < bytes.len() && bytes[end] != b'"' {
+                        end += if bytes[end] == b'\\' { 2 } else { 1 };
+                    }
+                    if let Some(Frame::Object { key, expect_key }) = frames.last_mut() {
+                        if *expect_key {
+                            let text = json.get(i..=end).unwrap_or_default();
+                            *key = serde_json::from_str(text).unwrap_or_default();
+                            *expect_key = false;
+                        }
+                    }
+                    i = end + 1;
+                }
+                b'{' => {
+                    frames.push(Frame::Object {
+                        key: String::new(),
+                        expect_key: true,
+                    });
+                    i += 1;
+                }
+                b'[' => {
+                    frames.push(Frame::Array { index: 0 });
+                    i += 1;
+                }
+                b'}' | b']' => {
+                    frames.pop();
+                    i += 1;
+                }
+                b',' => {
+                    match frames.last_mut() {
+                        Some(Frame::Array { index }) => *index += 1,
+                        Some(Frame::Object { expect_key, .. }) => *expect_key = true,
+                        None => {}
+                    }
+                    i += 1;
+                }
+                b'-' | b'0'..=b'9' => {
+                    let end = bytes[i..]
+                        .iter()
+                        .position(|b| !b"0123456789+-.eE".contains(b))
+                        .map_or(bytes.len(), |n| i + n);
+                    found(path(&frames), &json[i..end]);
+                    i = end;
+                }
+                _ => i += 1,
+            }
+        }
+    }
+
+    /// What `number` (a JSON number's text) would be stored as, when that is another
+    /// value; `None` when it is kept exactly.
+    pub fn changed(number: &str) -> Option<String> {
+        let stored = match serde_json::from_str::<serde_json::Number>(number) {
+            Ok(parsed) => parsed.to_string(),
+            Err(_) => return Some("nothing: it is out of range".into()),
+        };
+        let (sent, kept) = (decimal(number), decimal(&stored));
+        (sent.is_none() || sent != kept).then_some(stored)
+    }
+
+    /// A number's exact value as (negative, significant digits, power of ten), zero as
+    /// (false, "", 0); `None` for an exponent too large to hold.
+    fn decimal(number: &str) -> Option<(bool, String, i64)> {
+        let (negative, unsigned) = match number.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, number),
+        };
+        let (mantissa, exponent) = match unsigned.find(['e', 'E']) {
+            Some(at) => (&unsigned[..at], &unsigned[at + 1..]),
+            None => (unsigned, "0"),
+        };
+        let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let digits = format!("{whole}{fraction}");
+        let digits = digits.trim_start_matches('0');
+        if digits.is_empty() {
+            return Some((false, String::new(), 0));
+        }
+        let trimmed = digits.trim_end_matches('0');
+        let exponent: i64 = exponent.trim_start_matches('+').parse().ok()?;
+        let power = exponent
+            .checked_sub(fraction.len() as i64)?
+            .checked_add((digits.len() - trimmed.len()) as i64)?;
+        Some((negative, trimmed.to_string(), power))
+    }
 }
 
 #[cfg(test)]
@@ -317,7 +653,7 @@ mod tests {
             r#"{{"systemName":"s","videos":[{VIDEO},{{"url":"https://a/b","id":7,"fileName":"a","metadata":{{}}}}]}}"#
         ));
         assert_eq!(f[0].0, "videos[1].id");
-        assert!(f[0].1.contains("expected a string"), "{}", f[0].1);
+        assert_eq!(f[0].1, "must be a string, not a number");
     }
 
     #[test]
@@ -433,5 +769,102 @@ mod tests {
         let f = fields(r#"{"systemName": "s", "videos": [}"#);
         assert_eq!(f[0].0, "body");
         assert!(f[0].1.starts_with("is not valid JSON"));
+    }
+
+    #[test]
+    fn every_missing_field_of_a_video_is_reported() {
+        let f = fields(
+            r#"{"systemName":"s","videos":[{"url":"https://a.example/v.mp4"},{"id":5,"fileName":null,"metadata":[]}]}"#,
+        );
+        let names: Vec<&str> = f.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "videos[0].id",
+                "videos[0].fileName",
+                "videos[0].metadata",
+                "videos[1].url",
+                "videos[1].id",
+                "videos[1].fileName",
+                "videos[1].metadata",
+            ]
+        );
+        assert_eq!(f[0].1, "is required");
+        assert_eq!(f[4].1, "must be a string, not a number");
+        assert_eq!(f[5].1, "must be a string, not null");
+        assert_eq!(f[6].1, "must be a JSON object, not an array");
+        let f = fields(r#"{"videos":7}"#);
+        assert_eq!(
+            f,
+            [
+                ("systemName".to_string(), "is required".to_string()),
+                (
+                    "videos".to_string(),
+                    "must be an array of videos, not a number".to_string()
+                )
+            ]
+        );
+        assert_eq!(fields("[1]")[0].0, "body");
+        assert_eq!(
+            fields(r#"{"systemName":"s","videos":[3]}"#)[0].0,
+            "videos[0]"
+        );
+    }
+
+    #[test]
+    fn urls_need_a_host_in_their_text_and_no_control_characters() {
+        let policy = AddressPolicy::default();
+        for url in [
+            "http:///a.mp4",
+            "https:///a.mp4",
+            "http:/a.mp4",
+            "http:a.mp4",
+            "http:\\\\a.mp4",
+        ] {
+            let why = check_url(url, &policy, "k").expect_err(url);
+            assert!(why.contains("must name a host"), "{url}: {why}");
+        }
+        for url in ["http://user@/a.mp4", "http://:80/a.mp4"] {
+            assert!(check_url(url, &policy, "k").is_err(), "{url}");
+        }
+        for url in [
+            "https://a.example/v\r\nX-Injected: 1.mp4",
+            "https://a.example/v\t.mp4",
+            "https://a.example/v\u{85}.mp4",
+        ] {
+            let why = check_url(url, &policy, "k").expect_err(url);
+            assert!(why.contains("control character"), "{url:?}: {why}");
+        }
+        for url in [
+            "https://a.example/v.mp4",
+            "HTTPS://A.example:8443/v.mp4?x=1#f",
+            "http://user:pw@a.example/v.mp4",
+            "http://[2606:4700::1111]:8080/v.mp4",
+            "https://a.example?v.mp4",
+        ] {
+            assert_eq!(check_url(url, &policy, "k"), Ok(()), "{url}");
+        }
+    }
+
+    #[test]
+    fn numbers_that_would_be_stored_changed_are_refused_naming_their_path() {
+        let body = r#"{"systemName":"s","videos":[{"url":"https://a.example/v.mp4","id":"a","fileName":"a",
+            "metadata":{"ok":[1.5, 0.1, 1e2, -0, 18446744073709551615, 1.0E+3, 123456789012345.6],
+                        "big":1180591620717411303424, "deep":{"x":[1, 0.30000000000000001, 1e-400]}}}]}"#;
+        let f = fields(body);
+        let names: Vec<&str> = f.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "videos[0].metadata.big",
+                "videos[0].metadata.deep.x[1]",
+                "videos[0].metadata.deep.x[2]"
+            ]
+        );
+        assert!(f[0].1.contains("1180591620717411303424"), "{}", f[0].1);
+        assert!(f[0].1.contains("1.1805916207174113e+21"), "{}", f[0].1);
+        let fine = r#"{"systemName":"s","videos":[{"url":"https://a.example/v.mp4","id":"a","fileName":"a",
+            "metadata":{"a\"b":[1.25, {"k":2.5e-3}], "big":18446744073709551615, "neg":-9223372036854775808}}]}"#;
+        assert!(batch(fine.as_bytes(), 3, &Targets::default()).is_ok());
     }
 }

@@ -67,6 +67,10 @@ pub struct ApiSettings {
     pub body_timeout: Duration,
     /// Connections served at once; more wait to be accepted until one closes.
     pub max_connections: usize,
+    /// Connections one client address (an IPv4 address, or an IPv6 /64) may hold at once;
+    /// more are answered 429 and closed (0: no bound). Behind a reverse proxy the address
+    /// is the proxy's.
+    pub max_connections_per_client: usize,
 }
 
 /// Where the worker and notifier serve `/metrics`, `/healthz` and `/readyz`.
@@ -270,6 +274,7 @@ impl Default for Settings {
                 header_timeout: Duration::from_secs(10),
                 body_timeout: Duration::from_secs(60),
                 max_connections: 1024,
+                max_connections_per_client: 256,
             },
             metrics: MetricsSettings {
                 listen: default_metrics_listen("video-import-worker"),

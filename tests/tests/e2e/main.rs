@@ -4,6 +4,7 @@
 mod api;
 mod cancel;
 mod durability;
+mod hardening;
 mod importer;
 mod messages;
 mod observability;
