@@ -429,7 +429,7 @@ async fn invalid_batches_are_rejected_with_the_field_and_nothing_is_stored() {
         (json!({"systemName": "a"}).to_string(), "videos", "is required"),
         (json!({"systemName": "a", "videos": [{"id": "a", "fileName": "f", "metadata": {}}]}).to_string(), "videos[0].url", "is required"),
         (json!({"systemName": "a", "videos": [{"url": ok, "id": "a", "metadata": {}}]}).to_string(), "videos[0].fileName", "is required"),
-        (json!({"systemName": "a", "videos": [v(ok, "a"), {"url": ok, "id": 5, "fileName": "f", "metadata": {}}]}).to_string(), "videos[1].id", "expected a string"),
+        (json!({"systemName": "a", "videos": [v(ok, "a"), {"url": ok, "id": 5, "fileName": "f", "metadata": {}}]}).to_string(), "videos[1].id", "must be a string"),
         (json!({"systemName": "a", "videos": [v(ok, "a"), v("data:video/mp4;base64,AAAA", "b")]}).to_string(), "videos[1].url", "data: URLs are not allowed"),
         (json!({"systemName": "a", "videos": [v("ftp://archive.example/v.mp4", "a")]}).to_string(), "videos[0].url", "http or https"),
         (json!({"systemName": "a", "videos": [v("not a url", "a")]}).to_string(), "videos[0].url", "is not a valid URL"),
