@@ -251,6 +251,18 @@ pub fn answer(status: StatusCode, extra: &[(&str, String)], details: Value) -> V
 /// Which part of `request` (the bytes read of a request hyper could not parse) is at
 /// fault, and what to do about it.
 fn diagnose(request: &[u8]) -> (String, String) {
+    let generic = || {
+        (
+            "request".to_string(),
+            "is not valid HTTP/1.1 (its request line or headers are malformed); send a \
+             well-formed HTTP/1.1 request"
+                .to_string(),
+        )
+    };
+    // Nothing kept: the request was read together with the one before (pipelined).
+    if request.iter().all(u8::is_ascii_whitespace) {
+        return generic();
+    }
     let end = request
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -349,12 +361,7 @@ fn diagnose(request: &[u8]) -> (String, String) {
                 .into(),
         );
     }
-    (
-        "request".into(),
-        "is not valid HTTP/1.1 (its request line or headers are malformed); send a well-formed \
-         HTTP/1.1 request"
-            .into(),
-    )
+    generic()
 }
 
 /// A byte of an HTTP token (method, header name).
@@ -420,6 +427,7 @@ mod tests {
                 "Transfer-Encoding",
             ),
             ("GET / HTTP/1.1\r\nHost: fine\r\n\r\n", "request"),
+            ("", "request"),
         ];
         for (request, field) in cases {
             assert_eq!(diagnosis(request).0, field, "{}", request.escape_debug());

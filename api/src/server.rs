@@ -15,7 +15,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -216,9 +216,25 @@ pub async fn serve(
     }
 }
 
+/// How long a refused connection's request is waited for before it is answered anyway.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
+
 /// Answers a connection of a client over `api.max_connections_per_client` with 429 (in
-/// the error shape, before reading its request) and closes it.
+/// the error shape) and closes it. The answer waits for the request's head (a moment at
+/// most): HTTP clients take an answer that arrives before they sent their request for a
+/// broken connection.
 async fn refuse(mut stream: TcpStream, max: usize) {
+    let _ = tokio::time::timeout(REFUSAL_WAIT, async {
+        let mut head = Vec::new();
+        let mut scratch = [0u8; 2048];
+        while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&scratch[..n]),
+            }
+        }
+    })
+    .await;
     let answer = protocol::answer(
         StatusCode::TOO_MANY_REQUESTS,
         &[("retry-after", "1".to_string())],
