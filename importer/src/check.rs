@@ -242,8 +242,9 @@ impl Checker {
         self.envelope
     }
 
-    /// Every problem of `row`; empty when the API would take it. An id is remembered
-    /// only from a row without problems, so a duplicate names a row that is sent.
+    /// Every problem of `row`; empty when the API would take it. Every id is remembered,
+    /// also from a row with other problems, so that all problems are found in one run
+    /// (with `--skip-invalid`, both rows are left out).
     pub fn check(&mut self, row: &Row) -> Vec<Problem> {
         let mut problems = Vec::new();
         for (field, value) in [
@@ -320,10 +321,9 @@ impl Checker {
                         row.id
                     ),
                 )),
-                None if problems.is_empty() => {
+                None => {
                     self.ids.insert(key, row.line);
                 }
-                None => {}
             }
         }
         problems
@@ -463,11 +463,14 @@ mod tests {
         );
         // Ids are compared as the API compares them: byte for byte.
         assert!(checker.check(&good(9001, "a ")).is_empty());
-        // A refused row's id is not remembered: its duplicate names no row that is sent.
+        // The id of a row with other problems counts too: every problem shows in one run.
         assert!(!checker
             .check(&row(9002, "ftp://a/b", "c", "f", json!({})))
             .is_empty());
-        assert!(checker.check(&good(9003, "c")).is_empty());
+        assert_eq!(
+            checker.check(&good(9003, "c"))[0].field.as_deref(),
+            Some("id")
+        );
     }
 
     #[test]
