@@ -1,14 +1,17 @@
 //! `video-import`: imports a whole archive from a manifest through the video import API.
 //!
-//! - `manifest`: CSV and JSON Lines rows, streamed and checked;
+//! - `manifest`: CSV and JSON Lines rows, streamed (`quoting`: what the csv crate lets
+//!   through); `check`: every rule of the API, applied to each row before anything is sent;
 //! - `submit`: batches, posted a few at a time with Idempotency-Keys;
 //! - `state`: the file that makes a re-run resume;
 //! - `report`: following the jobs to the end, and `failures.csv`;
 //! - `client`: the API calls, their retries and waits; `progress`: what the user sees.
 
+mod check;
 mod client;
 mod manifest;
 mod progress;
+mod quoting;
 mod report;
 mod state;
 mod submit;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::client::Notice;
+use crate::report::{Changes, Snapshot};
 
 /// The bars of one run.
 pub struct Progress {
@@ -70,14 +71,22 @@ impl Progress {
         }
     }
 
-    /// Videos finished so far, and how they ended.
-    pub fn finished(&self, done: u64, imported: u64, skipped: u64, failed: u64) {
-        self.videos.set_position(done);
+    /// What a poll of the jobs found, and what it changed: plain lines only for changes,
+    /// the bar follows every poll.
+    pub fn watched(&self, now: &Snapshot, changes: &Changes) {
+        self.videos.set_length(now.total);
+        self.videos.set_position(now.done());
         self.videos.set_message(format!(
-            "imported {imported}, skipped {skipped}, failed {failed}"
+            "imported {}, skipped {}, failed {}, pending {}",
+            now.imported, now.skipped, now.failed, now.pending
         ));
         if self.plain {
-            eprintln!("finished {done}: imported {imported}, skipped {skipped}, failed {failed}");
+            if let Some(counts) = &changes.counts {
+                eprintln!("{counts}");
+            }
+        }
+        for line in &changes.waiting {
+            self.say(&format!("  {line}"));
         }
     }
 

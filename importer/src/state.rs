@@ -41,7 +41,7 @@ impl State {
     /// `manifest_sha256`, cut into batches of `batch_size`.
     pub fn open(path: &Path, manifest_sha256: &str, batch_size: usize) -> anyhow::Result<Self> {
         let mut accepted = BTreeMap::new();
-        let exists = path.exists();
+        let mut exists = path.exists();
         if exists {
             let reader = BufReader::new(File::open(path)?);
             let mut lines = reader.lines();
@@ -49,19 +49,24 @@ impl State {
                 Some(line) => serde_json::from_str(&line?)?,
                 None => anyhow::bail!("the state file {} is empty; remove it", path.display()),
             };
-            if header.manifest_sha256 != manifest_sha256 || header.batch_size != batch_size {
-                anyhow::bail!(
-                    "the state file {} belongs to another manifest or batch size; \
-                     pass --state with a new file, or remove it to start over",
-                    path.display()
-                );
-            }
             for line in lines {
                 let line = line?;
                 // A line cut short by a crash is simply not accepted yet.
                 if let Ok(batch) = serde_json::from_str::<Accepted>(&line) {
                     accepted.insert(batch.batch, batch);
                 }
+            }
+            if header.manifest_sha256 != manifest_sha256 || header.batch_size != batch_size {
+                if !accepted.is_empty() {
+                    anyhow::bail!(
+                        "the state file {} belongs to another manifest or batch size; \
+                         pass --state with a new file, or remove it to start over",
+                        path.display()
+                    );
+                }
+                // No batch was accepted: nothing to resume, the file starts over.
+                std::fs::remove_file(path)?;
+                exists = false;
             }
         }
         let mut file = OpenOptions::new().create(true).append(true).open(path)?;
@@ -90,5 +95,55 @@ impl State {
     /// Where the file is.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepted(batch: u64) -> Accepted {
+        Accepted {
+            batch,
+            job: format!("job{batch}"),
+            lines: vec![batch + 2],
+        }
+    }
+
+    #[test]
+    fn a_run_resumes_from_its_state_file() {
+        let dir = std::env::temp_dir().join(format!("video-import-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.video-import-state");
+        let mut state = State::open(&path, "abc", 2).unwrap();
+        state.record(accepted(0)).unwrap();
+        drop(state);
+        let state = State::open(&path, "abc", 2).unwrap();
+        assert_eq!(
+            state.accepted.values().cloned().collect::<Vec<_>>(),
+            [accepted(0)]
+        );
+        let error = State::open(&path, "abc", 3).err().unwrap();
+        assert!(
+            error.to_string().contains("--state with a new file"),
+            "{error}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_state_file_without_accepted_batches_starts_over_for_other_options() {
+        let dir =
+            std::env::temp_dir().join(format!("video-import-state-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.video-import-state");
+        drop(State::open(&path, "abc", 1000).unwrap());
+        // Every batch of 1000 was refused; the run is tried again with batches of 500.
+        let mut state = State::open(&path, "abc", 500).unwrap();
+        assert!(state.accepted.is_empty());
+        state.record(accepted(0)).unwrap();
+        drop(state);
+        assert_eq!(State::open(&path, "abc", 500).unwrap().accepted.len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

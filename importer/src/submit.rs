@@ -3,22 +3,42 @@
 //! same command run again (after a crash, Ctrl-C, or with a lost answer) never makes a
 //! second job of any batch.
 
-use std::collections::BTreeSet;
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use futures::StreamExt;
+use ipnet::IpNet;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::check::{self, Checker, Networks, Rules};
 use crate::client::{Api, CallError};
 use crate::manifest::{self, Format, Row};
 use crate::progress::Progress;
 use crate::state::{Accepted, State};
 
-/// How many bad rows are listed before the rest are only counted.
+/// How many problems of bad rows are listed before the rest are only counted.
 const SHOWN_PROBLEMS: usize = 20;
+
+/// Networks given on the command line: comma-separated CIDRs.
+#[derive(Debug, Clone)]
+pub struct NetList(pub Vec<IpNet>);
+
+fn parse_networks(text: &str) -> Result<NetList, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|piece| !piece.is_empty())
+        .map(|piece| {
+            piece.parse::<IpNet>().map_err(|_| {
+                format!("{piece:?} is not a network in CIDR notation, e.g. 10.20.0.0/16 or 127.0.0.1/32")
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map(NetList)
+}
 
 /// `video-import import`.
 #[derive(Debug, clap::Args)]
@@ -41,9 +61,26 @@ pub struct Options {
     /// The manifest's format, when its extension does not say (.csv, .jsonl).
     #[arg(long, value_enum)]
     pub format: Option<Format>,
-    /// Videos per batch (at most the server's api.max_batch_size).
-    #[arg(long, default_value_t = 1000)]
+    /// Videos per batch (at most the service's api.max_batch_size, 1000 unless its operator
+    /// changed it).
+    #[arg(long, default_value_t = check::DEFAULT_MAX_BATCH_SIZE)]
     pub batch_size: usize,
+    /// The service's api.max_body_bytes: batches are cut to stay below it, and a row too
+    /// large for any batch is refused before anything is sent.
+    #[arg(long, default_value_t = check::DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// Networks the service admits for video URLs that are IP literals (its
+    /// fetch.allowed_networks): comma-separated CIDRs. Other private, loopback, link-local
+    /// and reserved addresses are refused before anything is sent, as the service would.
+    #[arg(long, value_name = "CIDRS", env = "VIDEO_IMPORT__FETCH__ALLOWED_NETWORKS", value_parser = parse_networks)]
+    pub allowed_networks: Vec<NetList>,
+    /// The same for --webhook (the service's webhook.allowed_networks).
+    #[arg(long, value_name = "CIDRS", env = "VIDEO_IMPORT__WEBHOOK__ALLOWED_NETWORKS", value_parser = parse_networks)]
+    pub webhook_allowed_networks: Vec<NetList>,
+    /// Do not refuse private addresses up front: the service allows them
+    /// (fetch.allow_private_networks, webhook.allow_private_networks).
+    #[arg(long)]
+    pub allow_private_networks: bool,
     /// Batches posted at once.
     #[arg(long, default_value_t = 4)]
     pub in_flight: usize,
@@ -93,6 +130,71 @@ fn line_of(field: &str, lines: &[u64]) -> Option<u64> {
     lines.get(index).copied()
 }
 
+/// What a refusal says, one line per problem, by manifest line where the API names a video:
+/// field errors (`videos[3].url`) and metadata errors (`errors[].index`).
+fn refusal_lines(body: &Value, lines: &[u64]) -> Vec<String> {
+    let details = &body["error_details"];
+    if let Some(errors) = details["errors"].as_array() {
+        return errors
+            .iter()
+            .map(|e| {
+                let field = match e["metadataProperty"].as_str() {
+                    Some(p) if !p.is_empty() => format!("metadata.{p}"),
+                    _ => "metadata".to_string(),
+                };
+                let message = e["message"].as_str().unwrap_or_default();
+                match e["index"].as_u64().and_then(|i| lines.get(i as usize)) {
+                    Some(line) => format!("line {line} ({field}): {message}"),
+                    None => format!("{field}: {message}"),
+                }
+            })
+            .collect();
+    }
+    match details.as_object() {
+        Some(fields) if !fields.is_empty() => fields
+            .iter()
+            .map(|(field, problem)| {
+                let problem = problem
+                    .as_str()
+                    .map_or_else(|| problem.to_string(), str::to_string);
+                let place = line_of(field, lines)
+                    .map_or_else(|| field.clone(), |line| format!("line {line} ({field})"));
+                format!("{place}: {problem}")
+            })
+            .collect(),
+        _ => vec![body.to_string()],
+    }
+}
+
+/// When a refusal says that every batch is too large for the service: what to do instead.
+fn limit_hint(status: u16, body: &Value, options: &Options) -> Option<String> {
+    if status == 413 {
+        return Some(format!(
+            "the service takes smaller requests than --max-body-bytes {}: pass its \
+             api.max_body_bytes as --max-body-bytes and run the command again; no further \
+             batches are sent",
+            options.max_body_bytes
+        ));
+    }
+    let message = body["error_details"]["videos"].as_str()?;
+    let most = message.split("at most ").nth(1)?;
+    let most: usize = most
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()?;
+    Some(format!(
+        "the service takes at most {most} videos in a batch: run the command again with \
+         --batch-size {most}; no further batches are sent"
+    ))
+}
+
+/// How many rows a batch has and its first and last line: enough to tell that a state
+/// file's batch is not the one this run cuts.
+fn shape(lines: &[u64]) -> (usize, Option<u64>, Option<u64>) {
+    (lines.len(), lines.first().copied(), lines.last().copied())
+}
+
 /// Runs the import; the exit code says whether every video made it.
 pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
@@ -100,28 +202,69 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
         "--batch-size must be from 1 to 10000"
     );
     anyhow::ensure!(options.in_flight >= 1, "--in-flight must be at least 1");
+    anyhow::ensure!(
+        options.max_body_bytes >= 1024,
+        "--max-body-bytes must be at least 1024"
+    );
     let format = options
         .format
         .or_else(|| Format::guess(&options.manifest))
         .ok_or_else(|| anyhow::anyhow!("cannot tell the manifest's format from its name; pass --format csv or --format jsonl"))?;
 
     // First pass: every row checked before anything is sent.
+    let networks = |lists: &[NetList]| Networks {
+        allow_private: options.allow_private_networks,
+        allowed: lists.iter().flat_map(|l| l.0.iter().copied()).collect(),
+    };
+    let rules = Rules {
+        videos: networks(&options.allowed_networks),
+        webhook: networks(&options.webhook_allowed_networks),
+        max_body_bytes: options.max_body_bytes,
+    };
+    let mut checker = match Checker::new(rules, &options.system_name, options.webhook.as_deref()) {
+        Ok(checker) => checker,
+        Err(problems) => {
+            for problem in problems {
+                eprintln!("{problem}");
+            }
+            eprintln!("nothing was sent: fix the options above and run the command again");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let mut valid = 0u64;
     let mut bad = BTreeSet::new();
+    let mut problems_seen = 0usize;
     for row in manifest::rows(&options.manifest, format)? {
-        match row {
-            Ok(_) => valid += 1,
-            Err(problem) => {
-                if bad.len() < SHOWN_PROBLEMS {
-                    eprintln!("line {}: {}", problem.line, problem.problem);
+        let (line, problems, ends_reading) = match row {
+            Ok(row) => {
+                let problems = checker.check(&row);
+                if problems.is_empty() {
+                    valid += 1;
+                    continue;
                 }
-                bad.insert(problem.line);
+                (row.line, problems, false)
             }
+            Err(bad) => (bad.line, bad.problems, bad.ends_reading),
+        };
+        for problem in &problems {
+            if problems_seen < SHOWN_PROBLEMS {
+                eprintln!("line {line}: {problem}");
+            }
+            problems_seen += 1;
+        }
+        bad.insert(line);
+        if ends_reading {
+            eprintln!(
+                "the manifest cannot be read past line {line}: nothing was sent. Fix it and run the same command again."
+            );
+            return Ok(ExitCode::from(2));
         }
     }
+    let envelope = checker.envelope();
+    drop(checker);
     if !bad.is_empty() {
-        if bad.len() > SHOWN_PROBLEMS {
-            eprintln!("… and {} more bad rows", bad.len() - SHOWN_PROBLEMS);
+        if problems_seen > SHOWN_PROBLEMS {
+            eprintln!("… and {} more problems", problems_seen - SHOWN_PROBLEMS);
         }
         if !options.skip_invalid {
             eprintln!(
@@ -142,18 +285,37 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
     let progress = std::sync::Arc::new(Progress::new(valid));
 
     // Second pass: batches, posted `in_flight` at a time.
-    let rows = manifest::rows(&options.manifest, format)?.filter_map(Result::ok);
+    let rows = manifest::rows(&options.manifest, format)?
+        .filter_map(Result::ok)
+        .filter(|row| !bad.contains(&row.line));
     // Batches an earlier run got accepted are not sent again.
-    let earlier: BTreeSet<u64> = state.accepted.keys().copied().collect();
+    let earlier: BTreeMap<u64, _> = state
+        .accepted
+        .iter()
+        .map(|(index, done)| (*index, shape(&done.lines)))
+        .collect();
     for done in state.accepted.values() {
         progress.accepted(done.batch, done.lines.len() as u64, &done.job);
     }
     let skipped_batches = earlier.len();
-    let chunks = chunked(rows, options.batch_size);
-    let pending = chunks
+    // An earlier batch cut otherwise than this run cuts it, and whether a refusal said that
+    // no batch will do: either stops the sending.
+    let mismatch = Cell::new(None);
+    let stop = Cell::new(false);
+    let pending = batches(rows, options.batch_size, options.max_body_bytes, envelope)
         .enumerate()
         .map(|(index, rows)| (index as u64, rows))
-        .filter(|(index, _)| !earlier.contains(index));
+        .filter(|(index, rows)| match earlier.get(index) {
+            Some(done) => {
+                let lines: Vec<u64> = rows.iter().map(|r| r.line).collect();
+                if *done != shape(&lines) {
+                    mismatch.set(Some(*index));
+                }
+                false
+            }
+            None => true,
+        })
+        .take_while(|_| mismatch.get().is_none() && !stop.get());
     let submitted = futures::stream::iter(pending)
         .map(|(index, rows): (u64, Vec<Row>)| {
             let api = api.clone();
@@ -193,15 +355,13 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
             }
             Err(CallError::Refused { status, body }) => {
                 refused_rows += lines.len() as u64;
-                let details = body["error_details"]
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_default();
                 progress.say(&format!("batch {index} was refused ({status}):"));
-                for (field, problem) in details {
-                    let place = line_of(&field, &lines)
-                        .map_or_else(|| field.clone(), |line| format!("line {line} ({field})"));
-                    progress.say(&format!("  {place}: {problem}"));
+                for line in refusal_lines(&body, &lines) {
+                    progress.say(&format!("  {line}"));
+                }
+                if let Some(hint) = limit_hint(status, &body, &options) {
+                    stop.set(true);
+                    progress.say(&hint);
                 }
             }
             Err(CallError::Failed(why)) => {
@@ -212,13 +372,24 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    if let Some(index) = mismatch.get() {
+        progress.done();
+        anyhow::bail!(
+            "the state file {} records batch {index} with other rows than this run puts in it \
+             (were --batch-size, --max-body-bytes or --skip-invalid different, or the manifest \
+             read by an older video-import?): run the command with the earlier options, or pass \
+             --state with a new file to send every batch again (a batch the service accepted \
+             within 24 hours is answered with its first job)",
+            state.path().display()
+        );
+    }
     let accepted_rows: u64 = state.accepted.values().map(|b| b.lines.len() as u64).sum();
     progress.say(&format!(
         "{} batches accepted ({accepted_rows} videos; {skipped_batches} of them in an earlier run); state in {}",
         state.accepted.len(),
         state.path().display()
     ));
-    let complete = refused_rows == 0 && failed_batches == 0 && bad.is_empty();
+    let complete = refused_rows == 0 && failed_batches == 0 && bad.is_empty() && !stop.get();
     if !options.watch {
         progress.done();
         if complete {
@@ -253,11 +424,32 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `rows` in chunks of `size`, lazily.
-fn chunked<T>(mut rows: impl Iterator<Item = T>, size: usize) -> impl Iterator<Item = Vec<T>> {
+/// `rows` cut into batches, lazily: at most `size` rows, and a body (`envelope` bytes
+/// without its videos) of at most `max_bytes` unless one row alone is larger (the check
+/// refuses such rows before).
+fn batches(
+    rows: impl Iterator<Item = Row>,
+    size: usize,
+    max_bytes: usize,
+    envelope: usize,
+) -> impl Iterator<Item = Vec<Row>> {
+    let mut rows = rows.peekable();
     std::iter::from_fn(move || {
-        let chunk: Vec<T> = rows.by_ref().take(size).collect();
-        (!chunk.is_empty()).then_some(chunk)
+        let mut batch = Vec::new();
+        let mut bytes = envelope;
+        while batch.len() < size {
+            let Some(next) = rows.peek() else {
+                break;
+            };
+            // A comma before every video but the first.
+            let more = next.json_len() + usize::from(!batch.is_empty());
+            if !batch.is_empty() && bytes + more > max_bytes {
+                break;
+            }
+            bytes += more;
+            batch.extend(rows.next());
+        }
+        (!batch.is_empty()).then_some(batch)
     })
 }
 
@@ -283,9 +475,122 @@ mod tests {
         assert_eq!(line_of("systemName", &lines), None);
     }
 
+    fn row(line: u64, title_bytes: usize) -> Row {
+        Row {
+            line,
+            url: "https://a.example/v.mp4".into(),
+            id: format!("v{line}"),
+            file_name: "f".into(),
+            metadata: json!({"title": "t".repeat(title_bytes)})
+                .as_object()
+                .unwrap()
+                .clone(),
+        }
+    }
+
+    fn cut(rows: Vec<Row>, size: usize, max_bytes: usize, envelope: usize) -> Vec<Vec<u64>> {
+        batches(rows.into_iter(), size, max_bytes, envelope)
+            .map(|b| b.iter().map(|r| r.line).collect())
+            .collect()
+    }
+
     #[test]
-    fn chunks_are_cut_at_the_size() {
-        let chunks: Vec<Vec<u32>> = chunked(0..5, 2).collect();
-        assert_eq!(chunks, [vec![0, 1], vec![2, 3], vec![4]]);
+    fn batches_are_cut_at_the_size() {
+        let rows: Vec<Row> = (1..=5).map(|line| row(line, 1)).collect();
+        assert_eq!(
+            cut(rows, 2, usize::MAX, 0),
+            [vec![1, 2], vec![3, 4], vec![5]]
+        );
+    }
+
+    #[test]
+    fn batches_are_cut_before_their_body_outgrows_the_limit() {
+        let envelope = r#"{"systemName":"archive","videos":[]}"#.len();
+        let one = row(1, 100).json_len();
+        // Room for exactly three videos (and their two commas).
+        let max = envelope + 3 * one + 2;
+        let rows: Vec<Row> = (1..=7).map(|line| row(line, 100)).collect();
+        let batches: Vec<Vec<Row>> =
+            batches(rows.clone().into_iter(), 1000, max, envelope).collect();
+        let lines: Vec<Vec<u64>> = batches
+            .iter()
+            .map(|b| b.iter().map(|r| r.line).collect())
+            .collect();
+        assert_eq!(lines, [vec![1, 2, 3], vec![4, 5, 6], vec![7]]);
+        for batch in &batches {
+            let body = json!({
+                "systemName": "archive",
+                "videos": batch.iter().map(Row::to_video).collect::<Vec<Value>>(),
+            });
+            assert!(serde_json::to_vec(&body).unwrap().len() <= max);
+        }
+        assert_eq!(serde_json::to_vec(&json!({"systemName": "archive", "videos": batches[0].iter().map(Row::to_video).collect::<Vec<Value>>()})).unwrap().len(), max);
+        // A larger row starts a batch of its own.
+        let mixed = vec![row(1, 100), row(2, 1000), row(3, 100)];
+        assert_eq!(cut(mixed, 1000, max, envelope), [vec![1], vec![2], vec![3]]);
+    }
+
+    #[test]
+    fn refusals_are_shown_by_manifest_line() {
+        let lines = [2, 3, 7];
+        let fields = json!({"status": 400, "error_details": {
+            "videos[2].url": "must be an http or https URL, not ftp:", "systemName": "must not be empty"}});
+        assert_eq!(
+            refusal_lines(&fields, &lines),
+            [
+                "systemName: must not be empty",
+                "line 7 (videos[2].url): must be an http or https URL, not ftp:"
+            ]
+        );
+        let metadata = json!({"status": 400, "error": "ValidationError", "error_details": {
+            "message": "Metadata validation failed.",
+            "errors": [{"metadataProperty": "title", "message": "3 is not of type \"string\"",
+                        "index": 1, "externalId": "b"}]}});
+        assert_eq!(
+            refusal_lines(&metadata, &lines),
+            ["line 3 (metadata.title): 3 is not of type \"string\""]
+        );
+    }
+
+    #[test]
+    fn a_refusal_for_the_batch_size_says_which_size_to_pass() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            options: Options,
+        }
+        let options = Cli::parse_from([
+            "video-import",
+            "m.csv",
+            "--api",
+            "http://127.0.0.1:1",
+            "--token",
+            "t",
+            "--system-name",
+            "s",
+        ])
+        .options;
+        let body = json!({"error_details": {"videos": "has 1000 videos; a batch may have at most 500: split it into several batches"}});
+        assert!(limit_hint(400, &body, &options)
+            .unwrap()
+            .contains("--batch-size 500"));
+        assert!(limit_hint(413, &json!(null), &options)
+            .unwrap()
+            .contains("--max-body-bytes"));
+        assert!(limit_hint(
+            400,
+            &json!({"error_details": {"videos[0].url": "x"}}),
+            &options
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn networks_are_comma_separated_cidrs() {
+        let list = parse_networks("127.0.0.1/32, 10.20.0.0/16,,").unwrap();
+        assert_eq!(list.0.len(), 2);
+        assert!(parse_networks("").unwrap().0.is_empty());
+        assert!(parse_networks("intranet").unwrap_err().contains("CIDR"));
     }
 }

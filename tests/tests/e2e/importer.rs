@@ -1,16 +1,30 @@
 //! The archive importer (`video-import import`) against the real stack: a large manifest
-//! with a report, a run killed halfway and resumed, a project over its daily limit, and bad
-//! rows named by line.
+//! with a report, a run killed halfway and resumed, a project over its daily limit, bad
+//! rows named by line (every row the API would refuse, before anything is sent), broken
+//! CSV quoting, CRLF manifests, and `--watch` while a video waits for a retry.
 
 use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use video_import_tests::videos::VideoServer;
-use video_import_tests::{Options, Stack};
+use video_import_tests::{Options, Stack, TEST_SERVERS};
 
-/// Runs `video-import import MANIFEST` with `extra` flags; exit code, stdout, stderr.
+/// Runs `video-import import MANIFEST` with `extra` flags, admitting the test servers'
+/// address as the stack's `fetch.allowed_networks` does; exit code, stdout, stderr.
 async fn import(
+    stack: &Stack,
+    token: &str,
+    manifest: &Path,
+    extra: &[&str],
+) -> (i32, String, String) {
+    let mut flags = vec!["--allowed-networks", TEST_SERVERS];
+    flags.extend_from_slice(extra);
+    import_without_networks(stack, token, manifest, &flags).await
+}
+
+/// Runs `video-import import MANIFEST` with `extra` flags only; exit code, stdout, stderr.
+async fn import_without_networks(
     stack: &Stack,
     token: &str,
     manifest: &Path,
@@ -134,6 +148,7 @@ async fn a_run_killed_halfway_resumes_without_a_second_job_for_any_batch() {
             "archive",
         ])
         .args(["--batch-size", "500", "--in-flight", "1"])
+        .args(["--allowed-networks", TEST_SERVERS])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut child = first.spawn().unwrap();
@@ -253,5 +268,220 @@ async fn bad_rows_are_named_by_line_before_anything_is_sent() {
     assert_eq!(code, 1, "bad rows were left out: {stderr}");
     let report: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(report["imported"], 2, "{report}");
+    stack.finish().await;
+}
+
+/// Whether the stack has no job at all: nothing was sent.
+async fn no_jobs(stack: &Stack) -> bool {
+    stack.sql("SELECT 1 FROM jobs").await.is_empty()
+}
+
+#[tokio::test]
+async fn crlf_manifests_name_the_right_lines_in_messages_and_failures_csv() {
+    let stack = Stack::start(Options::default()).await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("crlf").await;
+    let good = videos.url("/videos/sample.mp4");
+    let missing = videos.url("/videos/missing.mp4");
+    // A BOM, CRLF line ends and a title over two lines: row c is on line 5, the bad row on 6.
+    let manifest = stack.dir.join("windows.csv");
+    std::fs::write(
+        &manifest,
+        format!(
+            "\u{feff}url,id,fileName,metadata.title\r\n{good}?a,a,f,A\r\n{good}?b,b,f,\"two\r\nlines\"\r\n\
+             {missing},c,f,C\r\n,d,f,D\r\n"
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = import(
+        &stack,
+        &project.token,
+        &manifest,
+        &["--skip-invalid", "--watch"],
+    )
+    .await;
+    assert_eq!(code, 1, "one row left out, one video failed: {stderr}");
+    assert!(stderr.contains("line 6: url is empty"), "{stderr}");
+    let report: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("{stdout}\n{stderr}"));
+    assert_eq!(report["imported"], 2, "{report}");
+    assert_eq!(report["failed"], 1, "{report}");
+    let failures = std::fs::read_to_string(report["failures_csv"].as_str().unwrap()).unwrap();
+    let lines: Vec<&str> = failures.lines().collect();
+    assert_eq!(lines.len(), 2, "{failures}");
+    assert!(lines[1].starts_with("5,c,http://127.0.0.1:"), "{failures}");
+    let title = stack
+        .sql("SELECT metadata->>'title' FROM media_entries WHERE external_id = 'b'")
+        .await;
+    assert_eq!(title[0].get::<_, String>(0), "two\r\nlines");
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn broken_csv_quoting_is_refused_naming_its_line_and_nothing_is_sent() {
+    let stack = Stack::start(Options::default()).await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("quotes").await;
+    let good = videos.url("/videos/sample.mp4");
+
+    // A quote opened on line 3 and never closed would swallow lines 4 and 5.
+    let unterminated = stack.dir.join("unterminated.csv");
+    std::fs::write(
+        &unterminated,
+        format!("url,id,fileName\n{good}?1,a,f\n{good}?2,b,\"f\n{good}?3,c,f\n{good}?4,d,f\n"),
+    )
+    .unwrap();
+    for extra in [&[][..], &["--skip-invalid"][..]] {
+        let (code, _, stderr) = import(&stack, &project.token, &unterminated, extra).await;
+        assert_eq!(code, 2, "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains("line 3") && stderr.contains("never closed"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("nothing was sent"), "{stderr}");
+    }
+
+    // A stray quote: `"bad"quote` is not `badquote`.
+    let stray = stack.dir.join("stray.csv");
+    std::fs::write(
+        &stray,
+        format!("url,id,fileName\n{good}?1,a,f\n{good}?2,\"bad\"quote,f\n{good}?3,c,f\n"),
+    )
+    .unwrap();
+    let (code, _, stderr) = import(&stack, &project.token, &stray, &[]).await;
+    assert_eq!(code, 2, "{stderr}");
+    let column = good.len() + 9;
+    assert!(
+        stderr.contains(&format!("line 3: id (column {column})")),
+        "{stderr}"
+    );
+    assert!(no_jobs(&stack).await, "nothing was sent");
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn every_row_the_api_would_refuse_is_reported_before_anything_is_sent() {
+    let stack = Stack::start(Options::default()).await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("precheck").await;
+    let good = videos.url("/videos/sample.mp4");
+    let video = |url: &str, id: &str, file_name: &str, metadata: Value| {
+        json!({"url": url, "id": id, "fileName": file_name, "metadata": metadata}).to_string()
+    };
+    let rows = [
+        video(&format!("{good}?1"), "a", "f", json!({})),
+        video(&format!("{good}?2"), "b", "f", json!({})),
+        // Line 3 lands in the second batch of two: the API alone would not see it.
+        video(&format!("{good}?3"), "a", "f", json!({})),
+        video(&format!("{good}?4"), "d", "f", json!({"title": "x\u{0}y"})),
+        video("http://10.0.0.1/a.mp4", "e", "f", json!({})),
+        video("http://[::1]/a.mp4", "g", "f", json!({})),
+        video(&format!("{good}?7"), &"i".repeat(1025), "f", json!({})),
+        video(&format!("{good}?8"), "j", &"n".repeat(1025), json!({})),
+        video(
+            &format!("https://archive.example/{}", "u".repeat(8200)),
+            "k",
+            "f",
+            json!({}),
+        ),
+        // Over the API's 16 MiB body limit on its own.
+        video(
+            &format!("{good}?10"),
+            "l",
+            "f",
+            json!({"blob": "b".repeat(16 * 1024 * 1024)}),
+        ),
+    ];
+    let manifest = stack.dir.join("refused.jsonl");
+    std::fs::write(&manifest, rows.join("\n")).unwrap();
+    let (code, _, stderr) = import(&stack, &project.token, &manifest, &["--batch-size", "2"]).await;
+    assert_eq!(code, 2, "{stderr}");
+    for expected in [
+        "line 3: id \"a\" is also on line 1",
+        "line 4: metadata.title contains a NUL character",
+        "line 5: url points to 10.0.0.1",
+        "line 6: url points to ::1",
+        "line 7: id is 1025 bytes long",
+        "line 8: fileName is 1025 bytes long",
+        "line 9: url is 8224 bytes long",
+        "line 10: metadata makes the row",
+        "8 bad rows: nothing was sent",
+    ] {
+        assert!(stderr.contains(expected), "{expected:?} in:\n{stderr}");
+    }
+    assert!(no_jobs(&stack).await, "nothing was sent");
+
+    // The test servers' own address, too, unless the service's allowed networks are given.
+    let (code, _, stderr) = import_without_networks(&stack, &project.token, &manifest, &[]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("line 1: url points to 127.0.0.1") && stderr.contains("--allowed-networks"),
+        "{stderr}"
+    );
+    assert!(no_jobs(&stack).await, "nothing was sent");
+
+    // The good rows alone, when asked for: the first of the two "a" rows is one of them.
+    let (code, stdout, stderr) = import(
+        &stack,
+        &project.token,
+        &manifest,
+        &["--batch-size", "2", "--skip-invalid", "--watch"],
+    )
+    .await;
+    assert_eq!(code, 1, "bad rows were left out: {stderr}");
+    let report: Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("{stdout}\n{stderr}"));
+    assert_eq!(report["imported"], 2, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn watch_prints_a_line_only_when_something_changed_and_says_why_a_video_waits() {
+    // The flaky video's first try fails; it is tried again 6 s later (three polls).
+    let stack = Stack::start(Options {
+        env: vec![("VIDEO_IMPORT__FETCH__RETRY_DELAYS_SECS".into(), "6".into())],
+        ..Options::default()
+    })
+    .await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("watch").await;
+    let manifest = stack.dir.join("watch.csv");
+    std::fs::write(
+        &manifest,
+        format!(
+            "url,id,fileName\n{},w1,f\n{},w2,f\n{},w3,f\n",
+            videos.url("/videos/sample.mp4?1"),
+            videos.url("/flaky/2/sample.mp4"),
+            videos.url("/videos/sample.mp4?3"),
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = import(&stack, &project.token, &manifest, &["--watch"]).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["imported"], 3, "{report}");
+    let progress: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("finished"))
+        .collect();
+    let distinct: std::collections::BTreeSet<&&str> = progress.iter().collect();
+    assert_eq!(distinct.len(), progress.len(), "a line repeated:\n{stderr}");
+    assert!(
+        progress
+            .iter()
+            .any(|l| l.contains("of 3") && l.contains("pending 1")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("line 3 (w2) waits: try 1 failed")
+            && stderr.contains("trying again in 6 s"),
+        "{stderr}"
+    );
+    let waits = stderr.matches("(w2) waits").count();
+    assert_eq!(
+        waits, 1,
+        "the reason is shown once while it stays the same:\n{stderr}"
+    );
     stack.finish().await;
 }

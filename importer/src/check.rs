@@ -1,0 +1,719 @@
+//! Every rule the API applies to a batch (`api/src/validate.rs`), applied here to each row
+//! before anything is sent, so that a row the API would refuse is named by its line and
+//! field up front instead of costing its batch a refusal. Keep it in step with the API:
+//!
+//! - strings: no NUL (`\u0000`) in `url`, `id`, `fileName`, or any metadata key or value;
+//! - `url`: at most [`MAX_URL`] bytes, no `data:` URL, http or https with a host, and no IP
+//!   literal in a private, loopback, link-local or reserved network unless the service
+//!   admits it ([`Networks`], mirroring `fetch.allowed_networks`);
+//! - `id`: not blank, at most [`MAX_ID`] bytes, and unique: the API refuses a duplicate
+//!   within a batch; here it is refused within the whole manifest, since two rows with one
+//!   id are two updates of one media-library entry in no telling which order;
+//! - `fileName`: not blank, at most [`MAX_FILE_NAME`] bytes;
+//! - the row as JSON, inside a batch, must fit in a request body of `api.max_body_bytes`;
+//! - the batch's `systemName` (1 to [`MAX_SYSTEM_NAME`] bytes, trimmed) and `webhook` (as a
+//!   URL, against `webhook.allowed_networks`).
+//!
+//! Metadata is also validated against the project's JSON Schema, which only the service
+//! knows: those refusals come back batch by batch, named by line.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::LazyLock;
+
+use ipnet::IpNet;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::manifest::Row;
+
+/// Longest `systemName` the API takes, in bytes (after trimming).
+pub const MAX_SYSTEM_NAME: usize = 200;
+/// Longest `id`, in bytes.
+pub const MAX_ID: usize = 1024;
+/// Longest `fileName`, in bytes.
+pub const MAX_FILE_NAME: usize = 1024;
+/// Longest `url` (and `webhook`), in bytes.
+pub const MAX_URL: usize = 8192;
+/// The API's default `api.max_body_bytes`: the largest request body.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// The API's default `api.max_batch_size`: the most videos in one batch.
+pub const DEFAULT_MAX_BATCH_SIZE: usize = 1000;
+
+/// Networks the service never contacts unless admitted: the list of
+/// `shared/src/netguard.rs` (a test keeps the two the same).
+static REFUSED: LazyLock<Vec<IpNet>> = LazyLock::new(|| {
+    [
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "::/128",
+        "::1/128",
+        "100::/64",
+        "2001::/23",
+        "2001:db8::/32",
+        "fc00::/7",
+        "fe80::/10",
+        "ff00::/8",
+    ]
+    .iter()
+    .map(|n| n.parse().expect("a valid network"))
+    .collect()
+});
+
+/// One problem of a row (or of the options): the field at fault and what is wrong with it,
+/// phrased to follow the field's name (`url` `is empty`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `url`, `id`, `fileName`, `metadata.title`, `--webhook`…; `None` for the whole row.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem of `field`.
+    pub fn of(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+
+    /// A problem of the row as a whole.
+    pub fn row(message: impl Into<String>) -> Self {
+        Self {
+            field: None,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.field {
+            Some(field) => write!(f, "{field} {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Which IP-literal hosts the service admits, as its `*.allow_private_networks` and
+/// `*.allowed_networks` settings say. Host names are not resolved here: the worker checks
+/// every address a name resolves to.
+#[derive(Debug, Clone, Default)]
+pub struct Networks {
+    /// Every address is admitted (the service's `allow_private_networks`).
+    pub allow_private: bool,
+    /// Networks admitted anyway (the service's `allowed_networks`).
+    pub allowed: Vec<IpNet>,
+}
+
+impl Networks {
+    /// Whether the service would contact `ip`.
+    pub fn permits(&self, ip: IpAddr) -> bool {
+        if self.allow_private || self.allowed.iter().any(|n| n.contains(&ip)) {
+            return true;
+        }
+        let ip = canonical(ip);
+        !REFUSED.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// IPv6 addresses carrying an IPv4 address are judged as that address, as the service
+/// does: IPv4-mapped, IPv4-compatible, NAT64 (`64:ff9b::/96`) and 6to4 (`2002::/16`).
+fn canonical(ip: IpAddr) -> IpAddr {
+    let IpAddr::V6(v6) = ip else {
+        return ip;
+    };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return IpAddr::V4(v4);
+    }
+    let v4 = |hi: u16, lo: u16| {
+        IpAddr::V4(Ipv4Addr::new(
+            (hi >> 8) as u8,
+            hi as u8,
+            (lo >> 8) as u8,
+            lo as u8,
+        ))
+    };
+    match v6.segments() {
+        [0, 0, 0, 0, 0, 0, 0, 0 | 1] => ip,
+        [0, 0, 0, 0, 0, 0, hi, lo] | [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => v4(hi, lo),
+        [0x2002, hi, lo, ..] => v4(hi, lo),
+        _ => ip,
+    }
+}
+
+/// What the service is known (or told) to accept.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// For the videos' URLs (`fetch.*`).
+    pub videos: Networks,
+    /// For `--webhook` (`webhook.*`).
+    pub webhook: Networks,
+    /// The service's `api.max_body_bytes`.
+    pub max_body_bytes: usize,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self {
+            videos: Networks::default(),
+            webhook: Networks::default(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        }
+    }
+}
+
+/// Checks rows one after the other, remembering ids (as 16-byte hashes, so that a million
+/// rows need about 30 MB) to find duplicates.
+pub struct Checker {
+    rules: Rules,
+    /// Bytes of a batch body without its videos.
+    envelope: usize,
+    /// Hash of each id seen, and its line.
+    ids: HashMap<u128, u64>,
+}
+
+impl Checker {
+    /// A checker for batches with this `systemName` and `webhook`, or what is wrong with
+    /// them (these are options, so every batch would be refused).
+    pub fn new(
+        rules: Rules,
+        system_name: &str,
+        webhook: Option<&str>,
+    ) -> Result<Self, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let trimmed = system_name.trim();
+        if system_name.contains('\0') {
+            problems.push(Problem::of("--system-name", nul_message()));
+        } else if trimmed.is_empty() {
+            problems.push(Problem::of(
+                "--system-name",
+                "is empty; name the archive's system",
+            ));
+        } else if trimmed.len() > MAX_SYSTEM_NAME {
+            problems.push(Problem::of(
+                "--system-name",
+                format!(
+                    "is {} bytes long; the service takes at most {MAX_SYSTEM_NAME}",
+                    trimmed.len()
+                ),
+            ));
+        }
+        if let Some(webhook) = webhook {
+            if webhook.contains('\0') {
+                problems.push(Problem::of("--webhook", nul_message()));
+            } else if let Err(why) = check_url(
+                webhook,
+                &rules.webhook,
+                "webhook.allowed_networks",
+                "--webhook-allowed-networks",
+            ) {
+                problems.push(Problem::of("--webhook", why));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let envelope = envelope_bytes(system_name, webhook);
+        Ok(Self {
+            rules,
+            envelope,
+            ids: HashMap::new(),
+        })
+    }
+
+    /// Bytes of a batch body without its videos (`{"systemName":…,"videos":[]}`).
+    pub fn envelope(&self) -> usize {
+        self.envelope
+    }
+
+    /// Every problem of `row`; empty when the API would take it. Every id is remembered,
+    /// also from a row with other problems, so that all problems are found in one run
+    /// (with `--skip-invalid`, both rows are left out).
+    pub fn check(&mut self, row: &Row) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        for (field, value) in [
+            ("url", &row.url),
+            ("id", &row.id),
+            ("fileName", &row.file_name),
+        ] {
+            if value.contains('\0') {
+                problems.push(Problem::of(field, nul_message()));
+            }
+        }
+        for (key, value) in &row.metadata {
+            nul_free(&format!("metadata.{key}"), key, value, &mut problems);
+        }
+        let nul_in = |field: &str, problems: &[Problem]| {
+            problems.iter().any(|p| p.field.as_deref() == Some(field))
+        };
+
+        if !nul_in("url", &problems) {
+            if row.url.trim().is_empty() {
+                problems.push(Problem::of("url", "is empty"));
+            } else if let Err(why) = check_url(
+                &row.url,
+                &self.rules.videos,
+                "fetch.allowed_networks",
+                "--allowed-networks",
+            ) {
+                problems.push(Problem::of("url", why));
+            }
+        }
+        let mut id_ok = false;
+        if !nul_in("id", &problems) {
+            if row.id.trim().is_empty() {
+                problems.push(Problem::of("id", "is empty"));
+            } else if row.id.len() > MAX_ID {
+                problems.push(Problem::of("id", too_long(row.id.len(), MAX_ID)));
+            } else {
+                id_ok = true;
+            }
+        }
+        if !nul_in("fileName", &problems) {
+            if row.file_name.trim().is_empty() {
+                problems.push(Problem::of("fileName", "is empty"));
+            } else if row.file_name.len() > MAX_FILE_NAME {
+                problems.push(Problem::of(
+                    "fileName",
+                    too_long(row.file_name.len(), MAX_FILE_NAME),
+                ));
+            }
+        }
+        let bytes = row.json_len();
+        if self.envelope + bytes > self.rules.max_body_bytes {
+            problems.push(Problem::of(
+                largest_field(row),
+                format!(
+                    "makes the row {bytes} bytes as JSON; a request may be at most {} bytes \
+                     (the service's api.max_body_bytes), batch included: shorten it",
+                    self.rules.max_body_bytes
+                ),
+            ));
+        }
+        if id_ok {
+            let key = u128::from_be_bytes(
+                Sha256::digest(row.id.as_bytes())[..16]
+                    .try_into()
+                    .expect("16 bytes"),
+            );
+            match self.ids.get(&key) {
+                Some(first) => problems.push(Problem::of(
+                    "id",
+                    format!(
+                        "{:?} is also on line {first}; give every row its own id (an id is one \
+                         media-library entry)",
+                        row.id
+                    ),
+                )),
+                None => {
+                    self.ids.insert(key, row.line);
+                }
+            }
+        }
+        problems
+    }
+}
+
+/// Bytes of `{"systemName":…,"videos":[],"webhook":…}`, as the batch is serialized.
+fn envelope_bytes(system_name: &str, webhook: Option<&str>) -> usize {
+    let mut body = json!({"systemName": system_name, "videos": []});
+    if let Some(webhook) = webhook {
+        body["webhook"] = json!(webhook);
+    }
+    serde_json::to_vec(&body).map_or(0, |b| b.len())
+}
+
+/// The field that makes most of a row's size.
+fn largest_field(row: &Row) -> &'static str {
+    let metadata = serde_json::to_vec(&row.metadata).map_or(0, |b| b.len());
+    [
+        (row.url.len(), "url"),
+        (row.id.len(), "id"),
+        (row.file_name.len(), "fileName"),
+        (metadata, "metadata"),
+    ]
+    .into_iter()
+    .max()
+    .map_or("metadata", |(_, field)| field)
+}
+
+fn too_long(bytes: usize, max: usize) -> String {
+    format!("is {bytes} bytes long; the service takes at most {max}: shorten it")
+}
+
+fn nul_message() -> &'static str {
+    "contains a NUL character (\\u0000), which the service cannot store; remove it"
+}
+
+/// Adds a problem for `key` and for every string inside `value` that holds NUL.
+fn nul_free(path: &str, key: &str, value: &Value, problems: &mut Vec<Problem>) {
+    if key.contains('\0') {
+        problems.push(Problem::of(path.replace('\0', "\\u0000"), nul_message()));
+    }
+    match value {
+        Value::String(text) if text.contains('\0') => {
+            problems.push(Problem::of(path.replace('\0', "\\u0000"), nul_message()));
+        }
+        Value::Array(items) => {
+            for (n, item) in items.iter().enumerate() {
+                nul_free(&format!("{path}[{n}]"), "", item, problems);
+            }
+        }
+        Value::Object(map) => nul_free_map(path, map, problems),
+        _ => {}
+    }
+}
+
+fn nul_free_map(path: &str, map: &Map<String, Value>, problems: &mut Vec<Problem>) {
+    for (key, item) in map {
+        nul_free(&format!("{path}.{key}"), key, item, problems);
+    }
+}
+
+/// The API's URL rules: length, no `data:`, http(s) with a host, no refused IP literal
+/// (`service_key` names the service's setting that admits one, `flag` ours).
+fn check_url(url: &str, networks: &Networks, service_key: &str, flag: &str) -> Result<(), String> {
+    if url.len() > MAX_URL {
+        return Err(too_long(url.len(), MAX_URL));
+    }
+    if url.trim_start().to_ascii_lowercase().starts_with("data:") {
+        return Err("is a data: URL; give an http or https URL to the file".into());
+    }
+    let parsed = url::Url::parse(url)
+        .map_err(|e| format!("{url:?} is not a valid URL ({e}); give an http or https URL"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "must be an http or https URL, not {}:",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("{url:?} names no host"));
+    }
+    let ip = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
+        _ => return Ok(()),
+    };
+    if networks.permits(ip) {
+        return Ok(());
+    }
+    Err(format!(
+        "points to {ip}, a private, loopback, link-local or reserved address, which the service \
+         refuses; use a public address, or, if the service admits the network ({service_key}), \
+         pass the same networks with {flag}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(line: u64, url: &str, id: &str, file_name: &str, metadata: Value) -> Row {
+        Row {
+            line,
+            url: url.into(),
+            id: id.into(),
+            file_name: file_name.into(),
+            metadata: metadata.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    fn good(line: u64, id: &str) -> Row {
+        row(line, "https://a.example/v.mp4", id, "f", json!({}))
+    }
+
+    fn checker() -> Checker {
+        Checker::new(Rules::default(), "archive", None).unwrap()
+    }
+
+    fn shown(problems: &[Problem]) -> Vec<String> {
+        problems.iter().map(Problem::to_string).collect()
+    }
+
+    #[test]
+    fn a_good_row_has_no_problem() {
+        assert!(checker().check(&good(2, "a")).is_empty());
+    }
+
+    #[test]
+    fn duplicate_ids_are_found_across_the_whole_manifest() {
+        let mut checker = checker();
+        assert!(checker.check(&good(2, "a")).is_empty());
+        assert!(checker.check(&good(3, "b")).is_empty());
+        assert_eq!(
+            shown(&checker.check(&good(9000, "a"))),
+            ["id \"a\" is also on line 2; give every row its own id (an id is one media-library entry)"]
+        );
+        // Ids are compared as the API compares them: byte for byte.
+        assert!(checker.check(&good(9001, "a ")).is_empty());
+        // The id of a row with other problems counts too: every problem shows in one run.
+        assert!(!checker
+            .check(&row(9002, "ftp://a/b", "c", "f", json!({})))
+            .is_empty());
+        assert_eq!(
+            checker.check(&good(9003, "c"))[0].field.as_deref(),
+            Some("id")
+        );
+    }
+
+    #[test]
+    fn nul_characters_are_found_in_every_field_and_deep_in_metadata() {
+        let problems = checker().check(&row(
+            4,
+            "https://a.example/v\0.mp4",
+            "a\0",
+            "f\0",
+            json!({"title": "x\u{0}y", "tags": ["ok", "n\u{0}"], "deep": {"k\u{0}": 1}}),
+        ));
+        let fields: Vec<&str> = problems
+            .iter()
+            .map(|p| p.field.as_deref().unwrap())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "url",
+                "id",
+                "fileName",
+                "metadata.deep.k\\u0000",
+                "metadata.tags[1]",
+                "metadata.title"
+            ]
+        );
+        assert!(problems[0].message.contains("NUL"), "{}", problems[0]);
+    }
+
+    #[test]
+    fn private_ip_literals_are_refused_unless_admitted() {
+        for url in [
+            "http://10.0.0.1/a.mp4",
+            "http://[::1]/a.mp4",
+            "http://127.0.0.1:8080/a.mp4",
+            "http://169.254.169.254/latest",
+            "http://[::ffff:127.0.0.1]/a.mp4",
+            "http://2130706433/a.mp4",
+            "http://0x7f.1/a.mp4",
+        ] {
+            let problems = checker().check(&row(2, url, "a", "f", json!({})));
+            assert_eq!(problems.len(), 1, "{url}: {problems:?}");
+            assert!(
+                problems[0].message.starts_with("points to ")
+                    && problems[0].message.contains("--allowed-networks"),
+                "{url}: {}",
+                problems[0]
+            );
+        }
+        // Names are left to the worker, which checks every address they resolve to.
+        assert!(checker()
+            .check(&row(2, "http://localhost/a.mp4", "a", "f", json!({})))
+            .is_empty());
+        let admitted = Rules {
+            videos: Networks {
+                allow_private: false,
+                allowed: vec!["127.0.0.1/32".parse().unwrap()],
+            },
+            ..Rules::default()
+        };
+        let mut checker = Checker::new(admitted, "archive", None).unwrap();
+        assert!(checker
+            .check(&row(2, "http://127.0.0.1:8080/a.mp4", "a", "f", json!({})))
+            .is_empty());
+        assert!(!checker
+            .check(&row(3, "http://127.0.0.2/a.mp4", "b", "f", json!({})))
+            .is_empty());
+        let everything = Rules {
+            videos: Networks {
+                allow_private: true,
+                allowed: Vec::new(),
+            },
+            ..Rules::default()
+        };
+        assert!(Checker::new(everything, "archive", None)
+            .unwrap()
+            .check(&row(2, "http://10.0.0.1/a.mp4", "a", "f", json!({})))
+            .is_empty());
+    }
+
+    #[test]
+    fn urls_follow_the_api_rules() {
+        let cases = [
+            ("", "url is empty"),
+            ("data:video/mp4;base64,AAAA", "url is a data: URL"),
+            (
+                "ftp://a.example/v.mp4",
+                "url must be an http or https URL, not ftp:",
+            ),
+            (
+                "a.example/v.mp4",
+                "url \"a.example/v.mp4\" is not a valid URL",
+            ),
+        ];
+        for (url, expected) in cases {
+            let problems = shown(&checker().check(&row(2, url, "a", "f", json!({}))));
+            assert_eq!(problems.len(), 1, "{url}: {problems:?}");
+            assert!(problems[0].starts_with(expected), "{url}: {problems:?}");
+        }
+        let long = format!("https://a.example/{}", "x".repeat(MAX_URL));
+        assert_eq!(
+            shown(&checker().check(&row(2, &long, "a", "f", json!({})))),
+            [format!(
+                "url is {} bytes long; the service takes at most 8192: shorten it",
+                long.len()
+            )]
+        );
+        let longest = format!("https://a.example/{}", "x".repeat(MAX_URL - 18));
+        assert!(checker()
+            .check(&row(2, &longest, "a", "f", json!({})))
+            .is_empty());
+    }
+
+    #[test]
+    fn ids_and_file_names_are_bounded_in_bytes() {
+        let mut checker = checker();
+        assert!(checker.check(&good(2, &"i".repeat(MAX_ID))).is_empty());
+        assert_eq!(
+            shown(&checker.check(&good(3, &"i".repeat(MAX_ID + 1)))),
+            ["id is 1025 bytes long; the service takes at most 1024: shorten it"]
+        );
+        // 342 three-byte characters: 1026 bytes, as the API counts.
+        assert_eq!(
+            checker.check(&good(4, &"€".repeat(342)))[0].message,
+            "is 1026 bytes long; the service takes at most 1024: shorten it"
+        );
+        assert_eq!(
+            shown(&checker.check(&row(5, "https://a/v", "x", &"n".repeat(1025), json!({})))),
+            ["fileName is 1025 bytes long; the service takes at most 1024: shorten it"]
+        );
+        assert_eq!(
+            shown(&checker.check(&row(6, "https://a/v", " ", " ", json!({})))),
+            ["id is empty", "fileName is empty"]
+        );
+    }
+
+    #[test]
+    fn every_problem_of_a_row_is_reported_at_once() {
+        let problems = shown(&checker().check(&row(2, "ftp://a/b", "", "", json!({}))));
+        assert_eq!(
+            problems,
+            [
+                "url must be an http or https URL, not ftp:",
+                "id is empty",
+                "fileName is empty"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_row_too_large_for_a_request_is_named_by_its_largest_field() {
+        let rules = Rules {
+            max_body_bytes: 1000,
+            ..Rules::default()
+        };
+        let mut checker = Checker::new(rules, "archive", Some("https://h.example/hook")).unwrap();
+        assert_eq!(
+            checker.envelope(),
+            r#"{"systemName":"archive","videos":[],"webhook":"https://h.example/hook"}"#.len()
+        );
+        let fits = 1000 - checker.envelope() - good(2, "a").json_len() - r#","t":"""#.len() + 1;
+        let big = |line, id, n: usize| {
+            row(
+                line,
+                "https://a.example/v.mp4",
+                id,
+                "f",
+                json!({"t": "x".repeat(n)}),
+            )
+        };
+        assert!(checker.check(&big(2, "a", fits - 1)).is_empty());
+        let problems = checker.check(&big(3, "b", fits + 1));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field.as_deref(), Some("metadata"));
+        assert!(
+            problems[0].message.contains("at most 1000 bytes"),
+            "{}",
+            problems[0]
+        );
+    }
+
+    #[test]
+    fn system_name_and_webhook_are_checked_once() {
+        let problems = |system_name: &str, webhook: Option<&str>| {
+            shown(
+                &Checker::new(Rules::default(), system_name, webhook)
+                    .err()
+                    .unwrap_or_default(),
+            )
+        };
+        assert_eq!(
+            problems(" ", Some("http://192.168.1.2/hook")).len(),
+            2,
+            "{:?}",
+            problems(" ", Some("http://192.168.1.2/hook"))
+        );
+        assert!(problems(&"s".repeat(201), None)[0].contains("201 bytes"));
+        assert!(problems("archive", Some("http://192.168.1.2/hook"))[0]
+            .contains("--webhook-allowed-networks"));
+        assert!(problems(&"s".repeat(200), Some("https://h.example/hook")).is_empty());
+    }
+
+    #[test]
+    fn the_refused_networks_are_the_services() {
+        use video_import_shared::netguard::AddressPolicy;
+        let service = AddressPolicy::new(false, &[]);
+        let ours = Networks::default();
+        let mut addresses: Vec<IpAddr> = REFUSED
+            .iter()
+            .flat_map(|n| [n.network(), n.broadcast()])
+            .collect();
+        for net in REFUSED.iter() {
+            // Just outside each refused network, on both sides.
+            match net {
+                IpNet::V4(n) => {
+                    let low = u32::from(n.network()).wrapping_sub(1);
+                    let high = u32::from(n.broadcast()).wrapping_add(1);
+                    addresses.push(IpAddr::V4(low.into()));
+                    addresses.push(IpAddr::V4(high.into()));
+                }
+                IpNet::V6(n) => {
+                    let low = u128::from(n.network()).wrapping_sub(1);
+                    let high = u128::from(n.broadcast()).wrapping_add(1);
+                    addresses.push(IpAddr::V6(low.into()));
+                    addresses.push(IpAddr::V6(high.into()));
+                }
+            }
+        }
+        for text in [
+            "8.8.8.8",
+            "::ffff:127.0.0.1",
+            "::ffff:8.8.8.8",
+            "::10.0.0.1",
+            "64:ff9b::a00:1",
+            "64:ff9b::808:808",
+            "2002:7f00:1::",
+            "2002:808:808::1",
+            "2606:4700::1111",
+        ] {
+            addresses.push(text.parse().unwrap());
+        }
+        for ip in addresses {
+            assert_eq!(ours.permits(ip), service.permits(ip), "{ip}");
+        }
+    }
+}
