@@ -164,19 +164,18 @@ impl AddressPolicy {
                 "refused to fetch {url}: only http and https URLs are allowed"
             )));
         }
-        let host = match url.host() {
-            Some(url::Host::Domain(name)) => name,
-            Some(_) => {
-                let ip = literal(url).expect("an IP host");
-                return match self.permits(ip) {
-                    true => Ok(()),
-                    false => Err(Refused(refusal(url.host_str().unwrap_or_default(), ip))),
-                };
-            }
-            None => return Err(Refused(format!("refused to fetch {url}: it has no host"))),
+        if let Some(ip) = literal(url) {
+            return match self.permits(ip) {
+                true => Ok(()),
+                false => Err(Refused(refusal(url.host_str().unwrap_or_default(), ip))),
+            };
+        }
+        let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+            return Err(Refused(format!("refused to fetch {url}: it has no host")));
         };
         match &self.proxy {
             Some(proxy) => self.check_proxied_name(host, proxy),
+            // The resolver judges every address the name resolves to.
             None => Ok(()),
         }
     }
