@@ -33,7 +33,8 @@ const MAX_GROUP: usize = 128;
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let service = Service::start(&settings, "notifier").await?;
     let webhook = &settings.webhook;
-    let policy = AddressPolicy::new(webhook.allow_private_networks, &webhook.allowed_networks);
+    let policy = AddressPolicy::new(webhook.allow_private_networks, &webhook.allowed_networks)
+        .via_proxy("webhook", webhook.proxy.as_ref());
     let client = netguard::client(
         policy.clone(),
         &ClientOptions {

@@ -137,13 +137,19 @@ pub struct FetchSettings {
     /// such tries before the video fails with its last reason.
     #[serde(rename = "retry_delays_secs", with = "secs_list")]
     pub retry_delays: Vec<Duration>,
+    /// HTTP proxy every download goes through (`http://` or `https://`); none when empty.
+    /// The environment's `HTTP_PROXY` and the like are never used.
+    #[serde(default, with = "proxy_url", skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<url::Url>,
 }
 
 /// How the notifier delivers webhooks.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSettings {
+    /// Allow loopback, private and link-local receivers.
     pub allow_private_networks: bool,
+    /// CIDR ranges admitted even when private networks are refused.
     #[serde(default)]
     pub allowed_networks: Vec<IpNet>,
     /// Longest one POST to a receiver may take.
@@ -156,6 +162,9 @@ pub struct WebhookSettings {
     pub concurrency: usize,
     /// Deliveries running at once to one receiver host; more wait in a delay queue.
     pub per_host_concurrency: usize,
+    /// HTTP proxy every webhook goes through (`http://` or `https://`); none when empty.
+    #[serde(default, with = "proxy_url", skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<url::Url>,
 }
 
 /// Logging.
@@ -253,6 +262,33 @@ mod secs_list {
     }
 }
 
+/// An optional proxy URL; empty is none (so an environment variable can unset it). Only
+/// its syntax is checked here; `Settings::validate` checks what it is allowed to be.
+mod proxy_url {
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<url::Url>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(url) => s.serialize_str(url.as_str()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<url::Url>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        url::Url::parse(text).map(Some).map_err(|e| {
+            // The value itself is named by the caller (`Settings::load`).
+            de::Error::custom(format!("not a URL ({e}); give http://HOST:PORT"))
+        })
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -302,6 +338,7 @@ impl Default for Settings {
                 shutdown_grace: Duration::from_secs(30),
                 quick_retries: 2,
                 retry_delays: secs_of(&[30, 120, 600, 1800]),
+                proxy: None,
             },
             webhook: WebhookSettings {
                 allow_private_networks: false,
@@ -311,6 +348,7 @@ impl Default for Settings {
                 retry_schedule: secs_of(&[5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]),
                 concurrency: 64,
                 per_host_concurrency: 8,
+                proxy: None,
             },
             log: LogSettings {
                 filter: "info".into(),
@@ -324,7 +362,7 @@ fn secs_of(secs: &[u64]) -> Vec<Duration> {
     secs.iter().copied().map(Duration::from_secs).collect()
 }
 
-/// Configuration that could not be loaded; the message names the key at fault.
+/// Configuration that could not be loaded; the message names the key at fault and its value.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(String);
@@ -367,53 +405,84 @@ impl Settings {
                 .with_list_parse_key("webhook.retry_schedule_secs")
                 .try_parsing(true),
         );
-        let settings: Settings = builder
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|e| ConfigError(e.to_string()))?;
+        let built = builder.build().map_err(|e| ConfigError(e.to_string()))?;
+        let settings: Settings = built
+            .clone()
+            .try_deserialize()
+            .map_err(|e| ConfigError(explain(&built, e)))?;
         settings.validate()?;
         Ok(settings)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        let bad = |key: &str, value: &dyn std::fmt::Display, why: &str| {
+            Err(ConfigError(format!("{key} = {value}: {why}")))
+        };
+        let at_least_one = "must be at least 1";
         if self.api.max_batch_size == 0 {
-            return bad("api.max_batch_size", "must be at least 1");
+            return bad("api.max_batch_size", &0, at_least_one);
         }
         for node in nodes(&self.amqp.url) {
             if !matches!(url::Url::parse(node), Ok(u) if matches!(u.scheme(), "amqp" | "amqps")) {
+                let all: Vec<String> = nodes(&self.amqp.url)
+                    .into_iter()
+                    .map(|n| crate::redact::url(n, crate::redact::Show::WithoutCredentials))
+                    .collect();
                 return bad(
                     "amqp.url",
+                    &shown(&all.join(", ")),
                     &format!(
-                        "{:?} is not an amqp:// URL; give one node's URL or several separated by commas",
-                        crate::redact::url(node, crate::redact::Show::WithoutCredentials)
+                        "{} is not an amqp:// URL; give one node's URL or several separated by commas",
+                        shown(node)
                     ),
                 );
             }
         }
         if self.api.max_connections == 0 {
-            return bad("api.max_connections", "must be at least 1");
+            return bad("api.max_connections", &0, at_least_one);
         }
-        if self.api.header_timeout.is_zero() || self.api.body_timeout.is_zero() {
-            return bad(
-                "api.header_timeout_secs",
-                "api.header_timeout_secs and api.body_timeout_secs must be at least 1",
-            );
+        if self.api.header_timeout.is_zero() {
+            return bad("api.header_timeout_secs", &0, at_least_one);
+        }
+        if self.api.body_timeout.is_zero() {
+            return bad("api.body_timeout_secs", &0, at_least_one);
         }
         if self.fetch.concurrency == 0 {
-            return bad("fetch.concurrency", "must be at least 1");
+            return bad("fetch.concurrency", &0, at_least_one);
         }
         if self.fetch.dispatch_ahead == 0 {
-            return bad("fetch.dispatch_ahead", "must be at least 1");
+            return bad("fetch.dispatch_ahead", &0, at_least_one);
         }
         if self.fetch.per_host_concurrency == 0 {
-            return bad("fetch.per_host_concurrency", "must be at least 1");
+            return bad("fetch.per_host_concurrency", &0, at_least_one);
         }
         if self.webhook.per_host_concurrency == 0 {
-            return bad("webhook.per_host_concurrency", "must be at least 1");
+            return bad("webhook.per_host_concurrency", &0, at_least_one);
         }
         if self.webhook.concurrency == 0 {
-            return bad("webhook.concurrency", "must be at least 1");
+            return bad("webhook.concurrency", &0, at_least_one);
+        }
+        // A proxy is an address we connect to: the section's own address policy admits it
+        // or refuses it, as it would a target.
+        for (key, proxy, allow_private, allowed) in [
+            (
+                "fetch.proxy",
+                &self.fetch.proxy,
+                self.fetch.allow_private_networks,
+                &self.fetch.allowed_networks,
+            ),
+            (
+                "webhook.proxy",
+                &self.webhook.proxy,
+                self.webhook.allow_private_networks,
+                &self.webhook.allowed_networks,
+            ),
+        ] {
+            let Some(proxy) = proxy else { continue };
+            let policy = crate::netguard::AddressPolicy::new(allow_private, allowed);
+            if let Err(why) = policy.check_proxy(key, proxy) {
+                return bad(key, &shown(proxy.as_str()), &why);
+            }
         }
         Ok(())
     }
@@ -427,6 +496,67 @@ pub fn default_metrics_listen(binary: &str) -> SocketAddr {
         _ => 9091,
     };
     SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A configured text as an error message may show it: quoted, without the user name and
+/// password of a URL (also of one too broken to parse).
+fn shown(text: &str) -> String {
+    let redacted = crate::redact::url(text, crate::redact::Show::WithoutCredentials);
+    if url::Url::parse(text).is_err() {
+        if let Some((scheme, rest)) = text.split_once("://") {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            if let Some(at) = rest[..authority_end].rfind('@') {
+                return format!("{:?}", format!("{scheme}://…@{}", &rest[at + 1..]));
+            }
+        }
+    }
+    format!("{redacted:?}")
+}
+
+/// A configured value as an error message may show it (strings through [`shown`]).
+fn shown_value(value: &config::Value) -> String {
+    match &value.kind {
+        config::ValueKind::String(text) => shown(text),
+        config::ValueKind::Array(items) => {
+            let items: Vec<String> = items.iter().map(shown_value).collect();
+            format!("[{}]", items.join(", "))
+        }
+        config::ValueKind::Table(_) => "a table".into(),
+        other => other.to_string(),
+    }
+}
+
+/// A deserialization error as `key = value (in origin): why`: the crate's own message names
+/// the key, and only sometimes the value (never for CIDRs and socket addresses).
+fn explain(config: &config::Config, error: config::ConfigError) -> String {
+    let (key, why, origin) = match &error {
+        config::ConfigError::Type {
+            key: Some(key),
+            expected,
+            origin,
+            ..
+        } => (key.clone(), format!("expected {expected}"), origin.clone()),
+        config::ConfigError::At {
+            key: Some(key),
+            error: inner,
+            origin,
+        } => (key.clone(), inner.to_string(), origin.clone()),
+        _ => return error.to_string(),
+    };
+    // An unknown setting is reported at its section: name the setting itself.
+    let key = match why
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split_once('`'))
+    {
+        Some((field, _)) => format!("{key}.{field}"),
+        None => key,
+    };
+    let Ok(value) = config.get::<config::Value>(&key) else {
+        return format!("{key}: {why}");
+    };
+    let origin = origin.or_else(|| value.origin().map(str::to_string));
+    let origin = origin.map(|o| format!(" (in {o})")).unwrap_or_default();
+    format!("{key} = {}{origin}: {why}", shown_value(&value))
 }
 
 /// The nodes of `amqp.url`: one URL, or several separated by commas (a cluster).
@@ -482,24 +612,129 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_value_names_its_key() {
-        for (toml, key) in [
+    fn a_bad_value_names_its_key_and_the_value() {
+        for (toml, key, value) in [
             (
-                "[fetch]\nallowed_networks = [\"intranet\"]\n",
-                "fetch.allowed_networks",
+                "[fetch]\nallowed_networks = [\"10.0.0.0/8\", \"intranet\"]\n",
+                "fetch.allowed_networks[1]",
+                "\"intranet\"",
             ),
-            ("[metrics]\nlisten = \"everywhere\"\n", "metrics.listen"),
-            ("[log]\nformat = \"xml\"\n", "log.format"),
-            ("[webhook]\ntimeout_secs = -1\n", "webhook.timeout_secs"),
+            (
+                "[metrics]\nlisten = \"everywhere\"\n",
+                "metrics.listen",
+                "\"everywhere\"",
+            ),
+            ("[log]\nformat = \"xml\"\n", "log.format", "\"xml\""),
+            (
+                "[webhook]\ntimeout_secs = -1\n",
+                "webhook.timeout_secs",
+                "-1",
+            ),
             (
                 "[webhook]\nretry_schedule_secs = [5, \"soon\"]\n",
-                "webhook.retry_schedule_secs",
+                "webhook.retry_schedule_secs[1]",
+                "\"soon\"",
             ),
-            ("[api]\nmax_batch_size = 0\n", "api.max_batch_size"),
-            ("[amqp]\nurl = \"amqp://a/%2f, http://b\"\n", "amqp.url"),
+            (
+                "[api]\nmax_batch_size = \"lots\"\n",
+                "api.max_batch_size",
+                "\"lots\"",
+            ),
+            (
+                "[api]\nlistn = \"127.0.0.1:1\"\n",
+                "api.listn",
+                "\"127.0.0.1:1\"",
+            ),
+            ("[api]\nmax_batch_size = 0\n", "api.max_batch_size", "0"),
+            (
+                "[api]\nbody_timeout_secs = 0\n",
+                "api.body_timeout_secs",
+                "0",
+            ),
+            ("[webhook]\nconcurrency = 0\n", "webhook.concurrency", "0"),
+            (
+                "[amqp]\nurl = \"amqp://a/%2f, http://b\"\n",
+                "amqp.url",
+                "\"amqp://a/%2f, http://b\": \"http://b\" is not",
+            ),
+            (
+                "[fetch]\nproxy = \"socks5://203.0.113.7:1080\"\n",
+                "fetch.proxy",
+                "\"socks5://203.0.113.7:1080\"",
+            ),
+            (
+                "[webhook]\nproxy = \"http://proxy.example:3128/path\"\n",
+                "webhook.proxy",
+                "\"http://proxy.example:3128/path\"",
+            ),
+            (
+                "[fetch]\nproxy = \"proxy:3128\"\n",
+                "fetch.proxy",
+                "\"proxy:3128\"",
+            ),
         ] {
             let error = load(toml).unwrap_err().to_string();
-            assert!(error.contains(key), "{toml}: {error}");
+            assert!(
+                error.contains(&format!("{key} = {value}")),
+                "{toml}: {error}"
+            );
         }
+    }
+
+    #[test]
+    fn values_in_messages_show_no_credentials() {
+        for (toml, host) in [
+            (
+                "[amqp]\nurl = \"amqp://guest:hunter2@a/%2f, http://u:hunter2@b\"\n",
+                "http://b",
+            ),
+            (
+                "[fetch]\nproxy = \"http://user:hunter2@127.0.0.1:3128\"\n",
+                "http://127.0.0.1:3128",
+            ),
+            (
+                "[fetch]\nproxy = \"http://user:hun ter2@pro xy:3128\"\n",
+                "pro xy:3128",
+            ),
+            (
+                "[api]\nmax_batch_size = \"http://u:hunter2@x\"\n",
+                "http://x",
+            ),
+        ] {
+            let error = load(toml).unwrap_err().to_string();
+            assert!(
+                !error.contains("hunter2") && !error.contains("hun ter2"),
+                "{toml}: {error}"
+            );
+            assert!(error.contains(host), "the host is still named: {error}");
+        }
+    }
+
+    #[test]
+    fn a_proxy_is_admitted_like_a_target() {
+        let public = load("[fetch]\nproxy = \"http://203.0.113.7:3128\"\n");
+        // 203.0.113.0/24 is documentation space: refused like any target, by its address.
+        let error = public.unwrap_err().to_string();
+        assert!(
+            error.contains("fetch.proxy = \"http://203.0.113.7:3128/\"")
+                && error.contains("fetch.allowed_networks"),
+            "{error}"
+        );
+        let named = load("[webhook]\nproxy = \"https://proxy.example.com:3128\"\n").unwrap();
+        assert_eq!(
+            named.webhook.proxy.map(String::from).as_deref(),
+            Some("https://proxy.example.com:3128/")
+        );
+        let admitted = load(
+            "[fetch]\nproxy = \"http://127.0.0.1:3128\"\nallowed_networks = [\"127.0.0.1/32\"]\n",
+        )
+        .unwrap();
+        assert!(admitted.fetch.proxy.is_some());
+        let error = load("[webhook]\nproxy = \"http://localhost:3128\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("webhook.allowed_networks"), "{error}");
+        let none = load("[fetch]\nproxy = \"\"\n").unwrap();
+        assert!(none.fetch.proxy.is_none() && none.webhook.proxy.is_none());
     }
 }

@@ -104,7 +104,8 @@ impl Fetcher {
         hosts: Arc<SourceHosts>,
     ) -> anyhow::Result<Self> {
         let policy =
-            AddressPolicy::new(settings.allow_private_networks, &settings.allowed_networks);
+            AddressPolicy::new(settings.allow_private_networks, &settings.allowed_networks)
+                .via_proxy("fetch", settings.proxy.as_ref());
         let client = netguard::client(
             policy.clone(),
             &ClientOptions {

@@ -9,6 +9,7 @@ mod importer;
 mod messages;
 mod observability;
 mod pipeline;
+mod proxy;
 mod restarts;
 mod rounds;
 mod schema;

@@ -789,6 +789,13 @@ async fn bad_configuration_fails_at_start_naming_the_key() {
         let out = stack.api_cli_with(&["migrate"], &[(key, value)]).await;
         assert_eq!(out.status.code(), Some(2), "{key}={value}: {}", out.stderr);
         assert!(out.stderr.contains(named), "{key}={value}: {}", out.stderr);
+        // The value at fault is named too (for a list, the element).
+        let shown = value.rsplit(',').next().unwrap();
+        assert!(
+            out.stderr.contains(&format!("\"{shown}\"")),
+            "{key}={value}: {}",
+            out.stderr
+        );
     }
     let out = stack
         .api_cli_with(
