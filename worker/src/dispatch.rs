@@ -125,9 +125,9 @@ impl Dispatcher {
                 FetchVideo::first_try(video).outgoing(None, trace.cloned())
             })
             .collect();
-        let handed: Vec<(String, i32)> = ranges
+        let handed: Vec<(String, i32, i32)> = ranges
             .iter()
-            .map(|(job, end)| (job.job_id.clone(), *end))
+            .map(|(job, end)| (job.job_id.clone(), job.next_idx, *end))
             .collect();
         // Published before the commit: a crash in between hands the range out again, and
         // the items' `pending` guard makes the second message a no-op.

@@ -90,22 +90,25 @@ pub async fn waiting(tx: &Transaction<'_>, limit: i64) -> anyhow::Result<Vec<Wai
         .collect())
 }
 
-/// Records that each job's videos up to `next_idx` were handed out; forgets jobs with none
-/// left.
-pub async fn advance(tx: &Transaction<'_>, handed: &[(String, i32)]) -> anyhow::Result<()> {
+/// Records that each job's videos `from..to` were handed out (`(job, from, to)`); forgets
+/// jobs with none left. A row whose `next_idx` is no longer `from` was moved back meanwhile
+/// ([`again`]) and is left as it is, so the video handed back is handed out next round.
+pub async fn advance(tx: &Transaction<'_>, handed: &[(String, i32, i32)]) -> anyhow::Result<()> {
     if handed.is_empty() {
         return Ok(());
     }
-    let (ids, next): (Vec<&str>, Vec<i32>) = handed.iter().map(|(j, n)| (j.as_str(), *n)).unzip();
+    let ids: Vec<&str> = handed.iter().map(|(j, _, _)| j.as_str()).collect();
+    let from: Vec<i32> = handed.iter().map(|(_, f, _)| *f).collect();
+    let next: Vec<i32> = handed.iter().map(|(_, _, n)| *n).collect();
     let statement = tx
         .prepare_cached(
             "UPDATE dispatch AS d SET next_idx = u.next_idx, served_at = clock_timestamp()
-             FROM unnest($1::text[], $2::int4[]) AS u(job_id, next_idx)
-             WHERE d.job_id = u.job_id",
+             FROM unnest($1::text[], $2::int4[], $3::int4[]) AS u(job_id, next_idx, from_idx)
+             WHERE d.job_id = u.job_id AND d.next_idx = u.from_idx",
         )
         .await
         .context("preparing the dispatch update")?;
-    tx.execute(&statement, &[&ids, &next])
+    tx.execute(&statement, &[&ids, &next, &from])
         .await
         .context("moving the dispatched jobs on")?;
     tx.execute(
