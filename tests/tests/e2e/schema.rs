@@ -47,19 +47,8 @@ async fn binaries_refuse_a_schema_they_cannot_run_against_and_say_what_to_do() {
     assert!(out.contains("does not exist: create it first"), "{out}");
 
     // A database that was never migrated: every binary stops at once, exit code 2.
-    let (admin, connection) = tokio_postgres::connect(
-        "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
-        tokio_postgres::NoTls,
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    let empty = format!("{}_empty", stack.db_name);
-    admin
-        .batch_execute(&format!("CREATE DATABASE {empty}"))
-        .await
-        .unwrap();
-    let empty_url = format!("postgres://postgres@127.0.0.1:5432/{empty}");
+    // Its own database, removed by the guard even when an assertion below fails.
+    let empty = video_import_tests::Database::create().await;
     for (binary, args) in [
         ("video-import-api", vec!["serve"]),
         ("video-import-worker", vec![]),
@@ -67,7 +56,7 @@ async fn binaries_refuse_a_schema_they_cannot_run_against_and_say_what_to_do() {
         ("video-import-api", vec!["token", "list", "--project", "p"]),
     ] {
         let mut extra = listen.to_vec();
-        extra.push(("VIDEO_IMPORT__DATABASE__URL", empty_url.as_str()));
+        extra.push(("VIDEO_IMPORT__DATABASE__URL", empty.url.as_str()));
         let (code, out) = start(&stack, binary, &args, &extra).await;
         assert_eq!(code, Some(2), "{binary} {args:?}: {out}");
         assert!(
@@ -75,9 +64,7 @@ async fn binaries_refuse_a_schema_they_cannot_run_against_and_say_what_to_do() {
             "{binary}: {out}"
         );
     }
-    let _ = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {empty} WITH (FORCE)"))
-        .await;
+    drop(empty);
 
     // A newer release's expand-only migration: binaries run against it.
     let latest = video_import_shared::store::migrate::latest();
