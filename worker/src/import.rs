@@ -210,11 +210,14 @@ impl Importer {
             tokio::select! {
                 fetched = &mut download => return fetched,
                 _ = tokio::time::sleep(CANCEL_POLL), if !stop.is_cancelled() => {
-                    let client = self.pool.get().await;
-                    if let Ok(client) = client {
-                        if let Ok(false) = items::is_pending(&client, &item.job_id, item.idx).await {
-                            stop.cancel();
-                        }
+                    // Bounded: while the look waits (a database restarting), the download is
+                    // not polled, so it must never wait long.
+                    let look = async {
+                        let client = self.pool.get().await.ok()?;
+                        items::is_pending(&client, &item.job_id, item.idx).await.ok()
+                    };
+                    if let Ok(Some(false)) = tokio::time::timeout(CANCEL_POLL, look).await {
+                        stop.cancel();
                     }
                 }
             }
