@@ -150,7 +150,12 @@ async fn session(
                 // Keep the connection open so in-flight work can still ack.
                 tracker.close();
                 let _ = tokio::time::timeout(config.grace, tracker.wait()).await;
-                let _ = connection.close(200, "shutting down".into()).await;
+                // Bounded: a broker that went away meanwhile never answers the close.
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    connection.close(200, "shutting down".into()),
+                )
+                .await;
                 return Ok(());
             }
             next = consumer.next() => match next {

@@ -285,6 +285,22 @@ struct Link {
     delays: HashSet<u64>,
 }
 
+/// Longest a dropped link's polite close may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Link {
+    /// Closes the connection politely if the broker still answers. Bounded: on a connection
+    /// the broker already reset, lapin's close can wait for a close-ok that never comes, and
+    /// the caller holds the publisher's lock meanwhile (a dispatcher once hung there for good
+    /// after a RabbitMQ restart).
+    async fn close(self) {
+        let close = self.connection.close(200, "reconnecting".into());
+        if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
+            tracing::info!("the broker did not answer the close of a failed link; abandoning it");
+        }
+    }
+}
+
 /// Publishes persistent messages and waits for the broker's confirms; reconnects on the next
 /// call after any failure.
 pub struct Publisher {
@@ -320,7 +336,9 @@ impl Publisher {
     /// Connects (if needed) and declares the topology; used at start and by `/readyz`.
     pub async fn ensure_connected(&self) -> anyhow::Result<()> {
         let mut guard = self.link.lock().await;
-        self.link_mut(&mut guard).await?;
+        tokio::time::timeout(PUBLISH_TIMEOUT, self.link_mut(&mut guard))
+            .await
+            .map_err(|_| anyhow::anyhow!("RabbitMQ did not finish the connection handshake"))??;
         Ok(())
     }
 
@@ -370,7 +388,7 @@ impl Publisher {
             }
             // Drop the link: the next call starts from a fresh connection.
             if let Some(link) = guard.take() {
-                let _ = link.connection.close(200, "reconnecting".into()).await;
+                link.close().await;
             }
         }
         result
@@ -458,7 +476,7 @@ impl Publisher {
         });
         if result.is_err() {
             if let Some(link) = guard.take() {
-                let _ = link.connection.close(200, "reconnecting".into()).await;
+                link.close().await;
             }
         }
         result

@@ -260,7 +260,10 @@ impl Stack {
                 "1,1,1".into(),
             ),
             ("VIDEO_IMPORT__WEBHOOK__TIMEOUT_SECS".into(), "5".into()),
-            ("VIDEO_IMPORT__LOG__FILTER".into(), "info".into()),
+            (
+                "VIDEO_IMPORT__LOG__FILTER".into(),
+                std::env::var("VIT_LOG_FILTER").unwrap_or_else(|_| "info".into()),
+            ),
         ];
         for (k, v) in options.env {
             env.retain(|(key, _)| *key != k);
@@ -806,6 +809,22 @@ impl Drop for Stack {
     /// Kills the processes and removes the database, queues and folder, also when the test
     /// panicked (then the process logs' tails are printed first, as the folder goes too).
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(secs) = std::env::var("VIT_HOLD_ON_FAILURE")
+                .ok()
+                .and_then(|s| s.parse().ok())
+            {
+                // For investigating a flaky failure: the stack stays up to be looked at.
+                eprintln!(
+                    "holding the failed stack for {secs} s: folder {}, database {}, prefix {}, {:?}",
+                    self.dir.display(),
+                    self.db_name,
+                    self.prefix,
+                    self.processes.iter().map(|r| (&r.proc.name, r.child.id())).collect::<Vec<_>>()
+                );
+                std::thread::sleep(Duration::from_secs(secs));
+            }
+        }
         let mut pids = Vec::new();
         for running in &mut self.processes {
             pids.extend(running.child.id());
@@ -831,6 +850,18 @@ impl Drop for Stack {
         let done = std::thread::spawn(move || cleanup.run()).join();
         if let Err(e) = done {
             eprintln!("clean-up of {} failed: {e:?}", self.db_name);
+        }
+        if std::thread::panicking() {
+            if let Some(keep) = std::env::var_os("VIT_KEEP_LOGS") {
+                // For investigating a flaky failure: the whole logs, not only their tails.
+                let kept = PathBuf::from(keep).join(self.dir.file_name().unwrap_or_default());
+                let _ = std::fs::create_dir_all(&kept);
+                for name in &self.started {
+                    let file = format!("{name}.log");
+                    let _ = std::fs::copy(self.dir.join(&file), kept.join(&file));
+                }
+                eprintln!("the whole logs are kept in {}", kept.display());
+            }
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         // Dropping the children lets tokio reap them.

@@ -8,6 +8,7 @@ use serde_json::Value;
 use video_import_tests::receiver::Receiver;
 use video_import_tests::services::{OwnPostgres, OwnRabbitCluster, OwnRabbitMq};
 use video_import_tests::videos::VideoServer;
+use video_import_shared::queue::{self, Outgoing, Publisher, Topology};
 use video_import_tests::{batch, Batch, Kind, Options, Stack};
 
 /// Runs a blocking service command off the runtime, so the test's servers keep answering.
@@ -108,6 +109,64 @@ async fn rabbitmq_and_postgresql_restarts_lose_and_duplicate_nothing() {
     assert_eq!(receiver.received().len(), 2, "one webhook per job");
     stack.finish().await;
     blocking(move || drop((postgres, rabbitmq))).await;
+}
+
+/// The publisher (the dispatcher's, the relay's and the notifier's link to RabbitMQ) must
+/// answer every call while the broker restarts, with an error while it is away, and work
+/// again once it is back. It once hung for good: a dropped link's close waited for an
+/// answer from a broker that had reset the connection, with the publisher's lock held, and
+/// the dispatcher never handed out another video.
+#[tokio::test]
+async fn the_publisher_answers_every_call_through_a_broker_restart() {
+    let rabbitmq = Arc::new(blocking(OwnRabbitMq::start).await);
+    let prefix = video_import_tests::unique("vit");
+    let publisher = Arc::new(Publisher::new(&rabbitmq.url(), Topology::new(&prefix)));
+    publisher.ensure_connected().await.unwrap();
+    let message = || Outgoing {
+        routing_key: queue::FETCH.into(),
+        payload: b"{}".to_vec(),
+        delay: None,
+        traceparent: None,
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = {
+        let (publisher, stop) = (publisher.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut calls, mut failures) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Far above the publisher's own bounds (30 s, then 2 s to close): only a
+                // call that never returns reaches it.
+                let limit = Duration::from_secs(60);
+                let published = tokio::time::timeout(limit, publisher.publish(&[message()]))
+                    .await
+                    .expect("a publish returned");
+                let depth = tokio::time::timeout(limit, publisher.depth(queue::FETCH))
+                    .await
+                    .expect("a queue-length look returned");
+                calls += 1;
+                failures += usize::from(published.is_err() || depth.is_err());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (calls, failures)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let broker = rabbitmq.clone();
+    blocking(move || broker.restart(Duration::from_secs(2))).await;
+    let back = video_import_tests::poll_until(
+        "the publisher to work again",
+        Duration::from_secs(60),
+        async || match publisher.publish(&[message()]).await {
+            Ok(()) => publisher.depth(queue::FETCH).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (calls, failures) = calls.await.unwrap();
+    assert!(failures > 0, "the restart was seen: {calls} calls");
+    assert!(back.ready > 0, "published messages are in the queue");
+    let _ = blocking(move || drop(rabbitmq)).await;
 }
 
 #[tokio::test]
