@@ -4,7 +4,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{Method, Uri};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{Extensions, HeaderMap, Method, StatusCode, Uri, Version};
+use tower_http::compression::predicate::{Predicate, SizeAbove};
+use tower_http::compression::CompressionLayer;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -15,6 +18,7 @@ use video_import_shared::ops::{self, Ops};
 use video_import_shared::outbox::Relay;
 use video_import_shared::process;
 use video_import_shared::service::Service;
+use video_import_shared::storage::Storage;
 
 use crate::backlog::BacklogMetrics;
 use crate::error::ApiError;
@@ -48,6 +52,19 @@ async fn wrong_method(method: Method) -> ApiError {
     ApiError::MethodNotAllowed(method.to_string())
 }
 
+/// gzip for JSON answers of some size when the client accepts it (status pages of large
+/// jobs shrink about tenfold); never for videos, which are compressed already and served
+/// in byte ranges.
+fn compression() -> CompressionLayer<impl Predicate> {
+    let json = |_: StatusCode, _: Version, headers: &HeaderMap, _: &Extensions| {
+        headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"))
+    };
+    CompressionLayer::new().compress_when(SizeAbove::new(1024).and(json))
+}
+
 /// All routes.
 pub fn router(state: AppState, ops: Ops) -> Router {
     let api = Router::new()
@@ -67,8 +84,14 @@ pub fn router(state: AppState, ops: Ops) -> Router {
         )
         .route("/api/v1/mediaLibrary", get(crate::media::find))
         .route("/api/v1/mediaLibrary/{id}", get(crate::media::show))
+        .route("/api/v1/mediaLibrary/{id}/asset", get(crate::asset::show))
+        .route(
+            "/api/v1/import/videos/{id}/retry",
+            post(crate::retry::create),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
-        .with_state(state);
+        .with_state(state)
+        .layer(compression());
     api.merge(ops::router(ops))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
@@ -81,6 +104,7 @@ pub fn router(state: AppState, ops: Ops) -> Router {
 /// `api.listen` until SIGTERM.
 pub async fn serve(settings: Settings) -> anyhow::Result<()> {
     let service = Service::start(&settings, "api").await?;
+    let storage = Storage::open(&settings.storage).await?;
     let listener = process::bind("api.listen", settings.api.listen).await?;
     if let Err(e) = service.publisher.ensure_connected().await {
         // Not fatal: accepted jobs wait in the outbox until the broker is back.
@@ -123,6 +147,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         metrics: ApiMetrics::new(&service.registry)?,
         schemas: Arc::new(Schemas::default()),
         targets,
+        storage,
     };
     let ops = Ops {
         pool: service.pool.clone(),

@@ -46,6 +46,13 @@ pub enum ApiError {
     /// The request conflicts with the resource's state.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The request is well formed but there is nothing to do with it (a retry of a job
+    /// without failed videos).
+    #[error("unprocessable: {0}")]
+    Unprocessable(String),
+    /// A `Range` that starts beyond the end of a file of this many bytes.
+    #[error("range not satisfiable")]
+    RangeNotSatisfiable(u64),
     /// Bad input: one message per offending field path.
     #[error("invalid request")]
     Invalid(Vec<(String, String)>),
@@ -173,6 +180,22 @@ impl IntoResponse for ApiError {
                 StatusCode::CONFLICT,
                 standard(StatusCode::CONFLICT, json!({ "message": what })),
             ),
+            ApiError::Unprocessable(what) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                standard(StatusCode::UNPROCESSABLE_ENTITY, json!({ "message": what })),
+            ),
+            ApiError::RangeNotSatisfiable(size) => {
+                let status = StatusCode::RANGE_NOT_SATISFIABLE;
+                let error = standard(
+                    status,
+                    json!({ "Range": format!("starts beyond the end of the file ({size} bytes); ask for bytes=0-{}", size.saturating_sub(1)) }),
+                );
+                let mut response = (status, Json(error)).into_response();
+                if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    response.headers_mut().insert(header::CONTENT_RANGE, value);
+                }
+                return response;
+            }
             ApiError::Invalid(fields) => {
                 let mut map = Map::new();
                 for (field, message) in fields {

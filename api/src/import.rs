@@ -22,7 +22,7 @@ use crate::error::ApiError;
 use crate::model::{Accepted, ErrorBody, ImportRequest};
 use crate::quota;
 use crate::state::AppState;
-use crate::validate;
+use crate::validate::{self, Video};
 
 /// Header that makes a retried POST return the first job instead of creating another.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
@@ -58,46 +58,82 @@ pub async fn create(
     caller.require(WRITE)?;
     check_content_type(&headers)?;
     let body = read_body(body, &state.settings.api).await?;
-    let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .filter(|k| !k.is_empty() && k.len() <= 255)
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "Idempotency-Key",
-                        "must be 1 to 255 visible ASCII characters",
-                    )
-                })?
-                .to_string(),
-        ),
-        None => None,
-    };
+    let idempotency_key = idempotency_key(&headers)?;
     let batch = validate::batch(&body, state.settings.api.max_batch_size, &state.targets)?;
 
-    let mut client = state.pool.get().await?;
+    let client = state.pool.get().await?;
     let limits = projects::limits(&client, caller.project_id).await?;
+    drop(client);
     state.schemas.check(
         caller.project_id,
         limits.metadata_schema.as_ref(),
         &batch.videos,
     )?;
+    let job = Submission {
+        system_name: &batch.system_name,
+        webhook: batch.webhook.as_deref(),
+        context: batch.context.as_deref(),
+        videos: &batch.videos,
+        retry_of: None,
+    };
+    let key = idempotency_key.map(|key| (key, hex::encode(Sha256::digest(&body))));
+    let accepted = accept(&state, &caller, &headers, key, limits.daily_limit, job).await?;
+    Ok(Json(accepted))
+}
 
+/// The `Idempotency-Key` header, checked.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            )
+        })?;
+    Ok(Some(key.to_string()))
+}
+
+/// A new job, however it came: a batch, or a retry of a job's failed videos.
+pub struct Submission<'a> {
+    pub system_name: &'a str,
+    pub webhook: Option<&'a str>,
+    /// The caller's context, byte for byte.
+    pub context: Option<&'a str>,
+    pub videos: &'a [Video],
+    pub retry_of: Option<&'a str>,
+}
+
+/// Stores `job` in one transaction: honours the Idempotency-Key (`key`: the key and a hash
+/// of what was asked, which tells a replay from a reuse), enforces the daily limit and
+/// inserts the job (its items registered for dispatch, see `store::jobs::insert`).
+pub async fn accept(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    key: Option<(String, String)>,
+    daily_limit: Option<i32>,
+    job: Submission<'_>,
+) -> Result<Accepted, ApiError> {
     let job_id = ids::random_id(12);
+    let mut client = state.pool.get().await?;
     let tx = client.transaction().await.context("starting the import")?;
-    if let Some(key) = &idempotency_key {
-        let hash = hex::encode(Sha256::digest(&body));
-        match idempotency::claim(&tx, caller.project_id, key, &hash, &job_id).await? {
+    if let Some((key, hash)) = &key {
+        match idempotency::claim(&tx, caller.project_id, key, hash, &job_id).await? {
             idempotency::KeyClaim::Claimed => {}
             // The transaction ends unused: the first request's job stands.
-            idempotency::KeyClaim::Replay(first) => return Ok(Json(Accepted { id: first })),
+            idempotency::KeyClaim::Replay(first) => return Ok(Accepted { id: first }),
             idempotency::KeyClaim::Mismatch => return Err(ApiError::IdempotencyMismatch),
         }
     }
-    let total = batch.videos.len() as i32;
+    let total = job.videos.len() as i32;
     // Without a configured limit no counting query runs.
-    if let Some(limit) = limits.daily_limit {
+    if let Some(limit) = daily_limit {
         quota::check_daily_limit(&tx, caller.project_id, limit, total).await?;
     }
     // The job's trace: the caller's, when it sends a valid traceparent.
@@ -107,23 +143,24 @@ pub async fn create(
         .and_then(TraceParent::parse)
         .unwrap_or_else(TraceParent::root);
     tracing::Span::current().record("trace_id", trace.trace_id.as_str());
-    let job = jobs::NewJob {
+    let new = jobs::NewJob {
         id: &job_id,
         trace_id: Some(&trace.trace_id),
         project_id: caller.project_id,
-        system_name: &batch.system_name,
-        webhook: batch.webhook.as_deref(),
-        context: batch.context.as_deref(),
-        videos: &batch.videos,
+        system_name: job.system_name,
+        webhook: job.webhook,
+        context: job.context,
+        retry_of: job.retry_of,
+        videos: job.videos,
     };
-    jobs::insert(&tx, &job).await?;
+    jobs::insert(&tx, &new).await?;
     tx.commit().await.context("committing the import")?;
 
     state.relay.wake();
     state.metrics.jobs_accepted.inc();
     state.metrics.videos_accepted.inc_by(total as u64);
-    tracing::info!(job = %job_id, videos = total, "import job accepted");
-    Ok(Json(Accepted { id: job_id }))
+    tracing::info!(job = %job_id, videos = total, retry_of = job.retry_of, "import job accepted");
+    Ok(Accepted { id: job_id })
 }
 
 /// A body declared as anything but JSON (`application/json` or `…+json`), or in a charset

@@ -2,10 +2,12 @@
 //! administers projects and tokens.
 
 mod app;
+mod asset;
 mod auth;
 mod backlog;
 mod cancel;
 mod cli;
+mod conditional;
 mod error;
 mod import;
 mod media;
@@ -16,6 +18,7 @@ mod openapi;
 mod protocol;
 mod quota;
 mod redeliver;
+mod retry;
 mod request_id;
 mod server;
 mod state;

@@ -5,6 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Deserialize;
 use utoipa::IntoParams;
+use video_import_shared::config::ApiSettings;
 use video_import_shared::redact::{self, Show};
 use video_import_shared::store::entries::{self, EntryRecord};
 
@@ -38,7 +39,7 @@ pub async fn show(
     let record = entries::find(&client, caller.project_id, &id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("No media-library entry with id {id:?}.")))?;
-    Ok(Json(entry(record)))
+    Ok(Json(entry(&state.settings.api, record)))
 }
 
 /// Query string of the lookup route.
@@ -84,10 +85,19 @@ pub async fn find(
     let records =
         entries::find_by_external_id(&client, caller.project_id, &system_name, &external_id)
             .await?;
-    Ok(Json(records.into_iter().map(entry).collect()))
+    let api = &state.settings.api;
+    Ok(Json(
+        records.into_iter().map(|r| entry(api, r)).collect(),
+    ))
 }
 
-fn entry(record: EntryRecord) -> MediaEntry {
+/// Where entry `id`'s stored file is read back: under `api.public_url` when set, else a
+/// path on the address the client used.
+pub fn asset_url(api: &ApiSettings, id: &str) -> String {
+    format!("{}/api/v1/mediaLibrary/{id}/asset", api.public_url)
+}
+
+fn entry(api: &ApiSettings, record: EntryRecord) -> MediaEntry {
     MediaEntry {
         id: record.id,
         version: record.version,
@@ -97,6 +107,8 @@ fn entry(record: EntryRecord) -> MediaEntry {
         file_name: record.file_name,
         metadata: record.metadata,
         asset: Asset {
+            url: asset_url(api, &record.id),
+            filename: record.file_name.clone(),
             key: record.asset.key,
             size: record.asset.size,
             mime_type: record.asset.mime_type,

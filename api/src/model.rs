@@ -78,19 +78,50 @@ pub struct Overview {
 pub struct JobStatus {
     #[serde(flatten)]
     pub summary: JobSummary,
+    /// The job whose failed videos this job retries (`POST /api/v1/import/videos/{id}/retry`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
     pub videos: Vec<VideoStatus>,
     /// Present once the job is finished, if it has a webhook.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookStatus>,
 }
 
-/// One video's outcome.
+/// One video's outcome, in Livingdocs' words (`success`, `skipped`, `failed`), and
+/// `pending` while it is not finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VideoOutcome {
+    Success,
+    Skipped,
+    Failed,
+    Pending,
+}
+
+impl From<ItemState> for VideoOutcome {
+    fn from(state: ItemState) -> Self {
+        match state {
+            ItemState::Imported => VideoOutcome::Success,
+            ItemState::Skipped => VideoOutcome::Skipped,
+            ItemState::Failed => VideoOutcome::Failed,
+            ItemState::Pending => VideoOutcome::Pending,
+        }
+    }
+}
+
+/// One video's outcome. `status`, `externalId`, `title`, `reason` and `video` are
+/// Livingdocs'; `state`, `systemName` and `lastError` are ours.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VideoStatus {
+    /// Livingdocs' outcome: what a Livingdocs client reads.
+    pub status: VideoOutcome,
+    pub external_id: String,
+    /// The `fileName` it was imported with.
+    pub title: String,
+    /// Ours: the same outcome in this service's state names (`imported` for `success`).
     pub state: ItemState,
     pub system_name: String,
-    pub external_id: String,
     /// Why it failed or was skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -101,12 +132,18 @@ pub struct VideoStatus {
     pub video: Option<VideoRef>,
 }
 
-/// The media-library entry a video became.
+/// The media-library entry a video became: `mediaId`, `originalUrl`, `url`, `width`,
+/// `height` and `mimeType` are Livingdocs'; `size`, `duration`, `codec` and `sha256` ours.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VideoRef {
     pub media_id: String,
+    /// Where the video was fetched from (without credentials).
     pub original_url: String,
+    /// Where the stored video is read back (`GET /api/v1/mediaLibrary/{id}/asset`);
+    /// absolute when `api.public_url` is set.
+    #[schema(example = "https://videos.example/api/v1/mediaLibrary/omk2sqwglims/asset")]
+    pub url: String,
     pub mime_type: Option<String>,
     pub size: Option<i64>,
     /// Seconds.
@@ -114,6 +151,8 @@ pub struct VideoRef {
     pub width: Option<i32>,
     pub height: Option<i32>,
     pub codec: Option<String>,
+    /// SHA-256 of the stored file, hex.
+    pub sha256: Option<String>,
 }
 
 /// Webhook delivery state.
@@ -152,7 +191,8 @@ pub struct JobSummary {
     pub overview: Overview,
 }
 
-/// A media-library entry.
+/// A media-library entry in Livingdocs' shape (`id`, `version`, `systemName`, `externalId`,
+/// `mediaType`, `metadata`, `asset`, `createdAt`, `updatedAt`), with our `fileName`.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MediaEntry {
@@ -171,11 +211,18 @@ pub struct MediaEntry {
     pub updated_at: DateTime<Utc>,
 }
 
-/// The stored file of an entry.
+/// The stored file of an entry: `key`, `url`, `size`, `width`, `height`, `duration`,
+/// `filename` and `mimeType` are Livingdocs'; `sha256`, `originalUrl` and `codec` ours.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Asset {
     pub key: String,
+    /// Where the file is read back (`GET /api/v1/mediaLibrary/{id}/asset`); absolute when
+    /// `api.public_url` is set.
+    pub url: String,
+    /// The entry's file name (Livingdocs spells it in lower case here).
+    #[serde(rename = "filename")]
+    pub filename: String,
     pub size: i64,
     pub mime_type: String,
     pub sha256: String,

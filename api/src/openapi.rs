@@ -33,6 +33,8 @@ use video_import_shared::webhook::Payload;
         crate::cancel::create,
         crate::media::show,
         crate::media::find,
+        crate::asset::show,
+        crate::retry::create,
     ),
     components(schemas(Payload)),
     modifiers(&Conventions)

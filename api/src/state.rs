@@ -1,11 +1,12 @@
 //! What every request handler shares: the pool, the outbox relay, settings, compiled
-//! metadata schemas, the rate limiter and the API's metrics (`metrics`).
+//! metadata schemas, the rate limiter, the API's metrics (`metrics`) and the asset storage.
 
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use video_import_shared::config::Settings;
 use video_import_shared::outbox::Relay;
+use video_import_shared::storage::Storage;
 
 use crate::metadata::Schemas;
 use crate::metrics::ApiMetrics;
@@ -29,4 +30,6 @@ pub struct AppState {
     pub rate_limit: Option<RateLimit>,
     /// Addresses the worker and notifier may reach, checked at the door (read-only).
     pub targets: Arc<Targets>,
+    /// Where the workers store videos, for reading them back.
+    pub storage: Storage,
 }

@@ -3,20 +3,24 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use utoipa::IntoParams;
 use video_import_shared::redact::{self, Show};
 use video_import_shared::store::jobs::{self, JobRecord};
 use video_import_shared::store::{items, JobState};
 
 use crate::auth::{Caller, WRITE};
+use crate::conditional::ETag;
 use crate::error::ApiError;
 use crate::model::{
-    JobList, JobStatus, JobSummary, Overview, VideoRef, VideoStatus, WebhookStatus,
+    JobList, JobStatus, JobSummary, Overview, VideoOutcome, VideoRef, VideoStatus, WebhookStatus,
 };
 use crate::state::AppState;
 
@@ -54,10 +58,14 @@ pub fn summary(job: JobRecord) -> JobSummary {
     get,
     path = "/api/v1/import/videos/status",
     operation_id = "getImportStatus",
-    params(StatusQuery),
+    params(StatusQuery, ("If-None-Match" = Option<String>, Header,
+        description = "The ETag of an earlier answer: 304 without a body while the job is unchanged")),
     security(("bearer" = ["public-api:write"])),
     responses(
-        (status = 200, description = "The job", body = JobStatus),
+        (status = 200, description = "The job (ETag header; gzip with Accept-Encoding: gzip)", body = JobStatus,
+            headers(("ETag" = String, description = "Weak tag of this answer, for If-None-Match"))),
+        (status = 304, description = "Unchanged since the ETag sent in If-None-Match",
+            headers(("ETag" = String, description = "The same tag"))),
         (status = 400, description = "No id given", body = crate::model::ErrorBody),
         (status = 401, description = "No or bad token", body = crate::model::ErrorBody),
         (status = 403, description = "Token lacks public-api:write", body = crate::model::ErrorBody),
@@ -68,23 +76,38 @@ pub fn summary(job: JobRecord) -> JobSummary {
 pub async fn show(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     query: Result<Query<StatusQuery>, QueryRejection>,
-) -> Result<Json<JobStatus>, ApiError> {
+) -> Result<Response, ApiError> {
     caller.require(WRITE)?;
     let Query(query) = query?;
     let id = query
         .id
         .filter(|id| !id.is_empty())
         .ok_or_else(|| ApiError::invalid("id", "is required: pass ?id=<job id>"))?;
+    let not_found = || ApiError::NotFound(format!("No import job with id {id:?}."));
     let client = state.pool.get().await?;
+    // Read before the status: a change in between makes the next poll a 200, never a
+    // wrong 304.
+    let etag = jobs::fingerprint(&client, caller.project_id, &id)
+        .await?
+        .map(|f| ETag::weak(&f))
+        .ok_or_else(not_found)?;
+    if etag.is_fresh_for(&headers) {
+        return Ok(etag.not_modified());
+    }
     let Some((job, delivery)) = jobs::find(&client, caller.project_id, &id).await? else {
-        return Err(ApiError::NotFound(format!("No import job with id {id:?}.")));
+        return Err(not_found());
     };
     let items = items::of_job(&client, &id).await?;
+    let retry_of = job.retry_of.clone();
     let summary = summary(job);
+    let api = &state.settings.api;
     let videos = items
         .into_iter()
         .map(|item| VideoStatus {
+            status: VideoOutcome::from(item.state),
+            title: item.file_name,
             state: item.state,
             system_name: summary.system_name.clone(),
             external_id: item.external_id,
@@ -96,6 +119,7 @@ pub async fn show(
             },
             reason: item.reason,
             video: item.media_id.map(|media_id| VideoRef {
+                url: crate::media::asset_url(api, &media_id),
                 media_id,
                 original_url: redact::url(&item.url, Show::WithoutCredentials),
                 mime_type: item.mime_type,
@@ -104,6 +128,7 @@ pub async fn show(
                 width: item.width,
                 height: item.height,
                 codec: item.codec,
+                sha256: item.sha256,
             }),
         })
         .collect();
@@ -113,11 +138,13 @@ pub async fn show(
         last_error: d.last_error,
         delivered_at: d.delivered_at,
     });
-    Ok(Json(JobStatus {
+    let status = JobStatus {
         summary,
+        retry_of,
         videos,
         webhook,
-    }))
+    };
+    Ok(etag.tag(Json(status).into_response()))
 }
 
 /// Query string of the job list.
@@ -140,10 +167,14 @@ pub struct ListQuery {
     get,
     path = "/api/v1/import/videos",
     operation_id = "listImports",
-    params(ListQuery),
+    params(ListQuery, ("If-None-Match" = Option<String>, Header,
+        description = "The ETag of an earlier answer: 304 without a body while the page is unchanged")),
     security(("bearer" = ["public-api:write"])),
     responses(
-        (status = 200, description = "A page of jobs", body = JobList),
+        (status = 200, description = "A page of jobs (ETag header; gzip with Accept-Encoding: gzip)", body = JobList,
+            headers(("ETag" = String, description = "Weak tag of this page, for If-None-Match"))),
+        (status = 304, description = "The page is unchanged since the ETag sent in If-None-Match",
+            headers(("ETag" = String, description = "The same tag"))),
         (status = 400, description = "Bad limit or cursor", body = crate::model::ErrorBody),
         (status = 401, description = "No or bad token", body = crate::model::ErrorBody),
         (status = 403, description = "Token lacks public-api:write", body = crate::model::ErrorBody),
@@ -153,8 +184,9 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<JobList>, ApiError> {
+) -> Result<Response, ApiError> {
     caller.require(WRITE)?;
     let Query(query) = query?;
     let limit = query.limit.unwrap_or(50);
@@ -185,7 +217,20 @@ pub async fn list(
     } else {
         None
     };
-    Ok(Json(JobList { jobs, next_cursor }))
+    // A page is a few hundred rows without their videos: tagged by its bytes, so a 304
+    // saves the transfer (and the client's parsing), not the query.
+    let body = serde_json::to_vec(&JobList { jobs, next_cursor })
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let etag = ETag::weak(&hex::encode(&Sha256::digest(&body)[..16]));
+    if etag.is_fresh_for(&headers) {
+        return Ok(etag.not_modified());
+    }
+    let response = (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response();
+    Ok(etag.tag(response))
 }
 
 /// Opaque cursor: the last job's start time (microseconds) and id.

@@ -128,12 +128,13 @@ pub struct Checker {
 }
 
 impl Checker {
-    /// A checker for batches with this `systemName` and `webhook`, or what is wrong with
-    /// them (these are options, so every batch would be refused).
+    /// A checker for batches with this `systemName`, `webhook` and `context`, or what is
+    /// wrong with them (these are options, so every batch would be refused).
     pub fn new(
         rules: Rules,
         system_name: &str,
         webhook: Option<&str>,
+        context: Option<&Value>,
     ) -> Result<Self, Vec<Problem>> {
         let mut problems = Vec::new();
         let trimmed = system_name.trim();
@@ -168,7 +169,7 @@ impl Checker {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let envelope = envelope_bytes(system_name, webhook);
+        let envelope = envelope_bytes(system_name, webhook, context);
         Ok(Self {
             rules,
             envelope,
@@ -269,11 +270,15 @@ impl Checker {
     }
 }
 
-/// Bytes of `{"systemName":…,"videos":[],"webhook":…}`, as the batch is serialized.
-fn envelope_bytes(system_name: &str, webhook: Option<&str>) -> usize {
+/// Bytes of `{"systemName":…,"videos":[],"webhook":…,"context":…}`, as the batch is
+/// serialized.
+fn envelope_bytes(system_name: &str, webhook: Option<&str>, context: Option<&Value>) -> usize {
     let mut body = json!({"systemName": system_name, "videos": []});
     if let Some(webhook) = webhook {
         body["webhook"] = json!(webhook);
+    }
+    if let Some(context) = context {
+        body["context"] = context.clone();
     }
     serde_json::to_vec(&body).map_or(0, |b| b.len())
 }
@@ -379,7 +384,7 @@ mod tests {
     }
 
     fn checker() -> Checker {
-        Checker::new(Rules::default(), "archive", None).unwrap()
+        Checker::new(Rules::default(), "archive", None, None).unwrap()
     }
 
     fn shown(problems: &[Problem]) -> Vec<String> {
@@ -470,7 +475,7 @@ mod tests {
             },
             ..Rules::default()
         };
-        let mut checker = Checker::new(admitted, "archive", None).unwrap();
+        let mut checker = Checker::new(admitted, "archive", None, None).unwrap();
         assert!(checker
             .check(&row(2, "http://127.0.0.1:8080/a.mp4", "a", "f", json!({})))
             .is_empty());
@@ -484,7 +489,7 @@ mod tests {
             },
             ..Rules::default()
         };
-        assert!(Checker::new(everything, "archive", None)
+        assert!(Checker::new(everything, "archive", None, None)
             .unwrap()
             .check(&row(2, "http://10.0.0.1/a.mp4", "a", "f", json!({})))
             .is_empty());
@@ -565,7 +570,7 @@ mod tests {
             max_body_bytes: 1000,
             ..Rules::default()
         };
-        let mut checker = Checker::new(rules, "archive", Some("https://h.example/hook")).unwrap();
+        let mut checker = Checker::new(rules, "archive", Some("https://h.example/hook"), None).unwrap();
         assert_eq!(
             checker.envelope(),
             r#"{"systemName":"archive","videos":[],"webhook":"https://h.example/hook"}"#.len()
@@ -595,7 +600,7 @@ mod tests {
     fn system_name_and_webhook_are_checked_once() {
         let problems = |system_name: &str, webhook: Option<&str>| {
             shown(
-                &Checker::new(Rules::default(), system_name, webhook)
+                &Checker::new(Rules::default(), system_name, webhook, None)
                     .err()
                     .unwrap_or_default(),
             )

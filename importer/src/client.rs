@@ -80,6 +80,34 @@ impl Api {
         })
     }
 
+    /// Asks for a job of the failed videos of job `id` (also the cancelled ones with
+    /// `include_cancelled`); the new job's id. The Idempotency-Key names the job, so asking
+    /// again (a lost answer, the command run twice) never makes a second retry of it.
+    pub async fn retry(
+        &self,
+        id: &str,
+        include_cancelled: bool,
+        notice: &dyn Notice,
+    ) -> Result<String, CallError> {
+        let query = if include_cancelled {
+            "?includeCancelled=true"
+        } else {
+            ""
+        };
+        let key = format!("video-import-retry-{id}{query}");
+        let answer = self
+            .call(notice, || {
+                self.http
+                    .post(format!("{}/api/v1/import/videos/{id}/retry{query}", self.base))
+                    .header(AUTHORIZATION, format!("Bearer {}", self.token))
+                    .header("Idempotency-Key", key.as_str())
+            })
+            .await?;
+        answer["id"].as_str().map(str::to_string).ok_or_else(|| {
+            CallError::Failed(format!("the API answered without a job id: {answer}"))
+        })
+    }
+
     /// The status of job `id`.
     pub async fn status(&self, id: &str, notice: &dyn Notice) -> Result<Value, CallError> {
         self.call(notice, || {

@@ -13,6 +13,7 @@ mod manifest;
 mod progress;
 mod quoting;
 mod report;
+mod retry;
 mod state;
 mod submit;
 
@@ -34,13 +35,19 @@ enum Command {
     /// Import every row of a manifest (CSV or JSON Lines); re-run the same command to
     /// resume after a crash or Ctrl-C.
     Import(submit::Options),
+    /// Import the failed videos of finished jobs again: one new job per job, printed as a
+    /// JSON line ({"job","retry"}); running it twice makes no second retry.
+    Retry(retry::Options),
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let Command::Import(options) = Cli::parse().command;
-    match submit::run(options).await {
+    let outcome = match Cli::parse().command {
+        Command::Import(options) => submit::run(options).await,
+        Command::Retry(options) => retry::run(options).await,
+    };
+    match outcome {
         Ok(code) => code,
         Err(error) => {
             eprintln!("video-import: {error:#}");

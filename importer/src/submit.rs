@@ -40,6 +40,24 @@ fn parse_networks(text: &str) -> Result<NetList, String> {
         .map(NetList)
 }
 
+/// The largest context the service takes.
+const MAX_CONTEXT_BYTES: usize = 8192;
+
+fn parse_context(text: &str) -> Result<Value, String> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| format!("is not JSON ({e}); pass an object such as '{{\"batch\":\"tape-42\"}}'"))?;
+    if !value.is_object() {
+        return Err("must be a JSON object, such as '{\"batch\":\"tape-42\"}'".into());
+    }
+    let bytes = serde_json::to_vec(&value).map_or(0, |b| b.len());
+    if bytes > MAX_CONTEXT_BYTES {
+        return Err(format!(
+            "is {bytes} bytes; the service takes at most {MAX_CONTEXT_BYTES}"
+        ));
+    }
+    Ok(value)
+}
+
 /// `video-import import`.
 #[derive(Debug, clap::Args)]
 pub struct Options {
@@ -58,6 +76,10 @@ pub struct Options {
     /// Called by the service when each batch's job is finished.
     #[arg(long)]
     pub webhook: Option<String>,
+    /// A JSON object sent back verbatim in every batch's webhook (at most 8192 bytes), e.g.
+    /// '{"migration":"tape-42"}'.
+    #[arg(long, value_name = "JSON", value_parser = parse_context)]
+    pub context: Option<Value>,
     /// The manifest's format, when its extension does not say (.csv, .jsonl).
     #[arg(long, value_enum)]
     pub format: Option<Format>,
@@ -221,7 +243,12 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
         webhook: networks(&options.webhook_allowed_networks),
         max_body_bytes: options.max_body_bytes,
     };
-    let mut checker = match Checker::new(rules, &options.system_name, options.webhook.as_deref()) {
+    let mut checker = match Checker::new(
+        rules,
+        &options.system_name,
+        options.webhook.as_deref(),
+        options.context.as_ref(),
+    ) {
         Ok(checker) => checker,
         Err(problems) => {
             for problem in problems {
@@ -323,6 +350,7 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
             let key = batch_key(&manifest_sha256, options.batch_size, index);
             let system_name = options.system_name.clone();
             let webhook = options.webhook.clone();
+            let context = options.context.clone();
             // A task per batch: building and sending bodies runs on every core.
             tokio::spawn(async move {
                 let mut body = json!({
@@ -331,6 +359,9 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
                 });
                 if let Some(webhook) = webhook {
                     body["webhook"] = json!(webhook);
+                }
+                if let Some(context) = context {
+                    body["context"] = context;
                 }
                 let lines: Vec<u64> = rows.iter().map(|r| r.line).collect();
                 drop(rows);

@@ -71,6 +71,11 @@ pub struct ApiSettings {
     /// more are answered 429 and closed (0: no bound). Behind a reverse proxy the address
     /// is the proxy's.
     pub max_connections_per_client: usize,
+    /// The API's address as clients reach it (`https://videos.example`, no trailing slash):
+    /// `video.url` and `asset.url` are absolute under it. Empty: they are paths
+    /// (`/api/v1/mediaLibrary/{id}/asset`) on whatever address the client used.
+    #[serde(default)]
+    pub public_url: String,
 }
 
 /// Where the worker and notifier serve `/metrics`, `/healthz` and `/readyz`.
@@ -311,6 +316,7 @@ impl Default for Settings {
                 body_timeout: Duration::from_secs(60),
                 max_connections: 1024,
                 max_connections_per_client: 256,
+                public_url: String::new(),
             },
             metrics: MetricsSettings {
                 listen: default_metrics_listen("video-import-worker"),
@@ -435,6 +441,18 @@ impl Settings {
                         "{} is not an amqp:// URL; give one node's URL or several separated by commas",
                         shown(node)
                     ),
+                );
+            }
+        }
+        if !self.api.public_url.is_empty() {
+            let url = url::Url::parse(&self.api.public_url);
+            let fine = matches!(&url, Ok(u) if matches!(u.scheme(), "http" | "https")
+                && u.host().is_some() && u.query().is_none() && u.username().is_empty());
+            if !fine || self.api.public_url.ends_with('/') {
+                return bad(
+                    "api.public_url",
+                    &shown(&self.api.public_url),
+                    "must be an http(s) URL such as https://videos.example (or https://example.org/videos), without a trailing slash, query or credentials",
                 );
             }
         }

@@ -151,7 +151,11 @@ pub struct ItemRecord {
     pub state: ItemState,
     pub reason: Option<String>,
     pub external_id: String,
+    /// The `fileName` it was submitted with.
+    pub file_name: String,
     pub url: String,
+    /// SHA-256 of its entry's file.
+    pub sha256: Option<String>,
     pub media_id: Option<String>,
     pub mime_type: Option<String>,
     pub size: Option<i64>,
@@ -168,7 +172,8 @@ pub async fn of_job(client: &impl GenericClient, job_id: &str) -> anyhow::Result
     let rows = client
         .query(
             "SELECT i.state, i.reason, i.external_id, i.url, i.media_id, m.mime_type, m.asset_size,
-                    i.last_error, m.duration_seconds, m.width, m.height, m.video_codec
+                    i.last_error, m.duration_seconds, m.width, m.height, m.video_codec,
+                    i.file_name, m.sha256
              FROM job_items i LEFT JOIN media_entries m ON m.id = i.media_id
              WHERE i.job_id = $1 ORDER BY i.idx",
             &[&job_id],
@@ -190,6 +195,8 @@ pub async fn of_job(client: &impl GenericClient, job_id: &str) -> anyhow::Result
             width: row.get(9),
             height: row.get(10),
             codec: row.get(11),
+            file_name: row.get(12),
+            sha256: row.get(13),
         })
         .collect())
 }

@@ -31,6 +31,8 @@ pub struct NewJob<'a> {
     pub context: Option<&'a str>,
     /// The W3C trace id every message and log line about the job carries.
     pub trace_id: Option<&'a str>,
+    /// The job whose failed videos this one retries.
+    pub retry_of: Option<&'a str>,
     pub videos: &'a [NewVideo],
 }
 
@@ -40,8 +42,8 @@ pub async fn insert(tx: &Transaction<'_>, job: &NewJob<'_>) -> anyhow::Result<()
     let total = job.videos.len() as i32;
     tx.execute(
         "INSERT INTO jobs (id, project_id, system_name, webhook, context, state, total, pending,
-                           trace_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
+                           trace_id, retry_of)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)",
         &[
             &job.id,
             &job.project_id,
@@ -51,6 +53,7 @@ pub async fn insert(tx: &Transaction<'_>, job: &NewJob<'_>) -> anyhow::Result<()
             &JobState::Started,
             &total,
             &job.trace_id,
+            &job.retry_of,
         ],
     )
     .await
@@ -102,10 +105,12 @@ pub struct JobRecord {
     pub finished_at: Option<DateTime<Utc>>,
     /// When its owner cancelled it.
     pub cancelled_at: Option<DateTime<Utc>>,
+    /// The job whose failed videos this one retries.
+    pub retry_of: Option<String>,
 }
 
 const JOB_COLUMNS: &str = "j.id, j.state, j.system_name, j.total, j.pending, j.imported,
-    j.skipped, j.failed, j.started_at, j.finished_at, j.cancelled_at";
+    j.skipped, j.failed, j.started_at, j.finished_at, j.cancelled_at, j.retry_of";
 
 impl JobRecord {
     fn from_row(row: &Row) -> Self {
@@ -121,6 +126,7 @@ impl JobRecord {
             started_at: row.get(8),
             finished_at: row.get(9),
             cancelled_at: row.get(10),
+            retry_of: row.get(11),
         }
     }
 }
@@ -153,14 +159,99 @@ pub async fn find(
         .context("reading the job")?;
     Ok(row.map(|row| {
         let delivery = row
-            .get::<_, Option<WebhookState>>(11)
+            .get::<_, Option<WebhookState>>(12)
             .map(|state| DeliveryRecord {
                 state,
-                attempts: row.get(12),
-                last_error: row.get(13),
-                delivered_at: row.get(14),
+                attempts: row.get(13),
+                last_error: row.get(14),
+                delivered_at: row.get(15),
             });
         (JobRecord::from_row(&row), delivery)
+    }))
+}
+
+/// A fingerprint of everything the project's job `id` shows in its status (the job's row,
+/// its webhook delivery, its videos' tries and the versions of their entries), read without
+/// building the status: the status' `ETag`. `None` without such a job. A note about a
+/// pending video committed out of start order can go unseen until the next change.
+pub async fn fingerprint(
+    client: &impl GenericClient,
+    project_id: i64,
+    id: &str,
+) -> anyhow::Result<Option<String>> {
+    let statement = client
+        .prepare_cached(
+            "SELECT md5(ROW(j.*)::text || ROW(d.*)::text || ROW(v.*)::text)
+             FROM jobs j LEFT JOIN webhook_deliveries d ON d.job_id = j.id
+             CROSS JOIN LATERAL (
+                 SELECT sum(i.attempts), max(i.updated_at), sum(m.version)
+                 FROM job_items i LEFT JOIN media_entries m ON m.id = i.media_id
+                 WHERE i.job_id = j.id) v
+             WHERE j.id = $1 AND j.project_id = $2",
+        )
+        .await
+        .context("preparing the job fingerprint")?;
+    let row = client
+        .query_opt(&statement, &[&id, &project_id])
+        .await
+        .context("reading the job fingerprint")?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// What a retry of a job starts from: the job's batch settings and its failed videos.
+#[derive(Debug, Clone)]
+pub struct RetrySource {
+    pub finished: bool,
+    pub system_name: String,
+    pub webhook: Option<String>,
+    /// The caller's context, byte for byte.
+    pub context: Option<String>,
+    /// The failed videos, in batch order, as they were submitted.
+    pub videos: Vec<NewVideo>,
+}
+
+/// The project's job `id` with its failed videos (those failed by a cancel only when
+/// `include_cancelled`); `None` without such a job.
+pub async fn retry_source(
+    client: &impl GenericClient,
+    project_id: i64,
+    id: &str,
+    include_cancelled: bool,
+) -> anyhow::Result<Option<RetrySource>> {
+    let Some(job) = client
+        .query_opt(
+            "SELECT finished_at IS NOT NULL, system_name, webhook, context FROM jobs
+             WHERE id = $1 AND project_id = $2",
+            &[&id, &project_id],
+        )
+        .await
+        .context("reading the job to retry")?
+    else {
+        return Ok(None);
+    };
+    let videos = client
+        .query(
+            "SELECT url, external_id, file_name, metadata FROM job_items
+             WHERE job_id = $1 AND state = $2 AND ($3 OR reason IS DISTINCT FROM $4)
+             ORDER BY idx",
+            &[&id, &ItemState::Failed, &include_cancelled, &CANCELLED],
+        )
+        .await
+        .context("reading the job's failed videos")?
+        .iter()
+        .map(|r| NewVideo {
+            url: r.get(0),
+            external_id: r.get(1),
+            file_name: r.get(2),
+            metadata: r.get(3),
+        })
+        .collect();
+    Ok(Some(RetrySource {
+        finished: job.get(0),
+        system_name: job.get(1),
+        webhook: job.get(2),
+        context: job.get(3),
+        videos,
     }))
 }
 

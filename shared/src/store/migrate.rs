@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (10, include_str!("migrations/0010_dispatch.sql")),
     (11, include_str!("migrations/0011_webhook_hold.sql")),
     (12, include_str!("migrations/0012_webhook_rounds.sql")),
+    (13, include_str!("migrations/0013_retry_of.sql")),
 ];
 
 /// Migrations after which a binary that does not know them can no longer run (they drop or

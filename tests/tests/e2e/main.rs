@@ -10,6 +10,7 @@ mod messages;
 mod observability;
 mod pipeline;
 mod proxy;
+mod readback;
 mod restarts;
 mod rounds;
 mod schema;
