@@ -8,11 +8,12 @@ use std::ops::RangeInclusive;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::header::{
-    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE,
-    CONTENT_TYPE, IF_RANGE, RANGE,
+    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE,
+    IF_RANGE, RANGE,
 };
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use http_range_header::{EndPosition, StartPosition};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use video_import_shared::store::entries;
 
@@ -45,6 +46,13 @@ fn part(range: Option<&str>, if_range: Option<&str>, etag: &ETag, size: u64) -> 
     let Ok(parsed) = http_range_header::parse_range_header(range) else {
         return Part::Whole;
     };
+    // A last byte before the first makes the header invalid (ignored), not unsatisfiable.
+    let reversed = parsed.ranges.iter().any(|r| {
+        matches!((r.start, r.end), (StartPosition::Index(first), EndPosition::Index(last)) if last < first)
+    });
+    if reversed {
+        return Part::Whole;
+    }
     match parsed.validate(size) {
         Ok(ranges) if ranges.len() == 1 => Part::Range(ranges[0].clone()),
         Ok(_) => Part::Whole,
@@ -106,7 +114,11 @@ pub async fn show(
         return Ok(etag.not_modified());
     }
     let size = asset.size.max(0) as u64;
-    let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
     let (status, range) = match part(text(RANGE), text(IF_RANGE), &etag, size) {
         Part::Whole => (StatusCode::OK, None),
         Part::Range(range) => (StatusCode::PARTIAL_CONTENT, Some(range)),
@@ -170,9 +182,18 @@ mod tests {
 
     #[test]
     fn one_range_is_served_clamped_to_the_file() {
-        assert_eq!(part(Some("bytes=0-9"), None, &tag(), 100), Part::Range(0..=9));
-        assert_eq!(part(Some("bytes=90-"), None, &tag(), 100), Part::Range(90..=99));
-        assert_eq!(part(Some("bytes=-10"), None, &tag(), 100), Part::Range(90..=99));
+        assert_eq!(
+            part(Some("bytes=0-9"), None, &tag(), 100),
+            Part::Range(0..=9)
+        );
+        assert_eq!(
+            part(Some("bytes=90-"), None, &tag(), 100),
+            Part::Range(90..=99)
+        );
+        assert_eq!(
+            part(Some("bytes=-10"), None, &tag(), 100),
+            Part::Range(90..=99)
+        );
         assert_eq!(
             part(Some("bytes=50-1000"), None, &tag(), 100),
             Part::Range(50..=99)

@@ -86,9 +86,7 @@ pub async fn find(
         entries::find_by_external_id(&client, caller.project_id, &system_name, &external_id)
             .await?;
     let api = &state.settings.api;
-    Ok(Json(
-        records.into_iter().map(|r| entry(api, r)).collect(),
-    ))
+    Ok(Json(records.into_iter().map(|r| entry(api, r)).collect()))
 }
 
 /// Where entry `id`'s stored file is read back: under `api.public_url` when set, else a
@@ -98,6 +96,8 @@ pub fn asset_url(api: &ApiSettings, id: &str) -> String {
 }
 
 fn entry(api: &ApiSettings, record: EntryRecord) -> MediaEntry {
+    let url = asset_url(api, &record.id);
+    let filename = record.file_name.clone();
     MediaEntry {
         id: record.id,
         version: record.version,
@@ -107,8 +107,8 @@ fn entry(api: &ApiSettings, record: EntryRecord) -> MediaEntry {
         file_name: record.file_name,
         metadata: record.metadata,
         asset: Asset {
-            url: asset_url(api, &record.id),
-            filename: record.file_name.clone(),
+            url,
+            filename,
             key: record.asset.key,
             size: record.asset.size,
             mime_type: record.asset.mime_type,

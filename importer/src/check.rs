@@ -570,7 +570,8 @@ mod tests {
             max_body_bytes: 1000,
             ..Rules::default()
         };
-        let mut checker = Checker::new(rules, "archive", Some("https://h.example/hook"), None).unwrap();
+        let mut checker =
+            Checker::new(rules, "archive", Some("https://h.example/hook"), None).unwrap();
         assert_eq!(
             checker.envelope(),
             r#"{"systemName":"archive","videos":[],"webhook":"https://h.example/hook"}"#.len()

@@ -98,7 +98,10 @@ impl Api {
         let answer = self
             .call(notice, || {
                 self.http
-                    .post(format!("{}/api/v1/import/videos/{id}/retry{query}", self.base))
+                    .post(format!(
+                        "{}/api/v1/import/videos/{id}/retry{query}",
+                        self.base
+                    ))
                     .header(AUTHORIZATION, format!("Bearer {}", self.token))
                     .header("Idempotency-Key", key.as_str())
             })

@@ -44,8 +44,9 @@ fn parse_networks(text: &str) -> Result<NetList, String> {
 const MAX_CONTEXT_BYTES: usize = 8192;
 
 fn parse_context(text: &str) -> Result<Value, String> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| format!("is not JSON ({e}); pass an object such as '{{\"batch\":\"tape-42\"}}'"))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        format!("is not JSON ({e}); pass an object such as '{{\"batch\":\"tape-42\"}}'")
+    })?;
     if !value.is_object() {
         return Err("must be a JSON object, such as '{\"batch\":\"tape-42\"}'".into());
     }

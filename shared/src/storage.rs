@@ -11,13 +11,13 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use object_store::{GetOptions, GetResultPayload};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
+use object_store::{GetOptions, GetResultPayload};
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
 
 /// Bytes per uploaded part (S3's minimum); with two parts in flight this bounds an upload's
 /// memory to about three parts.

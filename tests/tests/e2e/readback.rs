@@ -55,12 +55,7 @@ async fn a_livingdocs_client_reads_status_and_title_and_fetches_the_video_throug
         .import(
             &project.token,
             &batch("archive")
-                .video_with(
-                    videos.url("/videos/sample.mp4"),
-                    "a",
-                    "my video",
-                    json!({}),
-                )
+                .video_with(videos.url("/videos/sample.mp4"), "a", "my video", json!({}))
                 .video_with(
                     videos.url("/videos/missing.mp4"),
                     "b",
@@ -87,13 +82,23 @@ async fn a_livingdocs_client_reads_status_and_title_and_fetches_the_video_throug
     let failed = by_id("b");
     assert_eq!(failed["status"], "failed", "{failed}");
     assert_eq!(failed["title"], "my third video");
-    assert!(failed["reason"].as_str().unwrap().contains("404"), "{failed}");
+    assert!(
+        failed["reason"].as_str().unwrap().contains("404"),
+        "{failed}"
+    );
     assert!(failed.get("video").is_none(), "{failed}");
 
     let first_status = stack.status(&project.token, &first).await;
     let video = &first_status["videos"][0];
     assert_eq!(video["status"], "success");
-    for key in ["mediaId", "originalUrl", "url", "width", "height", "mimeType"] {
+    for key in [
+        "mediaId",
+        "originalUrl",
+        "url",
+        "width",
+        "height",
+        "mimeType",
+    ] {
         assert!(!video["video"][key].is_null(), "video.{key} in {video}");
     }
     assert_eq!(video["video"]["mimeType"], "video/mp4");
@@ -181,7 +186,11 @@ async fn the_asset_is_served_whole_in_ranges_and_conditionally() {
     let whole = get(&stack, token, &path, &[(ACCEPT_ENCODING, "gzip")]).await;
     assert_eq!(whole.status(), 200);
     let etag = whole.headers()[ETAG].to_str().unwrap().to_string();
-    assert_eq!(etag, format!("\"{}\"", sha256(&expected)), "ETag is the SHA-256");
+    assert_eq!(
+        etag,
+        format!("\"{}\"", sha256(&expected)),
+        "ETag is the SHA-256"
+    );
     assert_eq!(whole.headers()[CONTENT_LENGTH], size.to_string().as_str());
     assert_eq!(whole.headers()["accept-ranges"], "bytes");
     assert!(
@@ -228,7 +237,11 @@ async fn the_asset_is_served_whole_in_ranges_and_conditionally() {
         &[(RANGE, "bytes=0-9"), (IF_RANGE, "\"an-older-file\"")],
     )
     .await;
-    assert_eq!(changed.status(), 200, "If-Range with another tag: the whole file");
+    assert_eq!(
+        changed.status(),
+        200,
+        "If-Range with another tag: the whole file"
+    );
     assert_eq!(changed.bytes().await.unwrap().len(), size);
     let same = get(
         &stack,
@@ -287,7 +300,10 @@ async fn status_and_job_list_answer_304_while_unchanged_and_gzip_when_asked() {
 
     // A change (a webhook redelivery round here) changes the tag.
     let (code, _) = stack
-        .get(Some(token), &format!("/api/v1/import/videos/status?id={job}"))
+        .get(
+            Some(token),
+            &format!("/api/v1/import/videos/status?id={job}"),
+        )
         .await;
     assert_eq!(code, 200);
     stack
@@ -305,7 +321,10 @@ async fn status_and_job_list_answer_304_while_unchanged_and_gzip_when_asked() {
     let same = get(&stack, token, list_path, &[(IF_NONE_MATCH, &list_tag)]).await;
     assert_eq!(same.status(), 304);
     stack
-        .import(&project.token, &batch("archive").video(videos.url("/videos/sample.mp4"), "n"))
+        .import(
+            &project.token,
+            &batch("archive").video(videos.url("/videos/sample.mp4"), "n"),
+        )
         .await;
     let grown = get(&stack, token, list_path, &[(IF_NONE_MATCH, &list_tag)]).await;
     assert_eq!(grown.status(), 200, "a new job changes the list");
@@ -328,7 +347,12 @@ async fn a_retry_imports_exactly_the_failed_videos_and_its_webhook_carries_the_c
                 .webhook(&receiver.url)
                 .context(context.clone())
                 .video(videos.url("/videos/sample.mp4"), "good")
-                .video_with(videos.url("/videos/gone1.mp4"), "bad1", "first", json!({"title": "t1"}))
+                .video_with(
+                    videos.url("/videos/gone1.mp4"),
+                    "bad1",
+                    "first",
+                    json!({"title": "t1"}),
+                )
                 .video_with(videos.url("/videos/gone2.mp4"), "bad2", "second", json!({})),
         )
         .await;
@@ -359,7 +383,11 @@ async fn a_retry_imports_exactly_the_failed_videos_and_its_webhook_carries_the_c
     let retried = created["id"].as_str().unwrap().to_string();
     assert_ne!(retried, job);
     let (code, replay) = retry(job.clone(), "", Some("retry-once")).await;
-    assert_eq!((code, &replay["id"]), (200, &created["id"]), "same key: same job");
+    assert_eq!(
+        (code, &replay["id"]),
+        (200, &created["id"]),
+        "same key: same job"
+    );
 
     let status = stack.wait_finished(&project.token, &retried, 60).await;
     assert_eq!(status["retryOf"], job.as_str());
@@ -382,7 +410,10 @@ async fn a_retry_imports_exactly_the_failed_videos_and_its_webhook_carries_the_c
 
     // Nothing failed: 422. Unknown job: 404. A running job: 409.
     let clean = stack
-        .import(&project.token, &batch("archive").video(videos.url("/videos/sample.mp4"), "c"))
+        .import(
+            &project.token,
+            &batch("archive").video(videos.url("/videos/sample.mp4"), "c"),
+        )
         .await;
     stack.wait_finished(&project.token, &clean, 60).await;
     let (code, error) = retry(clean, "", None).await;
@@ -400,7 +431,10 @@ async fn a_retry_imports_exactly_the_failed_videos_and_its_webhook_carries_the_c
     // Cancelled videos are retried only when asked.
     let response = stack
         .http
-        .post(format!("{}/api/v1/import/videos/{slow}/cancel", stack.api_url))
+        .post(format!(
+            "{}/api/v1/import/videos/{slow}/cancel",
+            stack.api_url
+        ))
         .bearer_auth(&project.token)
         .send()
         .await

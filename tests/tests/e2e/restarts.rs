@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use video_import_shared::queue::{self, Outgoing, Publisher, Topology};
 use video_import_tests::receiver::Receiver;
 use video_import_tests::services::{OwnPostgres, OwnRabbitCluster, OwnRabbitMq};
 use video_import_tests::videos::VideoServer;
-use video_import_shared::queue::{self, Outgoing, Publisher, Topology};
 use video_import_tests::{batch, Batch, Kind, Options, Stack};
 
 /// Runs a blocking service command off the runtime, so the test's servers keep answering.
@@ -157,7 +157,10 @@ async fn the_publisher_answers_every_call_through_a_broker_restart() {
         "the publisher to work again",
         Duration::from_secs(60),
         async || match publisher.publish(&[message()]).await {
-            Ok(()) => publisher.depth(queue::FETCH).await.map_err(|e| e.to_string()),
+            Ok(()) => publisher
+                .depth(queue::FETCH)
+                .await
+                .map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         },
     )
