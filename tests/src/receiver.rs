@@ -150,6 +150,25 @@ impl Receiver {
         self.shared.received.lock().unwrap().clone()
     }
 
+    /// Asserts that every request received so far carries a valid signature by `secret`
+    /// (both checks of [`Received::signature_valid`]), and that there was at least one;
+    /// returns how many were checked. Tests call it once at their end, so that no delivery,
+    /// a retry or a redelivery included, goes unchecked.
+    pub fn assert_all_signed_by(&self, secret: &str) -> usize {
+        let received = self.received();
+        assert!(!received.is_empty(), "no webhook request to check");
+        for (i, hook) in received.iter().enumerate() {
+            assert!(
+                hook.signature_valid(secret),
+                "request {i} of {} (webhook {}) is not signed by the secret: {:?}",
+                received.len(),
+                hook.header("webhook-id"),
+                hook.header("webhook-signature"),
+            );
+        }
+        received.len()
+    }
+
     /// Waits until at least `n` requests arrived (at most `secs` seconds).
     pub async fn wait_for(&self, n: usize, secs: u64) -> Vec<Received> {
         let what = format!("{n} webhook requests");
