@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Starts PostgreSQL and RabbitMQ on this machine if they are not running, installing them
 # with apt-get where they are missing (Debian/Ubuntu, as root), and installs Prometheus
-# (prometheus and promtool, which the tests run; it is not started here). Used by demo.sh
-# and .ci/run.
+# (prometheus and promtool, which the tests run; it is not started here), Node.js and npm,
+# and the node clients the tests run (tests/clients). Used by demo.sh and .ci/run.
 set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
 
 need_install=()
 command -v pg_ctlcluster >/dev/null 2>&1 || need_install+=(postgresql)
@@ -13,6 +14,10 @@ command -v curl >/dev/null 2>&1 || need_install+=(curl)
 command -v promtool >/dev/null 2>&1 || need_install+=(prometheus)
 # The durability test watches the worker's fsync calls.
 command -v strace >/dev/null 2>&1 || need_install+=(strace)
+# The e2e test that reads entries with Livingdocs' node SDK runs node. Debian packages npm
+# apart from nodejs; a nodejs from elsewhere may bring its own npm, so each only if missing.
+command -v node >/dev/null 2>&1 || need_install+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_install+=(npm)
 if [ ${#need_install[@]} -gt 0 ]; then
   echo "installing ${need_install[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -47,3 +52,12 @@ if ! rabbitmq-diagnostics -q check_port_connectivity >/dev/null 2>&1; then
   done
 fi
 rabbitmq-diagnostics -q check_port_connectivity >/dev/null && echo "RabbitMQ is up"
+
+# The node clients at the versions of their committed lock file: installed when missing, and
+# again when the lock file changed since (npm writes node_modules/.package-lock.json last).
+clients=$root/tests/clients
+if [ ! -f "$clients/node_modules/.package-lock.json" ] ||
+  [ "$clients/package-lock.json" -nt "$clients/node_modules/.package-lock.json" ]; then
+  echo "installing the test clients (npm ci --prefix tests/clients)"
+  npm ci --prefix "$clients" --no-audit --no-fund --loglevel=error >/dev/null
+fi

@@ -17,7 +17,9 @@ use sha2::Sha256;
 /// One received request.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// Its headers (`webhook-id`, `webhook-timestamp`, `webhook-signature`, …).
     pub headers: HeaderMap,
+    /// Its body, byte for byte as sent (what the signature covers).
     pub body: Bytes,
     /// When it arrived.
     pub at: Instant,
@@ -37,9 +39,36 @@ impl Received {
         serde_json::from_slice(&self.body).expect("webhook body is JSON")
     }
 
-    /// Checks `webhook-signature` against `secret` (written from the specification, not
-    /// with the notifier's code).
+    /// Checks `webhook-signature` against `secret` twice, and requires both to agree: once
+    /// written here from the specification (not with the notifier's code), once with the
+    /// Standard Webhooks reference crate (`standardwebhooks`), which is what a receiver
+    /// written in Rust would use. A disagreement panics, naming what the crate said: it
+    /// means one of the two reads the specification otherwise.
+    ///
+    /// The reference crate also refuses a `webhook-timestamp` more than five minutes from
+    /// now (replay protection), at the time of this call. Every test here checks a
+    /// signature within seconds or a few minutes of its delivery; a test that checks an old
+    /// delivery on purpose must use [`Received::signature_valid_by_spec`] and say why.
     pub fn signature_valid(&self, secret: &str) -> bool {
+        let own = self.signature_valid_by_spec(secret);
+        let reference = standardwebhooks::Webhook::new(secret)
+            .expect("whsec_ secret is base64")
+            .verify(&self.body, &self.headers);
+        assert_eq!(
+            own,
+            reference.is_ok(),
+            "the specification check says {own}, the standardwebhooks crate says {reference:?} \
+             for webhook {} (timestamp {}, signatures {:?})",
+            self.header("webhook-id"),
+            self.header("webhook-timestamp"),
+            self.header("webhook-signature"),
+        );
+        own
+    }
+
+    /// The check of [`Received::signature_valid`] written from the specification alone,
+    /// without the reference crate's five-minute limit on the timestamp.
+    pub fn signature_valid_by_spec(&self, secret: &str) -> bool {
         let key = base64::engine::general_purpose::STANDARD
             .decode(secret.trim_start_matches("whsec_"))
             .expect("whsec_ secret is base64");
@@ -119,6 +148,25 @@ impl Receiver {
     /// Everything received so far.
     pub fn received(&self) -> Vec<Received> {
         self.shared.received.lock().unwrap().clone()
+    }
+
+    /// Asserts that every request received so far carries a valid signature by `secret`
+    /// (both checks of [`Received::signature_valid`]), and that there was at least one;
+    /// returns how many were checked. Tests call it once at their end, so that no delivery,
+    /// a retry or a redelivery included, goes unchecked.
+    pub fn assert_all_signed_by(&self, secret: &str) -> usize {
+        let received = self.received();
+        assert!(!received.is_empty(), "no webhook request to check");
+        for (i, hook) in received.iter().enumerate() {
+            assert!(
+                hook.signature_valid(secret),
+                "request {i} of {} (webhook {}) is not signed by the secret: {:?}",
+                received.len(),
+                hook.header("webhook-id"),
+                hook.header("webhook-signature"),
+            );
+        }
+        received.len()
     }
 
     /// Waits until at least `n` requests arrived (at most `secs` seconds).

@@ -3,6 +3,7 @@
 
 mod api;
 mod cancel;
+mod clients;
 mod durability;
 mod hardening;
 mod importer;

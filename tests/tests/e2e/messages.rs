@@ -180,5 +180,7 @@ async fn a_retired_webhook_message_is_queued_again_as_a_current_one() {
     assert_eq!(hooks.len(), 2);
     assert_eq!(hooks[0].header("webhook-id"), hooks[1].header("webhook-id"));
     assert!(hooks[1].signature_valid(&project.secret));
+    // The new release's first attempt too.
+    receiver.assert_all_signed_by(&project.secret);
     stack.finish().await;
 }

@@ -128,6 +128,7 @@ async fn seed_example_imports_the_video_and_signs_the_webhook() {
     assert_eq!(code, 200);
     assert_eq!(found.as_array().unwrap().len(), 1);
     assert_eq!(found[0]["id"], media_id);
+    assert_eq!(receiver.assert_all_signed_by(&project.secret), 1);
     stack.finish().await;
 }
 
@@ -299,6 +300,8 @@ async fn missing_and_non_video_files_fail_with_reasons_and_the_webhook_says_so()
         ])
     );
     assert!(!payload.as_object().unwrap().contains_key("context"));
+    // A failed job's webhook is signed like a successful one's.
+    receiver.assert_all_signed_by(&project.secret);
     stack.finish().await;
 }
 
@@ -593,6 +596,7 @@ async fn two_workers_share_a_batch_without_duplicates_and_send_one_webhook() {
     receiver.wait_for(1, 30).await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert_eq!(receiver.received().len(), 1, "exactly one webhook per job");
+    receiver.assert_all_signed_by(&project.secret);
     stack.finish().await;
 }
 
@@ -614,8 +618,9 @@ async fn webhook_is_retried_with_the_same_id_until_the_receiver_accepts_it() {
     let hooks = receiver.wait_for(3, 30).await;
     let ids: Vec<&str> = hooks.iter().map(|h| h.header("webhook-id")).collect();
     assert!(ids.iter().all(|id| *id == format!("msg_{job}")), "{ids:?}");
+    // Every attempt is signed anew (its own timestamp), each one valid.
+    receiver.assert_all_signed_by(&project.secret);
     for hook in &hooks {
-        assert!(hook.signature_valid(&project.secret));
         assert_eq!(hook.json()["context"], json!({"a": 1}));
     }
     let status = stack.wait_webhook(&project.token, &job, "delivered").await;
@@ -659,6 +664,8 @@ async fn a_webhook_that_never_succeeds_ends_failed_and_visible() {
     );
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert_eq!(receiver.received().len(), 4, "no attempts after giving up");
+    // Refused attempts were signed too: the receiver's answers, not the signatures, failed.
+    receiver.assert_all_signed_by(&project.secret);
     stack.finish().await;
 }
 

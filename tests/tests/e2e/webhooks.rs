@@ -144,6 +144,8 @@ async fn a_410_stops_retrying_and_redelivery_sends_the_same_webhook_id_again() {
     assert_eq!(stack.redeliver(&project.token, &plain).await, 409);
     let other = stack.project("other").await;
     assert_eq!(stack.redeliver(&other.token, &job).await, 404);
+    // The refused first delivery and both redeliveries: each signed.
+    receiver.assert_all_signed_by(&project.secret);
     stack.finish().await;
 }
 
@@ -173,6 +175,7 @@ async fn retry_after_from_the_receiver_is_honoured() {
         gap >= 3.0,
         "second attempt came {gap:.2} s after the first; Retry-After asked for 3 s"
     );
+    receiver.assert_all_signed_by(&project.secret);
     stack.finish().await;
 }
 
@@ -352,6 +355,8 @@ async fn a_hanging_receiver_does_not_hold_up_deliveries_to_others() {
         "the hanging host gets at most its two slots"
     );
     assert!(hanging.max_in_flight() <= 2);
+    healthy.assert_all_signed_by(&project.secret);
+    hanging.assert_all_signed_by(&project.secret);
     stack.finish().await;
 }
 
@@ -472,5 +477,7 @@ async fn a_dead_receivers_deliveries_are_held_and_all_go_out_once_it_answers() {
         .await[0]
         .get(0);
     assert!(most < 30, "{most} attempts");
+    // Held and released deliveries, and the ones a second notifier sent, are all signed.
+    dead.assert_all_signed_by(&project.secret);
     stack.finish().await;
 }
