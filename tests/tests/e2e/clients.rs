@@ -9,12 +9,6 @@ use serde_json::{json, Value};
 use video_import_tests::videos::{fixture, sha256, VideoServer};
 use video_import_tests::{batch, unique, Options, Stack};
 
-/// Whether entries carry `asset.url` (ending in `/api/v1/mediaLibrary/{id}/asset`) and
-/// `asset.filename` (the entry's `fileName`). They are being added on the main branch: flip
-/// this to `true` when merging that work. While it is `false` the test asserts that the
-/// two fields are absent, so a merge that brings them without flipping it fails here
-/// instead of leaving them unchecked.
-const ASSET_URL_LANDED: bool = false;
 
 /// The folder with the clients' `package.json` and their `node_modules`; panics when the
 /// Livingdocs SDK is not installed there.
@@ -164,27 +158,21 @@ async fn livingdocs_node_sdk_reads_imported_entries() {
         "the same entry by id and by externalId"
     );
 
-    let (url, filename) = (&asset["url"], &asset["filename"]);
-    if ASSET_URL_LANDED {
-        let url = url
-            .as_str()
-            .unwrap_or_else(|| panic!("asset.url is a string: {asset}"));
-        assert!(
-            url.starts_with("http://") || url.starts_with("https://"),
-            "asset.url is absolute: {url}"
-        );
-        assert!(
-            url.ends_with(&format!("/api/v1/mediaLibrary/{media_id}/asset")),
-            "asset.url points at the entry's asset: {url}"
-        );
-        assert_eq!(*filename, "clip.mp4", "asset.filename is the fileName");
-    } else {
-        assert!(
-            url.is_null() && filename.is_null(),
-            "asset.url / asset.filename are there now ({asset}): set ASSET_URL_LANDED to true \
-             in {} so that they are checked",
-            file!()
-        );
-    }
+    // asset.url, a path on the API's address without api.public_url: a client fetches the
+    // stored video through it, and gets the source's bytes.
+    let url = asset["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("asset.url is a string: {asset}"));
+    assert_eq!(url, format!("/api/v1/mediaLibrary/{media_id}/asset"));
+    assert_eq!(asset["filename"], "clip.mp4", "asset.filename is the fileName");
+    let stored = stack
+        .http
+        .get(format!("{}{url}", stack.api_url))
+        .bearer_auth(&project.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 200);
+    assert_eq!(sha256(&stored.bytes().await.unwrap()), sha256(&bytes));
     stack.finish().await;
 }
