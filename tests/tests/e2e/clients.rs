@@ -9,7 +9,6 @@ use serde_json::{json, Value};
 use video_import_tests::videos::{fixture, sha256, VideoServer};
 use video_import_tests::{batch, unique, Options, Stack};
 
-
 /// The folder with the clients' `package.json` and their `node_modules`; panics when the
 /// Livingdocs SDK is not installed there.
 fn clients_dir() -> PathBuf {
@@ -164,7 +163,10 @@ async fn livingdocs_node_sdk_reads_imported_entries() {
         .as_str()
         .unwrap_or_else(|| panic!("asset.url is a string: {asset}"));
     assert_eq!(url, format!("/api/v1/mediaLibrary/{media_id}/asset"));
-    assert_eq!(asset["filename"], "clip.mp4", "asset.filename is the fileName");
+    assert_eq!(
+        asset["filename"], "clip.mp4",
+        "asset.filename is the fileName"
+    );
     let stored = stack
         .http
         .get(format!("{}{url}", stack.api_url))

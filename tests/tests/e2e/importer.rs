@@ -1,7 +1,7 @@
 //! The archive importer (`video-import import`) against the real stack: a large manifest
 //! with a report, a run killed halfway and resumed, a project over its daily limit, bad
 //! rows named by line (every row the API would refuse, before anything is sent), broken
-//! CSV quoting, CRLF manifests, and `--watch` while a video waits for a retry.
+//! CSV quoting, CRLF manifests, `--watch` while a video waits for a retry, and `retry`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -483,5 +483,98 @@ async fn watch_prints_a_line_only_when_something_changed_and_says_why_a_video_wa
         waits, 1,
         "the reason is shown once while it stays the same:\n{stderr}"
     );
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn retry_makes_one_job_of_the_failed_videos_with_the_batches_context() {
+    let stack = Stack::start(Options::default()).await;
+    let videos = VideoServer::start().await;
+    let receiver = video_import_tests::receiver::Receiver::start(&[]).await;
+    let project = stack.project("retries").await;
+    let manifest = stack.dir.join("retry.csv");
+    let csv = format!(
+        "url,id,fileName\n{},good,g\n{},gone,x\n",
+        videos.url("/videos/sample.mp4"),
+        videos.url("/videos/missing.mp4")
+    );
+    std::fs::write(&manifest, csv).unwrap();
+    let context = r#"{"migration":"tape-42"}"#;
+    let (code, _, stderr) = import(
+        &stack,
+        &project.token,
+        &manifest,
+        &[
+            "--watch",
+            "--webhook",
+            &receiver.url,
+            "--webhook-allowed-networks",
+            TEST_SERVERS,
+            "--context",
+            context,
+        ],
+    )
+    .await;
+    assert_eq!(code, 1, "one video failed: {stderr}");
+    let hooks = receiver.wait_for(1, 30).await;
+    assert_eq!(hooks[0].json()["context"], json!({"migration": "tape-42"}));
+    let job: String = stack.sql("SELECT id FROM jobs").await[0].get(0);
+
+    let retry = async || {
+        let out = stack
+            .command("video-import")
+            .args([
+                "retry",
+                &job,
+                "--api",
+                &stack.api_url,
+                "--token",
+                &project.token,
+            ])
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line: Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|_| panic!("{stdout}{}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), line)
+    };
+    let (code, line) = retry().await;
+    assert_eq!(code, Some(0), "{line}");
+    assert_eq!(line["job"], job.as_str());
+    let retried = line["retry"].as_str().unwrap().to_string();
+    let (_, again) = retry().await;
+    assert_eq!(
+        again["retry"],
+        retried.as_str(),
+        "run twice: still one retry"
+    );
+    let status = stack.wait_finished(&project.token, &retried, 30).await;
+    assert_eq!(status["retryOf"], job.as_str());
+    assert_eq!(status["overview"]["total"], 1);
+    assert_eq!(status["videos"][0]["externalId"], "gone");
+    let hooks = receiver.wait_for(2, 30).await;
+    assert!(hooks
+        .iter()
+        .all(|h| h.json()["context"] == json!({"migration": "tape-42"})));
+
+    // The retry failed again (the source is still missing): the retry job can be retried
+    // in turn, under a key of its own.
+    let out = stack
+        .command("video-import")
+        .args([
+            "retry",
+            &retried,
+            "--api",
+            &stack.api_url,
+            "--token",
+            &project.token,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(out.status.code(), Some(0), "{line}");
+    assert_ne!(line["retry"], retried.as_str());
     stack.finish().await;
 }
