@@ -206,12 +206,18 @@ pub async fn lapin_loop(messages: usize) -> anyhow::Result<f64> {
 
 /// Bytes per second of `curl -o FILE URL`.
 pub fn curl(url: &str, out: &std::path::Path) -> anyhow::Result<f64> {
+    curl_with(url, out, &[])
+}
+
+/// [`curl`] with extra request headers (`"Authorization: Bearer …"`).
+pub fn curl_with(url: &str, out: &std::path::Path, headers: &[&str]) -> anyhow::Result<f64> {
     let started = Instant::now();
-    let status = Command::new("curl")
-        .args(["-s", "-f", "-o"])
-        .arg(out)
-        .arg(url)
-        .status()?;
+    let mut command = Command::new("curl");
+    command.args(["-s", "-f", "-o"]).arg(out);
+    for header in headers {
+        command.args(["-H", header]);
+    }
+    let status = command.arg(url).status()?;
     anyhow::ensure!(status.success(), "curl failed");
     let bytes = std::fs::metadata(out)?.len();
     let rate = bytes as f64 / started.elapsed().as_secs_f64();
