@@ -968,5 +968,6 @@ async fn cancelling_a_large_import_stops_it_at_once_with_one_webhook() {
     assert_eq!(receiver.received().len(), 1, "exactly one webhook");
     let other = stack.project("stranger").await;
     assert_eq!(cancel(other.token).await.0, 404);
+    receiver.assert_all_signed_by(&project.secret);
     stack.finish().await;
 }

@@ -222,6 +222,7 @@ async fn prometheus_scrapes_every_binary_and_the_dashboard_and_alerts_work() {
     // Nothing is wrong with this stack: no alert fires.
     let firing: Vec<&Value> = rules.iter().filter(|r| r["state"] == "firing").collect();
     assert!(firing.is_empty(), "{firing:?}");
+    receiver.assert_all_signed_by(&project.secret);
     stack.finish().await;
 }
 
@@ -279,5 +280,6 @@ async fn one_trace_id_follows_a_job_through_all_three_binaries() {
             "{name}: the traced lines are about the job"
         );
     }
+    receiver.assert_all_signed_by(&project.secret);
     stack.finish().await;
 }

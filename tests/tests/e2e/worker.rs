@@ -214,6 +214,7 @@ async fn a_dead_lettered_video_fails_with_the_reason_and_the_job_finishes() {
     assert_eq!(status["videos"][1]["state"], "imported");
     let hooks = receiver.wait_for(1, 30).await;
     assert_eq!(hooks[0].json()["failures"][0]["externalId"], "v0");
+    receiver.assert_all_signed_by(&project.secret);
     stack.finish().await;
 }
 
@@ -258,6 +259,7 @@ async fn a_worker_killed_mid_batch_loses_and_duplicates_nothing() {
     receiver.wait_for(1, 30).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(receiver.received().len(), 1, "one webhook for the job");
+    receiver.assert_all_signed_by(&project.secret);
     stack.finish().await;
 }
 
