@@ -163,6 +163,8 @@ fn added_columns() -> BTreeMap<(&'static str, &'static str), Value> {
         (("webhook_deliveries", "held_round"), Value::Null),
         (("webhook_attempts", "round"), json!(1)),
         (("webhook_attempts", "number"), Value::Null),
+        // 0013: retries.
+        (("jobs", "retry_of"), Value::Null),
     ])
 }
 
