@@ -2,7 +2,8 @@
 # Starts PostgreSQL and RabbitMQ on this machine if they are not running, installing them
 # with apt-get where they are missing (Debian/Ubuntu, as root), and installs Prometheus
 # (prometheus and promtool, which the tests run; it is not started here), Node.js and npm,
-# and the node clients the tests run (tests/clients). Used by demo.sh and .ci/run.
+# the node clients the tests run (tests/clients) and moto's S3 server. Used by demo.sh and
+# .ci/run.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -60,4 +61,16 @@ if [ ! -f "$clients/node_modules/.package-lock.json" ] ||
   [ "$clients/package-lock.json" -nt "$clients/node_modules/.package-lock.json" ]; then
   echo "installing the test clients (npm ci --prefix tests/clients)"
   npm ci --prefix "$clients" --no-audit --no-fund --loglevel=error >/dev/null
+fi
+
+# The S3 tests run moto's server (PyPI) as their object storage: used from the PATH when it
+# is there, else installed once into a virtualenv under target/ (system Pythons refuse
+# global installs).
+moto_venv=$root/target/moto-venv
+if ! command -v moto_server >/dev/null 2>&1 && [ ! -x "$moto_venv/bin/moto_server" ]; then
+  echo "installing moto's S3 server into target/moto-venv"
+  [ -x "$moto_venv/bin/pip" ] || python3 -m venv "$moto_venv" 2>/dev/null || {
+    apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$moto_venv"
+  }
+  "$moto_venv/bin/pip" install -q 'moto[server]'
 fi

@@ -1,7 +1,9 @@
 //! `GET /api/v1/mediaLibrary/{id}/asset`: streams an entry's stored video back, whole or a
 //! byte range at a time (206, for players and resumable downloads), with its `ETag` (the
 //! file's SHA-256) for `If-None-Match` (304) and `If-Range`. Memory stays bounded whatever
-//! the file's size: the body is read from storage as the client takes it.
+//! the file's size: the body is read from storage as the client takes it. With object
+//! storage and `storage.presign_secs` set, the client is redirected to a presigned URL
+//! instead, and the bucket serves the bytes.
 
 use std::ops::RangeInclusive;
 
@@ -87,6 +89,11 @@ fn part(range: Option<&str>, if_range: Option<&str>, etag: &ETag, size: u64) -> 
             )),
         (status = 304, description = "Unchanged since the ETag sent in If-None-Match",
             headers(("ETag" = String, description = "The same tag"))),
+        (status = 307, description = "With object storage and storage.presign_secs set: read the file (ranges too) from this presigned URL, valid that long",
+            headers(
+                ("Location" = String, description = "The presigned URL"),
+                ("ETag" = String, description = "The file's SHA-256, quoted"),
+            )),
         (status = 401, description = "No or bad token", body = crate::model::ErrorBody),
         (status = 403, description = "Token lacks public-api:read", body = crate::model::ErrorBody),
         (status = 404, description = "No such entry in this project", body = crate::model::ErrorBody),
@@ -112,6 +119,23 @@ pub async fn show(
     let etag = ETag::strong(&asset.sha256);
     if etag.is_fresh_for(&headers) {
         return Ok(etag.not_modified());
+    }
+    let presign = state.settings.storage.presign;
+    if !presign.is_zero() {
+        if let Some(signed) = state.storage.presigned_get(&asset.key, presign).await {
+            let url = signed.map_err(|e| {
+                anyhow::Error::new(e).context(format!("signing a URL for {}", asset.key))
+            })?;
+            // The storage serves the bytes (ranges included); the URL expires, so keep none.
+            let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                LOCATION,
+                HeaderValue::from_str(url.as_str()).map_err(|e| ApiError::Internal(e.into()))?,
+            );
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+            return Ok(etag.tag(response));
+        }
     }
     let size = asset.size.max(0) as u64;
     let text = |name| {

@@ -101,6 +101,10 @@ pub struct StorageSettings {
     /// sweep` does it on demand).
     #[serde(rename = "sweep_interval_secs", with = "secs")]
     pub sweep_interval: Duration,
+    /// With object storage, how long the presigned URL that an asset read is redirected to
+    /// stays valid (0: the API streams the file itself). At most 7 days (SigV4's limit).
+    #[serde(rename = "presign_secs", with = "secs", default)]
+    pub presign: Duration,
 }
 
 /// How the worker downloads videos.
@@ -327,6 +331,7 @@ impl Default for Settings {
                 // Longer than any download may take (fetch.total_timeout_secs) and its commit.
                 sweep_grace: Duration::from_secs(86_400),
                 sweep_interval: Duration::ZERO,
+                presign: Duration::ZERO,
             },
             fetch: FetchSettings {
                 allow_private_networks: false,
@@ -455,6 +460,13 @@ impl Settings {
                     "must be an http(s) URL such as https://videos.example (or https://example.org/videos), without a trailing slash, query or credentials",
                 );
             }
+        }
+        if self.storage.presign > Duration::from_secs(7 * 86_400) {
+            return bad(
+                "storage.presign_secs",
+                &self.storage.presign.as_secs(),
+                "must be at most 604800 (7 days, the longest a presigned URL may be valid)",
+            );
         }
         if self.api.max_connections == 0 {
             return bad("api.max_connections", &0, at_least_one);

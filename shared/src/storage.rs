@@ -11,13 +11,23 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3;
 use object_store::local::LocalFileSystem;
+use object_store::prefix::PrefixStore;
+use object_store::signer::{Method, Signer};
 use object_store::path::Path;
 use object_store::{GetOptions, GetResultPayload};
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
+
+/// The prefix inside the bucket of `s3://bucket/prefix/…` ("" without one).
+fn bucket_prefix(url: &str) -> String {
+    url::Url::parse(url)
+        .map(|u| u.path().trim_matches('/').to_string())
+        .unwrap_or_default()
+}
 
 /// Bytes per uploaded part (S3's minimum); with two parts in flight this bounds an upload's
 /// memory to about three parts.
@@ -33,6 +43,8 @@ pub struct Storage {
     store: Arc<dyn ObjectStore>,
     /// The folder, for local storage (whose incomplete uploads `list` does not show).
     root: Option<PathBuf>,
+    /// The bucket and the prefix inside it, for object storage: what signs URLs.
+    bucket: Option<(Arc<AmazonS3>, String)>,
 }
 
 impl Storage {
@@ -52,19 +64,51 @@ impl Storage {
                     .with_context(|| format!("storage.root {:?}", settings.root))?,
             )
         } else if settings.url.starts_with("s3://") {
-            Arc::new(
+            let s3 = Arc::new(
                 object_store::aws::AmazonS3Builder::from_env()
                     .with_url(&settings.url)
                     .build()
                     .with_context(|| format!("storage.url {:?}", settings.url))?,
-            )
+            );
+            // object_store takes only the bucket from the URL: the prefix is ours to apply.
+            let prefix = bucket_prefix(&settings.url);
+            let store: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                s3.clone()
+            } else {
+                Arc::new(PrefixStore::new(s3.clone(), prefix.as_str()))
+            };
+            return Ok(Self {
+                store,
+                root,
+                bucket: Some((s3, prefix)),
+            });
         } else {
             anyhow::bail!(
                 "storage.url {:?}: use s3://bucket/prefix, or leave it empty to use storage.root",
                 settings.url
             );
         };
-        Ok(Self { store, root })
+        Ok(Self {
+            store,
+            root,
+            bucket: None,
+        })
+    }
+
+    /// A URL that reads the object at `key` straight from object storage, valid for
+    /// `expires_in`; `None` with local storage (nothing to sign).
+    pub async fn presigned_get(
+        &self,
+        key: &str,
+        expires_in: std::time::Duration,
+    ) -> Option<object_store::Result<url::Url>> {
+        let (s3, prefix) = self.bucket.as_ref()?;
+        let path = if prefix.is_empty() {
+            Path::from(key)
+        } else {
+            Path::from(format!("{prefix}/{key}"))
+        };
+        Some(s3.signed_url(Method::GET, &path, expires_in).await)
     }
 
     /// Starts a multipart upload to `key`.
@@ -260,4 +304,17 @@ pub struct StoredAsset {
     pub key: String,
     pub size: u64,
     pub sha256: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bucket_prefix;
+
+    #[test]
+    fn the_prefix_is_the_urls_path_without_slashes() {
+        assert_eq!(bucket_prefix("s3://bucket"), "");
+        assert_eq!(bucket_prefix("s3://bucket/"), "");
+        assert_eq!(bucket_prefix("s3://bucket/videos"), "videos");
+        assert_eq!(bucket_prefix("s3://bucket/a/b/"), "a/b");
+    }
 }

@@ -276,3 +276,98 @@ impl Drop for OwnRabbitCluster {
             .status();
     }
 }
+
+/// An S3 API of the test's own: moto's server (`moto_server`, from PyPI; `deploy/services.sh`
+/// installs it under `target/moto-venv` when it is not on the PATH) on a free port, with
+/// one bucket. Stopped when dropped.
+pub struct OwnS3 {
+    server: std::process::Child,
+    pub port: u16,
+    pub bucket: String,
+}
+
+impl OwnS3 {
+    /// Starts the server, waits until it answers, and creates `bucket`.
+    pub async fn start(bucket: &str) -> Self {
+        let port = free_port();
+        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/moto-venv/bin/moto_server");
+        let program = if std::path::Path::new(venv).exists() {
+            venv
+        } else {
+            "moto_server"
+        };
+        let server = Command::new(program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("moto_server could not be started ({e}): run deploy/services.sh")
+            });
+        let s3 = Self {
+            server,
+            port,
+            bucket: bucket.to_string(),
+        };
+        let http = reqwest::Client::new();
+        crate::poll_until("moto_server to answer", std::time::Duration::from_secs(30), async || {
+            http.put(s3.url(""))
+                .send()
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| {
+                    if r.status().is_success() {
+                        Ok(())
+                    } else {
+                        Err(r.status().to_string())
+                    }
+                })
+        })
+        .await;
+        s3
+    }
+
+    /// The path-style URL of `key` in the bucket (`""`: the bucket itself).
+    pub fn url(&self, key: &str) -> String {
+        format!("http://127.0.0.1:{}/{}/{key}", self.port, self.bucket)
+    }
+
+    /// The environment that makes object_store use this server, with `storage.url`
+    /// `s3://BUCKET/prefix`.
+    pub fn env(&self, prefix: &str) -> Vec<(String, String)> {
+        [
+            ("VIDEO_IMPORT__STORAGE__URL", format!("s3://{}/{prefix}", self.bucket)),
+            ("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port)),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// The keys in the bucket (a ListObjectsV2 of at most 1000).
+    pub async fn keys(&self) -> Vec<String> {
+        let xml = reqwest::get(format!("{}?list-type=2", self.url("")))
+            .await
+            .expect("list the bucket")
+            .text()
+            .await
+            .expect("the listing");
+        xml.split("<Key>")
+            .skip(1)
+            .filter_map(|part| part.split("</Key>").next())
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for OwnS3 {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
