@@ -289,8 +289,12 @@ pub struct OwnS3 {
 impl OwnS3 {
     /// Starts the server, waits until it answers, and creates `bucket`.
     pub async fn start(bucket: &str) -> Self {
+        video_import_shared::telemetry::init_tls();
         let port = free_port();
-        let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/moto-venv/bin/moto_server");
+        let venv = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/moto-venv/bin/moto_server"
+        );
         let program = if std::path::Path::new(venv).exists() {
             venv
         } else {
@@ -311,19 +315,23 @@ impl OwnS3 {
             bucket: bucket.to_string(),
         };
         let http = reqwest::Client::new();
-        crate::poll_until("moto_server to answer", std::time::Duration::from_secs(30), async || {
-            http.put(s3.url(""))
-                .send()
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| {
-                    if r.status().is_success() {
-                        Ok(())
-                    } else {
-                        Err(r.status().to_string())
-                    }
-                })
-        })
+        crate::poll_until(
+            "moto_server to answer",
+            std::time::Duration::from_secs(30),
+            async || {
+                http.put(s3.url(""))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| {
+                        if r.status().is_success() {
+                            Ok(())
+                        } else {
+                            Err(r.status().to_string())
+                        }
+                    })
+            },
+        )
         .await;
         s3
     }
@@ -337,7 +345,10 @@ impl OwnS3 {
     /// `s3://BUCKET/prefix`.
     pub fn env(&self, prefix: &str) -> Vec<(String, String)> {
         [
-            ("VIDEO_IMPORT__STORAGE__URL", format!("s3://{}/{prefix}", self.bucket)),
+            (
+                "VIDEO_IMPORT__STORAGE__URL",
+                format!("s3://{}/{prefix}", self.bucket),
+            ),
             ("AWS_ENDPOINT", format!("http://127.0.0.1:{}", self.port)),
             ("AWS_ALLOW_HTTP", "true".into()),
             ("AWS_ACCESS_KEY_ID", "test".into()),

@@ -10,8 +10,8 @@ use reqwest::header::{
 };
 use serde_json::{json, Value};
 use video_import_tests::receiver::Receiver;
-use video_import_tests::videos::{fixture, sha256, VideoServer};
 use video_import_tests::services::OwnS3;
+use video_import_tests::videos::{fixture, sha256, VideoServer};
 use video_import_tests::{batch, Options, Stack};
 
 /// GET `path` (relative to the API, or absolute) with `token` and extra headers.
