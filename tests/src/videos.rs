@@ -79,6 +79,8 @@ impl Counters {
 /// - `/padded-chunked/{n}/{name}`: the same without Content-Length;
 /// - `/etag/{name}`: the file with an ETag; `If-None-Match` gets a 304;
 /// - `/redirect/{n}/{name}`: `n` redirects, then the file;
+/// - `/presigned/{name}?X-Amz-Signature=…`: like a presigned object-store URL, the file only
+///   for a GET that carries the signature and no `Authorization` (403 for `HEAD`);
 /// - `/to?location=URL`: a redirect to any URL.
 pub struct VideoServer {
     pub base: String,
@@ -101,6 +103,13 @@ impl VideoServer {
             .route("/padded-chunked/{n}/{name}", get(padded_chunked))
             .route("/etag/{name}", get(etag))
             .route("/redirect/{n}/{name}", get(redirect))
+            .route(
+                "/presigned/{name}",
+                axum::routing::on(
+                    axum::routing::MethodFilter::GET.or(axum::routing::MethodFilter::HEAD),
+                    presigned,
+                ),
+            )
             .route("/to", get(to))
             .with_state(counters.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -369,6 +378,28 @@ async fn etag(State(c): State<Counters>, Path(name): Path<String>, headers: Head
     }
     c.bump(format!("{label} 200"));
     ([(header::ETAG, tag)], bytes).into_response()
+}
+
+async fn presigned(
+    State(c): State<Counters>,
+    method: axum::http::Method,
+    Path(name): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let signed = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p.starts_with("X-Amz-Signature=")));
+    if method == axum::http::Method::HEAD {
+        c.bump(format!("/presigned/{name} HEAD"));
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    if headers.contains_key(header::AUTHORIZATION) || !signed {
+        c.bump(format!("/presigned/{name} refused"));
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    c.bump(format!("/presigned/{name}"));
+    serve_fixture(&name)
 }
 
 async fn redirect(State(c): State<Counters>, Path((n, name)): Path<(u32, String)>) -> Response {

@@ -609,3 +609,38 @@ async fn a_small_batch_does_not_wait_behind_another_backlog() {
     );
     stack.finish().await;
 }
+
+/// A presigned URL (its signature in the query) is fetched as it is: one GET, no `HEAD`
+/// first, no `Authorization` added, and its signature never reaches a log line.
+#[tokio::test]
+async fn a_presigned_url_is_fetched_with_one_plain_get_and_its_signature_is_never_logged() {
+    let stack = Stack::start(Options {
+        env: vec![(
+            "VIDEO_IMPORT__LOG__FILTER".into(),
+            "debug,lapin=info,tokio_postgres=info,hyper_util=info,reqwest=info,h2=info".into(),
+        )],
+        ..Options::default()
+    })
+    .await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("presigned").await;
+    let signature = "5f1c0ffee0ddba11sig";
+    let url = videos.url(&format!(
+        "/presigned/sample.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires=300&X-Amz-Signature={signature}"
+    ));
+    let job = stack
+        .import(&project.token, &batch("archive").video(url, "p"))
+        .await;
+    let status = stack.wait_finished(&project.token, &job, 30).await;
+    assert_eq!(status["videos"][0]["status"], "success", "{status}");
+    assert_eq!(videos.hits("/presigned/sample.mp4"), 1, "one GET");
+    assert_eq!(videos.hits("/presigned/sample.mp4 HEAD"), 0, "no HEAD");
+    assert_eq!(videos.hits("/presigned/sample.mp4 refused"), 0, "no Authorization");
+    for name in ["api", "worker0", "notifier0"] {
+        assert!(
+            !stack.log(name).contains(signature),
+            "the signature is in {name}'s log"
+        );
+    }
+    stack.finish().await;
+}
