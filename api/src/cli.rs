@@ -43,6 +43,9 @@ pub enum Command {
     /// Look after stored videos.
     #[command(subcommand)]
     Storage(StorageCommand),
+    /// Exit 0 when the running API's /readyz (on api.listen) answers 200, 1 when not: for
+    /// container health checks (the image has no curl).
+    Healthcheck,
 }
 
 /// Storage maintenance.
@@ -125,6 +128,8 @@ pub enum TokenCommand {
 pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Serve => crate::app::serve(settings).await,
+        // Answered in `main`, before logging starts.
+        Command::Healthcheck => unreachable!("main answers healthcheck itself"),
         Command::Migrate => {
             let pool = db::connect(&settings.database).await?;
             let applied = store::migrate::run(&pool).await?;

@@ -32,6 +32,18 @@ use clap::Parser;
 async fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let command = cli.command.unwrap_or_default();
+    if let cli::Command::Healthcheck = command {
+        let name = "video-import-api";
+        return match video_import_shared::config::Settings::load_for(name, cli.config.as_deref()) {
+            Ok(settings) => {
+                video_import_shared::process::healthcheck(name, settings.api.listen).await
+            }
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                std::process::ExitCode::from(2)
+            }
+        };
+    }
     video_import_shared::process::run("video-import-api", cli.config.as_deref(), |settings| {
         cli::run(command, settings)
     })

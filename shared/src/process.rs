@@ -17,9 +17,19 @@ pub struct ServiceCli {
     /// TOML configuration file (environment variables VIDEO_IMPORT__SECTION__KEY override it).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<ServiceCommand>,
 }
 
-/// `main` of a binary whose only option is `--config`: parses it, then [`run`]s `work`.
+/// What the worker and the notifier do besides running.
+#[derive(Debug, clap::Subcommand)]
+pub enum ServiceCommand {
+    /// Exit 0 when the running process's /readyz (on metrics.listen) answers 200, 1 when
+    /// not: for container health checks (the image has no curl).
+    Healthcheck,
+}
+
+/// `main` of the worker and the notifier: `--config`, and `healthcheck`; [`run`]s `work`.
 pub async fn main<F, Fut>(name: &'static str, work: F) -> ExitCode
 where
     F: FnOnce(Settings) -> Fut,
@@ -30,7 +40,57 @@ where
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    run(name, cli.config.as_deref(), work).await
+    match cli.command {
+        Some(ServiceCommand::Healthcheck) => {
+            match Settings::load_for(name, cli.config.as_deref()) {
+                Ok(settings) => healthcheck(name, settings.metrics.listen).await,
+                Err(e) => {
+                    eprintln!("{name}: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        None => run(name, cli.config.as_deref(), work).await,
+    }
+}
+
+/// Asks the process listening on `listen` for `/readyz`: exit 0 on 200, 1 otherwise (with
+/// the reason on stderr). A wildcard address is asked on loopback. Plain HTTP/1.0 over a
+/// socket, within 5 s: no client library is needed for one request to ourselves.
+pub async fn healthcheck(name: &str, listen: SocketAddr) -> ExitCode {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut address = listen;
+    if address.ip().is_unspecified() {
+        address.set_ip(match address {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        stream
+            .write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await?;
+        let mut head = Vec::new();
+        stream.take(64 * 1024).read_to_end(&mut head).await?;
+        std::io::Result::Ok(head)
+    };
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), ask).await;
+    let status_line = match answer {
+        Ok(Ok(head)) => String::from_utf8_lossy(&head)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+        Ok(Err(e)) => format!("cannot reach {address}: {e}"),
+        Err(_) => format!("{address} did not answer within 5 s"),
+    };
+    if status_line.split_whitespace().nth(1) == Some("200") {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{name}: not ready: {status_line}");
+        ExitCode::FAILURE
+    }
 }
 
 /// A start-up failure that a setting causes, such as a listen address in use: reported like

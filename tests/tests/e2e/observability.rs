@@ -283,3 +283,39 @@ async fn one_trace_id_follows_a_job_through_all_three_binaries() {
     receiver.assert_all_signed_by(&project.secret);
     stack.finish().await;
 }
+
+/// `healthcheck` (the image's and compose's health check: the image has no curl) exits 0
+/// while the binary's own `/readyz` answers 200 and 1 once it is gone.
+#[tokio::test]
+async fn each_binarys_healthcheck_says_whether_its_process_is_ready() {
+    let mut stack = Stack::start(Options::default()).await;
+    for proc in [
+        stack.running(Kind::Api)[0].clone(),
+        stack.running(Kind::Worker)[0].clone(),
+        stack.running(Kind::Notifier)[0].clone(),
+    ] {
+        let (binary, key) = match proc.kind {
+            Kind::Api => ("video-import-api", "VIDEO_IMPORT__API__LISTEN"),
+            Kind::Worker => ("video-import-worker", "VIDEO_IMPORT__METRICS__LISTEN"),
+            _ => ("video-import-notifier", "VIDEO_IMPORT__METRICS__LISTEN"),
+        };
+        // The wildcard address, as in the image: the check asks on loopback.
+        let listen = format!("0.0.0.0:{}", proc.metrics_port);
+        let check = async |stack: &Stack| {
+            stack
+                .run_binary(binary, &["healthcheck"], &[(key, listen.as_str())])
+                .await
+        };
+        let ready = check(&stack).await;
+        assert!(ready.status.success(), "{binary}: {}", ready.stderr);
+        stack.kill(&proc.name).await;
+        let gone = check(&stack).await;
+        assert_eq!(
+            gone.status.code(),
+            Some(1),
+            "{binary} after its process is gone"
+        );
+        assert!(gone.stderr.contains("not ready"), "{}", gone.stderr);
+    }
+    stack.finish().await;
+}

@@ -635,7 +635,11 @@ async fn a_presigned_url_is_fetched_with_one_plain_get_and_its_signature_is_neve
     assert_eq!(status["videos"][0]["status"], "success", "{status}");
     assert_eq!(videos.hits("/presigned/sample.mp4"), 1, "one GET");
     assert_eq!(videos.hits("/presigned/sample.mp4 HEAD"), 0, "no HEAD");
-    assert_eq!(videos.hits("/presigned/sample.mp4 refused"), 0, "no Authorization");
+    assert_eq!(
+        videos.hits("/presigned/sample.mp4 refused"),
+        0,
+        "no Authorization"
+    );
     for name in ["api", "worker0", "notifier0"] {
         assert!(
             !stack.log(name).contains(signature),
