@@ -97,38 +97,36 @@ async fn prometheus_scrapes_every_binary_and_the_dashboard_and_alerts_work() {
         }
     }
 
-    // A real Prometheus scrapes all three every second and evaluates the alert rules.
+    // A real Prometheus, started by deploy/observe.sh as an operator would, scrapes all
+    // three every second and evaluates the alert rules.
     let dir = stack.dir.join("prometheus");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut jobs: Vec<Value> = Vec::new();
-    for (job, address) in &stack.scrape_targets {
-        jobs.push(json!({"job_name": job, "static_configs": [{"targets": [address]}]}));
-    }
-    let config = json!({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [repo("deploy/prometheus/alerts.yml")],
-        "scrape_configs": jobs,
-    });
-    // JSON is YAML.
-    std::fs::write(dir.join("prometheus.yml"), config.to_string()).unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
+    let mut observe = tokio::process::Command::new(repo("deploy/observe.sh"));
+    observe.args([
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--scrape-interval",
+        "1s",
+        "--data",
+        &dir.display().to_string(),
+    ]);
+    for (job, address) in &stack.scrape_targets {
+        let flag = match job.as_str() {
+            "video-import-api" => "--api",
+            "video-import-worker" => "--worker",
+            _ => "--notifier",
+        };
+        observe.args([flag, address]);
+    }
+    std::fs::create_dir_all(&dir).unwrap();
     let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
-    let _prometheus = tokio::process::Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+    let _prometheus = observe
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .kill_on_drop(true)
         .spawn()
-        .expect("prometheus (Debian's prometheus package; .ci/run installs it)");
+        .expect("deploy/observe.sh (Debian's prometheus package; .ci/run installs it)");
     let targets = stack.scrape_targets.len();
     let up_query = format!("{base}/api/v1/query?query={}", encode("sum(up)"));
     stack
