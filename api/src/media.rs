@@ -113,6 +113,7 @@ fn entry(api: &ApiSettings, record: EntryRecord) -> MediaEntry {
             size: record.asset.size,
             mime_type: record.asset.mime_type,
             sha256: record.asset.sha256,
+            md5: record.asset.md5,
             original_url: redact::url(&record.original_url, Show::WithoutCredentials),
             duration: record.asset.duration_seconds,
             width: record.asset.width,

@@ -135,6 +135,7 @@ mod tests {
             external_id: id.into(),
             file_name: "f".into(),
             metadata,
+            checksum: Default::default(),
         }
     }
 

@@ -52,6 +52,20 @@ pub struct VideoInput {
     /// (64-bit integers, or at most 15 significant digits).
     #[schema(value_type = Object)]
     pub metadata: Map<String, Value>,
+    /// Fixity values of the file: the worker checks what it stores against each one given,
+    /// and fails the video (nothing kept) when one differs.
+    #[serde(default)]
+    pub checksum: Option<ChecksumInput>,
+}
+
+/// Fixity values, hex (either case); at least one.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[allow(dead_code)] // documents the body, see `ImportRequest`
+pub struct ChecksumInput {
+    #[schema(min_length = 64, max_length = 64, pattern = "^[0-9a-fA-F]{64}$")]
+    pub sha256: Option<String>,
+    #[schema(min_length = 32, max_length = 32, pattern = "^[0-9a-fA-F]{32}$")]
+    pub md5: Option<String>,
 }
 
 /// The job was accepted.
@@ -153,6 +167,12 @@ pub struct VideoRef {
     pub codec: Option<String>,
     /// SHA-256 of the stored file, hex.
     pub sha256: Option<String>,
+    /// MD5 of the stored file, hex (absent for files stored before it was kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
+    /// The fixity values the video was submitted with, which the stored file matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<ChecksumInput>,
 }
 
 /// Webhook delivery state.
@@ -226,6 +246,9 @@ pub struct Asset {
     pub size: i64,
     pub mime_type: String,
     pub sha256: String,
+    /// MD5 of the file, hex (absent for files stored before it was kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
     pub original_url: String,
     /// Seconds, read from the file.
     pub duration: Option<f64>,

@@ -20,7 +20,7 @@ use crate::auth::{Caller, WRITE};
 use crate::conditional::ETag;
 use crate::error::ApiError;
 use crate::model::{
-    JobList, JobStatus, JobSummary, Overview, VideoOutcome, VideoRef, VideoStatus, WebhookStatus,
+    ChecksumInput, JobList, JobStatus, JobSummary, Overview, VideoOutcome, VideoRef, VideoStatus, WebhookStatus,
 };
 use crate::state::AppState;
 
@@ -129,6 +129,11 @@ pub async fn show(
                 height: item.height,
                 codec: item.codec,
                 sha256: item.sha256,
+                md5: item.md5,
+                verified: (!item.checksum.is_empty()).then(|| ChecksumInput {
+                    sha256: item.checksum.sha256.clone(),
+                    md5: item.checksum.md5.clone(),
+                }),
             }),
         })
         .collect();

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use video_import_shared::netguard::AddressPolicy;
+use video_import_shared::store::Checksum;
 
 use crate::error::ApiError;
 
@@ -78,6 +79,62 @@ struct RawVideo<'a> {
     file_name: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     metadata: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    checksum: Option<&'a RawValue>,
+}
+
+/// Video `i`'s `checksum`: an object with `sha256` (64 hex digits) and/or `md5` (32), in
+/// lower case; every problem noted.
+fn checksum(problems: &mut Problems, i: usize, raw: Option<&RawValue>) -> Option<Checksum> {
+    let Some(raw) = raw else {
+        return Some(Checksum::default());
+    };
+    let field = format!("videos[{i}].checksum");
+    let Ok(map) = serde_json::from_str::<Map<String, Value>>(raw.get()) else {
+        problems.add(
+            field,
+            format!(
+                "must be an object such as {{\"sha256\": \"<64 hex digits>\"}} or {{\"md5\": \"<32 hex digits>\"}}, not {}",
+                kind(raw)
+            ),
+        );
+        return None;
+    };
+    if map.is_empty() {
+        problems.add(field, "must name sha256, md5 or both");
+        return None;
+    }
+    let mut checksum = Checksum::default();
+    let mut fine = true;
+    for (name, value) in &map {
+        let digits = match name.as_str() {
+            "sha256" => 64,
+            "md5" => 32,
+            _ => {
+                problems.add(
+                    format!("{field}.{name}"),
+                    "is not a checksum this service checks: give sha256, md5 or both",
+                );
+                fine = false;
+                continue;
+            }
+        };
+        let hex = value
+            .as_str()
+            .filter(|h| h.len() == digits && h.bytes().all(|b| b.is_ascii_hexdigit()));
+        match hex {
+            Some(hex) if name == "sha256" => checksum.sha256 = Some(hex.to_ascii_lowercase()),
+            Some(hex) => checksum.md5 = Some(hex.to_ascii_lowercase()),
+            None => {
+                problems.add(
+                    format!("{field}.{name}"),
+                    format!("must be {digits} hexadecimal digits"),
+                );
+                fine = false;
+            }
+        }
+    }
+    fine.then_some(checksum)
 }
 
 /// A field that is present, `null` included (`None` is kept for a missing field).
@@ -269,14 +326,16 @@ pub fn batch(body: &[u8], max_videos: usize, targets: &Targets) -> Result<Batch,
             }
         }
         let metadata = metadata(&mut problems, i, video.metadata);
-        if let (Some(url), Some(external_id), Some(file_name), Some(metadata)) =
-            (url, id, file_name, metadata)
+        let checksum = checksum(&mut problems, i, video.checksum);
+        if let (Some(url), Some(external_id), Some(file_name), Some(metadata), Some(checksum)) =
+            (url, id, file_name, metadata, checksum)
         {
             videos.push(Video {
                 url,
                 external_id,
                 file_name,
                 metadata: Value::Object(metadata),
+                checksum,
             });
         }
     }
@@ -866,5 +925,35 @@ mod tests {
         let fine = r#"{"systemName":"s","videos":[{"url":"https://a.example/v.mp4","id":"a","fileName":"a",
             "metadata":{"a\"b":[1.25, {"k":2.5e-3}], "big":18446744073709551615, "neg":-9223372036854775808}}]}"#;
         assert!(batch(fine.as_bytes(), 3, &Targets::default()).is_ok());
+    }
+
+    #[test]
+    fn checksums_are_checked_for_algorithm_and_length_all_at_once() {
+        let sha = "A".repeat(64);
+        let body = format!(
+            r#"{{"systemName":"s","videos":[
+            {{"url":"https://a.example/v.mp4","id":"a","fileName":"a","metadata":{{}},"checksum":{{"sha256":"{sha}","md5":"{}"}}}},
+            {{"url":"https://a.example/v.mp4","id":"b","fileName":"b","metadata":{{}},"checksum":{{"sha1":"00","md5":"xyz"}}}},
+            {{"url":"https://a.example/v.mp4","id":"c","fileName":"c","metadata":{{}},"checksum":{{}}}},
+            {{"url":"https://a.example/v.mp4","id":"d","fileName":"d","metadata":{{}},"checksum":"abc"}}]}}"#,
+            "0".repeat(32)
+        );
+        let f: HashMap<String, String> = match batch(body.as_bytes(), 10, &Targets::default()) {
+            Err(ApiError::Invalid(f)) => f.into_iter().collect(),
+            other => panic!("expected a validation error, got {other:?}"),
+        };
+        assert_eq!(
+            f["videos[1].checksum.sha1"],
+            "is not a checksum this service checks: give sha256, md5 or both"
+        );
+        assert_eq!(f["videos[1].checksum.md5"], "must be 32 hexadecimal digits");
+        assert_eq!(f["videos[2].checksum"], "must name sha256, md5 or both");
+        assert!(f["videos[3].checksum"].starts_with("must be an object"));
+        assert!(!f.contains_key("videos[0].checksum.sha256"));
+        let ok = format!(
+            r#"{{"systemName":"s","videos":[{{"url":"https://a.example/v.mp4","id":"a","fileName":"a","metadata":{{}},"checksum":{{"sha256":"{sha}"}}}}]}}"#
+        );
+        let batch = batch(ok.as_bytes(), 10, &Targets::default()).unwrap();
+        assert_eq!(batch.videos[0].checksum.sha256, Some("a".repeat(64)), "lower case");
     }
 }

@@ -15,6 +15,9 @@
 //! - v1 (retired): `{job_id, idx, attempt}`; the worker loaded the video from PostgreSQL.
 //! - v2: v1 and `video`, the video itself as the dispatcher read it.
 //! - v3: v2 and `"v": 3`.
+//! - v4: v3 and `video.checksum` (`{"sha256"?, "md5"?}`), published only for a video that
+//!   has one: a v3 reader would import it unchecked, so it must not read it; videos without
+//!   a checksum go on as v3, which the previous release reads.
 //!
 //! Webhook messages:
 //! - v1 (retired): `{job_id, attempt}`.
@@ -32,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::queue::{self, Outgoing};
 use crate::store::outbox::{NewMessage, Pending};
 use crate::store::webhooks::{Held, RoundStarted};
-use crate::store::{Item, ItemState, Validators};
+use crate::store::{Checksum, Item, ItemState, Validators};
 use crate::trace::TraceParent;
 
 /// The versions of one queue's messages a binary reads: its own and the one before it.
@@ -191,21 +194,26 @@ pub struct Video {
     pub etag: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_modified: Option<String>,
+    /// Fixity values to check the stored file against (v4).
+    #[serde(default, skip_serializing_if = "Checksum::is_empty")]
+    pub checksum: Checksum,
 }
 
 impl FetchVideo {
-    /// The version this binary publishes.
+    /// The version this binary publishes for a video without a checksum.
     pub const VERSION: u32 = 3;
+    /// The version it publishes for a video with one.
+    pub const CHECKSUM_VERSION: u32 = 4;
     /// The versions this binary reads.
     pub const VERSIONS: Versions = Versions {
         oldest: 2,
-        newest: Self::VERSION,
+        newest: Self::CHECKSUM_VERSION,
     };
 
     /// Reads a fetch message of any version this binary supports.
     pub fn decode(body: &[u8]) -> Result<Self, Unreadable> {
         match version(body, "fetch", |p| p.video.is_some())? {
-            2 | 3 => decode_as(body, "fetch"),
+            2..=4 => decode_as(body, "fetch"),
             found => Err(Unreadable::Version {
                 found,
                 reads: Self::VERSIONS,
@@ -229,6 +237,7 @@ impl FetchVideo {
                 metadata: item.metadata.clone(),
                 etag: known.etag,
                 last_modified: known.last_modified,
+                checksum: item.checksum.clone(),
             },
         }
     }
@@ -260,6 +269,16 @@ impl FetchVideo {
             metadata: video.metadata,
             state: ItemState::Pending,
             known: (!known.is_empty()).then_some(known),
+            checksum: video.checksum,
+        }
+    }
+
+    /// The version this message goes out as: v4 only when its video has a checksum.
+    pub fn version(&self) -> u32 {
+        if self.video.checksum.is_empty() {
+            Self::VERSION
+        } else {
+            Self::CHECKSUM_VERSION
         }
     }
 
@@ -267,7 +286,7 @@ impl FetchVideo {
     pub fn outgoing(&self, delay: Option<Duration>, traceparent: Option<String>) -> Outgoing {
         Outgoing {
             routing_key: queue::FETCH.into(),
-            payload: encode(Self::VERSION, self),
+            payload: encode(self.version(), self),
             delay,
             traceparent,
         }
@@ -472,7 +491,7 @@ mod tests {
         let v1 = FetchVideo::decode(br#"{"job_id":"j","idx":0,"attempt":0}"#).unwrap_err();
         assert_eq!(
             v1.to_string(),
-            "message version 1 not supported by this binary (it reads 2..3)"
+            "message version 1 not supported by this binary (it reads 2..4)"
         );
         assert!(!v1.is_newer());
         let v9 = FetchVideo::decode(br#"{"v":9,"job_id":"j","idx":0}"#).unwrap_err();

@@ -18,6 +18,7 @@ use object_store::prefix::PrefixStore;
 use object_store::signer::{Method, Signer};
 use object_store::{GetOptions, GetResultPayload};
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use md5::Md5;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
@@ -120,6 +121,7 @@ impl Storage {
             key: key.to_string(),
             writer: WriteMultipart::new_with_chunk_size(upload, PART_BYTES),
             hasher: Sha256::new(),
+            md5: Md5::new(),
             size: 0,
         })
     }
@@ -246,6 +248,7 @@ pub struct Upload {
     key: String,
     writer: WriteMultipart,
     hasher: Sha256,
+    md5: Md5,
     size: u64,
 }
 
@@ -254,6 +257,7 @@ impl Upload {
     pub async fn write(&mut self, chunk: &[u8]) -> object_store::Result<()> {
         self.writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
         self.hasher.update(chunk);
+        self.md5.update(chunk);
         self.size += chunk.len() as u64;
         self.writer.write(chunk);
         Ok(())
@@ -287,6 +291,7 @@ impl Upload {
             key: self.key,
             size: self.size,
             sha256: hex::encode(self.hasher.finalize()),
+            md5: hex::encode(self.md5.finalize()),
         })
     }
 
@@ -304,6 +309,8 @@ pub struct StoredAsset {
     pub key: String,
     pub size: u64,
     pub sha256: String,
+    /// Hex MD5 of the bytes, for fixity values given as MD5.
+    pub md5: String,
 }
 
 #[cfg(test)]

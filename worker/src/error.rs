@@ -23,12 +23,14 @@ pub enum FailureClass {
     HostNotFound,
     /// The broker set the message aside after too many deliveries without an ack.
     DeadLettered,
+    /// The stored file did not match a checksum it was submitted with.
+    ChecksumMismatch,
     Other,
 }
 
 impl FailureClass {
     /// Every class, so that each series exists from the start.
-    pub const ALL: [FailureClass; 16] = [
+    pub const ALL: [FailureClass; 17] = [
         FailureClass::InvalidUrl,
         FailureClass::Refused,
         FailureClass::Http4xx,
@@ -44,6 +46,7 @@ impl FailureClass {
         FailureClass::Storage,
         FailureClass::HostNotFound,
         FailureClass::DeadLettered,
+        FailureClass::ChecksumMismatch,
         FailureClass::Other,
     ];
 
@@ -65,6 +68,7 @@ impl FailureClass {
             FailureClass::Storage => "storage",
             FailureClass::HostNotFound => "host_not_found",
             FailureClass::DeadLettered => "dead_lettered",
+            FailureClass::ChecksumMismatch => "checksum_mismatch",
             FailureClass::Other => "other",
         }
     }
@@ -103,6 +107,10 @@ pub enum FetchError {
     /// Stopped on purpose (its job was cancelled): not a failure, nothing to record.
     #[error("the download was stopped: its job was cancelled")]
     Stopped,
+    /// What was stored differs from a checksum the video was submitted with (the stored
+    /// copy is removed): tried once more, in case the transfer was damaged, then failed.
+    #[error("{0}")]
+    ChecksumMismatch(String),
 }
 
 impl FetchError {
@@ -130,6 +138,7 @@ impl FetchError {
             FetchError::Storage(_) => FailureClass::Storage,
             FetchError::HostNotFound(_) => FailureClass::HostNotFound,
             FetchError::Stopped => FailureClass::Other,
+            FetchError::ChecksumMismatch(_) => FailureClass::ChecksumMismatch,
         }
     }
 }

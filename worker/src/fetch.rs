@@ -19,7 +19,7 @@ use video_import_shared::netguard::{self, AddressPolicy, ClientOptions};
 use video_import_shared::redact::{self, Show};
 use video_import_shared::retry::parse_retry_after;
 use video_import_shared::store::entries::NewAsset;
-use video_import_shared::store::Validators;
+use video_import_shared::store::{Checksum, Validators};
 
 use crate::error::{FailureClass, FetchError};
 use crate::hosts::SourceHosts;
@@ -76,6 +76,7 @@ impl Downloaded {
             size: self.asset.size as i64,
             mime_type: self.kind.mime_type.clone(),
             sha256: self.asset.sha256.clone(),
+            md5: Some(self.asset.md5.clone()),
             validators: self.validators.clone(),
             duration_seconds: self.meta.duration_seconds,
             width: self.meta.width,
@@ -132,9 +133,12 @@ impl Fetcher {
         url: &str,
         project_id: i64,
         known: Option<&Validators>,
+        expected: &Checksum,
         stop: &CancellationToken,
     ) -> Result<Fetched, FetchError> {
-        (|| self.download_once(url, project_id, known, stop))
+        // A video with a checksum is always downloaded: a 304 would leave it unchecked.
+        let known = known.filter(|_| expected.is_empty());
+        (|| self.download_once(url, project_id, known, expected, stop))
             .retry(self.retries.quick_backoff())
             .when(RetryPolicy::retry_quickly)
             .adjust(RetryPolicy::quick_delay)
@@ -156,6 +160,7 @@ impl Fetcher {
         url: &str,
         project_id: i64,
         known: Option<&Validators>,
+        expected: &Checksum,
         stop: &CancellationToken,
     ) -> Result<Fetched, FetchError> {
         if stop.is_cancelled() {
@@ -238,6 +243,11 @@ impl Fetcher {
             ));
         }
         let (asset, kind) = sink.finish().await?;
+        if let Some(why) = expected.mismatch(&asset.sha256, &asset.md5) {
+            // Nothing of a file that is not what was sent is kept.
+            self.storage.remove(&asset.key).await;
+            return Err(FetchError::ChecksumMismatch(why));
+        }
         let meta = probe::inspect(&self.storage, &asset.key, asset.size, &kind.mime_type).await;
         tracing::debug!(bytes = asset.size, elapsed = ?started.elapsed(), "downloaded");
         Ok(Fetched::Stored(Downloaded {

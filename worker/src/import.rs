@@ -204,7 +204,13 @@ impl Importer {
         let stop = CancellationToken::new();
         let download =
             self.fetcher
-                .download(&item.url, item.project_id, item.known.as_ref(), &stop);
+                .download(
+                    &item.url,
+                    item.project_id,
+                    item.known.as_ref(),
+                    &item.checksum,
+                    &stop,
+                );
         tokio::pin!(download);
         loop {
             tokio::select! {

@@ -60,7 +60,10 @@ impl RetryPolicy {
                 retry_after.is_none_or(|d| d <= QUICK_MAX_DELAY)
             }
             FetchError::HostNotFound(_) => true,
-            FetchError::Permanent { .. } | FetchError::Storage(_) | FetchError::Stopped => false,
+            FetchError::Permanent { .. }
+            | FetchError::Storage(_)
+            | FetchError::Stopped
+            | FetchError::ChecksumMismatch(_) => false,
         }
     }
 
@@ -91,6 +94,14 @@ impl RetryPolicy {
                 return Next::GiveUp(reason.clone())
             }
             FetchError::Stopped => return Next::GiveUp(FetchError::Stopped.to_string()),
+            // Once more after the first delay (a transfer damaged on the way), then given up
+            // with the mismatch as the reason.
+            FetchError::ChecksumMismatch(reason) => {
+                return match (attempt, self.delays.first()) {
+                    (0, Some(delay)) => Next::RetryIn(*delay),
+                    _ => Next::GiveUp(reason.clone()),
+                }
+            }
             FetchError::Transient { retry_after, .. } => *retry_after,
             FetchError::Storage(_) => None,
         };
@@ -138,6 +149,21 @@ mod tests {
             reason: "the server answered 503".into(),
             retry_after: retry_after.map(Duration::from_secs),
         }
+    }
+
+    #[test]
+    fn a_checksum_mismatch_is_tried_once_more_then_fails_with_the_mismatch() {
+        let mismatch =
+            FetchError::ChecksumMismatch("checksum mismatch: expected md5 aa, got bb".into());
+        assert!(!RetryPolicy::retry_quickly(&mismatch));
+        assert_eq!(
+            policy().after_failure(&mismatch, 0),
+            Next::RetryIn(Duration::from_secs(30))
+        );
+        assert_eq!(
+            policy().after_failure(&mismatch, 1),
+            Next::GiveUp("checksum mismatch: expected md5 aa, got bb".into())
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Transaction};
 
-use super::model::{Item, Validators};
+use super::model::{Checksum, Item, Validators};
 use super::ItemState;
 
 /// A job with videos not yet handed out.
@@ -169,7 +169,7 @@ pub async fn videos(tx: &Transaction<'_>, ranges: &[(&Waiting, i32)]) -> anyhow:
         .query(
             "SELECT i.job_id, i.idx, r.project_id, r.system_name, i.external_id, i.url,
                     i.file_name, i.metadata, m.original_url = i.url, m.source_etag,
-                    m.source_last_modified
+                    m.source_last_modified, i.expected_sha256, i.expected_md5
              FROM unnest($1::text[], $2::int8[], $3::text[], $4::int4[], $5::int4[])
                  AS r(job_id, project_id, system_name, lo, hi)
              JOIN job_items i ON i.job_id = r.job_id AND i.idx >= r.lo AND i.idx < r.hi
@@ -204,6 +204,10 @@ pub async fn videos(tx: &Transaction<'_>, ranges: &[(&Waiting, i32)]) -> anyhow:
                 metadata: r.get(7),
                 state: ItemState::Pending,
                 known: (same_url && !known.is_empty()).then_some(known),
+                checksum: Checksum {
+                    sha256: r.get(11),
+                    md5: r.get(12),
+                },
             }
         })
         .collect())

@@ -21,6 +21,8 @@ pub struct NewAsset {
     pub size: i64,
     pub mime_type: String,
     pub sha256: String,
+    /// Hex MD5 of the file (`None` for entries stored before it was kept).
+    pub md5: Option<String>,
     pub validators: Validators,
     pub duration_seconds: Option<f64>,
     pub width: Option<i32>,
@@ -30,11 +32,11 @@ pub struct NewAsset {
 
 /// The asset columns, in the order both the insert and the update bind them.
 const ASSET_COLUMNS: &str = "asset_key, asset_size, mime_type, sha256, source_etag, \
-    source_last_modified, duration_seconds, width, height, video_codec";
+    source_last_modified, duration_seconds, width, height, video_codec, md5";
 
 impl NewAsset {
     /// Values for [`ASSET_COLUMNS`].
-    fn params(&self) -> [&(dyn ToSql + Sync); 10] {
+    fn params(&self) -> [&(dyn ToSql + Sync); 11] {
         [
             &self.key,
             &self.size,
@@ -46,6 +48,7 @@ impl NewAsset {
             &self.width,
             &self.height,
             &self.codec,
+            &self.md5,
         ]
     }
 }
@@ -57,7 +60,8 @@ static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
              metadata, original_url, {ASSET_COLUMNS})
          SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
              $6::jsonb[], $7::text[], $8::text[], $9::int8[], $10::text[], $11::text[],
-             $12::text[], $13::text[], $14::float8[], $15::int4[], $16::int4[], $17::text[])"
+             $12::text[], $13::text[], $14::float8[], $15::int4[], $16::int4[], $17::text[],
+             $18::text[])"
     )
 });
 
@@ -67,7 +71,7 @@ static REPLACE_ASSET_SQL: LazyLock<String> = LazyLock::new(|| {
         "UPDATE media_entries SET metadata = $2, file_name = $3, original_url = $4,
              ({ASSET_COLUMNS}) = ROW({}), version = version + 1, updated_at = now()
          WHERE id = $1",
-        (5..15)
+        (5..16)
             .map(|n| format!("${n}"))
             .collect::<Vec<_>>()
             .join(", ")
@@ -273,6 +277,11 @@ impl Writes {
                 .iter()
                 .map(|(_, _, a)| a.codec.as_deref())
                 .collect();
+            let md5s: Vec<Option<&str>> = self
+                .inserts
+                .iter()
+                .map(|(_, _, a)| a.md5.as_deref())
+                .collect();
             let insert = tx
                 .prepare_cached(&INSERT_SQL)
                 .await
@@ -297,6 +306,7 @@ impl Writes {
                     &widths,
                     &heights,
                     &codecs,
+                    &md5s,
                 ],
             )
             .await
@@ -365,7 +375,7 @@ pub struct EntryRecord {
 
 const ENTRY_COLUMNS: &str = "id, version, system_name, external_id, file_name, metadata,
     original_url, created_at, updated_at, asset_key, asset_size, mime_type, sha256, source_etag,
-    source_last_modified, duration_seconds, width, height, video_codec";
+    source_last_modified, duration_seconds, width, height, video_codec, md5";
 
 impl EntryRecord {
     fn from_row(row: &Row) -> Self {
@@ -392,6 +402,7 @@ impl EntryRecord {
                 width: row.get(16),
                 height: row.get(17),
                 codec: row.get(18),
+                md5: row.get(19),
             },
         }
     }

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use anyhow::Context;
 use deadpool_postgres::{GenericClient, Transaction};
 
-use super::ItemState;
+use super::{Checksum, ItemState};
 
 /// Whether item `idx` of the job is still pending (not finished, failed or cancelled).
 pub async fn is_pending(
@@ -156,6 +156,10 @@ pub struct ItemRecord {
     pub url: String,
     /// SHA-256 of its entry's file.
     pub sha256: Option<String>,
+    /// MD5 of its entry's file.
+    pub md5: Option<String>,
+    /// The fixity values it was submitted with.
+    pub checksum: Checksum,
     pub media_id: Option<String>,
     pub mime_type: Option<String>,
     pub size: Option<i64>,
@@ -173,7 +177,7 @@ pub async fn of_job(client: &impl GenericClient, job_id: &str) -> anyhow::Result
         .query(
             "SELECT i.state, i.reason, i.external_id, i.url, i.media_id, m.mime_type, m.asset_size,
                     i.last_error, m.duration_seconds, m.width, m.height, m.video_codec,
-                    i.file_name, m.sha256
+                    i.file_name, m.sha256, m.md5, i.expected_sha256, i.expected_md5
              FROM job_items i LEFT JOIN media_entries m ON m.id = i.media_id
              WHERE i.job_id = $1 ORDER BY i.idx",
             &[&job_id],
@@ -197,6 +201,11 @@ pub async fn of_job(client: &impl GenericClient, job_id: &str) -> anyhow::Result
             codec: row.get(11),
             file_name: row.get(12),
             sha256: row.get(13),
+            md5: row.get(14),
+            checksum: Checksum {
+                sha256: row.get(15),
+                md5: row.get(16),
+            },
         })
         .collect())
 }

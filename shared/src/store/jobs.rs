@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio_postgres::Row;
 
 use super::webhooks::{self, RoundStarted};
-use super::{dispatch, ItemState, JobState, WebhookState};
+use super::{dispatch, Checksum, ItemState, JobState, WebhookState};
 
 /// One video of a batch being accepted.
 #[derive(Debug, Clone)]
@@ -18,6 +18,8 @@ pub struct NewVideo {
     pub external_id: String,
     pub file_name: String,
     pub metadata: Value,
+    /// Fixity values to check the stored file against.
+    pub checksum: Checksum,
 }
 
 /// A batch being accepted.
@@ -63,9 +65,13 @@ pub async fn insert(tx: &Transaction<'_>, job: &NewJob<'_>) -> anyhow::Result<()
     let urls: Vec<&str> = job.videos.iter().map(|v| v.url.as_str()).collect();
     let file_names: Vec<&str> = job.videos.iter().map(|v| v.file_name.as_str()).collect();
     let metadata: Vec<&Value> = job.videos.iter().map(|v| &v.metadata).collect();
+    let sha256: Vec<Option<&str>> = job.videos.iter().map(|v| v.checksum.sha256.as_deref()).collect();
+    let md5: Vec<Option<&str>> = job.videos.iter().map(|v| v.checksum.md5.as_deref()).collect();
     tx.execute(
-        "INSERT INTO job_items (job_id, idx, external_id, url, file_name, metadata, state)
-         SELECT $1, u.*, $7 FROM unnest($2::int4[], $3::text[], $4::text[], $5::text[], $6::jsonb[]) AS u",
+        "INSERT INTO job_items (job_id, idx, external_id, url, file_name, metadata,
+                                expected_sha256, expected_md5, state)
+         SELECT $1, u.*, $9 FROM unnest($2::int4[], $3::text[], $4::text[], $5::text[],
+                                        $6::jsonb[], $7::text[], $8::text[]) AS u",
         &[
             &job.id,
             &idx,
@@ -73,6 +79,8 @@ pub async fn insert(tx: &Transaction<'_>, job: &NewJob<'_>) -> anyhow::Result<()
             &urls,
             &file_names,
             &metadata,
+            &sha256,
+            &md5,
             &ItemState::Pending,
         ],
     )
@@ -231,7 +239,8 @@ pub async fn retry_source(
     };
     let videos = client
         .query(
-            "SELECT url, external_id, file_name, metadata FROM job_items
+            "SELECT url, external_id, file_name, metadata, expected_sha256, expected_md5
+             FROM job_items
              WHERE job_id = $1 AND state = $2 AND ($3 OR reason IS DISTINCT FROM $4)
              ORDER BY idx",
             &[&id, &ItemState::Failed, &include_cancelled, &CANCELLED],
@@ -244,6 +253,10 @@ pub async fn retry_source(
             external_id: r.get(1),
             file_name: r.get(2),
             metadata: r.get(3),
+            checksum: Checksum {
+                sha256: r.get(4),
+                md5: r.get(5),
+            },
         })
         .collect();
     Ok(Some(RetrySource {

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (11, include_str!("migrations/0011_webhook_hold.sql")),
     (12, include_str!("migrations/0012_webhook_rounds.sql")),
     (13, include_str!("migrations/0013_retry_of.sql")),
+    (14, include_str!("migrations/0014_checksums.sql")),
 ];
 
 /// Migrations after which a binary that does not know them can no longer run (they drop or

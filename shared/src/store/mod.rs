@@ -36,5 +36,5 @@ pub mod tokens;
 pub mod usage;
 pub mod webhooks;
 
-pub use model::{Item, Validators};
+pub use model::{Checksum, Item, Validators};
 pub use states::{ItemState, JobState, UnknownState, Waiting, WebhookState};

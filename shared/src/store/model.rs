@@ -2,6 +2,7 @@
 //! it, and its source's cache validators. Apart from the modules that read and write them,
 //! so that none of those depends on another for a type.
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::ItemState;
@@ -20,6 +21,43 @@ pub struct Item {
     pub state: ItemState,
     /// Validators of the existing entry's source, when it came from this same URL.
     pub known: Option<Validators>,
+    /// The fixity values it was submitted with, checked against what is stored.
+    pub checksum: Checksum,
+}
+
+/// Fixity values of a video (lower-case hex), as its submitter gave them: what is stored
+/// must match each one given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checksum {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
+}
+
+impl Checksum {
+    /// Whether no value was given.
+    pub fn is_empty(&self) -> bool {
+        self.sha256.is_none() && self.md5.is_none()
+    }
+
+    /// Why stored bytes of these hashes do not match, naming the first value that differs;
+    /// `None` when every value given matches.
+    pub fn mismatch(&self, sha256: &str, md5: &str) -> Option<String> {
+        for (name, expected, got) in [
+            ("sha256", &self.sha256, sha256),
+            ("md5", &self.md5, md5),
+        ] {
+            if let Some(expected) = expected {
+                if !expected.eq_ignore_ascii_case(got) {
+                    return Some(format!(
+                        "checksum mismatch: expected {name} {expected}, got {got}"
+                    ));
+                }
+            }
+        }
+        None
+    }
 }
 
 /// The source's cache validators, sent back on re-imports.
@@ -33,5 +71,28 @@ impl Validators {
     /// Whether the source sent neither an ETag nor a Last-Modified.
     pub fn is_empty(&self) -> bool {
         self.etag.is_none() && self.last_modified.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Checksum;
+
+    #[test]
+    fn each_value_given_must_match() {
+        let both = Checksum {
+            sha256: Some("aa".into()),
+            md5: Some("bb".into()),
+        };
+        assert_eq!(both.mismatch("aa", "BB"), None, "hex case does not matter");
+        assert_eq!(
+            both.mismatch("ab", "bb").as_deref(),
+            Some("checksum mismatch: expected sha256 aa, got ab")
+        );
+        assert_eq!(
+            both.mismatch("aa", "bc").as_deref(),
+            Some("checksum mismatch: expected md5 bb, got bc")
+        );
+        assert_eq!(Checksum::default().mismatch("x", "y"), None);
     }
 }

@@ -26,7 +26,7 @@ fn fixture(queue: &str, version: u32) -> Vec<u8> {
 
 #[test]
 fn every_fetch_message_ever_published_decodes_or_is_refused_with_its_reason() {
-    for version in 1..=FetchVideo::VERSION {
+    for version in 1..=FetchVideo::CHECKSUM_VERSION {
         let decoded = FetchVideo::decode(&fixture("fetch", version));
         if version < FetchVideo::VERSIONS.oldest {
             assert_eq!(
@@ -50,11 +50,17 @@ fn every_fetch_message_ever_published_decodes_or_is_refused_with_its_reason() {
         assert_eq!(item.metadata["title"], "Evening news, 3 March 1987");
         let known = item.known.expect("the entry's validators");
         assert_eq!(known.etag.as_deref(), Some("\"5e1f\""));
-        // What this binary publishes reads back the same.
+        if version >= 4 {
+            assert_eq!(item.checksum.sha256.as_deref(), Some("9f2c5e1f"));
+            assert_eq!(item.checksum.md5, None);
+        }
+        // What this binary publishes reads back the same, v4 only with a checksum.
         let again = message.outgoing(None, None);
         assert_eq!(FetchVideo::decode(&again.payload).unwrap(), message);
+        let published: serde_json::Value = serde_json::from_slice(&again.payload).unwrap();
+        assert_eq!(published["v"], if version >= 4 { 4 } else { 3 });
     }
-    let newer = br#"{"v": 4, "job_id": "j", "idx": 0}"#;
+    let newer = br#"{"v": 5, "job_id": "j", "idx": 0}"#;
     assert!(FetchVideo::decode(newer).unwrap_err().is_newer());
 }
 

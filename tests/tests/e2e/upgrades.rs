@@ -165,6 +165,10 @@ fn added_columns() -> BTreeMap<(&'static str, &'static str), Value> {
         (("webhook_attempts", "number"), Value::Null),
         // 0013: retries.
         (("jobs", "retry_of"), Value::Null),
+        // 0014: checksums.
+        (("job_items", "expected_sha256"), Value::Null),
+        (("job_items", "expected_md5"), Value::Null),
+        (("media_entries", "md5"), Value::Null),
     ])
 }
 

@@ -648,3 +648,64 @@ async fn a_presigned_url_is_fetched_with_one_plain_get_and_its_signature_is_neve
     }
     stack.finish().await;
 }
+
+/// Fixity: each checksum given is checked against what is stored; a mismatch is tried once
+/// more, then fails with both values named, and nothing of it is kept.
+#[tokio::test]
+async fn checksums_are_verified_and_a_mismatch_fails_with_nothing_kept() {
+    use md5::{Digest, Md5};
+    let stack = Stack::start(Options::default()).await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("fixity").await;
+    let bytes = fixture("sample.mp4");
+    let sha = sha256(&bytes);
+    let md5 = hex::encode(Md5::digest(&bytes));
+    let wrong = "0".repeat(64);
+    let body = json!({"systemName": "archive", "videos": [
+        {"url": videos.url("/videos/sample.mp4?a"), "id": "by-sha", "fileName": "a", "metadata": {},
+         "checksum": {"sha256": sha.to_uppercase()}},
+        {"url": videos.url("/videos/sample.mp4?b"), "id": "by-md5", "fileName": "b", "metadata": {},
+         "checksum": {"md5": md5}},
+        {"url": videos.url("/videos/sample.mp4?c"), "id": "wrong", "fileName": "c", "metadata": {},
+         "checksum": {"sha256": wrong, "md5": md5}},
+    ]});
+    let job = stack.import(&project.token, &body).await;
+    let status = stack.wait_finished(&project.token, &job, 60).await;
+    let videos_shown = status["videos"].as_array().unwrap();
+    assert_eq!(videos_shown[0]["status"], "success", "{status}");
+    assert_eq!(videos_shown[0]["video"]["verified"]["sha256"], sha.as_str());
+    assert_eq!(videos_shown[0]["video"]["md5"], md5.as_str());
+    assert_eq!(videos_shown[1]["status"], "success", "{status}");
+    assert_eq!(videos_shown[1]["video"]["verified"]["md5"], md5.as_str());
+    assert_eq!(videos_shown[2]["status"], "failed");
+    assert_eq!(
+        videos_shown[2]["reason"],
+        format!("checksum mismatch: expected sha256 {wrong}, got {sha}")
+    );
+    assert_eq!(
+        videos.hits("/videos/sample.mp4"),
+        4,
+        "the mismatched video was tried twice, the others once"
+    );
+    let stored = files_below(&stack.dir.join("videos"));
+    assert_eq!(stored.len(), 2, "nothing kept of the mismatch: {stored:?}");
+    let media_id = videos_shown[0]["video"]["mediaId"].as_str().unwrap();
+    let (_, entry) = stack
+        .get(Some(&project.token), &format!("/api/v1/mediaLibrary/{media_id}"))
+        .await;
+    assert_eq!(entry["asset"]["md5"], md5.as_str());
+
+    // A malformed checksum is refused at the door, naming the field.
+    let bad = json!({"systemName": "archive", "videos": [
+        {"url": videos.url("/videos/sample.mp4"), "id": "x", "fileName": "x", "metadata": {},
+         "checksum": {"sha256": "abc"}}]});
+    let (code, error) = stack
+        .import_raw(Some(&project.token), &bad.to_string())
+        .await;
+    assert_eq!(code, 400);
+    assert_eq!(
+        error["error_details"]["videos[0].checksum.sha256"],
+        "must be 64 hexadecimal digits"
+    );
+    stack.finish().await;
+}
