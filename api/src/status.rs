@@ -20,7 +20,8 @@ use crate::auth::{Caller, WRITE};
 use crate::conditional::ETag;
 use crate::error::ApiError;
 use crate::model::{
-    ChecksumInput, JobList, JobStatus, JobSummary, Overview, VideoOutcome, VideoRef, VideoStatus, WebhookStatus,
+    ChecksumInput, JobList, JobStatus, JobSummary, Overview, VideoOutcome, VideoRef, VideoStatus,
+    WebhookStatus,
 };
 use crate::state::AppState;
 

@@ -954,6 +954,10 @@ mod tests {
             r#"{{"systemName":"s","videos":[{{"url":"https://a.example/v.mp4","id":"a","fileName":"a","metadata":{{}},"checksum":{{"sha256":"{sha}"}}}}]}}"#
         );
         let batch = batch(ok.as_bytes(), 10, &Targets::default()).unwrap();
-        assert_eq!(batch.videos[0].checksum.sha256, Some("a".repeat(64)), "lower case");
+        assert_eq!(
+            batch.videos[0].checksum.sha256,
+            Some("a".repeat(64)),
+            "lower case"
+        );
     }
 }

@@ -513,7 +513,7 @@ mod tests {
     #[test]
     fn dead_letters_go_back_wait_for_a_newer_binary_or_are_settled() {
         let newer = Unreadable::Version {
-            found: 4,
+            found: 5,
             reads: FetchVideo::VERSIONS,
         };
         let retired = Unreadable::Version {

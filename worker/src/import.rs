@@ -202,15 +202,13 @@ impl Importer {
     /// cancelled job's downloads stop instead of running to their end.
     async fn download_while_pending(&self, item: &Item) -> Result<Fetched, FetchError> {
         let stop = CancellationToken::new();
-        let download =
-            self.fetcher
-                .download(
-                    &item.url,
-                    item.project_id,
-                    item.known.as_ref(),
-                    &item.checksum,
-                    &stop,
-                );
+        let download = self.fetcher.download(
+            &item.url,
+            item.project_id,
+            item.known.as_ref(),
+            &item.checksum,
+            &stop,
+        );
         tokio::pin!(download);
         loop {
             tokio::select! {

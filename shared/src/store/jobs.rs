@@ -65,8 +65,16 @@ pub async fn insert(tx: &Transaction<'_>, job: &NewJob<'_>) -> anyhow::Result<()
     let urls: Vec<&str> = job.videos.iter().map(|v| v.url.as_str()).collect();
     let file_names: Vec<&str> = job.videos.iter().map(|v| v.file_name.as_str()).collect();
     let metadata: Vec<&Value> = job.videos.iter().map(|v| &v.metadata).collect();
-    let sha256: Vec<Option<&str>> = job.videos.iter().map(|v| v.checksum.sha256.as_deref()).collect();
-    let md5: Vec<Option<&str>> = job.videos.iter().map(|v| v.checksum.md5.as_deref()).collect();
+    let sha256: Vec<Option<&str>> = job
+        .videos
+        .iter()
+        .map(|v| v.checksum.sha256.as_deref())
+        .collect();
+    let md5: Vec<Option<&str>> = job
+        .videos
+        .iter()
+        .map(|v| v.checksum.md5.as_deref())
+        .collect();
     tx.execute(
         "INSERT INTO job_items (job_id, idx, external_id, url, file_name, metadata,
                                 expected_sha256, expected_md5, state)

@@ -44,10 +44,7 @@ impl Checksum {
     /// Why stored bytes of these hashes do not match, naming the first value that differs;
     /// `None` when every value given matches.
     pub fn mismatch(&self, sha256: &str, md5: &str) -> Option<String> {
-        for (name, expected, got) in [
-            ("sha256", &self.sha256, sha256),
-            ("md5", &self.md5, md5),
-        ] {
+        for (name, expected, got) in [("sha256", &self.sha256, sha256), ("md5", &self.md5, md5)] {
             if let Some(expected) = expected {
                 if !expected.eq_ignore_ascii_case(got) {
                     return Some(format!(

@@ -131,7 +131,7 @@ async fn messages_of_versions_a_binary_does_not_read_are_settled_with_the_reason
         let waiting = status["videos"][1]["lastError"]
             .as_str()
             .unwrap_or_default();
-        if waiting.contains("message version 99 not supported by this binary (it reads 2..3)") {
+        if waiting.contains("message version 99 not supported by this binary (it reads 2..4)") {
             assert_eq!(status["videos"][1]["state"], "pending", "{status}");
             break;
         }

@@ -691,7 +691,10 @@ async fn checksums_are_verified_and_a_mismatch_fails_with_nothing_kept() {
     assert_eq!(stored.len(), 2, "nothing kept of the mismatch: {stored:?}");
     let media_id = videos_shown[0]["video"]["mediaId"].as_str().unwrap();
     let (_, entry) = stack
-        .get(Some(&project.token), &format!("/api/v1/mediaLibrary/{media_id}"))
+        .get(
+            Some(&project.token),
+            &format!("/api/v1/mediaLibrary/{media_id}"),
+        )
         .await;
     assert_eq!(entry["asset"]["md5"], md5.as_str());
 
