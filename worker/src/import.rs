@@ -201,6 +201,10 @@ impl Importer {
     /// Downloads the video, looking every [`CANCEL_POLL`] whether it is still pending: a
     /// cancelled job's downloads stop instead of running to their end.
     async fn download_while_pending(&self, item: &Item) -> Result<Fetched, FetchError> {
+        if self.stored_already(item).await {
+            tracing::info!("the stored file matches the video's checksum: not downloaded");
+            return Ok(Fetched::NotModified);
+        }
         let stop = CancellationToken::new();
         let download = self.fetcher.download(
             &item.url,
@@ -225,6 +229,30 @@ impl Importer {
                     }
                 }
             }
+        }
+    }
+
+    /// Whether the video's entry already holds the file its checksum names (then there is
+    /// nothing to download). A failed look just means downloading.
+    async fn stored_already(&self, item: &Item) -> bool {
+        if item.checksum.is_empty() {
+            return false;
+        }
+        let look = async {
+            let client = self.pool.get().await.ok()?;
+            entries::stored_hashes(
+                &client,
+                item.project_id,
+                &item.system_name,
+                &item.external_id,
+            )
+            .await
+            .ok()
+            .flatten()
+        };
+        match look.await {
+            Some((sha256, md5)) => item.checksum.matches_stored(&sha256, md5.as_deref()),
+            None => false,
         }
     }
 

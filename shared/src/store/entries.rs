@@ -424,6 +424,28 @@ pub async fn find(
     Ok(row.as_ref().map(EntryRecord::from_row))
 }
 
+/// The SHA-256 and MD5 of the file of the project's entry (`systemName`, `externalId`), if
+/// there is one.
+pub async fn stored_hashes(
+    client: &impl GenericClient,
+    project_id: i64,
+    system_name: &str,
+    external_id: &str,
+) -> anyhow::Result<Option<(String, Option<String>)>> {
+    let statement = client
+        .prepare_cached(
+            "SELECT sha256, md5 FROM media_entries
+             WHERE project_id = $1 AND system_name = $2 AND external_id = $3",
+        )
+        .await
+        .context("preparing the stored-hash look")?;
+    let row = client
+        .query_opt(&statement, &[&project_id, &system_name, &external_id])
+        .await
+        .context("reading the entry's hashes")?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
 /// The project's entries with this `systemName` and `externalId` (zero or one).
 pub async fn find_by_external_id(
     client: &impl GenericClient,

@@ -41,6 +41,20 @@ impl Checksum {
         self.sha256.is_none() && self.md5.is_none()
     }
 
+    /// Whether a stored file of these hashes is the one these values name: each value given
+    /// is known for it and equal (an entry stored before MD5s were kept cannot match an MD5).
+    pub fn matches_stored(&self, sha256: &str, md5: Option<&str>) -> bool {
+        !self.is_empty()
+            && self
+                .sha256
+                .as_ref()
+                .is_none_or(|s| s.eq_ignore_ascii_case(sha256))
+            && self
+                .md5
+                .as_ref()
+                .is_none_or(|m| md5.is_some_and(|stored| m.eq_ignore_ascii_case(stored)))
+    }
+
     /// Why stored bytes of these hashes do not match, naming the first value that differs;
     /// `None` when every value given matches.
     pub fn mismatch(&self, sha256: &str, md5: &str) -> Option<String> {
@@ -91,5 +105,9 @@ mod tests {
             Some("checksum mismatch: expected md5 bb, got bc")
         );
         assert_eq!(Checksum::default().mismatch("x", "y"), None);
+        assert!(both.matches_stored("AA", Some("bb")));
+        assert!(!both.matches_stored("aa", None), "no MD5 kept: cannot tell");
+        assert!(!both.matches_stored("ab", Some("bb")));
+        assert!(!Checksum::default().matches_stored("aa", Some("bb")));
     }
 }

@@ -698,6 +698,16 @@ async fn checksums_are_verified_and_a_mismatch_fails_with_nothing_kept() {
         .await;
     assert_eq!(entry["asset"]["md5"], md5.as_str());
 
+    // The same video again with the same checksum: skipped without a download.
+    let again = json!({"systemName": "archive", "videos": [
+        {"url": videos.url("/videos/sample.mp4?a"), "id": "by-sha", "fileName": "a", "metadata": {},
+         "checksum": {"sha256": sha, "md5": md5}}]});
+    let job = stack.import(&project.token, &again).await;
+    let status = stack.wait_finished(&project.token, &job, 30).await;
+    assert_eq!(status["videos"][0]["status"], "skipped", "{status}");
+    assert_eq!(status["videos"][0]["video"]["mediaId"], media_id);
+    assert_eq!(videos.hits("/videos/sample.mp4"), 4, "no download");
+
     // A malformed checksum is refused at the door, naming the field.
     let bad = json!({"systemName": "archive", "videos": [
         {"url": videos.url("/videos/sample.mp4"), "id": "x", "fileName": "x", "metadata": {},
