@@ -235,6 +235,19 @@ impl Checker {
                 ));
             }
         }
+        for (field, value, digits) in [
+            ("sha256", &row.checksum.sha256, 64),
+            ("md5", &row.checksum.md5, 32),
+        ] {
+            if let Some(value) = value {
+                if value.len() != digits || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    problems.push(Problem::of(
+                        field,
+                        format!("must be {digits} hexadecimal digits"),
+                    ));
+                }
+            }
+        }
         let bytes = row.json_len();
         if self.envelope + bytes > self.rules.max_body_bytes {
             problems.push(Problem::of(
@@ -376,11 +389,32 @@ mod tests {
             id: id.into(),
             file_name: file_name.into(),
             metadata: metadata.as_object().cloned().unwrap_or_default(),
+            checksum: Default::default(),
         }
     }
 
     fn good(line: u64, id: &str) -> Row {
         row(line, "https://a.example/v.mp4", id, "f", json!({}))
+    }
+
+    #[test]
+    fn checksums_must_be_hex_of_their_length() {
+        let mut checker = checker();
+        let mut fine = good(2, "a");
+        fine.checksum.sha256 = Some("A".repeat(64));
+        fine.checksum.md5 = Some("0".repeat(32));
+        assert!(checker.check(&fine).is_empty());
+        let mut bad = good(3, "b");
+        bad.checksum.sha256 = Some("xyz".into());
+        bad.checksum.md5 = Some("0".repeat(31));
+        let problems: Vec<String> = checker.check(&bad).iter().map(Problem::to_string).collect();
+        assert_eq!(
+            problems,
+            [
+                "sha256 must be 64 hexadecimal digits",
+                "md5 must be 32 hexadecimal digits"
+            ]
+        );
     }
 
     fn checker() -> Checker {

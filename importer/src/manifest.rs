@@ -1,7 +1,9 @@
 //! Reading a manifest, streamed row by row so that a million rows need little memory: CSV
 //! (header `url,id,fileName` plus `metadata.<key>` columns or one `metadata` JSON column)
 //! or JSON Lines (one video object per line, as in the API's batch). A UTF-8 byte order
-//! mark is left out. Here rows are read; `check` says whether the API would take them.
+//! mark is left out. Fixity values come from `sha256`/`md5` columns (CSV) or fields (JSON
+//! Lines, also as a `checksum` object). Here rows are read; `check` says whether the API
+//! would take them.
 
 use std::cell::RefCell;
 use std::fs::File;
@@ -24,6 +26,23 @@ pub struct Row {
     pub id: String,
     pub file_name: String,
     pub metadata: Map<String, Value>,
+    /// Fixity values, as written in the manifest (checked by `check`).
+    pub checksum: Checksum,
+}
+
+/// A row's fixity values; empty cells and missing fields are `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Checksum {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub md5: Option<String>,
+}
+
+impl Checksum {
+    fn is_empty(&self) -> bool {
+        self.sha256.is_none() && self.md5.is_none()
+    }
 }
 
 /// A row as a video of the API's batch, borrowed.
@@ -34,6 +53,8 @@ struct Video<'a> {
     #[serde(rename = "fileName")]
     file_name: &'a str,
     metadata: &'a Map<String, Value>,
+    #[serde(skip_serializing_if = "Checksum::is_empty")]
+    checksum: &'a Checksum,
 }
 
 impl Row {
@@ -43,6 +64,7 @@ impl Row {
             id: &self.id,
             file_name: &self.file_name,
             metadata: &self.metadata,
+            checksum: &self.checksum,
         }
     }
 
@@ -169,6 +191,7 @@ fn csv_rows(
         );
     };
     let metadata_json = column("metadata");
+    let (sha256, md5) = (column("sha256"), column("md5"));
     let metadata_columns: Vec<(usize, String)> = names
         .iter()
         .enumerate()
@@ -270,12 +293,20 @@ fn csv_rows(
                 metadata.insert(key.clone(), Value::String(value));
             }
         }
+        let cell = |i: Option<usize>| {
+            i.map(|i| field(i).trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
         Some(Ok(Row {
             line,
             url: field(url),
             id: field(id),
             file_name: field(file_name),
             metadata,
+            checksum: Checksum {
+                sha256: cell(sha256),
+                md5: cell(md5),
+            },
         }))
     }))
 }
@@ -361,6 +392,42 @@ fn json_row(line: u64, bytes: &[u8]) -> Result<Row, Vec<Problem>> {
             Map::new()
         }
     };
+    // `sha256`/`md5` beside the other fields, or in a `checksum` object as the API takes.
+    let mut checksum_fields = match object.remove("checksum") {
+        Some(Value::Object(map)) => map,
+        None => Map::new(),
+        Some(other) => {
+            problems.push(Problem::of(
+                "checksum",
+                format!("is {}, not a JSON object", kind(&other)),
+            ));
+            Map::new()
+        }
+    };
+    let mut hex_of = |key: &str| {
+        let value = object.remove(key).or_else(|| checksum_fields.remove(key));
+        match value {
+            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
+            None | Some(Value::Null) | Some(Value::String(_)) => None,
+            Some(other) => {
+                problems.push(Problem::of(
+                    key,
+                    format!("must be a string of hex digits, not {}", kind(&other)),
+                ));
+                None
+            }
+        }
+    };
+    let checksum = Checksum {
+        sha256: hex_of("sha256"),
+        md5: hex_of("md5"),
+    };
+    for unknown in checksum_fields.keys() {
+        problems.push(Problem::of(
+            format!("checksum.{unknown}"),
+            "is not a checksum the service checks: give sha256, md5 or both",
+        ));
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -370,6 +437,7 @@ fn json_row(line: u64, bytes: &[u8]) -> Result<Row, Vec<Problem>> {
         id,
         file_name,
         metadata,
+        checksum,
     })
 }
 
@@ -392,6 +460,43 @@ mod tests {
                 )),
             })
             .collect()
+    }
+
+    #[test]
+    fn checksums_come_from_columns_fields_or_a_checksum_object() {
+        let rows = csv("url,id,fileName,sha256,md5\n\
+             https://a.example/1.mp4,one,f1,ABC,\n\
+             https://a.example/2.mp4,two,f2,,def\n");
+        let one = rows[0].as_ref().unwrap();
+        assert_eq!(one.checksum.sha256.as_deref(), Some("ABC"));
+        assert_eq!(one.checksum.md5, None, "an empty cell gives none");
+        assert_eq!(
+            one.to_video()["checksum"],
+            serde_json::json!({"sha256": "ABC"})
+        );
+        let two = rows[1].as_ref().unwrap();
+        assert_eq!(two.checksum.md5.as_deref(), Some("def"));
+        let row = json_row(
+            1,
+            br#"{"url":"u","id":"i","fileName":"f","sha256":"aa","checksum":{"md5":"bb"}}"#,
+        )
+        .unwrap();
+        assert_eq!(row.checksum.sha256.as_deref(), Some("aa"));
+        assert_eq!(row.checksum.md5.as_deref(), Some("bb"));
+        let plain = json_row(1, br#"{"url":"u","id":"i","fileName":"f"}"#).unwrap();
+        assert!(
+            plain.to_video().get("checksum").is_none(),
+            "no checksum: not sent"
+        );
+        let bad = json_row(
+            1,
+            br#"{"url":"u","id":"i","fileName":"f","checksum":{"sha1":"aa"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            bad[0].to_string(),
+            "checksum.sha1 is not a checksum the service checks: give sha256, md5 or both"
+        );
     }
 
     #[test]
@@ -598,6 +703,10 @@ mod tests {
                 .as_object()
                 .unwrap()
                 .clone(),
+            checksum: Checksum {
+                sha256: Some("ab".into()),
+                md5: None,
+            },
         };
         assert_eq!(
             row.json_len(),

@@ -517,6 +517,7 @@ mod tests {
                 .as_object()
                 .unwrap()
                 .clone(),
+            checksum: Default::default(),
         }
     }
 

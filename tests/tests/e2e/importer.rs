@@ -578,3 +578,41 @@ async fn retry_makes_one_job_of_the_failed_videos_with_the_batches_context() {
     assert_ne!(line["retry"], retried.as_str());
     stack.finish().await;
 }
+
+#[tokio::test]
+async fn manifest_checksums_are_sent_and_a_mismatch_is_reported_by_line() {
+    let stack = Stack::start(Options::default()).await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("fixity-cli").await;
+    let sha =
+        video_import_tests::videos::sha256(&video_import_tests::videos::fixture("sample.mp4"));
+    let manifest = stack.dir.join("fixity.csv");
+    let csv = format!(
+        "url,id,fileName,sha256\n{},good,g,{sha}\n{},bad,b,{}\n",
+        videos.url("/videos/sample.mp4?1"),
+        videos.url("/videos/sample.mp4?2"),
+        "f".repeat(64)
+    );
+    std::fs::write(&manifest, csv).unwrap();
+    let (code, stdout, stderr) = import(&stack, &project.token, &manifest, &["--watch"]).await;
+    assert_eq!(code, 1, "one video failed: {stderr}");
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("{stdout}"));
+    assert_eq!(
+        (report["imported"].as_i64(), report["failed"].as_i64()),
+        (Some(1), Some(1)),
+        "{report}"
+    );
+    let failures = std::fs::read_to_string(report["failures_csv"].as_str().unwrap()).unwrap();
+    assert!(
+        failures.contains(&format!(
+            "checksum mismatch: expected sha256 {}, got {sha}",
+            "f".repeat(64)
+        )),
+        "{failures}"
+    );
+    assert!(
+        failures.lines().nth(1).unwrap().starts_with("3,bad,"),
+        "{failures}"
+    );
+    stack.finish().await;
+}
