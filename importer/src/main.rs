@@ -7,6 +7,7 @@
 //! - `report`: following the jobs to the end, and `failures.csv`;
 //! - `client`: the API calls, their retries and waits; `progress`: what the user sees.
 
+mod bagit;
 mod check;
 mod client;
 mod manifest;

@@ -40,7 +40,8 @@ pub struct Checksum {
 }
 
 impl Checksum {
-    fn is_empty(&self) -> bool {
+    /// Whether neither value is given.
+    pub fn is_empty(&self) -> bool {
         self.sha256.is_none() && self.md5.is_none()
     }
 }

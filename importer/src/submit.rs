@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::bagit::Fixity;
 use crate::check::{self, Checker, Networks, Rules};
 use crate::client::{Api, CallError};
 use crate::manifest::{self, Format, Row};
@@ -77,6 +78,11 @@ pub struct Options {
     /// Called by the service when each batch's job is finished.
     #[arg(long)]
     pub webhook: Option<String>,
+    /// A BagIt payload manifest (manifest-sha256.txt or manifest-md5.txt, repeatable): its
+    /// checksums go with the rows whose URL path ends with the manifest's path (without
+    /// the bag's data/).
+    #[arg(long, value_name = "FILE")]
+    pub bagit_manifest: Vec<PathBuf>,
     /// A JSON object sent back verbatim in every batch's webhook (at most 8192 bytes), e.g.
     /// '{"migration":"tape-42"}'.
     #[arg(long, value_name = "JSON", value_parser = parse_context)]
@@ -259,13 +265,17 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    let fixity = Fixity::read(&options.bagit_manifest)?;
     let mut valid = 0u64;
+    let mut with_fixity = 0u64;
     let mut bad = BTreeSet::new();
     let mut problems_seen = 0usize;
     for row in manifest::rows(&options.manifest, format)? {
         let (line, problems, ends_reading) = match row {
-            Ok(row) => {
-                let problems = checker.check(&row);
+            Ok(mut row) => {
+                let mut problems = fixity.apply(&mut row);
+                with_fixity += u64::from(!row.checksum.is_empty());
+                problems.extend(checker.check(&row));
                 if problems.is_empty() {
                     valid += 1;
                     continue;
@@ -290,6 +300,9 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
     }
     let envelope = checker.envelope();
     drop(checker);
+    if !fixity.is_empty() {
+        eprintln!("{with_fixity} rows have a checksum (from the manifest or the BagIt manifests)");
+    }
     if !bad.is_empty() {
         if problems_seen > SHOWN_PROBLEMS {
             eprintln!("… and {} more problems", problems_seen - SHOWN_PROBLEMS);
@@ -303,7 +316,16 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
         }
         eprintln!("leaving out {} bad rows (--skip-invalid)", bad.len());
     }
-    let manifest_sha256 = file_sha256(&options.manifest)?;
+    // The BagIt manifests change the batches' bodies: they are part of what the keys name.
+    let mut manifest_sha256 = file_sha256(&options.manifest)?;
+    if !options.bagit_manifest.is_empty() {
+        let mut hasher = Sha256::new();
+        hasher.update(manifest_sha256.as_bytes());
+        for path in &options.bagit_manifest {
+            hasher.update(file_sha256(path)?.as_bytes());
+        }
+        manifest_sha256 = hex::encode(hasher.finalize());
+    }
     let state_path = options
         .state
         .clone()
@@ -315,7 +337,11 @@ pub async fn run(options: Options) -> anyhow::Result<ExitCode> {
     // Second pass: batches, posted `in_flight` at a time.
     let rows = manifest::rows(&options.manifest, format)?
         .filter_map(Result::ok)
-        .filter(|row| !bad.contains(&row.line));
+        .filter(|row| !bad.contains(&row.line))
+        .map(|mut row| {
+            fixity.apply(&mut row);
+            row
+        });
     // Batches an earlier run got accepted are not sent again.
     let earlier: BTreeMap<u64, _> = state
         .accepted

@@ -616,3 +616,56 @@ async fn manifest_checksums_are_sent_and_a_mismatch_is_reported_by_line() {
     );
     stack.finish().await;
 }
+
+#[tokio::test]
+async fn a_bagit_manifest_beside_a_url_list_gives_each_video_its_checksum() {
+    let stack = Stack::start(Options::default()).await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("bagit").await;
+    let bytes = video_import_tests::videos::fixture("sample.mp4");
+    let sha = video_import_tests::videos::sha256(&bytes);
+    let list = stack.dir.join("urls.csv");
+    std::fs::write(
+        &list,
+        format!(
+            "url,id,fileName\n{},kept,k\n{},damaged,d\n",
+            videos.url("/videos/sample.mp4"),
+            videos.url("/padded/1/sample.mp4")
+        ),
+    )
+    .unwrap();
+    // The bag's manifest: the second file's entry is the sample's, not the padded copy's.
+    let bag = stack.dir.join("bag");
+    std::fs::create_dir_all(&bag).unwrap();
+    let manifest = bag.join("manifest-sha256.txt");
+    std::fs::write(
+        &manifest,
+        format!("{sha}  data/videos/sample.mp4\n{sha}  data/padded/1/sample.mp4\n"),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = import(
+        &stack,
+        &project.token,
+        &list,
+        &["--watch", "--bagit-manifest", manifest.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(code, 1, "the damaged copy failed: {stderr}");
+    assert!(stderr.contains("2 rows have a checksum"), "{stderr}");
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|_| panic!("{stdout}"));
+    assert_eq!(
+        (report["imported"].as_i64(), report["failed"].as_i64()),
+        (Some(1), Some(1)),
+        "{report}"
+    );
+    let failures = std::fs::read_to_string(report["failures_csv"].as_str().unwrap()).unwrap();
+    assert!(
+        failures.contains(&format!("checksum mismatch: expected sha256 {sha}")),
+        "{failures}"
+    );
+    let entry = stack
+        .sql("SELECT sha256 FROM media_entries WHERE external_id = 'kept'")
+        .await;
+    assert_eq!(entry[0].get::<_, String>(0), sha);
+    stack.finish().await;
+}
