@@ -147,7 +147,10 @@ mod tests {
     }
 
     fn fixity(lines: &str) -> Fixity {
-        let dir = std::env::temp_dir().join(format!("bagit-{}", std::process::id()));
+        // A folder per call: the tests run at once.
+        static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("bagit-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("manifest-sha256.txt");
         std::fs::write(&path, lines).unwrap();
@@ -167,7 +170,11 @@ mod tests {
         assert_eq!(b.checksum.sha256.as_deref(), Some("bbb"));
         let mut spaced = row("https://h.example/tape%2042.mp4");
         f.apply(&mut spaced);
-        assert_eq!(spaced.checksum.sha256.as_deref(), Some("ccc"), "percent-decoded URL");
+        assert_eq!(
+            spaced.checksum.sha256.as_deref(),
+            Some("ccc"),
+            "percent-decoded URL"
+        );
         let mut other = row("https://h.example/c/x.mp4");
         f.apply(&mut other);
         assert_eq!(other.checksum.sha256, None, "no manifest path matches");
