@@ -35,7 +35,7 @@ struct Cli {
 enum Command {
     /// Import every row of a manifest (CSV or JSON Lines); re-run the same command to
     /// resume after a crash or Ctrl-C.
-    Import(submit::Options),
+    Import(Box<submit::Options>),
     /// Import the failed videos of finished jobs again: one new job per job, printed as a
     /// JSON line ({"job","retry"}); running it twice makes no second retry.
     Retry(retry::Options),
@@ -45,7 +45,7 @@ enum Command {
 async fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let outcome = match Cli::parse().command {
-        Command::Import(options) => submit::run(options).await,
+        Command::Import(options) => submit::run(*options).await,
         Command::Retry(options) => retry::run(options).await,
     };
     match outcome {
