@@ -33,16 +33,11 @@ async fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let command = cli.command.unwrap_or_default();
     if let cli::Command::Healthcheck = command {
-        let name = "video-import-api";
-        return match video_import_shared::config::Settings::load_for(name, cli.config.as_deref()) {
-            Ok(settings) => {
-                video_import_shared::process::healthcheck(name, settings.api.listen).await
-            }
-            Err(e) => {
-                eprintln!("{name}: {e}");
-                std::process::ExitCode::from(2)
-            }
-        };
+        let config = cli.config.as_deref();
+        return video_import_shared::process::healthcheck("video-import-api", config, |s| {
+            s.api.listen
+        })
+        .await;
     }
     video_import_shared::process::run("video-import-api", cli.config.as_deref(), |settings| {
         cli::run(command, settings)

@@ -107,29 +107,12 @@ fn checksum(problems: &mut Problems, i: usize, raw: Option<&RawValue>) -> Option
     let mut checksum = Checksum::default();
     let mut fine = true;
     for (name, value) in &map {
-        let digits = match name.as_str() {
-            "sha256" => 64,
-            "md5" => 32,
-            _ => {
-                problems.add(
-                    format!("{field}.{name}"),
-                    "is not a checksum this service checks: give sha256, md5 or both",
-                );
-                fine = false;
-                continue;
-            }
-        };
-        let hex = value
-            .as_str()
-            .filter(|h| h.len() == digits && h.bytes().all(|b| b.is_ascii_hexdigit()));
-        match hex {
-            Some(hex) if name == "sha256" => checksum.sha256 = Some(hex.to_ascii_lowercase()),
-            Some(hex) => checksum.md5 = Some(hex.to_ascii_lowercase()),
-            None => {
-                problems.add(
-                    format!("{field}.{name}"),
-                    format!("must be {digits} hexadecimal digits"),
-                );
+        // A value that is no string is checked as "" (so named as the wrong length).
+        match Checksum::parse(name, value.as_str().unwrap_or_default()) {
+            Ok(hex) if name == "sha256" => checksum.sha256 = Some(hex),
+            Ok(hex) => checksum.md5 = Some(hex),
+            Err(why) => {
+                problems.add(format!("{field}.{name}"), why);
                 fine = false;
             }
         }

@@ -26,6 +26,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::manifest::Row;
+use video_import_shared::store::Checksum;
 
 /// Longest `systemName` the API takes, in bytes (after trimming).
 pub const MAX_SYSTEM_NAME: usize = 200;
@@ -235,17 +236,9 @@ impl Checker {
                 ));
             }
         }
-        for (field, value, digits) in [
-            ("sha256", &row.checksum.sha256, 64),
-            ("md5", &row.checksum.md5, 32),
-        ] {
-            if let Some(value) = value {
-                if value.len() != digits || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    problems.push(Problem::of(
-                        field,
-                        format!("must be {digits} hexadecimal digits"),
-                    ));
-                }
+        for (field, value) in [("sha256", &row.checksum.sha256), ("md5", &row.checksum.md5)] {
+            if let Some(Err(why)) = value.as_ref().map(|v| Checksum::parse(field, v)) {
+                problems.push(Problem::of(field, why));
             }
         }
         let bytes = row.json_len();

@@ -42,54 +42,54 @@ where
     };
     match cli.command {
         Some(ServiceCommand::Healthcheck) => {
-            match Settings::load_for(name, cli.config.as_deref()) {
-                Ok(settings) => healthcheck(name, settings.metrics.listen).await,
-                Err(e) => {
-                    eprintln!("{name}: {e}");
-                    ExitCode::from(2)
-                }
-            }
+            healthcheck(name, cli.config.as_deref(), |s| s.metrics.listen).await
         }
         None => run(name, cli.config.as_deref(), work).await,
     }
 }
 
-/// Asks the process listening on `listen` for `/readyz`: exit 0 on 200, 1 otherwise (with
-/// the reason on stderr). A wildcard address is asked on loopback. Plain HTTP/1.0 over a
-/// socket, within 5 s: no client library is needed for one request to ourselves.
-pub async fn healthcheck(name: &str, listen: SocketAddr) -> ExitCode {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut address = listen;
+/// `NAME healthcheck`: loads the settings (exit 2 when they are bad) and asks the running
+/// process on the address `listen_of` picks from them for `/readyz`, within 5 s: exit 0
+/// on 200, 1 otherwise with the reason on stderr. A wildcard address is asked on loopback.
+pub async fn healthcheck(
+    name: &str,
+    config: Option<&Path>,
+    listen_of: fn(&Settings) -> SocketAddr,
+) -> ExitCode {
+    let mut address = match Settings::load_for(name, config) {
+        Ok(settings) => listen_of(&settings),
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if address.ip().is_unspecified() {
         address.set_ip(match address {
             SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
             SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
         });
     }
-    let ask = async {
-        let mut stream = tokio::net::TcpStream::connect(address).await?;
-        stream
-            .write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .await?;
-        let mut head = Vec::new();
-        stream.take(64 * 1024).read_to_end(&mut head).await?;
-        std::io::Result::Ok(head)
+    crate::telemetry::init_tls();
+    let asked = async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .no_proxy()
+            .build()?;
+        client.get(format!("http://{address}/readyz")).send().await
     };
-    let answer = tokio::time::timeout(std::time::Duration::from_secs(5), ask).await;
-    let status_line = match answer {
-        Ok(Ok(head)) => String::from_utf8_lossy(&head)
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_string(),
-        Ok(Err(e)) => format!("cannot reach {address}: {e}"),
-        Err(_) => format!("{address} did not answer within 5 s"),
-    };
-    if status_line.split_whitespace().nth(1) == Some("200") {
-        ExitCode::SUCCESS
-    } else {
-        eprintln!("{name}: not ready: {status_line}");
-        ExitCode::FAILURE
+    match asked.await {
+        Ok(answer) if answer.status() == reqwest::StatusCode::OK => ExitCode::SUCCESS,
+        Ok(answer) => {
+            eprintln!("{name}: not ready: {address} answered {}", answer.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!(
+                "{name}: not ready: cannot reach {address}: {}",
+                e.without_url()
+            );
+            ExitCode::FAILURE
+        }
     }
 }
 

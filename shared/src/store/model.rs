@@ -36,6 +36,26 @@ pub struct Checksum {
 }
 
 impl Checksum {
+    /// Checks one value given for `algorithm`, as the API and the importer both do: the
+    /// value in lower case, or why it cannot be one (an algorithm not checked, or not the
+    /// algorithm's number of hex digits).
+    pub fn parse(algorithm: &str, value: &str) -> Result<String, String> {
+        let digits = match algorithm {
+            "sha256" => 64,
+            "md5" => 32,
+            _ => {
+                return Err(
+                    "is not a checksum this service checks: give sha256, md5 or both".into(),
+                )
+            }
+        };
+        if value.len() == digits && value.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(value.to_ascii_lowercase())
+        } else {
+            Err(format!("must be {digits} hexadecimal digits"))
+        }
+    }
+
     /// Whether no value was given.
     pub fn is_empty(&self) -> bool {
         self.sha256.is_none() && self.md5.is_none()
