@@ -20,6 +20,7 @@ pub struct Settings {
     pub fetch: FetchSettings,
     pub webhook: WebhookSettings,
     pub log: LogSettings,
+    pub telemetry: TelemetrySettings,
 }
 
 /// PostgreSQL connection and pool.
@@ -185,6 +186,37 @@ pub struct LogSettings {
     pub format: LogFormat,
 }
 
+/// Traces exported over OTLP/HTTP (protobuf); off while `otlp_endpoint` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// The collector's OTLP/HTTP base URL, e.g. `http://collector:4318`: spans are POSTed
+    /// to `{it}/v1/traces`. None: no span is exported.
+    #[serde(default, with = "proxy_url", skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<url::Url>,
+    /// Share of traces (jobs) exported, from 0 to 1. Decided from the trace id alone, so the
+    /// three binaries keep or leave out the same jobs (give them the same ratio).
+    pub sample_ratio: f64,
+    /// Most finished spans a process keeps waiting for export; beyond that, spans are
+    /// dropped (and counted), never waited for.
+    pub queue_size: usize,
+    /// Longest one export request (with its retries) may take; also the longest a stopping
+    /// binary waits for its last spans to go out.
+    #[serde(rename = "export_timeout_secs", with = "secs")]
+    pub export_timeout: Duration,
+}
+
+impl TelemetrySettings {
+    /// Where spans are POSTed: `{otlp_endpoint}/v1/traces` (`None` when export is off).
+    pub fn traces_url(&self) -> Option<String> {
+        let endpoint = self.otlp_endpoint.as_ref()?;
+        Some(format!(
+            "{}/v1/traces",
+            endpoint.as_str().trim_end_matches('/')
+        ))
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -271,8 +303,9 @@ mod secs_list {
     }
 }
 
-/// An optional proxy URL; empty is none (so an environment variable can unset it). Only
-/// its syntax is checked here; `Settings::validate` checks what it is allowed to be.
+/// An optional URL (a proxy, the trace collector); empty is none (so an environment variable
+/// can unset it). Only its syntax is checked here; `Settings::validate` checks what it is
+/// allowed to be.
 mod proxy_url {
     use serde::{de, Deserialize, Deserializer, Serializer};
 
@@ -364,6 +397,13 @@ impl Default for Settings {
             log: LogSettings {
                 filter: "info".into(),
                 format: LogFormat::Text,
+            },
+            telemetry: TelemetrySettings {
+                otlp_endpoint: None,
+                sample_ratio: 1.0,
+                // The OpenTelemetry SDK's default: at most a few MB of spans per process.
+                queue_size: 2048,
+                export_timeout: Duration::from_secs(5),
             },
         }
     }
@@ -513,6 +553,50 @@ impl Settings {
             if let Err(why) = policy.check_proxy(key, proxy) {
                 return bad(key, &shown(proxy.as_str()), &why);
             }
+        }
+        self.telemetry.validate()
+    }
+}
+
+impl TelemetrySettings {
+    /// The collector is the operator's (not checked against any address policy, as a
+    /// private address is where it usually is), but must be a plain http(s) base URL.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, value: &dyn std::fmt::Display, why: &str| {
+            Err(ConfigError(format!("{key} = {value}: {why}")))
+        };
+        if let Some(endpoint) = &self.otlp_endpoint {
+            let fine = matches!(endpoint.scheme(), "http" | "https")
+                && endpoint.host().is_some()
+                && endpoint.query().is_none()
+                && endpoint.fragment().is_none();
+            if !fine {
+                return bad(
+                    "telemetry.otlp_endpoint",
+                    &shown(endpoint.as_str()),
+                    "must be the collector's OTLP/HTTP base URL, such as http://collector:4318 (spans go to its /v1/traces), without a query",
+                );
+            }
+            if !endpoint.username().is_empty() || endpoint.password().is_some() {
+                return bad(
+                    "telemetry.otlp_endpoint",
+                    &shown(endpoint.as_str()),
+                    "must not carry credentials; give the collector's headers in OTEL_EXPORTER_OTLP_HEADERS (e.g. authorization=Bearer%20...)",
+                );
+            }
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return bad(
+                "telemetry.sample_ratio",
+                &self.sample_ratio,
+                "must be from 0 (no trace) to 1 (every trace)",
+            );
+        }
+        if self.queue_size == 0 {
+            return bad("telemetry.queue_size", &0, "must be at least 1");
+        }
+        if self.export_timeout.is_zero() {
+            return bad("telemetry.export_timeout_secs", &0, "must be at least 1");
         }
         Ok(())
     }
@@ -702,6 +786,27 @@ mod tests {
                 "fetch.proxy",
                 "\"proxy:3128\"",
             ),
+            (
+                "[telemetry]\notlp_endpoint = \"collector:4318\"\n",
+                "telemetry.otlp_endpoint",
+                "\"collector:4318\": must be the collector's OTLP/HTTP base URL",
+            ),
+            (
+                "[telemetry]\notlp_endpoint = \"http://collector:4318/?x=1\"\n",
+                "telemetry.otlp_endpoint",
+                "\"http://collector:4318/?x=1\"",
+            ),
+            (
+                "[telemetry]\nsample_ratio = 1.5\n",
+                "telemetry.sample_ratio",
+                "1.5: must be from 0",
+            ),
+            ("[telemetry]\nqueue_size = 0\n", "telemetry.queue_size", "0"),
+            (
+                "[telemetry]\nexport_timeout_secs = 0\n",
+                "telemetry.export_timeout_secs",
+                "0",
+            ),
         ] {
             let error = load(toml).unwrap_err().to_string();
             assert!(
@@ -738,6 +843,39 @@ mod tests {
             );
             assert!(error.contains(host), "the host is still named: {error}");
         }
+    }
+
+    #[test]
+    fn the_collector_is_a_base_url_and_export_is_off_without_one() {
+        let off = load("").unwrap();
+        assert_eq!(off.telemetry.traces_url(), None);
+        assert_eq!(off.telemetry.sample_ratio, 1.0);
+        for (endpoint, traces) in [
+            ("http://collector:4318", "http://collector:4318/v1/traces"),
+            ("http://collector:4318/", "http://collector:4318/v1/traces"),
+            (
+                "https://otlp.example/tenant-a/",
+                "https://otlp.example/tenant-a/v1/traces",
+            ),
+            // A private address is fine: the collector is the operator's, not a user's.
+            ("http://10.0.0.7:4318", "http://10.0.0.7:4318/v1/traces"),
+        ] {
+            let settings = load(&format!(
+                "[telemetry]\notlp_endpoint = \"{endpoint}\"\nsample_ratio = 0.25\n"
+            ))
+            .unwrap();
+            assert_eq!(settings.telemetry.traces_url().as_deref(), Some(traces));
+            assert_eq!(settings.telemetry.sample_ratio, 0.25);
+        }
+        let empty = load("[telemetry]\notlp_endpoint = \"\"\n").unwrap();
+        assert_eq!(empty.telemetry.traces_url(), None);
+        let error = load("[telemetry]\notlp_endpoint = \"http://u:hunter2@collector:4318\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("OTEL_EXPORTER_OTLP_HEADERS") && !error.contains("hunter2"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod messages;
 pub mod metrics;
 pub mod netguard;
 pub mod ops;
+pub mod otlp;
 pub mod outbox;
 pub mod periodic;
 pub mod process;

@@ -432,9 +432,22 @@ impl DeliverWebhook {
         NewMessage {
             routing_key: queue::WEBHOOK.into(),
             payload: serde_json::from_slice(&message.payload()).expect("messages serialize"),
-            traceparent: round.trace_id.as_deref().and_then(crate::trace::header_for),
+            traceparent: parent_of(round),
         }
     }
+}
+
+/// The `traceparent` a round's first attempt is published with: the span that started the
+/// round when it is in the job's trace, otherwise a new child of the job's trace.
+fn parent_of(round: &RoundStarted) -> Option<String> {
+    let trace_id = round.trace_id.as_deref()?;
+    round
+        .traceparent
+        .as_deref()
+        .and_then(TraceParent::parse)
+        .filter(|parent| parent.trace_id == trace_id)
+        .map(|parent| parent.header())
+        .or_else(|| crate::trace::header_for(trace_id))
 }
 
 /// An outbox row as it is published: its body as written (whatever version it was written
@@ -449,7 +462,7 @@ pub fn from_outbox(row: Pending) -> Outgoing {
 }
 
 /// A delivered message published again unchanged, `delay` from now (a dead letter going back
-/// to its queue for a binary that reads it), in a child span of its trace.
+/// to its queue for a binary that reads it), as a child of the current span (`trace::passed_on`).
 pub fn again(
     routing_key: &str,
     body: &[u8],
@@ -460,7 +473,7 @@ pub fn again(
         routing_key: routing_key.to_string(),
         payload: body.to_vec(),
         delay,
-        traceparent: trace.map(|t| t.child().header()),
+        traceparent: crate::trace::passed_on(trace),
     }
 }
 

@@ -108,8 +108,8 @@ pub async fn bind(key: &str, addr: SocketAddr) -> Result<tokio::net::TcpListener
     })
 }
 
-/// Loads settings (exit code 2 with the key at fault when they are bad), sets up logging and
-/// TLS, runs `work` and reports its error, if any, on stderr (exit code 2 for a
+/// Loads settings (exit code 2 with the key at fault when they are bad), sets up TLS,
+/// logging and span export (flushed after `work`, see `otlp`), runs `work` and reports its error, if any, on stderr (exit code 2 for a
 /// [`SettingError`] or a schema this binary cannot run against, 1 otherwise).
 pub async fn run<F, Fut>(name: &str, config: Option<&Path>, work: F) -> ExitCode
 where
@@ -123,9 +123,21 @@ where
             return ExitCode::from(2);
         }
     };
-    crate::telemetry::init(&settings.log);
+    // TLS first: the trace exporter's client needs its provider.
     crate::telemetry::init_tls();
-    match work(settings).await {
+    let exporting = match crate::telemetry::init(name, &settings.log, &settings.telemetry) {
+        Ok(exporting) => exporting,
+        Err(e) => {
+            eprintln!("{name}: telemetry.otlp_endpoint: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let worked = work(settings).await;
+    // Whatever the outcome, the spans of the work are flushed (bounded in time).
+    if let Some(exporting) = exporting {
+        exporting.shutdown().await;
+    }
+    match worked {
         Ok(()) => ExitCode::SUCCESS,
         Err(e)
             if e.downcast_ref::<SettingError>().is_some()
