@@ -567,4 +567,33 @@ mod tests {
             .to_string()
             .starts_with("message version 1 not supported"));
     }
+
+    #[test]
+    fn a_round_is_announced_in_the_span_that_started_it_when_that_is_in_the_job_s_trace() {
+        let job = TraceParent::root();
+        let video = job.child();
+        let mut round = RoundStarted {
+            job_id: "j".into(),
+            round: 1,
+            attempt: 1,
+            url: "http://r/".into(),
+            trace_id: Some(job.trace_id.clone()),
+            traceparent: Some(video.header()),
+        };
+        assert_eq!(
+            DeliverWebhook::announce(&round).traceparent,
+            Some(video.header())
+        );
+        // A span of another trace (a message that carried none) is not the job's: a new
+        // child of the job's trace instead.
+        round.traceparent = Some(TraceParent::root().header());
+        let announced = DeliverWebhook::announce(&round).traceparent.unwrap();
+        let announced = TraceParent::parse(&announced).unwrap();
+        assert_eq!(announced.trace_id, job.trace_id);
+        round.traceparent = None;
+        let announced = DeliverWebhook::announce(&round).traceparent.unwrap();
+        assert_eq!(TraceParent::parse(&announced).unwrap().trace_id, job.trace_id);
+        round.trace_id = None;
+        assert_eq!(DeliverWebhook::announce(&round).traceparent, None);
+    }
 }

@@ -208,4 +208,73 @@ mod tests {
         // Adopting a parent without a layer is harmless.
         adopt(&tracing::Span::none(), Some(&received));
     }
+
+    #[test]
+    fn with_exported_spans_a_message_s_span_is_a_child_of_what_it_carried() {
+        use opentelemetry::trace::TracerProvider as _;
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let ended = Ended::default();
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+            .with_span_processor(ended.clone())
+            .build();
+        let subscriber = tracing_subscriber::Registry::default()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let video = tracing::subscriber::with_default(subscriber, || {
+            let received = TraceParent::parse(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .unwrap();
+            let span = tracing::info_span!("video");
+            adopt(&span, Some(&received));
+            let (inside, passed) = span.in_scope(|| (current().unwrap(), passed_on(None)));
+            // The same trace, a span of its own, and that span is what goes on.
+            assert_eq!(inside.trace_id, received.trace_id);
+            assert_ne!(inside.parent_id, received.parent_id);
+            assert_eq!(passed, Some(inside.header()));
+            // Without a parent, a span starts a trace of its own.
+            let root = tracing::info_span!("request");
+            adopt(&root, None);
+            let started = root.in_scope(current).unwrap();
+            assert_ne!(started.trace_id, received.trace_id);
+            // Adopting after the span started is refused and changes nothing.
+            adopt(&root, Some(&received));
+            assert_eq!(root.in_scope(current).unwrap(), started);
+            inside
+        });
+        // As exported: the span the message named is the video span's parent.
+        let spans = ended.0.lock().unwrap();
+        let exported = spans.iter().find(|s| s.name == "video").unwrap();
+        assert_eq!(TraceParent::of(&exported.span_context), Some(video));
+        assert_eq!(
+            exported.parent_span_id.to_string(),
+            "00f067aa0ba902b7",
+            "{exported:?}"
+        );
+        let root = spans.iter().find(|s| s.name == "request").unwrap();
+        assert_eq!(root.parent_span_id, SpanId::INVALID);
+    }
+
+    /// Keeps the spans that end, as an exporter would get them.
+    #[derive(Debug, Clone, Default)]
+    struct Ended(std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+
+    impl opentelemetry_sdk::trace::SpanProcessor for Ended {
+        fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &opentelemetry::Context) {}
+
+        fn on_end(&self, span: opentelemetry_sdk::trace::SpanData) {
+            self.0.lock().unwrap().push(span);
+        }
+
+        fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+            Ok(())
+        }
+
+        fn shutdown_with_timeout(
+            &self,
+            _: std::time::Duration,
+        ) -> opentelemetry_sdk::error::OTelSdkResult {
+            Ok(())
+        }
+    }
 }

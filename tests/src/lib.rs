@@ -6,6 +6,7 @@
 
 mod batch;
 mod poll;
+pub mod otlp;
 pub mod receiver;
 pub mod services;
 pub mod videos;
