@@ -592,7 +592,10 @@ mod tests {
         assert_eq!(announced.trace_id, job.trace_id);
         round.traceparent = None;
         let announced = DeliverWebhook::announce(&round).traceparent.unwrap();
-        assert_eq!(TraceParent::parse(&announced).unwrap().trace_id, job.trace_id);
+        assert_eq!(
+            TraceParent::parse(&announced).unwrap().trace_id,
+            job.trace_id
+        );
         round.trace_id = None;
         assert_eq!(DeliverWebhook::announce(&round).traceparent, None);
     }

@@ -46,15 +46,14 @@ pub fn init(
     let exporting = Exporting::start(telemetry, service)?;
     // Spans are exported whatever the log filter says: this service's spans (and the events
     // in them) at info, none of a library's, no probe.
-    let spans = exporting.as_ref().map(|exporting| {
-        tracing_opentelemetry::layer()
-            .with_tracer(exporting.tracer())
-            .with_filter(
-                Targets::new()
-                    .with_target("video_import", Level::INFO)
-                    .and(filter_fn(|meta| !(meta.is_span() && meta.name() == PROBE_SPAN))),
-            )
-    });
+    let spans =
+        exporting.as_ref().map(|exporting| {
+            tracing_opentelemetry::layer()
+                .with_tracer(exporting.tracer())
+                .with_filter(Targets::new().with_target("video_import", Level::INFO).and(
+                    filter_fn(|meta| !(meta.is_span() && meta.name() == PROBE_SPAN)),
+                ))
+        });
     Registry::default().with(spans).with(lines).init();
     if let Some(exporting) = &exporting {
         tracing::info!(endpoint = exporting.endpoint(), "exporting spans over OTLP");

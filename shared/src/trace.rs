@@ -7,9 +7,7 @@
 //! span that handles a message is made a child of the context the message carries
 //! ([`adopt`]), so the ids in the logs and in the exported trace are the same.
 
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use rand::RngCore;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -105,8 +103,7 @@ impl TraceParent {
 /// exported.
 pub fn adopt(span: &tracing::Span, parent: Option<&TraceParent>) {
     if let Some(parent) = parent {
-        let context =
-            opentelemetry::Context::new().with_remote_span_context(parent.span_context());
+        let context = opentelemetry::Context::new().with_remote_span_context(parent.span_context());
         // Refused only when no span is exported (no layer) or the span has started already.
         let _ = span.set_parent(context);
     }
@@ -173,8 +170,8 @@ mod tests {
 
     #[test]
     fn a_header_and_an_opentelemetry_span_context_name_the_same_span() {
-        let w3c = TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-            .unwrap();
+        let w3c =
+            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
         let span = w3c.span_context();
         assert!(span.is_valid() && span.is_remote() && span.is_sampled());
         assert_eq!(
@@ -221,10 +218,9 @@ mod tests {
         let subscriber = tracing_subscriber::Registry::default()
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
         let video = tracing::subscriber::with_default(subscriber, || {
-            let received = TraceParent::parse(
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            )
-            .unwrap();
+            let received =
+                TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+                    .unwrap();
             let span = tracing::info_span!("video");
             adopt(&span, Some(&received));
             let (inside, passed) = span.in_scope(|| (current().unwrap(), passed_on(None)));

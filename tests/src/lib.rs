@@ -5,8 +5,8 @@
 //! Build the binaries first: `cargo build --workspace --bins && cargo test --workspace`.
 
 mod batch;
-mod poll;
 pub mod otlp;
+mod poll;
 pub mod receiver;
 pub mod services;
 pub mod videos;

@@ -108,7 +108,11 @@ impl Drop for Collector {
     }
 }
 
-async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> (StatusCode, Vec<u8>) {
+async fn receive(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, Vec<u8>) {
     let header = |name: &str| {
         headers
             .get(name)
@@ -140,7 +144,10 @@ async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
         return (StatusCode::UNSUPPORTED_MEDIA_TYPE, Vec::new());
     }
     let Ok(request) = ExportTraceServiceRequest::decode(&body[..]) else {
-        return (StatusCode::BAD_REQUEST, b"not an ExportTraceServiceRequest".to_vec());
+        return (
+            StatusCode::BAD_REQUEST,
+            b"not an ExportTraceServiceRequest".to_vec(),
+        );
     };
     let mut received = Vec::new();
     for resource_spans in request.resource_spans {
@@ -149,10 +156,7 @@ async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) 
             .map(|r| attributes(&r.attributes))
             .unwrap_or_default();
         let service = resource.get("service.name").cloned().unwrap_or_default();
-        let version = resource
-            .get("service.version")
-            .cloned()
-            .unwrap_or_default();
+        let version = resource.get("service.version").cloned().unwrap_or_default();
         for scope in resource_spans.scope_spans {
             for span in scope.spans {
                 received.push(ReceivedSpan {

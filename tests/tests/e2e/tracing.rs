@@ -116,10 +116,18 @@ async fn a_job_s_spans_from_api_worker_and_notifier_form_one_trace_with_its_stor
                     of_job(spans, &called, "request").len(),
                     of_job(spans, &called, "video").len(),
                 ];
-                if counts[0] >= 1 && counts[1] >= 2 && counts[2] >= 1 && counts[3] >= 1 && counts[4] >= 1 {
+                if counts[0] >= 1
+                    && counts[1] >= 2
+                    && counts[2] >= 1
+                    && counts[3] >= 1
+                    && counts[4] >= 1
+                {
                     Ok(())
                 } else {
-                    Err(format!("request, video, webhook, caller's request, video: {counts:?} of {} spans", spans.len()))
+                    Err(format!(
+                        "request, video, webhook, caller's request, video: {counts:?} of {} spans",
+                        spans.len()
+                    ))
                 }
             },
         )
@@ -157,7 +165,9 @@ async fn a_job_s_spans_from_api_worker_and_notifier_form_one_trace_with_its_stor
     assert_eq!(delivery.trace_id, trace_id);
     assert_eq!(delivery.attribute("trace_id"), trace_id);
     assert!(
-        video_spans.iter().any(|v| v.span_id == delivery.parent_span_id),
+        video_spans
+            .iter()
+            .any(|v| v.span_id == delivery.parent_span_id),
         "the delivery's parent is one of the job's video spans: {delivery:?}"
     );
 
@@ -220,9 +230,12 @@ async fn a_dead_or_stuck_collector_costs_nothing_but_spans_which_are_counted() {
     let videos = VideoServer::start().await;
     let receiver = Receiver::start(&[]).await;
     let project = stack.project("untraced").await;
-    let body = batch("archive")
-        .webhook(&receiver.url)
-        .video_with(videos.url("/videos/sample.mp4"), "a", "a", json!({}));
+    let body = batch("archive").webhook(&receiver.url).video_with(
+        videos.url("/videos/sample.mp4"),
+        "a",
+        "a",
+        json!({}),
+    );
     let job = stack.import(&project.token, &body).await;
     let status = stack.wait_finished(&project.token, &job, 30).await;
     assert_eq!(status["state"], "success", "{status}");
@@ -292,6 +305,10 @@ async fn a_dead_or_stuck_collector_costs_nothing_but_spans_which_are_counted() {
     // a binary that waited for it would not stop at all.
     let stopping = Instant::now();
     let exit = stack.terminate("api-stuck").await;
+    eprintln!(
+        "the API with a stuck collector stopped in {:?}",
+        stopping.elapsed()
+    );
     assert!(exit.success(), "{exit}\n{}", stack.log("api-stuck"));
     assert!(
         stopping.elapsed() < Duration::from_secs(20),
