@@ -70,7 +70,8 @@ async fn a_job_s_spans_from_api_worker_and_notifier_form_one_trace_with_its_stor
     ]))
     .await;
     let videos = VideoServer::start().await;
-    let receiver = Receiver::start(&[]).await;
+    // The first attempt fails: the retry's span is the first attempt's child.
+    let receiver = Receiver::start(&[500]).await;
     let project = stack.project("traced").await;
     let body = batch("archive")
         .webhook(&receiver.url)
@@ -96,7 +97,7 @@ async fn a_job_s_spans_from_api_worker_and_notifier_form_one_trace_with_its_stor
     let called = accepted["id"].as_str().unwrap().to_string();
     stack.wait_finished(&project.token, &job, 30).await;
     stack.wait_finished(&project.token, &called, 30).await;
-    receiver.wait_for(1, 30).await;
+    receiver.wait_for(2, 30).await;
     stack.wait_webhook(&project.token, &job, "delivered").await;
     let rows = stack
         .sql(&format!("SELECT trace_id FROM jobs WHERE id = '{job}'"))
@@ -112,7 +113,7 @@ async fn a_job_s_spans_from_api_worker_and_notifier_form_one_trace_with_its_stor
                 let counts = [
                     of_job(spans, &job, "request").len(),
                     of_job(spans, &job, "video").len(),
-                    of_job(spans, &job, "webhook").len(),
+                    of_job(spans, &job, "webhook").len() / 2,
                     of_job(spans, &called, "request").len(),
                     of_job(spans, &called, "video").len(),
                 ];
@@ -157,19 +158,30 @@ async fn a_job_s_spans_from_api_worker_and_notifier_form_one_trace_with_its_stor
         assert_eq!(video.attribute("trace_id"), trace_id);
     }
 
-    // The webhook delivery is in the same trace: the child of the video that finished the job.
-    let deliveries = of_job(&spans, &job, "webhook");
-    assert_eq!(deliveries.len(), 1, "{deliveries:?}");
-    let delivery = deliveries[0];
-    assert_eq!(delivery.service, "video-import-notifier");
-    assert_eq!(delivery.trace_id, trace_id);
-    assert_eq!(delivery.attribute("trace_id"), trace_id);
+    // The webhook delivery is in the same trace: its first attempt the child of the video
+    // that finished the job, its retry the child of the first attempt.
+    let attempts = of_job(&spans, &job, "webhook");
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    let first = attempts
+        .iter()
+        .find(|a| a.attribute("attempt") == "1")
+        .unwrap();
+    let retry = attempts
+        .iter()
+        .find(|a| a.attribute("attempt") == "2")
+        .unwrap();
+    for attempt in [first, retry] {
+        assert_eq!(attempt.service, "video-import-notifier");
+        assert_eq!(attempt.trace_id, trace_id);
+        assert_eq!(attempt.attribute("trace_id"), trace_id);
+    }
     assert!(
         video_spans
             .iter()
-            .any(|v| v.span_id == delivery.parent_span_id),
-        "the delivery's parent is one of the job's video spans: {delivery:?}"
+            .any(|v| v.span_id == first.parent_span_id),
+        "the first attempt's parent is one of the job's video spans: {first:?}"
     );
+    assert_eq!(retry.parent_span_id, first.span_id);
 
     // The caller's trace goes on: its request span is the caller's span's child.
     let called_request = of_job(&spans, &called, "request")[0];
