@@ -20,6 +20,7 @@ pub struct Settings {
     pub fetch: FetchSettings,
     pub webhook: WebhookSettings,
     pub log: LogSettings,
+    pub secrets: SecretsSettings,
 }
 
 /// PostgreSQL connection and pool.
@@ -174,6 +175,20 @@ pub struct WebhookSettings {
     /// HTTP proxy every webhook goes through (`http://` or `https://`); none when empty.
     #[serde(default, with = "proxy_url", skip_serializing_if = "Option::is_none")]
     pub proxy: Option<url::Url>,
+}
+
+/// Keys that encrypt secrets at rest (source credentials, see `crate::secrets`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsSettings {
+    /// The key that encrypts (and decrypts): 32 bytes in base64. Needed by the API to add
+    /// source rules and by workers to use them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<crate::secrets::SecretKey>,
+    /// Keys that only decrypt: the keys before `key`, while `video-import-api secrets rotate`
+    /// encrypts everything again with `key`.
+    #[serde(default)]
+    pub previous_keys: Vec<crate::secrets::SecretKey>,
 }
 
 /// Logging.
@@ -365,6 +380,7 @@ impl Default for Settings {
                 filter: "info".into(),
                 format: LogFormat::Text,
             },
+            secrets: SecretsSettings::default(),
         }
     }
 }
@@ -414,6 +430,7 @@ impl Settings {
                 .with_list_parse_key("fetch.retry_delays_secs")
                 .with_list_parse_key("webhook.allowed_networks")
                 .with_list_parse_key("webhook.retry_schedule_secs")
+                .with_list_parse_key("secrets.previous_keys")
                 .try_parsing(true),
         );
         let built = builder.build().map_err(|e| ConfigError(e.to_string()))?;
@@ -584,6 +601,10 @@ fn explain(config: &config::Config, error: config::ConfigError) -> String {
     let Ok(value) = config.get::<config::Value>(&key) else {
         return format!("{key}: {why}");
     };
+    // A key, even a bad one (a paste cut short), is never repeated.
+    if key.starts_with("secrets.") {
+        return format!("{key} = (not shown): {why}");
+    }
     let origin = origin.or_else(|| value.origin().map(str::to_string));
     let origin = origin.map(|o| format!(" (in {o})")).unwrap_or_default();
     format!("{key} = {}{origin}: {why}", shown_value(&value))
@@ -766,5 +787,29 @@ mod tests {
         assert!(error.contains("webhook.allowed_networks"), "{error}");
         let none = load("[fetch]\nproxy = \"\"\n").unwrap();
         assert!(none.fetch.proxy.is_none() && none.webhook.proxy.is_none());
+    }
+
+    #[test]
+    fn a_bad_secrets_key_is_refused_naming_the_key_and_never_showing_it() {
+        let good = crate::secrets::SecretKey::generate();
+        let loaded = load(&format!(
+            "[secrets]\nkey = \"{}\"\nprevious_keys = [\"{}\"]\n",
+            good.to_base64(),
+            good.to_base64()
+        ))
+        .unwrap();
+        assert_eq!(loaded.secrets.key.as_ref(), Some(&good));
+        assert_eq!(loaded.secrets.previous_keys, vec![good.clone()]);
+        let cut = &good.to_base64()[..30];
+        for toml in [
+            format!("[secrets]\nkey = \"{cut}\"\n"),
+            format!("[secrets]\nprevious_keys = [\"{}\", \"{cut}\"]\n", good.to_base64()),
+        ] {
+            let error = load(&toml).unwrap_err().to_string();
+            assert!(error.contains("secrets."), "{error}");
+            assert!(error.contains("openssl rand -base64 32"), "{error}");
+            assert!(!error.contains(cut), "the key is shown: {error}");
+        }
+        assert!(!format!("{loaded:?}").contains(&good.to_base64()));
     }
 }
