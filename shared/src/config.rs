@@ -183,12 +183,53 @@ pub struct WebhookSettings {
 pub struct SecretsSettings {
     /// The key that encrypts (and decrypts): 32 bytes in base64. Needed by the API to add
     /// source rules and by workers to use them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, with = "secret_key", skip_serializing_if = "Option::is_none")]
     pub key: Option<crate::secrets::SecretKey>,
     /// Keys that only decrypt: the keys before `key`, while `video-import-api secrets rotate`
     /// encrypts everything again with `key`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "secret_keys")]
     pub previous_keys: Vec<crate::secrets::SecretKey>,
+}
+
+/// An optional key; empty is none (so an environment variable can unset it).
+mod secret_key {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::secrets::SecretKey;
+
+    pub fn serialize<S: Serializer>(value: &Option<SecretKey>, s: S) -> Result<S::Ok, S::Error> {
+        value.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretKey>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(text) if !text.trim().is_empty() => SecretKey::from_base64(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A list of keys; empty entries are left out (an empty variable is an empty list).
+fn secret_keys<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<crate::secrets::SecretKey>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let texts = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(text) => vec![text],
+        OneOrMany::Many(texts) => texts,
+    };
+    texts
+        .iter()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| crate::secrets::SecretKey::from_base64(t).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 /// Logging.
