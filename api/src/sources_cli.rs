@@ -87,7 +87,14 @@ pub async fn source(command: SourceCommand, settings: &Settings) -> anyhow::Resu
                 access_key_id: s3_access_key_id,
                 secret_access_key: s3_secret_access_key,
             };
-            let rule = checked_rule(&prefix, &headers, basic.as_deref(), allow_http, s3, settings)?;
+            let rule = checked_rule(
+                &prefix,
+                &headers,
+                basic.as_deref(),
+                allow_http,
+                s3,
+                settings,
+            )?;
             let keys = Keyring::from_settings(&settings.secrets);
             if keys.current_id().is_none() {
                 bail!("{}", video_import_shared::secrets::SecretsError::NoKey);
@@ -254,7 +261,9 @@ fn checked_rule(
                 problems.push("--s3-* options are for s3:// prefixes".into());
             }
             if headers.is_empty() && basic.is_none() {
-                problems.push("give what to send: --header 'NAME: VALUE' or --basic USER:PASSWORD".into());
+                problems.push(
+                    "give what to send: --header 'NAME: VALUE' or --basic USER:PASSWORD".into(),
+                );
             }
             let prefix = prefix.as_ref().expect("parsed");
             if prefix.scheme() == "http" && !allow_http {
@@ -282,20 +291,32 @@ fn checked_rule(
                 problems.push("--s3-region is required: the bucket's region, such as eu-central-1 (us-east-1 for most S3-compatible stores)".into());
             }
             let access_key_id = s3.access_key_id.unwrap_or_default();
-            if access_key_id.is_empty() || access_key_id.len() > 256 || access_key_id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            if access_key_id.is_empty()
+                || access_key_id.len() > 256
+                || access_key_id
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace())
+            {
                 problems.push("--s3-access-key-id is required: the key id, without spaces".into());
             }
             match s3.secret_access_key {
-                Some(secret) if !secret.is_empty() && secret.len() <= 1024 && !secret.chars().any(char::is_control) => {
+                Some(secret)
+                    if !secret.is_empty()
+                        && secret.len() <= 1024
+                        && !secret.chars().any(char::is_control) =>
+                {
                     secrets.s3_secret_access_key = Some(Hidden(secret));
                 }
-                _ => problems.push("--s3-secret-access-key is required: the secret key, on one line".into()),
+                _ => problems
+                    .push("--s3-secret-access-key is required: the secret key, on one line".into()),
             }
             let endpoint = match s3.endpoint {
                 None => None,
                 Some(text) => match url::Url::parse(text.trim()) {
                     Err(e) => {
-                        problems.push(format!("--s3-endpoint is not a URL ({e}); give https://HOST[:PORT]"));
+                        problems.push(format!(
+                            "--s3-endpoint is not a URL ({e}); give https://HOST[:PORT]"
+                        ));
                         None
                     }
                     Ok(url) => {

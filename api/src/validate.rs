@@ -456,7 +456,10 @@ fn check_video_url(url: &str, policy: &AddressPolicy) -> Result<(), String> {
         .is_some_and(|scheme| scheme.eq_ignore_ascii_case("s3://"));
     if !is_s3 {
         return check_url(url, policy, "fetch.allowed_networks").map_err(|why| {
-            why.replace("must be an http or https URL", "must be an http, https or s3 URL")
+            why.replace(
+                "must be an http or https URL",
+                "must be an http, https or s3 URL",
+            )
         });
     }
     if url.len() > MAX_URL {
@@ -471,9 +474,11 @@ fn check_video_url(url: &str, policy: &AddressPolicy) -> Result<(), String> {
     let parsed = url::Url::parse(url).map_err(|e| format!("is not a valid URL ({e})"))?;
     match video_import_shared::sources::s3_object(&parsed) {
         Some(_) if parsed.query().is_none() && parsed.fragment().is_none() => Ok(()),
-        _ => Err("must name a bucket and an object key, as in s3://bucket/path/video.mp4 \
+        _ => Err(
+            "must name a bucket and an object key, as in s3://bucket/path/video.mp4 \
                   (no query or fragment)"
-            .into()),
+                .into(),
+        ),
     }
 }
 
@@ -924,7 +929,12 @@ mod tests {
         for url in ["s3://masters/tape-1/a.mp4", "S3://masters/a%20b.mp4"] {
             assert_eq!(check_video_url(url, &policy), Ok(()), "{url}");
         }
-        for url in ["s3://masters/", "s3://masters", "s3://masters/a.mp4?versionId=1", "s3:///a.mp4"] {
+        for url in [
+            "s3://masters/",
+            "s3://masters",
+            "s3://masters/a.mp4?versionId=1",
+            "s3:///a.mp4",
+        ] {
             let why = check_video_url(url, &policy).expect_err(url);
             assert!(why.contains("bucket"), "{url}: {why}");
         }

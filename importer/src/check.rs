@@ -340,8 +340,18 @@ fn check_video_url(url: &str, networks: &Networks) -> Result<(), String> {
         .get(..5)
         .is_some_and(|scheme| scheme.eq_ignore_ascii_case("s3://"));
     if !is_s3 {
-        return check_url(url, networks, "fetch.allowed_networks", "--allowed-networks")
-            .map_err(|why| why.replace("must be an http or https URL", "must be an http, https or s3 URL"));
+        return check_url(
+            url,
+            networks,
+            "fetch.allowed_networks",
+            "--allowed-networks",
+        )
+        .map_err(|why| {
+            why.replace(
+                "must be an http or https URL",
+                "must be an http, https or s3 URL",
+            )
+        });
     }
     if url.len() > MAX_URL {
         return Err(too_long(url.len(), MAX_URL));

@@ -844,7 +844,10 @@ mod tests {
         let cut = &good.to_base64()[..30];
         for toml in [
             format!("[secrets]\nkey = \"{cut}\"\n"),
-            format!("[secrets]\nprevious_keys = [\"{}\", \"{cut}\"]\n", good.to_base64()),
+            format!(
+                "[secrets]\nprevious_keys = [\"{}\", \"{cut}\"]\n",
+                good.to_base64()
+            ),
         ] {
             let error = load(&toml).unwrap_err().to_string();
             assert!(error.contains("secrets."), "{error}");

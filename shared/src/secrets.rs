@@ -258,7 +258,10 @@ mod tests {
         let a = ring.seal(b"Bearer s3cr3t", CONTEXT).unwrap();
         let b = ring.seal(b"Bearer s3cr3t", CONTEXT).unwrap();
         assert_eq!(a.key_id, key.id());
-        assert_ne!(a.bytes, b.bytes, "the same value seals differently each time");
+        assert_ne!(
+            a.bytes, b.bytes,
+            "the same value seals differently each time"
+        );
         assert!(!a
             .bytes
             .windows(b"s3cr3t".len())
@@ -357,7 +360,10 @@ mod tests {
         assert!(why.contains("16 bytes") && !why.contains(&short), "{why}");
         assert!(SecretKey::from_base64("not base64!").is_err());
         let shown = format!("{key:?}");
-        assert!(!shown.contains(&text) && shown.contains(key.id()), "{shown}");
+        assert!(
+            !shown.contains(&text) && shown.contains(key.id()),
+            "{shown}"
+        );
         assert_eq!(key.id().len(), 8);
         assert_eq!(format!("{:?}", Hidden("pw".into())), "(hidden)");
     }

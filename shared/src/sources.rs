@@ -149,7 +149,9 @@ impl Prefix {
                     ));
                 }
                 if url.port().is_some() {
-                    return Err("an s3:// prefix has no port; give the endpoint with --s3-endpoint".into());
+                    return Err(
+                        "an s3:// prefix has no port; give the endpoint with --s3-endpoint".into(),
+                    );
                 }
             }
             other => {
@@ -300,7 +302,9 @@ pub fn parse_header(text: &str) -> Result<(String, String), String> {
         return Err(format!("{name} has no value"));
     }
     if value.len() > MAX_VALUE_BYTES {
-        return Err(format!("{name}'s value is longer than {MAX_VALUE_BYTES} bytes"));
+        return Err(format!(
+            "{name}'s value is longer than {MAX_VALUE_BYTES} bytes"
+        ));
     }
     if value.bytes().any(|b| b < 0x20 && b != b'\t' || b == 0x7f) {
         return Err(format!(
@@ -366,7 +370,12 @@ fn context(project_id: i64, prefix: &str) -> Vec<u8> {
 
 impl RuleSecrets {
     /// Seals the secrets of the rule with `prefix` of project `project_id`.
-    pub fn seal(&self, keys: &Keyring, project_id: i64, prefix: &str) -> Result<Sealed, SecretsError> {
+    pub fn seal(
+        &self,
+        keys: &Keyring,
+        project_id: i64,
+        prefix: &str,
+    ) -> Result<Sealed, SecretsError> {
         let plain = serde_json::to_vec(self).expect("secrets serialise");
         keys.seal(&plain, &context(project_id, prefix))
     }
@@ -408,13 +417,28 @@ mod tests {
     #[test]
     fn prefixes_are_normalised_as_urls_are() {
         for (given, normal) in [
-            ("HTTPS://Archive.Example:443/Masters/", "https://archive.example/Masters/"),
+            (
+                "HTTPS://Archive.Example:443/Masters/",
+                "https://archive.example/Masters/",
+            ),
             ("https://archive.example", "https://archive.example/"),
-            ("http://127.0.0.1:8080/a/./b/../c", "http://127.0.0.1:8080/a/c"),
+            (
+                "http://127.0.0.1:8080/a/./b/../c",
+                "http://127.0.0.1:8080/a/c",
+            ),
             ("http://archive.example:80/x", "http://archive.example/x"),
-            ("https://archive.example:8443/x y", "https://archive.example:8443/x%20y"),
-            ("https://xn--mnchen-3ya.example/", "https://xn--mnchen-3ya.example/"),
-            ("https://münchen.example/", "https://xn--mnchen-3ya.example/"),
+            (
+                "https://archive.example:8443/x y",
+                "https://archive.example:8443/x%20y",
+            ),
+            (
+                "https://xn--mnchen-3ya.example/",
+                "https://xn--mnchen-3ya.example/",
+            ),
+            (
+                "https://münchen.example/",
+                "https://xn--mnchen-3ya.example/",
+            ),
             ("  s3://masters/tape-1/ ", "s3://masters/tape-1/"),
             ("s3://masters", "s3://masters/"),
             ("S3://Masters/A", "s3://Masters/A"),
@@ -425,16 +449,24 @@ mod tests {
         let p = prefix("HTTPS://Archive.Example:443/Masters/");
         assert!(p.covers(&url("https://ARCHIVE.example/Masters/a.mp4")));
         assert!(p.covers(&url("https://archive.example:443/Masters/./a.mp4")));
-        assert!(!p.covers(&url("https://archive.example/masters/a.mp4")), "paths are case-sensitive");
+        assert!(
+            !p.covers(&url("https://archive.example/masters/a.mp4")),
+            "paths are case-sensitive"
+        );
         assert!(!p.covers(&url("https://archive.example:8443/Masters/a.mp4")));
         assert!(!p.covers(&url("http://archive.example/Masters/a.mp4")));
         assert!(!p.covers(&url("https://archive.example.evil/Masters/a.mp4")));
-        assert!(!p.covers(&url("https://evil.example/Masters/a.mp4?https://archive.example/Masters/")));
+        assert!(!p.covers(&url(
+            "https://evil.example/Masters/a.mp4?https://archive.example/Masters/"
+        )));
         let s3 = prefix("s3://masters/tape-1/");
         assert!(s3.covers(&url("s3://masters/tape-1/a.mp4")));
         assert!(!s3.covers(&url("s3://masters/tape-2/a.mp4")));
         assert!(!s3.covers(&url("s3://masters2/tape-1/a.mp4")));
-        assert!(!s3.covers(&url("s3://Masters/tape-1/a.mp4")), "bucket names are compared as given");
+        assert!(
+            !s3.covers(&url("s3://Masters/tape-1/a.mp4")),
+            "bucket names are compared as given"
+        );
     }
 
     #[test]
@@ -472,7 +504,10 @@ mod tests {
             Coverage::None => "none",
         };
         assert_eq!(name("https://archive.example/masters/tape-7/a.mp4"), "tape");
-        assert_eq!(name("https://archive.example/masters/tape-8/a.mp4"), "masters");
+        assert_eq!(
+            name("https://archive.example/masters/tape-8/a.mp4"),
+            "masters"
+        );
         assert_eq!(name("https://archive.example/a.mp4"), "site");
         assert_eq!(name("https://cdn.example/a.mp4"), "none");
         assert_eq!(name("http://127.0.0.1:9000/a.mp4"), "local");
@@ -486,7 +521,10 @@ mod tests {
             Coverage::InClear(r) if r.1 == "masters"
         ));
         assert!(matches!(
-            coverage(&https_only, &url("http://archive.example:8080/masters/a.mp4")),
+            coverage(
+                &https_only,
+                &url("http://archive.example:8080/masters/a.mp4")
+            ),
             Coverage::None
         ));
         assert!(matches!(
@@ -498,9 +536,17 @@ mod tests {
     #[test]
     fn credentials_go_to_their_own_origin_only_and_over_http_only_when_allowed() {
         let https = prefix("https://archive.example/masters/");
-        assert!(may_send(&https, false, &url("https://archive.example/masters/a.mp4")));
+        assert!(may_send(
+            &https,
+            false,
+            &url("https://archive.example/masters/a.mp4")
+        ));
         // A same-origin redirect outside the prefix still gets them: it is the same server.
-        assert!(may_send(&https, false, &url("https://archive.example/store/a.mp4")));
+        assert!(may_send(
+            &https,
+            false,
+            &url("https://archive.example/store/a.mp4")
+        ));
         for other in [
             "https://cdn.example/a.mp4",
             "https://archive.example:8443/masters/a.mp4",
@@ -511,7 +557,11 @@ mod tests {
             assert!(!may_send(&https, true, &url(other)), "{other}");
         }
         let local = prefix("http://127.0.0.1:9000/");
-        assert!(!may_send(&local, false, &url("http://127.0.0.1:9000/a.mp4")));
+        assert!(!may_send(
+            &local,
+            false,
+            &url("http://127.0.0.1:9000/a.mp4")
+        ));
         assert!(may_send(&local, true, &url("http://127.0.0.1:9000/a.mp4")));
         assert!(!may_send(&local, true, &url("http://127.0.0.1:9001/a.mp4")));
         assert!(!may_send(&local, true, &url("http://localhost:9000/a.mp4")));

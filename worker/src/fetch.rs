@@ -396,7 +396,11 @@ impl Fetcher {
     /// it, or of the video's rule while it stays on that rule's origin, and never plain
     /// http unless the rule allows it; `Authorization` never goes to a URL that
     /// authenticates itself (a presigned URL).
-    async fn send(&self, source: &Source<'_>, extra: HeaderMap) -> Result<reqwest::Response, FetchError> {
+    async fn send(
+        &self,
+        source: &Source<'_>,
+        extra: HeaderMap,
+    ) -> Result<reqwest::Response, FetchError> {
         let Source::Http { url, rule, rules } = source else {
             unreachable!("only http sources are sent");
         };
@@ -419,7 +423,10 @@ impl Fetcher {
                 } = &rule.access
                 {
                     request = request.headers(headers.clone());
-                    if let Some(value) = authorization.clone().filter(|_| !rules::carries_own_auth(&hop)) {
+                    if let Some(value) = authorization
+                        .clone()
+                        .filter(|_| !rules::carries_own_auth(&hop))
+                    {
                         request = request.header(AUTHORIZATION, value);
                     }
                 }
@@ -566,9 +573,9 @@ impl Fetcher {
                         Ok(object_body(result.into_stream()))
                     }
                     Ok(_) => Err(Resume::Refused("another range".into())),
-                    Err(object_store::Error::Precondition { .. }) => {
-                        Err(Resume::Refused("412 Precondition Failed (the object changed)".into()))
-                    }
+                    Err(object_store::Error::Precondition { .. }) => Err(Resume::Refused(
+                        "412 Precondition Failed (the object changed)".into(),
+                    )),
                     Err(e) => Err(Resume::Failed(netguard::describe(&e))),
                 }
             }

@@ -49,9 +49,18 @@ pub enum Access {
     /// A client of the rule's bucket.
     S3(Arc<AmazonS3>),
     /// The rule cannot be used (its secrets do not open with this worker's keys, its
-    /// endpoint is refused): why, and whether configuring the worker can mend it.
-    Unusable { reason: String, transient: bool },
+    /// endpoint is refused).
+    Unusable(Unusable),
 }
+
+/// Why a rule cannot be used, and whether configuring the worker can mend it (a key).
+pub struct Unusable {
+    reason: String,
+    transient: bool,
+}
+
+/// A project's rules, and when they were read.
+type Cached = (Instant, Arc<Vec<Rule>>);
 
 impl Rule {
     /// Who the rule is, in reasons: `source rule 7 (https://archive.example/masters/)`.
@@ -62,7 +71,7 @@ impl Rule {
     /// The error of a video that needs this rule while it is unusable.
     pub fn unusable(&self) -> Option<FetchError> {
         match &self.access {
-            Access::Unusable { reason, transient } => {
+            Access::Unusable(Unusable { reason, transient }) => {
                 let reason = format!("cannot use {}: {reason}", self.name());
                 Some(if *transient {
                     FetchError::transient(FailureClass::SourceRule, reason)
@@ -82,7 +91,7 @@ pub struct SourceRules {
     /// The address policy (and proxy) every S3 endpoint is reached under.
     policy: AddressPolicy,
     options: netguard::ClientOptions,
-    cache: Mutex<HashMap<i64, (Instant, Arc<Vec<Rule>>)>>,
+    cache: Mutex<HashMap<i64, Cached>>,
 }
 
 impl SourceRules {
@@ -129,22 +138,24 @@ impl SourceRules {
     }
 
     fn build(&self, row: &RuleRow) -> Rule {
-        let unusable = |reason: String, transient: bool| Access::Unusable { reason, transient };
+        let unusable = |reason: String, transient: bool| Unusable { reason, transient };
         let access = match Prefix::parse(&row.prefix) {
             Err(why) => Err(unusable(format!("its prefix {why}"), false)),
-            Ok(prefix) => RuleSecrets::open(&self.keys, row.project_id, prefix.as_str(), &row.sealed)
-                .map_err(|e| unusable(e.to_string(), true))
-                .and_then(|secrets| match prefix.kind() {
-                    SourceKind::Http => http_access(&secrets).map_err(|e| unusable(e, false)),
-                    SourceKind::S3 => self.s3_access(&prefix, row, &secrets),
-                }),
+            Ok(prefix) => {
+                RuleSecrets::open(&self.keys, row.project_id, prefix.as_str(), &row.sealed)
+                    .map_err(|e| unusable(e.to_string(), true))
+                    .and_then(|secrets| match prefix.kind() {
+                        SourceKind::Http => http_access(&secrets).map_err(|e| unusable(e, false)),
+                        SourceKind::S3 => self.s3_access(&prefix, row, &secrets),
+                    })
+            }
         };
         Rule {
             id: row.id,
             prefix: Prefix::parse(&row.prefix)
                 .unwrap_or_else(|_| Prefix::parse("s3://unusable/").expect("a valid prefix")),
             allow_http: row.allow_http,
-            access: access.unwrap_or_else(|unusable| unusable),
+            access: access.unwrap_or_else(Access::Unusable),
         }
     }
 
@@ -154,8 +165,8 @@ impl SourceRules {
         prefix: &Prefix,
         row: &RuleRow,
         secrets: &RuleSecrets,
-    ) -> Result<Access, Access> {
-        let unusable = |reason: String| Access::Unusable {
+    ) -> Result<Access, Unusable> {
+        let unusable = |reason: String| Unusable {
             reason,
             transient: false,
         };
@@ -214,8 +225,11 @@ fn http_access(secrets: &RuleSecrets) -> Result<Access, String> {
         }
     }
     if let Some((user, password)) = &secrets.basic {
-        let encoded = base64::engine::general_purpose::STANDARD
-            .encode(format!("{}:{}", user.expose(), password.expose()));
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            user.expose(),
+            password.expose()
+        ));
         let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
             .map_err(|_| "its basic credentials make no header".to_string())?;
         value.set_sensitive(true);

@@ -157,7 +157,10 @@ pub async fn add(
 }
 
 /// The rules of the project `handle`, by prefix; `None` without such a project.
-pub async fn list(client: &impl GenericClient, handle: &str) -> anyhow::Result<Option<Vec<RuleRow>>> {
+pub async fn list(
+    client: &impl GenericClient,
+    handle: &str,
+) -> anyhow::Result<Option<Vec<RuleRow>>> {
     let Some(project_id) = project_id(client, handle).await? else {
         return Ok(None);
     };
@@ -165,7 +168,10 @@ pub async fn list(client: &impl GenericClient, handle: &str) -> anyhow::Result<O
 }
 
 /// The rules of project `project_id`, by prefix (workers and the API's door).
-pub async fn of_project(client: &impl GenericClient, project_id: i64) -> anyhow::Result<Vec<RuleRow>> {
+pub async fn of_project(
+    client: &impl GenericClient,
+    project_id: i64,
+) -> anyhow::Result<Vec<RuleRow>> {
     let statement = client
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM source_rules WHERE project_id = $1 ORDER BY prefix"
@@ -194,7 +200,10 @@ pub async fn any(client: &impl GenericClient, project_id: i64) -> anyhow::Result
 /// Every rule, oldest first (key rotation).
 pub async fn all(client: &impl GenericClient) -> anyhow::Result<Vec<RuleRow>> {
     let rows = client
-        .query(&format!("SELECT {COLUMNS} FROM source_rules ORDER BY id"), &[])
+        .query(
+            &format!("SELECT {COLUMNS} FROM source_rules ORDER BY id"),
+            &[],
+        )
         .await
         .context("reading the source rules")?;
     Ok(rows.iter().map(rule).collect())

@@ -74,8 +74,7 @@ impl Archive {
 }
 
 fn basic_value() -> String {
-    let encoded =
-        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
     format!("Basic {encoded}")
 }
 
@@ -140,12 +139,20 @@ fn dropping(name: &str, headers: &HeaderMap) -> Response {
     if let Some(from) = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse::<usize>().ok())
+        .and_then(|r| {
+            r.strip_prefix("bytes=")?
+                .strip_suffix('-')?
+                .parse::<usize>()
+                .ok()
+        })
     {
         return (
             StatusCode::PARTIAL_CONTENT,
             [
-                (header::CONTENT_RANGE, format!("bytes {from}-{}/{len}", len - 1)),
+                (
+                    header::CONTENT_RANGE,
+                    format!("bytes {from}-{}/{len}", len - 1),
+                ),
                 (header::ETAG, "\"v1\"".into()),
             ],
             bytes[from..].to_vec(),
@@ -283,32 +290,56 @@ async fn header_and_basic_rules_send_credentials_to_their_origin_only_and_never_
     // Credentials in clear over http need --allow-http; a prefix is added once.
     let refused = stack
         .api_cli(&[
-            "source", "add", "--project", "sources", "--prefix", &archive.url("/x/"),
-            "--header", "X-Key: v",
+            "source",
+            "add",
+            "--project",
+            "sources",
+            "--prefix",
+            &archive.url("/x/"),
+            "--header",
+            "X-Key: v",
         ])
         .await;
     assert!(!refused.status.success());
-    assert!(refused.stderr.contains("--allow-http"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("--allow-http"),
+        "{}",
+        refused.stderr
+    );
     let twice = stack
         .api_cli(&[
-            "source", "add", "--project", "sources", "--prefix", &archive.url("/basic/"),
-            "--basic", "a:b", "--allow-http",
+            "source",
+            "add",
+            "--project",
+            "sources",
+            "--prefix",
+            &archive.url("/basic/"),
+            "--basic",
+            "a:b",
+            "--allow-http",
         ])
         .await;
     assert!(!twice.status.success());
     assert!(twice.stderr.contains("--replace"), "{}", twice.stderr);
 
-    let presigned = "/basic/presigned/sample.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=5ig";
+    let presigned =
+        "/basic/presigned/sample.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=5ig";
     let body = batch("archive")
         .video(archive.url("/keyed/sample.mp4"), "keyed")
         .video(archive.url("/basic/sample.webm"), "basic")
         .video(archive.url("/keyed/drop/sample.webm"), "resumed")
         .video(
-            archive.url(&format!("/keyed/away?to={}", elsewhere.url("/open/sample.mp4"))),
+            archive.url(&format!(
+                "/keyed/away?to={}",
+                elsewhere.url("/open/sample.mp4")
+            )),
             "cross-origin",
         )
         .video(
-            archive.url(&format!("/keyed/away?to={}", archive.url("/open/other.mp4"))),
+            archive.url(&format!(
+                "/keyed/away?to={}",
+                archive.url("/open/other.mp4")
+            )),
             "same-origin",
         )
         .video(archive.url(presigned), "presigned");
@@ -317,7 +348,11 @@ async fn header_and_basic_rules_send_credentials_to_their_origin_only_and_never_
     assert_eq!(status["overview"]["imported"], 6, "{status}");
 
     // The server saw the credentials on every request to its rule's prefixes and origin.
-    for path in ["/keyed/sample.mp4", "/keyed/drop/sample.webm", "/open/other.mp4"] {
+    for path in [
+        "/keyed/sample.mp4",
+        "/keyed/drop/sample.webm",
+        "/open/other.mp4",
+    ] {
         let requests = archive.requests(path);
         assert!(!requests.is_empty(), "{path} was requested");
         for headers in &requests {
@@ -330,11 +365,20 @@ async fn header_and_basic_rules_send_credentials_to_their_origin_only_and_never_
     let stored = stack
         .sql("SELECT sha256 FROM media_entries WHERE external_id = 'resumed'")
         .await;
-    assert_eq!(stored[0].get::<_, String>(0), sha256(&fixture("sample.webm")));
-    assert_eq!(archive.requests("/basic/sample.webm")[0][header::AUTHORIZATION], basic_value().as_str());
+    assert_eq!(
+        stored[0].get::<_, String>(0),
+        sha256(&fixture("sample.webm"))
+    );
+    assert_eq!(
+        archive.requests("/basic/sample.webm")[0][header::AUTHORIZATION],
+        basic_value().as_str()
+    );
     // Another origin got nothing; nor did the URL that carries its own signature.
     assert_eq!(elsewhere.requests("/open/sample.mp4").len(), 1);
-    assert!(!elsewhere.saw_any_credential(), "credentials crossed to another origin");
+    assert!(
+        !elsewhere.saw_any_credential(),
+        "credentials crossed to another origin"
+    );
     let signed = archive.requests("/basic/presigned/");
     assert_eq!(signed.len(), 1);
     assert!(!signed[0].contains_key(header::AUTHORIZATION));
@@ -342,11 +386,20 @@ async fn header_and_basic_rules_send_credentials_to_their_origin_only_and_never_
     // Without the rules the same URL is refused by the archive: the test can fail.
     let bare = stack.project("no-rules").await;
     let job = stack
-        .import(&bare.token, &batch("archive").video(archive.url("/keyed/sample.mp4"), "k"))
+        .import(
+            &bare.token,
+            &batch("archive").video(archive.url("/keyed/sample.mp4"), "k"),
+        )
         .await;
     let status = stack.wait_finished(&bare.token, &job, 60).await;
     assert_eq!(status["videos"][0]["state"], "failed", "{status}");
-    assert!(status["videos"][0]["reason"].as_str().unwrap().contains("401"), "{status}");
+    assert!(
+        status["videos"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("401"),
+        "{status}"
+    );
 
     // An https-only rule's credentials never go over http: refused at the door, by name.
     let (code, refusal) = stack
@@ -359,30 +412,48 @@ async fn header_and_basic_rules_send_credentials_to_their_origin_only_and_never_
         )
         .await;
     assert_eq!(code, 400, "{refusal}");
-    let why = refusal["error_details"]["videos[1].url"].as_str().unwrap_or_default();
+    let why = refusal["error_details"]["videos[1].url"]
+        .as_str()
+        .unwrap_or_default();
     assert!(
         why.contains("https://archive.example/masters/") && why.contains("https only"),
         "{refusal}"
     );
 
     // Nothing shows a secret: `source list`, the logs at debug, the table's bytes.
-    let list = stack.api_cli(&["source", "list", "--project", "sources"]).await;
+    let list = stack
+        .api_cli(&["source", "list", "--project", "sources"])
+        .await;
     assert!(list.status.success(), "{}", list.stderr);
     let rules: Value = serde_json::from_str(&list.stdout).unwrap();
     assert_eq!(rules.as_array().unwrap().len(), 3, "{rules}");
     assert!(list.stdout.contains("X-Archive-Key") && list.stdout.contains("Authorization"));
     let basic_b64 = basic_value();
-    let secrets = [HEADER_VALUE, PASSWORD, OTHER_HEADER_VALUE, basic_b64.trim_start_matches("Basic ")];
+    let secrets = [
+        HEADER_VALUE,
+        PASSWORD,
+        OTHER_HEADER_VALUE,
+        basic_b64.trim_start_matches("Basic "),
+    ];
     let logs = all_logs(&stack);
     assert!(logs.contains("DEBUG"), "the processes logged at debug");
     let (file, rows) = table_bytes(&stack, "source_rules").await;
-    assert!(contains(&file, b"/keyed/"), "the table's file holds its rows");
+    assert!(
+        contains(&file, b"/keyed/"),
+        "the table's file holds its rows"
+    );
     for secret in secrets {
         assert!(!list.stdout.contains(secret), "{secret} in source list");
         assert!(!logs.contains(secret), "{secret} in the logs");
         assert!(!rows.contains(secret), "{secret} in a row");
-        assert!(!contains(&file, secret.as_bytes()), "{secret} in the table's file");
-        assert!(!rows.contains(&hex::encode(secret)), "{secret} hex-encoded in a row");
+        assert!(
+            !contains(&file, secret.as_bytes()),
+            "{secret} in the table's file"
+        );
+        assert!(
+            !rows.contains(&hex::encode(secret)),
+            "{secret} hex-encoded in a row"
+        );
     }
     assert!(!logs.contains(USER), "the basic user in the logs");
 
@@ -407,7 +478,12 @@ async fn s3_sources_are_read_through_their_rule_and_need_one() {
         ("tape-1/big.mp4", "bench16k.mp4"),
         ("tape-1/page.mp4", "page.html"),
     ] {
-        let put = http.put(s3.url(key)).body(fixture(fixture_name)).send().await.unwrap();
+        let put = http
+            .put(s3.url(key))
+            .body(fixture(fixture_name))
+            .send()
+            .await
+            .unwrap();
         assert!(put.status().is_success(), "PUT {key}: {}", put.status());
     }
     let key = SecretKey::generate();
@@ -421,21 +497,43 @@ async fn s3_sources_are_read_through_their_rule_and_need_one() {
     let endpoint = format!("http://127.0.0.1:{}", s3.port);
     let refused = stack
         .api_cli(&[
-            "source", "add", "--project", "buckets", "--prefix", "s3://masters/",
-            "--s3-region", "us-east-1", "--s3-endpoint", "http://169.254.169.254",
-            "--s3-access-key-id", "AKIATEST", "--s3-secret-access-key", S3_SECRET,
+            "source",
+            "add",
+            "--project",
+            "buckets",
+            "--prefix",
+            "s3://masters/",
+            "--s3-region",
+            "us-east-1",
+            "--s3-endpoint",
+            "http://169.254.169.254",
+            "--s3-access-key-id",
+            "AKIATEST",
+            "--s3-secret-access-key",
+            S3_SECRET,
         ])
         .await;
     assert!(!refused.status.success());
-    assert!(refused.stderr.contains("fetch.allowed_networks"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("fetch.allowed_networks"),
+        "{}",
+        refused.stderr
+    );
     assert!(!refused.stderr.contains(S3_SECRET), "{}", refused.stderr);
     let rule = add(
         &stack,
         "buckets",
         &[
-            "--prefix", "s3://masters/tape-1/", "--s3-region", "us-east-1",
-            "--s3-endpoint", &endpoint, "--s3-access-key-id", "AKIATEST",
-            "--s3-secret-access-key", S3_SECRET,
+            "--prefix",
+            "s3://masters/tape-1/",
+            "--s3-region",
+            "us-east-1",
+            "--s3-endpoint",
+            &endpoint,
+            "--s3-access-key-id",
+            "AKIATEST",
+            "--s3-secret-access-key",
+            S3_SECRET,
         ],
     )
     .await;
@@ -474,16 +572,26 @@ async fn s3_sources_are_read_through_their_rule_and_need_one() {
     assert_eq!(v[0]["status"], "success", "{status}");
     assert_eq!(v[0]["video"]["verified"]["sha256"], sha256(&sample));
     let reason = |i: usize| v[i]["reason"].as_str().unwrap_or_default().to_string();
-    assert!(reason(1).contains("fetch.max_bytes is 10000"), "{}", reason(1));
+    assert!(
+        reason(1).contains("fetch.max_bytes is 10000"),
+        "{}",
+        reason(1)
+    );
     assert!(reason(2).starts_with("not a video"), "{}", reason(2));
     assert!(reason(3).contains("does not exist"), "{}", reason(3));
     // The stored bytes are the object's.
     let media_id = v[0]["video"]["mediaId"].as_str().unwrap();
     let (_, entry) = stack
-        .get(Some(&project.token), &format!("/api/v1/mediaLibrary/{media_id}"))
+        .get(
+            Some(&project.token),
+            &format!("/api/v1/mediaLibrary/{media_id}"),
+        )
         .await;
     let stored_key = entry["asset"]["key"].as_str().unwrap();
-    assert_eq!(std::fs::read(stack.dir.join("videos").join(stored_key)).unwrap(), sample);
+    assert_eq!(
+        std::fs::read(stack.dir.join("videos").join(stored_key)).unwrap(),
+        sample
+    );
 
     // The same again: the object's ETag says it is unchanged, so nothing is downloaded.
     let again = json!({"systemName": "archive", "videos": [
@@ -505,12 +613,19 @@ async fn s3_sources_are_read_through_their_rule_and_need_one() {
 async fn a_rotated_key_keeps_sources_working_and_the_old_key_is_no_longer_needed() {
     let old = SecretKey::generate();
     let new = SecretKey::generate();
-    let mut stack = Stack::start(options(&[("VIDEO_IMPORT__SECRETS__KEY", &old.to_base64())])).await;
+    let mut stack =
+        Stack::start(options(&[("VIDEO_IMPORT__SECRETS__KEY", &old.to_base64())])).await;
     let archive = Archive::start().await;
     let project = stack.project("rotation").await;
     let header = format!("X-Archive-Key: {HEADER_VALUE}");
     let prefix = archive.url("/keyed/");
-    let args = ["--prefix", prefix.as_str(), "--header", header.as_str(), "--allow-http"];
+    let args = [
+        "--prefix",
+        prefix.as_str(),
+        "--header",
+        header.as_str(),
+        "--allow-http",
+    ];
     let without_key = stack
         .api_cli_with(
             &[&["source", "add", "--project", "rotation"][..], &args[..]].concat(),
@@ -519,13 +634,18 @@ async fn a_rotated_key_keeps_sources_working_and_the_old_key_is_no_longer_needed
         .await;
     assert!(!without_key.status.success());
     assert!(
-        without_key.stderr.contains("set secrets.key (VIDEO_IMPORT__SECRETS__KEY)"),
+        without_key
+            .stderr
+            .contains("set secrets.key (VIDEO_IMPORT__SECRETS__KEY)"),
         "{}",
         without_key.stderr
     );
     add(&stack, "rotation", &args).await;
     let job = stack
-        .import(&project.token, &batch("archive").video(archive.url("/keyed/sample.mp4"), "a"))
+        .import(
+            &project.token,
+            &batch("archive").video(archive.url("/keyed/sample.mp4"), "a"),
+        )
         .await;
     let status = stack.wait_finished(&project.token, &job, 60).await;
     assert_eq!(status["videos"][0]["status"], "success", "{status}");
@@ -557,13 +677,19 @@ async fn a_rotated_key_keeps_sources_working_and_the_old_key_is_no_longer_needed
             "video-import-worker",
             &[],
             &[
-                ("VIDEO_IMPORT__METRICS__LISTEN", &format!("127.0.0.1:{port}")),
+                (
+                    "VIDEO_IMPORT__METRICS__LISTEN",
+                    &format!("127.0.0.1:{port}"),
+                ),
                 ("VIDEO_IMPORT__SECRETS__KEY", &new.to_base64()),
             ],
         )
         .await;
     let job = stack
-        .import(&project.token, &batch("archive").video(archive.url("/keyed/other.mp4"), "b"))
+        .import(
+            &project.token,
+            &batch("archive").video(archive.url("/keyed/other.mp4"), "b"),
+        )
         .await;
     let status = stack.wait_finished(&project.token, &job, 60).await;
     assert_eq!(status["videos"][0]["status"], "success", "{status}");
