@@ -181,7 +181,12 @@ impl Fetcher {
                 format!("the URL is not valid: {e}"),
             )
         })?;
-        let rules = self.rules.of(project_id).await?;
+        let mut rules = self.rules.of(project_id).await?;
+        if parsed.scheme() == "s3" && !matches!(rules::coverage(&rules, &parsed), Coverage::Rule(_))
+        {
+            // The API found a rule for it: one added moments ago is not cached yet.
+            rules = self.rules.fresh(project_id, &rules).await?;
+        }
         let source = self.source(&parsed, &rules)?;
         let started = Instant::now();
         let opened = match self.open(&source, known).await? {

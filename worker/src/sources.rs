@@ -118,6 +118,27 @@ impl SourceRules {
                 return Ok(rules.clone());
             }
         }
+        self.read(project_id).await
+    }
+
+    /// The rules of project `project_id` as they are now, when `cached` lacks a rule a
+    /// video needs (it may have been added moments ago): read again, unless another video
+    /// did since `cached` was read. Only such videos pay for it, and the API turns most
+    /// of them away before they are queued.
+    pub async fn fresh(
+        &self,
+        project_id: i64,
+        cached: &Arc<Vec<Rule>>,
+    ) -> Result<Arc<Vec<Rule>>, FetchError> {
+        if let Some((_, rules)) = self.cache.lock().expect("not poisoned").get(&project_id) {
+            if !Arc::ptr_eq(rules, cached) {
+                return Ok(rules.clone());
+            }
+        }
+        self.read(project_id).await
+    }
+
+    async fn read(&self, project_id: i64) -> Result<Arc<Vec<Rule>>, FetchError> {
         let unavailable = |e: anyhow::Error| {
             FetchError::transient(
                 FailureClass::Other,

@@ -34,7 +34,10 @@ type Seen = Arc<Mutex<Vec<(String, HeaderMap)>>>;
 /// - `/keyed/away?to=URL`: with the header, a redirect to URL;
 /// - `/basic/{name}`: the fixture, only with basic auth `USER:PASSWORD`;
 /// - `/basic/presigned/{name}?X-Amz-Signature=…`: the fixture, only WITHOUT `Authorization`;
-/// - `/open/{name}`: the fixture, for anyone.
+/// - `/open/{name}`: the fixture, for anyone;
+/// - `/flaky/…/{name}`: an S3 GET of bucket `flaky` (path style), only when signed with the
+///   access key id `AKIAFLAKY`; the first answer breaks off halfway, a ranged GET with the
+///   object's ETag in `If-Match` gets the rest.
 struct Archive {
     base: String,
     seen: Seen,
@@ -122,6 +125,12 @@ async fn serve(State(seen): State<Seen>, uri: Uri, headers: HeaderMap) -> Respon
         }
         return file(rest);
     }
+    if let Some(key) = path.strip_prefix("/flaky/") {
+        if !text(header::AUTHORIZATION).contains("Credential=AKIAFLAKY/") {
+            return StatusCode::FORBIDDEN.into_response();
+        }
+        return dropping(key.rsplit('/').next().unwrap_or_default(), &headers);
+    }
     match path.strip_prefix("/open/") {
         Some(name) => file(name),
         None => StatusCode::NOT_FOUND.into_response(),
@@ -132,10 +141,18 @@ fn file(name: &str) -> Response {
     fixture(name).into_response()
 }
 
-/// Half the file, then a broken connection; a `Range: bytes=N-` request gets the rest.
+/// Half the file, then a broken connection; a `Range: bytes=N-` request gets the rest (of
+/// the same version: an `If-Match` other than its ETag gets 412).
 fn dropping(name: &str, headers: &HeaderMap) -> Response {
     let bytes = fixture(name);
     let len = bytes.len();
+    let modified = "Wed, 01 Jan 2025 00:00:00 GMT";
+    if headers
+        .get(header::IF_MATCH)
+        .is_some_and(|v| v.as_bytes() != b"\"v1\"")
+    {
+        return StatusCode::PRECONDITION_FAILED.into_response();
+    }
     if let Some(from) = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
@@ -154,6 +171,7 @@ fn dropping(name: &str, headers: &HeaderMap) -> Response {
                     format!("bytes {from}-{}/{len}", len - 1),
                 ),
                 (header::ETAG, "\"v1\"".into()),
+                (header::LAST_MODIFIED, modified.into()),
             ],
             bytes[from..].to_vec(),
         )
@@ -173,6 +191,7 @@ fn dropping(name: &str, headers: &HeaderMap) -> Response {
         .header(header::CONTENT_LENGTH, len)
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::ETAG, "\"v1\"")
+        .header(header::LAST_MODIFIED, modified)
         .body(Body::from_stream(stream))
         .unwrap()
 }
@@ -594,11 +613,51 @@ async fn s3_sources_are_read_through_their_rule_and_need_one() {
     );
 
     // The same again: the object's ETag says it is unchanged, so nothing is downloaded.
+    let downloads = || stack.log("worker0").matches("fetch: downloaded").count();
+    assert_eq!(downloads(), 1);
     let again = json!({"systemName": "archive", "videos": [
         {"url": "s3://masters/tape-1/sample.mp4", "id": "sample", "fileName": "s", "metadata": {}}]});
     let job = stack.import(&project.token, &again).await;
     let status = stack.wait_finished(&project.token, &job, 60).await;
     assert_eq!(status["videos"][0]["status"], "skipped", "{status}");
+    assert_eq!(downloads(), 1, "the unchanged object was downloaded again");
+
+    // A transfer that breaks resumes with a ranged GET of the same object version, signed
+    // with the rule's keys (an S3 endpoint of our own that breaks its first answer).
+    let flaky = Archive::start().await;
+    add(
+        &stack,
+        "buckets",
+        &[
+            "--prefix",
+            "s3://flaky/",
+            "--s3-region",
+            "us-east-1",
+            "--s3-endpoint",
+            &flaky.base,
+            "--s3-access-key-id",
+            "AKIAFLAKY",
+            "--s3-secret-access-key",
+            S3_SECRET,
+        ],
+    )
+    .await;
+    let job = stack
+        .import(
+            &project.token,
+            &batch("archive").video("s3://flaky/tape/sample.webm", "resumed"),
+        )
+        .await;
+    let status = stack.wait_finished(&project.token, &job, 60).await;
+    assert_eq!(status["videos"][0]["status"], "success", "{status}");
+    assert_eq!(
+        status["videos"][0]["video"]["sha256"],
+        sha256(&fixture("sample.webm"))
+    );
+    let requests = flaky.requests("/flaky/tape/sample.webm");
+    assert_eq!(requests.len(), 2, "one GET and one ranged GET");
+    assert!(requests[1].contains_key(header::RANGE));
+    assert_eq!(requests[1][header::IF_MATCH], "\"v1\"");
 
     let logs = all_logs(&stack);
     assert!(!logs.contains(S3_SECRET), "the secret key is in the logs");
