@@ -1,4 +1,5 @@
-//! Command line: `migrate`, `serve`, and project and token administration.
+//! Command line: `migrate`, `serve`, and project and token administration (source rules
+//! and secrets in `sources_cli`).
 
 use std::path::PathBuf;
 
@@ -43,6 +44,12 @@ pub enum Command {
     /// Look after stored videos.
     #[command(subcommand)]
     Storage(StorageCommand),
+    /// Source rules: credentials per URL prefix, s3:// buckets.
+    #[command(subcommand)]
+    Source(crate::sources_cli::SourceCommand),
+    /// The key that encrypts stored secrets.
+    #[command(subcommand)]
+    Secrets(crate::sources_cli::SecretsCommand),
     /// Exit 0 when the running API's /readyz (on api.listen) answers 200, 1 when not: for
     /// container health checks (the image has no curl).
     Healthcheck,
@@ -216,6 +223,8 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Source(command) => crate::sources_cli::source(command, &settings).await,
+        Command::Secrets(command) => crate::sources_cli::secrets(command, &settings).await,
         Command::Storage(StorageCommand::Sweep {
             grace_secs,
             dry_run,

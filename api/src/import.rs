@@ -63,6 +63,7 @@ pub async fn create(
 
     let client = state.pool.get().await?;
     let limits = projects::limits(&client, caller.project_id).await?;
+    crate::sources::check(&client, caller.project_id, &batch.videos).await?;
     drop(client);
     state.schemas.check(
         caller.project_id,

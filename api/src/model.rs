@@ -38,8 +38,8 @@ pub struct ImportRequest {
 #[allow(dead_code)] // documents the body, see `ImportRequest`
 #[serde(rename_all = "camelCase")]
 pub struct VideoInput {
-    /// http(s) URL of the video file, written `http(s)://host/…`; no `data:` URLs, no
-    /// control characters.
+    /// http(s) URL of the video file, written `http(s)://host/…`, or `s3://bucket/key` of a
+    /// bucket a source rule of the project covers; no `data:` URLs, no control characters.
     #[schema(example = "https://archive.example/sample.mp4")]
     pub url: String,
     /// Your id of the video (stored as `externalId`), unique within the batch.

@@ -21,6 +21,7 @@ pub struct Settings {
     pub webhook: WebhookSettings,
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
+    pub secrets: SecretsSettings,
 }
 
 /// PostgreSQL connection and pool.
@@ -175,6 +176,61 @@ pub struct WebhookSettings {
     /// HTTP proxy every webhook goes through (`http://` or `https://`); none when empty.
     #[serde(default, with = "proxy_url", skip_serializing_if = "Option::is_none")]
     pub proxy: Option<url::Url>,
+}
+
+/// Keys that encrypt secrets at rest (source credentials, see `crate::secrets`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsSettings {
+    /// The key that encrypts (and decrypts): 32 bytes in base64. Needed by the API to add
+    /// source rules and by workers to use them.
+    #[serde(default, with = "secret_key", skip_serializing_if = "Option::is_none")]
+    pub key: Option<crate::secrets::SecretKey>,
+    /// Keys that only decrypt: the keys before `key`, while `video-import-api secrets rotate`
+    /// encrypts everything again with `key`.
+    #[serde(default, deserialize_with = "secret_keys")]
+    pub previous_keys: Vec<crate::secrets::SecretKey>,
+}
+
+/// An optional key; empty is none (so an environment variable can unset it).
+mod secret_key {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::secrets::SecretKey;
+
+    pub fn serialize<S: Serializer>(value: &Option<SecretKey>, s: S) -> Result<S::Ok, S::Error> {
+        value.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretKey>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(text) if !text.trim().is_empty() => SecretKey::from_base64(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A list of keys; empty entries are left out (an empty variable is an empty list).
+fn secret_keys<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<crate::secrets::SecretKey>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let texts = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(text) => vec![text],
+        OneOrMany::Many(texts) => texts,
+    };
+    texts
+        .iter()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| crate::secrets::SecretKey::from_base64(t).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 /// Logging.
@@ -405,6 +461,7 @@ impl Default for Settings {
                 queue_size: 2048,
                 export_timeout: Duration::from_secs(5),
             },
+            secrets: SecretsSettings::default(),
         }
     }
 }
@@ -454,6 +511,7 @@ impl Settings {
                 .with_list_parse_key("fetch.retry_delays_secs")
                 .with_list_parse_key("webhook.allowed_networks")
                 .with_list_parse_key("webhook.retry_schedule_secs")
+                .with_list_parse_key("secrets.previous_keys")
                 .try_parsing(true),
         );
         let built = builder.build().map_err(|e| ConfigError(e.to_string()))?;
@@ -668,6 +726,10 @@ fn explain(config: &config::Config, error: config::ConfigError) -> String {
     let Ok(value) = config.get::<config::Value>(&key) else {
         return format!("{key}: {why}");
     };
+    // A key, even a bad one (a paste cut short), is never repeated.
+    if key.starts_with("secrets.") {
+        return format!("{key} = (not shown): {why}");
+    }
     let origin = origin.or_else(|| value.origin().map(str::to_string));
     let origin = origin.map(|o| format!(" (in {o})")).unwrap_or_default();
     format!("{key} = {}{origin}: {why}", shown_value(&value))
@@ -904,5 +966,32 @@ mod tests {
         assert!(error.contains("webhook.allowed_networks"), "{error}");
         let none = load("[fetch]\nproxy = \"\"\n").unwrap();
         assert!(none.fetch.proxy.is_none() && none.webhook.proxy.is_none());
+    }
+
+    #[test]
+    fn a_bad_secrets_key_is_refused_naming_the_key_and_never_showing_it() {
+        let good = crate::secrets::SecretKey::generate();
+        let loaded = load(&format!(
+            "[secrets]\nkey = \"{}\"\nprevious_keys = [\"{}\"]\n",
+            good.to_base64(),
+            good.to_base64()
+        ))
+        .unwrap();
+        assert_eq!(loaded.secrets.key.as_ref(), Some(&good));
+        assert_eq!(loaded.secrets.previous_keys, vec![good.clone()]);
+        let cut = &good.to_base64()[..30];
+        for toml in [
+            format!("[secrets]\nkey = \"{cut}\"\n"),
+            format!(
+                "[secrets]\nprevious_keys = [\"{}\", \"{cut}\"]\n",
+                good.to_base64()
+            ),
+        ] {
+            let error = load(&toml).unwrap_err().to_string();
+            assert!(error.contains("secrets."), "{error}");
+            assert!(error.contains("openssl rand -base64 32"), "{error}");
+            assert!(!error.contains(cut), "the key is shown: {error}");
+        }
+        assert!(!format!("{loaded:?}").contains(&good.to_base64()));
     }
 }

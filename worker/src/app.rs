@@ -8,6 +8,7 @@ use video_import_shared::config::Settings;
 use video_import_shared::consume;
 use video_import_shared::outbox::Relay;
 use video_import_shared::queue;
+use video_import_shared::secrets::Keyring;
 use video_import_shared::service::Service;
 use video_import_shared::storage::Storage;
 use video_import_shared::sweep;
@@ -25,7 +26,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let service = Service::start(&settings, "worker").await?;
     let storage = Storage::open(&settings.storage).await?;
     let hosts = Arc::new(SourceHosts::new(settings.fetch.per_host_concurrency));
-    let fetcher = Fetcher::new(&settings.fetch, storage.clone(), hosts.clone())?;
+    let fetcher = Fetcher::new(
+        &settings.fetch,
+        storage.clone(),
+        hosts.clone(),
+        service.pool.clone(),
+        Keyring::from_settings(&settings.secrets),
+    )?;
     let metrics = WorkerMetrics::new(&service.registry)?;
     let relay = Relay::new(
         service.pool.clone(),

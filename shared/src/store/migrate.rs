@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (12, include_str!("migrations/0012_webhook_rounds.sql")),
     (13, include_str!("migrations/0013_retry_of.sql")),
     (14, include_str!("migrations/0014_checksums.sql")),
+    (15, include_str!("migrations/0015_sources.sql")),
 ];
 
 /// Migrations after which a binary that does not know them can no longer run (they drop or

@@ -7,7 +7,8 @@
 //!   into each;
 //! - [`model`]: `Item` and `Validators`, the values the modules below pass each other;
 //! - [`migrate`]: the embedded migrations (`migrations/`);
-//! - [`projects`], [`tokens`]: administration and authentication;
+//! - [`projects`], [`tokens`]: administration and authentication; [`sources`]: source
+//!   rules (credentials per URL prefix or bucket, their secrets sealed);
 //! - [`jobs`]: accepting a batch, counting finished videos and finishing the job, reading,
 //!   listing and cancelling jobs;
 //! - [`idempotency`]: Idempotency-Key claims; [`usage`]: the daily-limit window;
@@ -31,6 +32,7 @@ pub mod model;
 pub mod outbox;
 pub mod outcomes;
 pub mod projects;
+pub mod sources;
 pub mod states;
 pub mod tokens;
 pub mod usage;

@@ -15,6 +15,7 @@ mod readback;
 mod restarts;
 mod rounds;
 mod schema;
+mod sources;
 mod tracing;
 mod upgrades;
 mod webhooks;
