@@ -465,7 +465,7 @@ impl VerifyMetrics {
         let damaged = IntCounterVec::new(
             Opts::new(
                 "storage_damaged_found_total",
-                "Damaged stored objects the continuous verifier found (and marked), by kind",
+                "Damaged stored objects the continuous verifier found and marked, by kind (an entry marked already is not counted again)",
             ),
             &["kind"],
         )?;
@@ -572,6 +572,8 @@ async fn rounds(
             };
             metrics.objects.inc();
             match settle(client, stored, verdict).await? {
+                // Marked before: found again, not anew.
+                Settled::Bad(problem) if stored.damaged && problem.kind().is_some() => {}
                 Settled::Bad(problem) => {
                     match problem.kind() {
                         Some(kind) => metrics.damaged.with_label_values(&[kind.as_str()]).inc(),

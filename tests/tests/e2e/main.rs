@@ -16,5 +16,6 @@ mod restarts;
 mod rounds;
 mod schema;
 mod upgrades;
+mod verify;
 mod webhooks;
 mod worker;
