@@ -50,7 +50,7 @@ pub struct Rate(f64);
 impl Rate {
     /// `mib` MiB/s; `None` for 0 (no verification, or no bound).
     pub fn mib_per_sec(mib: f64) -> Option<Rate> {
-        (mib.is_finite() && mib > 0.0).then(|| Rate(mib * 1024.0 * 1024.0))
+        (mib.is_finite() && mib > 0.0).then_some(Rate(mib * 1024.0 * 1024.0))
     }
 
     /// Bytes per second.
