@@ -214,6 +214,18 @@ async fn storage_verify_finds_damaged_files_and_the_next_import_downloads_only_t
         )
         .await;
     assert!(whole["asset"].get("damaged").is_none(), "{whole}");
+    // The OpenAPI document describes it.
+    let (_, doc) = stack.get(None, "/api/v1/openapi.json").await;
+    let schemas = &doc["components"]["schemas"];
+    assert!(
+        schemas["Asset"]["properties"]["damaged"].is_object(),
+        "{}",
+        schemas["Asset"]
+    );
+    assert!(
+        schemas["AssetDamage"]["properties"]["kind"].is_object(),
+        "{schemas}"
+    );
 
     // A sample checks that many entries; another project's entries are not checked.
     let (code, sample, _) = verify(&stack, &["--sample", "2", "--rate", "50"]).await;
@@ -292,6 +304,30 @@ async fn storage_verify_finds_damaged_files_and_the_next_import_downloads_only_t
     let (code, report, _) = verify(&stack, &[]).await;
     assert_eq!((code, &report["cleared"]), (0, &json!(1)), "{report}");
     assert!(marked(&stack).await.is_empty());
+
+    // The MD5 an entry keeps is checked too (here the entry's value is what changed).
+    let wrong_md5 = "0".repeat(32);
+    let real_md5: String = stack
+        .sql("SELECT md5 FROM media_entries WHERE external_id = 'kept-sum'")
+        .await[0]
+        .get(0);
+    stack
+        .sql(&format!(
+            "UPDATE media_entries SET md5 = '{wrong_md5}' WHERE external_id = 'kept-sum'"
+        ))
+        .await;
+    let (code, report, _) = verify(&stack, &[]).await;
+    assert_eq!(code, 3, "{report}");
+    let bad = bad_by_id(&report);
+    assert_eq!(
+        (
+            &bad["kept-sum"]["algorithm"],
+            &bad["kept-sum"]["expected"],
+            &bad["kept-sum"]["found"]
+        ),
+        (&json!("md5"), &json!(wrong_md5), &json!(real_md5)),
+        "{report}"
+    );
     stack.finish().await;
 }
 
