@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::register;
 use crate::storage::Storage;
 use crate::store::locks::{Held, VERIFY_LOCK};
-use crate::store::verify::{self as position, Stored};
+use crate::store::verify::{self as library, Stored};
 use crate::store::{entries, DamageKind};
 
 /// Entries read from the database at a time.
@@ -289,6 +289,7 @@ async fn settle(
         Verdict::Whole if stored.damaged => Ok(Settled::Whole {
             cleared: entries::clear_damage(client, &stored.id, &stored.key).await?,
         }),
+        // (Stopped is not settled: the callers stop first.)
         Verdict::Whole | Verdict::Stopped => Ok(Settled::Whole { cleared: false }),
         Verdict::Bad(problem) => match problem.kind() {
             None => Ok(Settled::Bad(problem)),
@@ -401,29 +402,56 @@ impl Report {
 /// Verifies every entry (of a project, or a random sample) once: `storage verify`.
 pub async fn run(storage: &Storage, pool: &Pool, options: &Options) -> anyhow::Result<Report> {
     let client = pool.get().await.context("connecting to verify")?;
-    let never = CancellationToken::new();
-    let mut throttle = Throttle::new(options.rate);
-    let mut report = Report::default();
-    let mut unreadable_in_a_row = 0;
-    let mut after: Option<String> = None;
-    let mut sampled = false;
-    loop {
-        let entries = match options.sample {
-            Some(_) if sampled => break,
-            Some(n) => {
-                sampled = true;
-                let n = i64::try_from(n).unwrap_or(i64::MAX);
-                position::sample(&client, options.project, n).await?
-            }
-            None => position::page(&client, after.as_deref(), options.project, PAGE).await?,
-        };
-        let Some(last) = entries.last() else { break };
-        after = Some(last.id.clone());
-        for stored in &entries {
-            let verdict = check(storage, stored, &mut throttle, &mut report.bytes, &never).await;
+    let mut once = Once {
+        storage,
+        client: &client,
+        throttle: Throttle::new(options.rate),
+        report: Report::default(),
+        unreadable_in_a_row: 0,
+    };
+    if let Some(n) = options.sample {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        once.check(&library::sample(&client, options.project, n).await?)
+            .await?;
+    } else {
+        let mut after: Option<String> = None;
+        loop {
+            let page = library::page(&client, after.as_deref(), options.project, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            once.check(&page).await?;
+        }
+    }
+    Ok(once.report)
+}
+
+/// A run of `storage verify` under way.
+struct Once<'a> {
+    storage: &'a Storage,
+    client: &'a deadpool_postgres::Client,
+    throttle: Throttle,
+    report: Report,
+    unreadable_in_a_row: u32,
+}
+
+impl Once<'_> {
+    /// Checks `entries`, marks or clears them, and adds them to the report; stops when the
+    /// storage lets nothing be read.
+    async fn check(&mut self, entries: &[Stored]) -> anyhow::Result<()> {
+        // Nothing stops a run but its end (or Ctrl-C, which ends the process).
+        let never = CancellationToken::new();
+        for stored in entries {
+            let verdict = check(
+                self.storage,
+                stored,
+                &mut self.throttle,
+                &mut self.report.bytes,
+                &never,
+            )
+            .await;
             if let Verdict::Bad(Problem::Unreadable { error }) = &verdict {
-                unreadable_in_a_row += 1;
-                if unreadable_in_a_row >= UNREADABLE_IN_A_ROW {
+                self.unreadable_in_a_row += 1;
+                if self.unreadable_in_a_row >= UNREADABLE_IN_A_ROW {
                     anyhow::bail!(
                         "{UNREADABLE_IN_A_ROW} stored objects in a row could not be read \
                          (the last, {:?}: {error}); check that the storage is reachable and \
@@ -432,13 +460,13 @@ pub async fn run(storage: &Storage, pool: &Pool, options: &Options) -> anyhow::R
                     );
                 }
             } else {
-                unreadable_in_a_row = 0;
+                self.unreadable_in_a_row = 0;
             }
-            let settled = settle(&client, stored, verdict).await?;
-            report.add(stored, settled);
+            let settled = settle(self.client, stored, verdict).await?;
+            self.report.add(stored, settled);
         }
+        Ok(())
     }
-    Ok(report)
 }
 
 /// The continuous verifier's counters (prefixed `video_import_` by the registry).
@@ -541,10 +569,10 @@ async fn rounds(
     let client = held.client();
     let mut throttle = Throttle::new(Some(rate));
     loop {
-        let after = position::position(client).await?;
-        let page = position::page(client, after.as_deref(), None, PAGE).await?;
+        let after = library::position(client).await?;
+        let page = library::page(client, after.as_deref(), None, PAGE).await?;
         if page.is_empty() {
-            position::finish_round(client).await?;
+            library::finish_round(client).await?;
             metrics.rounds.inc();
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -590,7 +618,7 @@ async fn rounds(
                 }
                 Settled::Whole { cleared: false } | Settled::Changed => {}
             }
-            position::advance(client, &stored.id).await?;
+            library::advance(client, &stored.id).await?;
         }
     }
 }
@@ -675,6 +703,61 @@ mod tests {
         assert_eq!(Rate::mib_per_sec(-1.0), None);
         assert_eq!(Rate::mib_per_sec(f64::NAN), None);
         assert_eq!(Rate::mib_per_sec(1.5).unwrap().bytes_per_sec(), 1.5 * MIB);
+    }
+
+    fn stored(id: &str) -> Stored {
+        Stored {
+            id: id.into(),
+            project: "p".into(),
+            system_name: "s".into(),
+            external_id: id.into(),
+            key: format!("1/{id}.mp4"),
+            size: 10,
+            sha256: "a".repeat(64),
+            md5: None,
+            damaged: false,
+        }
+    }
+
+    #[test]
+    fn a_report_counts_every_kind_and_lists_a_bounded_number() {
+        let mut report = Report::default();
+        report.add(&stored("w"), Settled::Whole { cleared: false });
+        report.add(&stored("c"), Settled::Whole { cleared: true });
+        report.add(&stored("x"), Settled::Changed);
+        report.add(
+            &stored("m"),
+            Settled::Bad(Problem::Missing { expected_size: 10 }),
+        );
+        report.add(
+            &stored("u"),
+            Settled::Bad(Problem::Unreadable {
+                error: "denied".into(),
+            }),
+        );
+        assert_eq!(
+            (report.checked, report.ok, report.cleared, report.changed),
+            (5, 2, 1, 1)
+        );
+        assert_eq!(
+            (report.missing, report.unreadable, report.bad_count()),
+            (1, 1, 2)
+        );
+        assert_eq!(report.bad[0].external_id, "m");
+        assert_eq!(report.bad[0].key, "1/m.mp4");
+        for i in 0..MOST_LISTED {
+            report.add(
+                &stored(&i.to_string()),
+                Settled::Bad(Problem::WrongSize {
+                    expected: 10,
+                    found: 9,
+                }),
+            );
+        }
+        assert_eq!(report.wrong_size, MOST_LISTED as u64);
+        assert_eq!(report.bad.len(), MOST_LISTED);
+        assert_eq!(report.not_listed, 2);
+        assert_eq!(report.bad_count(), MOST_LISTED as u64 + 2);
     }
 
     #[test]
