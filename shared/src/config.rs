@@ -107,6 +107,11 @@ pub struct StorageSettings {
     /// stays valid (0: the API streams the file itself). At most 7 days (SigV4's limit).
     #[serde(rename = "presign_secs", with = "secs", default)]
     pub presign: Duration,
+    /// MiB per second at which a worker re-reads stored objects to check them against their
+    /// entries, one worker at a time (0: never; `video-import-api storage verify` does it on
+    /// demand).
+    #[serde(default)]
+    pub verify_rate_mib: f64,
 }
 
 /// How the worker downloads videos.
@@ -421,6 +426,7 @@ impl Default for Settings {
                 sweep_grace: Duration::from_secs(86_400),
                 sweep_interval: Duration::ZERO,
                 presign: Duration::ZERO,
+                verify_rate_mib: 0.0,
             },
             fetch: FetchSettings {
                 allow_private_networks: false,
@@ -564,6 +570,14 @@ impl Settings {
                 "storage.presign_secs",
                 &self.storage.presign.as_secs(),
                 "must be at most 604800 (7 days, the longest a presigned URL may be valid)",
+            );
+        }
+        let rate = self.storage.verify_rate_mib;
+        if !rate.is_finite() || rate < 0.0 {
+            return bad(
+                "storage.verify_rate_mib",
+                &rate,
+                "must be 0 (no continuous verification) or a positive number of MiB per second, such as 20 or 0.5",
             );
         }
         if self.api.max_connections == 0 {
@@ -873,6 +887,35 @@ mod tests {
             let error = load(toml).unwrap_err().to_string();
             assert!(
                 error.contains(&format!("{key} = {value}")),
+                "{toml}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_verify_rate_is_a_number_of_mib_per_second_or_zero() {
+        assert_eq!(load("").unwrap().storage.verify_rate_mib, 0.0);
+        assert_eq!(
+            load("[storage]\nverify_rate_mib = 20\n")
+                .unwrap()
+                .storage
+                .verify_rate_mib,
+            20.0
+        );
+        assert_eq!(
+            load("[storage]\nverify_rate_mib = 0.5\n")
+                .unwrap()
+                .storage
+                .verify_rate_mib,
+            0.5
+        );
+        for (toml, value) in [
+            ("[storage]\nverify_rate_mib = -1\n", "-1"),
+            ("[storage]\nverify_rate_mib = \"fast\"\n", "\"fast\""),
+        ] {
+            let error = load(toml).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("storage.verify_rate_mib = {value}")),
                 "{toml}: {error}"
             );
         }

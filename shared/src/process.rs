@@ -109,8 +109,9 @@ pub async fn bind(key: &str, addr: SocketAddr) -> Result<tokio::net::TcpListener
 }
 
 /// Loads settings (exit code 2 with the key at fault when they are bad), sets up TLS,
-/// logging and span export (flushed after `work`, see `otlp`), runs `work` and reports its error, if any, on stderr (exit code 2 for a
-/// [`SettingError`] or a schema this binary cannot run against, 1 otherwise).
+/// logging and span export (flushed after `work`, see `otlp`), runs `work` and reports its
+/// error, if any, on stderr (exit code 2 for a [`SettingError`] or a schema this binary
+/// cannot run against, an [`ExitWith`]'s own code, 1 otherwise).
 pub async fn run<F, Fut>(name: &str, config: Option<&Path>, work: F) -> ExitCode
 where
     F: FnOnce(Settings) -> Fut,
@@ -149,9 +150,21 @@ where
         }
         Err(e) => {
             eprintln!("{name}: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<ExitWith>() {
+                Some(exit) => ExitCode::from(exit.code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
+}
+
+/// An outcome that is no failure of the command but has an exit code of its own (such as
+/// `storage verify` finding damaged objects, 3): its message goes to stderr like an error's.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ExitWith {
+    pub code: u8,
+    pub message: String,
 }
 
 #[cfg(test)]

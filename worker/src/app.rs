@@ -1,6 +1,6 @@
 //! The worker's wiring: builds its state from the settings and runs its loops (the outbox
-//! relay, the dispatcher, the storage sweeper, the operational endpoints, and the consumers
-//! of the fetch queue and its dead letters) until SIGTERM.
+//! relay, the dispatcher, the storage sweeper and verifier, the operational endpoints, and
+//! the consumers of the fetch queue and its dead letters) until SIGTERM.
 
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use video_import_shared::queue;
 use video_import_shared::secrets::Keyring;
 use video_import_shared::service::Service;
 use video_import_shared::storage::Storage;
-use video_import_shared::sweep;
+use video_import_shared::{sweep, verify};
 
 use crate::dispatch::Dispatcher;
 use crate::fetch::Fetcher;
@@ -55,6 +55,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             service.pool.clone(),
             settings.storage.sweep_grace,
             settings.storage.sweep_interval,
+            service.shutdown.clone(),
+        ));
+    }
+    let verify_metrics = verify::VerifyMetrics::new(&service.registry)?;
+    if let Some(rate) = verify::Rate::mib_per_sec(settings.storage.verify_rate_mib) {
+        tokio::spawn(verify::continuously(
+            storage.clone(),
+            service.pool.clone(),
+            rate,
+            verify_metrics,
             service.shutdown.clone(),
         ));
     }

@@ -18,7 +18,8 @@
 //! - [`outcomes`]: the worker's group commit of finished videos;
 //! - [`webhooks`]: deliveries, their rounds and attempts, held deliveries;
 //! - [`outbox`]: messages written with the state they announce;
-//! - [`backlog`]: how much work of each kind waits; [`locks`]: one-at-a-time work.
+//! - [`backlog`]: how much work of each kind waits; [`locks`]: one-at-a-time work;
+//! - [`verify`]: the entries the storage verifier reads, and where it got to.
 
 pub mod backlog;
 pub mod dispatch;
@@ -36,7 +37,8 @@ pub mod sources;
 pub mod states;
 pub mod tokens;
 pub mod usage;
+pub mod verify;
 pub mod webhooks;
 
 pub use model::{Checksum, Item, Validators};
-pub use states::{ItemState, JobState, UnknownState, Waiting, WebhookState};
+pub use states::{DamageKind, ItemState, JobState, UnknownState, Waiting, WebhookState};

@@ -18,5 +18,6 @@ mod schema;
 mod sources;
 mod tracing;
 mod upgrades;
+mod verify;
 mod webhooks;
 mod worker;

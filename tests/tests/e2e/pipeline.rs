@@ -741,7 +741,8 @@ async fn migrate_is_idempotent_when_run_concurrently() {
     let (applied, newest) = (rows[0].get::<_, i64>(0), rows[0].get::<_, i64>(1));
     let latest = i64::from(video_import_shared::store::migrate::latest());
     assert_eq!(newest, latest, "every migration ran");
-    assert_eq!(applied, newest, "each migration applied once");
+    let known = video_import_shared::store::migrate::versions().len() as i64;
+    assert_eq!(applied, known, "each migration applied once");
     stack.finish().await;
 }
 
