@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (12, include_str!("migrations/0012_webhook_rounds.sql")),
     (13, include_str!("migrations/0013_retry_of.sql")),
     (14, include_str!("migrations/0014_checksums.sql")),
+    (17, include_str!("migrations/0017_retention.sql")),
 ];
 
 /// Migrations after which a binary that does not know them can no longer run (they drop or
@@ -32,6 +33,12 @@ const BREAKS_OLDER: &[i32] = &[];
 
 /// Any number so long as every process agrees on it: serialises concurrent `migrate` runs.
 const MIGRATION_LOCK: i64 = 0x7669_6465_6f5f_696d;
+
+/// Every migration's version, in the order they are applied (numbers may have gaps: each
+/// feature branch takes its own).
+pub fn versions() -> Vec<i32> {
+    MIGRATIONS.iter().map(|(version, _)| *version).collect()
+}
 
 /// The newest migration's version: what a database is at once `migrate` has run.
 pub fn latest() -> i32 {

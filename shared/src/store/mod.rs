@@ -17,7 +17,8 @@
 //! - [`outcomes`]: the worker's group commit of finished videos;
 //! - [`webhooks`]: deliveries, their rounds and attempts, held deliveries;
 //! - [`outbox`]: messages written with the state they announce;
-//! - [`backlog`]: how much work of each kind waits; [`locks`]: one-at-a-time work.
+//! - [`backlog`]: how much work of each kind waits; [`locks`]: one-at-a-time work;
+//! - [`retention`]: pruning finished jobs down to tombstones, expired idempotency keys.
 
 pub mod backlog;
 pub mod dispatch;
@@ -31,6 +32,7 @@ pub mod model;
 pub mod outbox;
 pub mod outcomes;
 pub mod projects;
+pub mod retention;
 pub mod states;
 pub mod tokens;
 pub mod usage;
