@@ -386,10 +386,10 @@ mod tests {
     #[test]
     fn small_jobs_go_together_up_to_the_budget() {
         let mut queue: VecDeque<Pending> =
-            [pending("a", 100), pending("b", 300), pending("c", 500), pending("d", 1)]
+            [pending("a", 100), pending("b", 300), pending("c", 600), pending("d", 1)]
                 .into_iter()
                 .collect();
-        // a and b cost 103 + 303; c (503) would pass 1000.
+        // a and b cost 103 + 303; c (603) would pass 1000.
         assert_eq!(take(&mut queue, 1000), Some(ids(&["a", "b"])));
         assert_eq!(take(&mut queue, 1000), Some(ids(&["c", "d"])));
         assert_eq!(take(&mut queue, 1000), None);
