@@ -177,6 +177,8 @@ impl Pruner {
                 return Ok(total);
             }
             if queue.is_empty() {
+                // A round can go on for hours through a backlog: the gauge follows it.
+                self.measure().await?;
                 let client = self.pool.get().await.context("connecting to prune")?;
                 queue.extend(
                     retention::candidates(&client, cutoff, LOOK)
