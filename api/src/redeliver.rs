@@ -2,10 +2,10 @@
 //! same `webhook-id`, whether the earlier delivery succeeded or failed.
 
 use anyhow::Context;
-use deadpool_postgres::GenericClient;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use deadpool_postgres::GenericClient;
 use video_import_shared::outbox;
 use video_import_shared::store::{jobs, webhooks, WebhookState};
 

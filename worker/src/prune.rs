@@ -107,7 +107,11 @@ pub struct Pruner {
 
 impl Pruner {
     /// A pruner for `settings`, its metrics in `registry`.
-    pub fn new(pool: Pool, settings: &RetentionSettings, registry: &Registry) -> anyhow::Result<Self> {
+    pub fn new(
+        pool: Pool,
+        settings: &RetentionSettings,
+        registry: &Registry,
+    ) -> anyhow::Result<Self> {
         let metrics = PruneMetrics::new(registry)?;
         metrics.window.set(settings.finished_jobs.as_secs_f64());
         Ok(Self {
@@ -134,8 +138,7 @@ impl Pruner {
     pub async fn round(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         self.measure().await?;
         let started = Instant::now();
-        let pruned =
-            locks::while_prune_locked(&self.pool, self.prune(shutdown)).await?;
+        let pruned = locks::while_prune_locked(&self.pool, self.prune(shutdown)).await?;
         if let Some(removed) = pruned.filter(|r| r.jobs > 0 || r.deleted() > 0) {
             tracing::info!(
                 jobs = removed.jobs,
@@ -153,7 +156,11 @@ impl Pruner {
     }
 
     async fn measure(&self) -> anyhow::Result<()> {
-        let client = self.pool.get().await.context("connecting to measure retention")?;
+        let client = self
+            .pool
+            .get()
+            .await
+            .context("connecting to measure retention")?;
         let age = retention::oldest_kept(&client).await?;
         self.metrics.oldest.set(age.unwrap_or(0.0));
         Ok(())
@@ -196,7 +203,8 @@ impl Pruner {
             let started = Instant::now();
             let removed = self.run_step(&step).await?;
             let took = started.elapsed();
-            self.after_batch(&removed, took, &mut budget, shutdown).await;
+            self.after_batch(&removed, took, &mut budget, shutdown)
+                .await;
             total += removed;
         }
         loop {
@@ -387,10 +395,14 @@ mod tests {
 
     #[test]
     fn small_jobs_go_together_up_to_the_budget() {
-        let mut queue: VecDeque<Pending> =
-            [pending("a", 100), pending("b", 300), pending("c", 600), pending("d", 1)]
-                .into_iter()
-                .collect();
+        let mut queue: VecDeque<Pending> = [
+            pending("a", 100),
+            pending("b", 300),
+            pending("c", 600),
+            pending("d", 1),
+        ]
+        .into_iter()
+        .collect();
         // a and b cost 103 + 303; c (603) would pass 1000.
         assert_eq!(take(&mut queue, 1000), Some(ids(&["a", "b"])));
         assert_eq!(take(&mut queue, 1000), Some(ids(&["c", "d"])));
@@ -451,7 +463,10 @@ mod tests {
         assert_eq!(next_budget(1000, 1000, Duration::from_secs(1)), 500);
         // Within the bounds.
         assert_eq!(next_budget(150, 150, Duration::from_secs(1)), MIN_BUDGET);
-        assert_eq!(next_budget(MAX_BUDGET, 20_000, Duration::from_millis(1)), MAX_BUDGET);
+        assert_eq!(
+            next_budget(MAX_BUDGET, 20_000, Duration::from_millis(1)),
+            MAX_BUDGET
+        );
         // A batch that removed nothing says nothing about the pace.
         assert_eq!(next_budget(1000, 0, Duration::from_millis(3)), 1000);
     }

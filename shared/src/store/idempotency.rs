@@ -70,5 +70,7 @@ pub async fn claim(
         }
         return Ok(KeyClaim::Replay(row.get(1)));
     }
-    anyhow::bail!("the idempotency key {key:?} was deleted twice while being claimed; send the request again")
+    anyhow::bail!(
+        "the idempotency key {key:?} was deleted twice while being claimed; send the request again"
+    )
 }

@@ -69,8 +69,7 @@ async fn post(stack: &Stack, token: &str, key: &str, body: &Value) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_finished_before_the_cutoff_is_pruned_to_a_tombstone_and_a_newer_one_is_untouched(
-) {
+async fn a_job_finished_before_the_cutoff_is_pruned_to_a_tombstone_and_a_newer_one_is_untouched() {
     let stack = Stack::start(Options {
         workers: 2,
         env: vec![
@@ -90,8 +89,14 @@ async fn a_job_finished_before_the_cutoff_is_pruned_to_a_tombstone_and_a_newer_o
     let body = |tag: &str| {
         batch("archive")
             .webhook(&receiver.url)
-            .video(videos.url(&format!("/videos/sample.mp4?{tag}=1")), format!("{tag}1"))
-            .video(videos.url(&format!("/videos/sample.mp4?{tag}=2")), format!("{tag}2"))
+            .video(
+                videos.url(&format!("/videos/sample.mp4?{tag}=1")),
+                format!("{tag}1"),
+            )
+            .video(
+                videos.url(&format!("/videos/sample.mp4?{tag}=2")),
+                format!("{tag}2"),
+            )
             .video(videos.url("/videos/gone.mp4"), format!("{tag}3"))
             .build()
     };
@@ -101,6 +106,7 @@ async fn a_job_finished_before_the_cutoff_is_pruned_to_a_tombstone_and_a_newer_o
     let new_status = stack.wait_webhook(&project.token, &new, "delivered").await;
     let overview = json!({"total": 3, "imported": 2, "skipped": 0, "failed": 1, "pending": 0});
     assert_eq!(old_status["overview"], overview, "{old_status}");
+    assert_eq!(new_status["overview"], overview, "{new_status}");
     let media: Vec<String> = old_status["videos"]
         .as_array()
         .unwrap()
@@ -206,7 +212,11 @@ async fn a_job_finished_before_the_cutoff_is_pruned_to_a_tombstone_and_a_newer_o
                     .sql("SELECT count(*) FROM jobs WHERE id LIKE 'bulk%' AND pruned_at IS NULL")
                     .await[0]
                     .get(0);
-                if left == 0 { Ok(()) } else { Err(format!("{left} bulk jobs left")) }
+                if left == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{left} bulk jobs left"))
+                }
             },
         )
         .await;
@@ -220,7 +230,11 @@ async fn a_job_finished_before_the_cutoff_is_pruned_to_a_tombstone_and_a_newer_o
         .await;
     assert!(tombstone[0].get::<_, bool>(0), "the context is dropped");
     assert_eq!(
-        (tombstone[0].get::<_, i32>(1), tombstone[0].get::<_, i32>(2), tombstone[0].get::<_, i32>(3)),
+        (
+            tombstone[0].get::<_, i32>(1),
+            tombstone[0].get::<_, i32>(2),
+            tombstone[0].get::<_, i32>(3)
+        ),
         (3, 2, 1)
     );
     for id in &media {
@@ -253,7 +267,10 @@ async fn a_job_finished_before_the_cutoff_is_pruned_to_a_tombstone_and_a_newer_o
     // Nothing is left to retry or to send again: 410 as well, saying so.
     let retry = stack
         .http
-        .post(format!("{}/api/v1/import/videos/{old}/retry", stack.api_url))
+        .post(format!(
+            "{}/api/v1/import/videos/{old}/retry",
+            stack.api_url
+        ))
         .bearer_auth(&project.token)
         .send()
         .await
@@ -279,20 +296,32 @@ async fn a_job_finished_before_the_cutoff_is_pruned_to_a_tombstone_and_a_newer_o
     assert_eq!(rows_of(&stack, "delivering").await[..3], [10, 0, 1]);
 
     // The two workers pruned one at a time: every row was counted once, over both.
-    let pruned = |table: &str| {
-        format!("video_import_retention_rows_pruned_total{{table=\"{table}\"}}")
-    };
+    let pruned =
+        |table: &str| format!("video_import_retention_rows_pruned_total{{table=\"{table}\"}}");
     let bulk_rows = BULK_JOBS as f64 * 1000.0;
-    assert_eq!(over_workers(&stack, &pruned("job_items")).await, bulk_rows + 3.0);
-    assert_eq!(over_workers(&stack, &pruned("jobs")).await, BULK_JOBS as f64 + 1.0);
+    assert_eq!(
+        over_workers(&stack, &pruned("job_items")).await,
+        bulk_rows + 3.0
+    );
+    assert_eq!(
+        over_workers(&stack, &pruned("jobs")).await,
+        BULK_JOBS as f64 + 1.0
+    );
     assert_eq!(
         over_workers(&stack, &pruned("webhook_attempts")).await,
         old_rows[1] as f64
     );
-    assert_eq!(over_workers(&stack, &pruned("webhook_deliveries")).await, 1.0);
+    assert_eq!(
+        over_workers(&stack, &pruned("webhook_deliveries")).await,
+        1.0
+    );
     assert_eq!(over_workers(&stack, &pruned("dispatch")).await, 1.0);
     assert_eq!(over_workers(&stack, &pruned("idempotency_keys")).await, 1.0);
-    let batches = over_workers(&stack, "video_import_retention_batch_duration_seconds_count").await;
+    let batches = over_workers(
+        &stack,
+        "video_import_retention_batch_duration_seconds_count",
+    )
+    .await;
     assert!(batches >= 2.0, "{batches} batches");
     // The oldest finished job kept is the newer one (the delivering one is left out).
     for worker in stack.running(Kind::Worker) {
@@ -308,7 +337,11 @@ async fn a_job_finished_before_the_cutoff_is_pruned_to_a_tombstone_and_a_newer_o
                             .ok()
                     })
                     .unwrap_or(f64::MAX);
-                if age < 3600.0 { Ok(()) } else { Err(age) }
+                if age < 3600.0 {
+                    Ok(())
+                } else {
+                    Err(age)
+                }
             })
             .await;
     }
