@@ -212,8 +212,9 @@ impl Pruner {
                 return Ok(total);
             }
             let started = Instant::now();
+            let asked = budget;
             let client = self.pool.get().await.context("connecting to prune")?;
-            let keys = retention::expired_keys(&client, budget as i64).await?;
+            let keys = retention::expired_keys(&client, asked as i64).await?;
             drop(client);
             let removed = Removed {
                 idempotency_keys: keys,
@@ -222,7 +223,7 @@ impl Pruner {
             self.after_batch(&removed, started.elapsed(), &mut budget, shutdown)
                 .await;
             total += removed;
-            if keys < budget as u64 {
+            if keys < asked as u64 {
                 break;
             }
         }
