@@ -7,7 +7,7 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use crate::model::ErrorBody;
+use crate::model::{ErrorBody, JobSummary, PrunedDetails, PrunedError};
 use crate::request_id;
 
 /// One metadata problem of a batch.
@@ -20,6 +20,17 @@ pub struct MetadataProblem {
     /// Position of the video in the batch.
     pub index: usize,
     pub external_id: String,
+}
+
+/// What was asked of a job that retention pruned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrunedAsk {
+    /// Its status.
+    Status,
+    /// A retry of its failed videos.
+    Retry,
+    /// Its webhook again.
+    Webhook,
 }
 
 /// Everything a handler can answer instead of success.
@@ -43,6 +54,12 @@ pub enum ApiError {
     /// The route exists, not with this method (the `Allow` header lists the ones it takes).
     #[error("method {0} not allowed")]
     MethodNotAllowed(String),
+    /// The job was pruned after the retention period (410, with what is left of it).
+    #[error("job pruned")]
+    Pruned {
+        job: Box<JobSummary>,
+        asked: PrunedAsk,
+    },
     /// The request conflicts with the resource's state.
     #[error("conflict: {0}")]
     Conflict(String),
@@ -176,6 +193,19 @@ impl IntoResponse for ApiError {
                     json!({ "message": format!("This route does not take {method}; the Allow header lists the methods it takes.") }),
                 ),
             ),
+            ApiError::Pruned { job, asked } => {
+                let status = StatusCode::GONE;
+                let body = PrunedError {
+                    status: status.as_u16(),
+                    error: "Gone".into(),
+                    error_details: PrunedDetails {
+                        message: pruned_message(&job, asked),
+                        job: *job,
+                    },
+                    request_id: request_id::current(),
+                };
+                return (status, Json(body)).into_response();
+            }
             ApiError::Conflict(what) => (
                 StatusCode::CONFLICT,
                 standard(StatusCode::CONFLICT, json!({ "message": what })),
@@ -302,6 +332,33 @@ impl IntoResponse for ApiError {
             }
         };
         (status, Json(body)).into_response()
+    }
+}
+
+/// What a 410 for a pruned job says, by what was asked.
+fn pruned_message(job: &JobSummary, asked: PrunedAsk) -> String {
+    let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or_else(
+            || "an unknown time".to_string(),
+            |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )
+    };
+    let (id, finished) = (&job.id, time(job.finished_at));
+    let when = match job.pruned_at {
+        Some(t) => format!("were removed at {}", time(Some(t))),
+        None => "are being removed".to_string(),
+    };
+    let removed = format!(
+        "Job {id} finished at {finished}; its videos' details and webhook history {when}, after the retention period (retention.finished_jobs_secs)."
+    );
+    match asked {
+        PrunedAsk::Status => format!(
+            "{removed} Its overview is below and in the job list; its imported videos stay in the media library."
+        ),
+        PrunedAsk::Retry => format!(
+            "{removed} Nothing is left to retry: import its failed videos again as a new batch."
+        ),
+        PrunedAsk::Webhook => format!("{removed} Its webhook cannot be sent again."),
     }
 }
 

@@ -208,6 +208,10 @@ pub struct JobSummary {
     /// Set when the job was cancelled; its unfinished videos failed with reason `cancelled`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cancelled_at: Option<DateTime<Utc>>,
+    /// Set once retention (`retention.finished_jobs_secs` after it finished) removed its
+    /// videos' details and webhook history: its status answers 410 with this summary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned_at: Option<DateTime<Utc>>,
     pub overview: Overview,
 }
 
@@ -307,6 +311,32 @@ pub struct RedeliveryState {
 pub enum TooManyRequests {
     UsageLimit(Vec<ErrorBody>),
     RateLimit(ErrorBody),
+}
+
+/// A job whose videos' details were removed after the retention period: what it asked for
+/// cannot be answered, and what is left of the job.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PrunedDetails {
+    /// What happened and what to do instead.
+    #[schema(
+        example = "Job k3j9x0q2m1ab finished at 2026-11-27T04:49:14Z; its videos' details and webhook history were removed at 2026-12-27T04:50:02Z, after the retention period (retention.finished_jobs_secs). Its overview is below and in the job list; its imported videos stay in the media library."
+    )]
+    pub message: String,
+    /// The job's summary as the job list shows it (`finishedAt`, `prunedAt`, `overview`).
+    #[serde(flatten)]
+    pub job: JobSummary,
+}
+
+/// `410 Gone` for a pruned job: the error shape with the job's summary in `error_details`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PrunedError {
+    #[schema(example = 410)]
+    pub status: u16,
+    #[schema(example = "Gone")]
+    pub error: String,
+    pub error_details: PrunedDetails,
+    /// Also in the `x-request-id` header; quote it when asking for help.
+    pub request_id: String,
 }
 
 /// Every error: Livingdocs' shape plus the request id.

@@ -5,11 +5,12 @@ use anyhow::Context;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
+use deadpool_postgres::GenericClient;
 use video_import_shared::outbox;
 use video_import_shared::store::{jobs, webhooks, WebhookState};
 
 use crate::auth::{Caller, WRITE};
-use crate::error::ApiError;
+use crate::error::{ApiError, PrunedAsk};
 use crate::model::{Redelivery, RedeliveryState};
 use crate::state::AppState;
 
@@ -26,6 +27,7 @@ use crate::state::AppState;
         (status = 403, description = "Token lacks public-api:write", body = crate::model::ErrorBody),
         (status = 404, description = "No such job in this project", body = crate::model::ErrorBody),
         (status = 409, description = "Job still running, or without webhook", body = crate::model::ErrorBody),
+        (status = 410, description = "The job was pruned after the retention period: its webhook delivery is gone (error_details holds its summary)", body = crate::model::PrunedError),
         (status = 429, description = "Rate limited; see Retry-After", body = crate::model::ErrorBody),
     )
 )]
@@ -43,6 +45,9 @@ pub async fn create(
     let job = jobs::finish_of(&tx, caller.project_id, &id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("No import job with id {id:?}.")))?;
+    if job.pruned {
+        return Err(pruned(&tx, caller.project_id, &id).await);
+    }
     if !job.has_webhook {
         return Err(ApiError::Conflict(
             "This job has no webhook; pass \"webhook\" when you import.".into(),
@@ -53,7 +58,10 @@ pub async fn create(
             "This job is still running; its webhook is sent when it finishes.".into(),
         ));
     }
-    let redelivery = webhooks::redeliver(&tx, &id).await?;
+    let Some(redelivery) = webhooks::redeliver(&tx, &id).await? else {
+        // Pruned since it was read: the delivery went with its videos.
+        return Err(pruned(&tx, caller.project_id, &id).await);
+    };
     outbox::announce(&tx, std::slice::from_ref(&redelivery.started)).await?;
     tx.commit().await.context("committing the redelivery")?;
     state.relay.wake();
@@ -68,4 +76,16 @@ pub async fn create(
             },
         }),
     ))
+}
+
+/// The 410 for a job whose delivery retention removed.
+async fn pruned(client: &impl GenericClient, project_id: i64, id: &str) -> ApiError {
+    match jobs::find(client, project_id, id).await {
+        Ok(Some((job, _))) => ApiError::Pruned {
+            job: Box::new(crate::status::summary(job)),
+            asked: PrunedAsk::Webhook,
+        },
+        Ok(None) => ApiError::NotFound(format!("No import job with id {id:?}.")),
+        Err(e) => ApiError::Internal(e),
+    }
 }

@@ -13,7 +13,7 @@ use utoipa::IntoParams;
 use video_import_shared::store::{jobs, projects};
 
 use crate::auth::{Caller, WRITE};
-use crate::error::ApiError;
+use crate::error::{ApiError, PrunedAsk};
 use crate::import::{self, Submission};
 use crate::model::{Accepted, ErrorBody};
 use crate::state::AppState;
@@ -46,6 +46,7 @@ pub struct RetryQuery {
         (status = 403, description = "Token lacks public-api:write", body = ErrorBody),
         (status = 404, description = "No such job in this project", body = ErrorBody),
         (status = 409, description = "The job is still running; retry once it finished (or cancel it)", body = ErrorBody),
+        (status = 410, description = "The job was pruned after the retention period: its videos are gone, nothing is left to retry (error_details holds its summary)", body = crate::model::PrunedError),
         (status = 422, description = "The job has no failed videos to retry, or the Idempotency-Key was used for something else", body = ErrorBody),
         (status = 429, description = "Daily limit (an array) or rate limit (an object); see Retry-After", body = crate::model::TooManyRequests),
         (status = 503, description = "Database unavailable; nothing stored", body = ErrorBody),
@@ -66,7 +67,13 @@ pub async fn create(
     let source = jobs::retry_source(&client, caller.project_id, &id, include_cancelled)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("No import job with id {id:?}.")))?;
-    if !source.finished {
+    if source.pruned {
+        return Err(ApiError::Pruned {
+            job: Box::new(crate::status::summary(source.job)),
+            asked: PrunedAsk::Retry,
+        });
+    }
+    if source.job.finished_at.is_none() {
         return Err(ApiError::Conflict(format!(
             "Job {id} is still running; retry its failed videos once it finished, or cancel it first."
         )));
@@ -94,7 +101,7 @@ pub async fn create(
     let asked = format!("retry {id} includeCancelled={include_cancelled}");
     let key = key.map(|key| (key, hex::encode(Sha256::digest(asked.as_bytes()))));
     let job = Submission {
-        system_name: &source.system_name,
+        system_name: &source.job.system_name,
         webhook: source.webhook.as_deref(),
         context: source.context.as_deref(),
         videos: &source.videos,

@@ -18,7 +18,7 @@ use video_import_shared::store::{items, JobState};
 
 use crate::auth::{Caller, WRITE};
 use crate::conditional::ETag;
-use crate::error::ApiError;
+use crate::error::{ApiError, PrunedAsk};
 use crate::model::{
     ChecksumInput, JobList, JobStatus, JobSummary, Overview, VideoOutcome, VideoRef, VideoStatus,
     WebhookStatus,
@@ -44,6 +44,7 @@ pub fn summary(job: JobRecord) -> JobSummary {
         started_at: job.started_at,
         finished_at: job.finished_at,
         cancelled_at: job.cancelled_at,
+        pruned_at: job.pruned_at,
         overview: Overview {
             total: job.total,
             pending: job.pending,
@@ -71,6 +72,7 @@ pub fn summary(job: JobRecord) -> JobSummary {
         (status = 401, description = "No or bad token", body = crate::model::ErrorBody),
         (status = 403, description = "Token lacks public-api:write", body = crate::model::ErrorBody),
         (status = 404, description = "No such job in this project", body = crate::model::ErrorBody),
+        (status = 410, description = "The job finished before the retention period (retention.finished_jobs_secs) and its videos' details were removed: error_details holds its summary (finishedAt, prunedAt, overview)", body = crate::model::PrunedError),
         (status = 429, description = "Rate limited; see Retry-After", body = crate::model::ErrorBody),
     )
 )]
@@ -101,6 +103,13 @@ pub async fn show(
         return Err(not_found());
     };
     let items = items::of_job(&client, &id).await?;
+    // Fewer items than videos: the pruner is removing them (it marks the job last).
+    if job.pruned(items.len()) {
+        return Err(ApiError::Pruned {
+            job: Box::new(summary(job)),
+            asked: PrunedAsk::Status,
+        });
+    }
     let retry_of = job.retry_of.clone();
     let summary = summary(job);
     let api = &state.settings.api;

@@ -3,10 +3,11 @@
 //! baseline measured in the same run.
 //!
 //! Run: `cargo build --release --workspace --bins && target/release/video-import-bench [SCENARIO…]`
-//! with SCENARIO among e2e, accept, large, latency, webhooks, importer, archive, fair, polite
-//! (default: all).
+//! with SCENARIO among e2e, accept, large, latency, webhooks, importer, archive, fair, polite,
+//! retention (default: all).
 
 mod baseline;
+mod retention;
 mod scale;
 mod scenarios;
 mod servers;
@@ -17,8 +18,14 @@ use clap::Parser;
 #[derive(Parser)]
 struct Cli {
     /// Scenarios to run: e2e, accept, large, latency, webhooks, importer, archive, fair,
-    /// polite (default: all).
+    /// polite, retention (default: all).
     scenarios: Vec<String>,
+    /// Old finished videos the retention scenario loads and prunes.
+    #[arg(long, default_value_t = 2_000_000)]
+    retention_items: u64,
+    /// Videos of each of the retention scenario's three imports.
+    #[arg(long, default_value_t = 10_000)]
+    retention_videos: usize,
 }
 
 /// One printed result.
@@ -35,12 +42,21 @@ async fn main() -> anyhow::Result<()> {
     video_import_shared::telemetry::init_tls();
     let cli = Cli::parse();
     let all = [
-        "e2e", "accept", "large", "latency", "webhooks", "importer", "archive", "fair", "polite",
+        "e2e",
+        "accept",
+        "large",
+        "latency",
+        "webhooks",
+        "importer",
+        "archive",
+        "fair",
+        "polite",
+        "retention",
     ];
     let chosen: Vec<String> = if cli.scenarios.is_empty() {
         all.iter().map(|s| s.to_string()).collect()
     } else {
-        cli.scenarios
+        cli.scenarios.clone()
     };
     println!(
         "machine: {} cores, {}",
@@ -60,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
             "archive" => scale::archive_size().await,
             "fair" => scale::fairness().await,
             "polite" => scale::polite().await,
+            "retention" => retention::retention(cli.retention_items, cli.retention_videos).await,
             other => anyhow::bail!("unknown scenario {other:?}; use one of {}", all.join(", ")),
         };
         match result {

@@ -19,6 +19,7 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub fetch: FetchSettings,
     pub webhook: WebhookSettings,
+    pub retention: RetentionSettings,
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
     pub secrets: SecretsSettings,
@@ -236,6 +237,27 @@ fn secret_keys<'de, D: serde::Deserializer<'de>>(
         .filter(|t| !t.trim().is_empty())
         .map(|t| crate::secrets::SecretKey::from_base64(t).map_err(serde::de::Error::custom))
         .collect()
+}
+
+/// How long finished jobs keep their videos' rows, webhook history and keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// A job finished longer ago than this loses its videos' rows, its webhook delivery and
+    /// attempts, its dispatch row and idempotency keys; its row stays as a tombstone with
+    /// its overview. Zero keeps everything.
+    #[serde(rename = "finished_jobs_secs", with = "secs")]
+    pub finished_jobs: Duration,
+    /// How often a worker's pruner looks for such jobs (one prunes at a time).
+    #[serde(rename = "interval_secs", with = "secs")]
+    pub interval: Duration,
+}
+
+impl RetentionSettings {
+    /// Whether finished jobs are pruned at all.
+    pub fn enabled(&self) -> bool {
+        !self.finished_jobs.is_zero()
+    }
 }
 
 /// Logging.
@@ -456,6 +478,12 @@ impl Default for Settings {
                 per_host_concurrency: 8,
                 proxy: None,
             },
+            retention: RetentionSettings {
+                // Brightcove keeps job status for 7 days; an archive migration is followed
+                // for weeks.
+                finished_jobs: Duration::from_secs(30 * 86_400),
+                interval: Duration::from_secs(60),
+            },
             log: LogSettings {
                 filter: "info".into(),
                 format: LogFormat::Text,
@@ -603,6 +631,22 @@ impl Settings {
         }
         if self.webhook.concurrency == 0 {
             return bad("webhook.concurrency", &0, at_least_one);
+        }
+        if self.retention.enabled() && self.retention.interval.is_zero() {
+            return bad(
+                "retention.interval_secs",
+                &0,
+                "must be at least 1 while retention.finished_jobs_secs is set (0 there keeps everything)",
+            );
+        }
+        // PostgreSQL intervals and chrono durations both hold far more than this: a typo
+        // (milliseconds for seconds) is refused rather than silently keeping everything.
+        if self.retention.finished_jobs > Duration::from_secs(100 * 365 * 86_400) {
+            return bad(
+                "retention.finished_jobs_secs",
+                &self.retention.finished_jobs.as_secs(),
+                "must be at most 3153600000 (100 years); 0 keeps everything",
+            );
         }
         // A proxy is an address we connect to: the section's own address policy admits it
         // or refuses it, as it would a target.
@@ -799,6 +843,13 @@ mod tests {
         );
         let one = load("[webhook]\nretry_schedule_secs = 60\n").unwrap();
         assert_eq!(one.webhook.retry_schedule, vec![Duration::from_secs(60)]);
+        assert_eq!(
+            one.retention.finished_jobs,
+            Duration::from_secs(30 * 86_400),
+            "retention defaults to 30 days"
+        );
+        let kept = load("[retention]\nfinished_jobs_secs = 0\ninterval_secs = 0\n").unwrap();
+        assert!(!kept.retention.enabled(), "0 keeps everything");
     }
 
     #[test]
@@ -842,6 +893,16 @@ mod tests {
                 "0",
             ),
             ("[webhook]\nconcurrency = 0\n", "webhook.concurrency", "0"),
+            (
+                "[retention]\ninterval_secs = 0\n",
+                "retention.interval_secs",
+                "0",
+            ),
+            (
+                "[retention]\nfinished_jobs_secs = 2592000000000\n",
+                "retention.finished_jobs_secs",
+                "2592000000000",
+            ),
             (
                 "[amqp]\nurl = \"amqp://a/%2f, http://b\"\n",
                 "amqp.url",

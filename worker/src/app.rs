@@ -1,6 +1,7 @@
 //! The worker's wiring: builds its state from the settings and runs its loops (the outbox
-//! relay, the dispatcher, the storage sweeper and verifier, the operational endpoints, and
-//! the consumers of the fetch queue and its dead letters) until SIGTERM.
+//! relay, the dispatcher, the storage sweeper and verifier, the retention pruner, the
+//! operational endpoints, and the consumers of the fetch queue and its dead letters) until
+//! SIGTERM.
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use crate::group_commit::Recorder;
 use crate::hosts::SourceHosts;
 use crate::import::Importer;
 use crate::metrics::WorkerMetrics;
+use crate::prune::Pruner;
 use crate::retry_policy::RetryPolicy;
 
 /// Runs the worker until SIGTERM.
@@ -68,6 +70,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             service.shutdown.clone(),
         ));
     }
+    let prune_task = if settings.retention.enabled() {
+        let pruner = Pruner::new(service.pool.clone(), &settings.retention, &service.registry)?;
+        Some(tokio::spawn(pruner.run(service.shutdown.clone())))
+    } else {
+        None
+    };
     let importer = Arc::new(Importer {
         recorder: Recorder::start(service.pool.clone(), service.shutdown.clone()),
         pool: service.pool.clone(),
@@ -98,6 +106,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     service.shutdown.cancel();
     let _ = relay_task.await;
     let _ = dispatch_task.await;
+    if let Some(task) = prune_task {
+        let _ = task.await;
+    }
     ops_task.await??;
     Ok(())
 }

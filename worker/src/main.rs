@@ -11,6 +11,7 @@
 //! - `hosts`: per-source-host download slots and pauses;
 //! - `sniff`, `probe`: what kind of video it is, and its duration and size;
 //! - `group_commit`: outcomes recorded a group per transaction (`store::outcomes`);
+//! - `prune`: retention, finished jobs pruned down to tombstones in small batches;
 //! - `retry_policy`: every retry decision;
 //! - `metrics`: the worker's Prometheus metrics.
 
@@ -24,6 +25,7 @@ mod hosts;
 mod import;
 mod metrics;
 mod probe;
+mod prune;
 mod retry_policy;
 mod settle;
 mod sniff;

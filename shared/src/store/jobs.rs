@@ -124,10 +124,22 @@ pub struct JobRecord {
     pub cancelled_at: Option<DateTime<Utc>>,
     /// The job whose failed videos this one retries.
     pub retry_of: Option<String>,
+    /// When retention removed its videos' rows and webhook history (`store::retention`):
+    /// the row is a tombstone since, with its overview and times.
+    pub pruned_at: Option<DateTime<Utc>>,
+}
+
+impl JobRecord {
+    /// Whether its videos' rows are gone or going: it was pruned, or `items` of its rows
+    /// are left of its `total` (a job's items are only ever deleted by the pruner, which
+    /// marks the job once the last batch of them is gone).
+    pub fn pruned(&self, items: usize) -> bool {
+        self.pruned_at.is_some() || items < self.total.max(0) as usize
+    }
 }
 
 const JOB_COLUMNS: &str = "j.id, j.state, j.system_name, j.total, j.pending, j.imported,
-    j.skipped, j.failed, j.started_at, j.finished_at, j.cancelled_at, j.retry_of";
+    j.skipped, j.failed, j.started_at, j.finished_at, j.cancelled_at, j.retry_of, j.pruned_at";
 
 impl JobRecord {
     fn from_row(row: &Row) -> Self {
@@ -144,6 +156,7 @@ impl JobRecord {
             finished_at: row.get(9),
             cancelled_at: row.get(10),
             retry_of: row.get(11),
+            pruned_at: row.get(12),
         }
     }
 }
@@ -176,12 +189,12 @@ pub async fn find(
         .context("reading the job")?;
     Ok(row.map(|row| {
         let delivery = row
-            .get::<_, Option<WebhookState>>(12)
+            .get::<_, Option<WebhookState>>(13)
             .map(|state| DeliveryRecord {
                 state,
-                attempts: row.get(13),
-                last_error: row.get(14),
-                delivered_at: row.get(15),
+                attempts: row.get(14),
+                last_error: row.get(15),
+                delivered_at: row.get(16),
             });
         (JobRecord::from_row(&row), delivery)
     }))
@@ -215,11 +228,13 @@ pub async fn fingerprint(
     Ok(row.map(|r| r.get(0)))
 }
 
-/// What a retry of a job starts from: the job's batch settings and its failed videos.
+/// What a retry of a job starts from: the job, its batch settings and its failed videos.
 #[derive(Debug, Clone)]
 pub struct RetrySource {
-    pub finished: bool,
-    pub system_name: String,
+    pub job: JobRecord,
+    /// Its videos' rows were removed by retention (or are being removed): nothing is left
+    /// to retry.
+    pub pruned: bool,
     pub webhook: Option<String>,
     /// The caller's context, byte for byte.
     pub context: Option<String>,
@@ -235,10 +250,13 @@ pub async fn retry_source(
     id: &str,
     include_cancelled: bool,
 ) -> anyhow::Result<Option<RetrySource>> {
-    let Some(job) = client
+    let Some(row) = client
         .query_opt(
-            "SELECT finished_at IS NOT NULL, system_name, webhook, context FROM jobs
-             WHERE id = $1 AND project_id = $2",
+            &format!(
+                "SELECT {JOB_COLUMNS}, j.webhook, j.context,
+                        (SELECT count(*) FROM job_items i WHERE i.job_id = j.id)
+                 FROM jobs j WHERE j.id = $1 AND j.project_id = $2"
+            ),
             &[&id, &project_id],
         )
         .await
@@ -246,33 +264,39 @@ pub async fn retry_source(
     else {
         return Ok(None);
     };
-    let videos = client
-        .query(
-            "SELECT url, external_id, file_name, metadata, expected_sha256, expected_md5
-             FROM job_items
-             WHERE job_id = $1 AND state = $2 AND ($3 OR reason IS DISTINCT FROM $4)
-             ORDER BY idx",
-            &[&id, &ItemState::Failed, &include_cancelled, &CANCELLED],
-        )
-        .await
-        .context("reading the job's failed videos")?
-        .iter()
-        .map(|r| NewVideo {
-            url: r.get(0),
-            external_id: r.get(1),
-            file_name: r.get(2),
-            metadata: r.get(3),
-            checksum: Checksum {
-                sha256: r.get(4),
-                md5: r.get(5),
-            },
-        })
-        .collect();
+    let job = JobRecord::from_row(&row);
+    let pruned = job.pruned(row.get::<_, i64>(15) as usize);
+    let videos = if pruned {
+        Vec::new()
+    } else {
+        client
+            .query(
+                "SELECT url, external_id, file_name, metadata, expected_sha256, expected_md5
+                 FROM job_items
+                 WHERE job_id = $1 AND state = $2 AND ($3 OR reason IS DISTINCT FROM $4)
+                 ORDER BY idx",
+                &[&id, &ItemState::Failed, &include_cancelled, &CANCELLED],
+            )
+            .await
+            .context("reading the job's failed videos")?
+            .iter()
+            .map(|r| NewVideo {
+                url: r.get(0),
+                external_id: r.get(1),
+                file_name: r.get(2),
+                metadata: r.get(3),
+                checksum: Checksum {
+                    sha256: r.get(4),
+                    md5: r.get(5),
+                },
+            })
+            .collect()
+    };
     Ok(Some(RetrySource {
-        finished: job.get(0),
-        system_name: job.get(1),
-        webhook: job.get(2),
-        context: job.get(3),
+        job,
+        pruned,
+        webhook: row.get(13),
+        context: row.get(14),
         videos,
     }))
 }
@@ -323,6 +347,8 @@ pub async fn list(
 pub struct Finish {
     pub finished: bool,
     pub has_webhook: bool,
+    /// Retention removed its webhook delivery with its videos' rows.
+    pub pruned: bool,
 }
 
 /// Whether the project's job `id` is finished and has a webhook; `None` without such a job.
@@ -333,7 +359,7 @@ pub async fn finish_of(
 ) -> anyhow::Result<Option<Finish>> {
     let row = client
         .query_opt(
-            "SELECT finished_at IS NOT NULL, webhook IS NOT NULL FROM jobs
+            "SELECT finished_at IS NOT NULL, webhook IS NOT NULL, pruned_at IS NOT NULL FROM jobs
              WHERE id = $1 AND project_id = $2",
             &[&id, &project_id],
         )
@@ -342,6 +368,7 @@ pub async fn finish_of(
     Ok(row.map(|r| Finish {
         finished: r.get(0),
         has_webhook: r.get(1),
+        pruned: r.get(2),
     }))
 }
 

@@ -20,6 +20,7 @@
 //! - [`outbox`]: messages written with the state they announce;
 //! - [`backlog`]: how much work of each kind waits; [`locks`]: one-at-a-time work;
 //! - [`verify`]: the entries the storage verifier reads, and where it got to.
+//! - [`retention`]: pruning finished jobs down to tombstones, expired idempotency keys.
 
 pub mod backlog;
 pub mod dispatch;
@@ -33,6 +34,7 @@ pub mod model;
 pub mod outbox;
 pub mod outcomes;
 pub mod projects;
+pub mod retention;
 pub mod sources;
 pub mod states;
 pub mod tokens;

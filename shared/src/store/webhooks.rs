@@ -94,10 +94,11 @@ pub struct Redelivery {
 
 /// Moves the delivery of a finished job back to `pending` in a new round, which starts the
 /// retry schedule again; a hold ends (the new round is queued at once). The row lock makes
-/// concurrent requests start one round each.
-pub async fn redeliver(tx: &Transaction<'_>, job_id: &str) -> anyhow::Result<Redelivery> {
-    let row = tx
-        .query_one(
+/// concurrent requests start one round each. `None` when the job has no delivery (any
+/// more: retention removed it).
+pub async fn redeliver(tx: &Transaction<'_>, job_id: &str) -> anyhow::Result<Option<Redelivery>> {
+    let Some(row) = tx
+        .query_opt(
             "UPDATE webhook_deliveries SET state = $2, round = round + 1, round_start = attempts,
                  held_host = NULL, held_round = NULL, held_attempt = NULL, held_at = NULL
              WHERE job_id = $1
@@ -105,9 +106,12 @@ pub async fn redeliver(tx: &Transaction<'_>, job_id: &str) -> anyhow::Result<Red
             &[&job_id, &WebhookState::Pending],
         )
         .await
-        .context("restarting the webhook delivery")?;
+        .context("restarting the webhook delivery")?
+    else {
+        return Ok(None);
+    };
     let attempts: i32 = row.get(0);
-    Ok(Redelivery {
+    Ok(Some(Redelivery {
         attempts,
         webhook_id: row.get(1),
         started: RoundStarted {
@@ -118,7 +122,7 @@ pub async fn redeliver(tx: &Transaction<'_>, job_id: &str) -> anyhow::Result<Red
             trace_id: row.get(4),
             traceparent: None,
         },
-    })
+    }))
 }
 
 /// Everything one attempt needs: the delivery, its job and the project's secrets.

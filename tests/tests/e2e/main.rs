@@ -13,6 +13,7 @@ mod pipeline;
 mod proxy;
 mod readback;
 mod restarts;
+mod retention;
 mod rounds;
 mod schema;
 mod sources;

@@ -173,6 +173,8 @@ fn added_columns() -> BTreeMap<(&'static str, &'static str), Value> {
         (("media_entries", "damaged_at"), Value::Null),
         (("media_entries", "damage_kind"), Value::Null),
         (("media_entries", "damage"), Value::Null),
+        // 0017: retention: no job of the old release was pruned.
+        (("jobs", "pruned_at"), Value::Null),
     ])
 }
 
@@ -244,7 +246,12 @@ async fn a_database_from_the_first_release_upgrades_with_every_row_intact() {
     }
     // The tables added since are empty: nothing from the old release belongs there (the old
     // release queued its pending videos in the outbox, not in `dispatch`).
-    for table in ["idempotency_keys", "dispatch", "source_rules", "storage_verify"] {
+    for table in [
+        "idempotency_keys",
+        "dispatch",
+        "source_rules",
+        "storage_verify",
+    ] {
         assert!(rows(&client, table, "1").await.is_empty(), "{table}");
     }
     let indexes: BTreeSet<String> = client
@@ -264,6 +271,8 @@ async fn a_database_from_the_first_release_upgrades_with_every_row_intact() {
         "webhook_deliveries_pending",
         "webhook_deliveries_held",
         "media_entries_damaged",
+        "jobs_retained",
+        "idempotency_keys_created",
     ] {
         assert!(indexes.contains(index), "{index} missing: {indexes:?}");
     }
@@ -317,6 +326,12 @@ async fn a_database_from_the_first_release_upgrades_with_every_row_intact() {
     // job's queued videos are imported and its webhook is signed with the old secret.
     let stack = Stack::start(Options {
         database: Some(old.name.clone()),
+        // The old release's jobs finished in 2025: retention (30 days by default) would
+        // prune the finished one before it is looked at below.
+        env: vec![(
+            "VIDEO_IMPORT__RETENTION__FINISHED_JOBS_SECS".into(),
+            "0".into(),
+        )],
         ..Options::default()
     })
     .await;
