@@ -3,10 +3,12 @@
 //! baseline measured in the same run.
 //!
 //! Run: `cargo build --release --workspace --bins && target/release/video-import-bench [SCENARIO…]`
-//! with SCENARIO among e2e, accept, large, latency, webhooks, importer, archive, fair, polite
-//! (default: all).
+//! with SCENARIO among e2e, accept, large, latency, webhooks, importer, archive, fair, polite,
+//! growth, disk, polling, fair-growth (default: all).
 
 mod baseline;
+mod disk;
+mod polling;
 mod scale;
 mod scenarios;
 mod servers;
@@ -17,7 +19,7 @@ use clap::Parser;
 #[derive(Parser)]
 struct Cli {
     /// Scenarios to run: e2e, accept, large, latency, webhooks, importer, archive, fair,
-    /// polite (default: all).
+    /// polite, growth, disk, polling, fair-growth (default: all).
     scenarios: Vec<String>,
 }
 
@@ -35,7 +37,19 @@ async fn main() -> anyhow::Result<()> {
     video_import_shared::telemetry::init_tls();
     let cli = Cli::parse();
     let all = [
-        "e2e", "accept", "large", "latency", "webhooks", "importer", "archive", "fair", "polite",
+        "e2e",
+        "accept",
+        "large",
+        "latency",
+        "webhooks",
+        "importer",
+        "archive",
+        "fair",
+        "polite",
+        "growth",
+        "disk",
+        "polling",
+        "fair-growth",
     ];
     let chosen: Vec<String> = if cli.scenarios.is_empty() {
         all.iter().map(|s| s.to_string()).collect()
@@ -60,6 +74,10 @@ async fn main() -> anyhow::Result<()> {
             "archive" => scale::archive_size().await,
             "fair" => scale::fairness().await,
             "polite" => scale::polite().await,
+            "growth" => scenarios::growth().await,
+            "disk" => disk::archive_disk().await,
+            "polling" => polling::polling().await,
+            "fair-growth" => scale::fairness_growth().await,
             other => anyhow::bail!("unknown scenario {other:?}; use one of {}", all.join(", ")),
         };
         match result {
