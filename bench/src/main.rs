@@ -75,10 +75,15 @@ async fn main() -> anyhow::Result<()> {
             "fair" => scale::fairness().await,
             "polite" => scale::polite().await,
             "growth" => scenarios::growth().await,
+            // Scenario 1's import alone, 100,000 videos and no baselines: for profilers.
+            "profile" => scenarios::end_to_end_run(100_000).await.map(|_| Vec::new()),
             "disk" => disk::archive_disk().await,
             "polling" => polling::polling().await,
             "fair-growth" => scale::fairness_growth().await,
-            other => anyhow::bail!("unknown scenario {other:?}; use one of {}", all.join(", ")),
+            other => anyhow::bail!(
+                "unknown scenario {other:?}; use one of {} (or profile)",
+                all.join(", ")
+            ),
         };
         match result {
             Ok(mut r) => rows.append(&mut r),
