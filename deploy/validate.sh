@@ -49,9 +49,12 @@ for path in base.glob("autoscaling.yaml"):
         if doc["spec"]["scaleTargetRef"]["name"] not in deployments:
             problems.append(f"{path}: scales {doc['spec']['scaleTargetRef']['name']}, which is no Deployment")
 compose = yaml.safe_load(pathlib.Path("deploy/compose.yaml").read_text())
-for service in ["postgres", "rabbitmq", "migrate", "api", "worker", "notifier", "prometheus", "grafana"]:
+for service in ["postgres", "rabbitmq", "migrate", "api", "worker", "notifier", "prometheus", "grafana", "jaeger"]:
     if service not in compose["services"]:
         problems.append(f"compose.yaml has no {service} service")
+endpoint = compose["x-app"]["environment"].get("VIDEO_IMPORT__TELEMETRY__OTLP_ENDPOINT", "")
+if not endpoint.startswith("http://jaeger:4318"):
+    problems.append(f"compose.yaml: the binaries' VIDEO_IMPORT__TELEMETRY__OTLP_ENDPOINT is {endpoint!r}, not the jaeger service's OTLP/HTTP port")
 if problems:
     print("\n".join(problems))
     sys.exit(1)

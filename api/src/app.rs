@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tower_http::compression::predicate::{Predicate, SizeAbove};
 use tower_http::compression::CompressionLayer;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use video_import_shared::config::Settings;
 use video_import_shared::metrics;
 use video_import_shared::ops::{self, Ops};
@@ -36,6 +37,8 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".into());
+    // The exported request span's route (its path may hold ids).
+    tracing::Span::current().set_attribute("http.route", route.clone());
     let started = Instant::now();
     let response = next.run(request).await;
     state

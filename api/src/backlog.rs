@@ -1,6 +1,6 @@
 //! The backlog gauges: how much work of each kind waits and how long the oldest has waited,
-//! read from PostgreSQL every few seconds (small indexed reads), and whether the database
-//! answered. Every API process refreshes them; dashboards take the `max` over instances.
+//! and how many entries are marked damaged, read from PostgreSQL every few seconds (small
+//! indexed reads), and whether the database answered. Every API process refreshes them; dashboards take the `max` over instances.
 
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use prometheus::{Gauge, GaugeVec, IntGauge, IntGaugeVec, Opts, Registry};
 use tokio_util::sync::CancellationToken;
 
 use video_import_shared::metrics::register;
-use video_import_shared::store::backlog;
+use video_import_shared::store::{backlog, entries};
 
 /// How often the backlog is measured.
 const EVERY: Duration = Duration::from_secs(5);
@@ -24,6 +24,8 @@ pub struct BacklogMetrics {
     oldest: GaugeVec,
     database_up: IntGauge,
     measured_at: Gauge,
+    /// Entries whose stored object is marked damaged.
+    damaged: IntGauge,
 }
 
 impl BacklogMetrics {
@@ -52,6 +54,11 @@ impl BacklogMetrics {
             "When the backlog was last measured (Unix seconds); stale while PostgreSQL is down",
         )
         .expect("valid metric");
+        let damaged = IntGauge::new(
+            "storage_damaged_entries",
+            "Entries whose stored object the verifier found missing or changed (marked until re-imported or found whole)",
+        )
+        .expect("valid metric");
         for kind in KINDS {
             waiting.with_label_values(&[kind]).set(0);
             oldest.with_label_values(&[kind]).set(0.0);
@@ -60,11 +67,13 @@ impl BacklogMetrics {
         register(registry, &oldest);
         register(registry, &database_up);
         register(registry, &measured_at);
+        register(registry, &damaged);
         Self {
             waiting,
             oldest,
             database_up,
             measured_at,
+            damaged,
         }
     }
 
@@ -86,12 +95,14 @@ impl BacklogMetrics {
         loop {
             let measured = async {
                 let client = pool.get().await?;
-                backlog::backlog(&client).await
+                let damaged = entries::damaged_count(&client).await?;
+                anyhow::Ok((backlog::backlog(&client).await?, damaged))
             }
             .await;
             match measured {
-                Ok(backlog) => {
+                Ok((backlog, damaged)) => {
                     self.set(&backlog);
+                    self.damaged.set(damaged);
                     self.database_up.set(1);
                 }
                 Err(_) => self.database_up.set(0),

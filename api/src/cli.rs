@@ -1,4 +1,5 @@
-//! Command line: `migrate`, `serve`, and project and token administration.
+//! Command line: `migrate`, `serve`, and project and token administration (source rules
+//! and secrets in `sources_cli`).
 
 use std::path::PathBuf;
 
@@ -9,9 +10,10 @@ use rand::RngCore;
 use serde_json::json;
 use std::time::Duration;
 use video_import_shared::config::Settings;
+use video_import_shared::process::ExitWith;
 use video_import_shared::storage::Storage;
 use video_import_shared::store::{self, projects, tokens};
-use video_import_shared::{db, sweep};
+use video_import_shared::{db, sweep, verify};
 
 use crate::auth::{hash_token, SCOPES};
 
@@ -43,6 +45,12 @@ pub enum Command {
     /// Look after stored videos.
     #[command(subcommand)]
     Storage(StorageCommand),
+    /// Source rules: credentials per URL prefix, s3:// buckets.
+    #[command(subcommand)]
+    Source(crate::sources_cli::SourceCommand),
+    /// The key that encrypts stored secrets.
+    #[command(subcommand)]
+    Secrets(crate::sources_cli::SecretsCommand),
     /// Exit 0 when the running API's /readyz (on api.listen) answers 200, 1 when not: for
     /// container health checks (the image has no curl).
     Healthcheck,
@@ -60,6 +68,20 @@ pub enum StorageCommand {
         /// Count what would be removed without removing anything.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Re-read stored objects and compare each with its entry's size and SHA-256 (and MD5);
+    /// mark damaged entries, so that their next import downloads them again. Prints a JSON
+    /// report; exits with code 3 when any object is missing, changed or unreadable.
+    Verify {
+        /// Only this project's entries.
+        #[arg(long)]
+        project: Option<String>,
+        /// Only this many entries, chosen at random.
+        #[arg(long)]
+        sample: Option<u64>,
+        /// Read at most this many MiB per second (e.g. 20 or 0.5); no bound without it.
+        #[arg(long)]
+        rate: Option<f64>,
     },
 }
 
@@ -216,6 +238,8 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Source(command) => crate::sources_cli::source(command, &settings).await,
+        Command::Secrets(command) => crate::sources_cli::secrets(command, &settings).await,
         Command::Storage(StorageCommand::Sweep {
             grace_secs,
             dry_run,
@@ -229,6 +253,11 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
+        Command::Storage(StorageCommand::Verify {
+            project,
+            sample,
+            rate,
+        }) => verify_storage(&settings, project, sample, rate).await,
         Command::Token(TokenCommand::List { project }) => {
             let pool = db::connect_migrated(&settings.database).await?;
             let client = pool.get().await?;
@@ -286,6 +315,68 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `storage verify`: checks the options (all their problems at once), verifies, prints the
+/// report, and exits with code 3 when anything is bad.
+async fn verify_storage(
+    settings: &Settings,
+    project: Option<String>,
+    sample: Option<u64>,
+    rate: Option<f64>,
+) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    if sample == Some(0) {
+        problems.push("--sample must be at least 1 (or left out to check every entry)".to_string());
+    }
+    let rate = match rate {
+        None => None,
+        Some(mib) => {
+            let parsed = verify::Rate::mib_per_sec(mib);
+            if parsed.is_none() {
+                problems.push(format!(
+                    "--rate {mib}: give a positive number of MiB per second, such as 20 or 0.5 (or leave it out for no bound)"
+                ));
+            }
+            parsed
+        }
+    };
+    if !problems.is_empty() {
+        bail!("{}", problems.join("; "));
+    }
+    let pool = db::connect_migrated(&settings.database).await?;
+    let project = match project {
+        None => None,
+        Some(handle) => {
+            let client = pool.get().await?;
+            match projects::id_of(&client, &handle).await? {
+                Some(id) => Some(id),
+                None => bail!("--project: no project {handle:?}"),
+            }
+        }
+    };
+    let storage = Storage::open(&settings.storage).await?;
+    let options = verify::Options {
+        project,
+        sample,
+        rate,
+    };
+    let report = verify::run(&storage, &pool, &options).await?;
+    println!("{}", serde_json::to_string(&report)?);
+    let bad = report.bad_count();
+    if bad > 0 {
+        return Err(ExitWith {
+            code: 3,
+            message: format!(
+                "{bad} of {} stored objects are missing, changed or unreadable (listed in the \
+                 report); the missing and changed ones are marked, and their next import \
+                 downloads them again",
+                report.checked
+            ),
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Reads a metadata JSON Schema file and checks that it compiles.

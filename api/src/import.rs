@@ -63,6 +63,7 @@ pub async fn create(
 
     let client = state.pool.get().await?;
     let limits = projects::limits(&client, caller.project_id).await?;
+    crate::sources::check(&client, caller.project_id, &batch.videos).await?;
     drop(client);
     state.schemas.check(
         caller.project_id,
@@ -136,16 +137,22 @@ pub async fn accept(
     if let Some(limit) = daily_limit {
         quota::check_daily_limit(&tx, caller.project_id, limit, total).await?;
     }
-    // The job's trace: the caller's, when it sends a valid traceparent.
-    let trace = headers
-        .get(trace::HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse)
-        .unwrap_or_else(TraceParent::root);
-    tracing::Span::current().record("trace_id", trace.trace_id.as_str());
+    // The job's trace: this request's span when spans are exported (a child of the caller's
+    // traceparent, see `request_id`); otherwise a child of the caller's trace, or a new one.
+    let trace = trace::current().unwrap_or_else(|| {
+        headers
+            .get(trace::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceParent::parse)
+            .unwrap_or_else(TraceParent::root)
+            .child()
+    });
+    let span = tracing::Span::current();
+    span.record("trace_id", trace.trace_id.as_str());
+    span.record("job", job_id.as_str());
     let new = jobs::NewJob {
         id: &job_id,
-        trace_id: Some(&trace.trace_id),
+        trace: Some(&trace),
         project_id: caller.project_id,
         system_name: job.system_name,
         webhook: job.webhook,

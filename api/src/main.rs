@@ -21,6 +21,8 @@ mod redeliver;
 mod request_id;
 mod retry;
 mod server;
+mod sources;
+mod sources_cli;
 mod state;
 mod status;
 mod validate;

@@ -11,7 +11,7 @@ use video_import_shared::store::entries::{self, EntryRecord};
 
 use crate::auth::{Caller, READ};
 use crate::error::ApiError;
-use crate::model::{Asset, MediaEntry};
+use crate::model::{Asset, AssetDamage, MediaEntry};
 use crate::state::AppState;
 
 /// One entry.
@@ -119,6 +119,11 @@ fn entry(api: &ApiSettings, record: EntryRecord) -> MediaEntry {
             width: record.asset.width,
             height: record.asset.height,
             codec: record.asset.codec,
+            damaged: record.damage.map(|d| AssetDamage {
+                kind: d.kind,
+                reason: d.description,
+                found_at: d.found_at,
+            }),
         },
         created_at: record.created_at,
         updated_at: record.updated_at,

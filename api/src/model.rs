@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
-pub use video_import_shared::store::{ItemState, JobState, WebhookState};
+pub use video_import_shared::store::{DamageKind, ItemState, JobState, WebhookState};
 
 /// Body of `POST /api/v1/import/videos`. It documents the body; `validate` parses it field
 /// by field, so that every missing or mistyped field is named.
@@ -38,8 +38,8 @@ pub struct ImportRequest {
 #[allow(dead_code)] // documents the body, see `ImportRequest`
 #[serde(rename_all = "camelCase")]
 pub struct VideoInput {
-    /// http(s) URL of the video file, written `http(s)://host/…`; no `data:` URLs, no
-    /// control characters.
+    /// http(s) URL of the video file, written `http(s)://host/…`, or `s3://bucket/key` of a
+    /// bucket a source rule of the project covers; no `data:` URLs, no control characters.
     #[schema(example = "https://archive.example/sample.mp4")]
     pub url: String,
     /// Your id of the video (stored as `externalId`), unique within the batch.
@@ -255,6 +255,23 @@ pub struct Asset {
     pub width: Option<i32>,
     pub height: Option<i32>,
     pub codec: Option<String>,
+    /// Present while the stored file is marked damaged (`storage verify` or the worker's
+    /// continuous verification found it missing or changed): the next import of this video
+    /// downloads it again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<AssetDamage>,
+}
+
+/// What the storage verifier found wrong with an entry's stored file.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AssetDamage {
+    pub kind: DamageKind,
+    /// What was expected and what was found.
+    #[schema(example = "wrong size: expected 2815 bytes, found 1000")]
+    pub reason: String,
+    /// When it was first found.
+    pub found_at: DateTime<Utc>,
 }
 
 /// A job after a cancel request.

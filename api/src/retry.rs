@@ -82,6 +82,8 @@ pub async fn create(
         )));
     }
     let limits = projects::limits(&client, caller.project_id).await?;
+    // The rules may have changed since: an s3:// video whose rule is gone is named now.
+    crate::sources::check(&client, caller.project_id, &source.videos).await?;
     drop(client);
     // The project's schema may have changed since: the retry is checked as a new batch is.
     state.schemas.check(

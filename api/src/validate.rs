@@ -277,7 +277,7 @@ pub fn batch(body: &[u8], max_videos: usize, targets: &Targets) -> Result<Batch,
         };
         let url = problems.string(&|| format!("videos[{i}].url"), video.url);
         if let Some(url) = &url {
-            if let Err(why) = check_url(url, &targets.videos, "fetch.allowed_networks") {
+            if let Err(why) = check_video_url(url, &targets.videos) {
                 targets.count_refusal(&why);
                 problems.add(format!("videos[{i}].url"), why);
             }
@@ -444,6 +444,41 @@ fn nul_free_json(
             nul_free_json(&inner, item, check) && key_ok && ok
         }),
         _ => true,
+    }
+}
+
+/// A video's URL: an `s3://bucket/key` URL (whether the project has a source rule for the
+/// bucket is checked against the database, see `sources::check`), or an http(s) URL as
+/// [`check_url`] admits it.
+fn check_video_url(url: &str, policy: &AddressPolicy) -> Result<(), String> {
+    let is_s3 = url
+        .get(..5)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("s3://"));
+    if !is_s3 {
+        return check_url(url, policy, "fetch.allowed_networks").map_err(|why| {
+            why.replace(
+                "must be an http or https URL",
+                "must be an http, https or s3 URL",
+            )
+        });
+    }
+    if url.len() > MAX_URL {
+        return Err("must be at most 8192 characters".into());
+    }
+    if let Some(control) = url.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "contains the control character U+{:04X}, which a URL may not hold; remove it",
+            control as u32
+        ));
+    }
+    let parsed = url::Url::parse(url).map_err(|e| format!("is not a valid URL ({e})"))?;
+    match video_import_shared::sources::s3_object(&parsed) {
+        Some(_) if parsed.query().is_none() && parsed.fragment().is_none() => Ok(()),
+        _ => Err(
+            "must name a bucket and an object key, as in s3://bucket/path/video.mp4 \
+                  (no query or fragment)"
+                .into(),
+        ),
     }
 }
 
@@ -886,6 +921,28 @@ mod tests {
         ] {
             assert_eq!(check_url(url, &policy, "k"), Ok(()), "{url}");
         }
+    }
+
+    #[test]
+    fn s3_urls_are_taken_for_videos_only() {
+        let policy = AddressPolicy::default();
+        for url in ["s3://masters/tape-1/a.mp4", "S3://masters/a%20b.mp4"] {
+            assert_eq!(check_video_url(url, &policy), Ok(()), "{url}");
+        }
+        for url in [
+            "s3://masters/",
+            "s3://masters",
+            "s3://masters/a.mp4?versionId=1",
+            "s3:///a.mp4",
+        ] {
+            let why = check_video_url(url, &policy).expect_err(url);
+            assert!(why.contains("bucket"), "{url}: {why}");
+        }
+        let f = fields(
+            r#"{"systemName":"s","webhook":"s3://hooks/a","videos":[{"url":"s3://masters/a.mp4","id":"a","fileName":"a","metadata":{}}]}"#,
+        );
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].0, "webhook");
     }
 
     #[test]

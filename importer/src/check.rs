@@ -3,7 +3,8 @@
 //! field up front instead of costing its batch a refusal. Keep it in step with the API:
 //!
 //! - strings: no NUL (`\u0000`) in `url`, `id`, `fileName`, or any metadata key or value;
-//! - `url`: at most [`MAX_URL`] bytes, no `data:` URL, http or https with a host, and no IP
+//! - `url`: at most [`MAX_URL`] bytes, no `data:` URL, http or https with a host (or
+//!   `s3://bucket/key`: whether a source rule covers the bucket is the service's to say), and no IP
 //!   literal in a private, loopback, link-local or reserved network unless the service
 //!   admits it ([`Networks`], mirroring `fetch.allowed_networks`);
 //! - `id`: not blank, at most [`MAX_ID`] bytes, and unique: the API refuses a duplicate
@@ -207,12 +208,7 @@ impl Checker {
         if !nul_in("url", &problems) {
             if row.url.trim().is_empty() {
                 problems.push(Problem::of("url", "is empty"));
-            } else if let Err(why) = check_url(
-                &row.url,
-                &self.rules.videos,
-                "fetch.allowed_networks",
-                "--allowed-networks",
-            ) {
+            } else if let Err(why) = check_video_url(&row.url, &self.rules.videos) {
                 problems.push(Problem::of("url", why));
             }
         }
@@ -336,6 +332,42 @@ fn nul_free_map(path: &str, map: &Map<String, Value>, problems: &mut Vec<Problem
     }
 }
 
+/// A video's URL: `s3://bucket/key` (whether the project has a source rule for the bucket
+/// only the service knows: a URL without one comes back as a refused batch, named by line),
+/// or an http(s) URL as [`check_url`] takes it.
+fn check_video_url(url: &str, networks: &Networks) -> Result<(), String> {
+    let is_s3 = url
+        .get(..5)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("s3://"));
+    if !is_s3 {
+        return check_url(
+            url,
+            networks,
+            "fetch.allowed_networks",
+            "--allowed-networks",
+        )
+        .map_err(|why| {
+            why.replace(
+                "must be an http or https URL",
+                "must be an http, https or s3 URL",
+            )
+        });
+    }
+    if url.len() > MAX_URL {
+        return Err(too_long(url.len(), MAX_URL));
+    }
+    if url.chars().any(char::is_control) {
+        return Err("contains a control character, which a URL may not hold".into());
+    }
+    let parsed = url::Url::parse(url).map_err(|e| format!("{url:?} is not a valid URL ({e})"))?;
+    match video_import_shared::sources::s3_object(&parsed) {
+        Some(_) if parsed.query().is_none() && parsed.fragment().is_none() => Ok(()),
+        _ => Err(format!(
+            "{url:?} must name a bucket and an object key, as in s3://bucket/path/video.mp4 (no query or fragment)"
+        )),
+    }
+}
+
 /// The API's URL rules: length, no `data:`, http(s) with a host, no refused IP literal
 /// (`service_key` names the service's setting that admits one, `flag` ours).
 fn check_url(url: &str, networks: &Networks, service_key: &str, flag: &str) -> Result<(), String> {
@@ -388,6 +420,17 @@ mod tests {
 
     fn good(line: u64, id: &str) -> Row {
         row(line, "https://a.example/v.mp4", id, "f", json!({}))
+    }
+
+    #[test]
+    fn s3_urls_pass_and_their_rules_are_left_to_the_service() {
+        let mut checker = checker();
+        assert!(checker
+            .check(&row(2, "s3://masters/tape-1/a.mp4", "a", "f", json!({})))
+            .is_empty());
+        let problems = checker.check(&row(3, "s3://masters/", "b", "f", json!({})));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field.as_deref(), Some("url"));
     }
 
     #[test]
@@ -529,7 +572,7 @@ mod tests {
             ("data:video/mp4;base64,AAAA", "url is a data: URL"),
             (
                 "ftp://a.example/v.mp4",
-                "url must be an http or https URL, not ftp:",
+                "url must be an http, https or s3 URL, not ftp:",
             ),
             (
                 "a.example/v.mp4",
@@ -584,7 +627,7 @@ mod tests {
         assert_eq!(
             problems,
             [
-                "url must be an http or https URL, not ftp:",
+                "url must be an http, https or s3 URL, not ftp:",
                 "id is empty",
                 "fileName is empty"
             ]

@@ -18,7 +18,7 @@ use video_import_shared::queue::Outgoing;
 use video_import_shared::retry::until_ok;
 use video_import_shared::store::webhooks::{self, AttemptRecord, Due, Hold};
 use video_import_shared::store::WebhookState;
-use video_import_shared::trace::TraceParent;
+use video_import_shared::trace::{self, TraceParent};
 
 use crate::hosts::{self, HostSlots};
 use crate::metrics::Metrics;
@@ -61,6 +61,9 @@ impl Notifier {
             Err(unreadable) => return Disposition::Reject(unreadable.to_string()),
         };
         let span = tracing::info_span!("webhook", job = %message.job_id, attempt = message.attempt, trace_id = delivered.trace_id());
+        // Exported as a child of the span that sent the message: the video that finished
+        // the job for a first attempt, the previous attempt for a retry.
+        trace::adopt(&span, delivered.traceparent.as_ref());
         self.deliver(message, delivered.traceparent.as_ref())
             .instrument(span)
             .await
@@ -172,7 +175,7 @@ impl Notifier {
         delay: Duration,
         trace: Option<&TraceParent>,
     ) -> Disposition {
-        let outgoing = next.outgoing(Some(delay), trace.map(|t| t.child().header()));
+        let outgoing = next.outgoing(Some(delay), trace::passed_on(trace));
         match self.retries.submit(outgoing).await {
             Ok(()) => Disposition::Ack,
             Err(e) => {

@@ -11,6 +11,7 @@ use video_import_shared::consume::{Delivered, Disposition};
 use video_import_shared::messages::{self, DeadLetter, DeliverWebhook, Ids, Round};
 use video_import_shared::retry::until_ok;
 use video_import_shared::store::webhooks;
+use video_import_shared::trace;
 
 use crate::deliver::Notifier;
 use crate::schedule;
@@ -19,6 +20,7 @@ impl Notifier {
     /// Handles one dead-lettered webhook message.
     pub async fn settle(&self, delivered: Delivered) -> Disposition {
         let span = tracing::info_span!("dead_webhook", trace_id = delivered.trace_id());
+        trace::adopt(&span, delivered.traceparent.as_ref());
         self.settle_in_span(delivered).instrument(span).await
     }
 
@@ -80,7 +82,7 @@ impl Notifier {
         };
         let message = DeliverWebhook::current(&ids.job_id, round, ids.attempt.unwrap_or(1), &url);
         tracing::info!(job = %message.job_id, round, attempt = message.attempt, "a retired webhook message is queued again as a current one");
-        let trace = delivered.traceparent.as_ref().map(|t| t.child().header());
+        let trace = trace::passed_on(delivered.traceparent.as_ref());
         match self.retries.submit(message.outgoing(None, trace)).await {
             Ok(()) => Disposition::Ack,
             Err(_) => Disposition::Requeue,

@@ -20,6 +20,8 @@ pub struct Settings {
     pub fetch: FetchSettings,
     pub webhook: WebhookSettings,
     pub log: LogSettings,
+    pub telemetry: TelemetrySettings,
+    pub secrets: SecretsSettings,
 }
 
 /// PostgreSQL connection and pool.
@@ -105,6 +107,11 @@ pub struct StorageSettings {
     /// stays valid (0: the API streams the file itself). At most 7 days (SigV4's limit).
     #[serde(rename = "presign_secs", with = "secs", default)]
     pub presign: Duration,
+    /// MiB per second at which a worker re-reads stored objects to check them against their
+    /// entries, one worker at a time (0: never; `video-import-api storage verify` does it on
+    /// demand).
+    #[serde(default)]
+    pub verify_rate_mib: f64,
 }
 
 /// How the worker downloads videos.
@@ -176,6 +183,61 @@ pub struct WebhookSettings {
     pub proxy: Option<url::Url>,
 }
 
+/// Keys that encrypt secrets at rest (source credentials, see `crate::secrets`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsSettings {
+    /// The key that encrypts (and decrypts): 32 bytes in base64. Needed by the API to add
+    /// source rules and by workers to use them.
+    #[serde(default, with = "secret_key", skip_serializing_if = "Option::is_none")]
+    pub key: Option<crate::secrets::SecretKey>,
+    /// Keys that only decrypt: the keys before `key`, while `video-import-api secrets rotate`
+    /// encrypts everything again with `key`.
+    #[serde(default, deserialize_with = "secret_keys")]
+    pub previous_keys: Vec<crate::secrets::SecretKey>,
+}
+
+/// An optional key; empty is none (so an environment variable can unset it).
+mod secret_key {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::secrets::SecretKey;
+
+    pub fn serialize<S: Serializer>(value: &Option<SecretKey>, s: S) -> Result<S::Ok, S::Error> {
+        value.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretKey>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            Some(text) if !text.trim().is_empty() => SecretKey::from_base64(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// A list of keys; empty entries are left out (an empty variable is an empty list).
+fn secret_keys<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<crate::secrets::SecretKey>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let texts = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(text) => vec![text],
+        OneOrMany::Many(texts) => texts,
+    };
+    texts
+        .iter()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| crate::secrets::SecretKey::from_base64(t).map_err(serde::de::Error::custom))
+        .collect()
+}
+
 /// Logging.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -183,6 +245,37 @@ pub struct LogSettings {
     /// `tracing` filter, e.g. `info` or `video_import_worker=debug,info`.
     pub filter: String,
     pub format: LogFormat,
+}
+
+/// Traces exported over OTLP/HTTP (protobuf); off while `otlp_endpoint` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// The collector's OTLP/HTTP base URL, e.g. `http://collector:4318`: spans are POSTed
+    /// to `{it}/v1/traces`. None: no span is exported.
+    #[serde(default, with = "proxy_url", skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<url::Url>,
+    /// Share of traces (jobs) exported, from 0 to 1. Decided from the trace id alone, so the
+    /// three binaries keep or leave out the same jobs (give them the same ratio).
+    pub sample_ratio: f64,
+    /// Most finished spans a process keeps waiting for export; beyond that, spans are
+    /// dropped (and counted), never waited for.
+    pub queue_size: usize,
+    /// Longest one export request (with its retries) may take; also the longest a stopping
+    /// binary waits for its last spans to go out.
+    #[serde(rename = "export_timeout_secs", with = "secs")]
+    pub export_timeout: Duration,
+}
+
+impl TelemetrySettings {
+    /// Where spans are POSTed: `{otlp_endpoint}/v1/traces` (`None` when export is off).
+    pub fn traces_url(&self) -> Option<String> {
+        let endpoint = self.otlp_endpoint.as_ref()?;
+        Some(format!(
+            "{}/v1/traces",
+            endpoint.as_str().trim_end_matches('/')
+        ))
+    }
 }
 
 /// How log lines are written.
@@ -271,8 +364,9 @@ mod secs_list {
     }
 }
 
-/// An optional proxy URL; empty is none (so an environment variable can unset it). Only
-/// its syntax is checked here; `Settings::validate` checks what it is allowed to be.
+/// An optional URL (a proxy, the trace collector); empty is none (so an environment variable
+/// can unset it). Only its syntax is checked here; `Settings::validate` checks what it is
+/// allowed to be.
 mod proxy_url {
     use serde::{de, Deserialize, Deserializer, Serializer};
 
@@ -332,6 +426,7 @@ impl Default for Settings {
                 sweep_grace: Duration::from_secs(86_400),
                 sweep_interval: Duration::ZERO,
                 presign: Duration::ZERO,
+                verify_rate_mib: 0.0,
             },
             fetch: FetchSettings {
                 allow_private_networks: false,
@@ -365,6 +460,14 @@ impl Default for Settings {
                 filter: "info".into(),
                 format: LogFormat::Text,
             },
+            telemetry: TelemetrySettings {
+                otlp_endpoint: None,
+                sample_ratio: 1.0,
+                // The OpenTelemetry SDK's default: at most a few MB of spans per process.
+                queue_size: 2048,
+                export_timeout: Duration::from_secs(5),
+            },
+            secrets: SecretsSettings::default(),
         }
     }
 }
@@ -414,6 +517,7 @@ impl Settings {
                 .with_list_parse_key("fetch.retry_delays_secs")
                 .with_list_parse_key("webhook.allowed_networks")
                 .with_list_parse_key("webhook.retry_schedule_secs")
+                .with_list_parse_key("secrets.previous_keys")
                 .try_parsing(true),
         );
         let built = builder.build().map_err(|e| ConfigError(e.to_string()))?;
@@ -468,6 +572,14 @@ impl Settings {
                 "must be at most 604800 (7 days, the longest a presigned URL may be valid)",
             );
         }
+        let rate = self.storage.verify_rate_mib;
+        if !rate.is_finite() || rate < 0.0 {
+            return bad(
+                "storage.verify_rate_mib",
+                &rate,
+                "must be 0 (no continuous verification) or a positive number of MiB per second, such as 20 or 0.5",
+            );
+        }
         if self.api.max_connections == 0 {
             return bad("api.max_connections", &0, at_least_one);
         }
@@ -513,6 +625,50 @@ impl Settings {
             if let Err(why) = policy.check_proxy(key, proxy) {
                 return bad(key, &shown(proxy.as_str()), &why);
             }
+        }
+        self.telemetry.validate()
+    }
+}
+
+impl TelemetrySettings {
+    /// The collector is the operator's (not checked against any address policy, as a
+    /// private address is where it usually is), but must be a plain http(s) base URL.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, value: &dyn std::fmt::Display, why: &str| {
+            Err(ConfigError(format!("{key} = {value}: {why}")))
+        };
+        if let Some(endpoint) = &self.otlp_endpoint {
+            let fine = matches!(endpoint.scheme(), "http" | "https")
+                && endpoint.host().is_some()
+                && endpoint.query().is_none()
+                && endpoint.fragment().is_none();
+            if !fine {
+                return bad(
+                    "telemetry.otlp_endpoint",
+                    &shown(endpoint.as_str()),
+                    "must be the collector's OTLP/HTTP base URL, such as http://collector:4318 (spans go to its /v1/traces), without a query",
+                );
+            }
+            if !endpoint.username().is_empty() || endpoint.password().is_some() {
+                return bad(
+                    "telemetry.otlp_endpoint",
+                    &shown(endpoint.as_str()),
+                    "must not carry credentials; give the collector's headers in OTEL_EXPORTER_OTLP_HEADERS (e.g. authorization=Bearer%20...)",
+                );
+            }
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return bad(
+                "telemetry.sample_ratio",
+                &self.sample_ratio,
+                "must be from 0 (no trace) to 1 (every trace)",
+            );
+        }
+        if self.queue_size == 0 {
+            return bad("telemetry.queue_size", &0, "must be at least 1");
+        }
+        if self.export_timeout.is_zero() {
+            return bad("telemetry.export_timeout_secs", &0, "must be at least 1");
         }
         Ok(())
     }
@@ -584,6 +740,10 @@ fn explain(config: &config::Config, error: config::ConfigError) -> String {
     let Ok(value) = config.get::<config::Value>(&key) else {
         return format!("{key}: {why}");
     };
+    // A key, even a bad one (a paste cut short), is never repeated.
+    if key.starts_with("secrets.") {
+        return format!("{key} = (not shown): {why}");
+    }
     let origin = origin.or_else(|| value.origin().map(str::to_string));
     let origin = origin.map(|o| format!(" (in {o})")).unwrap_or_default();
     format!("{key} = {}{origin}: {why}", shown_value(&value))
@@ -702,10 +862,60 @@ mod tests {
                 "fetch.proxy",
                 "\"proxy:3128\"",
             ),
+            (
+                "[telemetry]\notlp_endpoint = \"collector:4318\"\n",
+                "telemetry.otlp_endpoint",
+                "\"collector:4318\": must be the collector's OTLP/HTTP base URL",
+            ),
+            (
+                "[telemetry]\notlp_endpoint = \"http://collector:4318/?x=1\"\n",
+                "telemetry.otlp_endpoint",
+                "\"http://collector:4318/?x=1\"",
+            ),
+            (
+                "[telemetry]\nsample_ratio = 1.5\n",
+                "telemetry.sample_ratio",
+                "1.5: must be from 0",
+            ),
+            ("[telemetry]\nqueue_size = 0\n", "telemetry.queue_size", "0"),
+            (
+                "[telemetry]\nexport_timeout_secs = 0\n",
+                "telemetry.export_timeout_secs",
+                "0",
+            ),
         ] {
             let error = load(toml).unwrap_err().to_string();
             assert!(
                 error.contains(&format!("{key} = {value}")),
+                "{toml}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_verify_rate_is_a_number_of_mib_per_second_or_zero() {
+        assert_eq!(load("").unwrap().storage.verify_rate_mib, 0.0);
+        assert_eq!(
+            load("[storage]\nverify_rate_mib = 20\n")
+                .unwrap()
+                .storage
+                .verify_rate_mib,
+            20.0
+        );
+        assert_eq!(
+            load("[storage]\nverify_rate_mib = 0.5\n")
+                .unwrap()
+                .storage
+                .verify_rate_mib,
+            0.5
+        );
+        for (toml, value) in [
+            ("[storage]\nverify_rate_mib = -1\n", "-1"),
+            ("[storage]\nverify_rate_mib = \"fast\"\n", "\"fast\""),
+        ] {
+            let error = load(toml).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("storage.verify_rate_mib = {value}")),
                 "{toml}: {error}"
             );
         }
@@ -741,6 +951,39 @@ mod tests {
     }
 
     #[test]
+    fn the_collector_is_a_base_url_and_export_is_off_without_one() {
+        let off = load("").unwrap();
+        assert_eq!(off.telemetry.traces_url(), None);
+        assert_eq!(off.telemetry.sample_ratio, 1.0);
+        for (endpoint, traces) in [
+            ("http://collector:4318", "http://collector:4318/v1/traces"),
+            ("http://collector:4318/", "http://collector:4318/v1/traces"),
+            (
+                "https://otlp.example/tenant-a/",
+                "https://otlp.example/tenant-a/v1/traces",
+            ),
+            // A private address is fine: the collector is the operator's, not a user's.
+            ("http://10.0.0.7:4318", "http://10.0.0.7:4318/v1/traces"),
+        ] {
+            let settings = load(&format!(
+                "[telemetry]\notlp_endpoint = \"{endpoint}\"\nsample_ratio = 0.25\n"
+            ))
+            .unwrap();
+            assert_eq!(settings.telemetry.traces_url().as_deref(), Some(traces));
+            assert_eq!(settings.telemetry.sample_ratio, 0.25);
+        }
+        let empty = load("[telemetry]\notlp_endpoint = \"\"\n").unwrap();
+        assert_eq!(empty.telemetry.traces_url(), None);
+        let error = load("[telemetry]\notlp_endpoint = \"http://u:hunter2@collector:4318\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("OTEL_EXPORTER_OTLP_HEADERS") && !error.contains("hunter2"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn a_proxy_is_admitted_like_a_target() {
         let public = load("[fetch]\nproxy = \"http://203.0.113.7:3128\"\n");
         // 203.0.113.0/24 is documentation space: refused like any target, by its address.
@@ -766,5 +1009,32 @@ mod tests {
         assert!(error.contains("webhook.allowed_networks"), "{error}");
         let none = load("[fetch]\nproxy = \"\"\n").unwrap();
         assert!(none.fetch.proxy.is_none() && none.webhook.proxy.is_none());
+    }
+
+    #[test]
+    fn a_bad_secrets_key_is_refused_naming_the_key_and_never_showing_it() {
+        let good = crate::secrets::SecretKey::generate();
+        let loaded = load(&format!(
+            "[secrets]\nkey = \"{}\"\nprevious_keys = [\"{}\"]\n",
+            good.to_base64(),
+            good.to_base64()
+        ))
+        .unwrap();
+        assert_eq!(loaded.secrets.key.as_ref(), Some(&good));
+        assert_eq!(loaded.secrets.previous_keys, vec![good.clone()]);
+        let cut = &good.to_base64()[..30];
+        for toml in [
+            format!("[secrets]\nkey = \"{cut}\"\n"),
+            format!(
+                "[secrets]\nprevious_keys = [\"{}\", \"{cut}\"]\n",
+                good.to_base64()
+            ),
+        ] {
+            let error = load(&toml).unwrap_err().to_string();
+            assert!(error.contains("secrets."), "{error}");
+            assert!(error.contains("openssl rand -base64 32"), "{error}");
+            assert!(!error.contains(cut), "the key is shown: {error}");
+        }
+        assert!(!format!("{loaded:?}").contains(&good.to_base64()));
     }
 }

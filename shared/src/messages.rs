@@ -432,9 +432,22 @@ impl DeliverWebhook {
         NewMessage {
             routing_key: queue::WEBHOOK.into(),
             payload: serde_json::from_slice(&message.payload()).expect("messages serialize"),
-            traceparent: round.trace_id.as_deref().and_then(crate::trace::header_for),
+            traceparent: parent_of(round),
         }
     }
+}
+
+/// The `traceparent` a round's first attempt is published with: the span that started the
+/// round when it is in the job's trace, otherwise a new child of the job's trace.
+fn parent_of(round: &RoundStarted) -> Option<String> {
+    let trace_id = round.trace_id.as_deref()?;
+    round
+        .traceparent
+        .as_deref()
+        .and_then(TraceParent::parse)
+        .filter(|parent| parent.trace_id == trace_id)
+        .map(|parent| parent.header())
+        .or_else(|| crate::trace::header_for(trace_id))
 }
 
 /// An outbox row as it is published: its body as written (whatever version it was written
@@ -449,7 +462,7 @@ pub fn from_outbox(row: Pending) -> Outgoing {
 }
 
 /// A delivered message published again unchanged, `delay` from now (a dead letter going back
-/// to its queue for a binary that reads it), in a child span of its trace.
+/// to its queue for a binary that reads it), as a child of the current span (`trace::passed_on`).
 pub fn again(
     routing_key: &str,
     body: &[u8],
@@ -460,7 +473,7 @@ pub fn again(
         routing_key: routing_key.to_string(),
         payload: body.to_vec(),
         delay,
-        traceparent: trace.map(|t| t.child().header()),
+        traceparent: crate::trace::passed_on(trace),
     }
 }
 
@@ -553,5 +566,37 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("message version 1 not supported"));
+    }
+
+    #[test]
+    fn a_round_is_announced_in_the_span_that_started_it_when_that_is_in_the_job_s_trace() {
+        let job = TraceParent::root();
+        let video = job.child();
+        let mut round = RoundStarted {
+            job_id: "j".into(),
+            round: 1,
+            attempt: 1,
+            url: "http://r/".into(),
+            trace_id: Some(job.trace_id.clone()),
+            traceparent: Some(video.header()),
+        };
+        assert_eq!(
+            DeliverWebhook::announce(&round).traceparent,
+            Some(video.header())
+        );
+        // A span of another trace (a message that carried none) is not the job's: a new
+        // child of the job's trace instead.
+        round.traceparent = Some(TraceParent::root().header());
+        let announced = DeliverWebhook::announce(&round).traceparent.unwrap();
+        let announced = TraceParent::parse(&announced).unwrap();
+        assert_eq!(announced.trace_id, job.trace_id);
+        round.traceparent = None;
+        let announced = DeliverWebhook::announce(&round).traceparent.unwrap();
+        assert_eq!(
+            TraceParent::parse(&announced).unwrap().trace_id,
+            job.trace_id
+        );
+        round.trace_id = None;
+        assert_eq!(DeliverWebhook::announce(&round).traceparent, None);
     }
 }

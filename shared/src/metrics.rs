@@ -29,6 +29,7 @@ pub fn registry(component: &str) -> Registry {
     registry
         .register(Box::new(info))
         .expect("build_info is registered once");
+    crate::otlp::register_metrics(&registry);
     registry
 }
 

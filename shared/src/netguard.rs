@@ -216,6 +216,43 @@ impl AddressPolicy {
         .find(|ip| !self.permits(*ip))
     }
 
+    /// Why an S3-compatible `endpoint` (of a source rule) cannot be used: not an `http://`
+    /// or `https://` URL of a host (and port) without a path or query, or an IP literal (or
+    /// `localhost`) this policy refuses. Any other name is checked by the client's resolver
+    /// on every connection, as a video URL's is.
+    pub fn check_endpoint(&self, endpoint: &url::Url) -> Result<(), String> {
+        if !matches!(endpoint.scheme(), "http" | "https") {
+            return Err(format!(
+                "must be an http:// or https:// URL, not {}://",
+                endpoint.scheme()
+            ));
+        }
+        let Some(host) = endpoint.host_str().filter(|h| !h.is_empty()) else {
+            return Err("has no host; give https://HOST[:PORT]".into());
+        };
+        if !endpoint.username().is_empty() || endpoint.password().is_some() {
+            return Err("holds a user name or password; give the keys with --s3-access-key-id and --s3-secret-access-key instead".into());
+        }
+        if endpoint.path() != "/" || endpoint.query().is_some() || endpoint.fragment().is_some() {
+            return Err("has a path, query or fragment; give https://HOST[:PORT]".into());
+        }
+        let refused = literal(endpoint)
+            .filter(|ip| !self.permits(*ip))
+            .or_else(|| self.refused_loopback_name(host));
+        if let Some(ip) = refused {
+            return Err(format!(
+                "{ip} is in a private, loopback, link-local or reserved network, which the worker \
+                 refuses as it refuses video URLs there; an operator can admit it with \
+                 fetch.allowed_networks (e.g. {})",
+                ipnet::IpNet::from(ip)
+            ));
+        }
+        if let Some(proxy) = &self.proxy {
+            self.check_proxied_name(host, proxy).map_err(|r| r.0)?;
+        }
+        Ok(())
+    }
+
     /// Why `proxy`, as the setting `key`, cannot be used: not an `http://` or `https://` URL of
     /// a host (and port), or an address this policy refuses. Its IP literal, or `localhost`,
     /// is checked here, once, since it cannot change; any other name is checked by the
@@ -392,7 +429,6 @@ pub struct ClientOptions {
 /// policy's proxy if it has one. A proxy whose address the policy refuses is a
 /// [`crate::process::SettingError`] (exit code 2 at start).
 pub fn client(policy: AddressPolicy, options: &ClientOptions) -> anyhow::Result<reqwest::Client> {
-    let policy = Arc::new(policy);
     let hop_policy = policy.clone();
     let max_redirects = options.max_redirects;
     let redirect = reqwest::redirect::Policy::custom(move |attempt| {
@@ -405,6 +441,25 @@ pub fn client(policy: AddressPolicy, options: &ClientOptions) -> anyhow::Result<
             Err(refused) => attempt.error(refused),
         }
     });
+    build(policy, options, redirect)
+}
+
+/// [`client`] that follows no redirect: it answers the 3xx, for a caller that follows
+/// redirects itself (deciding at every hop what the request carries) and checks every hop
+/// with [`AddressPolicy::check_url`] before it sends it.
+pub fn client_without_redirects(
+    policy: AddressPolicy,
+    options: &ClientOptions,
+) -> anyhow::Result<reqwest::Client> {
+    build(policy, options, reqwest::redirect::Policy::none())
+}
+
+fn build(
+    policy: AddressPolicy,
+    options: &ClientOptions,
+    redirect: reqwest::redirect::Policy,
+) -> anyhow::Result<reqwest::Client> {
+    let policy = Arc::new(policy);
     // reqwest reads HTTP_PROXY/HTTPS_PROXY/ALL_PROXY by default: a proxy nobody checked
     // would then reach whatever the resolver refuses.
     let mut builder = reqwest::Client::builder().no_proxy();
@@ -785,6 +840,36 @@ mod tests {
             refused.starts_with("refused to connect to the proxy localhost (fetch.proxy)"),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn an_s3_endpoint_is_checked_like_a_video_url() {
+        let policy = AddressPolicy::new(false, &[]);
+        let check = |url: &str| policy.check_endpoint(&url.parse().unwrap());
+        for url in [
+            "http://169.254.169.254",
+            "http://127.0.0.1:9000",
+            "http://[::ffff:10.0.0.1]:9000",
+            "http://localhost:9000",
+        ] {
+            let why = check(url).unwrap_err();
+            assert!(why.contains("fetch.allowed_networks"), "{url}: {why}");
+        }
+        for url in [
+            "ftp://s3.example.com",
+            "https://s3.example.com/bucket",
+            "https://s3.example.com/?x=1",
+            "https://key:secret@s3.example.com",
+        ] {
+            let why = check(url).unwrap_err();
+            assert!(!why.contains("key:secret"), "{why}");
+        }
+        assert!(check("https://s3.eu-central-1.amazonaws.com").is_ok());
+        assert!(check("https://minio.example.com:9000/").is_ok());
+        let admitted = AddressPolicy::new(false, &["127.0.0.1/32".parse().unwrap()]);
+        assert!(admitted
+            .check_endpoint(&"http://127.0.0.1:9000".parse().unwrap())
+            .is_ok());
     }
 
     #[test]

@@ -108,9 +108,10 @@ pub async fn bind(key: &str, addr: SocketAddr) -> Result<tokio::net::TcpListener
     })
 }
 
-/// Loads settings (exit code 2 with the key at fault when they are bad), sets up logging and
-/// TLS, runs `work` and reports its error, if any, on stderr (exit code 2 for a
-/// [`SettingError`] or a schema this binary cannot run against, 1 otherwise).
+/// Loads settings (exit code 2 with the key at fault when they are bad), sets up TLS,
+/// logging and span export (flushed after `work`, see `otlp`), runs `work` and reports its
+/// error, if any, on stderr (exit code 2 for a [`SettingError`] or a schema this binary
+/// cannot run against, an [`ExitWith`]'s own code, 1 otherwise).
 pub async fn run<F, Fut>(name: &str, config: Option<&Path>, work: F) -> ExitCode
 where
     F: FnOnce(Settings) -> Fut,
@@ -123,9 +124,21 @@ where
             return ExitCode::from(2);
         }
     };
-    crate::telemetry::init(&settings.log);
+    // TLS first: the trace exporter's client needs its provider.
     crate::telemetry::init_tls();
-    match work(settings).await {
+    let exporting = match crate::telemetry::init(name, &settings.log, &settings.telemetry) {
+        Ok(exporting) => exporting,
+        Err(e) => {
+            eprintln!("{name}: telemetry.otlp_endpoint: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let worked = work(settings).await;
+    // Whatever the outcome, the spans of the work are flushed (bounded in time).
+    if let Some(exporting) = exporting {
+        exporting.shutdown().await;
+    }
+    match worked {
         Ok(()) => ExitCode::SUCCESS,
         Err(e)
             if e.downcast_ref::<SettingError>().is_some()
@@ -137,9 +150,21 @@ where
         }
         Err(e) => {
             eprintln!("{name}: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<ExitWith>() {
+                Some(exit) => ExitCode::from(exit.code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
+}
+
+/// An outcome that is no failure of the command but has an exit code of its own (such as
+/// `storage verify` finding damaged objects, 3): its message goes to stderr like an error's.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ExitWith {
+    pub code: u8,
+    pub message: String,
 }
 
 #[cfg(test)]

@@ -151,10 +151,28 @@ impl Storage {
         key: &str,
         range: Option<std::ops::Range<u64>>,
     ) -> object_store::Result<BoxStream<'static, std::io::Result<Bytes>>> {
+        Ok(self.get(key, range).await?.1)
+    }
+
+    /// The size of the object at `key` and a stream of all its bytes, as [`Storage::stream`]
+    /// reads them (a missing object is `object_store::Error::NotFound`).
+    pub async fn read_whole(
+        &self,
+        key: &str,
+    ) -> object_store::Result<(u64, BoxStream<'static, std::io::Result<Bytes>>)> {
+        self.get(key, None).await
+    }
+
+    async fn get(
+        &self,
+        key: &str,
+        range: Option<std::ops::Range<u64>>,
+    ) -> object_store::Result<(u64, BoxStream<'static, std::io::Result<Bytes>>)> {
         let options = GetOptions::default().with_range(range);
         let result = self.store.get_opts(&Path::from(key), options).await?;
         let range = result.range.clone();
-        Ok(match result.payload {
+        let size = result.meta.size;
+        let stream = match result.payload {
             GetResultPayload::File(file, _) => {
                 let mut file = tokio::fs::File::from_std(file);
                 file.seek(std::io::SeekFrom::Start(range.start))
@@ -167,7 +185,8 @@ impl Storage {
                 ReaderStream::with_capacity(limited, READ_CHUNK).boxed()
             }
             GetResultPayload::Stream(stream) => stream.map_err(std::io::Error::other).boxed(),
-        })
+        };
+        Ok((size, stream))
     }
 
     /// Deletes the object at `key`; a missing object is not an error.

@@ -5,6 +5,7 @@
 //! Build the binaries first: `cargo build --workspace --bins && cargo test --workspace`.
 
 mod batch;
+pub mod otlp;
 mod poll;
 pub mod receiver;
 pub mod services;
@@ -321,6 +322,19 @@ impl Stack {
     /// is ready.
     pub async fn spawn_worker(&mut self) -> Proc {
         self.spawn_ready(Kind::Worker, "video-import-worker").await
+    }
+
+    /// Starts one more worker with extra `VIDEO_IMPORT__...` variables and waits until it
+    /// is ready.
+    pub async fn spawn_worker_with(&mut self, extra: &[(&str, &str)]) -> Proc {
+        let port = free_port();
+        let mut spec = spec("video-import-worker", &[], extra);
+        spec.extra.push((
+            "VIDEO_IMPORT__METRICS__LISTEN".into(),
+            format!("127.0.0.1:{port}"),
+        ));
+        let name = self.next_name(Kind::Worker);
+        self.start_process(&name, Kind::Worker, port, spec).await
     }
 
     /// Starts one more notifier (`notifier0`, `notifier1`, …) and waits until it is ready.

@@ -1,6 +1,6 @@
 //! The worker's wiring: builds its state from the settings and runs its loops (the outbox
-//! relay, the dispatcher, the storage sweeper, the operational endpoints, and the consumers
-//! of the fetch queue and its dead letters) until SIGTERM.
+//! relay, the dispatcher, the storage sweeper and verifier, the operational endpoints, and
+//! the consumers of the fetch queue and its dead letters) until SIGTERM.
 
 use std::sync::Arc;
 
@@ -8,9 +8,10 @@ use video_import_shared::config::Settings;
 use video_import_shared::consume;
 use video_import_shared::outbox::Relay;
 use video_import_shared::queue;
+use video_import_shared::secrets::Keyring;
 use video_import_shared::service::Service;
 use video_import_shared::storage::Storage;
-use video_import_shared::sweep;
+use video_import_shared::{sweep, verify};
 
 use crate::dispatch::Dispatcher;
 use crate::fetch::Fetcher;
@@ -25,7 +26,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let service = Service::start(&settings, "worker").await?;
     let storage = Storage::open(&settings.storage).await?;
     let hosts = Arc::new(SourceHosts::new(settings.fetch.per_host_concurrency));
-    let fetcher = Fetcher::new(&settings.fetch, storage.clone(), hosts.clone())?;
+    let fetcher = Fetcher::new(
+        &settings.fetch,
+        storage.clone(),
+        hosts.clone(),
+        service.pool.clone(),
+        Keyring::from_settings(&settings.secrets),
+    )?;
     let metrics = WorkerMetrics::new(&service.registry)?;
     let relay = Relay::new(
         service.pool.clone(),
@@ -48,6 +55,16 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             service.pool.clone(),
             settings.storage.sweep_grace,
             settings.storage.sweep_interval,
+            service.shutdown.clone(),
+        ));
+    }
+    let verify_metrics = verify::VerifyMetrics::new(&service.registry)?;
+    if let Some(rate) = verify::Rate::mib_per_sec(settings.storage.verify_rate_mib) {
+        tokio::spawn(verify::continuously(
+            storage.clone(),
+            service.pool.clone(),
+            rate,
+            verify_metrics,
             service.shutdown.clone(),
         ));
     }

@@ -25,12 +25,15 @@ pub enum FailureClass {
     DeadLettered,
     /// The stored file did not match a checksum it was submitted with.
     ChecksumMismatch,
+    /// A source rule forbids or cannot make the request (credentials over plain http, no
+    /// rule for an `s3://` bucket, secrets the worker cannot open).
+    SourceRule,
     Other,
 }
 
 impl FailureClass {
     /// Every class, so that each series exists from the start.
-    pub const ALL: [FailureClass; 17] = [
+    pub const ALL: [FailureClass; 18] = [
         FailureClass::InvalidUrl,
         FailureClass::Refused,
         FailureClass::Http4xx,
@@ -47,6 +50,7 @@ impl FailureClass {
         FailureClass::HostNotFound,
         FailureClass::DeadLettered,
         FailureClass::ChecksumMismatch,
+        FailureClass::SourceRule,
         FailureClass::Other,
     ];
 
@@ -69,6 +73,7 @@ impl FailureClass {
             FailureClass::HostNotFound => "host_not_found",
             FailureClass::DeadLettered => "dead_lettered",
             FailureClass::ChecksumMismatch => "checksum_mismatch",
+            FailureClass::SourceRule => "source_rule",
             FailureClass::Other => "other",
         }
     }

@@ -22,10 +22,14 @@ const MAX_GROUP: usize = 64;
 /// Recorders (transactions under way at once) per worker.
 const RECORDERS: usize = 4;
 
+/// A video's outcome, and the `traceparent` of the span that reached it: when the video is
+/// its job's last, that span is the parent of the job's webhook delivery.
+type Finished = (Item, Outcome, Option<String>);
+
 /// Hands outcomes to the recorders.
 pub struct Recorder {
     /// One recorder per share of the jobs.
-    shards: Vec<Batcher<(Item, Outcome), Option<Recorded>>>,
+    shards: Vec<Batcher<Finished, Option<Recorded>>>,
 }
 
 impl Recorder {
@@ -35,7 +39,7 @@ impl Recorder {
             .map(|_| {
                 let pool = pool.clone();
                 let shutdown = shutdown.clone();
-                Batcher::start(1, MAX_GROUP, move |group: Vec<(Item, Outcome)>| {
+                Batcher::start(1, MAX_GROUP, move |group: Vec<Finished>| {
                     let pool = pool.clone();
                     let shutdown = shutdown.clone();
                     async move { Ok(record_group(&pool, &shutdown, group).await) }
@@ -45,12 +49,18 @@ impl Recorder {
         Self { shards }
     }
 
-    /// Records one video's outcome; `None` if shutdown came before it was durable.
-    pub async fn record(&self, item: Item, outcome: Outcome) -> Option<Recorded> {
+    /// Records one video's outcome, reached in the span `trace`; `None` if shutdown came
+    /// before it was durable.
+    pub async fn record(
+        &self,
+        item: Item,
+        outcome: Outcome,
+        trace: Option<String>,
+    ) -> Option<Recorded> {
         let mut hash = DefaultHasher::new();
         item.job_id.hash(&mut hash);
         let shard = &self.shards[hash.finish() as usize % self.shards.len()];
-        shard.submit((item, outcome)).await.ok().flatten()
+        shard.submit((item, outcome, trace)).await.ok().flatten()
     }
 }
 
@@ -59,16 +69,21 @@ impl Recorder {
 async fn record_group(
     pool: &Pool,
     shutdown: &CancellationToken,
-    group: Vec<(Item, Outcome)>,
+    group: Vec<Finished>,
 ) -> Vec<Option<Recorded>> {
-    match record(pool, &group).await {
+    let (group, traces): (Vec<(Item, Outcome)>, Vec<Option<String>>) = group
+        .into_iter()
+        .map(|(item, outcome, trace)| ((item, outcome), trace))
+        .unzip();
+    match record(pool, &group, &traces).await {
         Ok(results) => results.into_iter().map(Some).collect(),
         Err(error) => {
             tracing::warn!(error = %format!("{error:#}"), size = group.len(), "group commit failed; recording one by one");
             let mut results = Vec::with_capacity(group.len());
-            for one in &group {
+            for (one, trace) in group.iter().zip(&traces) {
                 let single = std::slice::from_ref(one);
-                let recorded = until_ok(shutdown, || record(pool, single)).await;
+                let trace = std::slice::from_ref(trace);
+                let recorded = until_ok(shutdown, || record(pool, single, trace)).await;
                 results.push(recorded.and_then(|mut r| r.pop()));
             }
             results
@@ -77,14 +92,27 @@ async fn record_group(
 }
 
 /// Records a group's outcomes in one transaction, with the webhook rounds of the jobs it
-/// finished queued in the outbox before the commit.
-pub async fn record(pool: &Pool, group: &[(Item, Outcome)]) -> anyhow::Result<Vec<Recorded>> {
+/// finished queued in the outbox before the commit. `traces[i]` is the span of `group[i]`:
+/// a finished job's webhook round is started in the span of its video recorded last.
+pub async fn record(
+    pool: &Pool,
+    group: &[(Item, Outcome)],
+    traces: &[Option<String>],
+) -> anyhow::Result<Vec<Recorded>> {
     let mut client = pool.get().await.context("connecting to record outcomes")?;
     let tx = client
         .transaction()
         .await
         .context("starting the outcome transaction")?;
-    let (results, rounds) = outcomes::record(&tx, group).await?;
+    let (results, mut rounds) = outcomes::record(&tx, group).await?;
+    for round in &mut rounds {
+        round.traceparent = group
+            .iter()
+            .zip(traces)
+            .rev()
+            .find(|((item, _), _)| item.job_id == round.job_id)
+            .and_then(|(_, trace)| trace.clone());
+    }
     outbox::announce(&tx, &rounds).await?;
     tx.commit().await.context("committing the outcomes")?;
     Ok(results)

@@ -18,7 +18,7 @@ use video_import_shared::retry::until_ok;
 use video_import_shared::storage::Storage;
 use video_import_shared::store::outcomes::{Outcome, Recorded};
 use video_import_shared::store::{entries, items, Item};
-use video_import_shared::trace::TraceParent;
+use video_import_shared::trace::{self, TraceParent};
 
 use crate::error::{FailureClass, FetchError};
 use crate::fetch::{Fetched, Fetcher};
@@ -56,6 +56,9 @@ impl Importer {
             Err(unreadable) => return Disposition::Reject(unreadable.to_string()),
         };
         let span = tracing::info_span!("video", job = %message.job_id, idx = message.idx, attempt = message.attempt, trace_id = delivered.trace_id());
+        // Exported as a child of the span that sent the message: the API's request for a
+        // first try, the previous try for a retry.
+        trace::adopt(&span, delivered.traceparent.as_ref());
         self.import(message, delivered.traceparent)
             .instrument(span)
             .await
@@ -150,7 +153,10 @@ impl Importer {
             Ok(Fetched::Stored(d)) => Some(d.asset.key.as_str()),
             _ => None,
         };
-        let recorded = self.recorder.record(item.clone(), outcome).await;
+        let recorded = self
+            .recorder
+            .record(item.clone(), outcome, trace::passed_on(trace.as_ref()))
+            .await;
         let (disposition, asset_used) = match recorded {
             Some(Recorded::Done {
                 state,
@@ -281,7 +287,7 @@ impl Importer {
         if noted.is_none() {
             return Disposition::Requeue;
         }
-        let outgoing = next.outgoing(Some(delay), trace.map(|t| t.child().header()));
+        let outgoing = next.outgoing(Some(delay), trace::passed_on(trace));
         match self.publisher.publish(&[outgoing]).await {
             Ok(()) => {
                 if matches!(why, Waited::Failed(_)) {

@@ -7,6 +7,7 @@
 //!   projects and jobs;
 //! - `fetch`: the SSRF-checked, size- and time-bounded, resumable download; `error`: why
 //!   one failed, retryable or not, with its class;
+//! - `sources`: the projects' source rules (credentials, `s3://` buckets), cached;
 //! - `hosts`: per-source-host download slots and pauses;
 //! - `sniff`, `probe`: what kind of video it is, and its duration and size;
 //! - `group_commit`: outcomes recorded a group per transaction (`store::outcomes`);
@@ -26,6 +27,7 @@ mod probe;
 mod retry_policy;
 mod settle;
 mod sniff;
+mod sources;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {

@@ -13,6 +13,7 @@ use video_import_shared::messages::{self, DeadLetter, FetchVideo, Ids, Unreadabl
 use video_import_shared::retry::until_ok;
 use video_import_shared::store::outcomes::{Outcome, Recorded};
 use video_import_shared::store::{dispatch, items, Item, ItemState};
+use video_import_shared::trace;
 
 use crate::error::FailureClass;
 use crate::group_commit;
@@ -23,6 +24,7 @@ impl Importer {
     /// Handles one dead-lettered fetch message.
     pub async fn settle(&self, delivered: Delivered) -> Disposition {
         let span = tracing::info_span!("dead_video", trace_id = delivered.trace_id());
+        trace::adopt(&span, delivered.traceparent.as_ref());
         self.settle_in_span(delivered).instrument(span).await
     }
 
@@ -96,7 +98,7 @@ impl Importer {
             self.metrics.dead_letters.inc();
             return Disposition::Ack;
         };
-        let trace = delivered.traceparent.as_ref().map(|t| t.header());
+        let trace = trace::passed_on(delivered.traceparent.as_ref());
         let again = until_ok(&self.shutdown, || async {
             let client = self.pool.get().await?;
             dispatch::again(&client, &job_id, idx, trace.as_deref()).await
@@ -114,7 +116,11 @@ impl Importer {
     /// Records the video as failed with `reason`, if it is still pending.
     async fn fail(&self, item: Item, reason: String, class: FailureClass) -> Disposition {
         let batch = [(item, Outcome::Failed(reason))];
-        let recorded = until_ok(&self.shutdown, || group_commit::record(&self.pool, &batch)).await;
+        let traces = [trace::passed_on(None)];
+        let recorded = until_ok(&self.shutdown, || {
+            group_commit::record(&self.pool, &batch, &traces)
+        })
+        .await;
         let Some(recorded) = recorded else {
             return Disposition::Requeue;
         };

@@ -155,8 +155,8 @@ pub async fn forget(client: &impl GenericClient, job_id: &str) -> anyhow::Result
 }
 
 /// The still-pending videos of `ranges` (a job and its videos `from..to`), with the
-/// validators of their existing entries, in (job, idx) order: what the fetch messages carry
-/// so that the worker need not load them.
+/// validators of their existing entries (none for an entry marked damaged), in (job, idx)
+/// order: what the fetch messages carry so that the worker need not load them.
 pub async fn videos(tx: &Transaction<'_>, ranges: &[(&Waiting, i32)]) -> anyhow::Result<Vec<Item>> {
     let jobs: Vec<&str> = ranges.iter().map(|(w, _)| w.job_id.as_str()).collect();
     let projects: Vec<i64> = ranges.iter().map(|(w, _)| w.project_id).collect();
@@ -177,6 +177,8 @@ pub async fn videos(tx: &Transaction<'_>, ranges: &[(&Waiting, i32)]) -> anyhow:
                  SELECT original_url, source_etag, source_last_modified FROM media_entries
                  WHERE project_id = r.project_id AND system_name = r.system_name
                      AND external_id = i.external_id
+                     -- A damaged file is downloaded again: no conditional request.
+                     AND damaged_at IS NULL
                  OFFSET 0 -- not flattened: one point lookup per video, whatever the statistics
              ) m ON true
              WHERE i.state = $6

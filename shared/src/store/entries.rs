@@ -12,7 +12,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::model::{Item, Validators};
-use super::ItemState;
+use super::{DamageKind, ItemState};
 
 /// A stored, sniffed download as its entry records it.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,7 +69,8 @@ static INSERT_SQL: LazyLock<String> = LazyLock::new(|| {
 static REPLACE_ASSET_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE media_entries SET metadata = $2, file_name = $3, original_url = $4,
-             ({ASSET_COLUMNS}) = ROW({}), version = version + 1, updated_at = now()
+             ({ASSET_COLUMNS}) = ROW({}), version = version + 1, updated_at = now(),
+             damaged_at = NULL, damage_kind = NULL, damage = NULL
          WHERE id = $1",
         (5..16)
             .map(|n| format!("${n}"))
@@ -119,6 +120,9 @@ pub(super) struct Current {
     metadata: Value,
     file_name: String,
     asset_key: String,
+    /// Its stored object was found missing or changed (see [`mark_damaged`]): the next
+    /// download replaces it, whatever its bytes.
+    damaged: bool,
 }
 
 /// Locks the existing entries of `keys` (in id order, so concurrent groups do not deadlock)
@@ -136,7 +140,7 @@ pub(super) async fn lock_existing(
     let statement = tx
         .prepare(
             "SELECT m.project_id, m.system_name, m.external_id, m.id, m.sha256, m.metadata,
-                    m.file_name, m.asset_key
+                    m.file_name, m.asset_key, m.damaged_at IS NOT NULL
              FROM unnest($1::int8[], $2::text[], $3::text[]) AS k(project_id, system_name, external_id)
              JOIN media_entries m ON m.project_id = k.project_id
                  AND m.system_name = k.system_name AND m.external_id = k.external_id
@@ -159,6 +163,7 @@ pub(super) async fn lock_existing(
                     metadata: r.get(5),
                     file_name: r.get(6),
                     asset_key: r.get(7),
+                    damaged: r.get(8),
                 },
             )
         })
@@ -202,6 +207,7 @@ impl Writes {
                     metadata: item.metadata.clone(),
                     file_name: item.file_name.clone(),
                     asset_key: asset.key.clone(),
+                    damaged: false,
                 },
             );
             self.inserts
@@ -212,7 +218,20 @@ impl Writes {
                 ..EntryChange::new(ItemState::Imported)
             };
         };
-        let same_bytes = asset.is_none_or(|a| entry.sha256 == a.sha256);
+        if entry.damaged && asset.is_none() {
+            // A 304 or a checksum match that was decided before the entry was marked: the
+            // stored copy is not there to keep.
+            return EntryChange {
+                reason: Some(
+                    "the stored file was found damaged while this video was on its way, so it \
+                     was not downloaded again; import it again"
+                        .into(),
+                ),
+                ..EntryChange::new(ItemState::Failed)
+            };
+        }
+        // A damaged entry takes the new download even when its bytes are the same.
+        let same_bytes = !entry.damaged && asset.is_none_or(|a| entry.sha256 == a.sha256);
         let same_metadata = entry.metadata == item.metadata && entry.file_name == item.file_name;
         if same_bytes && same_metadata {
             return EntryChange {
@@ -226,6 +245,7 @@ impl Writes {
         entry.file_name = item.file_name.clone();
         let replaced_key = new_asset.as_ref().map(|a| {
             entry.sha256 = a.sha256.clone();
+            entry.damaged = false;
             std::mem::replace(&mut entry.asset_key, a.key.clone())
         });
         self.updates
@@ -371,11 +391,24 @@ pub struct EntryRecord {
     pub original_url: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Set while its stored object is marked damaged.
+    pub damage: Option<Damage>,
+}
+
+/// Why an entry is marked damaged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Damage {
+    pub kind: DamageKind,
+    /// What was expected and what was found, e.g. `wrong size: expected 2815 bytes, found 1000`.
+    pub description: String,
+    /// When the verifier first found it.
+    pub found_at: DateTime<Utc>,
 }
 
 const ENTRY_COLUMNS: &str = "id, version, system_name, external_id, file_name, metadata,
     original_url, created_at, updated_at, asset_key, asset_size, mime_type, sha256, source_etag,
-    source_last_modified, duration_seconds, width, height, video_codec, md5";
+    source_last_modified, duration_seconds, width, height, video_codec, md5, damaged_at,
+    damage_kind, damage";
 
 impl EntryRecord {
     fn from_row(row: &Row) -> Self {
@@ -404,6 +437,15 @@ impl EntryRecord {
                 codec: row.get(18),
                 md5: row.get(19),
             },
+            damage: row
+                .get::<_, Option<DateTime<Utc>>>(20)
+                .map(|found_at| Damage {
+                    found_at,
+                    kind: row
+                        .get::<_, Option<DamageKind>>(21)
+                        .unwrap_or(DamageKind::Missing),
+                    description: row.get::<_, Option<String>>(22).unwrap_or_default(),
+                }),
         }
     }
 }
@@ -425,7 +467,7 @@ pub async fn find(
 }
 
 /// The SHA-256 and MD5 of the file of the project's entry (`systemName`, `externalId`), if
-/// there is one.
+/// there is one and it is not marked damaged (a damaged file is no reason to skip).
 pub async fn stored_hashes(
     client: &impl GenericClient,
     project_id: i64,
@@ -435,7 +477,8 @@ pub async fn stored_hashes(
     let statement = client
         .prepare_cached(
             "SELECT sha256, md5 FROM media_entries
-             WHERE project_id = $1 AND system_name = $2 AND external_id = $3",
+             WHERE project_id = $1 AND system_name = $2 AND external_id = $3
+                 AND damaged_at IS NULL",
         )
         .await
         .context("preparing the stored-hash look")?;
@@ -464,4 +507,57 @@ pub async fn find_by_external_id(
         .await
         .context("looking up the entry")?;
     Ok(rows.iter().map(EntryRecord::from_row).collect())
+}
+
+/// Marks entry `id` damaged, if it still points at `key` (a re-import that replaced the
+/// object meanwhile leaves it alone): its next import downloads again, with no conditional
+/// request, no "already exists" and no checksum-match skip. The first finding's time is
+/// kept; the kind and description are the latest. Returns whether the entry was marked.
+pub async fn mark_damaged(
+    client: &impl GenericClient,
+    id: &str,
+    key: &str,
+    kind: DamageKind,
+    description: &str,
+) -> anyhow::Result<bool> {
+    let changed = client
+        .execute(
+            "UPDATE media_entries SET damaged_at = coalesce(damaged_at, now()),
+                 damage_kind = $3, damage = $4
+             WHERE id = $1 AND asset_key = $2",
+            &[&id, &key, &kind, &description],
+        )
+        .await
+        .context("marking the entry damaged")?;
+    Ok(changed == 1)
+}
+
+/// Clears the damage mark of entry `id` if it still points at `key` (its object was read
+/// again and found whole). Returns whether a mark was cleared.
+pub async fn clear_damage(
+    client: &impl GenericClient,
+    id: &str,
+    key: &str,
+) -> anyhow::Result<bool> {
+    let changed = client
+        .execute(
+            "UPDATE media_entries SET damaged_at = NULL, damage_kind = NULL, damage = NULL
+             WHERE id = $1 AND asset_key = $2 AND damaged_at IS NOT NULL",
+            &[&id, &key],
+        )
+        .await
+        .context("clearing the entry's damage mark")?;
+    Ok(changed == 1)
+}
+
+/// How many entries are marked damaged now (a small partial index holds them).
+pub async fn damaged_count(client: &impl GenericClient) -> anyhow::Result<i64> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM media_entries WHERE damaged_at IS NOT NULL",
+            &[],
+        )
+        .await
+        .context("counting the damaged entries")?
+        .get(0))
 }

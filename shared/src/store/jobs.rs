@@ -31,8 +31,9 @@ pub struct NewJob<'a> {
     pub webhook: Option<&'a str>,
     /// The caller's context, byte for byte.
     pub context: Option<&'a str>,
-    /// The W3C trace id every message and log line about the job carries.
-    pub trace_id: Option<&'a str>,
+    /// The span that accepted it: its trace id is the job's, which every message and log
+    /// line about the job carries; the job's first messages are its children.
+    pub trace: Option<&'a crate::trace::TraceParent>,
     /// The job whose failed videos this one retries.
     pub retry_of: Option<&'a str>,
     pub videos: &'a [NewVideo],
@@ -54,7 +55,7 @@ pub async fn insert(tx: &Transaction<'_>, job: &NewJob<'_>) -> anyhow::Result<()
             &job.context,
             &JobState::Started,
             &total,
-            &job.trace_id,
+            &job.trace.map(|t| t.trace_id.as_str()),
             &job.retry_of,
         ],
     )
@@ -94,7 +95,7 @@ pub async fn insert(tx: &Transaction<'_>, job: &NewJob<'_>) -> anyhow::Result<()
     )
     .await
     .context("inserting the job's items")?;
-    let traceparent = job.trace_id.and_then(crate::trace::header_for);
+    let traceparent = job.trace.map(crate::trace::TraceParent::header);
     dispatch::insert(
         tx,
         job.id,

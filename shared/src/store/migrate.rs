@@ -22,6 +22,8 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (12, include_str!("migrations/0012_webhook_rounds.sql")),
     (13, include_str!("migrations/0013_retry_of.sql")),
     (14, include_str!("migrations/0014_checksums.sql")),
+    (15, include_str!("migrations/0015_sources.sql")),
+    (16, include_str!("migrations/0016_storage_verify.sql")),
 ];
 
 /// Migrations after which a binary that does not know them can no longer run (they drop or
@@ -36,6 +38,12 @@ const MIGRATION_LOCK: i64 = 0x7669_6465_6f5f_696d;
 /// The newest migration's version: what a database is at once `migrate` has run.
 pub fn latest() -> i32 {
     MIGRATIONS.last().map_or(0, |(version, _)| *version)
+}
+
+/// Every migration's version, in the order they apply (numbers may have gaps while
+/// branches that took a number are still to be merged).
+pub fn versions() -> Vec<i32> {
+    MIGRATIONS.iter().map(|(version, _)| *version).collect()
 }
 
 /// Applies pending migrations and returns their versions; safe when several processes run

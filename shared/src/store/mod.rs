@@ -7,7 +7,8 @@
 //!   into each;
 //! - [`model`]: `Item` and `Validators`, the values the modules below pass each other;
 //! - [`migrate`]: the embedded migrations (`migrations/`);
-//! - [`projects`], [`tokens`]: administration and authentication;
+//! - [`projects`], [`tokens`]: administration and authentication; [`sources`]: source
+//!   rules (credentials per URL prefix or bucket, their secrets sealed);
 //! - [`jobs`]: accepting a batch, counting finished videos and finishing the job, reading,
 //!   listing and cancelling jobs;
 //! - [`idempotency`]: Idempotency-Key claims; [`usage`]: the daily-limit window;
@@ -17,7 +18,8 @@
 //! - [`outcomes`]: the worker's group commit of finished videos;
 //! - [`webhooks`]: deliveries, their rounds and attempts, held deliveries;
 //! - [`outbox`]: messages written with the state they announce;
-//! - [`backlog`]: how much work of each kind waits; [`locks`]: one-at-a-time work.
+//! - [`backlog`]: how much work of each kind waits; [`locks`]: one-at-a-time work;
+//! - [`verify`]: the entries the storage verifier reads, and where it got to.
 
 pub mod backlog;
 pub mod dispatch;
@@ -31,10 +33,12 @@ pub mod model;
 pub mod outbox;
 pub mod outcomes;
 pub mod projects;
+pub mod sources;
 pub mod states;
 pub mod tokens;
 pub mod usage;
+pub mod verify;
 pub mod webhooks;
 
 pub use model::{Checksum, Item, Validators};
-pub use states::{ItemState, JobState, UnknownState, Waiting, WebhookState};
+pub use states::{DamageKind, ItemState, JobState, UnknownState, Waiting, WebhookState};

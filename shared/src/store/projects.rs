@@ -103,3 +103,12 @@ pub async fn limits(client: &impl GenericClient, id: i64) -> anyhow::Result<Limi
         metadata_schema: row.get(1),
     })
 }
+
+/// The id of the project with this handle, if there is one.
+pub async fn id_of(client: &impl GenericClient, handle: &str) -> anyhow::Result<Option<i64>> {
+    let row = client
+        .query_opt("SELECT id FROM projects WHERE handle = $1", &[&handle])
+        .await
+        .context("looking up the project")?;
+    Ok(row.map(|r| r.get(0)))
+}

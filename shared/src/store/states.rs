@@ -178,6 +178,27 @@ impl Waiting {
     }
 }
 
+/// What re-reading an entry's stored object found wrong with it (`damage_kind` of a
+/// marked entry). Set by the verifier (`storage verify`, or a worker with
+/// `storage.verify_rate_mib`) through `entries::mark_damaged`; cleared with the rest of the
+/// mark by a re-import that stores the file again, or a re-verification that finds it fine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DamageKind {
+    /// No object at the entry's key.
+    Missing,
+    /// The object's size is not the entry's.
+    WrongSize,
+    /// The object's SHA-256 (or MD5) is not the entry's.
+    WrongHash,
+}
+
+state_enum!(DamageKind, "damage", {
+    Missing => "missing",
+    WrongSize => "wrong_size",
+    WrongHash => "wrong_hash",
+});
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +210,13 @@ mod tests {
             assert_eq!(
                 serde_json::to_value(state).unwrap(),
                 serde_json::json!(state.as_str())
+            );
+        }
+        for kind in DamageKind::ALL {
+            assert_eq!(kind.as_str().parse::<DamageKind>().unwrap(), *kind);
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::json!(kind.as_str())
             );
         }
         for state in JobState::ALL {

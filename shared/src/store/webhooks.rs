@@ -27,6 +27,9 @@ pub struct RoundStarted {
     pub url: String,
     /// The job's W3C trace id.
     pub trace_id: Option<String>,
+    /// The `traceparent` of the span whose work started the round (the video that finished
+    /// the job), parent of its first attempt; `None`: a new child of the job's trace.
+    pub traceparent: Option<String>,
 }
 
 /// Creates the `pending` delivery of a job that just finished, in round 1. Returns the round
@@ -75,6 +78,7 @@ pub async fn create(
         attempt: 1,
         url: url.to_string(),
         trace_id: trace_id.map(str::to_string),
+        traceparent: None,
     }))
 }
 
@@ -112,6 +116,7 @@ pub async fn redeliver(tx: &Transaction<'_>, job_id: &str) -> anyhow::Result<Red
             attempt: attempts as u32 + 1,
             url: row.get(2),
             trace_id: row.get(4),
+            traceparent: None,
         },
     })
 }

@@ -434,7 +434,7 @@ async fn invalid_batches_are_rejected_with_the_field_and_nothing_is_stored() {
         (json!({"systemName": "a", "videos": [{"url": ok, "id": "a", "metadata": {}}]}).to_string(), "videos[0].fileName", "is required"),
         (json!({"systemName": "a", "videos": [v(ok, "a"), {"url": ok, "id": 5, "fileName": "f", "metadata": {}}]}).to_string(), "videos[1].id", "must be a string"),
         (json!({"systemName": "a", "videos": [v(ok, "a"), v("data:video/mp4;base64,AAAA", "b")]}).to_string(), "videos[1].url", "data: URLs are not allowed"),
-        (json!({"systemName": "a", "videos": [v("ftp://archive.example/v.mp4", "a")]}).to_string(), "videos[0].url", "http or https"),
+        (json!({"systemName": "a", "videos": [v("ftp://archive.example/v.mp4", "a")]}).to_string(), "videos[0].url", "http, https or s3"),
         (json!({"systemName": "a", "videos": [v("not a url", "a")]}).to_string(), "videos[0].url", "is not a valid URL"),
         (json!({"systemName": "a", "videos": [v(ok, "a"), v(ok, "b"), v(ok, "a")]}).to_string(), "videos[2].id", "duplicates videos[0].id"),
         (json!({"systemName": "a", "videos": []}).to_string(), "videos", "at least one"),
@@ -741,7 +741,8 @@ async fn migrate_is_idempotent_when_run_concurrently() {
     let (applied, newest) = (rows[0].get::<_, i64>(0), rows[0].get::<_, i64>(1));
     let latest = i64::from(video_import_shared::store::migrate::latest());
     assert_eq!(newest, latest, "every migration ran");
-    assert_eq!(applied, newest, "each migration applied once");
+    let known = video_import_shared::store::migrate::versions().len() as i64;
+    assert_eq!(applied, known, "each migration applied once");
     stack.finish().await;
 }
 

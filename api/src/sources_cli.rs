@@ -1,0 +1,415 @@
+//! `source add|list|remove` (credentials per project and URL prefix or bucket) and
+//! `secrets rotate|new-key` (the key that encrypts them). Everything prints JSON; nothing
+//! prints a secret.
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use serde_json::{json, Value};
+use video_import_shared::config::Settings;
+use video_import_shared::db;
+use video_import_shared::netguard::AddressPolicy;
+use video_import_shared::secrets::{Hidden, Keyring, SecretKey};
+use video_import_shared::sources::{self, Prefix, RuleSecrets, SourceKind};
+use video_import_shared::store::sources::{self as store, Added, NewRule, RuleRow, S3Location};
+
+/// Source rules: the credentials a project's videos are fetched with.
+#[derive(Debug, Subcommand)]
+pub enum SourceCommand {
+    /// Fetch the project's URLs under PREFIX with these headers, basic auth or S3 keys
+    /// (encrypted at rest with secrets.key; the longest matching prefix wins).
+    Add {
+        #[arg(long)]
+        project: String,
+        /// https://host[:port]/path/, http://… (with --allow-http) or s3://bucket/[prefix].
+        #[arg(long)]
+        prefix: String,
+        /// A header sent with every request to the prefix's origin, as 'NAME: VALUE';
+        /// repeatable.
+        #[arg(long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
+        /// Basic auth, as USER:PASSWORD.
+        #[arg(long, value_name = "USER:PASSWORD")]
+        basic: Option<String>,
+        /// Let the credentials go over plain http (an http:// prefix needs it).
+        #[arg(long)]
+        allow_http: bool,
+        /// The bucket's region (s3:// prefixes).
+        #[arg(long)]
+        s3_region: Option<String>,
+        /// An S3-compatible endpoint, https://host[:port] (AWS's own without it).
+        #[arg(long)]
+        s3_endpoint: Option<String>,
+        #[arg(long)]
+        s3_access_key_id: Option<String>,
+        #[arg(long)]
+        s3_secret_access_key: Option<String>,
+        /// Replace the project's rule of the same prefix (keeping its id) instead of refusing.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List a project's rules: ids, prefixes, header names; never a secret.
+    List {
+        #[arg(long)]
+        project: String,
+    },
+    /// Remove a rule by the id `source list` shows.
+    Remove { id: i64 },
+}
+
+/// The encryption key of secrets at rest.
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Encrypt every stored secret again with secrets.key (opening each with secrets.key or
+    /// secrets.previous_keys); afterwards the previous keys are no longer needed.
+    Rotate,
+    /// Print a new random key for secrets.key.
+    NewKey,
+}
+
+/// Runs a `source` command.
+pub async fn source(command: SourceCommand, settings: &Settings) -> anyhow::Result<()> {
+    match command {
+        SourceCommand::Add {
+            project,
+            prefix,
+            headers,
+            basic,
+            allow_http,
+            s3_region,
+            s3_endpoint,
+            s3_access_key_id,
+            s3_secret_access_key,
+            replace,
+        } => {
+            let s3 = S3Options {
+                region: s3_region,
+                endpoint: s3_endpoint,
+                access_key_id: s3_access_key_id,
+                secret_access_key: s3_secret_access_key,
+            };
+            let rule = checked_rule(
+                &prefix,
+                &headers,
+                basic.as_deref(),
+                allow_http,
+                s3,
+                settings,
+            )?;
+            let keys = Keyring::from_settings(&settings.secrets);
+            if keys.current_id().is_none() {
+                bail!("{}", video_import_shared::secrets::SecretsError::NoKey);
+            }
+            let pool = db::connect_migrated(&settings.database).await?;
+            let client = pool.get().await?;
+            let Some(project_id) = store::project_id(&client, &project).await? else {
+                bail!("no project {project:?}; create it with `video-import-api project create {project}`");
+            };
+            let sealed = rule.secrets.seal(&keys, project_id, rule.prefix.as_str())?;
+            let new = NewRule {
+                prefix: rule.prefix.as_str(),
+                kind: rule.prefix.kind().as_str(),
+                allow_http: rule.allow_http,
+                header_names: &rule.header_names,
+                basic_auth: rule.secrets.basic.is_some(),
+                s3: rule.s3.as_ref(),
+                sealed: &sealed,
+            };
+            let (id, replaced) = match store::add(&client, project_id, &new, replace).await? {
+                Added::Created(id) => (id, false),
+                Added::Replaced(id) => (id, true),
+                Added::Exists(id) => bail!(
+                    "project {project:?} has a rule for {} already (id {id}); add --replace to \
+                     replace it, or `video-import-api source remove {id}` first",
+                    rule.prefix
+                ),
+            };
+            let rows = store::of_project(&client, project_id).await?;
+            let row = rows
+                .iter()
+                .find(|r| r.id == id)
+                .context("the rule just stored")?;
+            let mut shown = shown(&project, row);
+            shown["replaced"] = json!(replaced);
+            println!("{shown}");
+            Ok(())
+        }
+        SourceCommand::List { project } => {
+            let pool = db::connect_migrated(&settings.database).await?;
+            let client = pool.get().await?;
+            let Some(rows) = store::list(&client, &project).await? else {
+                bail!("no project {project:?}");
+            };
+            let rules: Vec<Value> = rows.iter().map(|r| shown(&project, r)).collect();
+            println!("{}", Value::Array(rules));
+            Ok(())
+        }
+        SourceCommand::Remove { id } => {
+            let pool = db::connect_migrated(&settings.database).await?;
+            let client = pool.get().await?;
+            if !store::remove(&client, id).await? {
+                bail!("no source rule with id {id}; `source list --project HANDLE` shows the ids");
+            }
+            println!("{}", json!({"id": id, "removed": true}));
+            Ok(())
+        }
+    }
+}
+
+/// A rule as commands show it: everything but its secrets.
+fn shown(project: &str, row: &RuleRow) -> Value {
+    json!({
+        "id": row.id,
+        "project": project,
+        "prefix": row.prefix,
+        "kind": row.kind,
+        "headers": row.header_names,
+        "basicAuth": row.basic_auth,
+        "allowHttp": row.allow_http,
+        "s3": row.s3.as_ref().map(|s3| json!({
+            "region": s3.region,
+            "endpoint": s3.endpoint,
+            "accessKeyId": s3.access_key_id,
+        })),
+        "keyId": row.sealed.key_id,
+        "createdAt": row.created_at,
+        "updatedAt": row.updated_at,
+    })
+}
+
+/// The `--s3-*` options as given.
+struct S3Options {
+    region: Option<String>,
+    endpoint: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+}
+
+/// A rule that passed every check, its secrets still in clear.
+struct CheckedRule {
+    prefix: Prefix,
+    allow_http: bool,
+    header_names: Vec<String>,
+    s3: Option<S3Location>,
+    secrets: RuleSecrets,
+}
+
+/// Checks the options of `source add` (every problem at once); an S3 endpoint is checked
+/// against `fetch.allowed_networks` as the worker will check it.
+fn checked_rule(
+    prefix: &str,
+    headers: &[String],
+    basic: Option<&str>,
+    allow_http: bool,
+    s3: S3Options,
+    settings: &Settings,
+) -> anyhow::Result<CheckedRule> {
+    let mut problems: Vec<String> = Vec::new();
+    let prefix = match Prefix::parse(prefix) {
+        Ok(prefix) => Some(prefix),
+        Err(why) => {
+            problems.push(format!("--prefix {why}"));
+            None
+        }
+    };
+    let kind = prefix.as_ref().map(Prefix::kind);
+    let mut secrets = RuleSecrets::default();
+    let mut header_names = Vec::new();
+    if headers.len() > sources::MAX_HEADERS {
+        problems.push(format!(
+            "--header is given {} times; a rule sends at most {}",
+            headers.len(),
+            sources::MAX_HEADERS
+        ));
+    }
+    for header in headers {
+        match sources::parse_header(header) {
+            Ok((name, value)) => {
+                if header_names
+                    .iter()
+                    .any(|n: &String| n.eq_ignore_ascii_case(&name))
+                {
+                    problems.push(format!("--header {name} is given twice"));
+                }
+                header_names.push(name.clone());
+                secrets.headers.push((name, Hidden(value)));
+            }
+            Err(why) => problems.push(format!("--header: {why}")),
+        }
+    }
+    if let Some(basic) = basic {
+        match sources::parse_basic(basic) {
+            Ok((user, password)) => secrets.basic = Some((Hidden(user), Hidden(password))),
+            Err(why) => problems.push(format!("--basic: {why}")),
+        }
+        if header_names
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case("authorization"))
+        {
+            problems.push(
+                "--basic and --header 'Authorization: …' both set Authorization; give one".into(),
+            );
+        }
+    }
+    let s3_given = s3.region.is_some()
+        || s3.endpoint.is_some()
+        || s3.access_key_id.is_some()
+        || s3.secret_access_key.is_some();
+    let mut location = None;
+    match kind {
+        Some(SourceKind::Http) => {
+            if s3_given {
+                problems.push("--s3-* options are for s3:// prefixes".into());
+            }
+            if headers.is_empty() && basic.is_none() {
+                problems.push(
+                    "give what to send: --header 'NAME: VALUE' or --basic USER:PASSWORD".into(),
+                );
+            }
+            let prefix = prefix.as_ref().expect("parsed");
+            if prefix.scheme() == "http" && !allow_http {
+                problems.push(format!(
+                    "--prefix {prefix} is plain http: the credentials would cross the network \
+                     readable by anyone on the way; use the https:// prefix, or add --allow-http \
+                     if the network is trusted"
+                ));
+            }
+        }
+        Some(SourceKind::S3) => {
+            if !headers.is_empty() || basic.is_some() {
+                problems.push("--header and --basic are for http(s) prefixes; an s3:// rule takes --s3-access-key-id and --s3-secret-access-key".into());
+            }
+            if allow_http {
+                problems.push("--allow-http is for http:// prefixes; an s3:// rule uses plain http only when its --s3-endpoint is http://".into());
+            }
+            let region = s3.region.unwrap_or_default();
+            if region.is_empty()
+                || region.len() > 64
+                || !region
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                problems.push("--s3-region is required: the bucket's region, such as eu-central-1 (us-east-1 for most S3-compatible stores)".into());
+            }
+            let access_key_id = s3.access_key_id.unwrap_or_default();
+            if access_key_id.is_empty()
+                || access_key_id.len() > 256
+                || access_key_id
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace())
+            {
+                problems.push("--s3-access-key-id is required: the key id, without spaces".into());
+            }
+            match s3.secret_access_key {
+                Some(secret)
+                    if !secret.is_empty()
+                        && secret.len() <= 1024
+                        && !secret.chars().any(char::is_control) =>
+                {
+                    secrets.s3_secret_access_key = Some(Hidden(secret));
+                }
+                _ => problems
+                    .push("--s3-secret-access-key is required: the secret key, on one line".into()),
+            }
+            let endpoint = match s3.endpoint {
+                None => None,
+                Some(text) => match url::Url::parse(text.trim()) {
+                    Err(e) => {
+                        problems.push(format!(
+                            "--s3-endpoint is not a URL ({e}); give https://HOST[:PORT]"
+                        ));
+                        None
+                    }
+                    Ok(url) => {
+                        let policy = AddressPolicy::new(
+                            settings.fetch.allow_private_networks,
+                            &settings.fetch.allowed_networks,
+                        )
+                        .via_proxy("fetch", settings.fetch.proxy.as_ref());
+                        if let Err(why) = policy.check_endpoint(&url) {
+                            problems.push(format!("--s3-endpoint {why}"));
+                        }
+                        Some(url.as_str().trim_end_matches('/').to_string())
+                    }
+                },
+            };
+            location = Some(S3Location {
+                region,
+                endpoint,
+                access_key_id,
+            });
+        }
+        None => {}
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("; "));
+    }
+    Ok(CheckedRule {
+        prefix: prefix.expect("parsed"),
+        allow_http,
+        header_names,
+        s3: location,
+        secrets,
+    })
+}
+
+/// Runs a `secrets` command.
+pub async fn secrets(command: SecretsCommand, settings: &Settings) -> anyhow::Result<()> {
+    match command {
+        SecretsCommand::NewKey => {
+            let key = SecretKey::generate();
+            println!(
+                "{}",
+                json!({"key": key.to_base64(), "keyId": key.id(),
+                       "use": "set it as secrets.key (VIDEO_IMPORT__SECRETS__KEY) on the API and every worker"})
+            );
+            Ok(())
+        }
+        SecretsCommand::Rotate => {
+            let keys = Keyring::from_settings(&settings.secrets);
+            let Some(current) = keys.current_id().map(str::to_string) else {
+                bail!("{}", video_import_shared::secrets::SecretsError::NoKey);
+            };
+            let pool = db::connect_migrated(&settings.database).await?;
+            let client = pool.get().await?;
+            let (mut reencrypted, mut current_already) = (0, 0);
+            let mut failed = Vec::new();
+            for row in store::all(&client).await? {
+                if keys.is_current(&row.sealed) {
+                    current_already += 1;
+                    continue;
+                }
+                let resealed = RuleSecrets::open(&keys, row.project_id, &row.prefix, &row.sealed)
+                    .and_then(|secrets| secrets.seal(&keys, row.project_id, &row.prefix));
+                match resealed {
+                    Ok(new) => {
+                        if store::reseal(&client, row.id, &row.sealed, &new).await? {
+                            reencrypted += 1;
+                        } else {
+                            failed.push(json!({"id": row.id, "reason": "changed while rotating; run the command again"}));
+                        }
+                    }
+                    Err(e) => failed.push(json!({"id": row.id, "reason": e.to_string()})),
+                }
+            }
+            let by_key: serde_json::Map<String, Value> = store::key_ids(&client)
+                .await?
+                .into_iter()
+                .map(|(id, count)| (id, json!(count)))
+                .collect();
+            let previous_needed = by_key.keys().any(|id| *id != current);
+            println!(
+                "{}",
+                json!({"keyId": current, "reencrypted": reencrypted,
+                       "alreadyCurrent": current_already, "failed": failed,
+                       "rulesByKey": by_key, "previousKeysNeeded": previous_needed})
+            );
+            if !failed.is_empty() {
+                bail!(
+                    "{} rule(s) could not be encrypted again (see \"failed\"); the previous keys are still needed",
+                    failed.len()
+                );
+            }
+            Ok(())
+        }
+    }
+}
