@@ -1,6 +1,7 @@
 //! What every request handler shares: the pool, the outbox relay, settings, compiled
 //! metadata schemas, the rate limiter, the API's metrics (`metrics`) and the asset storage.
 
+use crate::single_flight::SingleFlight;
 use std::sync::Arc;
 
 use deadpool_postgres::Pool;
@@ -32,4 +33,6 @@ pub struct AppState {
     pub targets: Arc<Targets>,
     /// Where the workers store videos, for reading them back.
     pub storage: Storage,
+    /// Status fingerprints read once for all the polls that arrive while one is read.
+    pub fingerprints: Arc<SingleFlight<(i64, String), Option<String>>>,
 }
