@@ -152,6 +152,7 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         targets,
         storage,
         fingerprints: Arc::default(),
+        grants: Arc::default(),
     };
     let ops = Ops {
         pool: service.pool.clone(),

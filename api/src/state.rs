@@ -3,6 +3,7 @@
 
 use crate::single_flight::SingleFlight;
 use std::sync::Arc;
+use video_import_shared::store::tokens::TokenGrant;
 
 use deadpool_postgres::Pool;
 use video_import_shared::config::Settings;
@@ -35,4 +36,6 @@ pub struct AppState {
     pub storage: Storage,
     /// Status fingerprints read once for all the polls that arrive while one is read.
     pub fingerprints: Arc<SingleFlight<(i64, String), Option<String>>>,
+    /// Token lookups, likewise, by token hash.
+    pub grants: Arc<SingleFlight<String, Option<TokenGrant>>>,
 }

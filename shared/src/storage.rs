@@ -322,7 +322,12 @@ fn create_new(
     path: &std::path::Path,
     created_folder: &mut bool,
 ) -> std::io::Result<std::fs::File> {
-    let open = || std::fs::OpenOptions::new().write(true).create_new(true).open(path);
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+    };
     match open() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let parent = path.parent().unwrap_or(root);

@@ -244,7 +244,12 @@ async fn a_database_from_the_first_release_upgrades_with_every_row_intact() {
     }
     // The tables added since are empty: nothing from the old release belongs there (the old
     // release queued its pending videos in the outbox, not in `dispatch`).
-    for table in ["idempotency_keys", "dispatch", "source_rules", "storage_verify"] {
+    for table in [
+        "idempotency_keys",
+        "dispatch",
+        "source_rules",
+        "storage_verify",
+    ] {
         assert!(rows(&client, table, "1").await.is_empty(), "{table}");
     }
     let indexes: BTreeSet<String> = client
