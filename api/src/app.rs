@@ -151,6 +151,8 @@ pub async fn serve(settings: Settings) -> anyhow::Result<()> {
         schemas: Arc::new(Schemas::default()),
         targets,
         storage,
+        fingerprints: Arc::default(),
+        grants: Arc::default(),
     };
     let ops = Ops {
         pool: service.pool.clone(),

@@ -64,8 +64,26 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or(ApiError::Unauthorized(
                 "Send the access token as 'Authorization: Bearer <token>'.",
             ))?;
-        let client = state.pool.get().await?;
-        let Some(grant) = tokens::find(&client, &hash_token(token)).await? else {
+        // Requests with one token that arrive together (a client's pollers) share one
+        // lookup; a revocation holds for every request after the lookups under way when it
+        // committed (milliseconds), as nothing is kept beyond a lookup.
+        let hash = hash_token(token);
+        let shared = state
+            .grants
+            .run(hash.clone(), || {
+                let (pool, hash) = (state.pool.clone(), hash.clone());
+                async move {
+                    let client = pool.get().await.ok()?;
+                    tokens::find(&client, &hash).await.ok()
+                }
+            })
+            .await;
+        let found = match shared {
+            Some(found) => found,
+            // The shared lookup failed: look up here, for an error that says why.
+            None => tokens::find(&state.pool.get().await?, &hash).await?,
+        };
+        let Some(grant) = found else {
             return Err(ApiError::Unauthorized("The access token is invalid."));
         };
         if grant.expired {

@@ -1,7 +1,9 @@
 //! What every request handler shares: the pool, the outbox relay, settings, compiled
 //! metadata schemas, the rate limiter, the API's metrics (`metrics`) and the asset storage.
 
+use crate::single_flight::SingleFlight;
 use std::sync::Arc;
+use video_import_shared::store::tokens::TokenGrant;
 
 use deadpool_postgres::Pool;
 use video_import_shared::config::Settings;
@@ -32,4 +34,8 @@ pub struct AppState {
     pub targets: Arc<Targets>,
     /// Where the workers store videos, for reading them back.
     pub storage: Storage,
+    /// Status fingerprints read once for all the polls that arrive while one is read.
+    pub fingerprints: Arc<SingleFlight<(i64, String), Option<String>>>,
+    /// Token lookups, likewise, by token hash.
+    pub grants: Arc<SingleFlight<String, Option<TokenGrant>>>,
 }

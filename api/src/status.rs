@@ -89,16 +89,29 @@ pub async fn show(
         .filter(|id| !id.is_empty())
         .ok_or_else(|| ApiError::invalid("id", "is required: pass ?id=<job id>"))?;
     let not_found = || ApiError::NotFound(format!("No import job with id {id:?}."));
-    let client = state.pool.get().await?;
     // Read before the status: a change in between makes the next poll a 200, never a
-    // wrong 304.
-    let etag = jobs::fingerprint(&client, caller.project_id, &id)
-        .await?
-        .map(|f| ETag::weak(&f))
-        .ok_or_else(not_found)?;
+    // wrong 304. Polls of one job that arrive together share one read.
+    let project_id = caller.project_id;
+    let shared = state
+        .fingerprints
+        .run((project_id, id.clone()), || {
+            let (pool, id) = (state.pool.clone(), id.clone());
+            async move {
+                let client = pool.get().await.ok()?;
+                jobs::fingerprint(&client, project_id, &id).await.ok()
+            }
+        })
+        .await;
+    let fingerprint = match shared {
+        Some(fingerprint) => fingerprint,
+        // The shared read failed: read again here, for an error that says why.
+        None => jobs::fingerprint(&state.pool.get().await?, project_id, &id).await?,
+    };
+    let etag = fingerprint.map(|f| ETag::weak(&f)).ok_or_else(not_found)?;
     if etag.is_fresh_for(&headers) {
         return Ok(etag.not_modified());
     }
+    let client = state.pool.get().await?;
     let Some((job, delivery)) = jobs::find(&client, caller.project_id, &id).await? else {
         return Err(not_found());
     };

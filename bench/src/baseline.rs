@@ -224,3 +224,83 @@ pub fn curl_with(url: &str, out: &std::path::Path, headers: &[&str]) -> anyhow::
     std::fs::remove_file(out)?;
     Ok(rate)
 }
+
+/// A raw baseline measured before and after a scenario, each time after a `CHECKPOINT`, so
+/// that a machine whose speed drifts during the run (another process, PostgreSQL's own
+/// background writes) shows as a spread between the two instead of moving the ratio.
+#[derive(Debug, Clone, Copy)]
+pub struct Bracket {
+    pub before: f64,
+    pub after: f64,
+}
+
+impl Bracket {
+    /// The mean of both measurements: what a scenario's figure is compared with.
+    pub fn mean(&self) -> f64 {
+        (self.before + self.after) / 2.0
+    }
+
+    /// `before / after (mean M) unit`, rounded for a table.
+    pub fn describe(&self, unit: &str) -> String {
+        format!(
+            "{:.0} before, {:.0} after (mean {:.0}) {unit}",
+            self.before,
+            self.after,
+            self.mean()
+        )
+    }
+}
+
+/// Writes every dirty page of the machine's PostgreSQL to disk, so that the next
+/// measurement does not pay for the previous one's writes.
+pub fn checkpoint() -> anyhow::Result<()> {
+    psql(None, "CHECKPOINT")
+}
+
+/// [`minimal_pgbench`] after a checkpoint.
+pub async fn minimal_after_checkpoint() -> anyhow::Result<f64> {
+    checkpoint()?;
+    minimal_pgbench().await
+}
+
+/// Bytes per second of `curl --parallel` fetching every `(url, file name)` into `dir` with
+/// at most `concurrency` transfers at once, then syncing every file to disk (`sync FILE…`,
+/// one fsync each): the raw limit of downloading the same files into the same filesystem
+/// durably. The files are removed afterwards.
+pub fn curl_parallel(
+    files: &[(String, String)],
+    dir: &std::path::Path,
+    concurrency: usize,
+) -> anyhow::Result<f64> {
+    std::fs::create_dir_all(dir)?;
+    let config = dir.join("curl.config");
+    let mut text = String::new();
+    for (url, name) in files {
+        text.push_str(&format!(
+            "url = \"{url}\"\noutput = \"{}\"\n",
+            dir.join(name).display()
+        ));
+    }
+    std::fs::write(&config, text)?;
+    let started = Instant::now();
+    let status = Command::new("curl")
+        .args(["-s", "-f", "--parallel", "--parallel-max"])
+        .arg(concurrency.to_string())
+        .arg("-K")
+        .arg(&config)
+        .status()?;
+    anyhow::ensure!(status.success(), "curl --parallel failed: {status}");
+    let paths: Vec<std::path::PathBuf> = files.iter().map(|(_, n)| dir.join(n)).collect();
+    for chunk in paths.chunks(500) {
+        let status = Command::new("sync").args(chunk).status()?;
+        anyhow::ensure!(status.success(), "sync failed: {status}");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut bytes = 0;
+    for path in &paths {
+        bytes += std::fs::metadata(path)?.len();
+        std::fs::remove_file(path)?;
+    }
+    std::fs::remove_file(&config)?;
+    Ok(bytes as f64 / elapsed)
+}

@@ -4,9 +4,11 @@
 //!
 //! Run: `cargo build --release --workspace --bins && target/release/video-import-bench [SCENARIO…]`
 //! with SCENARIO among e2e, accept, large, latency, webhooks, importer, archive, fair, polite,
-//! retention (default: all).
+//! retention, growth, disk, polling, fair-growth (default: all).
 
 mod baseline;
+mod disk;
+mod polling;
 mod retention;
 mod scale;
 mod scenarios;
@@ -18,7 +20,7 @@ use clap::Parser;
 #[derive(Parser)]
 struct Cli {
     /// Scenarios to run: e2e, accept, large, latency, webhooks, importer, archive, fair,
-    /// polite, retention (default: all).
+    /// polite, retention, growth, disk, polling, fair-growth (default: all).
     scenarios: Vec<String>,
     /// Old finished videos the retention scenario loads and prunes.
     #[arg(long, default_value_t = 2_000_000)]
@@ -52,6 +54,10 @@ async fn main() -> anyhow::Result<()> {
         "fair",
         "polite",
         "retention",
+        "growth",
+        "disk",
+        "polling",
+        "fair-growth",
     ];
     let chosen: Vec<String> = if cli.scenarios.is_empty() {
         all.iter().map(|s| s.to_string()).collect()
@@ -77,7 +83,16 @@ async fn main() -> anyhow::Result<()> {
             "fair" => scale::fairness().await,
             "polite" => scale::polite().await,
             "retention" => retention::retention(cli.retention_items, cli.retention_videos).await,
-            other => anyhow::bail!("unknown scenario {other:?}; use one of {}", all.join(", ")),
+            "growth" => scenarios::growth().await,
+            // Scenario 1's import alone, 100,000 videos and no baselines: for profilers.
+            "profile" => scenarios::end_to_end_run(100_000).await.map(|_| Vec::new()),
+            "disk" => disk::archive_disk().await,
+            "polling" => polling::polling().await,
+            "fair-growth" => scale::fairness_growth().await,
+            other => anyhow::bail!(
+                "unknown scenario {other:?}; use one of {} (or profile)",
+                all.join(", ")
+            ),
         };
         match result {
             Ok(mut r) => rows.append(&mut r),

@@ -316,3 +316,92 @@ pub async fn polite() -> anyhow::Result<Vec<Row>> {
         target: "≤ 8 at once; ≥ 0.8 of the bound",
     }])
 }
+
+/// Scenario 13, fairness as the tenants grow: 20,000 videos shared equally by 1, 10 and 100
+/// projects (their batches posted round-robin), 2 workers: the per-video cost, and when the
+/// first and the last project finished (equal shares dispatched fairly finish together).
+pub async fn fairness_growth() -> anyhow::Result<Vec<Row>> {
+    let total = 20_000usize;
+    let mut runs = Vec::new();
+    for projects in [1usize, 10, 100] {
+        runs.push((projects, fair_projects_run(projects, total).await?));
+    }
+    let costs: Vec<f64> = runs.iter().map(|(_, r)| 1e6 / r.rate).collect();
+    let (low, high) = costs
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(l, h), c| (l.min(*c), h.max(*c)));
+    let figure = runs
+        .iter()
+        .zip(&costs)
+        .map(|((p, r), c)| {
+            format!(
+                "{p} projects: {:.0} videos/s ({c:.0} µs/video), projects done between {:.1} and {:.1} s",
+                r.rate, r.first_done, r.last_done
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Ok(vec![Row {
+        scenario: "13 fairness growth: 20,000 videos shared by 1, 10, 100 projects, 2 workers",
+        figure,
+        baseline: format!("the cheapest run: {low:.0} µs/video"),
+        ratio: format!("dearest / cheapest {:.2}", high / low),
+        target: "per-video cost within 20 %",
+    }])
+}
+
+/// What one run of [`fairness_growth`] measured.
+struct SharedRun {
+    rate: f64,
+    /// Seconds from the first POST to the first and the last project's last job finishing.
+    first_done: f64,
+    last_done: f64,
+}
+
+async fn fair_projects_run(projects: usize, total: usize) -> anyhow::Result<SharedRun> {
+    let stack = Stack::start(options(2, true, &[CONCURRENCY])).await;
+    let mut tenants = Vec::new();
+    for p in 0..projects {
+        tenants.push(stack.project(&format!("tenant-{p}")).await);
+    }
+    let base = servers::videos(Bytes::from(fixture("bench16k.mp4")), Duration::ZERO).await;
+    let receiver = Counter::start(false).await;
+    let share = total / projects;
+    let per_batch = share.min(1000);
+    let batches = share / per_batch;
+    stack.sql("CHECKPOINT").await;
+    let started = Instant::now();
+    let since = chrono::Utc::now();
+    for b in 0..batches {
+        for (p, tenant) in tenants.iter().enumerate() {
+            let from = p * share + b * per_batch;
+            post(
+                &stack,
+                tenant,
+                &batch(&base, from, per_batch, Some(&receiver.url)),
+            )
+            .await?;
+        }
+    }
+    let last = receiver
+        .wait_for((batches * projects) as u64, Duration::from_secs(1800))
+        .await?;
+    let rate = total as f64 / (last - started).as_secs_f64();
+    let rows = stack
+        .sql(&format!(
+            "SELECT extract(epoch FROM min(done) - '{since}'::timestamptz)::float8,
+                    extract(epoch FROM max(done) - '{since}'::timestamptz)::float8
+             FROM (SELECT project_id, max(finished_at) AS done FROM jobs GROUP BY project_id) p"
+        ))
+        .await;
+    let (first_done, last_done): (f64, f64) = (rows[0].get(0), rows[0].get(1));
+    println!(
+        "{projects} projects × {share} videos: {rate:.0} videos/s, projects done between {first_done:.1} and {last_done:.1} s"
+    );
+    stack.finish().await;
+    Ok(SharedRun {
+        rate,
+        first_done,
+        last_done,
+    })
+}

@@ -167,3 +167,40 @@ async fn receive(State((count, last, answer)): State<CounterState>, _body: Bytes
     *last.lock().await = Some(Instant::now());
     axum::http::StatusCode::NO_CONTENT.into_response()
 }
+
+/// Serves video `i` at `/s/{i}`: `sizes[i]` bytes, the real `head` (a small MP4) followed by
+/// zeros, generated as they are sent so that the source side needs neither disk nor memory.
+pub async fn sized_videos(head: Bytes, sizes: Arc<Vec<u64>>) -> String {
+    let app = Router::new()
+        .route("/s/{n}", get(sized_video))
+        .with_state((head, sizes));
+    serve(app).await
+}
+
+/// Bytes per generated chunk after the head.
+const ZEROS: usize = 256 * 1024;
+
+async fn sized_video(
+    State((head, sizes)): State<(Bytes, Arc<Vec<u64>>)>,
+    axum::extract::Path(n): axum::extract::Path<usize>,
+) -> Response {
+    let Some(&size) = sizes.get(n) else {
+        return axum::http::StatusCode::NOT_FOUND.into_response();
+    };
+    let zeros = Bytes::from(vec![0u8; ZEROS]);
+    let head_len = (head.len() as u64).min(size);
+    let mut left = size - head_len;
+    let mut chunks = vec![head.slice(..head_len as usize)];
+    // Cheap clones of one zero buffer: the body costs no memory per request.
+    while left > 0 {
+        let n = left.min(ZEROS as u64) as usize;
+        chunks.push(zeros.slice(..n));
+        left -= n as u64;
+    }
+    let stream = futures::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
+    Response::builder()
+        .header(header::CONTENT_LENGTH, size)
+        .header(header::CONTENT_TYPE, "video/mp4")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}

@@ -112,17 +112,24 @@ impl Storage {
         Some(s3.signed_url(Method::GET, &path, expires_in).await)
     }
 
-    /// Starts a multipart upload to `key`.
+    /// Starts an upload to `key`: on local storage straight into the file (its key is fresh
+    /// and no entry names it before it is complete and synced, so no staging file and
+    /// rename are needed), on object storage as a multipart upload.
     pub async fn upload(&self, key: &str) -> object_store::Result<Upload> {
-        let path = Path::from(key);
-        let upload = self.store.put_multipart(&path).await?;
+        let sink = match &self.root {
+            Some(root) => Sink::Local(LocalWrite::new(root.clone(), key)),
+            None => {
+                let upload = self.store.put_multipart(&Path::from(key)).await?;
+                Sink::Multipart(WriteMultipart::new_with_chunk_size(upload, PART_BYTES))
+            }
+        };
         Ok(Upload {
-            root: self.root.clone(),
             key: key.to_string(),
-            writer: WriteMultipart::new_with_chunk_size(upload, PART_BYTES),
+            sink,
             hasher: Sha256::new(),
             md5: Md5::new(),
             size: 0,
+            head: Vec::new(),
         })
     }
 
@@ -244,15 +251,107 @@ fn parts_below(
     Ok(found)
 }
 
-/// Syncs the file `key` below `root`, its folder and `root` itself (a new folder's entry
-/// lives in its parent) to disk.
-fn sync_durably(root: &std::path::Path, key: &str) -> std::io::Result<()> {
-    let file = root.join(key);
-    std::fs::File::open(&file)?.sync_all()?;
-    let mut dir = file.parent();
+/// Bytes a local upload gathers before writing them: one write for most videos, and a
+/// bounded buffer for large ones (local files need no 5 MiB parts).
+const LOCAL_BUFFER: usize = 1024 * 1024;
+
+/// The first bytes of every upload kept in memory, so that reading a video's technical
+/// metadata (its `moov` box, Matroska's first elements) needs no read from storage when they
+/// lie there, as they do for every small video.
+pub const HEAD_KEPT: usize = 512 * 1024;
+
+/// A local upload: written straight into its file, synced with its folder on `finish`.
+struct LocalWrite {
+    root: PathBuf,
+    path: PathBuf,
+    /// Open once the first bytes were written.
+    file: Option<std::fs::File>,
+    pending: Vec<u8>,
+    /// Whether this upload created a folder (whose entry in its parent must be synced too).
+    created_folder: bool,
+}
+
+impl LocalWrite {
+    fn new(root: PathBuf, key: &str) -> Self {
+        Self {
+            path: root.join(key),
+            root,
+            file: None,
+            pending: Vec::new(),
+            created_folder: false,
+        }
+    }
+
+    /// Writes what is pending, opening the file first if needed (on the blocking pool: one
+    /// hop for all of it).
+    async fn flush(&mut self, sync: bool) -> std::io::Result<()> {
+        let mut file = self.file.take();
+        let mut pending = std::mem::take(&mut self.pending);
+        let (root, path) = (self.root.clone(), self.path.clone());
+        let mut created_folder = self.created_folder;
+        let (file, pending, created_folder) = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut open = match file.take() {
+                Some(f) => f,
+                None => create_new(&root, &path, &mut created_folder)?,
+            };
+            open.write_all(&pending)?;
+            pending.clear();
+            if sync {
+                sync_durably(&root, &path, &open, created_folder).map_err(|source| {
+                    std::io::Error::new(
+                        source.kind(),
+                        format!("syncing the stored file to disk failed: {source}"),
+                    )
+                })?;
+            }
+            Ok::<_, std::io::Error>((open, pending, created_folder))
+        })
+        .await
+        .expect("the write task does not panic")?;
+        self.file = Some(file);
+        self.pending = pending;
+        self.created_folder = created_folder;
+        Ok(())
+    }
+}
+
+/// Creates the file at `path` (never an existing one), with its folders below `root`.
+fn create_new(
+    root: &std::path::Path,
+    path: &std::path::Path,
+    created_folder: &mut bool,
+) -> std::io::Result<std::fs::File> {
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+    };
+    match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = path.parent().unwrap_or(root);
+            std::fs::create_dir_all(parent)?;
+            *created_folder = true;
+            open()
+        }
+        other => other,
+    }
+}
+
+/// Syncs the written `file` at `path` and its folder to disk; when the upload created a
+/// folder, every folder up to `root` too (a new folder's entry lives in its parent).
+fn sync_durably(
+    root: &std::path::Path,
+    path: &std::path::Path,
+    file: &std::fs::File,
+    created_folder: bool,
+) -> std::io::Result<()> {
+    file.sync_all()?;
+    let mut dir = path.parent();
     while let Some(d) = dir {
         std::fs::File::open(d)?.sync_all()?;
-        if d == root {
+        if d == root || !created_folder {
             break;
         }
         dir = d.parent();
@@ -260,65 +359,122 @@ fn sync_durably(root: &std::path::Path, key: &str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Where an upload's bytes go.
+enum Sink {
+    /// Object storage: a multipart upload, visible once complete.
+    Multipart(WriteMultipart),
+    /// Local storage: the file itself.
+    Local(LocalWrite),
+}
+
+/// The error object_store callers expect, for a failed local write.
+fn local_error(source: std::io::Error) -> object_store::Error {
+    object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source: Box::new(source),
+    }
+}
+
 /// An upload in progress, hashing and counting as it goes.
 pub struct Upload {
-    /// The folder of local storage, whose files are synced once complete.
-    root: Option<PathBuf>,
     key: String,
-    writer: WriteMultipart,
+    sink: Sink,
     hasher: Sha256,
     md5: Md5,
     size: u64,
+    /// The first [`HEAD_KEPT`] bytes.
+    head: Vec<u8>,
 }
 
 impl Upload {
-    /// Appends a chunk, waiting while too many parts are in flight.
+    /// Appends a chunk, waiting while too many parts are in flight (object storage) or
+    /// while a full buffer is written (local storage).
     pub async fn write(&mut self, chunk: &[u8]) -> object_store::Result<()> {
-        self.writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+        if let Sink::Multipart(writer) = &mut self.sink {
+            writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
+        }
         self.hasher.update(chunk);
         self.md5.update(chunk);
         self.size += chunk.len() as u64;
-        self.writer.write(chunk);
+        let room = HEAD_KEPT.saturating_sub(self.head.len()).min(chunk.len());
+        self.head.extend_from_slice(&chunk[..room]);
+        match &mut self.sink {
+            Sink::Multipart(writer) => writer.write(chunk),
+            Sink::Local(local) => {
+                local.pending.extend_from_slice(chunk);
+                if local.pending.len() >= LOCAL_BUFFER {
+                    if let Err(e) = local.flush(false).await {
+                        return Err(local_error(e));
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
     /// Completes the upload; the object is visible from now on, and durable: on local
-    /// storage the file and its folders are synced to disk before this returns, so that an
+    /// storage the file and its folder are synced to disk before this returns, so that an
     /// entry committed after it never points at a file a power loss took away. (S3 answers
     /// a completed upload only once it is durable.)
     pub async fn finish(self) -> object_store::Result<StoredAsset> {
-        self.writer.finish().await?;
-        if let Some(root) = self.root.clone() {
-            let key = self.key.clone();
-            let synced = tokio::task::spawn_blocking(move || sync_durably(&root, &key))
-                .await
-                .expect("the sync task does not panic");
-            if let Err(source) = synced {
-                // Not durable: it must not be used, so it must not stay.
-                let _ = tokio::fs::remove_file(self.root.as_ref().expect("local").join(&self.key))
-                    .await;
-                return Err(object_store::Error::Generic {
-                    store: "LocalFileSystem",
-                    source: Box::new(std::io::Error::new(
-                        source.kind(),
-                        format!("syncing the stored file to disk failed: {source}"),
-                    )),
-                });
+        let Upload {
+            key,
+            sink,
+            hasher,
+            md5,
+            size,
+            head,
+        } = self;
+        match sink {
+            Sink::Multipart(writer) => {
+                writer.finish().await?;
+            }
+            Sink::Local(mut local) => {
+                if let Err(e) = local.flush(true).await {
+                    // Not durable (or not written): it must not be used, so it must not stay.
+                    let _ = tokio::fs::remove_file(&local.path).await;
+                    return Err(local_error(e));
+                }
             }
         }
         Ok(StoredAsset {
-            key: self.key,
-            size: self.size,
-            sha256: hex::encode(self.hasher.finalize()),
-            md5: hex::encode(self.md5.finalize()),
+            key,
+            size,
+            sha256: hex::encode(hasher.finalize()),
+            md5: hex::encode(md5.finalize()),
+            head: Head(Bytes::from(head)),
         })
     }
 
     /// Abandons the upload; nothing becomes visible.
     pub async fn abort(self) {
-        if let Err(e) = self.writer.abort().await {
-            tracing::warn!(key = %self.key, error = %e, "could not abort an upload");
+        match self.sink {
+            Sink::Multipart(writer) => {
+                if let Err(e) = writer.abort().await {
+                    tracing::warn!(key = %self.key, error = %e, "could not abort an upload");
+                }
+            }
+            Sink::Local(local) => {
+                drop(local.file);
+                match tokio::fs::remove_file(&local.path).await {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(key = %self.key, error = %e, "could not remove an abandoned upload")
+                    }
+                }
+            }
         }
+    }
+}
+
+/// The first bytes of a stored object (at most [`HEAD_KEPT`]).
+#[derive(Clone, Default)]
+pub struct Head(pub Bytes);
+
+impl std::fmt::Debug for Head {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Head({} bytes)", self.0.len())
     }
 }
 
@@ -330,6 +486,8 @@ pub struct StoredAsset {
     pub sha256: String,
     /// Hex MD5 of the bytes, for fixity values given as MD5.
     pub md5: String,
+    /// Its first bytes, for reading its metadata without reading storage again.
+    pub head: Head,
 }
 
 #[cfg(test)]

@@ -65,6 +65,11 @@ fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Path of a binary built in this workspace (panics, saying what to build, when missing).
+pub fn bin_path(name: &str) -> PathBuf {
+    bin(name)
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

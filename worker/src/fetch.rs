@@ -243,7 +243,14 @@ impl Fetcher {
             self.storage.remove(&asset.key).await;
             return Err(FetchError::ChecksumMismatch(why));
         }
-        let meta = probe::inspect(&self.storage, &asset.key, asset.size, &kind.mime_type).await;
+        let meta = probe::inspect(
+            &self.storage,
+            &asset.key,
+            &asset.head.0,
+            asset.size,
+            &kind.mime_type,
+        )
+        .await;
         tracing::debug!(bytes = asset.size, elapsed = ?started.elapsed(), "downloaded");
         Ok(Fetched::Stored(Downloaded {
             asset,

@@ -3,6 +3,7 @@
 //! Matroska/WebM from the `Info` and `Tracks` elements at the start of the file. (The MP4 and
 //! Matroska crates want a seekable reader over the whole file; this needs a few range reads.)
 
+use bytes::Bytes;
 use serde::Serialize;
 
 use video_import_shared::storage::Storage;
@@ -24,17 +25,44 @@ pub struct TechMeta {
     pub codec: Option<String>,
 }
 
-/// Reads the metadata of the stored object `key` of `size` bytes; never fails the import.
-pub async fn inspect(storage: &Storage, key: &str, size: u64, mime_type: &str) -> TechMeta {
+/// The stored object being inspected: read from the bytes the upload kept where they
+/// suffice (every small video, and the `moov` of most), from storage otherwise.
+struct Stored<'a> {
+    storage: &'a Storage,
+    key: &'a str,
+    head: &'a Bytes,
+}
+
+impl Stored<'_> {
+    async fn read(&self, range: std::ops::Range<u64>) -> Result<Bytes, String> {
+        if range.end <= self.head.len() as u64 {
+            return Ok(self.head.slice(range.start as usize..range.end as usize));
+        }
+        self.storage
+            .read(self.key, range)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Reads the metadata of the stored object `key` of `size` bytes whose first bytes are
+/// `head`; never fails the import.
+pub async fn inspect(
+    storage: &Storage,
+    key: &str,
+    head: &Bytes,
+    size: u64,
+    mime_type: &str,
+) -> TechMeta {
+    let stored = Stored { storage, key, head };
     let result = match mime_type {
         "video/mp4" | "video/quicktime" | "video/x-m4v" | "video/3gpp" => {
-            inspect_mp4(storage, key, size).await
+            inspect_mp4(&stored, size).await
         }
-        "video/webm" | "video/x-matroska" => storage
-            .read(key, 0..size.min(MATROSKA_HEAD))
+        "video/webm" | "video/x-matroska" => stored
+            .read(0..size.min(MATROSKA_HEAD))
             .await
-            .map(|head| matroska(&head))
-            .map_err(|e| e.to_string()),
+            .map(|head| matroska(&head)),
         _ => Ok(TechMeta::default()),
     };
     result.unwrap_or_else(|error| {
@@ -43,25 +71,19 @@ pub async fn inspect(storage: &Storage, key: &str, size: u64, mime_type: &str) -
     })
 }
 
-async fn inspect_mp4(storage: &Storage, key: &str, size: u64) -> Result<TechMeta, String> {
+async fn inspect_mp4(stored: &Stored<'_>, size: u64) -> Result<TechMeta, String> {
     let mut offset = 0u64;
     for _ in 0..MAX_TOP_LEVEL_BOXES {
         if offset + 8 > size {
             return Err("no moov box".into());
         }
-        let header = storage
-            .read(key, offset..(offset + 16).min(size))
-            .await
-            .map_err(|e| e.to_string())?;
+        let header = stored.read(offset..(offset + 16).min(size)).await?;
         let (box_size, header_len) = box_size(&header, size - offset)?;
         if &header[4..8] == b"moov" {
             if box_size > MAX_MOOV {
                 return Err(format!("moov box of {box_size} bytes is too large"));
             }
-            let moov = storage
-                .read(key, offset + header_len..offset + box_size)
-                .await
-                .map_err(|e| e.to_string())?;
+            let moov = stored.read(offset + header_len..offset + box_size).await?;
             return Ok(mp4_moov(&moov));
         }
         offset += box_size;
@@ -405,11 +427,17 @@ mod tests {
             for case in 0..300 {
                 let bad = mutate(&file, &mut rng);
                 let _ = crate::sniff::detect(&bad[..bad.len().min(crate::sniff::SNIFF_BYTES)]);
-                let key = format!("m/{case}");
+                let key = format!("m/{name}/{case}");
                 let mut upload = storage.upload(&key).await.unwrap();
                 upload.write(&bad).await.unwrap();
-                upload.finish().await.unwrap();
-                let inspected = inspect(&storage, &key, bad.len() as u64, mime);
+                let stored = upload.finish().await.unwrap();
+                // Every other case reads storage rather than the kept head.
+                let head = if case % 2 == 0 {
+                    stored.head.0
+                } else {
+                    Bytes::new()
+                };
+                let inspected = inspect(&storage, &key, &head, bad.len() as u64, mime);
                 tokio::time::timeout(std::time::Duration::from_secs(5), inspected)
                     .await
                     .unwrap_or_else(|_| panic!("{name} case {case} hung"));
@@ -427,8 +455,13 @@ mod tests {
         let mut upload = storage.upload("tiny").await.unwrap();
         upload.write(&file).await.unwrap();
         upload.finish().await.unwrap();
+        let stored = Stored {
+            storage: &storage,
+            key: "tiny",
+            head: &Bytes::new(),
+        };
         assert_eq!(
-            inspect_mp4(&storage, "tiny", file.len() as u64).await,
+            inspect_mp4(&stored, file.len() as u64).await,
             Err("no moov box among the first 64 boxes".into())
         );
         let _ = std::fs::remove_dir_all(&root);
