@@ -187,11 +187,28 @@ impl Fetcher {
             // The API found a rule for it: one added moments ago is not cached yet.
             rules = self.rules.fresh(project_id, &rules).await?;
         }
-        let source = self.source(&parsed, &rules)?;
         let started = Instant::now();
-        let opened = match self.open(&source, known).await? {
-            Some(opened) => opened,
-            None => return Ok(Fetched::NotModified),
+        let mut first = {
+            let source = self.source(&parsed, &rules)?;
+            self.open(&source, known).await?
+        };
+        if let First::NoCredentials(refused) = first {
+            // A rule added moments ago may not have reached this worker's cache: read the
+            // project's rules again, and ask once more only if one covers the URL now.
+            let fresh = self.rules.fresh(project_id, &rules).await?;
+            if !matches!(rules::coverage(&fresh, &parsed), Coverage::Rule(_)) {
+                return Err(refused);
+            }
+            tracing::info!("a source rule newer than the cached ones covers the URL: asking again with its credentials");
+            rules = fresh;
+            let source = self.source(&parsed, &rules)?;
+            first = self.open(&source, known).await?;
+        }
+        let source = self.source(&parsed, &rules)?;
+        let opened = match first {
+            First::Body(opened) => opened,
+            First::Current => return Ok(Fetched::NotModified),
+            First::NoCredentials(refused) => return Err(refused),
         };
         let max = self.settings.max_bytes;
         if let Some(len) = opened.declared.filter(|&len| len > max) {
@@ -333,15 +350,15 @@ impl Fetcher {
         })
     }
 
-    /// The first response of `source`: its body and what it declared; `None` when the
-    /// source answered that the `known` version is current.
+    /// The first response of `source`: its body and what it declared, or that the `known`
+    /// version is current, or a refusal for want of credentials no rule gave.
     async fn open(
         &self,
         source: &Source<'_>,
         known: Option<&Validators>,
-    ) -> Result<Option<Opened>, FetchError> {
+    ) -> Result<First, FetchError> {
         match source {
-            Source::Http { url, .. } => {
+            Source::Http { url, rule, .. } => {
                 let mut extra = HeaderMap::new();
                 if let Some(known) = known {
                     if let Some(etag) = known.etag.as_deref().and_then(header_value) {
@@ -354,7 +371,15 @@ impl Fetcher {
                 let response = self.send(source, extra).await?;
                 let status = response.status();
                 if status == StatusCode::NOT_MODIFIED && known.is_some() {
-                    return Ok(None);
+                    return Ok(First::Current);
+                }
+                let unauthenticated =
+                    status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
+                if unauthenticated && rule.is_none() {
+                    return Ok(First::NoCredentials(status_error(
+                        status,
+                        response.headers(),
+                    )));
                 }
                 if !status.is_success() {
                     return Err(status_error(status, response.headers()));
@@ -364,7 +389,7 @@ impl Fetcher {
                     .get(ACCEPT_RANGES)
                     .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"bytes"));
                 tracing::debug!(url = %redact::url(url.as_str(), Show::ForLogs), "source answered");
-                Ok(Some(Opened {
+                Ok(First::Body(Opened {
                     declared: content_length(headers),
                     validators: validators(headers),
                     resumable,
@@ -379,7 +404,7 @@ impl Fetcher {
                 let result = match store.get_opts(path, options).await {
                     Ok(result) => result,
                     Err(object_store::Error::NotModified { .. }) if known.is_some() => {
-                        return Ok(None)
+                        return Ok(First::Current)
                     }
                     Err(e) => return Err(object_error(e, shown)),
                 };
@@ -393,7 +418,7 @@ impl Fetcher {
                             .to_string(),
                     ),
                 };
-                Ok(Some(Opened {
+                Ok(First::Body(Opened {
                     declared: Some(result.range.end - result.range.start),
                     resumable: validators.etag.is_some(),
                     validators,
@@ -638,6 +663,17 @@ impl std::fmt::Display for Source<'_> {
             Source::S3 { shown, .. } => f.write_str(shown),
         }
     }
+}
+
+/// What a source's first response said.
+enum First {
+    /// Here is the video.
+    Body(Opened),
+    /// The version the entry has is current (304).
+    Current,
+    /// 401 or 403 to a request that no rule gave credentials: a rule added moments ago may
+    /// not have reached this worker yet.
+    NoCredentials(FetchError),
 }
 
 /// The first response of a source.

@@ -756,3 +756,45 @@ async fn a_rotated_key_keeps_sources_working_and_the_old_key_is_no_longer_needed
     assert_eq!(fetched[0]["x-archive-key"], HEADER_VALUE);
     stack.finish().await;
 }
+
+/// A rule added moments before a batch: a worker that cached the project's rules without
+/// it gets 401, reads the rules again and asks once more with the new rule's credentials
+/// (instead of failing the video until its rule cache expires).
+#[tokio::test]
+async fn a_rule_added_moments_ago_is_used_on_the_sources_first_refusal() {
+    let key = SecretKey::generate();
+    let stack = Stack::start(options(&[("VIDEO_IMPORT__SECRETS__KEY", &key.to_base64())])).await;
+    let archive = Archive::start().await;
+    let project = stack.project("fresh").await;
+    // The worker caches the project's rules (none yet) with this import.
+    let open = batch("fresh")
+        .video(archive.url("/open/sample.mp4"), "open")
+        .build();
+    let job = stack.import(&project.token, &open).await;
+    let status = stack.wait_finished(&project.token, &job, 30).await;
+    assert_eq!(status["overview"]["imported"], 1, "{status}");
+    // Within the cache's 10 s: the rule, then a video that needs it.
+    add(
+        &stack,
+        "fresh",
+        &[
+            "--prefix",
+            &archive.url("/keyed/"),
+            "--header",
+            &format!("X-Archive-Key: {HEADER_VALUE}"),
+            "--allow-http",
+        ],
+    )
+    .await;
+    let keyed = batch("fresh")
+        .video(archive.url("/keyed/sample.mp4"), "keyed")
+        .build();
+    let job = stack.import(&project.token, &keyed).await;
+    let status = stack.wait_finished(&project.token, &job, 30).await;
+    assert_eq!(status["overview"]["imported"], 1, "{status}");
+    let requests = archive.requests("/keyed/sample.mp4");
+    assert_eq!(requests.len(), 2, "one refused, one with the key");
+    assert!(requests[0].get("x-archive-key").is_none());
+    assert_eq!(requests[1]["x-archive-key"], HEADER_VALUE);
+    stack.finish().await;
+}
