@@ -25,6 +25,9 @@ struct Cli {
     /// Old finished videos the retention scenario loads and prunes.
     #[arg(long, default_value_t = 2_000_000)]
     retention_items: u64,
+    /// Videos the profile run imports (scenario 1's import alone, no baselines).
+    #[arg(long, default_value_t = 100_000)]
+    profile_videos: usize,
     /// Videos of each of the retention scenario's three imports.
     #[arg(long, default_value_t = 10_000)]
     retention_videos: usize,
@@ -84,8 +87,10 @@ async fn main() -> anyhow::Result<()> {
             "polite" => scale::polite().await,
             "retention" => retention::retention(cli.retention_items, cli.retention_videos).await,
             "growth" => scenarios::growth().await,
-            // Scenario 1's import alone, 100,000 videos and no baselines: for profilers.
-            "profile" => scenarios::end_to_end_run(100_000).await.map(|_| Vec::new()),
+            // Scenario 1's import alone, without baselines: for profilers and paired runs.
+            "profile" => scenarios::end_to_end_run(cli.profile_videos)
+                .await
+                .map(|_| Vec::new()),
             "disk" => disk::archive_disk().await,
             "polling" => polling::polling().await,
             "fair-growth" => scale::fairness_growth().await,

@@ -16,7 +16,7 @@ use video_import_shared::{sweep, verify};
 
 use crate::dispatch::Dispatcher;
 use crate::fetch::Fetcher;
-use crate::group_commit::Recorder;
+use crate::group_commit::{PendingCheck, Recorder};
 use crate::hosts::SourceHosts;
 use crate::import::Importer;
 use crate::metrics::WorkerMetrics;
@@ -78,6 +78,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     };
     let importer = Arc::new(Importer {
         recorder: Recorder::start(service.pool.clone(), service.shutdown.clone()),
+        pending: PendingCheck::start(service.pool.clone()),
         pool: service.pool.clone(),
         fetcher,
         hosts,

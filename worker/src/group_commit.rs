@@ -15,7 +15,7 @@ use video_import_shared::batch::Batcher;
 use video_import_shared::outbox;
 use video_import_shared::retry::until_ok;
 use video_import_shared::store::outcomes::{self, Outcome, Recorded};
-use video_import_shared::store::Item;
+use video_import_shared::store::{items, Item};
 
 /// Most videos in one transaction.
 const MAX_GROUP: usize = 64;
@@ -61,6 +61,32 @@ impl Recorder {
         item.job_id.hash(&mut hash);
         let shard = &self.shards[hash.finish() as usize % self.shards.len()];
         shard.submit((item, outcome, trace)).await.ok().flatten()
+    }
+}
+
+/// Checks whether videos are still pending, many in one query: the videos whose messages
+/// arrive while a check is under way are checked together by the next one.
+pub struct PendingCheck {
+    batcher: Batcher<(String, i32), bool>,
+}
+
+impl PendingCheck {
+    /// Starts the checkers; they stop once the `PendingCheck` is dropped.
+    pub fn start(pool: Pool) -> Self {
+        Self {
+            batcher: Batcher::start(2, MAX_GROUP, move |group: Vec<(String, i32)>| {
+                let pool = pool.clone();
+                async move {
+                    let client = pool.get().await.context("no database connection")?;
+                    items::pending_among(&client, &group).await
+                }
+            }),
+        }
+    }
+
+    /// Whether item `idx` of job `job_id` is still pending.
+    pub async fn is_pending(&self, job_id: &str, idx: i32) -> anyhow::Result<bool> {
+        self.batcher.submit((job_id.to_string(), idx)).await
     }
 }
 

@@ -22,7 +22,7 @@ use video_import_shared::trace::{self, TraceParent};
 
 use crate::error::{FailureClass, FetchError};
 use crate::fetch::{Fetched, Fetcher};
-use crate::group_commit::Recorder;
+use crate::group_commit::{PendingCheck, Recorder};
 use crate::hosts::{SourceHosts, Turn};
 use crate::metrics::WorkerMetrics;
 use crate::retry_policy::{Next, RetryPolicy};
@@ -35,6 +35,8 @@ pub struct Importer {
     pub pool: Pool,
     /// Hands outcomes to the group-commit tasks.
     pub recorder: Recorder,
+    /// Checks whether videos are still pending, a group per query.
+    pub pending: PendingCheck,
     pub fetcher: Fetcher,
     /// Download slots and pauses per source host.
     pub hosts: Arc<SourceHosts>,
@@ -197,9 +199,8 @@ impl Importer {
     /// Whether the message's video is still pending (not finished, failed or cancelled);
     /// `None` at shutdown.
     async fn is_pending(&self, item: &Item) -> Option<bool> {
-        until_ok(&self.shutdown, || async {
-            let client = self.pool.get().await?;
-            items::is_pending(&client, &item.job_id, item.idx).await
+        until_ok(&self.shutdown, || {
+            self.pending.is_pending(&item.job_id, item.idx)
         })
         .await
     }

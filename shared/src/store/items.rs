@@ -25,6 +25,30 @@ pub async fn is_pending(
         .is_some())
 }
 
+/// For each `(job, idx)` of `items`, in order, whether that item is still pending: the
+/// check of [`is_pending`] for many videos in one round trip.
+pub async fn pending_among(
+    client: &impl GenericClient,
+    items: &[(String, i32)],
+) -> anyhow::Result<Vec<bool>> {
+    let (jobs, idxs): (Vec<&str>, Vec<i32>) = items.iter().map(|(j, i)| (j.as_str(), *i)).unzip();
+    // One index lookup per item, whatever the planner thinks of the arrays' sizes.
+    let statement = client
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM job_items i
+                            WHERE i.job_id = u.job_id AND i.idx = u.idx AND i.state = $3)
+             FROM unnest($1::text[], $2::int4[]) WITH ORDINALITY AS u(job_id, idx, n)
+             ORDER BY u.n",
+        )
+        .await
+        .context("preparing the items check")?;
+    let rows = client
+        .query(&statement, &[&jobs, &idxs, &ItemState::Pending])
+        .await
+        .context("checking the items")?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Records a failed try of a still-pending item that will be tried again later.
 pub async fn note_retry(
     client: &impl GenericClient,
