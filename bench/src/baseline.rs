@@ -284,10 +284,17 @@ pub fn curl_parallel(
     std::fs::write(&config, text)?;
     let started = Instant::now();
     let status = Command::new("curl")
-        .args(["-s", "-f", "--parallel", "--parallel-max"])
+        .args([
+            "-s",
+            "-f",
+            "--no-progress-meter",
+            "--parallel",
+            "--parallel-max",
+        ])
         .arg(concurrency.to_string())
         .arg("-K")
         .arg(&config)
+        .stdout(std::process::Stdio::null())
         .status()?;
     anyhow::ensure!(status.success(), "curl --parallel failed: {status}");
     let paths: Vec<std::path::PathBuf> = files.iter().map(|(_, n)| dir.join(n)).collect();

@@ -12,6 +12,7 @@ use video_import_tests::videos::fixture;
 use video_import_tests::Stack;
 
 use crate::baseline::{self, Bracket};
+use crate::polling::cpu_seconds;
 use crate::scenarios::{imported, options, peak_rss_mib, post};
 use crate::servers::{self, Counter};
 use crate::Row;
@@ -77,6 +78,15 @@ pub async fn archive_disk() -> anyhow::Result<Vec<Row>> {
     // Beside the workers' storage root (`stack.dir/videos`): the same filesystem.
     let raw_dir = stack.dir.join("curl");
 
+    // The virtual disk absorbs the first gigabytes it is given far faster than it writes
+    // them for good: one unmeasured pass first, so that every measured one (curl before,
+    // the import, curl after) starts from the same, busy state of the disk.
+    let warm = baseline::curl_parallel(&files, &raw_dir, 2 * PER_WORKER)?;
+    println!(
+        "curl --parallel-max {} + fsync, warm-up (not counted): {:.0} MiB/s",
+        2 * PER_WORKER,
+        warm / MIB as f64
+    );
     baseline::checkpoint()?;
     let before = baseline::curl_parallel(&files, &raw_dir, 2 * PER_WORKER)?;
     println!(
@@ -91,6 +101,7 @@ pub async fn archive_disk() -> anyhow::Result<Vec<Row>> {
         .collect();
     baseline::checkpoint()?;
     let receiver = Counter::start(false).await;
+    let cpu_before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
     let started = Instant::now();
     for b in 0..VIDEOS / 500 {
         let videos: Vec<_> = (b * 500..(b + 1) * 500)
@@ -111,9 +122,12 @@ pub async fn archive_disk() -> anyhow::Result<Vec<Row>> {
     anyhow::ensure!(done == VIDEOS as i64, "{done} of {VIDEOS} imported");
     let rate = total as f64 / elapsed;
     let peak = pids.iter().map(|p| peak_rss_mib(*p)).fold(0.0, f64::max);
+    let cpu: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu_before;
     println!(
-        "import: {:.0} MiB/s ({elapsed:.1} s), worker peak RSS {peak:.1} MiB",
-        rate / MIB as f64
+        "import: {:.0} MiB/s ({elapsed:.1} s), worker peak RSS {peak:.1} MiB, workers' CPU {:.2} cores ({:.1} ms per MiB)",
+        rate / MIB as f64,
+        cpu / elapsed,
+        cpu * 1e3 / (total as f64 / MIB as f64)
     );
 
     baseline::checkpoint()?;

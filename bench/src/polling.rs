@@ -17,7 +17,7 @@ const CLIENTS: usize = 200;
 const SECONDS: u64 = 10;
 
 /// CPU time (user + system) the process has used so far, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let ticks = std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -41,6 +41,35 @@ fn cpu_seconds(pid: u32) -> f64 {
     };
     // utime and stime are fields 14 and 15, i.e. 11 and 12 after the name.
     (field(11) + field(12)) / ticks
+}
+
+/// Seconds the machine's CPUs have spent busy so far (all but idle and iowait, summed over
+/// the CPUs), from /proc/stat.
+pub(crate) fn machine_busy_seconds() -> f64 {
+    let ticks = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(100.0);
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let fields: Vec<f64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let total: f64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).copied().unwrap_or(0.0) + fields.get(4).copied().unwrap_or(0.0);
+    (total - idle) / ticks
 }
 
 /// What one load measured.

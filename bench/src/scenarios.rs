@@ -76,6 +76,15 @@ pub(crate) async fn end_to_end_run(total: usize) -> anyhow::Result<f64> {
     let receiver = Counter::start(false).await;
     // Every run starts from a checkpoint, so none pays for an earlier one's dirty pages.
     stack.sql("CHECKPOINT").await;
+    let workers: Vec<u32> = ["worker0", "worker1"]
+        .iter()
+        .filter_map(|w| stack.pid(w))
+        .collect();
+    let busy_before = crate::polling::machine_busy_seconds();
+    let workers_before: f64 = workers
+        .iter()
+        .map(|p| crate::polling::cpu_seconds(*p))
+        .sum();
     let started = Instant::now();
     let batches = total.div_ceil(1000);
     for b in 0..batches {
@@ -95,10 +104,18 @@ pub(crate) async fn end_to_end_run(total: usize) -> anyhow::Result<f64> {
     let done = imported(&stack).await;
     anyhow::ensure!(done == total as i64, "{done} of {total} imported");
     let rate = total as f64 / elapsed.as_secs_f64();
+    let busy = crate::polling::machine_busy_seconds() - busy_before;
+    let worker_cpu: f64 = workers
+        .iter()
+        .map(|p| crate::polling::cpu_seconds(*p))
+        .sum::<f64>()
+        - workers_before;
     println!(
-        "{total} videos: accepted in {:.2} s, last webhook after {:.2} s: {rate:.0} videos/s",
+        "{total} videos: accepted in {:.2} s, last webhook after {:.2} s: {rate:.0} videos/s; CPU per video: {:.0} µs in all (the machine), {:.0} µs in the workers",
         accepted.as_secs_f64(),
-        elapsed.as_secs_f64()
+        elapsed.as_secs_f64(),
+        busy * 1e6 / total as f64,
+        worker_cpu * 1e6 / total as f64
     );
     stack.finish().await;
     Ok(rate)

@@ -46,6 +46,8 @@ pub struct Storage {
     root: Option<PathBuf>,
     /// The bucket and the prefix inside it, for object storage: what signs URLs.
     bucket: Option<(Arc<AmazonS3>, String)>,
+    /// Folder syncs of local uploads, shared by the uploads into one folder.
+    folders: Arc<FolderSyncs>,
 }
 
 impl Storage {
@@ -82,6 +84,7 @@ impl Storage {
                 store,
                 root,
                 bucket: Some((s3, prefix)),
+                folders: Arc::default(),
             });
         } else {
             anyhow::bail!(
@@ -93,6 +96,7 @@ impl Storage {
             store,
             root,
             bucket: None,
+            folders: Arc::default(),
         })
     }
 
@@ -117,7 +121,7 @@ impl Storage {
     /// rename are needed), on object storage as a multipart upload.
     pub async fn upload(&self, key: &str) -> object_store::Result<Upload> {
         let sink = match &self.root {
-            Some(root) => Sink::Local(LocalWrite::new(root.clone(), key)),
+            Some(root) => Sink::Local(LocalWrite::new(root.clone(), key, self.folders.clone())),
             None => {
                 let upload = self.store.put_multipart(&Path::from(key)).await?;
                 Sink::Multipart(WriteMultipart::new_with_chunk_size(upload, PART_BYTES))
@@ -264,6 +268,7 @@ pub const HEAD_KEPT: usize = 512 * 1024;
 struct LocalWrite {
     root: PathBuf,
     path: PathBuf,
+    folders: Arc<FolderSyncs>,
     /// Open once the first bytes were written.
     file: Option<std::fs::File>,
     pending: Vec<u8>,
@@ -272,10 +277,11 @@ struct LocalWrite {
 }
 
 impl LocalWrite {
-    fn new(root: PathBuf, key: &str) -> Self {
+    fn new(root: PathBuf, key: &str, folders: Arc<FolderSyncs>) -> Self {
         Self {
             path: root.join(key),
             root,
+            folders,
             file: None,
             pending: Vec::new(),
             created_folder: false,
@@ -288,6 +294,7 @@ impl LocalWrite {
         let mut file = self.file.take();
         let mut pending = std::mem::take(&mut self.pending);
         let (root, path) = (self.root.clone(), self.path.clone());
+        let folders = self.folders.clone();
         let mut created_folder = self.created_folder;
         let (file, pending, created_folder) = tokio::task::spawn_blocking(move || {
             use std::io::Write;
@@ -298,7 +305,7 @@ impl LocalWrite {
             open.write_all(&pending)?;
             pending.clear();
             if sync {
-                sync_durably(&root, &path, &open, created_folder).map_err(|source| {
+                sync_durably(&root, &path, &open, created_folder, &folders).map_err(|source| {
                     std::io::Error::new(
                         source.kind(),
                         format!("syncing the stored file to disk failed: {source}"),
@@ -346,17 +353,96 @@ fn sync_durably(
     path: &std::path::Path,
     file: &std::fs::File,
     created_folder: bool,
+    folders: &FolderSyncs,
 ) -> std::io::Result<()> {
     file.sync_all()?;
-    let mut dir = path.parent();
-    while let Some(d) = dir {
-        std::fs::File::open(d)?.sync_all()?;
-        if d == root || !created_folder {
-            break;
+    let Some(folder) = path.parent() else {
+        return Ok(());
+    };
+    folders.of(folder).sync(folder)?;
+    if created_folder {
+        let mut dir = folder.parent();
+        while let Some(d) = dir {
+            std::fs::File::open(d)?.sync_all()?;
+            if d == root {
+                break;
+            }
+            dir = d.parent();
         }
-        dir = d.parent();
     }
     Ok(())
+}
+
+/// The folder syncs of each folder uploads go into.
+#[derive(Default)]
+struct FolderSyncs {
+    by_path: std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<FolderSync>>>,
+}
+
+impl FolderSyncs {
+    fn of(&self, folder: &std::path::Path) -> Arc<FolderSync> {
+        self.by_path
+            .lock()
+            .expect("not poisoned")
+            .entry(folder.to_path_buf())
+            .or_default()
+            .clone()
+    }
+}
+
+/// Syncs of one folder shared by the uploads that need one at the same time: a sync that
+/// starts after a file's entry was made covers it, so the uploads that finish while one
+/// sync runs wait for the next, and one sync (one disk write) covers them all. (Each file
+/// is still synced on its own; only its folder entry is shared.)
+#[derive(Default)]
+struct FolderSync {
+    state: std::sync::Mutex<FolderState>,
+    done: std::sync::Condvar,
+}
+
+/// Syncs are numbered as they start.
+#[derive(Default)]
+struct FolderState {
+    started: u64,
+    completed: u64,
+    running: bool,
+    /// The latest sync that failed: every caller it (or a later one) would have covered
+    /// is told, rather than risk a file whose entry is not on disk.
+    failed: Option<(u64, std::io::ErrorKind, String)>,
+}
+
+impl FolderSync {
+    /// Returns once a sync of `folder` that started after this call has ended.
+    fn sync(&self, folder: &std::path::Path) -> std::io::Result<()> {
+        let mut state = self.state.lock().expect("not poisoned");
+        let needed = state.started + 1;
+        loop {
+            if state.completed >= needed {
+                return match &state.failed {
+                    Some((number, kind, text)) if *number >= needed => {
+                        Err(std::io::Error::new(*kind, text.clone()))
+                    }
+                    _ => Ok(()),
+                };
+            }
+            if state.running {
+                state = self.done.wait(state).expect("not poisoned");
+                continue;
+            }
+            state.running = true;
+            state.started += 1;
+            let number = state.started;
+            drop(state);
+            let synced = std::fs::File::open(folder).and_then(|dir| dir.sync_all());
+            state = self.state.lock().expect("not poisoned");
+            state.running = false;
+            state.completed = number;
+            if let Err(e) = synced {
+                state.failed = Some((number, e.kind(), e.to_string()));
+            }
+            self.done.notify_all();
+        }
+    }
 }
 
 /// Where an upload's bytes go.
@@ -492,7 +578,35 @@ pub struct StoredAsset {
 
 #[cfg(test)]
 mod tests {
-    use super::bucket_prefix;
+    use super::{bucket_prefix, FolderSync};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_folder_sync_covers_only_callers_that_came_before_it_started() {
+        let dir = std::env::temp_dir().join(format!("folder-sync-{}", crate::ids::random_id(8)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sync = Arc::new(FolderSync::default());
+        // One after another: each call syncs once.
+        sync.sync(&dir).unwrap();
+        sync.sync(&dir).unwrap();
+        assert_eq!(sync.state.lock().unwrap().started, 2);
+        // Side by side: every caller is covered, by at most one sync each.
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (sync, dir) = (sync.clone(), dir.clone());
+                std::thread::spawn(move || sync.sync(&dir))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
+        let started = sync.state.lock().unwrap().started;
+        assert!((3..=18).contains(&started), "{started}");
+        // A folder that cannot be synced fails every caller it would have covered.
+        let gone = Arc::new(FolderSync::default());
+        assert!(gone.sync(&dir.join("missing")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn the_prefix_is_the_urls_path_without_slashes() {

@@ -73,6 +73,7 @@ impl Importer {
             Some(false) => return Disposition::Ack, // done, cancelled, or the job was deleted
             None => return Disposition::Requeue,
         }
+        let asked = std::time::Instant::now();
         let (turn, _slot) = self.hosts.turn(&item.url).await;
         if let Turn::Later(pause) = turn {
             let reason = format!(
@@ -90,8 +91,9 @@ impl Importer {
                 )
                 .await;
         }
-        if turn == Turn::GoAfterWait {
-            // The wait for the host's slot can be long: the job may have been cancelled.
+        if turn == Turn::GoAfterWait && asked.elapsed() >= CANCEL_POLL {
+            // The wait for the host's slot was long: the job may have been cancelled. (A
+            // shorter one is no longer than a running download goes between its looks.)
             match self.is_pending(&item).await {
                 Some(true) => {}
                 Some(false) => return Disposition::Ack,
