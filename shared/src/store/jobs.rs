@@ -411,50 +411,74 @@ pub async fn count_finished(
     job_id: &str,
     counts: &Counts,
 ) -> anyhow::Result<Option<JobFinished>> {
+    let mut finished = count_finished_all(tx, &[(job_id, counts.clone())]).await?;
+    Ok(finished.pop().and_then(|(_, done)| done))
+}
+
+/// [`count_finished`] for the jobs of a group, in one statement whatever their number: the
+/// jobs are locked in id order first (so that concurrent groups do not deadlock), then
+/// counted. Returns each job whose last video this was, with what finishing it did.
+pub async fn count_finished_all(
+    tx: &Transaction<'_>,
+    counts: &[(&str, Counts)],
+) -> anyhow::Result<Vec<(String, Option<JobFinished>)>> {
+    let ids: Vec<&str> = counts.iter().map(|(id, _)| *id).collect();
+    let column = |f: fn(&Counts) -> i32| counts.iter().map(|(_, c)| f(c)).collect::<Vec<i32>>();
+    let (done, imported, skipped, failed) = (
+        column(|c| c.done),
+        column(|c| c.imported),
+        column(|c| c.skipped),
+        column(|c| c.failed),
+    );
     let statement = tx
         .prepare_cached(
-            "UPDATE jobs SET pending = pending - $2, imported = imported + $3,
-                 skipped = skipped + $4, failed = failed + $5
-             WHERE id = $1
-             RETURNING pending, webhook, failed, extract(epoch FROM now() - started_at)::float8,
-                 trace_id",
+            "WITH locked AS MATERIALIZED (
+                 SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE)
+             UPDATE jobs j SET pending = j.pending - u.done, imported = j.imported + u.imported,
+                 skipped = j.skipped + u.skipped, failed = j.failed + u.failed
+             FROM unnest($1::text[], $2::int4[], $3::int4[], $4::int4[], $5::int4[])
+                     AS u(id, done, imported, skipped, failed)
+                 JOIN locked l ON l.id = u.id
+             WHERE j.id = u.id
+             RETURNING j.id, j.pending, j.webhook, j.failed,
+                 extract(epoch FROM now() - j.started_at)::float8, j.trace_id",
         )
         .await
-        .context("preparing the job count")?;
-    let job = tx
-        .query_one(
-            &statement,
-            &[
-                &job_id,
-                &counts.done,
-                &counts.imported,
-                &counts.skipped,
-                &counts.failed,
-            ],
-        )
+        .context("preparing the job counts")?;
+    let rows = tx
+        .query(&statement, &[&ids, &done, &imported, &skipped, &failed])
         .await
-        .context("counting videos on their job")?;
-    let pending: i32 = job.get(0);
-    if pending > 0 {
-        return Ok(None);
-    }
-    tx.execute(
-        "UPDATE jobs SET state = $2, finished_at = now() WHERE id = $1",
-        &[&job_id, &JobState::finished_with(job.get(2))],
-    )
-    .await
-    .context("finishing the job")?;
-    let webhook = match job.get::<_, Option<String>>(1) {
-        Some(url) => {
-            let trace_id: Option<String> = job.get(4);
-            webhooks::create(tx, job_id, &url, trace_id.as_deref()).await?
+        .context("counting videos on their jobs")?;
+    let mut results = Vec::with_capacity(rows.len());
+    for job in rows {
+        let job_id: String = job.get(0);
+        let pending: i32 = job.get(1);
+        if pending > 0 {
+            results.push((job_id, None));
+            continue;
         }
-        None => None,
-    };
-    Ok(Some(JobFinished {
-        seconds: job.get(3),
-        webhook,
-    }))
+        tx.execute(
+            "UPDATE jobs SET state = $2, finished_at = now() WHERE id = $1",
+            &[&job_id, &JobState::finished_with(job.get(3))],
+        )
+        .await
+        .context("finishing the job")?;
+        let webhook = match job.get::<_, Option<String>>(2) {
+            Some(url) => {
+                let trace_id: Option<String> = job.get(5);
+                webhooks::create(tx, &job_id, &url, trace_id.as_deref()).await?
+            }
+            None => None,
+        };
+        results.push((
+            job_id,
+            Some(JobFinished {
+                seconds: job.get(4),
+                webhook,
+            }),
+        ));
+    }
+    Ok(results)
 }
 
 /// The reason a cancelled video fails with.

@@ -127,9 +127,17 @@ pub async fn record(
     writes.write(tx).await?;
     finished.write(tx).await?;
     let mut rounds = Vec::new();
-    for (job_id, (counts, members)) in &per_job {
-        if let Some(done) = jobs::count_finished(tx, job_id, counts).await? {
-            if let Some(Recorded::Done { job_finished, .. }) = results.get_mut(members[0]) {
+    let counts: Vec<(&str, Counts)> = per_job
+        .iter()
+        .map(|(job_id, (counts, _))| (*job_id, counts.clone()))
+        .collect();
+    if !counts.is_empty() {
+        for (job_id, done) in jobs::count_finished_all(tx, &counts).await? {
+            let Some(done) = done else { continue };
+            let first = per_job.get(job_id.as_str()).map(|(_, members)| members[0]);
+            if let Some(Recorded::Done { job_finished, .. }) =
+                first.and_then(|i| results.get_mut(i))
+            {
                 *job_finished = Some(done.seconds);
             }
             rounds.extend(done.webhook);
