@@ -216,8 +216,9 @@ impl Storage {
     }
 
     /// Counts, and unless `dry_run` removes, the parts of local uploads that were never
-    /// completed (a process killed mid-upload leaves them; `list` does not show them) last
-    /// modified before `before`. Object stores keep such parts out of sight themselves: on
+    /// completed (a process of a version before direct writes, killed mid-upload, left them;
+    /// `list` does not show them) last modified before `before`. (A direct write that never
+    /// finished is an object of its own, which the sweep removes as unreferenced.) Object stores keep such parts out of sight themselves: on
     /// S3, a lifecycle rule (AbortIncompleteMultipartUpload) removes them. Returns how many.
     pub async fn stale_parts(&self, before: DateTime<Utc>, dry_run: bool) -> std::io::Result<u64> {
         let Some(root) = self.root.clone() else {
