@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use video_import_shared::fields::{self, MAX_FILE_NAME, MAX_ID, MAX_SYSTEM_NAME};
 use video_import_shared::netguard::AddressPolicy;
 use video_import_shared::store::Checksum;
 
@@ -13,9 +14,6 @@ use crate::error::ApiError;
 
 /// Largest `context`, as in Livingdocs.
 pub const MAX_CONTEXT_BYTES: usize = 8192;
-const MAX_SYSTEM_NAME: usize = 200;
-const MAX_ID: usize = 1024;
-const MAX_FILE_NAME: usize = 1024;
 const MAX_URL: usize = 8192;
 
 /// A batch that passed every check.
@@ -190,12 +188,11 @@ pub fn batch(body: &[u8], max_videos: usize, targets: &Targets) -> Result<Batch,
     let system_name = problems
         .string(&|| "systemName".into(), raw.system_name)
         .map(|name| name.trim().to_string());
-    match &system_name {
-        Some(name) if name.is_empty() => problems.add("systemName", "must not be empty"),
-        Some(name) if name.len() > MAX_SYSTEM_NAME => {
-            problems.add("systemName", "must be at most 200 characters")
-        }
-        _ => {}
+    if let Some(Err(why)) = system_name
+        .as_deref()
+        .map(|name| fields::check_name(name, MAX_SYSTEM_NAME))
+    {
+        problems.add("systemName", why.to_string());
     }
     let webhook = match raw.webhook {
         Some(raw) if raw.get() == "null" => None,
@@ -284,10 +281,8 @@ pub fn batch(body: &[u8], max_videos: usize, targets: &Targets) -> Result<Batch,
         }
         let id = problems.string(&|| format!("videos[{i}].id"), video.id);
         if let Some(id) = &id {
-            if id.trim().is_empty() {
-                problems.add(format!("videos[{i}].id"), "must not be empty");
-            } else if id.len() > MAX_ID {
-                problems.add(format!("videos[{i}].id"), "must be at most 1024 characters");
+            if let Err(why) = fields::check_name(id, MAX_ID) {
+                problems.add(format!("videos[{i}].id"), why.to_string());
             } else if let Some(first) = seen.insert(id.clone(), i) {
                 problems.add(
                     format!("videos[{i}].id"),
@@ -299,13 +294,8 @@ pub fn batch(body: &[u8], max_videos: usize, targets: &Targets) -> Result<Batch,
         }
         let file_name = problems.string(&|| format!("videos[{i}].fileName"), video.file_name);
         if let Some(file_name) = &file_name {
-            if file_name.trim().is_empty() {
-                problems.add(format!("videos[{i}].fileName"), "must not be empty");
-            } else if file_name.len() > MAX_FILE_NAME {
-                problems.add(
-                    format!("videos[{i}].fileName"),
-                    "must be at most 1024 characters",
-                );
+            if let Err(why) = fields::check_name(file_name, MAX_FILE_NAME) {
+                problems.add(format!("videos[{i}].fileName"), why.to_string());
             }
         }
         let metadata = metadata(&mut problems, i, video.metadata);

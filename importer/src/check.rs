@@ -7,12 +7,14 @@
 //!   `s3://bucket/key`: whether a source rule covers the bucket is the service's to say), and no IP
 //!   literal in a private, loopback, link-local or reserved network unless the service
 //!   admits it ([`Networks`], mirroring `fetch.allowed_networks`);
-//! - `id`: not blank, at most [`MAX_ID`] bytes, and unique: the API refuses a duplicate
-//!   within a batch; here it is refused within the whole manifest, since two rows with one
-//!   id are two updates of one media-library entry in no telling which order;
-//! - `fileName`: not blank, at most [`MAX_FILE_NAME`] bytes;
+//! - `id`: not blank, at most [`MAX_ID`] bytes, no control character, and unique: the API
+//!   refuses a duplicate within a batch; here it is refused within the whole manifest, since
+//!   two rows with one id are two updates of one media-library entry in no telling which
+//!   order;
+//! - `fileName`: not blank, at most [`MAX_FILE_NAME`] bytes, no control character (these
+//!   name rules are the API's own, `video_import_shared::fields`);
 //! - the row as JSON, inside a batch, must fit in a request body of `api.max_body_bytes`;
-//! - the batch's `systemName` (1 to [`MAX_SYSTEM_NAME`] bytes, trimmed) and `webhook` (as a
+//! - the batch's `systemName` (1 to [`MAX_SYSTEM_NAME`] bytes, trimmed, no control character) and `webhook` (as a
 //!   URL, against `webhook.allowed_networks`).
 //!
 //! Metadata is also validated against the project's JSON Schema, which only the service
@@ -27,14 +29,10 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::manifest::Row;
+use video_import_shared::fields::{self, NameProblem};
 use video_import_shared::store::Checksum;
 
-/// Longest `systemName` the API takes, in bytes (after trimming).
-pub const MAX_SYSTEM_NAME: usize = 200;
-/// Longest `id`, in bytes.
-pub const MAX_ID: usize = 1024;
-/// Longest `fileName`, in bytes.
-pub const MAX_FILE_NAME: usize = 1024;
+pub use video_import_shared::fields::{MAX_FILE_NAME, MAX_ID, MAX_SYSTEM_NAME};
 /// Longest `url` (and `webhook`), in bytes.
 pub const MAX_URL: usize = 8192;
 /// The API's default `api.max_body_bytes`: the largest request body.
@@ -142,19 +140,15 @@ impl Checker {
         let trimmed = system_name.trim();
         if system_name.contains('\0') {
             problems.push(Problem::of("--system-name", nul_message()));
-        } else if trimmed.is_empty() {
-            problems.push(Problem::of(
-                "--system-name",
-                "is empty; name the archive's system",
-            ));
-        } else if trimmed.len() > MAX_SYSTEM_NAME {
-            problems.push(Problem::of(
-                "--system-name",
-                format!(
-                    "is {} bytes long; the service takes at most {MAX_SYSTEM_NAME}",
-                    trimmed.len()
-                ),
-            ));
+        } else {
+            match fields::check_name(trimmed, MAX_SYSTEM_NAME) {
+                Ok(()) => {}
+                Err(NameProblem::Empty) => problems.push(Problem::of(
+                    "--system-name",
+                    "is empty; name the archive's system",
+                )),
+                Err(why) => problems.push(Problem::of("--system-name", name_problem(why))),
+            }
         }
         if let Some(webhook) = webhook {
             if webhook.contains('\0') {
@@ -214,22 +208,14 @@ impl Checker {
         }
         let mut id_ok = false;
         if !nul_in("id", &problems) {
-            if row.id.trim().is_empty() {
-                problems.push(Problem::of("id", "is empty"));
-            } else if row.id.len() > MAX_ID {
-                problems.push(Problem::of("id", too_long(row.id.len(), MAX_ID)));
-            } else {
-                id_ok = true;
+            match fields::check_name(&row.id, MAX_ID) {
+                Ok(()) => id_ok = true,
+                Err(why) => problems.push(Problem::of("id", name_problem(why))),
             }
         }
         if !nul_in("fileName", &problems) {
-            if row.file_name.trim().is_empty() {
-                problems.push(Problem::of("fileName", "is empty"));
-            } else if row.file_name.len() > MAX_FILE_NAME {
-                problems.push(Problem::of(
-                    "fileName",
-                    too_long(row.file_name.len(), MAX_FILE_NAME),
-                ));
+            if let Err(why) = fields::check_name(&row.file_name, MAX_FILE_NAME) {
+                problems.push(Problem::of("fileName", name_problem(why)));
             }
         }
         for (field, value) in [("sha256", &row.checksum.sha256), ("md5", &row.checksum.md5)] {
@@ -301,6 +287,15 @@ fn largest_field(row: &Row) -> &'static str {
 
 fn too_long(bytes: usize, max: usize) -> String {
     format!("is {bytes} bytes long; the service takes at most {max}: shorten it")
+}
+
+/// A name's problem in the importer's words.
+fn name_problem(why: NameProblem) -> String {
+    match why {
+        NameProblem::Empty => "is empty".into(),
+        NameProblem::TooLong { bytes, max } => too_long(bytes, max),
+        other => other.to_string(),
+    }
 }
 
 fn nul_message() -> &'static str {

@@ -5,6 +5,7 @@ pub mod batch;
 pub mod config;
 pub mod consume;
 pub mod db;
+pub mod fields;
 pub mod hosts;
 pub mod ids;
 pub mod messages;

@@ -324,6 +324,43 @@ async fn urls_without_a_host_or_with_control_characters_are_refused() {
     stack.finish().await;
 }
 
+/// Names (`systemName`, `id`, `fileName`): limits count bytes, as the messages say, and a
+/// control character (a line break, a tab, an escape) is refused, naming the character.
+#[tokio::test]
+async fn names_are_limited_in_bytes_and_hold_no_control_characters() {
+    let (stack, token) = api_with_token("names").await;
+    let url = "https://archive.example/v.mp4";
+    let with = |id: &str, file_name: &str| json!({"url": url, "id": id, "fileName": file_name, "metadata": {}});
+    let body = json!({"systemName": "日".repeat(67), "videos": [
+        with("line\nbreak", "f"),
+        with("b", "tab\there"),
+        with("c", "\u{1b}[31mred"),
+        with(&"é".repeat(513), "f"),
+        with(&"é".repeat(512), &"日".repeat(341)),
+    ]});
+    let (code, answer) = post(&stack, &token, JSON, &body.to_string()).await;
+    assert_eq!(code, 400, "{answer}");
+    let found = details(&answer);
+    let message = |field: &str| found[field].as_str().unwrap_or_default().to_string();
+    assert_eq!(
+        message("systemName"),
+        "is 201 bytes long (UTF-8); at most 200 bytes are allowed: shorten it"
+    );
+    assert!(message("videos[0].id").contains("U+000A"), "{answer}");
+    assert!(message("videos[1].fileName").contains("U+0009"), "{answer}");
+    assert!(message("videos[2].fileName").contains("U+001B"), "{answer}");
+    assert!(
+        message("videos[3].id").contains("1026 bytes long"),
+        "{answer}"
+    );
+    // 1024 bytes of two- and three-byte characters are within the limits.
+    assert_eq!(found.len(), 5, "{answer}");
+    let fine = json!({"systemName": "日".repeat(66), "videos": [with(&"é".repeat(512), &"日".repeat(341))]});
+    let (code, answer) = post(&stack, &token, JSON, &fine.to_string()).await;
+    assert_eq!(code, 200, "{answer}");
+    stack.finish().await;
+}
+
 #[tokio::test]
 async fn metadata_numbers_are_stored_exactly_or_refused() {
     let (stack, token) = api_with_token("numbers").await;
