@@ -14,9 +14,11 @@ pub use video_import_shared::store::{DamageKind, ItemState, JobState, WebhookSta
 #[serde(rename_all = "camelCase")]
 pub struct ImportRequest {
     /// Identifier of the system the videos come from; with each video's `id` the upsert key.
+    /// At most 200 bytes of UTF-8 (after trimming white space), no control characters.
     #[schema(
         min_length = 1,
         max_length = 200,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$",
         example = "identifier-for-your-system"
     )]
     pub system_name: String,
@@ -42,11 +44,23 @@ pub struct VideoInput {
     /// bucket a source rule of the project covers; no `data:` URLs, no control characters.
     #[schema(example = "https://archive.example/sample.mp4")]
     pub url: String,
-    /// Your id of the video (stored as `externalId`), unique within the batch.
-    #[schema(min_length = 1, max_length = 1024, example = "123abc")]
+    /// Your id of the video (stored as `externalId`), unique within the batch; at most 1024
+    /// bytes of UTF-8, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 1024,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$",
+        example = "123abc"
+    )]
     pub id: String,
-    /// File name of the media-library entry.
-    #[schema(max_length = 1024, example = "sample")]
+    /// File name of the media-library entry; at most 1024 bytes of UTF-8, no control
+    /// characters.
+    #[schema(
+        min_length = 1,
+        max_length = 1024,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$",
+        example = "sample"
+    )]
     pub file_name: String,
     /// Metadata, validated against the project's schema. Numbers must be storable exactly
     /// (64-bit integers, or at most 15 significant digits).
