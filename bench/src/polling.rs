@@ -16,9 +16,9 @@ use crate::Row;
 const CLIENTS: usize = 200;
 const SECONDS: u64 = 10;
 
-/// CPU time (user + system) the process has used so far, in seconds.
-pub(crate) fn cpu_seconds(pid: u32) -> f64 {
-    let ticks = std::process::Command::new("getconf")
+/// Clock ticks per second of the times in /proc (`getconf CLK_TCK`, 100 on Linux).
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
         .ok()
@@ -28,7 +28,11 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
                 .parse::<f64>()
                 .ok()
         })
-        .unwrap_or(100.0);
+        .unwrap_or(100.0)
+}
+
+/// CPU time (user + system) the process has used so far, in seconds.
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start at field 3.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -40,23 +44,12 @@ pub(crate) fn cpu_seconds(pid: u32) -> f64 {
             .unwrap_or(0.0)
     };
     // utime and stime are fields 14 and 15, i.e. 11 and 12 after the name.
-    (field(11) + field(12)) / ticks
+    (field(11) + field(12)) / clock_ticks()
 }
 
 /// Seconds the machine's CPUs have spent busy so far (all but idle and iowait, summed over
 /// the CPUs), from /proc/stat.
 pub(crate) fn machine_busy_seconds() -> f64 {
-    let ticks = std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .unwrap_or(100.0);
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
         return 0.0;
@@ -69,7 +62,7 @@ pub(crate) fn machine_busy_seconds() -> f64 {
     // user nice system idle iowait irq softirq steal ...
     let total: f64 = fields.iter().take(8).sum();
     let idle = fields.get(3).copied().unwrap_or(0.0) + fields.get(4).copied().unwrap_or(0.0);
-    (total - idle) / ticks
+    (total - idle) / clock_ticks()
 }
 
 /// What one load measured.

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use video_import_tests::videos::fixture;
 use video_import_tests::Stack;
 
-use crate::scenarios::{batch, options, post};
+use crate::scenarios::{batch, options, post, Growth};
 use crate::servers::{self, Counter};
 use crate::Row;
 
@@ -327,9 +327,7 @@ pub async fn fairness_growth() -> anyhow::Result<Vec<Row>> {
         runs.push((projects, fair_projects_run(projects, total).await?));
     }
     let costs: Vec<f64> = runs.iter().map(|(_, r)| 1e6 / r.rate).collect();
-    let (low, high) = costs
-        .iter()
-        .fold((f64::MAX, 0.0f64), |(l, h), c| (l.min(*c), h.max(*c)));
+    let Growth { low, high, step } = Growth::of(&costs);
     let figure = runs
         .iter()
         .zip(&costs)
@@ -341,7 +339,6 @@ pub async fn fairness_growth() -> anyhow::Result<Vec<Row>> {
         })
         .collect::<Vec<_>>()
         .join("; ");
-    let step = costs.windows(2).map(|w| w[1] / w[0]).fold(0.0f64, f64::max);
     Ok(vec![Row {
         scenario: "13 fairness growth: 20,000 videos shared by 1, 10, 100 projects, 2 workers",
         figure,

@@ -190,6 +190,27 @@ async fn same_sql_pgbench() -> anyhow::Result<f64> {
     tps
 }
 
+/// How a per-video cost changes over runs of growing work: what the growth targets are about
+/// (a small run also pays the fixed start-up latency over fewer videos).
+pub(crate) struct Growth {
+    /// The cheapest and the dearest run.
+    pub low: f64,
+    pub high: f64,
+    /// The largest factor from one run to the next larger one.
+    pub step: f64,
+}
+
+impl Growth {
+    /// Of `costs`, in the order of growing work.
+    pub fn of(costs: &[f64]) -> Self {
+        Growth {
+            low: costs.iter().copied().fold(f64::MAX, f64::min),
+            high: costs.iter().copied().fold(0.0, f64::max),
+            step: costs.windows(2).map(|w| w[1] / w[0]).fold(0.0, f64::max),
+        }
+    }
+}
+
 /// Scenario 14, how the cost grows with the work: scenario 1 at 1,000, 10,000 and 100,000 videos, in
 /// microseconds of wall time per video (the machine's two cores are the whole budget).
 pub async fn growth() -> anyhow::Result<Vec<Row>> {
@@ -199,18 +220,13 @@ pub async fn growth() -> anyhow::Result<Vec<Row>> {
         runs.push((total, rate));
     }
     let costs: Vec<f64> = runs.iter().map(|(_, r)| 1e6 / r).collect();
-    let (low, high) = costs
-        .iter()
-        .fold((f64::MAX, 0.0f64), |(l, h), c| (l.min(*c), h.max(*c)));
+    let Growth { low, high, step } = Growth::of(&costs);
     let figure = runs
         .iter()
         .zip(&costs)
         .map(|((n, r), c)| format!("{n}: {r:.0} videos/s ({c:.0} µs/video)"))
         .collect::<Vec<_>>()
         .join("; ");
-    // Growth is what the target is about: how much dearer a video gets as the work grows
-    // tenfold (a small run also pays the fixed start-up latency over fewer videos).
-    let step = costs.windows(2).map(|w| w[1] / w[0]).fold(0.0f64, f64::max);
     println!(
         "growth: {figure}; spread {:.0} %, largest step up {step:.2}",
         (high / low - 1.0) * 100.0

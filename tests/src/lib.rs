@@ -191,16 +191,23 @@ impl Default for Options {
 }
 
 impl Options {
-    /// Only the API (no worker, no notifier), with extra `VIDEO_IMPORT__...` variables.
-    pub fn api_only(env: &[(&str, &str)]) -> Options {
+    /// The default stack (one worker, a notifier) with extra `VIDEO_IMPORT__...` variables.
+    pub fn with_env(env: &[(&str, &str)]) -> Options {
         Options {
-            workers: 0,
-            notifier: false,
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             ..Options::default()
+        }
+    }
+
+    /// Only the API (no worker, no notifier), with extra `VIDEO_IMPORT__...` variables.
+    pub fn api_only(env: &[(&str, &str)]) -> Options {
+        Options {
+            workers: 0,
+            notifier: false,
+            ..Options::with_env(env)
         }
     }
 }

@@ -199,13 +199,7 @@ fn dropping(name: &str, headers: &HeaderMap) -> Response {
 use futures::StreamExt;
 
 fn options(env: &[(&str, &str)]) -> Options {
-    Options {
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Options::default()
-    }
+    Options::with_env(env)
 }
 
 /// Runs `source add ARGS` for `project`; its JSON on success.

@@ -15,13 +15,7 @@ use video_import_tests::{batch, free_port, Kind, Options, Stack};
 const ENDPOINT: &str = "VIDEO_IMPORT__TELEMETRY__OTLP_ENDPOINT";
 
 fn options(env: &[(&str, &str)]) -> Options {
-    Options {
-        env: env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Options::default()
-    }
+    Options::with_env(env)
 }
 
 /// The value of the series `series` (name and labels, as `/metrics` writes them) in `text`.

@@ -8,13 +8,7 @@ use video_import_tests::videos::{fixture, sha256, VideoServer};
 use video_import_tests::{batch, files_below, Kind, Options, Stack};
 
 fn env(pairs: &[(&str, &str)]) -> Options {
-    Options {
-        env: pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        ..Options::default()
-    }
+    Options::with_env(pairs)
 }
 
 #[tokio::test]
