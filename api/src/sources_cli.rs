@@ -43,6 +43,11 @@ pub enum SourceCommand {
         s3_access_key_id: Option<String>,
         #[arg(long)]
         s3_secret_access_key: Option<String>,
+        /// Read the secrets from standard input instead of the command line (where `ps` and
+        /// shell histories show them): a JSON object with any of `headers` (["NAME: VALUE",
+        /// …]), `basic` ("USER:PASSWORD") and `s3SecretAccessKey`.
+        #[arg(long)]
+        secrets_from_stdin: bool,
         /// Replace the project's rule of the same prefix (keeping its id) instead of refusing.
         #[arg(long)]
         replace: bool,
@@ -66,6 +71,67 @@ pub enum SecretsCommand {
     NewKey,
 }
 
+/// Largest standard input `--secrets-from-stdin` reads.
+const MAX_STDIN_SECRETS: u64 = 1024 * 1024;
+
+/// The secrets of a rule as `--secrets-from-stdin` reads them.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct StdinSecrets {
+    #[serde(default)]
+    headers: Vec<String>,
+    basic: Option<String>,
+    s3_secret_access_key: Option<String>,
+}
+
+impl StdinSecrets {
+    /// Reads one JSON object (at most [`MAX_STDIN_SECRETS`] bytes) from `input`.
+    fn read(input: impl std::io::Read) -> anyhow::Result<Self> {
+        use std::io::Read;
+        let mut text = String::new();
+        input
+            .take(MAX_STDIN_SECRETS + 1)
+            .read_to_string(&mut text)
+            .context("--secrets-from-stdin: reading standard input")?;
+        if text.len() as u64 > MAX_STDIN_SECRETS {
+            bail!("--secrets-from-stdin: standard input is over {MAX_STDIN_SECRETS} bytes");
+        }
+        // Only where it went wrong, never serde's own message: that may quote a value, and
+        // the values are secrets.
+        serde_json::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "--secrets-from-stdin: standard input is not a JSON object of headers ([\"NAME: \
+                 VALUE\", …]), basic (\"USER:PASSWORD\") and s3SecretAccessKey (a string), \
+                 and nothing else (line {}, column {})",
+                e.line(),
+                e.column()
+            )
+        })
+    }
+
+    /// Adds these secrets to those of the command line; a secret given both ways is refused.
+    fn merge_into(
+        self,
+        headers: &mut Vec<String>,
+        basic: &mut Option<String>,
+        s3_secret: &mut Option<String>,
+    ) -> anyhow::Result<()> {
+        if self.basic.is_some() && basic.is_some() {
+            bail!("--basic is given on the command line and on standard input; give it once");
+        }
+        if self.s3_secret_access_key.is_some() && s3_secret.is_some() {
+            bail!(
+                "--s3-secret-access-key is given on the command line and on standard input; \
+                 give it once"
+            );
+        }
+        headers.extend(self.headers);
+        *basic = basic.take().or(self.basic);
+        *s3_secret = s3_secret.take().or(self.s3_secret_access_key);
+        Ok(())
+    }
+}
+
 /// Runs a `source` command.
 pub async fn source(command: SourceCommand, settings: &Settings) -> anyhow::Result<()> {
     match command {
@@ -79,8 +145,15 @@ pub async fn source(command: SourceCommand, settings: &Settings) -> anyhow::Resu
             s3_endpoint,
             s3_access_key_id,
             s3_secret_access_key,
+            secrets_from_stdin,
             replace,
         } => {
+            let (mut headers, mut basic, mut s3_secret_access_key) =
+                (headers, basic, s3_secret_access_key);
+            if secrets_from_stdin {
+                let given = StdinSecrets::read(std::io::stdin().lock())?;
+                given.merge_into(&mut headers, &mut basic, &mut s3_secret_access_key)?;
+            }
             let s3 = S3Options {
                 region: s3_region,
                 endpoint: s3_endpoint,
@@ -411,5 +484,35 @@ pub async fn secrets(command: SecretsCommand, settings: &Settings) -> anyhow::Re
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StdinSecrets;
+
+    #[test]
+    fn secrets_from_standard_input_are_merged_and_never_echoed() {
+        let given = StdinSecrets::read(
+            br#"{"headers": ["X-Key: s3cr3t"], "basic": "u:pw", "s3SecretAccessKey": "k"}"#
+                .as_slice(),
+        )
+        .unwrap();
+        let (mut headers, mut basic, mut s3) = (vec!["Y: 1".to_string()], None, None);
+        given.merge_into(&mut headers, &mut basic, &mut s3).unwrap();
+        assert_eq!(headers, ["Y: 1", "X-Key: s3cr3t"]);
+        assert_eq!((basic.as_deref(), s3.as_deref()), (Some("u:pw"), Some("k")));
+        // A value of the wrong kind: the message says where, and never quotes it.
+        let wrong = StdinSecrets::read(br#"{"headers": "X-Key: s3cr3t"}"#.as_slice())
+            .unwrap_err()
+            .to_string();
+        assert!(wrong.contains("line 1"), "{wrong}");
+        assert!(!wrong.contains("s3cr3t"), "{wrong}");
+        // Given twice: refused.
+        let twice = StdinSecrets::read(br#"{"basic": "u:pw"}"#.as_slice()).unwrap();
+        let mut basic = Some("other:pw".to_string());
+        assert!(twice
+            .merge_into(&mut Vec::new(), &mut basic, &mut None)
+            .is_err());
     }
 }

@@ -613,15 +613,45 @@ impl Stack {
         args: &[&str],
         extra: &[(&str, &str)],
     ) -> CliOutput {
-        let out = Command::new(bin(binary))
+        self.run_binary_with_input(binary, args, extra, None).await
+    }
+
+    /// Runs `video-import-api ARGS` to its end with `input` on its standard input.
+    pub async fn api_cli_with_input(&self, args: &[&str], input: &str) -> CliOutput {
+        self.run_binary_with_input("video-import-api", args, &[], Some(input))
+            .await
+    }
+
+    /// [`Stack::run_binary`], with `input` (if any) on standard input.
+    async fn run_binary_with_input(
+        &self,
+        binary: &str,
+        args: &[&str],
+        extra: &[(&str, &str)],
+        input: Option<&str>,
+    ) -> CliOutput {
+        use tokio::io::AsyncWriteExt;
+        let mut child = Command::new(bin(binary))
             .args(args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .envs(extra.iter().copied())
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
-            .output()
-            .await
+            .spawn()
             .expect("run a binary");
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            stdin
+                .write_all(input.as_bytes())
+                .await
+                .expect("write to its standard input");
+        }
+        let out = child.wait_with_output().await.expect("run a binary");
         CliOutput {
             status: out.status,
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -277,18 +277,25 @@ async fn header_and_basic_rules_send_credentials_to_their_origin_only_and_never_
     .await;
     assert_eq!(keyed["headers"], json!(["X-Archive-Key"]), "{keyed}");
     assert_eq!(keyed["keyId"], key.id());
-    add(
-        &stack,
-        "sources",
-        &[
-            "--prefix",
-            &archive.url("/basic/"),
-            "--basic",
-            &format!("{USER}:{PASSWORD}"),
-            "--allow-http",
-        ],
-    )
-    .await;
+    // Its secret from standard input, out of sight of `ps` and shell histories.
+    let basic = stack
+        .api_cli_with_input(
+            &[
+                "source",
+                "add",
+                "--project",
+                "sources",
+                "--prefix",
+                &archive.url("/basic/"),
+                "--allow-http",
+                "--secrets-from-stdin",
+            ],
+            &json!({"basic": format!("{USER}:{PASSWORD}")}).to_string(),
+        )
+        .await;
+    assert!(basic.status.success(), "{}", basic.stderr);
+    let basic: Value = serde_json::from_str(&basic.stdout).unwrap();
+    assert_eq!(basic["basicAuth"], true, "{basic}");
     add(
         &stack,
         "sources",
