@@ -3,6 +3,7 @@
 //! only once complete; keys are fresh for every upload, so nothing committed is overwritten.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::config::StorageSettings;
@@ -273,8 +274,6 @@ struct LocalWrite {
     /// Open once the first bytes were written.
     file: Option<std::fs::File>,
     pending: Vec<u8>,
-    /// Whether this upload created a folder (whose entry in its parent must be synced too).
-    created_folder: bool,
 }
 
 impl LocalWrite {
@@ -285,7 +284,6 @@ impl LocalWrite {
             folders,
             file: None,
             pending: Vec::new(),
-            created_folder: false,
         }
     }
 
@@ -296,40 +294,34 @@ impl LocalWrite {
         let mut pending = std::mem::take(&mut self.pending);
         let (root, path) = (self.root.clone(), self.path.clone());
         let folders = self.folders.clone();
-        let mut created_folder = self.created_folder;
-        let (file, pending, created_folder) = tokio::task::spawn_blocking(move || {
+        let (file, pending) = tokio::task::spawn_blocking(move || {
             use std::io::Write;
             let mut open = match file.take() {
                 Some(f) => f,
-                None => create_new(&root, &path, &mut created_folder)?,
+                None => create_new(&root, &path)?,
             };
             open.write_all(&pending)?;
             pending.clear();
             if sync {
-                sync_durably(&root, &path, &open, created_folder, &folders).map_err(|source| {
+                sync_durably(&root, &path, &open, &folders).map_err(|source| {
                     std::io::Error::new(
                         source.kind(),
                         format!("syncing the stored file to disk failed: {source}"),
                     )
                 })?;
             }
-            Ok::<_, std::io::Error>((open, pending, created_folder))
+            Ok::<_, std::io::Error>((open, pending))
         })
         .await
         .expect("the write task does not panic")?;
         self.file = Some(file);
         self.pending = pending;
-        self.created_folder = created_folder;
         Ok(())
     }
 }
 
 /// Creates the file at `path` (never an existing one), with its folders below `root`.
-fn create_new(
-    root: &std::path::Path,
-    path: &std::path::Path,
-    created_folder: &mut bool,
-) -> std::io::Result<std::fs::File> {
+fn create_new(root: &std::path::Path, path: &std::path::Path) -> std::io::Result<std::fs::File> {
     let open = || {
         std::fs::OpenOptions::new()
             .write(true)
@@ -340,36 +332,36 @@ fn create_new(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let parent = path.parent().unwrap_or(root);
             std::fs::create_dir_all(parent)?;
-            *created_folder = true;
             open()
         }
         other => other,
     }
 }
 
-/// Syncs the written `file` at `path` and its folder to disk; when the upload created a
-/// folder, every folder up to `root` too (a new folder's entry lives in its parent).
+/// Syncs the written `file` at `path` and its folder to disk, and, until that has been
+/// done once for the folder, every folder above it up to `root` (a new folder's entry lives
+/// in its parent, and the upload that created the folder may not have synced it yet when
+/// another one, writing into the folder too, is done).
 fn sync_durably(
     root: &std::path::Path,
     path: &std::path::Path,
     file: &std::fs::File,
-    created_folder: bool,
     folders: &FolderSyncs,
 ) -> std::io::Result<()> {
     file.sync_all()?;
     let Some(folder) = path.parent() else {
         return Ok(());
     };
-    folders.of(folder).sync(folder)?;
-    if created_folder {
-        let mut dir = folder.parent();
-        while let Some(d) = dir {
-            std::fs::File::open(d)?.sync_all()?;
-            if d == root {
-                break;
-            }
-            dir = d.parent();
+    let folder_sync = folders.of(folder);
+    folder_sync.sync(folder)?;
+    if !folder_sync.parents_durable.load(Ordering::Acquire) {
+        let mut dir = Some(folder);
+        while let Some(d) = dir.filter(|d| *d != root && d.starts_with(root)) {
+            let parent = d.parent().unwrap_or(root);
+            std::fs::File::open(parent)?.sync_all()?;
+            dir = Some(parent);
         }
+        folder_sync.parents_durable.store(true, Ordering::Release);
     }
     Ok(())
 }
@@ -399,6 +391,9 @@ impl FolderSyncs {
 struct FolderSync {
     state: std::sync::Mutex<FolderState>,
     done: std::sync::Condvar,
+    /// Whether the folders above this one (up to the storage root) were synced since it
+    /// was first written to by this process.
+    parents_durable: std::sync::atomic::AtomicBool,
 }
 
 /// Syncs are numbered as they start.

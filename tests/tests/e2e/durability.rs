@@ -68,6 +68,14 @@ async fn stored_files_are_synced_before_their_entries_commit() {
         );
     }
 
+    // The project's folder is new: its entry in the storage root is synced too.
+    let root_path = std::fs::canonicalize(&root).expect("the storage root");
+    assert!(
+        traced.contains(&format!("<{}>", root_path.display())),
+        "no fsync of the storage root {}:\n{traced}",
+        root_path.display()
+    );
+
     // Not synced: with every fsync failing (EIO), the video fails with the reason, no entry
     // is written and no file is left.
     let mut tracer = strace(
