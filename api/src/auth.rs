@@ -65,8 +65,8 @@ impl FromRequestParts<AppState> for Caller {
                 "Send the access token as 'Authorization: Bearer <token>'.",
             ))?;
         // Requests with one token that arrive together (a client's pollers) share one
-        // lookup; a revocation holds for every request after the lookups under way when it
-        // committed (milliseconds), as nothing is kept beyond a lookup.
+        // lookup, one that starts after they arrived: a revocation holds for every request
+        // that arrives after it committed.
         let hash = hash_token(token);
         let shared = state
             .grants

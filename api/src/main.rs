@@ -21,7 +21,6 @@ mod redeliver;
 mod request_id;
 mod retry;
 mod server;
-mod single_flight;
 mod sources;
 mod sources_cli;
 mod state;

@@ -1,8 +1,8 @@
 //! What every request handler shares: the pool, the outbox relay, settings, compiled
 //! metadata schemas, the rate limiter, the API's metrics (`metrics`) and the asset storage.
 
-use crate::single_flight::SingleFlight;
 use std::sync::Arc;
+use video_import_shared::single_flight::SingleFlight;
 use video_import_shared::store::tokens::TokenGrant;
 
 use deadpool_postgres::Pool;

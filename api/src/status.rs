@@ -90,7 +90,8 @@ pub async fn show(
         .ok_or_else(|| ApiError::invalid("id", "is required: pass ?id=<job id>"))?;
     let not_found = || ApiError::NotFound(format!("No import job with id {id:?}."));
     // Read before the status: a change in between makes the next poll a 200, never a
-    // wrong 304. Polls of one job that arrive together share one read.
+    // wrong 304. Polls of one job that arrive together share one read, which starts after
+    // they arrived (a client sees its own change at once).
     let project_id = caller.project_id;
     let shared = state
         .fingerprints

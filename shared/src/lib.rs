@@ -22,6 +22,7 @@ pub mod retry;
 pub mod secrets;
 pub mod service;
 pub mod shutdown;
+pub mod single_flight;
 pub mod sources;
 pub mod storage;
 pub mod store;
