@@ -138,8 +138,16 @@ impl Pruner {
     pub async fn round(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         self.measure().await?;
         let started = Instant::now();
-        let pruned = locks::while_prune_locked(&self.pool, self.prune(shutdown)).await?;
-        if let Some(removed) = pruned.filter(|r| r.jobs > 0 || r.deleted() > 0) {
+        // Every statement of the round runs on the connection that holds the lock: should
+        // it be lost (and the lock with it, for another worker to take), the round stops at
+        // its next statement instead of pruning beside the new holder.
+        let Some(mut held) = locks::Held::try_take(&self.pool, locks::PRUNE_LOCK).await? else {
+            return Ok(());
+        };
+        let pruned = self.prune(&mut held, shutdown).await;
+        held.release().await;
+        let removed = pruned?;
+        if removed.jobs > 0 || removed.deleted() > 0 {
             tracing::info!(
                 jobs = removed.jobs,
                 job_items = removed.job_items,
@@ -168,12 +176,13 @@ impl Pruner {
 
     /// Prunes every job finished before the cutoff, then the expired idempotency keys, a
     /// batch at a time, until none is left or `shutdown`.
-    async fn prune(&self, shutdown: &CancellationToken) -> anyhow::Result<Removed> {
+    async fn prune(
+        &self,
+        held: &mut locks::Held,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Removed> {
         let mut total = Removed::default();
-        let now = {
-            let client = self.pool.get().await.context("connecting to prune")?;
-            retention::now(&client).await?
-        };
+        let now = retention::now(held.client()).await?;
         let Some(cutoff) = cutoff(now, self.retention) else {
             return Ok(total);
         };
@@ -186,9 +195,8 @@ impl Pruner {
             if queue.is_empty() {
                 // A round can go on for hours through a backlog: the gauge follows it.
                 self.measure().await?;
-                let client = self.pool.get().await.context("connecting to prune")?;
                 queue.extend(
-                    retention::candidates(&client, cutoff, LOOK)
+                    retention::candidates(held.client(), cutoff, LOOK)
                         .await?
                         .into_iter()
                         .map(Pending::from),
@@ -201,7 +209,16 @@ impl Pruner {
                 break;
             };
             let started = Instant::now();
-            let removed = self.run_step(&step).await?;
+            let removed = match run_step(held, &step).await? {
+                Some(removed) => removed,
+                None => {
+                    // Its webhook is being delivered again: it waits for a later round.
+                    if let Step::Items { job_id, .. } = &step {
+                        queue.retain(|p| &p.job_id != job_id);
+                    }
+                    Removed::default()
+                }
+            };
             let took = started.elapsed();
             self.after_batch(&removed, took, &mut budget, shutdown)
                 .await;
@@ -213,9 +230,7 @@ impl Pruner {
             }
             let started = Instant::now();
             let asked = budget;
-            let client = self.pool.get().await.context("connecting to prune")?;
-            let keys = retention::expired_keys(&client, asked as i64).await?;
-            drop(client);
+            let keys = retention::expired_keys(held.client(), asked as i64).await?;
             let removed = Removed {
                 idempotency_keys: keys,
                 ..Removed::default()
@@ -228,24 +243,6 @@ impl Pruner {
             }
         }
         Ok(total)
-    }
-
-    /// One batch, in one transaction.
-    async fn run_step(&self, step: &Step) -> anyhow::Result<Removed> {
-        let mut client = self.pool.get().await.context("connecting to prune")?;
-        match step {
-            Step::Items { job_id, from, to } => Ok(Removed {
-                job_items: retention::prune_items(&client, job_id, *from, *to).await?,
-                ..Removed::default()
-            }),
-            Step::Jobs(ids) => {
-                let tx = client.transaction().await.context("starting to prune")?;
-                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
-                let removed = retention::prune_jobs(&tx, &ids).await?;
-                tx.commit().await.context("committing a pruning batch")?;
-                Ok(removed)
-            }
-        }
     }
 
     /// Counts a batch, sizes the next one and pauses.
@@ -262,6 +259,39 @@ impl Pruner {
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = tokio::time::sleep(took * PAUSE_PER_BUSY) => {}
+        }
+    }
+}
+
+/// One batch, in one transaction on the connection holding the pruner's lock; `None` when
+/// the first batch of a large job found its webhook being delivered again (nothing was
+/// removed).
+async fn run_step(held: &mut locks::Held, step: &Step) -> anyhow::Result<Option<Removed>> {
+    match step {
+        Step::Items { job_id, from, to } if *from == 0 => {
+            let tx = held
+                .client_mut()
+                .transaction()
+                .await
+                .context("starting to prune")?;
+            let removed = retention::start_items(&tx, job_id, *from, *to).await?;
+            tx.commit().await.context("committing a pruning batch")?;
+            Ok(removed)
+        }
+        Step::Items { job_id, from, to } => Ok(Some(Removed {
+            job_items: retention::prune_items(held.client(), job_id, *from, *to).await?,
+            ..Removed::default()
+        })),
+        Step::Jobs(ids) => {
+            let tx = held
+                .client_mut()
+                .transaction()
+                .await
+                .context("starting to prune")?;
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let removed = retention::prune_jobs(&tx, &ids).await?;
+            tx.commit().await.context("committing a pruning batch")?;
+            Ok(Some(removed))
         }
     }
 }

@@ -4,8 +4,9 @@ use anyhow::Context;
 
 /// The storage sweeper's lock (any number, so long as every process agrees on it).
 const SWEEP_LOCK: i64 = 0x0073_7765_6570;
-/// The retention pruner's lock.
-const PRUNE_LOCK: i64 = 0x0070_7275_6e65;
+/// The retention pruner's lock: one pruner at a time across workers (taken with [`Held`], so
+/// that a pruner whose connection and lock are lost stops at its next statement).
+pub const PRUNE_LOCK: i64 = 0x0070_7275_6e65;
 
 /// Runs `work` unless another process holds the sweeper's lock; `None` then. The lock is
 /// PostgreSQL's, held by one connection for the duration, so it ends with a crashed process.
@@ -17,18 +18,6 @@ where
     F: std::future::Future<Output = anyhow::Result<T>>,
 {
     while_locked(pool, SWEEP_LOCK, "the sweeper's lock", work).await
-}
-
-/// Runs `work` unless another process holds the retention pruner's lock; `None` then. As
-/// for the sweeper, the lock ends with the connection, so a crashed pruner leaves none.
-pub async fn while_prune_locked<T, F>(
-    pool: &deadpool_postgres::Pool,
-    work: F,
-) -> anyhow::Result<Option<T>>
-where
-    F: std::future::Future<Output = anyhow::Result<T>>,
-{
-    while_locked(pool, PRUNE_LOCK, "the pruner's lock", work).await
 }
 
 /// Runs `work` while one pooled connection holds the session-level advisory lock `key`
@@ -95,6 +84,13 @@ impl Held {
     pub fn client(&self) -> &deadpool_postgres::Object {
         self.client
             .as_ref()
+            .expect("held until released or dropped")
+    }
+
+    /// The connection that holds the lock, for a transaction.
+    pub fn client_mut(&mut self) -> &mut deadpool_postgres::Object {
+        self.client
+            .as_mut()
             .expect("held until released or dropped")
     }
 

@@ -8,7 +8,7 @@
 //!
 //! Every call here is one short statement or transaction over a bounded set of rows: the
 //! worker's pruner (`worker/src/prune.rs`) sizes and paces them, one pruner at a time
-//! (`locks::while_prune_locked`).
+//! (`locks::PRUNE_LOCK`, whose connection runs every statement of the pruner).
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -124,6 +124,7 @@ pub async fn candidates(
 /// Deletes the item rows `from..to` (by `idx`) of one job: the batches of a job too large
 /// to go in one. The job is marked pruned by [`prune_jobs`] once the last of them is gone;
 /// until then its status sees fewer items than its total and answers as pruned already.
+/// The first batch of such a job goes through [`start_items`] instead.
 pub async fn prune_items(
     client: &impl GenericClient,
     job_id: &str,
@@ -137,6 +138,55 @@ pub async fn prune_items(
         )
         .await
         .context("deleting a job's videos")
+}
+
+/// The first batch of a job too large for one, in the caller's transaction: its webhook
+/// delivery is locked first and, unless a redelivery made it pending again since the job
+/// was chosen (`None` then: the job is left as it is), removed with its attempts and its
+/// dispatch row before any of its videos go. A redelivery request from then on finds no
+/// delivery and answers 410, so no webhook is ever sent with part of its videos gone.
+pub async fn start_items(
+    tx: &Transaction<'_>,
+    job_id: &str,
+    from: i32,
+    to: i32,
+) -> anyhow::Result<Option<Removed>> {
+    let delivery = tx
+        .query_opt(
+            "SELECT state FROM webhook_deliveries WHERE job_id = $1 FOR UPDATE",
+            &[&job_id],
+        )
+        .await
+        .context("locking the job's webhook delivery")?;
+    if delivery.is_some_and(|r| r.get::<_, WebhookState>(0) == WebhookState::Pending) {
+        return Ok(None);
+    }
+    let ids = &[job_id];
+    Ok(Some(Removed {
+        webhook_attempts: each(
+            tx,
+            "DELETE FROM webhook_attempts WHERE job_id = ANY($1)",
+            ids,
+            "webhook attempts",
+        )
+        .await?,
+        webhook_deliveries: each(
+            tx,
+            "DELETE FROM webhook_deliveries WHERE job_id = ANY($1)",
+            ids,
+            "webhook deliveries",
+        )
+        .await?,
+        dispatch: each(
+            tx,
+            "DELETE FROM dispatch WHERE job_id = ANY($1)",
+            ids,
+            "dispatch rows",
+        )
+        .await?,
+        job_items: prune_items(tx, job_id, from, to).await?,
+        ..Removed::default()
+    }))
 }
 
 /// Removes, in the caller's transaction, the rows of whole jobs (their videos, webhook

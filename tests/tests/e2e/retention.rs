@@ -365,3 +365,102 @@ async fn a_job_finished_before_the_cutoff_is_pruned_to_a_tombstone_and_a_newer_o
     receiver.assert_all_signed_by(&project.secret);
     stack.finish().await;
 }
+
+/// A job too large for one pruning batch loses its webhook delivery with its first batch,
+/// before any of its videos: a redelivery requested after that answers 410 and sends
+/// nothing (no webhook ever goes out with part of the videos gone), and one requested before
+/// keeps the pruner off the job (nothing of it is removed).
+#[tokio::test]
+async fn a_large_job_loses_its_webhook_delivery_before_its_videos_and_a_redelivery_between_answers_410(
+) {
+    use video_import_shared::store::retention;
+
+    let stack = Stack::start(Options::default()).await;
+    let videos = VideoServer::start().await;
+    let receiver = Receiver::start(&[]).await;
+    let project = stack.project("large").await;
+    let body = |tag: &str| {
+        batch("archive")
+            .webhook(&receiver.url)
+            .urls((0..3).map(|i| videos.url(&format!("/videos/sample.mp4?{tag}={i}"))))
+            .build()
+    };
+    let first = post(&stack, &project.token, "first", &body("a")).await;
+    let second = post(&stack, &project.token, "second", &body("b")).await;
+    stack
+        .wait_webhook(&project.token, &first, "delivered")
+        .await;
+    stack
+        .wait_webhook(&project.token, &second, "delivered")
+        .await;
+    let pool = video_import_shared::db::connect(&video_import_shared::config::DatabaseSettings {
+        url: stack.db_url.clone(),
+        pool_size: 2,
+        pool_timeout: Duration::from_secs(10),
+    })
+    .await
+    .expect("a pool");
+    let redeliver = |job: String| {
+        let (http, url, token) = (
+            stack.http.clone(),
+            format!("{}/api/v1/import/videos/{job}/webhook", stack.api_url),
+            project.token.clone(),
+        );
+        async move {
+            http.post(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .expect("POST redeliver")
+                .status()
+                .as_u16()
+        }
+    };
+
+    // The pruner's first batch of the first job (as for a job of more videos than a batch).
+    let mut client = pool.get().await.unwrap();
+    let tx = client.transaction().await.unwrap();
+    let removed = retention::start_items(&tx, &first, 0, 1)
+        .await
+        .unwrap()
+        .expect("its delivery was not pending");
+    tx.commit().await.unwrap();
+    assert_eq!(
+        (removed.webhook_deliveries, removed.job_items),
+        (1, 1),
+        "{removed:?}"
+    );
+    assert_eq!(redeliver(first.clone()).await, 410);
+    let status = stack
+        .http
+        .get(format!(
+            "{}/api/v1/import/videos/status?id={first}",
+            stack.api_url
+        ))
+        .bearer_auth(&project.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), 410, "part-way pruned answers 410 too");
+
+    // A redelivery before the first batch: the batch leaves the job alone.
+    assert_eq!(redeliver(second.clone()).await, 202);
+    let tx = client.transaction().await.unwrap();
+    let skipped = retention::start_items(&tx, &second, 0, 1).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(skipped, None);
+    assert_eq!(rows_of(&stack, &second).await[0], 3, "no video removed");
+    stack
+        .wait_webhook(&project.token, &second, "delivered")
+        .await;
+    // One webhook for the first job (its original), two for the second.
+    let sent = |job: &str| {
+        receiver
+            .received()
+            .iter()
+            .filter(|r| r.json()["id"] == job)
+            .count()
+    };
+    assert_eq!((sent(&first), sent(&second)), (1, 2));
+    stack.finish().await;
+}
