@@ -309,8 +309,11 @@ pub fn cutoff(now: DateTime<Utc>, retention: Duration) -> Option<DateTime<Utc>> 
 /// A job being pruned: its item rows `from..total` are left.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
+    /// The job.
     pub job_id: String,
+    /// Its number of videos.
     pub total: i32,
+    /// The first of its videos whose row is not yet deleted.
     pub from: i32,
 }
 

@@ -19,11 +19,17 @@ use super::{idempotency, WebhookState};
 /// Rows removed, by table (`jobs`: rows made tombstones).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Removed {
+    /// Job rows made tombstones.
     pub jobs: u64,
+    /// Videos' rows deleted.
     pub job_items: u64,
+    /// Webhook attempts deleted.
     pub webhook_attempts: u64,
+    /// Webhook deliveries deleted.
     pub webhook_deliveries: u64,
+    /// Dispatch rows deleted.
     pub dispatch: u64,
+    /// Idempotency keys deleted (their window over).
     pub idempotency_keys: u64,
 }
 
@@ -79,7 +85,9 @@ impl std::ops::AddAssign for Removed {
 /// A finished job whose rows may be removed, with its number of videos (its item rows).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
+    /// The job.
     pub job_id: String,
+    /// Its number of videos: the item rows it has, unless a batch removed some already.
     pub total: i32,
 }
 
