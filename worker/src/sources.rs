@@ -479,3 +479,259 @@ impl HttpConnector for GuardedConnector {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+    use video_import_shared::secrets::{Hidden, SecretKey};
+    use video_import_shared::sources::{coverage, Coverage};
+    use video_import_shared::store::projects::{self, Limits};
+    use video_import_shared::store::sources::{NewRule, S3Location};
+
+    fn options() -> netguard::ClientOptions {
+        netguard::ClientOptions {
+            connect_timeout: Duration::from_secs(1),
+            read_timeout: Duration::from_secs(1),
+            max_redirects: 0,
+            user_agent: "test".into(),
+        }
+    }
+
+    fn builder(keys: &Keyring) -> Builder {
+        video_import_shared::telemetry::init_tls();
+        Builder {
+            keys: keys.clone(),
+            policy: AddressPolicy::new(true, &[]),
+            options: options(),
+        }
+    }
+
+    fn keyring() -> Keyring {
+        Keyring::new(Some(SecretKey::generate()), vec![])
+    }
+
+    /// The secrets and S3 location of a rule with `prefix`.
+    fn parts(prefix: &str) -> (SourceKind, RuleSecrets, Option<S3Location>) {
+        if prefix.starts_with("s3://") {
+            let secrets = RuleSecrets {
+                s3_secret_access_key: Some(Hidden("s3cr3t".into())),
+                ..RuleSecrets::default()
+            };
+            let location = S3Location {
+                region: "us-east-1".into(),
+                endpoint: Some("http://127.0.0.1:9000".into()),
+                access_key_id: "AKIATEST".into(),
+            };
+            (SourceKind::S3, secrets, Some(location))
+        } else {
+            let secrets = RuleSecrets {
+                headers: vec![("X-Key".into(), Hidden("v".into()))],
+                ..RuleSecrets::default()
+            };
+            (SourceKind::Http, secrets, None)
+        }
+    }
+
+    /// A stored rule `id` of project 1, sealed with `keys`.
+    fn row(id: i64, prefix: &str, keys: &Keyring) -> RuleRow {
+        let (kind, secrets, s3) = parts(prefix);
+        let now = chrono::Utc::now();
+        RuleRow {
+            id,
+            project_id: 1,
+            prefix: prefix.into(),
+            kind,
+            allow_http: false,
+            header_names: vec!["X-Key".into()],
+            basic_auth: false,
+            s3,
+            sealed: secrets.seal(keys, 1, prefix).unwrap(),
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn url(text: &str) -> url::Url {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn an_unchanged_row_keeps_what_was_built_and_a_changed_one_is_built_again() {
+        let keys = keyring();
+        let builder = builder(&keys);
+        let rows = vec![
+            row(1, "s3://masters/", &keys),
+            row(2, "https://archive.example/", &keys),
+        ];
+        let (first, _) = builder.assemble(rows.clone(), &[], &[]);
+        assert!(matches!(*first[0].access, Access::S3(_)));
+        assert!(matches!(*first[1].access, Access::Http { .. }));
+        let (again, _) = builder.assemble(rows.clone(), &first, &[]);
+        for (before, now) in first.iter().zip(&again) {
+            assert!(Arc::ptr_eq(&before.access, &now.access), "{}", now.name());
+        }
+        // Rotated (sealed again, `updated_at` as it was) and replaced (`updated_at` moved):
+        // both built again, and still usable.
+        let mut rotated = rows[0].clone();
+        rotated.sealed = parts("s3://masters/")
+            .1
+            .seal(&keys, 1, "s3://masters/")
+            .unwrap();
+        let mut replaced = rows[1].clone();
+        replaced.updated_at += chrono::Duration::seconds(1);
+        replaced.allow_http = true;
+        let (changed, _) = builder.assemble(vec![rotated, replaced], &again, &[]);
+        for (before, now) in again.iter().zip(&changed) {
+            assert!(!Arc::ptr_eq(&before.access, &now.access), "{}", now.name());
+            assert!(now.unusable().is_none(), "{}", now.name());
+        }
+        assert!(changed[1].allow_http);
+        // A removed rule is gone.
+        let (left, _) = builder.assemble(vec![rows[1].clone()], &changed, &[]);
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].id, 2);
+    }
+
+    #[test]
+    fn only_secrets_a_key_can_mend_are_retried_the_others_fail_at_once_naming_the_rule() {
+        let keys = keyring();
+        let stored = row(7, "s3://masters/", &keys);
+        let outcome = |builder: &Builder, row: &RuleRow| {
+            let (rules, _) = builder.assemble(vec![row.clone()], &[], &[]);
+            rules[0].unusable().expect("unusable")
+        };
+        // Sealed with a key this worker lacks: configuring it mends that.
+        let error = outcome(&builder(&keyring()), &stored);
+        assert!(matches!(error, FetchError::Transient { .. }), "{error}");
+        assert!(error.to_string().contains(&stored.sealed.key_id), "{error}");
+        // Damaged, or bound to another rule: no key mends it.
+        let mut damaged = stored.clone();
+        let last = damaged.sealed.bytes.len() - 1;
+        damaged.sealed.bytes[last] ^= 1;
+        let mut moved = stored.clone();
+        moved.sealed = row(8, "s3://other/", &keys).sealed;
+        // Stored as an http rule with an s3:// prefix.
+        let mut mismatched = stored.clone();
+        mismatched.kind = SourceKind::Http;
+        for bad in [damaged, moved, mismatched] {
+            let error = outcome(&builder(&keys), &bad);
+            assert!(matches!(error, FetchError::Permanent { .. }), "{error}");
+            assert!(
+                error
+                    .to_string()
+                    .starts_with("cannot use source rule 7 (s3://masters/): "),
+                "{error}"
+            );
+        }
+        assert!(builder(&keys)
+            .assemble(vec![stored], &[], &[])
+            .0[0]
+            .unusable()
+            .is_none());
+    }
+
+    #[test]
+    fn a_rule_whose_stored_prefix_does_not_parse_covers_nothing() {
+        let keys = keyring();
+        let builder = builder(&keys);
+        let bad = row(3, "s3://bad bucket/", &keys);
+        let good = row(4, "https://archive.example/", &keys);
+        let (rules, left_out) = builder.assemble(vec![bad.clone(), good.clone()], &[], &[]);
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].id, 4);
+        assert_eq!(left_out, vec![bad.clone()]);
+        for target in [
+            "s3://unusable/a.mp4",
+            "s3://bad/a.mp4",
+            "s3://masters/a.mp4",
+        ] {
+            assert!(
+                matches!(coverage(&rules, &url(target)), Coverage::None),
+                "{target}"
+            );
+        }
+        // Found again by the next read: still left out (and, being known, not logged again).
+        let (rules, left_out) = builder.assemble(vec![bad.clone(), good], &rules, &left_out);
+        assert_eq!((rules.len(), left_out), (1, vec![bad]));
+    }
+
+    /// Adds a rule with `prefix` to project `project_id`.
+    async fn add(client: &deadpool_postgres::Client, project_id: i64, prefix: &str, keys: &Keyring) {
+        let (kind, secrets, s3) = parts(prefix);
+        let sealed = secrets.seal(keys, project_id, prefix).unwrap();
+        let rule = NewRule {
+            prefix,
+            kind,
+            allow_http: false,
+            header_names: &[],
+            basic_auth: false,
+            s3: s3.as_ref(),
+            sealed: &sealed,
+        };
+        sources::add(client, project_id, &rule, false).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn downloads_that_find_the_rules_expired_share_one_read_and_the_built_client() {
+        video_import_shared::telemetry::init_tls();
+        let db = video_import_tests::Database::create().await;
+        let pool = video_import_shared::db::connect(&db.settings())
+            .await
+            .unwrap();
+        video_import_shared::store::migrate::run(&pool).await.unwrap();
+        let client = pool.get().await.unwrap();
+        let limits = Limits {
+            daily_limit: None,
+            metadata_schema: None,
+        };
+        projects::create(&client, "p", "whsec_test", &limits)
+            .await
+            .unwrap();
+        let project_id = projects::id_of(&client, "p").await.unwrap().unwrap();
+        let keys = keyring();
+        add(&client, project_id, "s3://masters/", &keys).await;
+        let rules = Arc::new(SourceRules::new(
+            pool.clone(),
+            keys.clone(),
+            AddressPolicy::new(true, &[]),
+            options(),
+        ));
+        let reads = || rules.inner.reads.load(Ordering::SeqCst);
+
+        let first = rules.of(project_id).await.unwrap();
+        assert!(matches!(*first[0].access, Access::S3(_)));
+        assert!(Arc::ptr_eq(&rules.of(project_id).await.unwrap(), &first));
+        assert_eq!(reads(), 1, "cached");
+
+        // Expired: a hundred downloads at once read once, and keep the S3 client.
+        rules.expire(project_id);
+        let all = futures::future::join_all((0..100).map(|_| rules.of(project_id))).await;
+        assert_eq!(reads(), 2, "one read for a hundred downloads");
+        let read = all[0].as_ref().unwrap().clone();
+        assert!(!Arc::ptr_eq(&read, &first), "read again");
+        for got in &all {
+            assert!(Arc::ptr_eq(got.as_ref().unwrap(), &read));
+        }
+        assert!(Arc::ptr_eq(&read[0].access, &first[0].access), "the same client");
+
+        // A rule added just now: downloads that lack it share a read that starts after they
+        // asked, and find it.
+        add(&client, project_id, "https://archive.example/", &keys).await;
+        let fresh =
+            futures::future::join_all((0..50).map(|_| rules.fresh(project_id, &read))).await;
+        let extra = reads() - 2;
+        assert!((1..=2).contains(&extra), "{extra} reads for 50 downloads");
+        for got in &fresh {
+            let got = got.as_ref().unwrap();
+            assert_eq!(got.len(), 2);
+            assert!(Arc::ptr_eq(&got[1].access, &read[0].access), "s3 client kept");
+        }
+        // Once read, the newer rules do for a download that still holds the old ones.
+        let before = reads();
+        rules.fresh(project_id, &read).await.unwrap();
+        assert_eq!(reads(), before);
+        drop(client);
+        drop(pool);
+    }
+}
