@@ -3,7 +3,7 @@
 //! rotated.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -23,6 +23,10 @@ const USER: &str = "archivist";
 const PASSWORD: &str = "pa55-VALUE-2c7e";
 const OTHER_HEADER_VALUE: &str = "other-VALUE-3b1d";
 const S3_SECRET: &str = "s3-SECRET-VALUE-4e8f";
+
+/// How long a worker uses a project's rules before it reads them again (the worker's
+/// `sources::CACHE_FOR`; README "Sources").
+const RULES_CACHED_FOR: Duration = Duration::from_secs(10);
 
 /// What each request of an [`Archive`] carried: its path and query, and its headers.
 type Seen = Arc<Mutex<Vec<(String, HeaderMap)>>>;
@@ -326,6 +330,26 @@ async fn header_and_basic_rules_send_credentials_to_their_origin_only_and_never_
         "{}",
         refused.stderr
     );
+    // ... and means nothing for an https:// prefix: refused, naming the flag.
+    let meaningless = stack
+        .api_cli(&[
+            "source",
+            "add",
+            "--project",
+            "sources",
+            "--prefix",
+            "https://cdn.archive.example/",
+            "--header",
+            "X-Key: v",
+            "--allow-http",
+        ])
+        .await;
+    assert!(!meaningless.status.success());
+    assert!(
+        meaningless.stderr.contains("--allow-http is for http:// prefixes"),
+        "{}",
+        meaningless.stderr
+    );
     let twice = stack
         .api_cli(&[
             "source",
@@ -365,6 +389,8 @@ async fn header_and_basic_rules_send_credentials_to_their_origin_only_and_never_
         .video(archive.url(presigned), "presigned");
     let job = stack.import(&project.token, &body).await;
     let status = stack.wait_finished(&project.token, &job, 60).await;
+    // The worker read the project's rules for the last time before the job finished.
+    let rules_read_by = Instant::now();
     assert_eq!(status["overview"]["imported"], 6, "{status}");
 
     // The server saw the credentials on every request to its rule's prefixes and origin.
@@ -477,11 +503,33 @@ async fn header_and_basic_rules_send_credentials_to_their_origin_only_and_never_
     }
     assert!(!logs.contains(USER), "the basic user in the logs");
 
-    // Removed, a rule is gone for the next fetch (the worker reads rules again within 10 s).
+    // Removed, a rule is gone for the fetches after the worker's cache of the project's
+    // rules (read before the first job finished) expired: the archive gets no credentials,
+    // answers 401, the worker reads the rules once more, finds none, and the video fails.
+    // (Before that, the cached rule would still send them: the wait is what is tested.)
     let id = keyed["id"].as_i64().unwrap().to_string();
     let removed = stack.api_cli(&["source", "remove", &id]).await;
     assert!(removed.status.success(), "{}", removed.stderr);
     assert_eq!(stack.sql("SELECT 1 FROM source_rules").await.len(), 2);
+    tokio::time::sleep_until((rules_read_by + RULES_CACHED_FOR).into()).await;
+    let job = stack
+        .import(
+            &project.token,
+            &batch("archive").video(archive.url("/keyed/other.mp4"), "after-removal"),
+        )
+        .await;
+    let status = stack.wait_finished(&project.token, &job, 60).await;
+    assert_eq!(status["videos"][0]["state"], "failed", "{status}");
+    assert!(
+        status["videos"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("401"),
+        "{status}"
+    );
+    let after = archive.requests("/keyed/other.mp4");
+    assert_eq!(after.len(), 1, "asked once: no rule covers it after reading again");
+    assert!(!after[0].contains_key("x-archive-key"), "the removed rule's header was sent");
     stack.finish().await;
 }
 
