@@ -847,3 +847,109 @@ async fn a_rule_added_moments_ago_is_used_on_the_sources_first_refusal() {
     assert_eq!(requests[1]["x-archive-key"], HEADER_VALUE);
     stack.finish().await;
 }
+
+/// A rule whose secrets are damaged (changed outside video-import-api) fails its videos at
+/// once, naming the rule, with nothing sent; a rule sealed by a key the worker lacks is
+/// waited for (configuring the key mends it), as the retry schedule says.
+#[tokio::test]
+async fn damaged_secrets_fail_at_once_and_a_missing_key_is_waited_for() {
+    let key = SecretKey::generate();
+    let stack = Stack::start(options(&[
+        ("VIDEO_IMPORT__SECRETS__KEY", &key.to_base64()),
+        // A failure that is retried waits a minute: one that is not finishes long before.
+        ("VIDEO_IMPORT__FETCH__RETRY_DELAYS_SECS", "60,60"),
+    ]))
+    .await;
+    let archive = Archive::start().await;
+    let project = stack.project("damaged").await;
+    let damaged = add(
+        &stack,
+        "damaged",
+        &[
+            "--prefix",
+            &archive.url("/keyed/"),
+            "--header",
+            &format!("X-Archive-Key: {HEADER_VALUE}"),
+            "--allow-http",
+        ],
+    )
+    .await;
+    let unknown = add(
+        &stack,
+        "damaged",
+        &[
+            "--prefix",
+            &archive.url("/basic/"),
+            "--basic",
+            &format!("{USER}:{PASSWORD}"),
+            "--allow-http",
+        ],
+    )
+    .await;
+    // One bit of the first rule's ciphertext flipped; the second said to be sealed by a key
+    // no one configured.
+    stack
+        .sql(&format!(
+            "UPDATE source_rules SET sealed = set_byte(sealed, length(sealed) - 1,
+                 get_byte(sealed, length(sealed) - 1) # 1) WHERE id = {}",
+            damaged["id"]
+        ))
+        .await;
+    stack
+        .sql(&format!(
+            "UPDATE source_rules SET key_id = '0badc0de' WHERE id = {}",
+            unknown["id"]
+        ))
+        .await;
+    let job = stack
+        .import(
+            &project.token,
+            &batch("archive")
+                .video(archive.url("/keyed/sample.mp4"), "damaged")
+                .video(archive.url("/basic/sample.webm"), "unknown-key"),
+        )
+        .await;
+    let status = stack
+        .poll_until("the damaged rule's video to fail", Duration::from_secs(20), async || {
+            let status = stack.status(&project.token, &job).await;
+            if status["videos"][0]["state"] == "failed" {
+                Ok(status)
+            } else {
+                Err(status)
+            }
+        })
+        .await;
+    let reason = status["videos"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!(
+            "cannot use source rule {} ({}): it does not decrypt",
+            damaged["id"],
+            archive.url("/keyed/")
+        )),
+        "{reason}"
+    );
+    // Waited for: tried, still pending, the reason saying which key to configure.
+    let (state, last_error) = stack
+        .poll_until("the other video to be tried", Duration::from_secs(20), async || {
+            let rows = stack
+                .sql("SELECT state, last_error FROM job_items WHERE external_id = 'unknown-key'")
+                .await;
+            let (state, error): (String, Option<String>) = (rows[0].get(0), rows[0].get(1));
+            match error {
+                Some(error) => Ok((state, error)),
+                None => Err(state),
+            }
+        })
+        .await;
+    assert_eq!(state, "pending", "{last_error}");
+    assert!(
+        last_error.contains("0badc0de") && last_error.contains("secrets.previous_keys"),
+        "{last_error}"
+    );
+    assert_eq!(status["videos"][1]["state"], "pending", "{status}");
+    assert!(
+        archive.seen.lock().unwrap().is_empty(),
+        "nothing is sent for an unusable rule"
+    );
+    stack.finish().await;
+}
