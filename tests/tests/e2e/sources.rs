@@ -909,10 +909,12 @@ async fn damaged_secrets_fail_at_once_and_a_missing_key_is_waited_for() {
                 .video(archive.url("/basic/sample.webm"), "unknown-key"),
         )
         .await;
+    // The first fails at once; the second is tried, and waits for its retry.
     let status = stack
-        .poll_until("the damaged rule's video to fail", Duration::from_secs(20), async || {
+        .poll_until("both videos to be tried", Duration::from_secs(20), async || {
             let status = stack.status(&project.token, &job).await;
-            if status["videos"][0]["state"] == "failed" {
+            let videos = &status["videos"];
+            if videos[0]["state"] == "failed" && videos[1]["lastError"].is_string() {
                 Ok(status)
             } else {
                 Err(status)
@@ -928,25 +930,16 @@ async fn damaged_secrets_fail_at_once_and_a_missing_key_is_waited_for() {
         )),
         "{reason}"
     );
-    // Waited for: tried, still pending, the reason saying which key to configure.
-    let (state, last_error) = stack
-        .poll_until("the other video to be tried", Duration::from_secs(20), async || {
-            let rows = stack
-                .sql("SELECT state, last_error FROM job_items WHERE external_id = 'unknown-key'")
-                .await;
-            let (state, error): (String, Option<String>) = (rows[0].get(0), rows[0].get(1));
-            match error {
-                Some(error) => Ok((state, error)),
-                None => Err(state),
-            }
-        })
-        .await;
-    assert_eq!(state, "pending", "{last_error}");
+    // Waited for: still pending, the error saying which key to configure.
+    let waiting = &status["videos"][1];
+    assert_eq!(waiting["state"], "pending", "{status}");
+    let last_error = waiting["lastError"].as_str().unwrap();
     assert!(
-        last_error.contains("0badc0de") && last_error.contains("secrets.previous_keys"),
+        last_error.contains(&format!("source rule {}", unknown["id"]))
+            && last_error.contains("0badc0de")
+            && last_error.contains("secrets.previous_keys"),
         "{last_error}"
     );
-    assert_eq!(status["videos"][1]["state"], "pending", "{status}");
     assert!(
         archive.seen.lock().unwrap().is_empty(),
         "nothing is sent for an unusable rule"
