@@ -524,7 +524,10 @@ mod tests {
         given.merge_into(&mut headers, &mut basic, &mut s3).unwrap();
         assert_eq!(headers, hidden(&["Y: 1", "X-Key: s3cr3t"]));
         assert_eq!(
-            (basic.as_ref().map(Hidden::expose), s3.as_ref().map(Hidden::expose)),
+            (
+                basic.as_ref().map(Hidden::expose),
+                s3.as_ref().map(Hidden::expose)
+            ),
             (Some("u:pw"), Some("k3y"))
         );
         // A value of the wrong kind: the message says where, and never quotes it.

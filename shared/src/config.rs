@@ -1127,17 +1127,22 @@ mod tests {
             crate::secrets::SecretKey::generate(),
             crate::secrets::SecretKey::generate(),
         );
-        let mut settings = Settings::default();
-        settings.secrets = SecretsSettings {
-            key: Some(key.clone()),
-            previous_keys: vec![previous.clone()],
+        let settings = Settings {
+            secrets: SecretsSettings {
+                key: Some(key.clone()),
+                previous_keys: vec![previous.clone()],
+            },
+            ..Settings::default()
         };
         let printed = format!("{settings:?} {settings:#?}");
         let json = serde_json::to_string(&settings).unwrap();
         for shown in [&printed, &json] {
             for secret in [&key, &previous] {
                 let base64 = secret.to_base64();
-                assert!(!shown.contains(base64.trim_end_matches('=')), "a key in {shown}");
+                assert!(
+                    !shown.contains(base64.trim_end_matches('=')),
+                    "a key in {shown}"
+                );
             }
         }
         assert!(printed.contains(key.id()), "Debug names the key by its id");

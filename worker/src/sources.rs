@@ -267,8 +267,7 @@ impl Inner {
     async fn read(&self, project_id: i64) -> Read {
         let read_at = Instant::now();
         #[cfg(test)]
-        self.reads
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let unavailable = |e: anyhow::Error| {
             FetchError::transient(
                 FailureClass::Other,
@@ -372,9 +371,9 @@ impl Builder {
         }
         let secrets = RuleSecrets::open(&self.keys, row.project_id, prefix.as_str(), &row.sealed)
             .map_err(|e| Unusable {
-                transient: e.mendable_by_configuration(),
-                reason: e.to_string(),
-            })?;
+            transient: e.mendable_by_configuration(),
+            reason: e.to_string(),
+        })?;
         match row.kind {
             SourceKind::Http => http_access(&secrets).map_err(Unusable::permanent),
             SourceKind::S3 => self.s3_access(prefix, row, &secrets),
@@ -624,9 +623,7 @@ mod tests {
                 "{error}"
             );
         }
-        assert!(builder(&keys)
-            .assemble(vec![stored], &[], &[])
-            .0[0]
+        assert!(builder(&keys).assemble(vec![stored], &[], &[]).0[0]
             .unusable()
             .is_none());
     }
@@ -657,7 +654,12 @@ mod tests {
     }
 
     /// Adds a rule with `prefix` to project `project_id`.
-    async fn add(client: &deadpool_postgres::Client, project_id: i64, prefix: &str, keys: &Keyring) {
+    async fn add(
+        client: &deadpool_postgres::Client,
+        project_id: i64,
+        prefix: &str,
+        keys: &Keyring,
+    ) {
         let (kind, secrets, s3) = parts(prefix);
         let sealed = secrets.seal(keys, project_id, prefix).unwrap();
         let rule = NewRule {
@@ -669,7 +671,9 @@ mod tests {
             s3: s3.as_ref(),
             sealed: &sealed,
         };
-        sources::add(client, project_id, &rule, false).await.unwrap();
+        sources::add(client, project_id, &rule, false)
+            .await
+            .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -679,7 +683,9 @@ mod tests {
         let pool = video_import_shared::db::connect(&db.settings())
             .await
             .unwrap();
-        video_import_shared::store::migrate::run(&pool).await.unwrap();
+        video_import_shared::store::migrate::run(&pool)
+            .await
+            .unwrap();
         let client = pool.get().await.unwrap();
         let limits = Limits {
             daily_limit: None,
@@ -713,7 +719,10 @@ mod tests {
         for got in &all {
             assert!(Arc::ptr_eq(got.as_ref().unwrap(), &read));
         }
-        assert!(Arc::ptr_eq(&read[0].access, &first[0].access), "the same client");
+        assert!(
+            Arc::ptr_eq(&read[0].access, &first[0].access),
+            "the same client"
+        );
 
         // A rule added just now: downloads that lack it share a read that starts after they
         // asked, and find it.
@@ -725,7 +734,10 @@ mod tests {
         for got in &fresh {
             let got = got.as_ref().unwrap();
             assert_eq!(got.len(), 2);
-            assert!(Arc::ptr_eq(&got[1].access, &read[0].access), "s3 client kept");
+            assert!(
+                Arc::ptr_eq(&got[1].access, &read[0].access),
+                "s3 client kept"
+            );
         }
         // Once read, the newer rules do for a download that still holds the old ones.
         let before = reads();

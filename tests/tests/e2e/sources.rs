@@ -346,7 +346,9 @@ async fn header_and_basic_rules_send_credentials_to_their_origin_only_and_never_
         .await;
     assert!(!meaningless.status.success());
     assert!(
-        meaningless.stderr.contains("--allow-http is for http:// prefixes"),
+        meaningless
+            .stderr
+            .contains("--allow-http is for http:// prefixes"),
         "{}",
         meaningless.stderr
     );
@@ -528,8 +530,15 @@ async fn header_and_basic_rules_send_credentials_to_their_origin_only_and_never_
         "{status}"
     );
     let after = archive.requests("/keyed/other.mp4");
-    assert_eq!(after.len(), 1, "asked once: no rule covers it after reading again");
-    assert!(!after[0].contains_key("x-archive-key"), "the removed rule's header was sent");
+    assert_eq!(
+        after.len(),
+        1,
+        "asked once: no rule covers it after reading again"
+    );
+    assert!(
+        !after[0].contains_key("x-archive-key"),
+        "the removed rule's header was sent"
+    );
     stack.finish().await;
 }
 
@@ -911,15 +920,19 @@ async fn damaged_secrets_fail_at_once_and_a_missing_key_is_waited_for() {
         .await;
     // The first fails at once; the second is tried, and waits for its retry.
     let status = stack
-        .poll_until("both videos to be tried", Duration::from_secs(20), async || {
-            let status = stack.status(&project.token, &job).await;
-            let videos = &status["videos"];
-            if videos[0]["state"] == "failed" && videos[1]["lastError"].is_string() {
-                Ok(status)
-            } else {
-                Err(status)
-            }
-        })
+        .poll_until(
+            "both videos to be tried",
+            Duration::from_secs(20),
+            async || {
+                let status = stack.status(&project.token, &job).await;
+                let videos = &status["videos"];
+                if videos[0]["state"] == "failed" && videos[1]["lastError"].is_string() {
+                    Ok(status)
+                } else {
+                    Err(status)
+                }
+            },
+        )
         .await;
     let reason = status["videos"][0]["reason"].as_str().unwrap();
     assert!(
