@@ -37,6 +37,15 @@ for path in base.glob("*.yaml"):
             continue
         if doc["kind"] == "Deployment":
             deployments.add(doc["metadata"]["name"])
+            # The API and workers need the key of source rules' secrets once a rule exists,
+            # and must start without it before.
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                if container["command"][0] not in ("video-import-api", "video-import-worker"):
+                    continue
+                key = [e for e in container.get("env", []) if e["name"] == "VIDEO_IMPORT__SECRETS__KEY"]
+                ref = key[0].get("valueFrom", {}).get("secretKeyRef", {}) if key else {}
+                if not ref.get("optional"):
+                    problems.append(f"{path}: {container['name']} lacks VIDEO_IMPORT__SECRETS__KEY from a Secret, optional")
         if doc["kind"] in expected:
             version, fields = expected[doc["kind"]]
             if doc["apiVersion"] != version:

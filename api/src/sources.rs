@@ -5,7 +5,7 @@
 //! the worker looks again before every download.
 
 use deadpool_postgres::GenericClient;
-use video_import_shared::sources::{coverage, Coverage, HasPrefix, Prefix};
+use video_import_shared::sources::{coverage, no_rule_for_s3, Coverage, HasPrefix, Prefix};
 use video_import_shared::store::sources;
 
 use crate::error::ApiError;
@@ -54,19 +54,13 @@ pub async fn check(
         let field = format!("videos[{i}].url");
         match (url.scheme(), coverage(&rules, &url)) {
             ("s3", Coverage::Rule(_)) | ("http", Coverage::Rule(_) | Coverage::None) => {}
-            ("s3", _) => {
-                let bucket = url.host_str().unwrap_or_default();
-                problems.push((
-                    field,
-                    format!(
-                        "no source rule of this project covers s3://{bucket}/{}: an operator adds \
-                         one with `video-import-api source add --project HANDLE --prefix \
-                         s3://{bucket}/ --s3-region REGION --s3-access-key-id KEY \
-                         --s3-secret-access-key SECRET`",
-                        url.path().trim_start_matches('/')
-                    ),
-                ));
-            }
+            ("s3", _) => problems.push((
+                field,
+                no_rule_for_s3(
+                    url.host_str().unwrap_or_default(),
+                    url.path().trim_start_matches('/'),
+                ),
+            )),
             (_, Coverage::InClear(rule)) => problems.push((
                 field,
                 format!(

@@ -10,6 +10,7 @@ use video_import_shared::db;
 use video_import_shared::netguard::AddressPolicy;
 use video_import_shared::secrets::{Hidden, Keyring, SecretKey};
 use video_import_shared::sources::{self, Prefix, RuleSecrets, SourceKind};
+use video_import_shared::store::projects;
 use video_import_shared::store::sources::{self as store, Added, NewRule, RuleRow, S3Location};
 
 /// Source rules: the credentials a project's videos are fetched with.
@@ -26,10 +27,10 @@ pub enum SourceCommand {
         /// A header sent with every request to the prefix's origin, as 'NAME: VALUE';
         /// repeatable.
         #[arg(long = "header", value_name = "NAME: VALUE")]
-        headers: Vec<String>,
+        headers: Vec<Hidden>,
         /// Basic auth, as USER:PASSWORD.
         #[arg(long, value_name = "USER:PASSWORD")]
-        basic: Option<String>,
+        basic: Option<Hidden>,
         /// Let the credentials go over plain http (an http:// prefix needs it).
         #[arg(long)]
         allow_http: bool,
@@ -39,10 +40,12 @@ pub enum SourceCommand {
         /// An S3-compatible endpoint, https://host[:port] (AWS's own without it).
         #[arg(long)]
         s3_endpoint: Option<String>,
+        /// The access key id (s3:// prefixes).
         #[arg(long)]
         s3_access_key_id: Option<String>,
+        /// The secret access key (s3:// prefixes); better on standard input.
         #[arg(long)]
-        s3_secret_access_key: Option<String>,
+        s3_secret_access_key: Option<Hidden>,
         /// Read the secrets from standard input instead of the command line (where `ps` and
         /// shell histories show them): a JSON object with any of `headers` (["NAME: VALUE",
         /// …]), `basic` ("USER:PASSWORD") and `s3SecretAccessKey`.
@@ -74,14 +77,16 @@ pub enum SecretsCommand {
 /// Largest standard input `--secrets-from-stdin` reads.
 const MAX_STDIN_SECRETS: u64 = 1024 * 1024;
 
-/// The secrets of a rule as `--secrets-from-stdin` reads them.
+/// The secrets of a rule as `--secrets-from-stdin` reads them (`Debug` shows none).
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct StdinSecrets {
+    /// `NAME: VALUE` each.
     #[serde(default)]
-    headers: Vec<String>,
-    basic: Option<String>,
-    s3_secret_access_key: Option<String>,
+    headers: Vec<Hidden>,
+    /// `USER:PASSWORD`.
+    basic: Option<Hidden>,
+    s3_secret_access_key: Option<Hidden>,
 }
 
 impl StdinSecrets {
@@ -112,9 +117,9 @@ impl StdinSecrets {
     /// Adds these secrets to those of the command line; a secret given both ways is refused.
     fn merge_into(
         self,
-        headers: &mut Vec<String>,
-        basic: &mut Option<String>,
-        s3_secret: &mut Option<String>,
+        headers: &mut Vec<Hidden>,
+        basic: &mut Option<Hidden>,
+        s3_secret: &mut Option<Hidden>,
     ) -> anyhow::Result<()> {
         if self.basic.is_some() && basic.is_some() {
             bail!("--basic is given on the command line and on standard input; give it once");
@@ -160,27 +165,20 @@ pub async fn source(command: SourceCommand, settings: &Settings) -> anyhow::Resu
                 access_key_id: s3_access_key_id,
                 secret_access_key: s3_secret_access_key,
             };
-            let rule = checked_rule(
-                &prefix,
-                &headers,
-                basic.as_deref(),
-                allow_http,
-                s3,
-                settings,
-            )?;
+            let rule = checked_rule(&prefix, &headers, basic.as_ref(), allow_http, s3, settings)?;
             let keys = Keyring::from_settings(&settings.secrets);
             if keys.current_id().is_none() {
                 bail!("{}", video_import_shared::secrets::SecretsError::NoKey);
             }
             let pool = db::connect_migrated(&settings.database).await?;
             let client = pool.get().await?;
-            let Some(project_id) = store::project_id(&client, &project).await? else {
+            let Some(project_id) = projects::id_of(&client, &project).await? else {
                 bail!("no project {project:?}; create it with `video-import-api project create {project}`");
             };
             let sealed = rule.secrets.seal(&keys, project_id, rule.prefix.as_str())?;
             let new = NewRule {
                 prefix: rule.prefix.as_str(),
-                kind: rule.prefix.kind().as_str(),
+                kind: rule.prefix.kind(),
                 allow_http: rule.allow_http,
                 header_names: &rule.header_names,
                 basic_auth: rule.secrets.basic.is_some(),
@@ -234,7 +232,7 @@ fn shown(project: &str, row: &RuleRow) -> Value {
         "id": row.id,
         "project": project,
         "prefix": row.prefix,
-        "kind": row.kind,
+        "kind": row.kind.as_str(),
         "headers": row.header_names,
         "basicAuth": row.basic_auth,
         "allowHttp": row.allow_http,
@@ -254,7 +252,7 @@ struct S3Options {
     region: Option<String>,
     endpoint: Option<String>,
     access_key_id: Option<String>,
-    secret_access_key: Option<String>,
+    secret_access_key: Option<Hidden>,
 }
 
 /// A rule that passed every check, its secrets still in clear.
@@ -270,8 +268,8 @@ struct CheckedRule {
 /// against `fetch.allowed_networks` as the worker will check it.
 fn checked_rule(
     prefix: &str,
-    headers: &[String],
-    basic: Option<&str>,
+    headers: &[Hidden],
+    basic: Option<&Hidden>,
     allow_http: bool,
     s3: S3Options,
     settings: &Settings,
@@ -295,7 +293,7 @@ fn checked_rule(
         ));
     }
     for header in headers {
-        match sources::parse_header(header) {
+        match sources::parse_header(header.expose()) {
             Ok((name, value)) => {
                 if header_names
                     .iter()
@@ -310,7 +308,7 @@ fn checked_rule(
         }
     }
     if let Some(basic) = basic {
-        match sources::parse_basic(basic) {
+        match sources::parse_basic(basic.expose()) {
             Ok((user, password)) => secrets.basic = Some((Hidden(user), Hidden(password))),
             Err(why) => problems.push(format!("--basic: {why}")),
         }
@@ -346,6 +344,13 @@ fn checked_rule(
                      if the network is trusted"
                 ));
             }
+            if prefix.scheme() == "https" && allow_http {
+                problems.push(format!(
+                    "--allow-http is for http:// prefixes; the credentials of --prefix {prefix} \
+                     go over https only (a plain-http URL of its host needs a rule of its own, \
+                     for the http:// prefix)"
+                ));
+            }
         }
         Some(SourceKind::S3) => {
             if !headers.is_empty() || basic.is_some() {
@@ -374,11 +379,11 @@ fn checked_rule(
             }
             match s3.secret_access_key {
                 Some(secret)
-                    if !secret.is_empty()
-                        && secret.len() <= 1024
-                        && !secret.chars().any(char::is_control) =>
+                    if !secret.expose().is_empty()
+                        && secret.expose().len() <= 1024
+                        && !secret.expose().chars().any(char::is_control) =>
                 {
-                    secrets.s3_secret_access_key = Some(Hidden(secret));
+                    secrets.s3_secret_access_key = Some(secret);
                 }
                 _ => problems
                     .push("--s3-secret-access-key is required: the secret key, on one line".into()),
@@ -489,19 +494,42 @@ pub async fn secrets(command: SecretsCommand, settings: &Settings) -> anyhow::Re
 
 #[cfg(test)]
 mod tests {
-    use super::StdinSecrets;
+    use super::*;
+
+    fn hidden(values: &[&str]) -> Vec<Hidden> {
+        values.iter().map(|v| Hidden(v.to_string())).collect()
+    }
+
+    fn no_s3() -> S3Options {
+        S3Options {
+            region: None,
+            endpoint: None,
+            access_key_id: None,
+            secret_access_key: None,
+        }
+    }
 
     #[test]
     fn secrets_from_standard_input_are_merged_and_never_echoed() {
         let given = StdinSecrets::read(
-            br#"{"headers": ["X-Key: s3cr3t"], "basic": "u:pw", "s3SecretAccessKey": "k"}"#
+            br#"{"headers": ["X-Key: s3cr3t"], "basic": "u:pw", "s3SecretAccessKey": "k3y"}"#
                 .as_slice(),
         )
         .unwrap();
-        let (mut headers, mut basic, mut s3) = (vec!["Y: 1".to_string()], None, None);
+        let shown = format!("{given:?}");
+        for secret in ["s3cr3t", "u:pw", "k3y"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        let (mut headers, mut basic, mut s3) = (hidden(&["Y: 1"]), None, None);
         given.merge_into(&mut headers, &mut basic, &mut s3).unwrap();
-        assert_eq!(headers, ["Y: 1", "X-Key: s3cr3t"]);
-        assert_eq!((basic.as_deref(), s3.as_deref()), (Some("u:pw"), Some("k")));
+        assert_eq!(headers, hidden(&["Y: 1", "X-Key: s3cr3t"]));
+        assert_eq!(
+            (
+                basic.as_ref().map(Hidden::expose),
+                s3.as_ref().map(Hidden::expose)
+            ),
+            (Some("u:pw"), Some("k3y"))
+        );
         // A value of the wrong kind: the message says where, and never quotes it.
         let wrong = StdinSecrets::read(br#"{"headers": "X-Key: s3cr3t"}"#.as_slice())
             .unwrap_err()
@@ -510,9 +538,65 @@ mod tests {
         assert!(!wrong.contains("s3cr3t"), "{wrong}");
         // Given twice: refused.
         let twice = StdinSecrets::read(br#"{"basic": "u:pw"}"#.as_slice()).unwrap();
-        let mut basic = Some("other:pw".to_string());
+        let mut basic = Some(Hidden("other:pw".to_string()));
         assert!(twice
             .merge_into(&mut Vec::new(), &mut basic, &mut None)
             .is_err());
+    }
+
+    #[test]
+    fn allow_http_is_refused_where_it_means_nothing() {
+        let settings = Settings::default();
+        let headers = hidden(&["X-Key: v"]);
+        let refused = |prefix: &str| {
+            checked_rule(prefix, &headers, None, true, no_s3(), &settings)
+                .err()
+                .map(|e| e.to_string())
+        };
+        let https = refused("https://archive.example/masters/").expect("refused");
+        assert!(
+            https.contains("--allow-http") && https.contains("https://archive.example/masters/"),
+            "{https}"
+        );
+        assert_eq!(refused("http://127.0.0.1:9000/"), None, "http:// needs it");
+        let plain = checked_rule(
+            "https://archive.example/masters/",
+            &headers,
+            None,
+            false,
+            no_s3(),
+            &settings,
+        )
+        .unwrap();
+        assert!(!plain.allow_http);
+        assert_eq!(plain.prefix.kind(), SourceKind::Http);
+    }
+
+    #[test]
+    fn the_command_line_never_prints_its_secrets() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            command: SourceCommand,
+        }
+        let cli = Cli::try_parse_from([
+            "video-import-api",
+            "add",
+            "--project",
+            "p",
+            "--prefix",
+            "s3://masters/",
+            "--s3-secret-access-key",
+            "s3cr3t-one",
+            "--basic",
+            "u:s3cr3t-two",
+            "--header",
+            "X-Key: s3cr3t-three",
+        ])
+        .unwrap();
+        let shown = format!("{cli:?}");
+        assert!(shown.contains("masters"), "{shown}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
     }
 }

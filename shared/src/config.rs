@@ -184,7 +184,9 @@ pub struct WebhookSettings {
     pub proxy: Option<url::Url>,
 }
 
-/// Keys that encrypt secrets at rest (source credentials, see `crate::secrets`).
+/// Keys that encrypt secrets at rest (source credentials, see `crate::secrets`). `Debug`
+/// shows their ids; serialised (the config crate takes the defaults serialised), each key
+/// is `(hidden)`: the defaults hold none, and nothing else serialises settings.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretsSettings {
@@ -194,18 +196,38 @@ pub struct SecretsSettings {
     pub key: Option<crate::secrets::SecretKey>,
     /// Keys that only decrypt: the keys before `key`, while `video-import-api secrets rotate`
     /// encrypts everything again with `key`.
-    #[serde(default, deserialize_with = "secret_keys")]
+    #[serde(
+        default,
+        deserialize_with = "secret_keys",
+        serialize_with = "secret_key::serialize_all"
+    )]
     pub previous_keys: Vec<crate::secrets::SecretKey>,
 }
 
 /// An optional key; empty is none (so an environment variable can unset it).
 mod secret_key {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde::ser::SerializeSeq;
+    use serde::{Deserialize, Deserializer, Serializer};
 
     use crate::secrets::SecretKey;
 
+    /// What a key serialises as: never the key.
+    const HIDDEN: &str = "(hidden)";
+
     pub fn serialize<S: Serializer>(value: &Option<SecretKey>, s: S) -> Result<S::Ok, S::Error> {
-        value.serialize(s)
+        match value {
+            Some(_) => s.serialize_str(HIDDEN),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// A list of keys, each as `(hidden)`.
+    pub fn serialize_all<S: Serializer>(keys: &[SecretKey], s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(keys.len()))?;
+        for _ in keys {
+            seq.serialize_element(HIDDEN)?;
+        }
+        seq.end()
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretKey>, D::Error> {
@@ -1097,5 +1119,42 @@ mod tests {
             assert!(!error.contains(cut), "the key is shown: {error}");
         }
         assert!(!format!("{loaded:?}").contains(&good.to_base64()));
+    }
+
+    #[test]
+    fn settings_with_keys_never_show_them_printed_or_serialised() {
+        let (key, previous) = (
+            crate::secrets::SecretKey::generate(),
+            crate::secrets::SecretKey::generate(),
+        );
+        let settings = Settings {
+            secrets: SecretsSettings {
+                key: Some(key.clone()),
+                previous_keys: vec![previous.clone()],
+            },
+            ..Settings::default()
+        };
+        let printed = format!("{settings:?} {settings:#?}");
+        let json = serde_json::to_string(&settings).unwrap();
+        for shown in [&printed, &json] {
+            for secret in [&key, &previous] {
+                let base64 = secret.to_base64();
+                assert!(
+                    !shown.contains(base64.trim_end_matches('=')),
+                    "a key in {shown}"
+                );
+            }
+        }
+        assert!(printed.contains(key.id()), "Debug names the key by its id");
+        let secrets = &serde_json::from_str::<serde_json::Value>(&json).unwrap()["secrets"];
+        assert_eq!(
+            *secrets,
+            serde_json::json!({"key": "(hidden)", "previous_keys": ["(hidden)"]})
+        );
+        // Without keys (the defaults the config crate is given) nothing is written in their
+        // place, and the defaults load.
+        let none = serde_json::to_value(Settings::default()).unwrap();
+        assert_eq!(none["secrets"], serde_json::json!({"previous_keys": []}));
+        assert!(load("").unwrap().secrets.key.is_none());
     }
 }

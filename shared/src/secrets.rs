@@ -25,7 +25,9 @@ const FORMAT_V1: u8 = 1;
 pub const KEY_HINT: &str = "32 random bytes in base64, e.g. from `openssl rand -base64 32` or \
                             `video-import-api secrets new-key`";
 
-/// An encryption key from configuration. Its bytes never show: `Debug` prints its id.
+/// An encryption key from configuration. Its bytes never show: `Debug` prints its id, and
+/// it does not serialise (configuration writes `(hidden)` in its place, see
+/// `config::SecretsSettings`); [`SecretKey::to_base64`] is the one way out.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretKey {
     bytes: [u8; KEY_BYTES],
@@ -88,12 +90,6 @@ impl fmt::Debug for SecretKey {
     }
 }
 
-impl Serialize for SecretKey {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_base64())
-    }
-}
-
 impl<'de> Deserialize<'de> for SecretKey {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
@@ -113,6 +109,12 @@ impl Hidden {
     }
 }
 
+impl From<String> for Hidden {
+    fn from(value: String) -> Self {
+        Hidden(value)
+    }
+}
+
 impl fmt::Debug for Hidden {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("(hidden)")
@@ -128,7 +130,9 @@ impl fmt::Display for Hidden {
 /// A value sealed by the key `key_id`: format byte, nonce, ciphertext with its tag.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Sealed {
+    /// The id of the key that sealed it ([`SecretKey::id`]).
     pub key_id: String,
+    /// The format byte, the nonce, and the ciphertext with its tag.
     pub bytes: Vec<u8>,
 }
 
@@ -159,6 +163,15 @@ pub enum SecretsError {
          outside video-import-api; add the rule again"
     )]
     Damaged { key_id: String },
+}
+
+impl SecretsError {
+    /// Whether configuring a key can mend it (no key, or not the key that sealed it): a
+    /// worker keeps retrying a video that needs such a rule. A damaged value stays damaged
+    /// whatever is configured: such a video fails at once.
+    pub fn mendable_by_configuration(&self) -> bool {
+        matches!(self, SecretsError::NoKey | SecretsError::UnknownKey { .. })
+    }
 }
 
 /// The configured keys: the current one seals, every one opens.
@@ -295,6 +308,12 @@ mod tests {
         ));
         let none = Keyring::default();
         assert_eq!(none.seal(b"x", CONTEXT), Err(SecretsError::NoKey));
+        // Which of them a key can mend: a worker retries those, and fails the others at once.
+        let unknown = other.open(&sealed, CONTEXT).unwrap_err();
+        let damaged = other.open(&forged, CONTEXT).unwrap_err();
+        assert!(unknown.mendable_by_configuration());
+        assert!(SecretsError::NoKey.mendable_by_configuration());
+        assert!(!damaged.mendable_by_configuration());
         assert!(SecretsError::NoKey.to_string().contains("secrets.key"));
     }
 

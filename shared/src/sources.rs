@@ -46,22 +46,20 @@ const SIGNATURE_PARAMETERS: &[&str] = &[
     "x-amz-credential",
 ];
 
-/// What a rule reads from: web servers, or an S3 bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a rule reads from: web servers, or an S3 bucket. Stored as `kind` (set from the
+/// prefix's scheme when the rule is added, see [`Prefix::kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SourceKind {
+    /// An `https://` or `http://` prefix: headers or basic auth sent to its origin.
     Http,
+    /// An `s3://bucket/` prefix: objects read with the rule's S3 keys.
     S3,
 }
 
-impl SourceKind {
-    /// As stored.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SourceKind::Http => "http",
-            SourceKind::S3 => "s3",
-        }
-    }
-}
+crate::store::states::state_enum!(SourceKind, "source kind", {
+    Http => "http",
+    S3 => "s3",
+});
 
 /// A rule's prefix: scheme, host, port and the start of the path, normalised as the URL
 /// parser normalises the URLs it is compared with (scheme and host in lower case, no default
@@ -241,7 +239,18 @@ pub enum Coverage<'a, R> {
 
 /// What a rule is to matching: its prefix.
 pub trait HasPrefix {
+    /// The prefix the rule covers.
     fn prefix(&self) -> &Prefix;
+}
+
+/// Why an `s3://bucket/key` URL cannot be read: no rule of its project covers it. The API
+/// says it at the door (`400`), the worker when the rule went away after that.
+pub fn no_rule_for_s3(bucket: &str, key: &str) -> String {
+    format!(
+        "no source rule of this project covers s3://{bucket}/{key}: an operator adds one with \
+         `video-import-api source add --project HANDLE --prefix s3://{bucket}/ --s3-region \
+         REGION --s3-access-key-id KEY --s3-secret-access-key SECRET`"
+    )
 }
 
 /// The rule of `rules` that covers `url`: the longest prefix wins.
@@ -615,6 +624,32 @@ mod tests {
         );
         assert!(parse_basic(":pw").is_err());
         assert!(parse_basic("nopassword").is_err());
+    }
+
+    #[test]
+    fn secrets_that_open_but_are_not_secrets_are_damaged_not_a_missing_key() {
+        let keys = Keyring::new(Some(crate::secrets::SecretKey::generate()), vec![]);
+        let prefix = "https://archive.example/";
+        let sealed = keys.seal(b"not json", &context(7, prefix)).unwrap();
+        let error = RuleSecrets::open(&keys, 7, prefix, &sealed).unwrap_err();
+        assert!(matches!(error, SecretsError::Damaged { .. }), "{error}");
+        assert!(!error.mendable_by_configuration());
+        let good = RuleSecrets::default().seal(&keys, 7, prefix).unwrap();
+        assert_eq!(
+            RuleSecrets::open(&keys, 7, prefix, &good).unwrap(),
+            RuleSecrets::default()
+        );
+    }
+
+    #[test]
+    fn kinds_are_stored_by_name() {
+        for kind in SourceKind::ALL {
+            assert_eq!(kind.as_str().parse::<SourceKind>().unwrap(), *kind);
+        }
+        assert_eq!(prefix("s3://masters/").kind(), SourceKind::S3);
+        assert_eq!(prefix("http://127.0.0.1:9000/").kind(), SourceKind::Http);
+        let unknown = "ftp".parse::<SourceKind>().unwrap_err().to_string();
+        assert_eq!(unknown, "unknown source kind \"ftp\"");
     }
 
     #[test]

@@ -128,17 +128,31 @@ impl Throttle {
 pub enum Problem {
     /// There is no object at the entry's key.
     #[serde(rename_all = "camelCase")]
-    Missing { expected_size: u64 },
+    Missing {
+        /// The entry's size in bytes.
+        expected_size: u64,
+    },
     /// The object's size is not the entry's.
-    WrongSize { expected: u64, found: u64 },
+    WrongSize {
+        /// The entry's size in bytes.
+        expected: u64,
+        /// The object's.
+        found: u64,
+    },
     /// The object's `algorithm` hash is not the entry's.
     WrongHash {
+        /// `sha256` or `md5`.
         algorithm: &'static str,
+        /// The entry's hash (hex).
         expected: String,
+        /// The object's.
         found: String,
     },
     /// The storage did not let the object be read (not marked: the object may be fine).
-    Unreadable { error: String },
+    Unreadable {
+        /// What the storage said.
+        error: String,
+    },
 }
 
 impl Problem {
@@ -322,11 +336,17 @@ pub struct Options {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Bad {
+    /// The entry's id.
     pub entry_id: String,
+    /// Its project's handle.
     pub project: String,
+    /// The system it was imported from (`systemName`).
     pub system_name: String,
+    /// Its id in that system.
     pub external_id: String,
+    /// Where its object is in storage.
     pub key: String,
+    /// What is wrong (its fields are the bad entry's in JSON).
     #[serde(flatten)]
     pub problem: Problem,
     /// The problem in words, as the entry's mark says it.
@@ -341,8 +361,11 @@ pub struct Report {
     pub checked: u64,
     /// Of those, whole.
     pub ok: u64,
+    /// Of those, without an object (marked damaged).
     pub missing: u64,
+    /// Of those, of another size than the entry's (marked damaged).
     pub wrong_size: u64,
+    /// Of those, with another hash than the entry's (marked damaged).
     pub wrong_hash: u64,
     /// The storage did not let them be read (not marked: the object may be fine).
     pub unreadable: u64,
@@ -354,6 +377,7 @@ pub struct Report {
     pub changed: u64,
     /// The bad entries (at most 10,000; the rest are counted in `notListed`).
     pub bad: Vec<Bad>,
+    /// Bad entries beyond the 10,000 listed in `bad`.
     pub not_listed: u64,
 }
 

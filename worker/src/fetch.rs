@@ -293,19 +293,14 @@ impl Fetcher {
                 _ => {
                     return Err(FetchError::permanent(
                         FailureClass::SourceRule,
-                        format!(
-                            "no source rule of the project covers s3://{bucket}/{key}; an operator \
-                             adds one with `video-import-api source add --project HANDLE --prefix \
-                             s3://{bucket}/ --s3-region REGION --s3-access-key-id KEY \
-                             --s3-secret-access-key SECRET`"
-                        ),
+                        rules::no_rule_for_s3(bucket, key),
                     ))
                 }
             };
             if let Some(error) = rule.unusable() {
                 return Err(error);
             }
-            let Access::S3(store) = &rule.access else {
+            let Access::S3(store) = &*rule.access else {
                 return Err(FetchError::permanent(
                     FailureClass::SourceRule,
                     format!("{} is not an s3:// rule", rule.name()),
@@ -457,7 +452,7 @@ impl Fetcher {
                 if let Access::Http {
                     headers,
                     authorization,
-                } = &rule.access
+                } = &*rule.access
                 {
                     request = request.headers(headers.clone());
                     if let Some(value) = authorization

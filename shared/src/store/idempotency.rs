@@ -15,7 +15,7 @@ pub enum KeyClaim {
     Mismatch,
 }
 
-/// How long a key answers with its first job: 24 hours, as in every statement below. Once it
+/// How long a key answers with its first job: 24 hours, in every statement below. Once it
 /// is over the key does nothing (the next request with it takes it over), so the pruner
 /// (`store::retention`) deletes it.
 pub const WINDOW_HOURS: i32 = 24;
@@ -45,9 +45,9 @@ pub async fn claim(
         }
         let Some(row) = tx
             .query_opt(
-                "SELECT request_hash, job_id, created_at > now() - interval '24 hours'
+                "SELECT request_hash, job_id, created_at > now() - make_interval(hours => $3)
                  FROM idempotency_keys WHERE project_id = $1 AND key = $2 FOR UPDATE",
-                &[&project_id, &key],
+                &[&project_id, &key, &WINDOW_HOURS],
             )
             .await
             .context("reading the idempotency key")?
@@ -55,7 +55,7 @@ pub async fn claim(
             continue;
         };
         if !row.get::<_, bool>(2) {
-            // Older than 24 hours: the key is free again.
+            // Older than the window: the key is free again.
             tx.execute(
                 "UPDATE idempotency_keys SET request_hash = $3, job_id = $4, created_at = now()
                  WHERE project_id = $1 AND key = $2",

@@ -8,13 +8,16 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
 use crate::secrets::Sealed;
+use crate::sources::SourceKind;
 
 /// Where an `s3://` rule's bucket is, and who reads it (the secret key is sealed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct S3Location {
+    /// The bucket's region (`us-east-1` for most S3-compatible stores).
     pub region: String,
     /// An S3-compatible endpoint (`https://host:port`); AWS's own without one.
     pub endpoint: Option<String>,
+    /// The access key id (its secret key is sealed).
     pub access_key_id: String,
 }
 
@@ -23,36 +26,53 @@ pub struct S3Location {
 pub struct NewRule<'a> {
     /// The normalised prefix (`crate::sources::Prefix::as_str`).
     pub prefix: &'a str,
-    /// `http` or `s3`.
-    pub kind: &'a str,
+    /// What it reads from: the prefix's [`crate::sources::Prefix::kind`].
+    pub kind: SourceKind,
+    /// Whether its credentials may go over plain http.
     pub allow_http: bool,
     /// The names of the headers it sends (their values are sealed).
     pub header_names: &'a [String],
     /// Whether it sends basic auth (user and password are sealed).
     pub basic_auth: bool,
+    /// Where an `s3://` rule's bucket is.
     pub s3: Option<&'a S3Location>,
+    /// Its secrets ([`crate::sources::RuleSecrets`]), sealed for its project and prefix.
     pub sealed: &'a Sealed,
 }
 
-/// A stored rule.
-#[derive(Debug, Clone)]
+/// A stored rule. Two reads of a rule are equal only when nothing of it changed in between
+/// (`--replace` sets `updated_at`, `secrets rotate` the sealed bytes): workers keep what
+/// they built from a rule while it reads the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleRow {
+    /// Its id, as `source list` shows it.
     pub id: i64,
+    /// The project whose videos it serves.
     pub project_id: i64,
+    /// The normalised prefix, as stored (parse it with `crate::sources::Prefix::parse`).
     pub prefix: String,
-    pub kind: String,
+    /// What it reads from.
+    pub kind: SourceKind,
+    /// Whether its credentials may go over plain http.
     pub allow_http: bool,
+    /// The names of the headers it sends.
     pub header_names: Vec<String>,
+    /// Whether it sends basic auth.
     pub basic_auth: bool,
+    /// Where an `s3://` rule's bucket is.
     pub s3: Option<S3Location>,
+    /// Its sealed secrets, and the id of the key that sealed them.
     pub sealed: Sealed,
+    /// When it was added.
     pub created_at: DateTime<Utc>,
+    /// When it was added or last replaced.
     pub updated_at: DateTime<Utc>,
 }
 
 /// What adding a rule did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Added {
+    /// The project had no rule for this prefix: this is the new rule's id.
     Created(i64),
     /// `replace` was asked and the project had a rule for this prefix: it is this one now.
     Replaced(i64),
@@ -85,15 +105,6 @@ fn rule(row: &Row) -> RuleRow {
         created_at: row.get(12),
         updated_at: row.get(13),
     }
-}
-
-/// The id of the project `handle`, if there is one (a rule's secrets are bound to it).
-pub async fn project_id(client: &impl GenericClient, handle: &str) -> anyhow::Result<Option<i64>> {
-    let row = client
-        .query_opt("SELECT id FROM projects WHERE handle = $1", &[&handle])
-        .await
-        .context("looking up the project")?;
-    Ok(row.map(|r| r.get(0)))
 }
 
 /// Stores `rule` for project `project_id`; with `replace`, a rule of the same prefix is
@@ -161,7 +172,7 @@ pub async fn list(
     client: &impl GenericClient,
     handle: &str,
 ) -> anyhow::Result<Option<Vec<RuleRow>>> {
-    let Some(project_id) = project_id(client, handle).await? else {
+    let Some(project_id) = crate::store::projects::id_of(client, handle).await? else {
         return Ok(None);
     };
     Ok(Some(of_project(client, project_id).await?))

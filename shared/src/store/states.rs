@@ -2,23 +2,28 @@
 //! are the only spellings of the state names: serde, SQL and the API schema all go through
 //! these types, and each variant says which binary moves a row into it.
 
-use std::error::Error;
-use std::fmt;
-use std::str::FromStr;
-
-use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
-use tokio_postgres::types::{FromSql, IsNull, ToSql, Type};
 
-/// A state name that is not one of the type's variants.
+/// A name that is not one of the type's variants (a state, or another name stored as text).
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("unknown {kind} state {value:?}")]
+#[error("unknown {kind} {value:?}")]
 pub struct UnknownState {
     kind: &'static str,
     value: String,
 }
 
-/// Implements `as_str`, `FromStr`, `Display` and the TEXT column conversions from one table.
+impl UnknownState {
+    /// `value`, which is no `kind` (`"item state"`, `"source kind"`).
+    pub(crate) fn new(kind: &'static str, value: &str) -> Self {
+        Self {
+            kind,
+            value: value.to_string(),
+        }
+    }
+}
+
+/// Implements `as_str`, `FromStr`, `Display` and the TEXT column conversions from one table
+/// (also for name types outside this module: `crate::sources::SourceKind`).
 macro_rules! state_enum {
     ($name:ident, $kind:literal, { $($variant:ident => $text:literal),+ $(,)? }) => {
         impl $name {
@@ -33,50 +38,58 @@ macro_rules! state_enum {
             }
         }
 
-        impl FromStr for $name {
-            type Err = UnknownState;
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::store::states::UnknownState;
 
-            fn from_str(value: &str) -> Result<Self, UnknownState> {
+            fn from_str(value: &str) -> Result<Self, Self::Err> {
                 match value {
                     $($text => Ok($name::$variant),)+
-                    _ => Err(UnknownState { kind: $kind, value: value.to_string() }),
+                    _ => Err($crate::store::states::UnknownState::new($kind, value)),
                 }
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
 
-        impl ToSql for $name {
+        impl ::tokio_postgres::types::ToSql for $name {
             fn to_sql(
                 &self,
-                ty: &Type,
-                out: &mut BytesMut,
-            ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
-                self.as_str().to_sql(ty, out)
+                ty: &::tokio_postgres::types::Type,
+                out: &mut ::bytes::BytesMut,
+            ) -> Result<
+                ::tokio_postgres::types::IsNull,
+                Box<dyn ::std::error::Error + Sync + Send>,
+            > {
+                ::tokio_postgres::types::ToSql::to_sql(&self.as_str(), ty, out)
             }
 
-            fn accepts(ty: &Type) -> bool {
-                <&str as ToSql>::accepts(ty)
+            fn accepts(ty: &::tokio_postgres::types::Type) -> bool {
+                <&str as ::tokio_postgres::types::ToSql>::accepts(ty)
             }
 
-            tokio_postgres::types::to_sql_checked!();
+            ::tokio_postgres::types::to_sql_checked!();
         }
 
-        impl<'a> FromSql<'a> for $name {
-            fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn Error + Sync + Send>> {
-                Ok(<&str as FromSql>::from_sql(ty, raw)?.parse()?)
+        impl<'a> ::tokio_postgres::types::FromSql<'a> for $name {
+            fn from_sql(
+                ty: &::tokio_postgres::types::Type,
+                raw: &'a [u8],
+            ) -> Result<Self, Box<dyn ::std::error::Error + Sync + Send>> {
+                Ok(<&str as ::tokio_postgres::types::FromSql>::from_sql(ty, raw)?.parse()?)
             }
 
-            fn accepts(ty: &Type) -> bool {
-                <&str as FromSql>::accepts(ty)
+            fn accepts(ty: &::tokio_postgres::types::Type) -> bool {
+                <&str as ::tokio_postgres::types::FromSql>::accepts(ty)
             }
         }
     };
 }
+
+pub(crate) use state_enum;
 
 /// Where an import job is: `started` while videos are pending, then `success` or `failed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -90,7 +103,7 @@ pub enum JobState {
     Failed,
 }
 
-state_enum!(JobState, "job", {
+state_enum!(JobState, "job state", {
     Started => "started",
     Success => "success",
     Failed => "failed",
@@ -122,7 +135,7 @@ pub enum ItemState {
     Failed,
 }
 
-state_enum!(ItemState, "item", {
+state_enum!(ItemState, "item state", {
     Pending => "pending",
     Imported => "imported",
     Skipped => "skipped",
@@ -145,7 +158,7 @@ pub enum WebhookState {
     Failed,
 }
 
-state_enum!(WebhookState, "webhook", {
+state_enum!(WebhookState, "webhook state", {
     Pending => "pending",
     Delivered => "delivered",
     Failed => "failed",
@@ -193,7 +206,7 @@ pub enum DamageKind {
     WrongHash,
 }
 
-state_enum!(DamageKind, "damage", {
+state_enum!(DamageKind, "damage kind", {
     Missing => "missing",
     WrongSize => "wrong_size",
     WrongHash => "wrong_hash",

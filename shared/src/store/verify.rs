@@ -9,13 +9,19 @@ use tokio_postgres::Row;
 /// An entry as the verifier checks it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
+    /// The entry's id.
     pub id: String,
     /// The project's handle.
     pub project: String,
+    /// The system the entry was imported from (`systemName`).
     pub system_name: String,
+    /// The entry's id in that system.
     pub external_id: String,
+    /// Where its object is in storage.
     pub key: String,
+    /// The object's size in bytes, as stored.
     pub size: i64,
+    /// The object's SHA-256 (hex), as stored.
     pub sha256: String,
     /// `None` for entries stored before MD5s were kept.
     pub md5: Option<String>,

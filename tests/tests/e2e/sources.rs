@@ -3,7 +3,7 @@
 //! rotated.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -23,6 +23,10 @@ const USER: &str = "archivist";
 const PASSWORD: &str = "pa55-VALUE-2c7e";
 const OTHER_HEADER_VALUE: &str = "other-VALUE-3b1d";
 const S3_SECRET: &str = "s3-SECRET-VALUE-4e8f";
+
+/// How long a worker uses a project's rules before it reads them again (the worker's
+/// `sources::CACHE_FOR`; README "Sources").
+const RULES_CACHED_FOR: Duration = Duration::from_secs(10);
 
 /// What each request of an [`Archive`] carried: its path and query, and its headers.
 type Seen = Arc<Mutex<Vec<(String, HeaderMap)>>>;
@@ -326,6 +330,28 @@ async fn header_and_basic_rules_send_credentials_to_their_origin_only_and_never_
         "{}",
         refused.stderr
     );
+    // ... and means nothing for an https:// prefix: refused, naming the flag.
+    let meaningless = stack
+        .api_cli(&[
+            "source",
+            "add",
+            "--project",
+            "sources",
+            "--prefix",
+            "https://cdn.archive.example/",
+            "--header",
+            "X-Key: v",
+            "--allow-http",
+        ])
+        .await;
+    assert!(!meaningless.status.success());
+    assert!(
+        meaningless
+            .stderr
+            .contains("--allow-http is for http:// prefixes"),
+        "{}",
+        meaningless.stderr
+    );
     let twice = stack
         .api_cli(&[
             "source",
@@ -365,6 +391,8 @@ async fn header_and_basic_rules_send_credentials_to_their_origin_only_and_never_
         .video(archive.url(presigned), "presigned");
     let job = stack.import(&project.token, &body).await;
     let status = stack.wait_finished(&project.token, &job, 60).await;
+    // The worker read the project's rules for the last time before the job finished.
+    let rules_read_by = Instant::now();
     assert_eq!(status["overview"]["imported"], 6, "{status}");
 
     // The server saw the credentials on every request to its rule's prefixes and origin.
@@ -477,11 +505,40 @@ async fn header_and_basic_rules_send_credentials_to_their_origin_only_and_never_
     }
     assert!(!logs.contains(USER), "the basic user in the logs");
 
-    // Removed, a rule is gone for the next fetch (the worker reads rules again within 10 s).
+    // Removed, a rule is gone for the fetches after the worker's cache of the project's
+    // rules (read before the first job finished) expired: the archive gets no credentials,
+    // answers 401, the worker reads the rules once more, finds none, and the video fails.
+    // (Before that, the cached rule would still send them: the wait is what is tested.)
     let id = keyed["id"].as_i64().unwrap().to_string();
     let removed = stack.api_cli(&["source", "remove", &id]).await;
     assert!(removed.status.success(), "{}", removed.stderr);
     assert_eq!(stack.sql("SELECT 1 FROM source_rules").await.len(), 2);
+    tokio::time::sleep_until((rules_read_by + RULES_CACHED_FOR).into()).await;
+    let job = stack
+        .import(
+            &project.token,
+            &batch("archive").video(archive.url("/keyed/other.mp4"), "after-removal"),
+        )
+        .await;
+    let status = stack.wait_finished(&project.token, &job, 60).await;
+    assert_eq!(status["videos"][0]["state"], "failed", "{status}");
+    assert!(
+        status["videos"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("401"),
+        "{status}"
+    );
+    let after = archive.requests("/keyed/other.mp4");
+    assert_eq!(
+        after.len(),
+        1,
+        "asked once: no rule covers it after reading again"
+    );
+    assert!(
+        !after[0].contains_key("x-archive-key"),
+        "the removed rule's header was sent"
+    );
     stack.finish().await;
 }
 
@@ -797,5 +854,108 @@ async fn a_rule_added_moments_ago_is_used_on_the_sources_first_refusal() {
     assert_eq!(requests.len(), 2, "one refused, one with the key");
     assert!(requests[0].get("x-archive-key").is_none());
     assert_eq!(requests[1]["x-archive-key"], HEADER_VALUE);
+    stack.finish().await;
+}
+
+/// A rule whose secrets are damaged (changed outside video-import-api) fails its videos at
+/// once, naming the rule, with nothing sent; a rule sealed by a key the worker lacks is
+/// waited for (configuring the key mends it), as the retry schedule says.
+#[tokio::test]
+async fn damaged_secrets_fail_at_once_and_a_missing_key_is_waited_for() {
+    let key = SecretKey::generate();
+    let stack = Stack::start(options(&[
+        ("VIDEO_IMPORT__SECRETS__KEY", &key.to_base64()),
+        // A failure that is retried waits a minute: one that is not finishes long before.
+        ("VIDEO_IMPORT__FETCH__RETRY_DELAYS_SECS", "60,60"),
+    ]))
+    .await;
+    let archive = Archive::start().await;
+    let project = stack.project("damaged").await;
+    let damaged = add(
+        &stack,
+        "damaged",
+        &[
+            "--prefix",
+            &archive.url("/keyed/"),
+            "--header",
+            &format!("X-Archive-Key: {HEADER_VALUE}"),
+            "--allow-http",
+        ],
+    )
+    .await;
+    let unknown = add(
+        &stack,
+        "damaged",
+        &[
+            "--prefix",
+            &archive.url("/basic/"),
+            "--basic",
+            &format!("{USER}:{PASSWORD}"),
+            "--allow-http",
+        ],
+    )
+    .await;
+    // One bit of the first rule's ciphertext flipped; the second said to be sealed by a key
+    // no one configured.
+    stack
+        .sql(&format!(
+            "UPDATE source_rules SET sealed = set_byte(sealed, length(sealed) - 1,
+                 get_byte(sealed, length(sealed) - 1) # 1) WHERE id = {}",
+            damaged["id"]
+        ))
+        .await;
+    stack
+        .sql(&format!(
+            "UPDATE source_rules SET key_id = '0badc0de' WHERE id = {}",
+            unknown["id"]
+        ))
+        .await;
+    let job = stack
+        .import(
+            &project.token,
+            &batch("archive")
+                .video(archive.url("/keyed/sample.mp4"), "damaged")
+                .video(archive.url("/basic/sample.webm"), "unknown-key"),
+        )
+        .await;
+    // The first fails at once; the second is tried, and waits for its retry.
+    let status = stack
+        .poll_until(
+            "both videos to be tried",
+            Duration::from_secs(20),
+            async || {
+                let status = stack.status(&project.token, &job).await;
+                let videos = &status["videos"];
+                if videos[0]["state"] == "failed" && videos[1]["lastError"].is_string() {
+                    Ok(status)
+                } else {
+                    Err(status)
+                }
+            },
+        )
+        .await;
+    let reason = status["videos"][0]["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!(
+            "cannot use source rule {} ({}): it does not decrypt",
+            damaged["id"],
+            archive.url("/keyed/")
+        )),
+        "{reason}"
+    );
+    // Waited for: still pending, the error saying which key to configure.
+    let waiting = &status["videos"][1];
+    assert_eq!(waiting["state"], "pending", "{status}");
+    let last_error = waiting["lastError"].as_str().unwrap();
+    assert!(
+        last_error.contains(&format!("source rule {}", unknown["id"]))
+            && last_error.contains("0badc0de")
+            && last_error.contains("secrets.previous_keys"),
+        "{last_error}"
+    );
+    assert!(
+        archive.seen.lock().unwrap().is_empty(),
+        "nothing is sent for an unusable rule"
+    );
     stack.finish().await;
 }
