@@ -304,7 +304,7 @@ async fn secrets_never_reach_the_logs_or_read_only_callers() {
         .url("/videos/sample.mp4?sig=SIGNATURE1")
         .replace("http://", "http://archivist:s3cr3tpw@");
     let body = batch("archive")
-        .video_with(with_password, "a\r\nFORGED log line", "a", json!({}))
+        .video_with(with_password, "a", "a", json!({}))
         .video_with(
             videos.url("/videos/missing.mp4?sig=SIGNATURE2"),
             "b",
@@ -363,10 +363,26 @@ async fn secrets_never_reach_the_logs_or_read_only_callers() {
     ] {
         assert!(!logs.contains(secret), "{secret} is in the logs");
     }
+    // A CR LF in an id, which would forge a log line, does not get past the door.
+    let forged = batch("archive")
+        .video_with(
+            videos.url("/videos/sample.mp4"),
+            "a\r\nFORGED log line",
+            "a",
+            json!({}),
+        )
+        .build();
+    let (code, answer) = stack
+        .import_raw(Some(&project.token), &forged.to_string())
+        .await;
+    assert_eq!(code, 400, "{answer}");
     assert!(
-        !logs.lines().any(|line| line.starts_with("FORGED")),
-        "a CR LF in an id forged a log line"
+        answer["error_details"]["videos[0].id"]
+            .as_str()
+            .is_some_and(|m| m.contains("U+000D")),
+        "{answer}"
     );
+    assert!(!logs.lines().any(|line| line.starts_with("FORGED")));
     stack.finish().await;
 }
 
