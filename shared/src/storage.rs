@@ -279,8 +279,11 @@ struct LocalWrite {
     /// The write under way on the blocking pool, kept here until it has ended: a flush whose
     /// future is dropped (its download timed out) leaves it behind, so that `abort` can wait
     /// for it before removing the file it may still be creating.
-    writing: Option<tokio::task::JoinHandle<io::Result<(fs::File, Vec<u8>)>>>,
+    writing: Option<tokio::task::JoinHandle<Written>>,
 }
+
+/// What a write on the blocking pool hands back: the open file and the emptied buffer.
+type Written = io::Result<(fs::File, Vec<u8>)>;
 
 impl LocalWrite {
     fn new(root: PathBuf, key: &str, disk: Arc<Disk>) -> Self {
@@ -899,7 +902,7 @@ mod tests {
     async fn every_upload_into_a_new_folder_syncs_the_folders_above_until_one_has() {
         let root = temp_folder("parents");
         let folder = root.join("7");
-        let (storage, synced) = noting_syncs(&root, &[root.clone()]);
+        let (storage, synced) = noting_syncs(&root, std::slice::from_ref(&root));
         let take = || std::mem::take(&mut *synced.lock().unwrap());
         // The first upload creates the folder (its first megabyte is written) and goes on.
         let mut first = storage.upload("7/first.mp4").await.unwrap();
@@ -921,7 +924,7 @@ mod tests {
         assert_eq!(take(), [folder.clone(), root.clone()]);
         // ... and after that, only the folder is synced.
         first.finish().await.unwrap();
-        assert_eq!(take(), [folder.clone()]);
+        assert_eq!(take(), vec![folder.clone()]);
         assert_eq!(
             fs::read(folder.join("first.mp4")).unwrap(),
             vec![1; LOCAL_BUFFER]
