@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::{fs, io};
 
 use crate::config::StorageSettings;
 use anyhow::Context;
@@ -47,8 +48,9 @@ pub struct Storage {
     root: Option<PathBuf>,
     /// The bucket and the prefix inside it, for object storage: what signs URLs.
     bucket: Option<(Arc<AmazonS3>, String)>,
-    /// Folder syncs of local uploads, shared by the uploads into one folder.
-    folders: Arc<FolderSyncs>,
+    /// How local uploads create files and sync folders (the folder syncs shared by the
+    /// uploads into one folder among them).
+    disk: Arc<Disk>,
 }
 
 impl Storage {
@@ -85,7 +87,7 @@ impl Storage {
                 store,
                 root,
                 bucket: Some((s3, prefix)),
-                folders: Arc::default(),
+                disk: Arc::default(),
             });
         } else {
             anyhow::bail!(
@@ -97,7 +99,7 @@ impl Storage {
             store,
             root,
             bucket: None,
-            folders: Arc::default(),
+            disk: Arc::default(),
         })
     }
 
@@ -122,7 +124,7 @@ impl Storage {
     /// rename are needed), on object storage as a multipart upload.
     pub async fn upload(&self, key: &str) -> object_store::Result<Upload> {
         let sink = match &self.root {
-            Some(root) => Sink::Local(LocalWrite::new(root.clone(), key, self.folders.clone())),
+            Some(root) => Sink::Local(LocalWrite::new(root.clone(), key, self.disk.clone())),
             None => {
                 let upload = self.store.put_multipart(&Path::from(key)).await?;
                 Sink::Multipart(WriteMultipart::new_with_chunk_size(upload, PART_BYTES))
@@ -270,72 +272,99 @@ pub const HEAD_KEPT: usize = 512 * 1024;
 struct LocalWrite {
     root: PathBuf,
     path: PathBuf,
-    folders: Arc<FolderSyncs>,
+    disk: Arc<Disk>,
     /// Open once the first bytes were written.
-    file: Option<std::fs::File>,
+    file: Option<fs::File>,
     pending: Vec<u8>,
+    /// The write under way on the blocking pool, kept here until it has ended: a flush whose
+    /// future is dropped (its download timed out) leaves it behind, so that `abort` can wait
+    /// for it before removing the file it may still be creating.
+    writing: Option<tokio::task::JoinHandle<Written>>,
 }
 
+/// What a write on the blocking pool hands back: the open file and the emptied buffer.
+type Written = io::Result<(fs::File, Vec<u8>)>;
+
 impl LocalWrite {
-    fn new(root: PathBuf, key: &str, folders: Arc<FolderSyncs>) -> Self {
+    fn new(root: PathBuf, key: &str, disk: Arc<Disk>) -> Self {
         Self {
             path: root.join(key),
             root,
-            folders,
+            disk,
             file: None,
             pending: Vec::new(),
+            writing: None,
         }
     }
 
     /// Writes what is pending, opening the file first if needed (on the blocking pool: one
     /// hop for all of it).
-    async fn flush(&mut self, sync: bool) -> std::io::Result<()> {
+    async fn flush(&mut self, sync: bool) -> io::Result<()> {
+        // A flush dropped mid-way left its write running: it ends first.
+        self.settle().await?;
         let mut file = self.file.take();
         let mut pending = std::mem::take(&mut self.pending);
         let (root, path) = (self.root.clone(), self.path.clone());
-        let folders = self.folders.clone();
-        let (file, pending) = tokio::task::spawn_blocking(move || {
+        let disk = self.disk.clone();
+        self.writing = Some(tokio::task::spawn_blocking(move || {
             use std::io::Write;
             let mut open = match file.take() {
                 Some(f) => f,
-                None => create_new(&root, &path)?,
+                None => (disk.create)(&root, &path)?,
             };
             open.write_all(&pending)?;
             pending.clear();
             if sync {
-                sync_durably(&root, &path, &open, &folders).map_err(|source| {
-                    std::io::Error::new(
+                sync_durably(&root, &path, &open, &disk).map_err(|source| {
+                    io::Error::new(
                         source.kind(),
                         format!("syncing the stored file to disk failed: {source}"),
                     )
                 })?;
             }
-            Ok::<_, std::io::Error>((open, pending))
-        })
-        .await
-        .expect("the write task does not panic")?;
+            Ok((open, pending))
+        }));
+        self.settle().await
+    }
+
+    /// Waits for the write under way, if any, and takes its file (and its emptied buffer)
+    /// back. Dropped while waiting, it leaves the write where it was.
+    async fn settle(&mut self) -> io::Result<()> {
+        let Some(writing) = self.writing.as_mut() else {
+            return Ok(());
+        };
+        let written = writing.await;
+        self.writing = None;
+        let (file, buffer) = written.expect("the write task does not panic")?;
         self.file = Some(file);
-        self.pending = pending;
+        if self.pending.is_empty() {
+            self.pending = buffer;
+        }
         Ok(())
     }
 }
 
 /// Creates the file at `path` (never an existing one), with its folders below `root`.
-fn create_new(root: &std::path::Path, path: &std::path::Path) -> std::io::Result<std::fs::File> {
+fn create_new(root: &std::path::Path, path: &std::path::Path) -> io::Result<fs::File> {
     let open = || {
-        std::fs::OpenOptions::new()
+        fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(path)
     };
     match open() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let parent = path.parent().unwrap_or(root);
-            std::fs::create_dir_all(parent)?;
+            fs::create_dir_all(parent)?;
             open()
         }
         other => other,
     }
+}
+
+/// Syncs `folder` to disk (its entries: the files and folders made in it).
+fn sync_folder(folder: &std::path::Path) -> io::Result<()> {
+    fs::File::open(folder)?.sync_all()
 }
 
 /// Syncs the written `file` at `path` and its folder to disk, and, until that has been
@@ -345,20 +374,20 @@ fn create_new(root: &std::path::Path, path: &std::path::Path) -> std::io::Result
 fn sync_durably(
     root: &std::path::Path,
     path: &std::path::Path,
-    file: &std::fs::File,
-    folders: &FolderSyncs,
-) -> std::io::Result<()> {
+    file: &fs::File,
+    disk: &Disk,
+) -> io::Result<()> {
     file.sync_all()?;
     let Some(folder) = path.parent() else {
         return Ok(());
     };
-    let folder_sync = folders.of(folder);
-    folder_sync.sync(folder)?;
+    let folder_sync = disk.folder(folder);
+    folder_sync.sync(folder, &*disk.sync_folder)?;
     if !folder_sync.parents_durable.load(Ordering::Acquire) {
         let mut dir = Some(folder);
         while let Some(d) = dir.filter(|d| *d != root && d.starts_with(root)) {
             let parent = d.parent().unwrap_or(root);
-            std::fs::File::open(parent)?.sync_all()?;
+            (disk.sync_folder)(parent)?;
             dir = Some(parent);
         }
         folder_sync.parents_durable.store(true, Ordering::Release);
@@ -366,15 +395,34 @@ fn sync_durably(
     Ok(())
 }
 
-/// The folder syncs of each folder uploads go into.
-#[derive(Default)]
-struct FolderSyncs {
-    by_path: std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<FolderSync>>>,
+/// Creating a file of the given root and path.
+type CreateFile = dyn Fn(&std::path::Path, &std::path::Path) -> io::Result<fs::File> + Send + Sync;
+/// Syncing a folder.
+type SyncFolder = dyn Fn(&std::path::Path) -> io::Result<()> + Send + Sync;
+
+/// The file system as local uploads use it: how a file is created and a folder synced
+/// ([`create_new`] and [`sync_folder`]; tests put in ones that wait or fail), and the
+/// folder syncs of each folder uploads go into.
+struct Disk {
+    create: Box<CreateFile>,
+    sync_folder: Box<SyncFolder>,
+    folders: std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<FolderSync>>>,
 }
 
-impl FolderSyncs {
-    fn of(&self, folder: &std::path::Path) -> Arc<FolderSync> {
-        self.by_path
+impl Default for Disk {
+    fn default() -> Self {
+        Self {
+            create: Box::new(create_new),
+            sync_folder: Box::new(sync_folder),
+            folders: Default::default(),
+        }
+    }
+}
+
+impl Disk {
+    /// The syncs of `folder`.
+    fn folder(&self, folder: &std::path::Path) -> Arc<FolderSync> {
+        self.folders
             .lock()
             .expect("not poisoned")
             .entry(folder.to_path_buf())
@@ -404,32 +452,60 @@ struct FolderState {
     running: bool,
     /// The latest sync that failed: every caller it (or a later one) would have covered
     /// is told, rather than risk a file whose entry is not on disk.
-    failed: Option<(u64, std::io::ErrorKind, String)>,
+    failed: Option<(u64, io::ErrorKind, String)>,
+    /// Callers waiting for a sync to end (tests wait for them to be there).
+    #[cfg(test)]
+    waiting: usize,
+}
+
+impl FolderState {
+    /// What a caller covered by sync number `needed` is told once that sync has ended:
+    /// that sync's failure, or a later one's (told rather than risked); a later success
+    /// never hides its failure.
+    fn outcome(&self, needed: u64) -> Option<io::Result<()>> {
+        if self.completed < needed {
+            return None;
+        }
+        Some(match &self.failed {
+            Some((number, kind, text)) if *number >= needed => {
+                Err(io::Error::new(*kind, text.clone()))
+            }
+            _ => Ok(()),
+        })
+    }
 }
 
 impl FolderSync {
-    /// Returns once a sync of `folder` that started after this call has ended.
-    fn sync(&self, folder: &std::path::Path) -> std::io::Result<()> {
+    /// Returns once a sync of `folder` (done by `fsync`) that started after this call has
+    /// ended.
+    fn sync(
+        &self,
+        folder: &std::path::Path,
+        fsync: impl Fn(&std::path::Path) -> io::Result<()>,
+    ) -> io::Result<()> {
         let mut state = self.state.lock().expect("not poisoned");
         let needed = state.started + 1;
         loop {
-            if state.completed >= needed {
-                return match &state.failed {
-                    Some((number, kind, text)) if *number >= needed => {
-                        Err(std::io::Error::new(*kind, text.clone()))
-                    }
-                    _ => Ok(()),
-                };
+            if let Some(outcome) = state.outcome(needed) {
+                return outcome;
             }
             if state.running {
+                #[cfg(test)]
+                {
+                    state.waiting += 1;
+                }
                 state = self.done.wait(state).expect("not poisoned");
+                #[cfg(test)]
+                {
+                    state.waiting -= 1;
+                }
                 continue;
             }
             state.running = true;
             state.started += 1;
             let number = state.started;
             drop(state);
-            let synced = std::fs::File::open(folder).and_then(|dir| dir.sync_all());
+            let synced = fsync(folder);
             state = self.state.lock().expect("not poisoned");
             state.running = false;
             state.completed = number;
@@ -536,11 +612,14 @@ impl Upload {
                     tracing::warn!(key = %self.key, error = %e, "could not abort an upload");
                 }
             }
-            Sink::Local(local) => {
-                drop(local.file);
+            Sink::Local(mut local) => {
+                // A write still running (its flush was dropped: the download timed out) may
+                // yet create the file: removed before it ends, the file would stay behind.
+                let _ = local.settle().await;
+                drop(local.file.take());
                 match tokio::fs::remove_file(&local.path).await {
                     Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => {
                         tracing::warn!(key = %self.key, error = %e, "could not remove an abandoned upload")
                     }
@@ -574,34 +653,336 @@ pub struct StoredAsset {
 
 #[cfg(test)]
 mod tests {
-    use super::{bucket_prefix, FolderSync};
-    use std::sync::Arc;
+    use super::*;
+    use futures::FutureExt;
+    use std::path::Path as FsPath;
+    use std::sync::{Condvar, Mutex};
+    use std::time::{Duration, Instant};
+
+    /// A fresh folder below the system's temporary folder.
+    fn temp_folder(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", crate::ids::random_id(8)));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Local storage in `root` that uses `disk`.
+    fn local_storage(root: &FsPath, disk: Disk) -> Storage {
+        Storage {
+            store: Arc::new(LocalFileSystem::new_with_prefix(root).unwrap()),
+            root: Some(root.to_path_buf()),
+            bucket: None,
+            disk: Arc::new(disk),
+        }
+    }
+
+    /// Every file below `dir`.
+    fn files_in(dir: &FsPath) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files.extend(files_in(&path));
+            } else {
+                files.push(path);
+            }
+        }
+        files
+    }
+
+    /// Waits (on this thread) until `done` says so; a minute without is a hang.
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "waited a minute for {what}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A door the test opens; other threads wait at it until then.
+    #[derive(Default)]
+    struct Door {
+        open: Mutex<bool>,
+        opened: Condvar,
+    }
+
+    impl Door {
+        fn open(&self) {
+            *self.open.lock().unwrap() = true;
+            self.opened.notify_all();
+        }
+
+        fn pass(&self) {
+            let open = self.open.lock().unwrap();
+            drop(self.opened.wait_while(open, |open| !*open).unwrap());
+        }
+    }
+
+    /// Opens its door when dropped, also by a failing test (whose runtime would otherwise
+    /// wait for ever for a blocking task held at it).
+    struct OpenOnDrop(Arc<Door>);
+
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            self.0.open();
+        }
+    }
+
+    /// The folder fsyncs of a test: each notes its start and end in `log`, which the callers
+    /// share; sync 1 waits at `door`, and sync number `failing` fails.
+    struct Syncs {
+        log: Mutex<Vec<String>>,
+        door: Door,
+        failing: usize,
+    }
+
+    impl Syncs {
+        fn new(failing: usize) -> Arc<Self> {
+            Arc::new(Self {
+                log: Mutex::default(),
+                door: Door::default(),
+                failing,
+            })
+        }
+
+        fn note(&self, line: String) {
+            self.log.lock().unwrap().push(line);
+        }
+
+        fn log(&self) -> Vec<String> {
+            self.log.lock().unwrap().clone()
+        }
+
+        fn fsync(&self, _folder: &FsPath) -> io::Result<()> {
+            let number = {
+                let mut log = self.log.lock().unwrap();
+                let number = log.iter().filter(|l| l.ends_with(" started")).count() + 1;
+                log.push(format!("sync {number} started"));
+                number
+            };
+            if number == 1 {
+                self.door.pass();
+            }
+            self.note(format!("sync {number} ended"));
+            if number == self.failing {
+                Err(io::Error::other("the disk went away"))
+            } else {
+                Ok(())
+            }
+        }
+
+        /// `caller` calls `sync.sync` on a thread of its own, which notes what it returned.
+        fn call(
+            self: &Arc<Self>,
+            sync: &Arc<FolderSync>,
+            caller: &'static str,
+        ) -> std::thread::JoinHandle<()> {
+            let (syncs, sync) = (self.clone(), sync.clone());
+            std::thread::spawn(move || {
+                let result = sync.sync(FsPath::new("/unused"), |f| syncs.fsync(f));
+                let said = match result {
+                    Ok(()) => "ok".to_string(),
+                    Err(e) => e.to_string(),
+                };
+                syncs.note(format!("{caller} returned {said}"));
+            })
+        }
+    }
+
+    /// Sync 1 (of caller A) is under way and held; B and C called while it ran and wait.
+    fn two_callers_during_sync_one(
+        syncs: &Arc<Syncs>,
+    ) -> (Arc<FolderSync>, Vec<std::thread::JoinHandle<()>>) {
+        let sync = Arc::new(FolderSync::default());
+        let a = syncs.call(&sync, "A");
+        wait_until("sync 1 to start", || {
+            syncs.log().contains(&"sync 1 started".into())
+        });
+        let b = syncs.call(&sync, "B");
+        let c = syncs.call(&sync, "C");
+        wait_until("B and C to wait", || {
+            sync.state.lock().unwrap().waiting == 2
+        });
+        (sync, vec![a, b, c])
+    }
 
     #[test]
     fn a_folder_sync_covers_only_callers_that_came_before_it_started() {
-        let dir = std::env::temp_dir().join(format!("folder-sync-{}", crate::ids::random_id(8)));
-        std::fs::create_dir_all(&dir).unwrap();
-        let sync = Arc::new(FolderSync::default());
-        // One after another: each call syncs once.
-        sync.sync(&dir).unwrap();
-        sync.sync(&dir).unwrap();
-        assert_eq!(sync.state.lock().unwrap().started, 2);
-        // Side by side: every caller is covered, by at most one sync each.
-        let threads: Vec<_> = (0..16)
-            .map(|_| {
-                let (sync, dir) = (sync.clone(), dir.clone());
-                std::thread::spawn(move || sync.sync(&dir))
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap().unwrap();
+        let syncs = Syncs::new(0);
+        let (sync, callers) = two_callers_during_sync_one(&syncs);
+        syncs.door.open();
+        for caller in callers {
+            caller.join().unwrap();
         }
-        let started = sync.state.lock().unwrap().started;
-        assert!((3..=18).contains(&started), "{started}");
-        // A folder that cannot be synced fails every caller it would have covered.
-        let gone = Arc::new(FolderSync::default());
-        assert!(gone.sync(&dir.join("missing")).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
+        let log = syncs.log();
+        let a = log.iter().position(|l| l == "A returned ok").unwrap();
+        assert!(a > 1, "A returns once its sync ended: {log:?}");
+        let others: Vec<&String> = log.iter().filter(|l| !l.starts_with("A ")).collect();
+        // B and C came while sync 1 ran: it does not cover them; one sync 2, started after
+        // both came, covers both.
+        assert_eq!(
+            others[..4],
+            [
+                "sync 1 started",
+                "sync 1 ended",
+                "sync 2 started",
+                "sync 2 ended"
+            ],
+            "{log:?}"
+        );
+        let mut after: Vec<&String> = others[4..].to_vec();
+        after.sort();
+        assert_eq!(after, ["B returned ok", "C returned ok"], "{log:?}");
+        // One caller alone: a sync of its own, at once.
+        syncs.call(&sync, "D").join().unwrap();
+        assert_eq!(
+            syncs.log()[log.len()..],
+            ["sync 3 started", "sync 3 ended", "D returned ok"]
+        );
+    }
+
+    #[test]
+    fn a_failed_folder_sync_fails_every_caller_it_would_have_covered() {
+        let syncs = Syncs::new(2);
+        let (sync, callers) = two_callers_during_sync_one(&syncs);
+        syncs.door.open();
+        for caller in callers {
+            caller.join().unwrap();
+        }
+        let log = syncs.log();
+        for line in [
+            "A returned ok",
+            "B returned the disk went away",
+            "C returned the disk went away",
+        ] {
+            assert!(log.contains(&line.to_string()), "{line}: {log:?}");
+        }
+        assert_eq!(log.iter().filter(|l| l.ends_with(" started")).count(), 2);
+        // A later caller is covered by a later sync, which succeeds.
+        syncs.call(&sync, "D").join().unwrap();
+        assert_eq!(syncs.log().last().unwrap(), "D returned ok");
+        // A caller that sync 2 covers, finding only after sync 3 succeeded that it ended, is
+        // still told of sync 2's failure.
+        let failed_two = FolderState {
+            started: 3,
+            completed: 3,
+            failed: Some((2, io::ErrorKind::Other, "the disk went away".into())),
+            ..FolderState::default()
+        };
+        assert_eq!(
+            failed_two.outcome(2).unwrap().unwrap_err().to_string(),
+            "the disk went away"
+        );
+        assert!(failed_two.outcome(3).unwrap().is_ok());
+        assert!(failed_two.outcome(4).is_none(), "sync 4 has not ended");
+    }
+
+    /// Local storage whose folder syncs are noted in the returned list (and done), and
+    /// fail for the folders in `failing` once each.
+    fn noting_syncs(root: &FsPath, failing: &[PathBuf]) -> (Storage, Arc<Mutex<Vec<PathBuf>>>) {
+        let synced = Arc::new(Mutex::new(Vec::new()));
+        let failing = Mutex::new(failing.to_vec());
+        let noted = synced.clone();
+        let disk = Disk {
+            sync_folder: Box::new(move |folder: &FsPath| {
+                noted.lock().unwrap().push(folder.to_path_buf());
+                let mut failing = failing.lock().unwrap();
+                if let Some(i) = failing.iter().position(|f| f == folder) {
+                    failing.remove(i);
+                    return Err(io::Error::other("the disk went away"));
+                }
+                sync_folder(folder)
+            }),
+            ..Disk::default()
+        };
+        (local_storage(root, disk), synced)
+    }
+
+    #[tokio::test]
+    async fn every_upload_into_a_new_folder_syncs_the_folders_above_until_one_has() {
+        let root = temp_folder("parents");
+        let folder = root.join("7");
+        let (storage, synced) = noting_syncs(&root, std::slice::from_ref(&root));
+        let take = || std::mem::take(&mut *synced.lock().unwrap());
+        // The first upload creates the folder (its first megabyte is written) and goes on.
+        let mut first = storage.upload("7/first.mp4").await.unwrap();
+        first.write(&vec![1; LOCAL_BUFFER]).await.unwrap();
+        assert!(folder.is_dir());
+        assert!(take().is_empty(), "nothing synced before a finish");
+        // A second upload into it is done first: it syncs its folder, and the storage root
+        // (where the folder's entry is), which fails: it fails too, and leaves nothing.
+        let mut second = storage.upload("7/second.mp4").await.unwrap();
+        second.write(b"second").await.unwrap();
+        let error = second.finish().await.unwrap_err().to_string();
+        assert!(error.contains("the disk went away"), "{error}");
+        assert_eq!(take(), [folder.clone(), root.clone()]);
+        assert!(!folder.join("second.mp4").exists());
+        // So the next one to finish syncs the root again (now it works) ...
+        let mut third = storage.upload("7/third.mp4").await.unwrap();
+        third.write(b"third").await.unwrap();
+        third.finish().await.unwrap();
+        assert_eq!(take(), [folder.clone(), root.clone()]);
+        // ... and after that, only the folder is synced.
+        first.finish().await.unwrap();
+        assert_eq!(take(), vec![folder.clone()]);
+        assert_eq!(
+            fs::read(folder.join("first.mp4")).unwrap(),
+            vec![1; LOCAL_BUFFER]
+        );
+        // A folder two levels down has both levels above it synced.
+        let mut deep = storage.upload("8/9/deep.mp4").await.unwrap();
+        deep.write(b"deep").await.unwrap();
+        deep.finish().await.unwrap();
+        assert_eq!(take(), [root.join("8/9"), root.join("8"), root.clone()]);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_upload_abandoned_while_its_file_is_being_created_leaves_no_file() {
+        let root = temp_folder("abandoned");
+        let door = Arc::new(Door::default());
+        let held = door.clone();
+        let disk = Disk {
+            create: Box::new(move |root: &FsPath, path: &FsPath| {
+                held.pass();
+                create_new(root, path)
+            }),
+            ..Disk::default()
+        };
+        let storage = local_storage(&root, disk);
+        let opener = OpenOnDrop(door);
+        let mut upload = storage.upload("7/abandoned.mp4").await.unwrap();
+        // Its first megabyte goes to the blocking pool, which creates the file: held there,
+        // the write is still under way when its download times out (its future is dropped).
+        let chunk = vec![1; LOCAL_BUFFER];
+        assert!(upload.write(&chunk).now_or_never().is_none());
+        let abort = tokio::spawn(upload.abort());
+        // The abort waits for that write rather than removing a file not there yet.
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            assert!(!abort.is_finished(), "the abort did not wait for the write");
+        }
+        drop(opener);
+        abort.await.unwrap();
+        assert_eq!(files_in(&root), Vec::<PathBuf>::new(), "nothing is left");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_local_upload_stores_what_was_written() {
+        let root = temp_folder("upload");
+        let storage = local_storage(&root, Disk::default());
+        let mut upload = storage.upload("3/video.mp4").await.unwrap();
+        let bytes: Vec<u8> = (0..LOCAL_BUFFER * 5 / 2).map(|i| (i % 251) as u8).collect();
+        for chunk in bytes.chunks(300 * 1024) {
+            upload.write(chunk).await.unwrap();
+        }
+        let stored = upload.finish().await.unwrap();
+        assert_eq!(stored.size, bytes.len() as u64);
+        assert_eq!(stored.sha256, hex::encode(Sha256::digest(&bytes)));
+        assert_eq!(stored.head.0.len(), HEAD_KEPT);
+        assert_eq!(fs::read(root.join("3/video.mp4")).unwrap(), bytes);
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! What happens to one fetch message: check that its video is still pending, take a slot of
 //! its source host, download it, record the outcome (a group per transaction, see
 //! `group_commit`); a failure the retry policy says to try again, or a pause the source host
-//! asked for, goes back through a RabbitMQ delay queue. A message this binary cannot read is
-//! rejected, for `settle` to deal with.
+//! asked for, goes back through a RabbitMQ delay queue. A 304 (or a checksum naming the
+//! stored file) whose stored file the verifier marked damaged meanwhile is downloaded again
+//! at once, without conditions. A message this binary cannot read is rejected, for `settle`
+//! to deal with.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +27,7 @@ use crate::fetch::{Fetched, Fetcher};
 use crate::group_commit::{PendingCheck, Recorder};
 use crate::hosts::{SourceHosts, Turn};
 use crate::metrics::WorkerMetrics;
-use crate::retry_policy::{Next, RetryPolicy};
+use crate::retry_policy::{self, AfterDamage, Next, RetryPolicy};
 
 /// How often a running download looks whether its video is still pending.
 const CANCEL_POLL: Duration = Duration::from_secs(1);
@@ -100,9 +102,22 @@ impl Importer {
                 None => return Disposition::Requeue,
             }
         }
+        self.fetch_and_record(&item, &message, trace.as_ref(), false)
+            .await
+    }
+
+    /// Downloads the video and records the outcome (or hands it to a delay queue); `fresh`:
+    /// with no conditional request and no checksum-match skip.
+    async fn fetch_and_record(
+        &self,
+        item: &Item,
+        message: &FetchVideo,
+        trace: Option<&TraceParent>,
+        fresh: bool,
+    ) -> Disposition {
         let started = std::time::Instant::now();
         self.metrics.in_flight.inc();
-        let fetched = self.download_while_pending(&item).await;
+        let fetched = self.download_while_pending(item, fresh).await;
         self.metrics.in_flight.dec();
         if let Err(FetchError::Stopped) = fetched {
             tracing::info!("download stopped: the job was cancelled");
@@ -136,11 +151,11 @@ impl Importer {
                     );
                     return self
                         .later(
-                            &item,
+                            item,
                             message.next_try(),
                             delay,
                             Waited::Failed(reason),
-                            trace.as_ref(),
+                            trace,
                         )
                         .await;
                 }
@@ -157,10 +172,29 @@ impl Importer {
             Ok(Fetched::Stored(d)) => Some(d.asset.key.as_str()),
             _ => None,
         };
-        let recorded = self
+        let mut recorded = self
             .recorder
-            .record(item.clone(), outcome, trace::passed_on(trace.as_ref()))
+            .record(item.clone(), outcome, trace::passed_on(trace))
             .await;
+        if recorded == Some(Recorded::DamagedMeanwhile) {
+            match retry_policy::after_damaged_meanwhile(fresh) {
+                AfterDamage::DownloadAgain => {
+                    tracing::info!("the stored file was found damaged while the video was on its way: downloading it again");
+                    return Box::pin(self.fetch_and_record(item, message, trace, true)).await;
+                }
+                AfterDamage::GiveUp(reason) => {
+                    failure_class = FailureClass::Storage;
+                    recorded = self
+                        .recorder
+                        .record(
+                            item.clone(),
+                            Outcome::Failed(reason),
+                            trace::passed_on(trace),
+                        )
+                        .await;
+                }
+            }
+        }
         let (disposition, asset_used) = match recorded {
             Some(Recorded::Done {
                 state,
@@ -183,7 +217,9 @@ impl Importer {
             }
             // A lost commit acknowledgement also lands here: ask whether the asset is in use.
             Some(Recorded::AlreadyDone) => (Disposition::Ack, false),
-            None => (Disposition::Requeue, false),
+            // (Damaged meanwhile was answered above; were it not, the video is still pending
+            // and its message must stay.)
+            Some(Recorded::DamagedMeanwhile) | None => (Disposition::Requeue, false),
         };
         if let Some(key) = downloaded_key.filter(|_| !asset_used) {
             let referenced = until_ok(&self.shutdown, || async {
@@ -208,9 +244,14 @@ impl Importer {
     }
 
     /// Downloads the video, looking every [`CANCEL_POLL`] whether it is still pending: a
-    /// cancelled job's downloads stop instead of running to their end.
-    async fn download_while_pending(&self, item: &Item) -> Result<Fetched, FetchError> {
-        if self.stored_already(item).await {
+    /// cancelled job's downloads stop instead of running to their end. `fresh`: no
+    /// conditional request, no skip for a checksum naming the stored file.
+    async fn download_while_pending(
+        &self,
+        item: &Item,
+        fresh: bool,
+    ) -> Result<Fetched, FetchError> {
+        if !fresh && self.stored_already(item).await {
             tracing::info!("the stored file matches the video's checksum: not downloaded");
             return Ok(Fetched::NotModified);
         }
@@ -218,7 +259,7 @@ impl Importer {
         let download = self.fetcher.download(
             &item.url,
             item.project_id,
-            item.known.as_ref(),
+            item.known.as_ref().filter(|_| !fresh),
             &item.checksum,
             &stop,
         );

@@ -1,6 +1,7 @@
 //! Every retry decision of the worker, as pure functions: which failures are worth another
 //! try, the quick in-process tries for hiccups, the later tries that wait in a RabbitMQ delay
-//! queue, and the reason a video fails with when the tries are used up.
+//! queue, the download again of a video whose skip met a file found damaged meanwhile, and
+//! the reason a video fails with when the tries are used up.
 
 use std::time::Duration;
 
@@ -112,6 +113,32 @@ impl RetryPolicy {
             ),
             None => Next::GiveUp(format!("{error} (gave up after {} tries)", attempt + 1)),
         }
+    }
+}
+
+/// What to do with a video whose recording found that the stored file its 304 (or its
+/// checksum match) was to keep had been marked damaged meanwhile (nothing was recorded).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterDamage {
+    /// Download it again at once, with no conditional request and no checksum-match skip.
+    DownloadAgain,
+    /// Record it as failed with this reason.
+    GiveUp(String),
+}
+
+/// What follows when the recorder answers that the stored file was marked damaged
+/// meanwhile; `fresh` says whether the download was already one without conditions. Once
+/// again, without conditions: that download stores a new file (or fails on its own), so it
+/// cannot be answered this way; if it were, the video fails rather than loop.
+pub fn after_damaged_meanwhile(fresh: bool) -> AfterDamage {
+    if fresh {
+        AfterDamage::GiveUp(
+            "the stored file was found damaged while this video was on its way, and again \
+             after it was downloaded anew; import it again"
+                .into(),
+        )
+    } else {
+        AfterDamage::DownloadAgain
     }
 }
 
@@ -267,6 +294,17 @@ mod tests {
         }
         for status in [400, 401, 403, 404, 410, 301] {
             assert!(!is_transient_status(StatusCode::from_u16(status).unwrap()));
+        }
+    }
+
+    #[test]
+    fn a_skip_that_met_a_damaged_file_is_downloaded_again_once() {
+        assert_eq!(after_damaged_meanwhile(false), AfterDamage::DownloadAgain);
+        match after_damaged_meanwhile(true) {
+            AfterDamage::GiveUp(reason) => {
+                assert!(reason.contains("found damaged"), "{reason}")
+            }
+            other => panic!("{other:?}"),
         }
     }
 

@@ -180,23 +180,25 @@ pub(super) struct Writes {
 impl Writes {
     /// Decides what the video does to its entry (`current`, as the earlier videos of the
     /// group left it) and plans the write. `asset` is `None` when the source said it was
-    /// unchanged.
+    /// unchanged (or a checksum named the stored file). `None` when that stored file has
+    /// been marked damaged meanwhile (the 304 or the checksum match was decided before the
+    /// mark): there is nothing to keep and nothing is planned; the video is downloaded again.
     pub(super) fn plan(
         &mut self,
         current: &mut HashMap<EntryKey, Current>,
         item: &Item,
         asset: Option<&NewAsset>,
-    ) -> EntryChange {
+    ) -> Option<EntryChange> {
         let key = key_of(item);
         let Some(entry) = current.get_mut(&key) else {
             let Some(asset) = asset else {
-                return EntryChange {
+                return Some(EntryChange {
                     reason: Some(
                         "the source was unchanged but the entry no longer exists; import it again"
                             .into(),
                     ),
                     ..EntryChange::new(ItemState::Failed)
-                };
+                });
             };
             let media_id = crate::ids::random_id(12);
             current.insert(
@@ -212,33 +214,26 @@ impl Writes {
             );
             self.inserts
                 .push((media_id.clone(), item.clone(), asset.clone()));
-            return EntryChange {
+            return Some(EntryChange {
                 media_id: Some(media_id),
                 asset_used: true,
                 ..EntryChange::new(ItemState::Imported)
-            };
+            });
         };
         if entry.damaged && asset.is_none() {
             // A 304 or a checksum match that was decided before the entry was marked: the
             // stored copy is not there to keep.
-            return EntryChange {
-                reason: Some(
-                    "the stored file was found damaged while this video was on its way, so it \
-                     was not downloaded again; import it again"
-                        .into(),
-                ),
-                ..EntryChange::new(ItemState::Failed)
-            };
+            return None;
         }
         // A damaged entry takes the new download even when its bytes are the same.
         let same_bytes = !entry.damaged && asset.is_none_or(|a| entry.sha256 == a.sha256);
         let same_metadata = entry.metadata == item.metadata && entry.file_name == item.file_name;
         if same_bytes && same_metadata {
-            return EntryChange {
+            return Some(EntryChange {
                 reason: Some("already exists".into()),
                 media_id: Some(entry.id.clone()),
                 ..EntryChange::new(ItemState::Skipped)
-            };
+            });
         }
         let new_asset = asset.filter(|_| !same_bytes).cloned();
         entry.metadata = item.metadata.clone();
@@ -250,12 +245,12 @@ impl Writes {
         });
         self.updates
             .push((entry.id.clone(), item.clone(), new_asset));
-        EntryChange {
+        Some(EntryChange {
             media_id: Some(entry.id.clone()),
             asset_used: replaced_key.is_some(),
             replaced_key,
             ..EntryChange::new(ItemState::Imported)
-        }
+        })
     }
 
     /// Writes the planned inserts (one statement) and then the updates.
@@ -560,4 +555,96 @@ pub async fn damaged_count(client: &impl GenericClient) -> anyhow::Result<i64> {
         .await
         .context("counting the damaged entries")?
         .get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn item() -> Item {
+        Item {
+            job_id: "job".into(),
+            idx: 0,
+            project_id: 1,
+            system_name: "archive".into(),
+            external_id: "a".into(),
+            url: "http://127.0.0.1/a.mp4".into(),
+            file_name: "a.mp4".into(),
+            metadata: json!({"title": "A"}),
+            state: ItemState::Pending,
+            known: None,
+            checksum: Default::default(),
+        }
+    }
+
+    fn asset(key: &str, sha256: &str) -> NewAsset {
+        NewAsset {
+            key: key.into(),
+            size: 10,
+            mime_type: "video/mp4".into(),
+            sha256: sha256.into(),
+            md5: None,
+            validators: Validators::default(),
+            duration_seconds: None,
+            width: None,
+            height: None,
+            codec: None,
+        }
+    }
+
+    /// The library with the item's entry, stored at `1/old.mp4`, marked damaged or not.
+    fn library(damaged: bool) -> HashMap<EntryKey, Current> {
+        let item = item();
+        HashMap::from([(
+            key_of(&item),
+            Current {
+                id: "entry".into(),
+                sha256: "same".into(),
+                metadata: item.metadata.clone(),
+                file_name: item.file_name.clone(),
+                asset_key: "1/old.mp4".into(),
+                damaged,
+            },
+        )])
+    }
+
+    #[test]
+    fn an_unchanged_source_keeps_a_whole_file_but_not_one_marked_damaged_meanwhile() {
+        // Whole: the 304 (or checksum match) keeps it, and the video is skipped.
+        let mut writes = Writes::default();
+        let change = writes.plan(&mut library(false), &item(), None).unwrap();
+        assert_eq!(change.state, Some(ItemState::Skipped));
+        assert_eq!(change.reason.as_deref(), Some("already exists"));
+        // Marked damaged after the 304 was decided: nothing is recorded or written (the
+        // video is downloaded again), rather than the video failing.
+        let mut writes = Writes::default();
+        let mut damaged = library(true);
+        assert!(writes.plan(&mut damaged, &item(), None).is_none());
+        assert!(writes.inserts.is_empty() && writes.updates.is_empty());
+        // The download that follows replaces the file, even with the same bytes.
+        let change = writes
+            .plan(&mut damaged, &item(), Some(&asset("1/new.mp4", "same")))
+            .unwrap();
+        assert_eq!(change.state, Some(ItemState::Imported));
+        assert!(change.asset_used);
+        assert_eq!(change.replaced_key.as_deref(), Some("1/old.mp4"));
+        assert_eq!(writes.updates.len(), 1);
+        assert!(
+            !damaged[&key_of(&item())].damaged,
+            "the mark goes with the file"
+        );
+    }
+
+    #[test]
+    fn an_unchanged_source_of_an_entry_that_is_gone_fails_the_video() {
+        let change = Writes::default()
+            .plan(&mut HashMap::new(), &item(), None)
+            .unwrap();
+        assert_eq!(change.state, Some(ItemState::Failed));
+        assert!(change
+            .reason
+            .unwrap()
+            .contains("the entry no longer exists"));
+    }
 }

@@ -39,6 +39,11 @@ impl Outcome {
 pub enum Recorded {
     /// Another delivery of the same message got there first.
     AlreadyDone,
+    /// Nothing was recorded and the video is still pending: the source said it was
+    /// unchanged (or its checksum named the stored file), but that stored file was marked
+    /// damaged after this was decided. Download it again, with no conditional request and
+    /// no checksum-match skip.
+    DamagedMeanwhile,
     /// The item ended in `state`.
     Done {
         state: ItemState,
@@ -96,13 +101,17 @@ pub async fn record(
             continue;
         }
         let change = match outcome {
-            Outcome::Failed(reason) => EntryChange {
+            Outcome::Failed(reason) => Some(EntryChange {
                 state: Some(ItemState::Failed),
                 reason: Some(reason.clone()),
                 ..EntryChange::default()
-            },
+            }),
             Outcome::Downloaded(asset) => writes.plan(&mut current, item, Some(asset)),
             Outcome::Unchanged => writes.plan(&mut current, item, None),
+        };
+        let Some(change) = change else {
+            results[i] = Recorded::DamagedMeanwhile;
+            continue;
         };
         let state = change
             .state

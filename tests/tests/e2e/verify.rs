@@ -516,3 +516,97 @@ async fn workers_verify_continuously_one_at_a_time_from_where_the_last_got_to() 
         .await;
     stack.finish().await;
 }
+
+/// A source of `sample.mp4` with an ETag whose conditional requests are held until the
+/// test lets them through: `asked` is told when one arrives, `go` lets it answer 304.
+struct HeldSource {
+    url: String,
+    asked: std::sync::Arc<tokio::sync::Notify>,
+    go: std::sync::Arc<tokio::sync::Notify>,
+    /// What it answered, in order.
+    answers: std::sync::Arc<std::sync::Mutex<Vec<u16>>>,
+}
+
+impl HeldSource {
+    async fn start() -> Self {
+        use axum::http::{header, HeaderMap, StatusCode};
+        use axum::response::IntoResponse;
+        let asked = std::sync::Arc::new(tokio::sync::Notify::new());
+        let go = std::sync::Arc::new(tokio::sync::Notify::new());
+        let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (held_asked, held_go, noted) = (asked.clone(), go.clone(), answers.clone());
+        let app = axum::Router::new().route(
+            "/held/sample.mp4",
+            axum::routing::get(move |headers: HeaderMap| {
+                let (asked, go, answers) = (held_asked.clone(), held_go.clone(), noted.clone());
+                async move {
+                    let tag = "\"v1\"";
+                    if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v == tag) {
+                        asked.notify_one();
+                        go.notified().await;
+                        answers.lock().unwrap().push(304);
+                        return (StatusCode::NOT_MODIFIED, [(header::ETAG, tag)]).into_response();
+                    }
+                    answers.lock().unwrap().push(200);
+                    ([(header::ETAG, tag)], fixture("sample.mp4")).into_response()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/held/sample.mp4", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            url,
+            asked,
+            go,
+            answers,
+        }
+    }
+}
+
+/// The race the verifier can lose to a re-import: the source answered 304 for a stored file
+/// found missing meanwhile. The video is downloaded again at once, without conditions,
+/// instead of failing; the entry gets a whole file and loses its mark.
+#[tokio::test]
+async fn a_304_that_meets_a_file_marked_damaged_meanwhile_is_downloaded_again() {
+    let stack = Stack::start(Options::default()).await;
+    let source = HeldSource::start().await;
+    let project = stack.project("meanwhile").await;
+    let body = batch("archive").video(&source.url, "held").build();
+    let job = stack.import(&project.token, &body).await;
+    let status = stack.wait_finished(&project.token, &job, 60).await;
+    assert_eq!(status["overview"]["imported"], 1, "{status}");
+    let before = entries(&stack).await;
+
+    // The re-import asks with the ETag; while its request is held, the stored file goes
+    // and the verifier marks the entry.
+    let job = stack.import(&project.token, &body).await;
+    tokio::time::timeout(Duration::from_secs(60), source.asked.notified())
+        .await
+        .expect("the worker asks whether the source changed");
+    let root = stack.dir.join("videos");
+    std::fs::remove_file(root.join(&before["held"].1)).unwrap();
+    let (code, report, stderr) = verify(&stack, &[]).await;
+    assert_eq!(
+        (code, &report["missing"]),
+        (3, &json!(1)),
+        "{report} {stderr}"
+    );
+    assert_eq!(marked(&stack).await.len(), 1);
+    source.go.notify_one();
+
+    let status = stack.wait_finished(&project.token, &job, 60).await;
+    assert_eq!(
+        states(&status),
+        BTreeMap::from([("held".into(), "imported".into())]),
+        "{status}"
+    );
+    assert_eq!(*source.answers.lock().unwrap(), [200, 304, 200]);
+    let after = entries(&stack).await;
+    assert_eq!(after["held"].0, before["held"].0, "the same entry");
+    assert_ne!(after["held"].1, before["held"].1, "a new stored file");
+    assert!(marked(&stack).await.is_empty(), "the mark is cleared");
+    let (code, report, stderr) = verify(&stack, &[]).await;
+    assert_eq!((code, &report["ok"]), (0, &json!(1)), "{report} {stderr}");
+    stack.finish().await;
+}
