@@ -145,6 +145,10 @@ pub struct FetchSettings {
     /// to twice the workers' download slots but never beyond this, so a new batch waits
     /// behind at most this many videos of other jobs.
     pub dispatch_ahead: u32,
+    /// Most videos the dispatcher packs into one fetch message (v5): the broker's work is
+    /// per message, so packing saves most of it. 1 publishes one video per message (v3/v4),
+    /// which the release before v5 reads: use it while such workers still run.
+    pub videos_per_message: u32,
     /// After SIGTERM, how long in-flight downloads may run on before they are handed back.
     #[serde(rename = "shutdown_grace_secs", with = "secs")]
     pub shutdown_grace: Duration,
@@ -485,6 +489,7 @@ impl Default for Settings {
                 concurrency: 32,
                 per_host_concurrency: 16,
                 dispatch_ahead: 512,
+                videos_per_message: 16,
                 shutdown_grace: Duration::from_secs(30),
                 quick_retries: 2,
                 retry_delays: secs_of(&[30, 120, 600, 1800]),
@@ -583,6 +588,7 @@ impl Settings {
         let bad = |key: &str, value: &dyn std::fmt::Display, why: &str| {
             Err(ConfigError(format!("{key} = {value}: {why}")))
         };
+        const MAX_VIDEOS_PER_MESSAGE: u32 = 64;
         let at_least_one = "must be at least 1";
         if self.api.max_batch_size == 0 {
             return bad("api.max_batch_size", &0, at_least_one);
@@ -644,6 +650,13 @@ impl Settings {
         }
         if self.fetch.dispatch_ahead == 0 {
             return bad("fetch.dispatch_ahead", &0, at_least_one);
+        }
+        if !(1..=MAX_VIDEOS_PER_MESSAGE).contains(&self.fetch.videos_per_message) {
+            return bad(
+                "fetch.videos_per_message",
+                &self.fetch.videos_per_message,
+                &format!("between 1 and {MAX_VIDEOS_PER_MESSAGE}"),
+            );
         }
         if self.fetch.per_host_concurrency == 0 {
             return bad("fetch.per_host_concurrency", &0, at_least_one);

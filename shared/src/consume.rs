@@ -31,6 +31,27 @@ pub enum Disposition {
     Reject(String),
 }
 
+impl Disposition {
+    /// What to do with a message whose parts were handled one by one (the videos of a fetch
+    /// message): acknowledged when every part is done; handed back when any is not (the done
+    /// ones are skipped when it comes again); a rejected part rejects the message.
+    pub fn of_parts(parts: impl IntoIterator<Item = Disposition>) -> Disposition {
+        let mut all = Disposition::Ack;
+        for part in parts {
+            match part {
+                Disposition::Ack => {}
+                Disposition::Requeue => {
+                    if all == Disposition::Ack {
+                        all = Disposition::Requeue;
+                    }
+                }
+                reject @ Disposition::Reject(_) => return reject,
+            }
+        }
+        all
+    }
+}
+
 /// A delivered message.
 #[derive(Debug, Clone)]
 pub struct Delivered {
@@ -217,5 +238,21 @@ fn death_reason(properties: &lapin::BasicProperties) -> Option<String> {
     match latest.inner().get("reason")? {
         AMQPValue::LongString(text) => Some(String::from_utf8_lossy(text.as_bytes()).into_owned()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Disposition::{self, Ack, Reject, Requeue};
+
+    #[test]
+    fn a_message_of_parts_is_acknowledged_only_when_every_part_is_done() {
+        assert_eq!(Disposition::of_parts([Ack, Ack]), Ack);
+        assert_eq!(Disposition::of_parts([Ack, Requeue, Ack]), Requeue);
+        assert_eq!(
+            Disposition::of_parts([Requeue, Reject("v9".into())]),
+            Reject("v9".into())
+        );
+        assert_eq!(Disposition::of_parts([]), Ack);
     }
 }

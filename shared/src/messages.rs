@@ -18,6 +18,11 @@
 //! - v4: v3 and `video.checksum` (`{"sha256"?, "md5"?}`), published only for a video that
 //!   has one: a v3 reader would import it unchecked, so it must not read it; videos without
 //!   a checksum go on as v3, which the previous release reads.
+//! - v5: `{"v": 5, "videos": [{"fetch": <a v4 body without "v">, "traceparent"?}]}`: several
+//!   videos in one message ([`FetchVideos`]), each with its own trace, because the broker's
+//!   work is per message (publish, confirm, deliver, ack: each a quorum-queue log entry).
+//!   Only first tries go out this way, and only when `fetch.videos_per_message` is above 1;
+//!   retries and split messages go out one video each (v3/v4).
 //!
 //! Webhook messages:
 //! - v1 (retired): `{job_id, attempt}`.
@@ -207,10 +212,11 @@ impl FetchVideo {
     /// The versions this binary reads.
     pub const VERSIONS: Versions = Versions {
         oldest: 2,
-        newest: Self::CHECKSUM_VERSION,
+        newest: FetchVideos::VERSION,
     };
 
-    /// Reads a fetch message of any version this binary supports.
+    /// Reads a fetch message of one video (v2–v4); a v5 message is read with
+    /// [`FetchVideos::decode`].
     pub fn decode(body: &[u8]) -> Result<Self, Unreadable> {
         match version(body, "fetch", |p| p.video.is_some())? {
             2..=4 => decode_as(body, "fetch"),
@@ -289,6 +295,94 @@ impl FetchVideo {
             payload: encode(self.version(), self),
             delay,
             traceparent,
+        }
+    }
+}
+
+/// Several videos to download, store and upsert, in one message (v5), possibly of several
+/// jobs: the dispatcher packs a round's videos this way so that the broker's per-message
+/// work is paid once per message rather than once per video. The worker handles each video
+/// as it would a message of its own, and acknowledges the message when all are recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FetchVideos {
+    pub videos: Vec<Dispatched>,
+}
+
+/// One video of a fetch message, with the trace it continues.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Dispatched {
+    /// The video, as a message of its own would carry it.
+    pub fetch: FetchVideo,
+    /// Its job's W3C `traceparent` (a message of one video carries it as a header instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+}
+
+impl Dispatched {
+    /// The trace the video continues, parsed.
+    pub fn trace(&self) -> Option<TraceParent> {
+        self.traceparent.as_deref().and_then(TraceParent::parse)
+    }
+
+    /// The video as a message of its own (v3/v4), to publish after `delay`.
+    pub fn alone(&self, delay: Option<Duration>) -> Outgoing {
+        self.fetch.outgoing(delay, self.traceparent.clone())
+    }
+}
+
+impl FetchVideos {
+    /// The version of a message of several videos.
+    pub const VERSION: u32 = 5;
+
+    /// Reads a fetch message of any version this binary supports: the videos it carries,
+    /// one before v5. A video of a single message continues `header`, the message's trace.
+    pub fn decode(
+        body: &[u8],
+        header: Option<&TraceParent>,
+    ) -> Result<Vec<Dispatched>, Unreadable> {
+        match version(body, "fetch", |p| p.video.is_some())? {
+            Self::VERSION => {
+                let message: FetchVideos = decode_as(body, "fetch")?;
+                if message.videos.is_empty() {
+                    return Err(Unreadable::Malformed {
+                        queue: "fetch",
+                        error: "a version 5 message without videos".into(),
+                    });
+                }
+                Ok(message.videos)
+            }
+            _ => Ok(vec![Dispatched {
+                fetch: FetchVideo::decode(body)?,
+                traceparent: header.map(TraceParent::header),
+            }]),
+        }
+    }
+
+    /// The videos as messages to publish: `per_message` videos each, as v5, or each alone
+    /// (v3/v4, which the previous release reads) when `per_message` is 1.
+    pub fn pack(videos: Vec<Dispatched>, per_message: usize) -> Vec<Outgoing> {
+        if per_message <= 1 {
+            return videos.iter().map(|video| video.alone(None)).collect();
+        }
+        videos
+            .chunks(per_message)
+            .map(|chunk| match chunk {
+                [one] => one.alone(None),
+                several => FetchVideos {
+                    videos: several.to_vec(),
+                }
+                .outgoing(),
+            })
+            .collect()
+    }
+
+    /// The message to publish now.
+    pub fn outgoing(&self) -> Outgoing {
+        Outgoing {
+            routing_key: queue::FETCH.into(),
+            payload: encode(Self::VERSION, self),
+            delay: None,
+            traceparent: None,
         }
     }
 }
@@ -486,6 +580,51 @@ mod tests {
             "url": "http://a.example/v.mp4", "file_name": "v.mp4", "metadata": {}})
     }
 
+    fn dispatched(idx: i32, trace: Option<&str>) -> Dispatched {
+        let body =
+            serde_json::json!({"job_id": format!("j{}", idx % 2), "idx": idx, "video": video()});
+        Dispatched {
+            fetch: FetchVideo::decode(body.to_string().as_bytes()).unwrap(),
+            traceparent: trace.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn several_videos_go_in_one_message_each_with_its_trace() {
+        let trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let videos: Vec<Dispatched> = (0..5)
+            .map(|i| dispatched(i, (i % 2 == 0).then_some(trace)))
+            .collect();
+        let packed = FetchVideos::pack(videos.clone(), 2);
+        assert_eq!(packed.len(), 3, "2 + 2 + 1");
+        let mut read = Vec::new();
+        for (n, out) in packed.iter().enumerate() {
+            let body: serde_json::Value = serde_json::from_slice(&out.payload).unwrap();
+            // The last message holds one video: it goes out alone, as the previous release
+            // reads it, with its trace as a header.
+            assert_eq!(body["v"], if n < 2 { 5 } else { 3 }, "{body}");
+            let header = out.traceparent.as_deref().and_then(TraceParent::parse);
+            read.extend(FetchVideos::decode(&out.payload, header.as_ref()).unwrap());
+        }
+        assert_eq!(read, videos, "every video, in order, with its own trace");
+        assert_eq!(read[0].trace().unwrap().header(), trace);
+        assert_eq!(read[1].trace(), None);
+
+        // One per message: every video alone, as v3/v4.
+        let alone = FetchVideos::pack(videos.clone(), 1);
+        assert_eq!(alone.len(), 5);
+        assert!(alone
+            .iter()
+            .all(|out| FetchVideo::decode(&out.payload).is_ok()));
+
+        let empty = FetchVideos::decode(br#"{"v":5,"videos":[]}"#, None).unwrap_err();
+        assert!(matches!(empty, Unreadable::Malformed { .. }), "{empty}");
+        let newer = FetchVideos::decode(br#"{"v":6,"videos":[]}"#, None).unwrap_err();
+        assert!(newer.is_newer());
+        // A v5 message names no single video: settling it needs no ids.
+        assert_eq!(Ids::of(&packed[0].payload), None);
+    }
+
     #[test]
     fn fetch_messages_round_trip_and_old_versions_are_named() {
         let item = FetchVideo::decode(
@@ -504,7 +643,7 @@ mod tests {
         let v1 = FetchVideo::decode(br#"{"job_id":"j","idx":0,"attempt":0}"#).unwrap_err();
         assert_eq!(
             v1.to_string(),
-            "message version 1 not supported by this binary (it reads 2..4)"
+            "message version 1 not supported by this binary (it reads 2..5)"
         );
         assert!(!v1.is_newer());
         let v9 = FetchVideo::decode(br#"{"v":9,"job_id":"j","idx":0}"#).unwrap_err();
@@ -526,7 +665,7 @@ mod tests {
     #[test]
     fn dead_letters_go_back_wait_for_a_newer_binary_or_are_settled() {
         let newer = Unreadable::Version {
-            found: 5,
+            found: 6,
             reads: FetchVideo::VERSIONS,
         };
         let retired = Unreadable::Version {

@@ -47,6 +47,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         service.publisher.clone(),
         settings.fetch.dispatch_ahead,
         settings.fetch.concurrency as u32,
+        settings.fetch.videos_per_message,
         &service.registry,
     );
     let dispatch_task = tokio::spawn(dispatcher.run(service.shutdown.clone()));
@@ -87,6 +88,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         publisher: service.publisher.clone(),
         relay,
         metrics,
+        slots: tokio::sync::Semaphore::new(settings.fetch.concurrency),
         shutdown: service.shutdown.clone(),
     });
     let fetch_handler = consume::handler(importer.clone(), |importer, message| async move {

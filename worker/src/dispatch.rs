@@ -3,8 +3,11 @@
 //! PostgreSQL (`store::dispatch`) in fair order (`fair`). A short queue is what makes the
 //! order matter: a new batch waits behind at most that many videos of other jobs. Every
 //! worker runs one; a PostgreSQL advisory lock lets one at a time hand out videos, so any
-//! number of workers need no coordinator besides PostgreSQL and RabbitMQ.
+//! number of workers need no coordinator besides PostgreSQL and RabbitMQ. A round's videos go
+//! out several to a message (`fetch.videos_per_message`, see `pack_size`), since the broker's
+//! work is per message.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +15,7 @@ use anyhow::Context;
 use deadpool_postgres::Pool;
 use prometheus::{IntCounter, Registry};
 use tokio_util::sync::CancellationToken;
-use video_import_shared::messages::FetchVideo;
+use video_import_shared::messages::{Dispatched, FetchVideo, FetchVideos};
 use video_import_shared::metrics::register;
 use video_import_shared::periodic;
 use video_import_shared::queue::{self, Outgoing, Publisher};
@@ -37,7 +40,12 @@ pub struct Dispatcher {
     ahead: u32,
     /// Download slots of one worker (`fetch.concurrency`); every worker is assumed alike.
     slots: u32,
+    /// Most videos in one message (`fetch.videos_per_message`).
+    per_message: u32,
+    /// Videos per message of the last round, to count the ready messages in videos.
+    last_per_message: AtomicU32,
     dispatched: IntCounter,
+    messages: IntCounter,
 }
 
 impl Dispatcher {
@@ -48,6 +56,7 @@ impl Dispatcher {
         publisher: Arc<Publisher>,
         ahead: u32,
         slots: u32,
+        per_message: u32,
         registry: &Registry,
     ) -> Self {
         let dispatched = IntCounter::new(
@@ -56,12 +65,21 @@ impl Dispatcher {
         )
         .expect("valid metric");
         register(registry, &dispatched);
+        let messages = IntCounter::new(
+            "fetch_messages_dispatched_total",
+            "Fetch messages this worker's dispatcher published for those videos (several videos each since v5)",
+        )
+        .expect("valid metric");
+        register(registry, &messages);
         Self {
             pool,
             publisher,
             ahead,
             slots,
+            per_message,
+            last_per_message: AtomicU32::new(1),
             dispatched,
+            messages,
         }
     }
 
@@ -81,7 +99,8 @@ impl Dispatcher {
     pub async fn round(&self) -> anyhow::Result<usize> {
         let depth = self.publisher.depth(queue::FETCH).await?;
         let target = target(self.ahead, self.slots, depth.consumers);
-        let budget = target.saturating_sub(depth.ready);
+        let ready = depth.ready * self.last_per_message.load(Ordering::Relaxed);
+        let budget = target.saturating_sub(ready);
         // Small top-ups cost a transaction each and change nothing for fairness.
         if budget == 0 || budget < target / 4 {
             return Ok(0);
@@ -118,13 +137,20 @@ impl Dispatcher {
             .iter()
             .map(|(job, _)| (job.job_id.as_str(), job.traceparent.as_ref()))
             .collect();
-        let messages: Vec<Outgoing> = videos
+        let count = videos.len();
+        let dispatched: Vec<Dispatched> = videos
             .iter()
-            .map(|video| {
-                let trace = traces.get(video.job_id.as_str()).copied().flatten();
-                FetchVideo::first_try(video).outgoing(None, trace.cloned())
+            .map(|video| Dispatched {
+                fetch: FetchVideo::first_try(video),
+                traceparent: traces
+                    .get(video.job_id.as_str())
+                    .copied()
+                    .flatten()
+                    .cloned(),
             })
             .collect();
+        let size = pack_size(count as u32, depth.consumers, self.per_message);
+        let messages: Vec<Outgoing> = FetchVideos::pack(dispatched, size as usize);
         let handed: Vec<(String, i32, i32)> = ranges
             .iter()
             .map(|(job, end)| (job.job_id.clone(), job.next_idx, *end))
@@ -134,8 +160,13 @@ impl Dispatcher {
         self.publisher.publish(&messages).await?;
         dispatch::advance(&tx, &handed).await?;
         tx.commit().await.context("committing a dispatch round")?;
-        self.dispatched.inc_by(messages.len() as u64);
-        Ok(messages.len())
+        self.last_per_message.store(
+            count.div_ceil(messages.len().max(1)) as u32,
+            Ordering::Relaxed,
+        );
+        self.dispatched.inc_by(count as u64);
+        self.messages.inc_by(messages.len() as u64);
+        Ok(count)
     }
 }
 
@@ -146,9 +177,29 @@ fn target(ahead: u32, slots: u32, consumers: u32) -> u32 {
     (consumers.max(1) * slots * READY_PER_SLOT).clamp(1, ahead)
 }
 
+/// Videos per message for a round of `videos`: as many as `most`, but few enough that every
+/// consuming worker gets about four messages, so that a small round still spreads over the
+/// workers and their download slots instead of landing in one worker's hands.
+fn pack_size(videos: u32, consumers: u32, most: u32) -> u32 {
+    (videos / (4 * consumers.max(1))).clamp(1, most.max(1))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::target;
+    use super::{pack_size, target};
+
+    #[test]
+    fn a_round_is_packed_so_that_every_worker_gets_several_messages() {
+        assert_eq!(
+            pack_size(256, 2, 16),
+            16,
+            "a full round: the most per message"
+        );
+        assert_eq!(pack_size(64, 2, 16), 8);
+        assert_eq!(pack_size(5, 2, 16), 1, "a trickle goes out one video each");
+        assert_eq!(pack_size(256, 0, 16), 16, "no consumer yet counts as one");
+        assert_eq!(pack_size(256, 2, 1), 1, "1 configured: never packed");
+    }
 
     #[test]
     fn the_queue_grows_with_the_workers_up_to_the_configured_bound() {

@@ -1,4 +1,6 @@
-//! What happens to one fetch message: check that its video is still pending, take a slot of
+//! What happens to one fetch message: each of its videos (one, or several since v5) is handled
+//! on its own, within the worker's download slots, and the message is acknowledged when all are
+//! recorded. What happens to one video: check that it is still pending, take a slot of
 //! its source host, download it, record the outcome (a group per transaction, see
 //! `group_commit`); a failure the retry policy says to try again, or a pause the source host
 //! asked for, goes back through a RabbitMQ delay queue. A 304 (or a checksum naming the
@@ -13,7 +15,7 @@ use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use video_import_shared::consume::{Delivered, Disposition};
-use video_import_shared::messages::FetchVideo;
+use video_import_shared::messages::{FetchVideo, FetchVideos};
 use video_import_shared::outbox::Relay;
 use video_import_shared::queue::Publisher;
 use video_import_shared::retry::until_ok;
@@ -49,23 +51,43 @@ pub struct Importer {
     /// Woken when a job finished, to publish its webhook message at once.
     pub relay: Relay,
     pub metrics: WorkerMetrics,
+    /// The worker's download slots (`fetch.concurrency`), shared by the videos of every
+    /// message it holds.
+    pub slots: tokio::sync::Semaphore,
     pub shutdown: CancellationToken,
 }
 
 impl Importer {
-    /// Handles one fetch message.
+    /// Handles one fetch message: its videos side by side.
     pub async fn handle(&self, delivered: Delivered) -> Disposition {
-        let message = match FetchVideo::decode(&delivered.data) {
-            Ok(message) => message,
+        let videos = match FetchVideos::decode(&delivered.data, delivered.traceparent.as_ref()) {
+            Ok(videos) => videos,
             Err(unreadable) => return Disposition::Reject(unreadable.to_string()),
         };
-        let span = tracing::info_span!("video", job = %message.job_id, idx = message.idx, attempt = message.attempt, trace_id = delivered.trace_id());
+        let handled = futures::future::join_all(
+            videos
+                .into_iter()
+                .map(|video| self.handle_video(video.trace(), video.fetch)),
+        )
+        .await;
+        Disposition::of_parts(handled)
+    }
+
+    /// Handles one video, in one of the worker's download slots.
+    async fn handle_video(&self, trace: Option<TraceParent>, message: FetchVideo) -> Disposition {
+        let Ok(_slot) = self.slots.acquire().await else {
+            return Disposition::Requeue;
+        };
+        if self.shutdown.is_cancelled() {
+            // It waited for a slot until shutdown: a worker that stays takes it.
+            return Disposition::Requeue;
+        }
+        let trace_id = trace.as_ref().map_or("", |t| t.trace_id.as_str());
+        let span = tracing::info_span!("video", job = %message.job_id, idx = message.idx, attempt = message.attempt, trace_id);
         // Exported as a child of the span that sent the message: the API's request for a
         // first try, the previous try for a retry.
-        trace::adopt(&span, delivered.traceparent.as_ref());
-        self.import(message, delivered.traceparent)
-            .instrument(span)
-            .await
+        trace::adopt(&span, trace.as_ref());
+        self.import(message, trace).instrument(span).await
     }
 
     async fn import(&self, message: FetchVideo, trace: Option<TraceParent>) -> Disposition {

@@ -3,13 +3,14 @@
 //! a newer binary, its video's status saying why); one of a retired version has its video
 //! handed out again by the dispatcher, which reads it from PostgreSQL; one that exceeded its
 //! delivery limit (the worker crashed or was killed each time) fails its video with that
-//! reason, so the job still finishes.
+//! reason, so the job still finishes. One of several videos (v5) that exceeded it is split
+//! into messages of one video each: only the video that keeps killing workers fails.
 
 use std::time::Duration;
 
 use tracing::Instrument;
 use video_import_shared::consume::{Delivered, Disposition};
-use video_import_shared::messages::{self, DeadLetter, FetchVideo, Ids, Unreadable};
+use video_import_shared::messages::{self, DeadLetter, Dispatched, FetchVideos, Ids, Unreadable};
 use video_import_shared::retry::until_ok;
 use video_import_shared::store::outcomes::{Outcome, Recorded};
 use video_import_shared::store::{dispatch, items, Item, ItemState};
@@ -29,7 +30,7 @@ impl Importer {
     }
 
     async fn settle_in_span(&self, delivered: Delivered) -> Disposition {
-        let decoded = FetchVideo::decode(&delivered.data);
+        let decoded = FetchVideos::decode(&delivered.data, delivered.traceparent.as_ref());
         match DeadLetter::of(decoded, delivered.was_rejected()) {
             DeadLetter::BackToQueue(pause) => {
                 tracing::info!(
@@ -43,11 +44,26 @@ impl Importer {
                 self.again(&delivered, pause).await
             }
             DeadLetter::Retired(unreadable) => self.redispatch(&delivered, unreadable).await,
-            DeadLetter::Exhausted(message) => {
+            DeadLetter::Exhausted(videos) if videos.len() > 1 => self.split(&videos).await,
+            DeadLetter::Exhausted(videos) => {
                 let reason = retry_policy::dead_letter_reason();
-                self.fail(message.item(), reason, FailureClass::DeadLettered)
+                self.fail(videos[0].fetch.item(), reason, FailureClass::DeadLettered)
                     .await
             }
+        }
+    }
+
+    /// Publishes each video of a message that exceeded its delivery limit as a message of its
+    /// own (the done ones are skipped when they arrive), so that each gets its own limit.
+    async fn split(&self, videos: &[Dispatched]) -> Disposition {
+        tracing::warn!(
+            videos = videos.len(),
+            "a message of several videos exceeded its delivery limit; queueing each alone"
+        );
+        let alone: Vec<_> = videos.iter().map(|video| video.alone(None)).collect();
+        match self.publisher.publish(&alone).await {
+            Ok(()) => Disposition::Ack,
+            Err(_) => Disposition::Requeue,
         }
     }
 

@@ -6,9 +6,10 @@
 use std::path::PathBuf;
 
 use serde_json::json;
-use video_import_shared::messages::{DeliverWebhook, FetchVideo, Round, Unreadable};
+use video_import_shared::messages::{DeliverWebhook, FetchVideo, FetchVideos, Round, Unreadable};
 use video_import_tests::receiver::Receiver;
 use video_import_tests::videos::VideoServer;
+use video_import_tests::Kind;
 use video_import_tests::{Options, Stack};
 
 fn fixture(queue: &str, version: u32) -> Vec<u8> {
@@ -60,8 +61,23 @@ fn every_fetch_message_ever_published_decodes_or_is_refused_with_its_reason() {
         let published: serde_json::Value = serde_json::from_slice(&again.payload).unwrap();
         assert_eq!(published["v"], if version >= 4 { 4 } else { 3 });
     }
-    let newer = br#"{"v": 5, "job_id": "j", "idx": 0}"#;
-    assert!(FetchVideo::decode(newer).unwrap_err().is_newer());
+    // v5: several videos, each with its own trace; the first is v4's video.
+    let v5 = FetchVideos::decode(&fixture("fetch", FetchVideos::VERSION), None)
+        .unwrap_or_else(|e| panic!("fetch v5: {e}"));
+    assert_eq!(v5.len(), 2);
+    let v4 = FetchVideo::decode(&fixture("fetch", 4)).unwrap();
+    assert_eq!(v5[0].fetch, v4);
+    assert_eq!(
+        v5[0].trace().expect("its trace").trace_id,
+        "0af7651916cd43dd8448eb211c80319c"
+    );
+    assert_eq!(v5[1].fetch.item().external_id, "n-1");
+    assert_eq!(v5[1].trace(), None);
+    // Every earlier version reads as the one video it carries.
+    let alone = FetchVideos::decode(&fixture("fetch", 3), None).unwrap();
+    assert_eq!(alone.len(), 1);
+    let newer = br#"{"v": 6, "job_id": "j", "idx": 0}"#;
+    assert!(FetchVideos::decode(newer, None).unwrap_err().is_newer());
 }
 
 #[test]
@@ -131,7 +147,7 @@ async fn messages_of_versions_a_binary_does_not_read_are_settled_with_the_reason
         let waiting = status["videos"][1]["lastError"]
             .as_str()
             .unwrap_or_default();
-        if waiting.contains("message version 99 not supported by this binary (it reads 2..4)") {
+        if waiting.contains("message version 99 not supported by this binary (it reads 2..5)") {
             assert_eq!(status["videos"][1]["state"], "pending", "{status}");
             break;
         }
@@ -188,5 +204,105 @@ async fn a_retired_webhook_message_is_queued_again_as_a_current_one() {
     assert!(hooks[1].signature_valid(&project.secret));
     // The new release's first attempt too.
     receiver.assert_all_signed_by(&project.secret);
+    stack.finish().await;
+}
+
+/// The value of counter `name` on the stack's one worker.
+async fn worker_counter(stack: &Stack, name: &str) -> f64 {
+    let worker = stack.running(Kind::Worker)[0].clone();
+    let text = stack.metrics(&worker.metrics_address()).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {name} in the worker's metrics"))
+}
+
+#[tokio::test]
+async fn a_big_round_goes_out_several_videos_to_a_message_and_each_is_imported_once() {
+    let stack = Stack::start(Options::with_env(&[(
+        "VIDEO_IMPORT__FETCH__VIDEOS_PER_MESSAGE",
+        "8",
+    )]))
+    .await;
+    let videos = VideoServer::start().await;
+    let receiver = Receiver::start(&[]).await;
+    let project = stack.project("packed").await;
+    let urls: Vec<String> = (0..200)
+        .map(|i| videos.url(&format!("/slow/0/sample.mp4?n={i}")))
+        .collect();
+    let body = video_import_tests::batch("archive")
+        .urls(&urls)
+        .webhook(&receiver.url);
+    let job = stack.import(&project.token, &body).await;
+    let status = stack.wait_finished(&project.token, &job, 60).await;
+    assert_eq!(status["overview"]["imported"], 200, "{status}");
+    assert_eq!(videos.hits("/slow/0/sample.mp4"), 200);
+    for i in [0, 57, 199] {
+        assert_eq!(
+            videos.hits(&format!("/slow/0/sample.mp4?n={i}")),
+            1,
+            "video {i} was downloaded once"
+        );
+    }
+    let dispatched = worker_counter(&stack, "video_import_videos_dispatched_total").await;
+    let messages = worker_counter(&stack, "video_import_fetch_messages_dispatched_total").await;
+    assert_eq!(dispatched, 200.0);
+    assert!(
+        messages <= 200.0 / 4.0,
+        "200 videos went out in {messages} messages: they were not packed"
+    );
+    receiver.wait_for(1, 30).await;
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn a_message_of_several_videos_past_its_delivery_limit_is_split_not_failed() {
+    let stack = Stack::start(Options::default()).await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("split").await;
+    // Two videos that stall, so their own messages stay unacked while the broker sets a
+    // packed copy aside, as it does after the delivery limit.
+    let body = video_import_tests::batch("archive").urls([
+        videos.url("/stall/sample.mp4?a"),
+        videos.url("/stall/sample.mp4?b"),
+    ]);
+    let stalling = || videos.hits("/stall/sample.mp4");
+    let job = stack.import(&project.token, &body).await;
+    let video = |idx: i32, external_id: &str, url: String| {
+        json!({"fetch": {"job_id": job, "idx": idx, "attempt": 0, "video": {
+            "project_id": 0, "system_name": "", "external_id": external_id,
+            "url": url, "file_name": "", "metadata": {}}}})
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while stalling() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            videos.counts()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stack
+        .dead_letter(
+            "fetch",
+            &json!({"v": 5, "videos": [
+                video(0, "v0", videos.url("/stall/sample.mp4?a")),
+                video(1, "v1", videos.url("/stall/sample.mp4?b")),
+            ]}),
+        )
+        .await;
+    // Each video comes back alone (a second download of each), and neither fails: only a
+    // video whose own message keeps exceeding the limit does.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while stalling() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the packed message was not split: {:?}",
+            videos.counts()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let status = stack.status(&project.token, &job).await;
+    assert_eq!(status["videos"][0]["state"], "pending", "{status}");
+    assert_eq!(status["videos"][1]["state"], "pending", "{status}");
     stack.finish().await;
 }
