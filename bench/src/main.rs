@@ -28,6 +28,9 @@ struct Cli {
     /// Videos the profile run imports (scenario 1's import alone, no baselines).
     #[arg(long, default_value_t = 100_000)]
     profile_videos: usize,
+    /// The project counts of the fair-growth scenario (to profile one of them alone).
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+    fair_growth_projects: Vec<usize>,
     /// Videos of each of the retention scenario's three imports.
     #[arg(long, default_value_t = 10_000)]
     retention_videos: usize,
@@ -93,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
                 .map(|_| Vec::new()),
             "disk" => disk::archive_disk().await,
             "polling" => polling::polling().await,
-            "fair-growth" => scale::fairness_growth().await,
+            "fair-growth" => scale::fairness_growth(&cli.fair_growth_projects).await,
             other => anyhow::bail!(
                 "unknown scenario {other:?}; use one of {} (or profile)",
                 all.join(", ")

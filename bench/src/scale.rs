@@ -320,10 +320,10 @@ pub async fn polite() -> anyhow::Result<Vec<Row>> {
 /// Scenario 13, fairness as the tenants grow: 20,000 videos shared equally by 1, 10 and 100
 /// projects (their batches posted round-robin), 2 workers: the per-video cost, and when the
 /// first and the last project finished (equal shares dispatched fairly finish together).
-pub async fn fairness_growth() -> anyhow::Result<Vec<Row>> {
+pub async fn fairness_growth(counts: &[usize]) -> anyhow::Result<Vec<Row>> {
     let total = 20_000usize;
     let mut runs = Vec::new();
-    for projects in [1usize, 10, 100] {
+    for &projects in counts {
         runs.push((projects, fair_projects_run(projects, total).await?));
     }
     let costs: Vec<f64> = runs.iter().map(|(_, r)| 1e6 / r.rate).collect();

@@ -97,7 +97,6 @@ impl Importer {
             Some(false) => return Disposition::Ack, // done, cancelled, or the job was deleted
             None => return Disposition::Requeue,
         }
-        let asked = std::time::Instant::now();
         let (turn, _slot) = self.hosts.turn(&item.url).await;
         if let Turn::Later(pause) = turn {
             let reason = format!(
@@ -115,9 +114,9 @@ impl Importer {
                 )
                 .await;
         }
-        if turn == Turn::GoAfterWait && asked.elapsed() >= CANCEL_POLL {
-            // The wait for the host's slot was long: the job may have been cancelled. (A
-            // shorter one is no longer than a running download goes between its looks.)
+        if turn == Turn::GoAfterWait {
+            // The job may have been cancelled while the video waited for the host's slot
+            // (the slot is often one a download stopped by that cancel just gave back).
             match self.is_pending(&item).await {
                 Some(true) => {}
                 Some(false) => return Disposition::Ack,

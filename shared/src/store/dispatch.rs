@@ -172,7 +172,14 @@ pub async fn videos(tx: &Transaction<'_>, ranges: &[(&Waiting, i32)]) -> anyhow:
                     m.source_last_modified, i.expected_sha256, i.expected_md5
              FROM unnest($1::text[], $2::int8[], $3::text[], $4::int4[], $5::int4[])
                  AS r(job_id, project_id, system_name, lo, hi)
-             JOIN job_items i ON i.job_id = r.job_id AND i.idx >= r.lo AND i.idx < r.hi
+             CROSS JOIN LATERAL (
+                 SELECT * FROM job_items
+                 WHERE job_id = r.job_id AND idx >= r.lo AND idx < r.hi AND state = $6
+                 -- Not flattened either: one index range per job. Flattened, a round of many
+                 -- jobs was planned as a scan of every item (52 ms instead of 2 with 100 jobs
+                 -- when the statistics were taken before the batches arrived).
+                 OFFSET 0
+             ) i
              LEFT JOIN LATERAL (
                  SELECT original_url, source_etag, source_last_modified FROM media_entries
                  WHERE project_id = r.project_id AND system_name = r.system_name
@@ -181,7 +188,6 @@ pub async fn videos(tx: &Transaction<'_>, ranges: &[(&Waiting, i32)]) -> anyhow:
                      AND damaged_at IS NULL
                  OFFSET 0 -- not flattened: one point lookup per video, whatever the statistics
              ) m ON true
-             WHERE i.state = $6
              ORDER BY i.job_id, i.idx",
             &[&jobs, &projects, &systems, &from, &to, &ItemState::Pending],
         )

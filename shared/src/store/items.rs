@@ -35,9 +35,15 @@ pub async fn pending_among(
     // One index lookup per item, whatever the planner thinks of the arrays' sizes.
     let statement = client
         .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM job_items i
-                            WHERE i.job_id = u.job_id AND i.idx = u.idx AND i.state = $3)
+            "SELECT i.idx IS NOT NULL
              FROM unnest($1::text[], $2::int4[]) WITH ORDINALITY AS u(job_id, idx, n)
+             LEFT JOIN LATERAL (
+                 SELECT idx FROM job_items
+                 WHERE job_id = u.job_id AND idx = u.idx AND state = $3
+                 -- Not flattened, so never hashed: as an EXISTS, a plan made while the table
+                 -- was small hashed every pending item on each call (1.8 ms instead of 0.1).
+                 OFFSET 0
+             ) i ON true
              ORDER BY u.n",
         )
         .await
@@ -93,12 +99,21 @@ pub(super) async fn lock_pending(
     tx: &Transaction<'_>,
     keys: &[(&str, i32)],
 ) -> anyhow::Result<HashSet<(String, i32)>> {
-    let (job_ids, idx): (Vec<&str>, Vec<i32>) = keys.iter().copied().unzip();
+    let mut sorted = keys.to_vec();
+    sorted.sort_unstable();
+    let (job_ids, idx): (Vec<&str>, Vec<i32>) = sorted.into_iter().unzip();
+    // One index lookup per item, locked in the arrays' (sorted) order: joined, a plan made
+    // while the table was small scanned every item on each call.
     let statement = tx
         .prepare_cached(
-            "SELECT i.job_id, i.idx FROM unnest($1::text[], $2::int4[]) AS k(job_id, idx)
-             JOIN job_items i ON i.job_id = k.job_id AND i.idx = k.idx
-             WHERE i.state = $3 ORDER BY i.job_id, i.idx FOR UPDATE OF i",
+            "SELECT i.job_id, i.idx
+             FROM unnest($1::text[], $2::int4[]) WITH ORDINALITY AS k(job_id, idx, n)
+             CROSS JOIN LATERAL (
+                 SELECT job_id, idx FROM job_items
+                 WHERE job_id = k.job_id AND idx = k.idx AND state = $3
+                 OFFSET 0 FOR UPDATE
+             ) i
+             ORDER BY k.n",
         )
         .await
         .context("preparing the item lock")?;
