@@ -100,7 +100,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     service
         .consume(
             queue::FETCH,
-            settings.fetch.concurrency,
+            crate::import::prefetch(
+                settings.fetch.concurrency,
+                settings.fetch.videos_per_message,
+            ),
             settings.fetch.shutdown_grace,
             fetch_handler,
             dead_handler,

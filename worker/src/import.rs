@@ -31,6 +31,15 @@ use crate::hosts::{SourceHosts, Turn};
 use crate::metrics::WorkerMetrics;
 use crate::retry_policy::{self, AfterDamage, Next, RetryPolicy};
 
+/// Fetch messages a worker holds at once (its prefetch): enough for twice its download slots
+/// when the messages are full (`per_message` videos each), so that it never waits for the
+/// broker, and no more: videos held beyond that would wait in this worker's hands while
+/// another's slots are free, and a new batch would wait behind them (fair dispatch keeps the
+/// queue short, so what workers hold must stay short too).
+pub fn prefetch(concurrency: usize, per_message: u32) -> usize {
+    (concurrency / per_message.max(1) as usize).max(1) * 2
+}
+
 /// How often a running download looks whether its video is still pending.
 const CANCEL_POLL: Duration = Duration::from_secs(1);
 
@@ -382,5 +391,18 @@ impl Waited {
         match self {
             Waited::Failed(reason) | Waited::Paused(reason) => reason,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefetch;
+
+    #[test]
+    fn a_worker_holds_about_twice_its_download_slots_in_videos() {
+        assert_eq!(prefetch(64, 16), 8, "8 full messages: 128 videos for 64 slots");
+        assert_eq!(prefetch(32, 1), 64, "one video per message");
+        assert_eq!(prefetch(8, 16), 2, "fewer slots than a message holds");
+        assert_eq!(prefetch(1, 1), 2);
     }
 }
