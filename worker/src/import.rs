@@ -400,7 +400,11 @@ mod tests {
 
     #[test]
     fn a_worker_holds_about_twice_its_download_slots_in_videos() {
-        assert_eq!(prefetch(64, 16), 8, "8 full messages: 128 videos for 64 slots");
+        assert_eq!(
+            prefetch(64, 16),
+            8,
+            "8 full messages: 128 videos for 64 slots"
+        );
         assert_eq!(prefetch(32, 1), 64, "one video per message");
         assert_eq!(prefetch(8, 16), 2, "fewer slots than a message holds");
         assert_eq!(prefetch(1, 1), 2);
