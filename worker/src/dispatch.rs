@@ -177,11 +177,11 @@ fn target(ahead: u32, slots: u32, consumers: u32) -> u32 {
     (consumers.max(1) * slots * READY_PER_SLOT).clamp(1, ahead)
 }
 
-/// Videos per message for a round of `videos`: as many as `most`, but few enough that every
-/// consuming worker gets about four messages, so that a small round still spreads over the
-/// workers and their download slots instead of landing in one worker's hands.
+/// Videos per message for a round of `videos`: `most`, unless that would leave a consuming
+/// worker without a message of the round. Messages are kept full because a worker holds a
+/// fixed number of them (`import::prefetch`): smaller ones would leave its slots idle.
 fn pack_size(videos: u32, consumers: u32, most: u32) -> u32 {
-    (videos / (4 * consumers.max(1))).clamp(1, most.max(1))
+    (videos / consumers.max(1)).clamp(1, most.max(1))
 }
 
 #[cfg(test)]
@@ -189,14 +189,19 @@ mod tests {
     use super::{pack_size, target};
 
     #[test]
-    fn a_round_is_packed_so_that_every_worker_gets_several_messages() {
+    fn a_round_is_packed_in_full_messages_while_every_worker_gets_one() {
         assert_eq!(
             pack_size(256, 2, 16),
             16,
             "a full round: the most per message"
         );
-        assert_eq!(pack_size(64, 2, 16), 8);
-        assert_eq!(pack_size(5, 2, 16), 1, "a trickle goes out one video each");
+        assert_eq!(
+            pack_size(32, 2, 16),
+            16,
+            "the smallest top-up: full messages still"
+        );
+        assert_eq!(pack_size(20, 2, 16), 10, "one message for each worker");
+        assert_eq!(pack_size(1, 2, 16), 1, "a trickle goes out one video each");
         assert_eq!(pack_size(256, 0, 16), 16, "no consumer yet counts as one");
         assert_eq!(pack_size(256, 2, 1), 1, "1 configured: never packed");
     }
