@@ -858,6 +858,32 @@ impl Stack {
     }
 }
 
+/// Stack folders whose removal waits for [`remove_deferred_folders`], when deferred.
+static DEFERRED: std::sync::Mutex<Option<Vec<PathBuf>>> = std::sync::Mutex::new(None);
+
+/// From now on, a finished stack's folder (its stored videos) stays until
+/// [`remove_deferred_folders`]. For benchmarks: ext4 avoids reusing an inode freed in the
+/// last minute and reads inode tables to find one that was not, so files created right
+/// after another run removed thousands cost several times more to create.
+pub fn defer_folder_removal() {
+    DEFERRED
+        .lock()
+        .expect("not poisoned")
+        .get_or_insert_with(Vec::new);
+}
+
+/// Removes the folders whose removal was deferred.
+pub fn remove_deferred_folders() {
+    let folders = DEFERRED
+        .lock()
+        .expect("not poisoned")
+        .take()
+        .unwrap_or_default();
+    for folder in folders {
+        let _ = std::fs::remove_dir_all(folder);
+    }
+}
+
 /// How many lines of each process's log a failed test prints.
 const FAILURE_LOG_LINES: usize = 50;
 
@@ -919,7 +945,12 @@ impl Drop for Stack {
                 eprintln!("the whole logs are kept in {}", kept.display());
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        match DEFERRED.lock().expect("not poisoned").as_mut() {
+            Some(deferred) => deferred.push(self.dir.clone()),
+            None => {
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
+        }
         // Dropping the children lets tokio reap them.
         self.processes.clear();
     }
