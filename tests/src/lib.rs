@@ -435,6 +435,20 @@ impl Stack {
             .expect("metrics text")
     }
 
+    /// The sum over the stack's running workers of metric `name` (with its labels, as
+    /// exposed); panics when a worker does not expose it.
+    pub async fn over_workers(&self, name: &str) -> f64 {
+        let mut sum = 0.0;
+        for worker in self.running(Kind::Worker) {
+            let text = self.metrics(&worker.metrics_address()).await;
+            sum += text
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {name} in {}'s metrics", worker.name));
+        }
+        sum
+    }
+
     /// Starts one more API with extra variables; returns its base URL once it answers.
     pub async fn spawn_api(&mut self, name: &str, extra: &[(&str, &str)]) -> String {
         let port = free_port();

@@ -170,7 +170,17 @@ pub async fn start_items(
         return Ok(None);
     }
     let ids = &[job_id];
+    let side = delivery_and_dispatch(tx, ids).await?;
     Ok(Some(Removed {
+        job_items: prune_items(tx, job_id, from, to).await?,
+        ..side
+    }))
+}
+
+/// Removes the jobs' webhook attempts and delivery and their dispatch rows: what a job has
+/// besides its videos and its row.
+async fn delivery_and_dispatch(tx: &Transaction<'_>, ids: &[&str]) -> anyhow::Result<Removed> {
+    Ok(Removed {
         webhook_attempts: each(
             tx,
             "DELETE FROM webhook_attempts WHERE job_id = ANY($1)",
@@ -192,9 +202,8 @@ pub async fn start_items(
             "dispatch rows",
         )
         .await?,
-        job_items: prune_items(tx, job_id, from, to).await?,
         ..Removed::default()
-    }))
+    })
 }
 
 /// Removes, in the caller's transaction, the rows of whole jobs (their videos, webhook
@@ -224,35 +233,16 @@ pub async fn prune_jobs(tx: &Transaction<'_>, job_ids: &[&str]) -> anyhow::Resul
         return Ok(Removed::default());
     }
     let ids = &ids;
+    let job_items = each(
+        tx,
+        "DELETE FROM job_items WHERE job_id = ANY($1)",
+        ids,
+        "videos",
+    )
+    .await?;
+    let side = delivery_and_dispatch(tx, ids).await?;
     Ok(Removed {
-        job_items: each(
-            tx,
-            "DELETE FROM job_items WHERE job_id = ANY($1)",
-            ids,
-            "videos",
-        )
-        .await?,
-        webhook_attempts: each(
-            tx,
-            "DELETE FROM webhook_attempts WHERE job_id = ANY($1)",
-            ids,
-            "webhook attempts",
-        )
-        .await?,
-        webhook_deliveries: each(
-            tx,
-            "DELETE FROM webhook_deliveries WHERE job_id = ANY($1)",
-            ids,
-            "webhook deliveries",
-        )
-        .await?,
-        dispatch: each(
-            tx,
-            "DELETE FROM dispatch WHERE job_id = ANY($1)",
-            ids,
-            "dispatch rows",
-        )
-        .await?,
+        job_items,
         // The tombstone: counts, times, ids and settings stay; the caller's context (up to
         // 8 KiB) is only ever sent with the webhook, which is gone.
         jobs: each(
@@ -264,6 +254,7 @@ pub async fn prune_jobs(tx: &Transaction<'_>, job_ids: &[&str]) -> anyhow::Resul
         )
         .await?,
         idempotency_keys: 0,
+        ..side
     })
 }
 

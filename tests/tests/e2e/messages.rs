@@ -4,12 +4,12 @@
 //! retired one's video is handed out again.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde_json::json;
 use video_import_shared::messages::{DeliverWebhook, FetchVideo, FetchVideos, Round, Unreadable};
 use video_import_tests::receiver::Receiver;
 use video_import_tests::videos::VideoServer;
-use video_import_tests::Kind;
 use video_import_tests::{Options, Stack};
 
 fn fixture(queue: &str, version: u32) -> Vec<u8> {
@@ -207,15 +207,6 @@ async fn a_retired_webhook_message_is_queued_again_as_a_current_one() {
     stack.finish().await;
 }
 
-/// The value of counter `name` on the stack's one worker.
-async fn worker_counter(stack: &Stack, name: &str) -> f64 {
-    let worker = stack.running(Kind::Worker)[0].clone();
-    let text = stack.metrics(&worker.metrics_address()).await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no {name} in the worker's metrics"))
-}
-
 #[tokio::test]
 async fn a_big_round_goes_out_several_videos_to_a_message_and_each_is_imported_once() {
     let stack = Stack::start(Options::with_env(&[(
@@ -243,8 +234,12 @@ async fn a_big_round_goes_out_several_videos_to_a_message_and_each_is_imported_o
             "video {i} was downloaded once"
         );
     }
-    let dispatched = worker_counter(&stack, "video_import_videos_dispatched_total").await;
-    let messages = worker_counter(&stack, "video_import_fetch_messages_dispatched_total").await;
+    let dispatched = stack
+        .over_workers("video_import_videos_dispatched_total")
+        .await;
+    let messages = stack
+        .over_workers("video_import_fetch_messages_dispatched_total")
+        .await;
     assert_eq!(dispatched, 200.0);
     assert!(
         messages <= 200.0 / 4.0,
@@ -272,15 +267,17 @@ async fn a_message_of_several_videos_past_its_delivery_limit_is_split_not_failed
             "project_id": 0, "system_name": "", "external_id": external_id,
             "url": url, "file_name": "", "metadata": {}}}})
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while stalling() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{:?}",
-            videos.counts()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let stalled = async |at_least: u32| match stalling() {
+        hits if hits >= at_least => Ok(()),
+        _ => Err(format!("{:?}", videos.counts())),
+    };
+    stack
+        .poll_until(
+            "both downloads stalled",
+            Duration::from_secs(30),
+            async || stalled(2).await,
+        )
+        .await;
     stack
         .dead_letter(
             "fetch",
@@ -292,15 +289,13 @@ async fn a_message_of_several_videos_past_its_delivery_limit_is_split_not_failed
         .await;
     // Each video comes back alone (a second download of each), and neither fails: only a
     // video whose own message keeps exceeding the limit does.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while stalling() < 4 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the packed message was not split: {:?}",
-            videos.counts()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    stack
+        .poll_until(
+            "the packed message split (each video downloaded again)",
+            Duration::from_secs(30),
+            async || stalled(4).await,
+        )
+        .await;
     let status = stack.status(&project.token, &job).await;
     assert_eq!(status["videos"][0]["state"], "pending", "{status}");
     assert_eq!(status["videos"][1]["state"], "pending", "{status}");

@@ -39,19 +39,6 @@ async fn rows_of(stack: &Stack, job: &str) -> Vec<i64> {
     counts
 }
 
-/// The sum over the stack's workers of metric `name` (with its labels, as exposed).
-async fn over_workers(stack: &Stack, name: &str) -> f64 {
-    let mut sum = 0.0;
-    for worker in stack.running(Kind::Worker) {
-        let text = stack.metrics(&worker.metrics_address()).await;
-        sum += text
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("no {name} in {}'s metrics", worker.name));
-    }
-    sum
-}
-
 /// POSTs `body` with an Idempotency-Key; the job id.
 async fn post(stack: &Stack, token: &str, key: &str, body: &Value) -> String {
     let response = stack
@@ -324,7 +311,7 @@ async fn a_job_finished_before_the_cutoff_is_pruned_to_a_tombstone_and_a_newer_o
             async || {
                 let mut counted = Vec::new();
                 for (table, _) in expected {
-                    counted.push((table, over_workers(&stack, &pruned(table)).await));
+                    counted.push((table, stack.over_workers(&pruned(table)).await));
                 }
                 if counted == expected {
                     Ok(())
@@ -334,11 +321,9 @@ async fn a_job_finished_before_the_cutoff_is_pruned_to_a_tombstone_and_a_newer_o
             },
         )
         .await;
-    let batches = over_workers(
-        &stack,
-        "video_import_retention_batch_duration_seconds_count",
-    )
-    .await;
+    let batches = stack
+        .over_workers("video_import_retention_batch_duration_seconds_count")
+        .await;
     assert!(batches >= 2.0, "{batches} batches");
     // The oldest finished job kept is the newer one (the delivering one is left out).
     for worker in stack.running(Kind::Worker) {
