@@ -30,11 +30,6 @@ mod versions;
 
 use clap::Parser;
 
-/// mimalloc rather than glibc's malloc: cheaper for the many small buffers a request or
-/// a video allocates and frees across threads.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();

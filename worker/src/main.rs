@@ -31,11 +31,6 @@ mod settle;
 mod sniff;
 mod sources;
 
-/// mimalloc rather than glibc's malloc: cheaper for the many small buffers a request or
-/// a video allocates and frees across threads.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     video_import_shared::process::main("video-import-worker", app::run).await
