@@ -268,6 +268,20 @@ const LOCAL_BUFFER: usize = 1024 * 1024;
 /// lie there, as they do for every small video.
 pub const HEAD_KEPT: usize = 512 * 1024;
 
+/// Appends `bytes` to `buffer`, growing it as `Vec` would but never past `limit` bytes of
+/// capacity (doubling would take a buffer just under 1 MiB to 2 MiB): what a download holds
+/// stays what [`LOCAL_BUFFER`] and [`HEAD_KEPT`] say. The caller keeps the length within
+/// `limit`.
+fn append_within(buffer: &mut Vec<u8>, bytes: &[u8], limit: usize) {
+    let needed = buffer.len() + bytes.len();
+    debug_assert!(needed <= limit, "{needed} bytes do not fit in {limit}");
+    if needed > buffer.capacity() {
+        let grown = (buffer.capacity() * 2).max(needed).min(limit);
+        buffer.reserve_exact(grown - buffer.len());
+    }
+    buffer.extend_from_slice(bytes);
+}
+
 /// A local upload: written straight into its file, synced with its folder on `finish`.
 struct LocalWrite {
     root: PathBuf,
@@ -555,14 +569,19 @@ impl Upload {
         self.md5.update(chunk);
         self.size += chunk.len() as u64;
         let room = HEAD_KEPT.saturating_sub(self.head.len()).min(chunk.len());
-        self.head.extend_from_slice(&chunk[..room]);
+        append_within(&mut self.head, &chunk[..room], HEAD_KEPT);
         match &mut self.sink {
             Sink::Multipart(writer) => writer.write(chunk),
             Sink::Local(local) => {
-                local.pending.extend_from_slice(chunk);
-                if local.pending.len() >= LOCAL_BUFFER {
-                    if let Err(e) = local.flush(false).await {
-                        return Err(local_error(e));
+                // Filled to exactly LOCAL_BUFFER and written: the buffer never grows past it.
+                let mut rest = chunk;
+                while !rest.is_empty() {
+                    let room = LOCAL_BUFFER - local.pending.len();
+                    let (now, later) = rest.split_at(room.min(rest.len()));
+                    append_within(&mut local.pending, now, LOCAL_BUFFER);
+                    rest = later;
+                    if local.pending.len() == LOCAL_BUFFER {
+                        local.flush(false).await.map_err(local_error)?;
                     }
                 }
             }
@@ -972,17 +991,39 @@ mod tests {
     async fn a_local_upload_stores_what_was_written() {
         let root = temp_folder("upload");
         let storage = local_storage(&root, Disk::default());
-        let mut upload = storage.upload("3/video.mp4").await.unwrap();
         let bytes: Vec<u8> = (0..LOCAL_BUFFER * 5 / 2).map(|i| (i % 251) as u8).collect();
-        for chunk in bytes.chunks(300 * 1024) {
-            upload.write(chunk).await.unwrap();
+        // Odd chunks that straddle the buffer's end, and one larger than the whole buffer.
+        for (name, size) in [("3/odd.mp4", 300 * 1024 + 7), ("3/whole.mp4", bytes.len())] {
+            let mut upload = storage.upload(name).await.unwrap();
+            for chunk in bytes.chunks(size) {
+                upload.write(chunk).await.unwrap();
+                if let Sink::Local(local) = &upload.sink {
+                    assert!(local.pending.capacity() <= LOCAL_BUFFER, "{name}");
+                }
+                assert!(upload.head.capacity() <= HEAD_KEPT, "{name}");
+            }
+            let stored = upload.finish().await.unwrap();
+            assert_eq!(stored.size, bytes.len() as u64);
+            assert_eq!(stored.sha256, hex::encode(Sha256::digest(&bytes)));
+            assert_eq!(stored.head.0, bytes[..HEAD_KEPT]);
+            assert_eq!(fs::read(root.join(name)).unwrap(), bytes, "{name}");
         }
-        let stored = upload.finish().await.unwrap();
-        assert_eq!(stored.size, bytes.len() as u64);
-        assert_eq!(stored.sha256, hex::encode(Sha256::digest(&bytes)));
-        assert_eq!(stored.head.0.len(), HEAD_KEPT);
-        assert_eq!(fs::read(root.join("3/video.mp4")).unwrap(), bytes);
         fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_buffer_grows_like_a_vec_but_never_past_its_limit() {
+        let mut buffer = Vec::new();
+        let mut capacities = vec![];
+        for _ in 0..10 {
+            append_within(&mut buffer, &[7; 100_001], 1_000_010);
+            capacities.push(buffer.capacity());
+        }
+        assert_eq!(buffer.len(), 1_000_010);
+        assert!(capacities.iter().all(|c| *c <= 1_000_010), "{capacities:?}");
+        capacities.dedup();
+        // Grown by doubling (100k, 200k, 400k, 800k, the limit), not once per append.
+        assert_eq!(capacities.len(), 5, "{capacities:?}");
     }
 
     #[test]
