@@ -168,18 +168,19 @@ pub struct ExitWith {
     pub message: String,
 }
 
-/// Allocations of 128 KiB and more (a download's write buffer and kept head, a batch's
-/// body) get pages of their own, returned to the kernel when freed. glibc would otherwise
-/// raise that threshold to the largest block freed so far and serve the next megabyte
-/// buffers from its heaps, whose freed holes it keeps: with 16 large downloads at once a
-/// worker's peak was 113–115 MiB, 72–74 with this and exactly sized buffers (bench
-/// scenario 11, docs/benchmarks.md), for about one `mmap` per MiB downloaded.
+/// Allocations of 1 MiB and more (a large download's write buffer) get pages of their own,
+/// returned to the kernel when freed. glibc would otherwise raise that threshold to the
+/// largest block freed so far (up to 32 MiB) and serve later buffers from its heaps, whose
+/// freed holes it keeps: with 16 large downloads at once a worker's peak was 113–127 MiB,
+/// 93–95 with this and exactly sized buffers (bench scenario 11, docs/benchmarks.md). Not
+/// lower: a fresh mapping costs ~0.7 ms per MiB on this VM in page faults, and at 128 KiB
+/// (72–74 MiB) every download paid that for its head and the HTTP client's buffers.
 fn map_large_allocations() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt sets a tuning value of glibc's allocator under its own lock; it
     // neither takes nor frees memory the program holds.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
     }
 }
 
