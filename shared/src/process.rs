@@ -173,7 +173,7 @@ pub struct ExitWith {
 /// largest block freed so far (up to 32 MiB) and serve later buffers from its heaps, whose
 /// freed holes it keeps: with 16 large downloads at once a worker's peak was 113–127 MiB,
 /// 93–95 with this and exactly sized buffers (bench scenario 11, docs/benchmarks.md). Not
-/// lower: a fresh mapping costs ~0.7 ms per MiB on this VM in page faults, and at 128 KiB
+/// lower: a fresh mapping cost ~0.7 ms per MiB in page faults on the bench VM, and at 128 KiB
 /// (72–74 MiB) every download paid that for its head and the HTTP client's buffers.
 fn map_large_allocations() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -576,8 +576,8 @@ impl Upload {
                 // Filled to exactly LOCAL_BUFFER and written: the buffer never grows past it.
                 let mut rest = chunk;
                 while !rest.is_empty() {
-                    let room = LOCAL_BUFFER - local.pending.len();
-                    let (now, later) = rest.split_at(room.min(rest.len()));
+                    let free = LOCAL_BUFFER - local.pending.len();
+                    let (now, later) = rest.split_at(free.min(rest.len()));
                     append_within(&mut local.pending, now, LOCAL_BUFFER);
                     rest = later;
                     if local.pending.len() == LOCAL_BUFFER {
