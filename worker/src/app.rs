@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use video_import_shared::config::Settings;
 use video_import_shared::consume;
+use video_import_shared::db;
 use video_import_shared::outbox::Relay;
 use video_import_shared::queue;
 use video_import_shared::secrets::Keyring;
@@ -16,7 +17,7 @@ use video_import_shared::{sweep, verify};
 
 use crate::dispatch::Dispatcher;
 use crate::fetch::Fetcher;
-use crate::group_commit::{PendingCheck, Recorder};
+use crate::group_commit::{self, PendingCheck, Recorder};
 use crate::hosts::SourceHosts;
 use crate::import::Importer;
 use crate::metrics::WorkerMetrics;
@@ -77,9 +78,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     } else {
         None
     };
+    // The group commits and pending checks run many times a second: in sessions that plan
+    // each of their statements once.
+    let key_lookups =
+        db::connect_key_lookups(&settings.database, group_commit::KEY_LOOKUP_SESSIONS).await?;
     let importer = Arc::new(Importer {
-        recorder: Recorder::start(service.pool.clone(), service.shutdown.clone()),
-        pending: PendingCheck::start(service.pool.clone()),
+        recorder: Recorder::start(key_lookups.clone(), service.shutdown.clone()),
+        pending: PendingCheck::start(key_lookups),
         pool: service.pool.clone(),
         fetcher,
         hosts,

@@ -19,6 +19,14 @@ use video_import_shared::store::{items, Item};
 /// Most videos in one transaction.
 const MAX_GROUP: usize = 64;
 
+/// Transactions the recorder runs at once.
+const RECORDERS: usize = 1;
+/// Pending checks run at once.
+const CHECKERS: usize = 2;
+/// Database sessions the recorder and the pending checks need: the size of their
+/// key-lookup pool (`db::connect_key_lookups`).
+pub const KEY_LOOKUP_SESSIONS: usize = RECORDERS + CHECKERS;
+
 /// A video's outcome, and the `traceparent` of the span that reached it: when the video is
 /// its job's last, that span is the parent of the job's webhook delivery.
 type Finished = (Item, Outcome, Option<String>);
@@ -29,9 +37,11 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Starts the recorder; it stops once the `Recorder` is dropped.
-    pub fn start(pool: Pool, shutdown: CancellationToken) -> Self {
-        let batcher = Batcher::start(1, MAX_GROUP, move |group: Vec<Finished>| {
+    /// Starts the recorder on `key_lookups` (a pool of `db::connect_key_lookups`); it stops
+    /// once the `Recorder` is dropped.
+    pub fn start(key_lookups: Pool, shutdown: CancellationToken) -> Self {
+        let pool = key_lookups;
+        let batcher = Batcher::start(RECORDERS, MAX_GROUP, move |group: Vec<Finished>| {
             let pool = pool.clone();
             let shutdown = shutdown.clone();
             async move { Ok(record_group(&pool, &shutdown, group).await) }
@@ -62,11 +72,12 @@ pub struct PendingCheck {
 }
 
 impl PendingCheck {
-    /// Starts the checkers; they stop once the `PendingCheck` is dropped.
-    pub fn start(pool: Pool) -> Self {
+    /// Starts the checkers on `key_lookups` (a pool of `db::connect_key_lookups`); they stop
+    /// once the `PendingCheck` is dropped.
+    pub fn start(key_lookups: Pool) -> Self {
         Self {
-            batcher: Batcher::start(2, MAX_GROUP, move |group: Vec<(String, i32)>| {
-                let pool = pool.clone();
+            batcher: Batcher::start(CHECKERS, MAX_GROUP, move |group: Vec<(String, i32)>| {
+                let pool = key_lookups.clone();
                 async move {
                     let client = pool.get().await.context("no database connection")?;
                     items::pending_among(&client, &group).await
@@ -133,4 +144,77 @@ pub async fn record(
     outbox::announce(&tx, &rounds).await?;
     tx.commit().await.context("committing the outcomes")?;
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use video_import_shared::config::DatabaseSettings;
+    use video_import_shared::db;
+    use video_import_shared::store::{items, migrate};
+
+    /// How often the pending check's statement was planned on the pool's one session, for
+    /// checks of 1 to 8 videos, and the plan its last run used (for an empty job list).
+    async fn pending_check_plans(pool: &deadpool_postgres::Pool) -> (i64, i64, String) {
+        let client = pool.get().await.unwrap();
+        for n in 1..=8 {
+            let group: Vec<(String, i32)> = (0..n).map(|i| ("j".to_string(), i)).collect();
+            let pending = items::pending_among(&client, &group).await.unwrap();
+            assert_eq!(pending, vec![false; n as usize], "no such items");
+        }
+        let row = client
+            .query_one(
+                "SELECT name, custom_plans, generic_plans FROM pg_prepared_statements
+                 WHERE statement LIKE '%WITH ORDINALITY AS u(job_id, idx, n)%'
+                     AND statement NOT LIKE '%pg_prepared_statements%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let name: String = row.get(0);
+        let plan = client
+            .simple_query(&format!(
+                "EXPLAIN EXECUTE {name}('{{j}}', '{{1}}', 'pending')"
+            ))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        (row.get(1), row.get(2), plan)
+    }
+
+    #[tokio::test]
+    async fn the_pending_check_is_planned_once_per_session_as_index_lookups() {
+        let database = video_import_tests::Database::create().await;
+        let settings = DatabaseSettings {
+            pool_size: 1,
+            ..database.settings()
+        };
+        let plain = db::connect(&settings).await.unwrap();
+        migrate::run(&plain).await.unwrap();
+
+        // PostgreSQL's own choice: a plan that knows the arrays' lengths, made again per call.
+        let (custom, _, _) = pending_check_plans(&plain).await;
+        assert!(
+            custom >= 5,
+            "planned per call by default: {custom} custom plans"
+        );
+
+        // Planned once, while job_items is empty, and still one index lookup per item.
+        let key_lookups = db::connect_key_lookups(&settings, 1).await.unwrap();
+        let (custom, generic, plan) = pending_check_plans(&key_lookups).await;
+        assert_eq!(
+            (custom, generic),
+            (0, 8),
+            "one plan, kept, for all eight checks"
+        );
+        assert!(
+            plan.contains("Index") && !plan.contains("Seq Scan on job_items"),
+            "one index lookup per item, even planned on an empty table:\n{plan}"
+        );
+    }
 }

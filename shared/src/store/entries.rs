@@ -8,7 +8,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Transaction};
 use serde_json::Value;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 use super::model::{Item, Validators};
@@ -135,23 +135,21 @@ pub(super) async fn lock_existing(
     let projects: Vec<i64> = keys.iter().map(|k| k.0).collect();
     let systems: Vec<&str> = keys.iter().map(|k| k.1.as_str()).collect();
     let external: Vec<&str> = keys.iter().map(|k| k.2.as_str()).collect();
-    // Planned on every call (an unnamed statement, not a cached prepared one): a plan
-    // cached while the library was empty would scan it whole once it has grown. Typed, it
-    // is parsed, bound and run in one round trip.
-    let rows = tx
-        .query_typed(
+    // Planned once per session as index lookups (the caller's transaction says so): a plan
+    // made with the statistics of a nearly empty library would scan it whole once grown.
+    let statement = tx
+        .prepare_cached(
             "SELECT m.project_id, m.system_name, m.external_id, m.id, m.sha256, m.metadata,
                     m.file_name, m.asset_key, m.damaged_at IS NOT NULL
              FROM unnest($1::int8[], $2::text[], $3::text[]) AS k(project_id, system_name, external_id)
              JOIN media_entries m ON m.project_id = k.project_id
                  AND m.system_name = k.system_name AND m.external_id = k.external_id
              ORDER BY m.id FOR UPDATE OF m",
-            &[
-                (&projects, Type::INT8_ARRAY),
-                (&systems, Type::TEXT_ARRAY),
-                (&external, Type::TEXT_ARRAY),
-            ],
         )
+        .await
+        .context("preparing the entry lock")?;
+    let rows = tx
+        .query(&statement, &[&projects, &systems, &external])
         .await
         .context("locking the group's entries")?;
     Ok(rows
