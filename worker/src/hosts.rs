@@ -15,7 +15,7 @@ const WAIT_IN_PROCESS: Duration = Duration::from_secs(5);
 /// What a download must do before it may start.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Turn {
-    /// Go: the permit is held for the download's duration.
+    /// Go: the permit is held for the download's duration (not while it is recorded).
     Go,
     /// Go, after waiting for the host's slot or a short pause (what was true before the wait
     /// may not be any more).

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use video_import_shared::consume::{Delivered, Disposition};
@@ -106,22 +107,9 @@ impl Importer {
             Some(false) => return Disposition::Ack, // done, cancelled, or the job was deleted
             None => return Disposition::Requeue,
         }
-        let (turn, _slot) = self.hosts.turn(&item.url).await;
+        let (turn, host_slot) = self.hosts.turn(&item.url).await;
         if let Turn::Later(pause) = turn {
-            let reason = format!(
-                "the source host asked for a pause (Retry-After); trying again in {} s",
-                pause.as_secs()
-            );
-            // Not a failed try of its own: the same message goes back unchanged.
-            return self
-                .later(
-                    &item,
-                    message.clone(),
-                    pause,
-                    Waited::Paused(reason),
-                    trace.as_ref(),
-                )
-                .await;
+            return self.paused(&item, &message, pause, trace.as_ref()).await;
         }
         if turn == Turn::GoAfterWait {
             // The job may have been cancelled while the video waited for the host's slot
@@ -132,23 +120,44 @@ impl Importer {
                 None => return Disposition::Requeue,
             }
         }
-        self.fetch_and_record(&item, &message, trace.as_ref(), false)
+        self.fetch_and_record(&item, &message, trace.as_ref(), false, host_slot)
             .await
     }
 
-    /// Downloads the video and records the outcome (or hands it to a delay queue); `fresh`:
-    /// with no conditional request and no checksum-match skip.
+    /// The source host asked for a pause this long: the same message goes back through a
+    /// delay queue, unchanged (not a failed try of its own).
+    async fn paused(
+        &self,
+        item: &Item,
+        message: &FetchVideo,
+        pause: Duration,
+        trace: Option<&TraceParent>,
+    ) -> Disposition {
+        let reason = format!(
+            "the source host asked for a pause (Retry-After); trying again in {} s",
+            pause.as_secs()
+        );
+        self.later(item, message.clone(), pause, Waited::Paused(reason), trace)
+            .await
+    }
+
+    /// Downloads the video in its turn at the source host (`host_slot`, given back as soon
+    /// as the download is over: recording it does not touch the source) and records the
+    /// outcome (or hands it to a delay queue); `fresh`: with no conditional request and no
+    /// checksum-match skip.
     async fn fetch_and_record(
         &self,
         item: &Item,
         message: &FetchVideo,
         trace: Option<&TraceParent>,
         fresh: bool,
+        host_slot: Option<OwnedSemaphorePermit>,
     ) -> Disposition {
         let started = std::time::Instant::now();
         self.metrics.in_flight.inc();
         let fetched = self.download_while_pending(item, fresh).await;
         self.metrics.in_flight.dec();
+        drop(host_slot);
         if let Err(FetchError::Stopped) = fetched {
             tracing::info!("download stopped: the job was cancelled");
             return Disposition::Ack;
@@ -210,7 +219,12 @@ impl Importer {
             match retry_policy::after_damaged_meanwhile(fresh) {
                 AfterDamage::DownloadAgain => {
                     tracing::info!("the stored file was found damaged while the video was on its way: downloading it again");
-                    return Box::pin(self.fetch_and_record(item, message, trace, true)).await;
+                    let (turn, host_slot) = self.hosts.turn(&item.url).await;
+                    if let Turn::Later(pause) = turn {
+                        return self.paused(item, message, pause, trace).await;
+                    }
+                    return Box::pin(self.fetch_and_record(item, message, trace, true, host_slot))
+                        .await;
                 }
                 AfterDamage::GiveUp(reason) => {
                     failure_class = FailureClass::Storage;
