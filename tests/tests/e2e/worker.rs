@@ -550,6 +550,60 @@ async fn downloads_from_one_host_are_bounded_per_worker() {
 }
 
 #[tokio::test]
+async fn a_hosts_slot_is_given_back_when_the_download_ends_not_when_it_is_recorded() {
+    // One slot for the host: while the database holds the job's row (recording waits for it),
+    // the next videos of the host are downloaded all the same, one at a time.
+    let stack = Stack::start(env(&[("VIDEO_IMPORT__FETCH__PER_HOST_CONCURRENCY", "1")])).await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("handover").await;
+    let urls: Vec<String> = (0..3)
+        .map(|i| videos.url(&format!("/slow/150/sample.mp4?n={i}")))
+        .collect();
+    let job = stack
+        .import(&project.token, &batch("archive").urls(&urls))
+        .await;
+    let (locker, connection) = tokio_postgres::connect(&stack.db_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; SELECT 1 FROM jobs FOR UPDATE")
+        .await
+        .unwrap();
+    let complete = || {
+        videos
+            .counts()
+            .keys()
+            .filter(|label| label.ends_with(" complete"))
+            .count()
+    };
+    stack
+        .poll_until(
+            "every video downloaded while recording waits for the job's row",
+            Duration::from_secs(30),
+            async || match complete() {
+                3 => Ok(()),
+                _ => Err(format!("{} of 3 downloaded", complete())),
+            },
+        )
+        .await;
+    let status = stack.status(&project.token, &job).await;
+    assert!(
+        status["overview"]["imported"].as_i64().unwrap_or(0) < 3,
+        "recorded while the job's row was held: {status}"
+    );
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let status = stack.wait_finished(&project.token, &job, 60).await;
+    assert_eq!(status["overview"]["imported"], 3, "{status}");
+    assert_eq!(
+        videos.max_in_flight(),
+        1,
+        "one download from the host at a time"
+    );
+    stack.finish().await;
+}
+
+#[tokio::test]
 async fn a_host_that_asks_for_a_pause_gets_it_from_every_queued_video() {
     let stack = Stack::start(env(&[
         ("VIDEO_IMPORT__FETCH__PER_HOST_CONCURRENCY", "2"),
