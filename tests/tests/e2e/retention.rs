@@ -164,14 +164,14 @@ async fn a_job_finished_before_the_cutoff_is_pruned_to_a_tombstone_and_a_newer_o
     }
 
     // Pruned: the status answers 410 in the error shape, with when it finished and its
-    // overview.
+    // overview (already while its rows are being removed; `prunedAt` once they are gone).
     let path = format!("/api/v1/import/videos/status?id={old}");
     let gone = stack
         .poll_until(
             "the old job to be pruned",
             Duration::from_secs(60),
             async || match stack.get(Some(&project.token), &path).await {
-                (410, body) => Ok(body),
+                (410, body) if body["error_details"]["prunedAt"].is_string() => Ok(body),
                 (code, body) => Err(format!("{code} {body}")),
             },
         )
