@@ -94,6 +94,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         relay,
         metrics,
         slots: tokio::sync::Semaphore::new(settings.fetch.concurrency),
+        cancels_seen: Default::default(),
         shutdown: service.shutdown.clone(),
     });
     let fetch_handler = consume::handler(importer.clone(), |importer, message| async move {

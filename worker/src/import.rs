@@ -8,6 +8,7 @@
 //! at once, without conditions. A message this binary cannot read is rejected, for `settle`
 //! to deal with.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +65,10 @@ pub struct Importer {
     /// The worker's download slots (`fetch.concurrency`), shared by the videos of every
     /// message it holds.
     pub slots: tokio::sync::Semaphore,
+    /// Counts the times this worker found a video it holds no longer pending (a check said
+    /// so, or a download was stopped): a video that waited for its host's slot checks again
+    /// only if this moved meanwhile.
+    pub cancels_seen: AtomicU64,
     pub shutdown: CancellationToken,
 }
 
@@ -102,6 +107,8 @@ impl Importer {
 
     async fn import(&self, message: FetchVideo, trace: Option<TraceParent>) -> Disposition {
         let item = message.item();
+        // Read before the check: a cancel noticed any time after it counts.
+        let cancels_before = self.cancels_seen.load(Ordering::Acquire);
         match self.is_pending(&item).await {
             Some(true) => {}
             Some(false) => return Disposition::Ack, // done, cancelled, or the job was deleted
@@ -111,9 +118,12 @@ impl Importer {
         if let Turn::Later(pause) = turn {
             return self.paused(&item, &message, pause, trace.as_ref()).await;
         }
-        if turn == Turn::GoAfterWait {
+        if turn == Turn::GoAfterWait && self.cancels_seen.load(Ordering::Acquire) != cancels_before
+        {
             // The job may have been cancelled while the video waited for the host's slot
             // (the slot is often one a download stopped by that cancel just gave back).
+            // Asked only when this worker noticed a cancel meanwhile: otherwise a download
+            // of a cancelled video is stopped by its own look within `CANCEL_POLL`.
             match self.is_pending(&item).await {
                 Some(true) => {}
                 Some(false) => return Disposition::Ack,
@@ -157,11 +167,14 @@ impl Importer {
         self.metrics.in_flight.inc();
         let fetched = self.download_while_pending(item, fresh).await;
         self.metrics.in_flight.dec();
-        drop(host_slot);
         if let Err(FetchError::Stopped) = fetched {
+            // Noted before the host's slot is given back: the video that gets it looks again.
+            self.cancels_seen.fetch_add(1, Ordering::AcqRel);
+            drop(host_slot);
             tracing::info!("download stopped: the job was cancelled");
             return Disposition::Ack;
         }
+        drop(host_slot);
         if let Err(FetchError::Transient {
             retry_after: Some(pause),
             ..
@@ -281,10 +294,14 @@ impl Importer {
     /// Whether the message's video is still pending (not finished, failed or cancelled);
     /// `None` at shutdown.
     async fn is_pending(&self, item: &Item) -> Option<bool> {
-        until_ok(&self.shutdown, || {
+        let pending = until_ok(&self.shutdown, || {
             self.pending.is_pending(&item.job_id, item.idx)
         })
-        .await
+        .await;
+        if pending == Some(false) {
+            self.cancels_seen.fetch_add(1, Ordering::AcqRel);
+        }
+        pending
     }
 
     /// Downloads the video, looking every [`CANCEL_POLL`] whether it is still pending: a
