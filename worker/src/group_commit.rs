@@ -40,9 +40,8 @@ impl Recorder {
     /// Starts the recorder on `key_lookups` (a pool of `db::connect_key_lookups`); it stops
     /// once the `Recorder` is dropped.
     pub fn start(key_lookups: Pool, shutdown: CancellationToken) -> Self {
-        let pool = key_lookups;
         let batcher = Batcher::start(RECORDERS, MAX_GROUP, move |group: Vec<Finished>| {
-            let pool = pool.clone();
+            let pool = key_lookups.clone();
             let shutdown = shutdown.clone();
             async move { Ok(record_group(&pool, &shutdown, group).await) }
         });

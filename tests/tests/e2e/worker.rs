@@ -419,14 +419,7 @@ async fn objects_left_by_a_worker_killed_before_its_commit_are_swept() {
         )
         .await;
     // Hold the job's row: the worker uploads the video, then waits to count it on the job.
-    let (locker, connection) = tokio_postgres::connect(&stack.db_url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    locker
-        .batch_execute("BEGIN; SELECT 1 FROM jobs FOR UPDATE")
-        .await
-        .unwrap();
+    let locker = hold_jobs(&stack).await;
     stack
         .poll_until(
             "the worker to reach its commit (wait for the lock)",
@@ -562,14 +555,7 @@ async fn a_hosts_slot_is_given_back_when_the_download_ends_not_when_it_is_record
     let job = stack
         .import(&project.token, &batch("archive").urls(&urls))
         .await;
-    let (locker, connection) = tokio_postgres::connect(&stack.db_url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    locker
-        .batch_execute("BEGIN; SELECT 1 FROM jobs FOR UPDATE")
-        .await
-        .unwrap();
+    let locker = hold_jobs(&stack).await;
     let complete = || {
         videos
             .counts()
@@ -785,4 +771,18 @@ async fn checksums_are_verified_and_a_mismatch_fails_with_nothing_kept() {
         "must be 64 hexadecimal digits"
     );
     stack.finish().await;
+}
+
+/// Locks every job's row in an open transaction, so that a worker can download but not
+/// count a video on its job; the lock goes with the returned client.
+async fn hold_jobs(stack: &Stack) -> tokio_postgres::Client {
+    let (locker, connection) = tokio_postgres::connect(&stack.db_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; SELECT 1 FROM jobs FOR UPDATE")
+        .await
+        .unwrap();
+    locker
 }
