@@ -311,3 +311,76 @@ pub fn curl_parallel(
     std::fs::remove_file(&config)?;
     Ok(bytes as f64 / elapsed)
 }
+
+/// What [`stored_files`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct FilesRate {
+    /// Files created, written and synced per second.
+    pub per_second: f64,
+    /// The machine's busy CPU time per file, µs (every process and the kernel's threads).
+    pub machine_us: f64,
+}
+
+/// Files in one [`stored_files`] pass.
+pub const STORED_FILES: usize = 16_000;
+/// Threads writing at once in [`stored_files`], as many as the minimal pgbench's clients.
+const FILE_WRITERS: usize = 8;
+/// Files per folder sync in [`stored_files`]: the import shares a folder's sync among the
+/// uploads that end while one runs, about one sync per 3–4 files in scenario 1.
+const FILES_PER_FOLDER_SYNC: usize = 4;
+
+/// The raw cost of storing scenario 1's videos durably, without downloading or recording
+/// them: `FILE_WRITERS` threads create [`STORED_FILES`] new files of `size` bytes in a new
+/// folder `dir` on the storage's filesystem, each written once and synced (`fsync`), the
+/// folder synced once per `FILES_PER_FOLDER_SYNC` files. The files are kept: removing them
+/// would make the next files dearer on ext4 without a journal, which skips inodes freed in
+/// the last 30 seconds; the caller removes `dir` once nothing is measured any more.
+pub fn stored_files(dir: &std::path::Path, size: usize) -> anyhow::Result<FilesRate> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    let body = vec![0x5a_u8; size];
+    let busy = crate::polling::machine_busy_seconds();
+    let started = Instant::now();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let writers: Vec<_> = (0..FILE_WRITERS)
+            .map(|writer| {
+                let body = &body;
+                scope.spawn(move || -> std::io::Result<()> {
+                    for n in 0..STORED_FILES / FILE_WRITERS {
+                        let mut file = std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(dir.join(format!("{writer}-{n}")))?;
+                        file.write_all(body)?;
+                        file.sync_all()?;
+                        if n % FILES_PER_FOLDER_SYNC == FILES_PER_FOLDER_SYNC - 1 {
+                            std::fs::File::open(dir)?.sync_all()?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().expect("a file writer does not panic")?;
+        }
+        Ok(())
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    let busy = crate::polling::machine_busy_seconds() - busy;
+    Ok(FilesRate {
+        per_second: STORED_FILES as f64 / seconds,
+        machine_us: busy * 1e6 / STORED_FILES as f64,
+    })
+}
+
+/// A folder for a baseline's files, removed with everything in it when dropped (also when
+/// the scenario fails half-way).
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
