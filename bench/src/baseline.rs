@@ -324,7 +324,7 @@ pub struct FilesRate {
 /// Files in one [`stored_files`] pass.
 pub const STORED_FILES: usize = 16_000;
 /// Threads writing at once in [`stored_files`], as many as the minimal pgbench's clients.
-const FILE_WRITERS: usize = 8;
+pub const FILE_WRITERS: usize = 8;
 /// Files per folder sync in [`stored_files`]: the import shares a folder's sync among the
 /// uploads that end while one runs, about one sync per 3–4 files in scenario 1.
 const FILES_PER_FOLDER_SYNC: usize = 4;
@@ -332,10 +332,17 @@ const FILES_PER_FOLDER_SYNC: usize = 4;
 /// The raw cost of storing scenario 1's videos durably, without downloading or recording
 /// them: `FILE_WRITERS` threads create [`STORED_FILES`] new files of `size` bytes in a new
 /// folder `dir` on the storage's filesystem, each written once and synced (`fsync`), the
-/// folder synced once per `FILES_PER_FOLDER_SYNC` files. The files are kept: removing them
-/// would make the next files dearer on ext4 without a journal, which skips inodes freed in
-/// the last 30 seconds; the caller removes `dir` once nothing is measured any more.
+/// folder synced once per `FILES_PER_FOLDER_SYNC` files. The files stay until the harness
+/// exits, as the stacks' stored files do (`video_import_tests::remove_folder`): removed
+/// now, they would make the next run's files dearer (ext4 avoids inodes freed recently).
 pub fn stored_files(dir: &std::path::Path, size: usize) -> anyhow::Result<FilesRate> {
+    let measured = write_and_sync_files(dir, size);
+    video_import_tests::remove_folder(dir.to_path_buf());
+    measured
+}
+
+/// [`stored_files`] without the removal of `dir`.
+fn write_and_sync_files(dir: &std::path::Path, size: usize) -> anyhow::Result<FilesRate> {
     use std::io::Write;
     std::fs::create_dir_all(dir)?;
     std::fs::File::open(dir)?.sync_all()?;
@@ -373,14 +380,4 @@ pub fn stored_files(dir: &std::path::Path, size: usize) -> anyhow::Result<FilesR
         per_second: STORED_FILES as f64 / seconds,
         machine_us: busy * 1e6 / STORED_FILES as f64,
     })
-}
-
-/// A folder for a baseline's files, removed with everything in it when dropped (also when
-/// the scenario fails half-way).
-pub struct Scratch(pub std::path::PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

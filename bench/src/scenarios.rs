@@ -133,11 +133,12 @@ pub async fn end_to_end() -> anyhow::Result<Vec<Row>> {
     println!("raw lapin publish (confirms) + consume (acks), quorum queue, before: {amqp_before:.0} msg/s");
     let video_size = fixture("bench16k.mp4").len();
     let files_dir =
-        baseline::Scratch(std::env::temp_dir().join(format!("vib-files-{}", std::process::id())));
-    let files_before = baseline::stored_files(&files_dir.0.join("before"), video_size)?;
+        |when: &str| std::env::temp_dir().join(format!("vib-files-{}-{when}", std::process::id()));
+    let files_before = baseline::stored_files(&files_dir("before"), video_size)?;
     println!(
-        "{} files of {video_size} bytes created, written and fsynced by 8 threads, before: {:.0} files/s, {:.0} µs of machine CPU per file",
+        "{} files of {video_size} bytes created, written and fsynced by {} threads, before: {:.0} files/s, {:.0} µs of machine CPU per file",
         baseline::STORED_FILES,
+        baseline::FILE_WRITERS,
         files_before.per_second,
         files_before.machine_us
     );
@@ -159,10 +160,7 @@ pub async fn end_to_end() -> anyhow::Result<Vec<Row>> {
     println!("raw lapin: {}", amqp.describe("msg/s"));
     let tps = same_sql_pgbench().await?;
     println!("pgbench, the earlier per-video SQL, 16 clients: {tps:.0} tx/s");
-    // Last, so that the import's files removed with its stack (ext4 without a journal skips
-    // inodes freed in the last 30 s) are no longer recent.
-    let files_after = baseline::stored_files(&files_dir.0.join("after"), video_size)?;
-    drop(files_dir);
+    let files_after = baseline::stored_files(&files_dir("after"), video_size)?;
     let files = baseline::Bracket {
         before: files_before.per_second,
         after: files_after.per_second,

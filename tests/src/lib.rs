@@ -886,6 +886,16 @@ pub fn defer_folder_removal() {
         .get_or_insert_with(Vec::new);
 }
 
+/// Removes `folder` now, or at [`remove_deferred_folders`] when removal is deferred.
+pub fn remove_folder(folder: PathBuf) {
+    match DEFERRED.lock().expect("not poisoned").as_mut() {
+        Some(deferred) => deferred.push(folder),
+        None => {
+            let _ = std::fs::remove_dir_all(folder);
+        }
+    }
+}
+
 /// Removes the folders whose removal was deferred.
 pub fn remove_deferred_folders() {
     let folders = DEFERRED
@@ -959,12 +969,7 @@ impl Drop for Stack {
                 eprintln!("the whole logs are kept in {}", kept.display());
             }
         }
-        match DEFERRED.lock().expect("not poisoned").as_mut() {
-            Some(deferred) => deferred.push(self.dir.clone()),
-            None => {
-                let _ = std::fs::remove_dir_all(&self.dir);
-            }
-        }
+        remove_folder(self.dir.clone());
         // Dropping the children lets tokio reap them.
         self.processes.clear();
     }

@@ -120,7 +120,7 @@ async fn messages_of_versions_a_binary_does_not_read_are_settled_with_the_reason
     // Both videos are handed out and stalling first: a retired message handled before the
     // dispatcher's first hand-out only lowers a range it was about to hand out anyway, and
     // the video would be downloaded once, not again.
-    wait_for_hits(&videos, 2).await;
+    wait_for_hits(&stack, &videos, 2).await;
     // A message from a newer release: the worker rejects it, and its dead-letter consumer
     // keeps it for a binary that reads it, saying so in the video's status.
     stack
@@ -134,7 +134,7 @@ async fn messages_of_versions_a_binary_does_not_read_are_settled_with_the_reason
     stack
         .publish("fetch", &json!({"job_id": job, "idx": 0, "attempt": 0}))
         .await;
-    wait_for_hits(&videos, 3).await;
+    wait_for_hits(&stack, &videos, 3).await;
     let status = stack.status(&project.token, &job).await;
     assert_eq!(status["videos"][0]["state"], "pending", "{status}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -169,16 +169,17 @@ async fn messages_of_versions_a_binary_does_not_read_are_settled_with_the_reason
 }
 
 /// Waits until the stalling video has been requested `count` times (both videos count).
-async fn wait_for_hits(videos: &VideoServer, count: u32) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while videos.hits("/stall/sample.mp4") < count {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the stalling video was not requested {count} times: {:?}",
-            videos.counts()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn wait_for_hits(stack: &Stack, videos: &VideoServer, count: u32) {
+    stack
+        .poll_until(
+            &format!("the stalling video to be requested {count} times"),
+            Duration::from_secs(30),
+            async || match videos.hits("/stall/sample.mp4") {
+                hits if hits >= count => Ok(()),
+                _ => Err(format!("{:?}", videos.counts())),
+            },
+        )
+        .await;
 }
 
 #[tokio::test]
