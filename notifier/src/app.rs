@@ -104,6 +104,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .consume(
             queue::WEBHOOK,
             webhook.concurrency * HANDLERS_PER_POST,
+            None,
             webhook.timeout + Duration::from_secs(5),
             handler,
             dead_handler,

@@ -1,7 +1,9 @@
 //! A RabbitMQ consumer loop that survives broker restarts: it reconnects with backoff,
-//! re-declares the topology, handles deliveries concurrently up to the prefetch, and on
+//! re-declares the topology, handles deliveries concurrently up to the prefetch (and beyond
+//! it, pulling one message at a time, while the handlers say they have [`Room`]), and on
 //! shutdown stops consuming and lets in-flight work finish within a grace period.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +11,8 @@ use anyhow::anyhow;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
+    BasicQosOptions,
 };
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
@@ -80,8 +83,23 @@ impl Delivered {
     }
 }
 
-/// Handles one message.
+/// Handles one message. It is called in the consumer's loop, one delivery after the other,
+/// and the work it returns runs on a task of its own: a handler that counts what it holds
+/// (see [`Room`]) counts it before the next delivery is taken.
 pub type Handler = Arc<dyn Fn(Delivered) -> BoxFuture<'static, Disposition> + Send + Sync>;
+
+/// Whether the handlers could start more work now. A prefetch counts messages, whatever they
+/// hold (a worker's fetch message holds one video or many): a consumer that holds its whole
+/// prefetch asks this every [`ROOM_LOOK`] and, while it says yes, pulls messages beyond the
+/// prefetch, one at a time (`basic.get`), so that small messages do not leave its handlers idle.
+pub type Room = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// How often a consumer that holds its whole prefetch asks its [`Room`].
+pub const ROOM_LOOK: Duration = Duration::from_millis(20);
+
+/// Most messages pulled beyond the prefetch at one look: a bound for handlers that take a
+/// message without counting it (one they cannot read), not a limit met in practice.
+const MOST_PULLED_AT_ONCE: usize = 256;
 
 /// A handler that calls `handle` with the shared `target` and each message.
 pub fn handler<T, F, Fut>(target: Arc<T>, handle: F) -> Handler
@@ -94,7 +112,7 @@ where
 }
 
 /// Where and how to consume.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ConsumerConfig {
     pub url: String,
     pub topology: Topology,
@@ -102,6 +120,8 @@ pub struct ConsumerConfig {
     pub queue: String,
     /// Deliveries handled at once.
     pub prefetch: u16,
+    /// When set, messages are taken beyond the prefetch while it says there is room.
+    pub room: Option<Room>,
     /// How long in-flight work may take to finish after shutdown is requested.
     pub grace: Duration,
     /// Where the link's health is reported.
@@ -164,6 +184,11 @@ async fn session(
     if let Some(link) = &config.link {
         link.up();
     }
+    // Deliveries of the consumer (not pulled ones) whose handling is not settled: the
+    // broker sends no more while they fill the prefetch.
+    let pushed = Arc::new(AtomicUsize::new(0));
+    let mut look = tokio::time::interval(ROOM_LOOK);
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -181,37 +206,90 @@ async fn session(
             }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    let handler = handler.clone();
-                    tracker.spawn(async move {
-                        let message = Delivered {
-                            routing_key: delivery.routing_key.to_string(),
-                            data: delivery.data.clone(),
-                            traceparent: traceparent(&delivery.properties),
-                            death: death_reason(&delivery.properties),
-                        };
-                        let disposition = handler(message).await;
-                        // A failed ack means the channel is gone; the broker redelivers.
-                        let _ = match disposition {
-                            Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
-                            Disposition::Requeue => {
-                                delivery
-                                    .nack(BasicNackOptions { requeue: true, ..Default::default() })
-                                    .await
-                            }
-                            Disposition::Reject(reason) => {
-                                tracing::warn!(%reason, routing_key = %delivery.routing_key, "dead-lettering a message this binary cannot read");
-                                delivery
-                                    .nack(BasicNackOptions { requeue: false, ..Default::default() })
-                                    .await
-                            }
-                        };
-                    });
+                    pushed.fetch_add(1, Ordering::AcqRel);
+                    handle_on_task(handler, tracker, delivery, Some(pushed.clone()));
                 }
                 Some(Err(error)) => return Err(error.into()),
                 None => return Err(anyhow!("the broker ended the consumer")),
+            },
+            _ = look.tick(), if config.room.is_some() => {
+                pull_beyond_prefetch(config, &channel, handler, tracker, &pushed, shutdown).await?;
             }
         }
     }
+}
+
+/// Takes messages one at a time while the consumer holds its whole prefetch and the handlers
+/// have room, until the queue is empty.
+async fn pull_beyond_prefetch(
+    config: &ConsumerConfig,
+    channel: &lapin::Channel,
+    handler: &Handler,
+    tracker: &TaskTracker,
+    pushed: &AtomicUsize,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let Some(room) = &config.room else {
+        return Ok(());
+    };
+    for _ in 0..MOST_PULLED_AT_ONCE {
+        let full = pushed.load(Ordering::Acquire) >= usize::from(config.prefetch);
+        if !full || !room() || shutdown.is_cancelled() {
+            break;
+        }
+        let pulled = channel
+            .basic_get(config.queue.as_str().into(), BasicGetOptions::default())
+            .await?;
+        let Some(pulled) = pulled else {
+            break;
+        };
+        handle_on_task(handler, tracker, pulled.delivery, None);
+    }
+    Ok(())
+}
+
+/// Calls the handler with the delivery, and settles the delivery with the broker on a task of
+/// its own when the handler's work is done; `pushed` is counted down then.
+fn handle_on_task(
+    handler: &Handler,
+    tracker: &TaskTracker,
+    delivery: lapin::message::Delivery,
+    pushed: Option<Arc<AtomicUsize>>,
+) {
+    let message = Delivered {
+        routing_key: delivery.routing_key.to_string(),
+        data: delivery.data.clone(),
+        traceparent: traceparent(&delivery.properties),
+        death: death_reason(&delivery.properties),
+    };
+    let work = handler(message);
+    tracker.spawn(async move {
+        let disposition = work.await;
+        // A failed ack means the channel is gone; the broker redelivers.
+        let _ = match disposition {
+            Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
+            Disposition::Requeue => {
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await
+            }
+            Disposition::Reject(reason) => {
+                tracing::warn!(%reason, routing_key = %delivery.routing_key, "dead-lettering a message this binary cannot read");
+                delivery
+                    .nack(BasicNackOptions {
+                        requeue: false,
+                        ..Default::default()
+                    })
+                    .await
+            }
+        };
+        if let Some(pushed) = pushed {
+            pushed.fetch_sub(1, Ordering::AcqRel);
+        }
+    });
 }
 
 /// The `traceparent` header of a delivery, if it carries a valid one.

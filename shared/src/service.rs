@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::consume::{self, ConsumerConfig, Handler};
+use crate::consume::{self, ConsumerConfig, Handler, Room};
 use crate::ops::{self, Ops};
 use crate::queue::{Publisher, Topology};
 use crate::{db, shutdown};
@@ -76,19 +76,24 @@ impl Service {
         )))
     }
 
-    /// Consumes the queue of `routing_key` with `handle` (`prefetch` at once, `grace` to
-    /// finish after shutdown) and its dead letters with `settle`, until shutdown.
+    /// Consumes the queue of `routing_key` with `handle` (`prefetch` at once, more while
+    /// `room` says so, `grace` to finish after shutdown) and its dead letters with `settle`,
+    /// until shutdown.
     pub async fn consume(
         &self,
         routing_key: &str,
         prefetch: usize,
+        room: Option<Room>,
         grace: Duration,
         handle: Handler,
         settle: Handler,
     ) {
         tokio::join!(
             consume::run(
-                self.consumer(routing_key, false, prefetch, grace),
+                ConsumerConfig {
+                    room,
+                    ..self.consumer(routing_key, false, prefetch, grace)
+                },
                 handle,
                 self.shutdown.clone(),
             ),
@@ -125,6 +130,7 @@ impl Service {
             topology: self.topology.clone(),
             queue,
             prefetch: prefetch.min(u16::MAX as usize) as u16,
+            room: None,
             grace,
             link: Some(self.amqp.link(&link)),
         }

@@ -803,6 +803,17 @@ impl Stack {
         self.amqp_url.split(',').next().unwrap_or_default()
     }
 
+    /// Messages waiting in the queue of `routing_key`, not yet taken by any worker.
+    pub async fn ready(&self, routing_key: &str) -> u32 {
+        let publisher =
+            video_import_shared::queue::Publisher::new(&self.amqp_url, Topology::new(&self.prefix));
+        publisher
+            .depth(routing_key)
+            .await
+            .expect("RabbitMQ answers a queue's depth")
+            .ready
+    }
+
     /// Publishes `payload` to the dead-letter exchange under `routing_key`, as the broker
     /// does with a message that exceeded its delivery limit.
     pub async fn dead_letter(&self, routing_key: &str, payload: &Value) {

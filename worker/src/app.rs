@@ -19,7 +19,7 @@ use crate::dispatch::Dispatcher;
 use crate::fetch::Fetcher;
 use crate::group_commit::{self, PendingCheck, Recorder};
 use crate::hosts::SourceHosts;
-use crate::import::Importer;
+use crate::import::{Held, Importer};
 use crate::metrics::WorkerMetrics;
 use crate::prune::Pruner;
 use crate::retry_policy::RetryPolicy;
@@ -92,14 +92,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         retries: RetryPolicy::new(&settings.fetch),
         publisher: service.publisher.clone(),
         relay,
+        held: Held::new(metrics.held.clone(), settings.fetch.concurrency),
         metrics,
         slots: tokio::sync::Semaphore::new(settings.fetch.concurrency),
         cancels_seen: Default::default(),
         shutdown: service.shutdown.clone(),
     });
-    let fetch_handler = consume::handler(importer.clone(), |importer, message| async move {
-        importer.handle(message).await
-    });
+    let held = importer.held.clone();
+    let room: consume::Room = Arc::new(move || held.has_room());
+    let fetch_handler = consume::handler(importer.clone(), Importer::take);
     let dead_handler = consume::handler(importer, |importer, message| async move {
         importer.settle(message).await
     });
@@ -110,6 +111,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 settings.fetch.concurrency,
                 settings.fetch.videos_per_message,
             ),
+            Some(room),
             settings.fetch.shutdown_grace,
             fetch_handler,
             dead_handler,

@@ -178,8 +178,9 @@ fn target(ahead: u32, slots: u32, consumers: u32) -> u32 {
 }
 
 /// Videos per message for a round of `videos`: `most`, unless that would leave a consuming
-/// worker without a message of the round. Messages are kept full because a worker holds a
-/// fixed number of them (`import::prefetch`): smaller ones would leave its slots idle.
+/// worker without a message of the round. Messages are kept full because the broker's work
+/// is per message, and a worker's prefetch (`import::prefetch`) counts on full ones: it takes
+/// smaller ones beyond it only by pulling them one at a time (`import::Held`).
 fn pack_size(videos: u32, consumers: u32, most: u32) -> u32 {
     (videos / consumers.max(1)).clamp(1, most.max(1))
 }

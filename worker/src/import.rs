@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
+use prometheus::IntGauge;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -37,9 +38,47 @@ use crate::retry_policy::{self, AfterDamage, Next, RetryPolicy};
 /// when the messages are full (`per_message` videos each), so that it never waits for the
 /// broker, and no more: videos held beyond that would wait in this worker's hands while
 /// another's slots are free, and a new batch would wait behind them (fair dispatch keeps the
-/// queue short, so what workers hold must stay short too).
+/// queue short, so what workers hold must stay short too). Smaller messages (a retry, a part
+/// of a split message, a trickle) are made up for by [`Held`].
 pub fn prefetch(concurrency: usize, per_message: u32) -> usize {
     (concurrency / per_message.max(1) as usize).max(1) * 2
+}
+
+/// The videos a worker holds, in a download slot or waiting for one. Its prefetch counts
+/// messages, and a message holds one video up to `fetch.videos_per_message`: while the videos
+/// held fall short of the slots, the consumer takes messages beyond the prefetch, so that
+/// what the worker holds is counted in videos (see `consume::Room`).
+pub struct Held {
+    /// The count, exported as `videos_held`.
+    videos: IntGauge,
+    slots: usize,
+}
+
+impl Held {
+    /// Counts in `videos` the videos held by a worker of `slots` download slots.
+    pub fn new(videos: IntGauge, slots: usize) -> Arc<Self> {
+        Arc::new(Self { videos, slots })
+    }
+
+    /// Whether some of the worker's slots would idle with what it holds.
+    pub fn has_room(&self) -> bool {
+        usize::try_from(self.videos.get()).unwrap_or(0) < self.slots
+    }
+
+    /// Counts one more video held, until the returned guard is dropped.
+    fn one(self: &Arc<Self>) -> HeldVideo {
+        self.videos.inc();
+        HeldVideo(self.clone())
+    }
+}
+
+/// One video counted in [`Held`] while this lives.
+struct HeldVideo(Arc<Held>);
+
+impl Drop for HeldVideo {
+    fn drop(&mut self) {
+        self.0.videos.dec();
+    }
 }
 
 /// How often a running download looks whether its video is still pending.
@@ -65,6 +104,8 @@ pub struct Importer {
     /// The worker's download slots (`fetch.concurrency`), shared by the videos of every
     /// message it holds.
     pub slots: tokio::sync::Semaphore,
+    /// The videos it holds, counted as each message is taken.
+    pub held: Arc<Held>,
     /// Counts the times this worker found a video it holds no longer pending (a check said
     /// so, or a download was stopped): a video that waited for its host's slot checks again
     /// only if this moved meanwhile.
@@ -73,23 +114,40 @@ pub struct Importer {
 }
 
 impl Importer {
-    /// Handles one fetch message: its videos side by side.
-    pub async fn handle(&self, delivered: Delivered) -> Disposition {
-        let videos = match FetchVideos::decode(&delivered.data, delivered.traceparent.as_ref()) {
-            Ok(videos) => videos,
-            Err(unreadable) => return Disposition::Reject(unreadable.to_string()),
-        };
-        let handled = futures::future::join_all(
-            videos
-                .into_iter()
-                .map(|video| self.handle_video(video.trace(), video.fetch)),
-        )
-        .await;
-        Disposition::of_parts(handled)
+    /// Takes one fetch message: its videos count as held at once, before the consumer takes
+    /// the next message; the returned work handles them side by side.
+    pub fn take(
+        self: Arc<Self>,
+        delivered: Delivered,
+    ) -> impl std::future::Future<Output = Disposition> + Send + 'static {
+        let videos =
+            FetchVideos::decode(&delivered.data, delivered.traceparent.as_ref()).map(|videos| {
+                let held: Vec<_> = videos.into_iter().map(|v| (v, self.held.one())).collect();
+                held
+            });
+        async move {
+            let videos = match videos {
+                Ok(videos) => videos,
+                Err(unreadable) => return Disposition::Reject(unreadable.to_string()),
+            };
+            let handled = futures::future::join_all(
+                videos
+                    .into_iter()
+                    .map(|(video, held)| self.handle_video(video.trace(), video.fetch, held)),
+            )
+            .await;
+            Disposition::of_parts(handled)
+        }
     }
 
-    /// Handles one video, in one of the worker's download slots.
-    async fn handle_video(&self, trace: Option<TraceParent>, message: FetchVideo) -> Disposition {
+    /// Handles one video, in one of the worker's download slots; it stops counting as held
+    /// when this returns.
+    async fn handle_video(
+        &self,
+        trace: Option<TraceParent>,
+        message: FetchVideo,
+        _held: HeldVideo,
+    ) -> Disposition {
         let Ok(_slot) = self.slots.acquire().await else {
             return Disposition::Requeue;
         };
@@ -427,7 +485,7 @@ impl Waited {
 
 #[cfg(test)]
 mod tests {
-    use super::prefetch;
+    use super::{prefetch, Held};
 
     #[test]
     fn a_worker_holds_about_twice_its_download_slots_in_videos() {
@@ -439,5 +497,21 @@ mod tests {
         assert_eq!(prefetch(32, 1), 64, "one video per message");
         assert_eq!(prefetch(8, 16), 2, "fewer slots than a message holds");
         assert_eq!(prefetch(1, 1), 2);
+    }
+
+    #[test]
+    fn a_worker_has_room_while_the_videos_it_holds_fall_short_of_its_slots() {
+        let gauge = prometheus::IntGauge::new("held", "held").unwrap();
+        let held = Held::new(gauge.clone(), 2);
+        assert!(held.has_room(), "holding nothing");
+        let first = held.one();
+        assert!(held.has_room(), "one of two slots would idle");
+        let second = held.one();
+        assert!(!held.has_room(), "every slot taken");
+        assert_eq!(gauge.get(), 2, "exported as it is counted");
+        drop(first);
+        assert!(held.has_room(), "a video done gives its room back");
+        drop(second);
+        assert_eq!(gauge.get(), 0);
     }
 }

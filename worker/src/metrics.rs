@@ -21,6 +21,8 @@ pub struct WorkerMetrics {
     pub video_bytes: Histogram,
     /// Downloads running now.
     pub in_flight: IntGauge,
+    /// Videos the worker holds: in a download slot or waiting for one (see `import::Held`).
+    pub held: IntGauge,
     /// From acceptance to the last video, per finished job.
     pub job_seconds: Histogram,
     pub dead_letters: IntCounter,
@@ -64,6 +66,10 @@ impl WorkerMetrics {
                 .buckets(prometheus::exponential_buckets(64.0 * 1024.0, 4.0, 12)?),
         )?;
         let in_flight = IntGauge::new("downloads_in_flight", "Downloads running now")?;
+        let held = IntGauge::new(
+            "videos_held",
+            "Videos this worker holds: in a download slot or waiting for one",
+        )?;
         let job_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "job_duration_seconds",
@@ -79,6 +85,7 @@ impl WorkerMetrics {
         register(registry, &download_seconds);
         register(registry, &video_bytes);
         register(registry, &in_flight);
+        register(registry, &held);
         register(registry, &job_seconds);
         Ok(Self {
             outcomes,
@@ -88,6 +95,7 @@ impl WorkerMetrics {
             download_seconds,
             video_bytes,
             in_flight,
+            held,
             job_seconds,
             dead_letters: dead_letters(registry, "fetch"),
             ssrf_refusals: ssrf_refusals(registry, "worker"),

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use video_import_shared::queue;
 use video_import_tests::receiver::Receiver;
 use video_import_tests::videos::{fixture, sha256, VideoServer};
 use video_import_tests::{batch, files_below, Kind, Options, Stack};
@@ -586,6 +587,64 @@ async fn a_hosts_slot_is_given_back_when_the_download_ends_not_when_it_is_record
         1,
         "one download from the host at a time"
     );
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn messages_of_one_video_fill_every_download_slot_and_no_more() {
+    // 4 slots and 4 videos to a message: the worker holds 2 messages, enough for its slots
+    // twice over when they are full. Videos that come one to a message (here a trickle of
+    // one-video jobs; retries and split messages alike) are taken beyond those 2 while its
+    // slots would idle, and no further: the rest stay in the queue for other workers.
+    let stack = Stack::start(env(&[
+        ("VIDEO_IMPORT__FETCH__CONCURRENCY", "4"),
+        ("VIDEO_IMPORT__FETCH__VIDEOS_PER_MESSAGE", "4"),
+    ]))
+    .await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("trickle").await;
+    let stalling = || videos.hits("/stall/sample.mp4");
+    for n in 1..=4u32 {
+        // One job at a time, so that each is handed out in a message of its own.
+        let url = videos.url(&format!("/stall/sample.mp4?n={n}"));
+        stack
+            .import(&project.token, &batch("archive").urls([url]))
+            .await;
+        stack
+            .poll_until(
+                &format!("{n} downloads at once, one video to a message"),
+                Duration::from_secs(30),
+                async || match stalling() {
+                    hits if hits >= n => Ok(()),
+                    hits => Err(format!("{hits} downloads")),
+                },
+            )
+            .await;
+    }
+    for n in 5..=6 {
+        let url = videos.url(&format!("/stall/sample.mp4?n={n}"));
+        stack
+            .import(&project.token, &batch("archive").urls([url]))
+            .await;
+    }
+    let held_and_ready = async || {
+        let held = stack.over_workers("video_import_videos_held").await;
+        match (held, stack.ready(queue::FETCH).await) {
+            (4.0, 2) => Ok(()),
+            other => Err(format!("(held, ready) = {other:?}")),
+        }
+    };
+    stack
+        .poll_until(
+            "the 2 videos without a slot left in the queue",
+            Duration::from_secs(30),
+            held_and_ready,
+        )
+        .await;
+    // Still so after many looks for room (one each 20 ms).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    held_and_ready().await.unwrap();
+    assert_eq!(stalling(), 4, "{:?}", videos.counts());
     stack.finish().await;
 }
 
