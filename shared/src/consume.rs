@@ -92,10 +92,49 @@ pub type Handler = Arc<dyn Fn(Delivered) -> BoxFuture<'static, Disposition> + Se
 /// hold (a worker's fetch message holds one video or many): a consumer that holds its whole
 /// prefetch asks this every [`ROOM_LOOK`] and, while it says yes, pulls messages beyond the
 /// prefetch, one at a time (`basic.get`), so that small messages do not leave its handlers idle.
+/// A pull that finds the queue empty is paid for all the same (on a quorum queue it is a log
+/// entry), so after one the looks slow down ([`PullPace`]).
 pub type Room = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// How often a consumer that holds its whole prefetch asks its [`Room`].
 pub const ROOM_LOOK: Duration = Duration::from_millis(20);
+
+/// Longest wait between two pulls while the queue is found empty.
+const SLOWEST_PULL: Duration = Duration::from_secs(1);
+
+/// When to pull next: at once while pulls find messages, then, after each look that found
+/// the queue empty, twice as long as before (from [`ROOM_LOOK`] up to [`SLOWEST_PULL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PullPace {
+    /// Wait before the next pull; zero while messages are found.
+    pub wait: Duration,
+}
+
+/// What one look found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pulled {
+    /// The queue has more: look again at the next tick.
+    More,
+    /// It is empty now, whether or not this look took messages first.
+    Emptied {
+        /// Messages taken before it was.
+        took: usize,
+    },
+    /// Not asked: the consumer had room in its prefetch, the handlers had none, or shutdown.
+    NotAsked,
+}
+
+impl PullPace {
+    /// The pace after a look that found `pulled`.
+    pub fn after(self, pulled: Pulled) -> PullPace {
+        let wait = match pulled {
+            Pulled::More | Pulled::NotAsked => Duration::ZERO,
+            Pulled::Emptied { took } if took > 0 => ROOM_LOOK,
+            Pulled::Emptied { .. } => (self.wait * 2).clamp(ROOM_LOOK, SLOWEST_PULL),
+        };
+        PullPace { wait }
+    }
+}
 
 /// Most messages pulled beyond the prefetch at one look: a bound for handlers that take a
 /// message without counting it (one they cannot read), not a limit met in practice.
@@ -189,6 +228,8 @@ async fn session(
     let pushed = Arc::new(AtomicUsize::new(0));
     let mut look = tokio::time::interval(ROOM_LOOK);
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut pace = PullPace::default();
+    let mut looked = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -212,8 +253,14 @@ async fn session(
                 Some(Err(error)) => return Err(error.into()),
                 None => return Err(anyhow!("the broker ended the consumer")),
             },
-            _ = look.tick(), if config.room.is_some() => {
-                pull_beyond_prefetch(config, &channel, handler, tracker, &pushed, shutdown).await?;
+            now = look.tick(), if config.room.is_some() => {
+                if now.duration_since(looked) >= pace.wait {
+                    let pulled = pull_beyond_prefetch(config, &channel, handler, tracker, &pushed, shutdown).await?;
+                    if pulled != Pulled::NotAsked {
+                        looked = now;
+                    }
+                    pace = pace.after(pulled);
+                }
             }
         }
     }
@@ -228,24 +275,38 @@ async fn pull_beyond_prefetch(
     tracker: &TaskTracker,
     pushed: &AtomicUsize,
     shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Pulled> {
     let Some(room) = &config.room else {
-        return Ok(());
+        return Ok(Pulled::NotAsked);
     };
-    for _ in 0..MOST_PULLED_AT_ONCE {
+    let mut took = 0;
+    while took < MOST_PULLED_AT_ONCE {
         let full = pushed.load(Ordering::Acquire) >= usize::from(config.prefetch);
         if !full || !room() || shutdown.is_cancelled() {
             break;
         }
-        let pulled = channel
-            .basic_get(config.queue.as_str().into(), BasicGetOptions::default())
-            .await?;
-        let Some(pulled) = pulled else {
-            break;
+        let get = channel.basic_get(config.queue.as_str().into(), BasicGetOptions::default());
+        // A broker slow to answer does not hold up shutdown: a message it hands over later
+        // goes back to the queue when the connection closes.
+        let pulled = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            pulled = get => pulled?,
         };
+        let Some(pulled) = pulled else {
+            return Ok(Pulled::Emptied { took });
+        };
+        took += 1;
+        let left = pulled.message_count;
         handle_on_task(handler, tracker, pulled.delivery, None);
+        if left == 0 {
+            return Ok(Pulled::Emptied { took });
+        }
     }
-    Ok(())
+    Ok(if took > 0 {
+        Pulled::More
+    } else {
+        Pulled::NotAsked
+    })
 }
 
 /// Calls the handler with the delivery, and settles the delivery with the broker on a task of
@@ -321,7 +382,35 @@ fn death_reason(properties: &lapin::BasicProperties) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::Disposition::{self, Ack, Reject, Requeue};
+    use super::{PullPace, Pulled, ROOM_LOOK, SLOWEST_PULL};
+
+    #[test]
+    fn pulls_slow_down_while_the_queue_is_found_empty_and_resume_when_it_is_not() {
+        let start = PullPace::default();
+        assert_eq!(start.wait, Duration::ZERO, "the first look pulls at once");
+        let mut pace = start;
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            pace = pace.after(Pulled::Emptied { took: 0 });
+            waits.push(pace.wait.as_millis());
+        }
+        assert_eq!(waits, [20, 40, 80, 160, 320, 640, 1000, 1000]);
+        assert_eq!(pace.after(Pulled::More).wait, Duration::ZERO);
+        assert_eq!(
+            pace.after(Pulled::Emptied { took: 3 }).wait,
+            ROOM_LOOK,
+            "it took the last messages: the next look comes soon, not at once"
+        );
+        assert_eq!(
+            pace.after(Pulled::NotAsked).wait,
+            Duration::ZERO,
+            "not asked (full handlers, room in the prefetch): ask at once when that changes"
+        );
+        assert!(SLOWEST_PULL >= ROOM_LOOK);
+    }
 
     #[test]
     fn a_message_of_parts_is_acknowledged_only_when_every_part_is_done() {

@@ -805,13 +805,23 @@ impl Stack {
 
     /// Messages waiting in the queue of `routing_key`, not yet taken by any worker.
     pub async fn ready(&self, routing_key: &str) -> u32 {
-        let publisher =
-            video_import_shared::queue::Publisher::new(&self.amqp_url, Topology::new(&self.prefix));
-        publisher
-            .depth(routing_key)
+        let connection = lapin::Connection::connect(self.first_node(), Default::default())
             .await
-            .expect("RabbitMQ answers a queue's depth")
-            .ready
+            .expect("RabbitMQ on 127.0.0.1:5672");
+        let channel = connection.create_channel().await.expect("a channel");
+        let queue = channel
+            .queue_declare(
+                Topology::new(&self.prefix).queue(routing_key).into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .expect("the queue exists");
+        let _ = connection.close(200, "bye".into()).await;
+        queue.message_count()
     }
 
     /// Publishes `payload` to the dead-letter exchange under `routing_key`, as the broker

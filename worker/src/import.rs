@@ -38,10 +38,12 @@ use crate::retry_policy::{self, AfterDamage, Next, RetryPolicy};
 /// when the messages are full (`per_message` videos each), so that it never waits for the
 /// broker, and no more: videos held beyond that would wait in this worker's hands while
 /// another's slots are free, and a new batch would wait behind them (fair dispatch keeps the
-/// queue short, so what workers hold must stay short too). Smaller messages (a retry, a part
-/// of a split message, a trickle) are made up for by [`Held`].
+/// queue short, so what workers hold must stay short too). At least one message, even one
+/// larger than that; smaller messages (a retry, a part of a split message, a trickle) and a
+/// message's last slow videos are made up for by pulling more while slots would idle
+/// ([`Held`]).
 pub fn prefetch(concurrency: usize, per_message: u32) -> usize {
-    (concurrency / per_message.max(1) as usize).max(1) * 2
+    (2 * concurrency / per_message.max(1) as usize).max(1)
 }
 
 /// The videos a worker holds, in a download slot or waiting for one. Its prefetch counts
@@ -494,8 +496,18 @@ mod tests {
             8,
             "8 full messages: 128 videos for 64 slots"
         );
+        assert_eq!(prefetch(32, 32), 2, "the defaults: 64 videos for 32 slots");
         assert_eq!(prefetch(32, 1), 64, "one video per message");
-        assert_eq!(prefetch(8, 16), 2, "fewer slots than a message holds");
+        assert_eq!(
+            prefetch(16, 32),
+            1,
+            "one message: as many videos as two rounds of slots"
+        );
+        assert_eq!(
+            prefetch(8, 32),
+            1,
+            "fewer slots than a message holds: one message still"
+        );
         assert_eq!(prefetch(1, 1), 2);
     }
 

@@ -599,6 +599,8 @@ async fn messages_of_one_video_fill_every_download_slot_and_no_more() {
     let stack = Stack::start(env(&[
         ("VIDEO_IMPORT__FETCH__CONCURRENCY", "4"),
         ("VIDEO_IMPORT__FETCH__VIDEOS_PER_MESSAGE", "4"),
+        // The sources stall for a minute: no read times out (and is tried again) meanwhile.
+        ("VIDEO_IMPORT__FETCH__READ_TIMEOUT_SECS", "300"),
     ]))
     .await;
     let videos = VideoServer::start().await;
@@ -621,29 +623,30 @@ async fn messages_of_one_video_fill_every_download_slot_and_no_more() {
             )
             .await;
     }
-    for n in 5..=6 {
+    let held_and_ready = async |ready: u32| {
+        let held = stack.over_workers("video_import_videos_held").await;
+        match (held, stack.ready(queue::FETCH).await) {
+            (4.0, r) if r == ready => Ok(()),
+            other => Err(format!("(held, ready) = {other:?}")),
+        }
+    };
+    for (n, ready) in [(5, 1), (6, 2)] {
+        // Again one job at a time: two in one round would go out in one message.
         let url = videos.url(&format!("/stall/sample.mp4?n={n}"));
         stack
             .import(&project.token, &batch("archive").urls([url]))
             .await;
+        stack
+            .poll_until(
+                &format!("{ready} videos without a slot left in the queue"),
+                Duration::from_secs(30),
+                async || held_and_ready(ready).await,
+            )
+            .await;
     }
-    let held_and_ready = async || {
-        let held = stack.over_workers("video_import_videos_held").await;
-        match (held, stack.ready(queue::FETCH).await) {
-            (4.0, 2) => Ok(()),
-            other => Err(format!("(held, ready) = {other:?}")),
-        }
-    };
-    stack
-        .poll_until(
-            "the 2 videos without a slot left in the queue",
-            Duration::from_secs(30),
-            held_and_ready,
-        )
-        .await;
     // Still so after many looks for room (one each 20 ms).
     tokio::time::sleep(Duration::from_secs(1)).await;
-    held_and_ready().await.unwrap();
+    held_and_ready(2).await.unwrap();
     assert_eq!(stalling(), 4, "{:?}", videos.counts());
     stack.finish().await;
 }
