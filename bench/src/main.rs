@@ -3,7 +3,7 @@
 //! baseline measured in the same run.
 //!
 //! Run: `cargo build --release --workspace --bins && target/release/video-import-bench [SCENARIO…]`
-//! with SCENARIO among e2e, accept, large, latency, webhooks, importer, archive, fair, polite,
+//! with SCENARIO among e2e, accept, large, latency, retried, webhooks, importer, archive, fair, polite,
 //! retention, growth, disk, polling, fair-growth (default: all).
 
 mod baseline;
@@ -19,7 +19,7 @@ use clap::Parser;
 /// Benchmark harness.
 #[derive(Parser)]
 struct Cli {
-    /// Scenarios to run: e2e, accept, large, latency, webhooks, importer, archive, fair,
+    /// Scenarios to run: e2e, accept, large, latency, retried, webhooks, importer, archive, fair,
     /// polite, retention, growth, disk, polling, fair-growth (default: all).
     scenarios: Vec<String>,
     /// Old finished videos the retention scenario loads and prunes.
@@ -54,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
         "accept",
         "large",
         "latency",
+        "retried",
         "webhooks",
         "importer",
         "archive",
@@ -93,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
             "accept" => scenarios::acceptance().await,
             "large" => scenarios::large_file().await,
             "latency" => scenarios::latency_bound().await,
+            "retried" => scenarios::retried().await,
             "webhooks" => scenarios::webhooks().await,
             "importer" => scenarios::importer().await,
             "archive" => scale::archive_size().await,

@@ -35,6 +35,30 @@ async fn video(State((bytes, delay)): State<(Bytes, Duration)>) -> Response {
     ([(header::CONTENT_TYPE, "video/mp4")], bytes).into_response()
 }
 
+/// Like [`videos`], but the first request for each path answers 503 (after the same
+/// `delay`): every video is tried twice, its second try coming back on its own.
+pub async fn videos_failing_once(bytes: Bytes, delay: Duration) -> String {
+    let seen = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let app = Router::new()
+        .route("/v/{n}", get(video_failing_once))
+        .with_state((bytes, delay, seen));
+    serve(app).await
+}
+
+/// Paths already asked for once.
+type Seen = Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+
+async fn video_failing_once(
+    State((bytes, delay, seen)): State<(Bytes, Duration, Seen)>,
+    axum::extract::Path(n): axum::extract::Path<String>,
+) -> Response {
+    tokio::time::sleep(delay).await;
+    if seen.lock().expect("not poisoned").insert(n) {
+        return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    ([(header::CONTENT_TYPE, "video/mp4")], bytes).into_response()
+}
+
 /// Requests being answered now and the most at once, for a video server.
 #[derive(Default)]
 pub struct Concurrency {
