@@ -445,30 +445,7 @@ pub async fn latency_bound() -> anyhow::Result<Vec<Row>> {
     for workers in [1usize, 2] {
         // About ten seconds of work at the bound, so start-up costs weigh little.
         let total = 1600 * workers;
-        let stack = Stack::start(options(
-            workers,
-            false,
-            &[
-                ("VIDEO_IMPORT__FETCH__CONCURRENCY", &concurrency.to_string()),
-                // Every video comes from the one bench server: let the per-host bound
-                // (scenario 9's subject) not be the limit here.
-                (
-                    "VIDEO_IMPORT__FETCH__PER_HOST_CONCURRENCY",
-                    &concurrency.to_string(),
-                ),
-            ],
-        ))
-        .await;
-        let project = stack.project("bench").await;
-        let started = Instant::now();
-        let mut jobs = Vec::new();
-        for b in 0..total / 400 {
-            jobs.push(post(&stack, &project, &batch(&base, b * 400, 400, None)).await?);
-        }
-        for job in &jobs {
-            stack.wait_finished(&project.token, job, 600).await;
-        }
-        let rate = total as f64 / started.elapsed().as_secs_f64();
+        let (rate, _) = latency_run(&base, workers, concurrency, total, &[]).await?;
         let bound = (workers * concurrency) as f64 / 0.2;
         println!(
             "{workers} worker(s) × {concurrency} downloads: {rate:.0} videos/s, bound {bound:.0}/s"
@@ -484,9 +461,42 @@ pub async fn latency_bound() -> anyhow::Result<Vec<Row>> {
             ratio: format!("{:.2}", rate / bound),
             target: "≥ 0.8 of the bound, growing with workers",
         });
-        stack.finish().await;
     }
     Ok(rows)
+}
+
+/// Imports `total` videos from `base` (batches of 400) with `workers` workers of
+/// `concurrency` slots, and `extra` settings; returns the rate and the videos imported.
+async fn latency_run(
+    base: &str,
+    workers: usize,
+    concurrency: usize,
+    total: usize,
+    extra: &[(&str, &str)],
+) -> anyhow::Result<(f64, i64)> {
+    let slots = concurrency.to_string();
+    let mut env = vec![
+        ("VIDEO_IMPORT__FETCH__CONCURRENCY", slots.as_str()),
+        // Every video comes from the one bench server: let the per-host bound (scenario 9's
+        // subject) not be the limit here.
+        ("VIDEO_IMPORT__FETCH__PER_HOST_CONCURRENCY", slots.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    let stack = Stack::start(options(workers, false, &env)).await;
+    let project = stack.project("bench").await;
+    let started = Instant::now();
+    let mut jobs = Vec::new();
+    for b in 0..total / 400 {
+        jobs.push(post(&stack, &project, &batch(base, b * 400, 400, None)).await?);
+    }
+    let mut imported = 0;
+    for job in &jobs {
+        let status = stack.wait_finished(&project.token, job, 900).await;
+        imported += status["overview"]["imported"].as_i64().unwrap_or(0);
+    }
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    stack.finish().await;
+    Ok((rate, imported))
 }
 
 /// Scenario 4b: the latency-bound import of scenario 4 (1 worker), where every video's first
@@ -500,33 +510,12 @@ pub async fn retried() -> anyhow::Result<Vec<Row>> {
     )
     .await;
     let total = 1600;
-    let stack = Stack::start(options(
-        1,
-        false,
-        &[
-            ("VIDEO_IMPORT__FETCH__CONCURRENCY", &concurrency.to_string()),
-            (
-                "VIDEO_IMPORT__FETCH__PER_HOST_CONCURRENCY",
-                &concurrency.to_string(),
-            ),
-            // No in-process retry: the second try goes through the delay queue, after 1 s.
-            ("VIDEO_IMPORT__FETCH__QUICK_RETRIES", "0"),
-            ("VIDEO_IMPORT__FETCH__RETRY_DELAYS_SECS", "1"),
-        ],
-    ))
-    .await;
-    let project = stack.project("bench").await;
-    let started = Instant::now();
-    let mut jobs = Vec::new();
-    for b in 0..total / 400 {
-        jobs.push(post(&stack, &project, &batch(&base, b * 400, 400, None)).await?);
-    }
-    let mut imported = 0;
-    for job in &jobs {
-        let status = stack.wait_finished(&project.token, job, 900).await;
-        imported += status["overview"]["imported"].as_i64().unwrap_or(0);
-    }
-    let rate = total as f64 / started.elapsed().as_secs_f64();
+    // No in-process retry: the second try goes through the delay queue, after 1 s.
+    let retries = [
+        ("VIDEO_IMPORT__FETCH__QUICK_RETRIES", "0"),
+        ("VIDEO_IMPORT__FETCH__RETRY_DELAYS_SECS", "1"),
+    ];
+    let (rate, imported) = latency_run(&base, 1, concurrency, total, &retries).await?;
     anyhow::ensure!(
         imported == total as i64,
         "{imported} of {total} videos imported"
@@ -534,7 +523,6 @@ pub async fn retried() -> anyhow::Result<Vec<Row>> {
     // Two tries of 200 ms per video, 32 at once.
     let bound = concurrency as f64 / 0.4;
     println!("1 worker × {concurrency} downloads, every video tried twice: {rate:.0} videos/s, bound {bound:.0}/s");
-    stack.finish().await;
     Ok(vec![Row {
         scenario: "4b latency-bound, every video retried once through the delay queue",
         figure: format!("{rate:.0} videos/s"),
