@@ -314,12 +314,13 @@ async fn pull_beyond_prefetch(
 fn handle_on_task(
     handler: &Handler,
     tracker: &TaskTracker,
-    delivery: lapin::message::Delivery,
+    mut delivery: lapin::message::Delivery,
     pushed: Option<Arc<AtomicUsize>>,
 ) {
     let message = Delivered {
         routing_key: delivery.routing_key.to_string(),
-        data: delivery.data.clone(),
+        // Only its acker and routing key are used after this: the body is moved, not copied.
+        data: std::mem::take(&mut delivery.data),
         traceparent: traceparent(&delivery.properties),
         death: death_reason(&delivery.properties),
     };

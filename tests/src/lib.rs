@@ -803,12 +803,19 @@ impl Stack {
         self.amqp_url.split(',').next().unwrap_or_default()
     }
 
-    /// Messages waiting in the queue of `routing_key`, not yet taken by any worker.
-    pub async fn ready(&self, routing_key: &str) -> u32 {
+    /// A connection of its own to the stack's first RabbitMQ node, and a channel on it (the
+    /// caller closes the connection).
+    async fn broker_channel(&self) -> (lapin::Connection, lapin::Channel) {
         let connection = lapin::Connection::connect(self.first_node(), Default::default())
             .await
             .expect("RabbitMQ on 127.0.0.1:5672");
         let channel = connection.create_channel().await.expect("a channel");
+        (connection, channel)
+    }
+
+    /// Messages waiting in the queue of `routing_key`, not yet taken by any worker.
+    pub async fn ready(&self, routing_key: &str) -> u32 {
+        let (connection, channel) = self.broker_channel().await;
         let queue = channel
             .queue_declare(
                 Topology::new(&self.prefix).queue(routing_key).into(),
@@ -843,10 +850,7 @@ impl Stack {
     }
 
     async fn publish_to(&self, exchange: &str, routing_key: &str, payload: &Value) {
-        let connection = lapin::Connection::connect(self.first_node(), Default::default())
-            .await
-            .expect("RabbitMQ on 127.0.0.1:5672");
-        let channel = connection.create_channel().await.expect("a channel");
+        let (connection, channel) = self.broker_channel().await;
         channel
             .basic_publish(
                 exchange.into(),

@@ -124,8 +124,8 @@ impl Importer {
     ) -> impl std::future::Future<Output = Disposition> + Send + 'static {
         let videos =
             FetchVideos::decode(&delivered.data, delivered.traceparent.as_ref()).map(|videos| {
-                let held: Vec<_> = videos.into_iter().map(|v| (v, self.held.one())).collect();
-                held
+                let held = videos.into_iter().map(|v| (v, self.held.one()));
+                held.collect::<Vec<_>>()
             });
         async move {
             let videos = match videos {
