@@ -113,6 +113,10 @@ pub struct StorageSettings {
     /// demand).
     #[serde(default)]
     pub verify_rate_mib: f64,
+    /// Local storage: small files (under 1 MiB, every small video) are created, written and
+    /// synced in groups, by this many group writers per worker, each syncing its group's
+    /// files one after the other: at most this many of their syncs reach the disk at once.
+    pub sync_writers: usize,
 }
 
 /// How the worker downloads videos.
@@ -476,6 +480,7 @@ impl Default for Settings {
                 sweep_interval: Duration::ZERO,
                 presign: Duration::ZERO,
                 verify_rate_mib: 0.0,
+                sync_writers: 4,
             },
             fetch: FetchSettings {
                 allow_private_networks: false,
@@ -590,6 +595,7 @@ impl Settings {
             Err(ConfigError(format!("{key} = {value}: {why}")))
         };
         const MAX_VIDEOS_PER_MESSAGE: u32 = 64;
+        const MAX_SYNC_WRITERS: usize = 64;
         let at_least_one = "must be at least 1";
         if self.api.max_batch_size == 0 {
             return bad("api.max_batch_size", &0, at_least_one);
@@ -635,6 +641,13 @@ impl Settings {
                 "storage.verify_rate_mib",
                 &rate,
                 "must be 0 (no continuous verification) or a positive number of MiB per second, such as 20 or 0.5",
+            );
+        }
+        if !(1..=MAX_SYNC_WRITERS).contains(&self.storage.sync_writers) {
+            return bad(
+                "storage.sync_writers",
+                &self.storage.sync_writers,
+                &format!("must be from 1 to {MAX_SYNC_WRITERS} (raise it where one sync takes long, as on a network disk)"),
             );
         }
         if self.api.max_connections == 0 {
@@ -1014,6 +1027,29 @@ mod tests {
             assert!(
                 error.contains(&format!("storage.verify_rate_mib = {value}")),
                 "{toml}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_sync_writers_are_a_count_from_1_to_64() {
+        assert_eq!(load("").unwrap().storage.sync_writers, 4);
+        assert_eq!(
+            load("[storage]\nsync_writers = 16\n")
+                .unwrap()
+                .storage
+                .sync_writers,
+            16
+        );
+        for value in ["0", "65"] {
+            let error = load(&format!("[storage]\nsync_writers = {value}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(&format!(
+                    "storage.sync_writers = {value}: must be from 1 to 64"
+                )),
+                "{value}: {error}"
             );
         }
     }
