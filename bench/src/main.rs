@@ -13,6 +13,7 @@ mod retention;
 mod scale;
 mod scenarios;
 mod servers;
+mod stored;
 
 use clap::Parser;
 
@@ -51,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let all = [
         "e2e",
+        "stored",
         "accept",
         "large",
         "latency",
@@ -91,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
         println!("\n== {scenario}");
         let result = match scenario.as_str() {
             "e2e" => scenarios::end_to_end().await,
+            "stored" => stored::storage_path().await,
             "accept" => scenarios::acceptance().await,
             "large" => scenarios::large_file().await,
             "latency" => scenarios::latency_bound().await,
