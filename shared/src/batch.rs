@@ -1,7 +1,7 @@
 //! Group commit: requests that arrive while a write is under way are written together by
 //! the next one, so a busy process pays one round trip and one commit per group instead of
 //! one per request. The worker records videos' outcomes with it, the notifier its attempts,
-//! holds and retries.
+//! holds and retries, and local storage writes and syncs small files in groups.
 
 use std::future::Future;
 use std::sync::Arc;
