@@ -1098,51 +1098,67 @@ mod tests {
         tokio::spawn(finish)
     }
 
+    /// A disk for the group tests: the creation of the file named `hold` waits at `door`
+    /// (and notes that it got there in `reached`); the file named `bad` is created, then its
+    /// write fails (a handle that cannot write); every folder sync is noted in `synced`, and
+    /// the syncs of a folder named `failing` fail.
+    #[derive(Default)]
+    struct GroupDisk {
+        door: Arc<Door>,
+        reached: Arc<std::sync::atomic::AtomicBool>,
+        synced: Arc<Mutex<Vec<PathBuf>>>,
+    }
+
+    impl GroupDisk {
+        fn disk(&self, hold: &'static str, bad: &'static str, failing: &'static str) -> Disk {
+            let (held, at_door, noted) =
+                (self.door.clone(), self.reached.clone(), self.synced.clone());
+            Disk {
+                create: Box::new(move |root: &FsPath, path: &FsPath| {
+                    if path.ends_with(hold) {
+                        at_door.store(true, Ordering::SeqCst);
+                        held.pass();
+                    } else if path.ends_with(bad) {
+                        create_new(root, path)?;
+                        return fs::File::open(path);
+                    }
+                    create_new(root, path)
+                }),
+                sync_folder: Box::new(move |f: &FsPath| {
+                    noted.lock().unwrap().push(f.to_path_buf());
+                    if f.ends_with(failing) {
+                        return Err(io::Error::other("the disk went away"));
+                    }
+                    sync_folder(f)
+                }),
+                ..Disk::default()
+            }
+        }
+
+        /// Waits until the held file's creation has reached the door.
+        async fn held(&self) {
+            while !self.reached.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+
+        /// The folder syncs noted since the last call.
+        fn syncs(&self) -> Vec<PathBuf> {
+            std::mem::take(&mut *self.synced.lock().unwrap())
+        }
+    }
+
     #[tokio::test]
     async fn small_files_that_finish_together_are_synced_together_and_fail_alone() {
         let root = temp_folder("groups");
         let folder = root.join("g");
-        let door = Arc::new(Door::default());
-        let held = door.clone();
-        let reached = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let at_door = reached.clone();
-        let synced = Arc::new(Mutex::new(Vec::new()));
-        let noted = synced.clone();
-        let failing_folder = Arc::new(Mutex::new(false));
-        let fails = failing_folder.clone();
-        let disk = Disk {
-            create: Box::new(move |root: &FsPath, path: &FsPath| {
-                match path.file_name().and_then(|n| n.to_str()) {
-                    Some("first.mp4") => {
-                        at_door.store(true, Ordering::SeqCst);
-                        held.pass()
-                    }
-                    // Created, then its write fails (a handle that cannot write).
-                    Some("bad.mp4") => {
-                        create_new(root, path)?;
-                        return fs::File::open(path);
-                    }
-                    _ => {}
-                }
-                create_new(root, path)
-            }),
-            sync_folder: Box::new(move |f: &FsPath| {
-                noted.lock().unwrap().push(f.to_path_buf());
-                if *fails.lock().unwrap() {
-                    return Err(io::Error::other("the disk went away"));
-                }
-                sync_folder(f)
-            }),
-            ..Disk::default()
-        };
         // One group write at a time: the first file's group is held at its creation while
         // the others finish, so they wait in line and go together in the next group.
-        let storage = local_storage(&root, disk);
-        let opener = OpenOnDrop(door.clone());
+        let groups = GroupDisk::default();
+        let storage = local_storage(&root, groups.disk("first.mp4", "bad.mp4", "no such"));
+        let opener = OpenOnDrop(groups.door.clone());
         let first = finishing(&storage, "g/first.mp4", b"first").await;
-        while !reached.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        groups.held().await;
         let waiting = [
             finishing(&storage, "g/a.mp4", b"a").await,
             finishing(&storage, "g/bad.mp4", b"bad").await,
@@ -1167,42 +1183,16 @@ mod tests {
         // The first group synced the new folder and the root above it; the second synced
         // the folder once for its two good files (one call per file, as before, makes more).
         assert_eq!(
-            std::mem::take(&mut *synced.lock().unwrap()),
+            groups.syncs(),
             [folder.clone(), root.clone(), folder.clone()]
         );
 
         // A folder whose sync fails fails every file of the group in it, and none is kept.
-        *failing_folder.lock().unwrap() = true;
-        let door = Arc::new(Door::default());
-        reached.store(false, Ordering::SeqCst);
-        let storage = local_storage(&root, {
-            let held = door.clone();
-            let at_door = reached.clone();
-            let noted = synced.clone();
-            let fails = failing_folder.clone();
-            Disk {
-                create: Box::new(move |root: &FsPath, path: &FsPath| {
-                    if path.ends_with("hold.mp4") {
-                        at_door.store(true, Ordering::SeqCst);
-                        held.pass();
-                    }
-                    create_new(root, path)
-                }),
-                sync_folder: Box::new(move |f: &FsPath| {
-                    noted.lock().unwrap().push(f.to_path_buf());
-                    if *fails.lock().unwrap() && f.ends_with("h") {
-                        return Err(io::Error::other("the disk went away"));
-                    }
-                    sync_folder(f)
-                }),
-                ..Disk::default()
-            }
-        });
-        let opener = OpenOnDrop(door);
+        let groups = GroupDisk::default();
+        let storage = local_storage(&root, groups.disk("hold.mp4", "no such", "h"));
+        let opener = OpenOnDrop(groups.door.clone());
         let hold = finishing(&storage, "other/hold.mp4", b"hold").await;
-        while !reached.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        groups.held().await;
         let lost = [
             finishing(&storage, "h/c.mp4", b"c").await,
             finishing(&storage, "h/d.mp4", b"d").await,
@@ -1215,7 +1205,7 @@ mod tests {
         }
         assert_eq!(files_in(&root.join("h")), Vec::<PathBuf>::new());
         let h = root.join("h");
-        let syncs_of_h = synced.lock().unwrap().iter().filter(|f| **f == h).count();
+        let syncs_of_h = groups.syncs().iter().filter(|f| **f == h).count();
         assert_eq!(
             syncs_of_h, 1,
             "one sync of the folder for the group's two files"

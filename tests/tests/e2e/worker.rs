@@ -606,12 +606,16 @@ async fn messages_of_one_video_fill_every_download_slot_and_no_more() {
     let videos = VideoServer::start().await;
     let project = stack.project("trickle").await;
     let stalling = || videos.hits("/stall/sample.mp4");
-    for n in 1..=4u32 {
-        // One job at a time, so that each is handed out in a message of its own.
+    // One job at a time, so that each is handed out in a message of its own (two in one
+    // round would go out in one message).
+    let import_alone = async |n: u32| {
         let url = videos.url(&format!("/stall/sample.mp4?n={n}"));
         stack
             .import(&project.token, &batch("archive").urls([url]))
             .await;
+    };
+    for n in 1..=4u32 {
+        import_alone(n).await;
         stack
             .poll_until(
                 &format!("{n} downloads at once, one video to a message"),
@@ -631,11 +635,7 @@ async fn messages_of_one_video_fill_every_download_slot_and_no_more() {
         }
     };
     for (n, ready) in [(5, 1), (6, 2)] {
-        // Again one job at a time: two in one round would go out in one message.
-        let url = videos.url(&format!("/stall/sample.mp4?n={n}"));
-        stack
-            .import(&project.token, &batch("archive").urls([url]))
-            .await;
+        import_alone(n).await;
         stack
             .poll_until(
                 &format!("{ready} videos without a slot left in the queue"),
