@@ -5,12 +5,15 @@
 //! number of jobs under way. (Recorders for shares of the jobs, tried before, split a busy
 //! worker's videos into groups a quarter the size once many jobs ran at once: 2.2 videos
 //! per transaction with 100 jobs against 6.9 with one, and 1,041 against 1,326 videos/s in
-//! the fair-growth benchmark.)
+//! the fair-growth benchmark.) A busy recorder also waits a few milliseconds for more
+//! outcomes before it begins (`RECORD_LINGER`), so that groups grow under load.
 
 use anyhow::Context;
 use deadpool_postgres::Pool;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use video_import_shared::batch::Batcher;
+
+use video_import_shared::batch::{Batcher, Linger};
 use video_import_shared::outbox;
 use video_import_shared::retry::until_ok;
 use video_import_shared::store::outcomes::{self, Outcome, Recorded};
@@ -23,6 +26,13 @@ const MAX_GROUP: usize = 64;
 const RECORDERS: usize = 1;
 /// Pending checks run at once.
 const CHECKERS: usize = 2;
+/// How long a busy recorder waits for more outcomes before it starts a transaction. Each
+/// group pays about ten statements and a commit whatever its size: waiting 4 ms while busy
+/// halved the worker's transactions per video and took a fifth off PostgreSQL's CPU per
+/// video (docs/benchmarks.md, tenth round). A lone outcome is recorded at once.
+const RECORD_LINGER: Linger = Linger::WhileBusy(Duration::from_millis(4));
+/// The same for the pending checks, which a download waits for: half as long.
+const CHECK_LINGER: Linger = Linger::WhileBusy(Duration::from_millis(2));
 /// Database sessions the recorder and the pending checks need: the size of their
 /// key-lookup pool (`db::connect_key_lookups`).
 pub const KEY_LOOKUP_SESSIONS: usize = RECORDERS + CHECKERS;
@@ -40,11 +50,16 @@ impl Recorder {
     /// Starts the recorder on `key_lookups` (a pool of `db::connect_key_lookups`); it stops
     /// once the `Recorder` is dropped.
     pub fn start(key_lookups: Pool, shutdown: CancellationToken) -> Self {
-        let batcher = Batcher::start(RECORDERS, MAX_GROUP, move |group: Vec<Finished>| {
-            let pool = key_lookups.clone();
-            let shutdown = shutdown.clone();
-            async move { Ok(record_group(&pool, &shutdown, group).await) }
-        });
+        let batcher = Batcher::start_lingering(
+            RECORDERS,
+            MAX_GROUP,
+            RECORD_LINGER,
+            move |group: Vec<Finished>| {
+                let pool = key_lookups.clone();
+                let shutdown = shutdown.clone();
+                async move { Ok(record_group(&pool, &shutdown, group).await) }
+            },
+        );
         Self { batcher }
     }
 
@@ -75,13 +90,18 @@ impl PendingCheck {
     /// once the `PendingCheck` is dropped.
     pub fn start(key_lookups: Pool) -> Self {
         Self {
-            batcher: Batcher::start(CHECKERS, MAX_GROUP, move |group: Vec<(String, i32)>| {
-                let pool = key_lookups.clone();
-                async move {
-                    let client = pool.get().await.context("no database connection")?;
-                    items::pending_among(&client, &group).await
-                }
-            }),
+            batcher: Batcher::start_lingering(
+                CHECKERS,
+                MAX_GROUP,
+                CHECK_LINGER,
+                move |group: Vec<(String, i32)>| {
+                    let pool = key_lookups.clone();
+                    async move {
+                        let client = pool.get().await.context("no database connection")?;
+                        items::pending_among(&client, &group).await
+                    }
+                },
+            ),
         }
     }
 
