@@ -87,7 +87,7 @@ async fn through_storage(
     })
     .await?;
     video_import_tests::remove_folder(root.to_path_buf());
-    let body = Arc::new(vec![0x5a_u8; size]);
+    let body = bytes::Bytes::from(vec![0x5a_u8; size]);
     let next = Arc::new(AtomicUsize::new(0));
     let busy = crate::polling::machine_busy_seconds();
     let started = Instant::now();

@@ -9,12 +9,13 @@ use std::{fs, io};
 
 use crate::batch::Batcher;
 use crate::config::StorageSettings;
+use crate::direct_io::{self, Buffer};
+use crate::md5_lanes::{Md5Lanes, Md5Stream};
 use anyhow::Context;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use md5::Md5;
 use object_store::aws::AmazonS3;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -52,6 +53,8 @@ pub struct Storage {
     /// How local uploads create files and sync folders (the folder syncs shared by the
     /// uploads into one folder among them), and the small files' group writes.
     local: Arc<GroupWrites>,
+    /// The MD5 of the uploads in flight, hashed together.
+    md5: Arc<Md5Lanes>,
 }
 
 impl Storage {
@@ -89,6 +92,7 @@ impl Storage {
                 root,
                 bucket: Some((s3, prefix)),
                 local: GroupWrites::on(Disk::default(), settings.sync_writers),
+                md5: Arc::default(),
             });
         } else {
             anyhow::bail!(
@@ -101,6 +105,7 @@ impl Storage {
             root,
             bucket: None,
             local: GroupWrites::on(Disk::default(), settings.sync_writers),
+            md5: Arc::default(),
         })
     }
 
@@ -135,7 +140,7 @@ impl Storage {
             key: key.to_string(),
             sink,
             hasher: Sha256::new(),
-            md5: Md5::new(),
+            md5: Md5Stream::new(self.md5.clone()),
             size: 0,
             head: Vec::new(),
         })
@@ -273,7 +278,7 @@ pub const HEAD_KEPT: usize = 512 * 1024;
 /// capacity (doubling would take a buffer just under 1 MiB to 2 MiB): what a download holds
 /// stays what [`LOCAL_BUFFER`] and [`HEAD_KEPT`] say. The caller keeps the length within
 /// `limit`.
-fn append_within(buffer: &mut Vec<u8>, bytes: &[u8], limit: usize) {
+fn append_within<B: Grow>(buffer: &mut B, bytes: &[u8], limit: usize) {
     let needed = buffer.len() + bytes.len();
     debug_assert!(needed <= limit, "{needed} bytes do not fit in {limit}");
     if needed > buffer.capacity() {
@@ -283,6 +288,44 @@ fn append_within(buffer: &mut Vec<u8>, bytes: &[u8], limit: usize) {
     buffer.extend_from_slice(bytes);
 }
 
+/// What [`append_within`] needs of a buffer: the head's `Vec` and the pending [`Buffer`].
+trait Grow {
+    fn len(&self) -> usize;
+    fn capacity(&self) -> usize;
+    fn reserve_exact(&mut self, additional: usize);
+    fn extend_from_slice(&mut self, bytes: &[u8]);
+}
+
+impl Grow for Vec<u8> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    fn capacity(&self) -> usize {
+        Vec::capacity(self)
+    }
+    fn reserve_exact(&mut self, additional: usize) {
+        Vec::reserve_exact(self, additional)
+    }
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        Vec::extend_from_slice(self, bytes)
+    }
+}
+
+impl Grow for Buffer {
+    fn len(&self) -> usize {
+        Buffer::len(self)
+    }
+    fn capacity(&self) -> usize {
+        Buffer::capacity(self)
+    }
+    fn reserve_exact(&mut self, additional: usize) {
+        Buffer::reserve_exact(self, additional)
+    }
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        Buffer::extend_from_slice(self, bytes)
+    }
+}
+
 /// A local upload: written straight into its file, synced with its folder on `finish`.
 struct LocalWrite {
     root: PathBuf,
@@ -290,7 +333,8 @@ struct LocalWrite {
     local: Arc<GroupWrites>,
     /// Open once the first bytes were written.
     file: Option<fs::File>,
-    pending: Vec<u8>,
+    /// Aligned for direct writes (see [`direct_io`]).
+    pending: Buffer,
     /// The write under way on the blocking pool, kept here until it has ended: a flush whose
     /// future is dropped (its download timed out) leaves it behind, so that `abort` can wait
     /// for it before removing the file it may still be creating.
@@ -298,7 +342,7 @@ struct LocalWrite {
 }
 
 /// What a write on the blocking pool hands back: the open file and the emptied buffer.
-type Written = io::Result<(fs::File, Vec<u8>)>;
+type Written = io::Result<(fs::File, Buffer)>;
 
 impl LocalWrite {
     fn new(root: PathBuf, key: &str, local: Arc<GroupWrites>) -> Self {
@@ -307,7 +351,7 @@ impl LocalWrite {
             root,
             local,
             file: None,
-            pending: Vec::new(),
+            pending: direct_io::buffer(),
             writing: None,
         }
     }
@@ -318,16 +362,21 @@ impl LocalWrite {
         // A flush dropped mid-way left its write running: it ends first.
         self.settle().await?;
         let mut file = self.file.take();
-        let mut pending = std::mem::take(&mut self.pending);
+        let mut pending = std::mem::replace(&mut self.pending, direct_io::buffer());
         let (root, path) = (self.root.clone(), self.path.clone());
         let disk = self.local.disk.clone();
         self.writing = Some(tokio::task::spawn_blocking(move || {
-            use std::io::Write;
             let mut open = match file.take() {
                 Some(f) => f,
-                None => (disk.create)(&root, &path)?,
+                None => {
+                    // Past the page cache from its first write (only files of more than
+                    // LOCAL_BUFFER bytes come here; small ones go in groups).
+                    let created = (disk.create)(&root, &path)?;
+                    direct_io::enable(&created);
+                    created
+                }
             };
-            open.write_all(&pending)?;
+            direct_io::write_all(&mut open, &pending)?;
             pending.clear();
             if sync {
                 open.sync_all()
@@ -349,7 +398,7 @@ impl LocalWrite {
         let file = SmallFile {
             root: self.root.clone(),
             path: self.path.clone(),
-            bytes: std::mem::take(&mut self.pending),
+            bytes: std::mem::replace(&mut self.pending, direct_io::buffer()),
         };
         self.local.write(file).await
     }
@@ -464,7 +513,7 @@ impl Disk {
 struct SmallFile {
     root: PathBuf,
     path: PathBuf,
-    bytes: Vec<u8>,
+    bytes: Buffer,
 }
 
 /// Files a group write takes at most.
@@ -677,21 +726,21 @@ pub struct Upload {
     key: String,
     sink: Sink,
     hasher: Sha256,
-    md5: Md5,
+    md5: Md5Stream,
     size: u64,
     /// The first [`HEAD_KEPT`] bytes.
     head: Vec<u8>,
 }
 
 impl Upload {
-    /// Appends a chunk, waiting while too many parts are in flight (object storage) or
-    /// while a full buffer is written (local storage).
-    pub async fn write(&mut self, chunk: &[u8]) -> object_store::Result<()> {
+    /// Appends a chunk, waiting while too many parts are in flight (object storage), while
+    /// a full buffer is written (local storage) or while the MD5 lanes are full.
+    pub async fn write(&mut self, chunk: &Bytes) -> object_store::Result<()> {
         if let Sink::Multipart(writer) = &mut self.sink {
             writer.wait_for_capacity(PARTS_IN_FLIGHT).await?;
         }
         self.hasher.update(chunk);
-        self.md5.update(chunk);
+        self.md5.update(chunk).await;
         self.size += chunk.len() as u64;
         let room = HEAD_KEPT.saturating_sub(self.head.len()).min(chunk.len());
         append_within(&mut self.head, &chunk[..room], HEAD_KEPT);
@@ -699,7 +748,7 @@ impl Upload {
             Sink::Multipart(writer) => writer.write(chunk),
             Sink::Local(local) => {
                 // Filled to exactly LOCAL_BUFFER and written: the buffer never grows past it.
-                let mut rest = chunk;
+                let mut rest: &[u8] = chunk;
                 while !rest.is_empty() {
                     let free = LOCAL_BUFFER - local.pending.len();
                     let (now, later) = rest.split_at(free.min(rest.len()));
@@ -743,7 +792,7 @@ impl Upload {
             key,
             size,
             sha256: hex::encode(hasher.finalize()),
-            md5: hex::encode(md5.finalize()),
+            md5: hex::encode(md5.finish().await),
             head: Head(Bytes::from(head)),
         })
     }
@@ -817,6 +866,7 @@ mod tests {
             root: Some(root.to_path_buf()),
             bucket: None,
             local: GroupWrites::on(disk, 1),
+            md5: Arc::default(),
         }
     }
 
@@ -1050,20 +1100,23 @@ mod tests {
         let take = || std::mem::take(&mut *synced.lock().unwrap());
         // The first upload creates the folder (its first megabyte is written) and goes on.
         let mut first = storage.upload("7/first.mp4").await.unwrap();
-        first.write(&vec![1; LOCAL_BUFFER]).await.unwrap();
+        first
+            .write(&Bytes::from(vec![1; LOCAL_BUFFER]))
+            .await
+            .unwrap();
         assert!(folder.is_dir());
         assert!(take().is_empty(), "nothing synced before a finish");
         // A second upload into it is done first: it syncs its folder, and the storage root
         // (where the folder's entry is), which fails: it fails too, and leaves nothing.
         let mut second = storage.upload("7/second.mp4").await.unwrap();
-        second.write(b"second").await.unwrap();
+        second.write(&Bytes::from_static(b"second")).await.unwrap();
         let error = second.finish().await.unwrap_err().to_string();
         assert!(error.contains("the disk went away"), "{error}");
         assert_eq!(take(), [folder.clone(), root.clone()]);
         assert!(!folder.join("second.mp4").exists());
         // So the next one to finish syncs the root again (now it works) ...
         let mut third = storage.upload("7/third.mp4").await.unwrap();
-        third.write(b"third").await.unwrap();
+        third.write(&Bytes::from_static(b"third")).await.unwrap();
         third.finish().await.unwrap();
         assert_eq!(take(), [folder.clone(), root.clone()]);
         // ... and after that, only the folder is synced.
@@ -1075,7 +1128,7 @@ mod tests {
         );
         // A folder two levels down has both levels above it synced.
         let mut deep = storage.upload("8/9/deep.mp4").await.unwrap();
-        deep.write(b"deep").await.unwrap();
+        deep.write(&Bytes::from_static(b"deep")).await.unwrap();
         deep.finish().await.unwrap();
         assert_eq!(take(), [root.join("8/9"), root.join("8"), root.clone()]);
         fs::remove_dir_all(&root).unwrap();
@@ -1089,7 +1142,7 @@ mod tests {
         bytes: &[u8],
     ) -> tokio::task::JoinHandle<object_store::Result<StoredAsset>> {
         let mut upload = storage.upload(key).await.unwrap();
-        upload.write(bytes).await.unwrap();
+        upload.write(&Bytes::copy_from_slice(bytes)).await.unwrap();
         let mut finish = Box::pin(upload.finish());
         assert!(
             futures::poll!(&mut finish).is_pending(),
@@ -1230,7 +1283,7 @@ mod tests {
         let mut upload = storage.upload("7/abandoned.mp4").await.unwrap();
         // Its first megabyte goes to the blocking pool, which creates the file: held there,
         // the write is still under way when its download times out (its future is dropped).
-        let chunk = vec![1; LOCAL_BUFFER];
+        let chunk = Bytes::from(vec![1; LOCAL_BUFFER]);
         assert!(upload.write(&chunk).now_or_never().is_none());
         let abort = tokio::spawn(upload.abort());
         // The abort waits for that write rather than removing a file not there yet.
@@ -1253,7 +1306,7 @@ mod tests {
         for (name, size) in [("3/odd.mp4", 300 * 1024 + 7), ("3/whole.mp4", bytes.len())] {
             let mut upload = storage.upload(name).await.unwrap();
             for chunk in bytes.chunks(size) {
-                upload.write(chunk).await.unwrap();
+                upload.write(&Bytes::copy_from_slice(chunk)).await.unwrap();
                 if let Sink::Local(local) = &upload.sink {
                     assert!(local.pending.capacity() <= LOCAL_BUFFER, "{name}");
                 }
@@ -1262,6 +1315,7 @@ mod tests {
             let stored = upload.finish().await.unwrap();
             assert_eq!(stored.size, bytes.len() as u64);
             assert_eq!(stored.sha256, hex::encode(Sha256::digest(&bytes)));
+            assert_eq!(stored.md5, hex::encode(md5::Md5::digest(&bytes)), "{name}");
             assert_eq!(stored.head.0, bytes[..HEAD_KEPT]);
             assert_eq!(fs::read(root.join(name)).unwrap(), bytes, "{name}");
         }

@@ -752,7 +752,7 @@ impl<'a> Sink<'a> {
         }
     }
 
-    async fn write(&mut self, chunk: &[u8]) -> Result<(), FetchError> {
+    async fn write(&mut self, chunk: &Bytes) -> Result<(), FetchError> {
         let total = self.received + chunk.len() as u64;
         if total > self.max {
             return Err(too_large(total, self.max));
@@ -785,8 +785,8 @@ impl<'a> Sink<'a> {
             kind.extension
         );
         let mut upload = self.storage.upload(&key).await.map_err(storage_error)?;
-        upload.write(&self.head).await.map_err(storage_error)?;
-        self.head = Vec::new();
+        let head = Bytes::from(std::mem::take(&mut self.head));
+        upload.write(&head).await.map_err(storage_error)?;
         self.upload = Some((upload, kind));
         Ok(())
     }

@@ -429,7 +429,10 @@ mod tests {
                 let _ = crate::sniff::detect(&bad[..bad.len().min(crate::sniff::SNIFF_BYTES)]);
                 let key = format!("m/{name}/{case}");
                 let mut upload = storage.upload(&key).await.unwrap();
-                upload.write(&bad).await.unwrap();
+                upload
+                    .write(&bytes::Bytes::copy_from_slice(&bad))
+                    .await
+                    .unwrap();
                 let stored = upload.finish().await.unwrap();
                 // Every other case reads storage rather than the kept head.
                 let head = if case % 2 == 0 {
@@ -453,7 +456,10 @@ mod tests {
         let mut file = [0, 0, 0, 8, b'f', b'r', b'e', b'e'].repeat(1_000_000);
         file.extend_from_slice(&fixture("sample.mp4"));
         let mut upload = storage.upload("tiny").await.unwrap();
-        upload.write(&file).await.unwrap();
+        upload
+            .write(&bytes::Bytes::copy_from_slice(&file))
+            .await
+            .unwrap();
         upload.finish().await.unwrap();
         let stored = Stored {
             storage: &storage,
