@@ -41,6 +41,12 @@ const ENOUGH_QUEUED: usize = 4 * 1024 * 1024;
 /// `MIN_SIMD_STREAMS - 1` streams keep any, well within [`BUDGET_BYTES`]).
 const KEPT_BYTES: usize = 1024 * 1024;
 
+/// The most of the budget one chunk takes: what is left while the streams waiting for
+/// company hold all they may. A larger chunk counts as this much, so that a waiting chunk
+/// always gets its share once a round has hashed the rest (the budget serves its waiters in
+/// order, and kept bytes go only when more bytes come, which would otherwise queue behind).
+const CHUNK_PERMITS: usize = (BUDGET_BYTES - (MIN_SIMD_STREAMS - 1) * KEPT_BYTES) / PERMIT_BYTES;
+
 /// Fewer streams with data than this are hashed one at a time: a SIMD pass costs the same
 /// whether its lanes carry data or not, and two streams do not repay a 16-lane pass.
 const MIN_SIMD_STREAMS: usize = 3;
@@ -82,7 +88,7 @@ enum Command {
     Data {
         id: u64,
         chunk: Bytes,
-        _permit: OwnedSemaphorePermit,
+        permit: OwnedSemaphorePermit,
     },
     /// No more chunks: the digest, please.
     Finish {
@@ -134,10 +140,7 @@ impl Md5Stream {
         if chunk.is_empty() {
             return;
         }
-        let permits = chunk
-            .len()
-            .div_ceil(PERMIT_BYTES)
-            .min(BUDGET_BYTES / PERMIT_BYTES) as u32;
+        let permits = chunk.len().div_ceil(PERMIT_BYTES).min(CHUNK_PERMITS) as u32;
         let permit = shared
             .budget
             .clone()
@@ -147,7 +150,7 @@ impl Md5Stream {
         let _ = shared.commands.send(Command::Data {
             id: *id,
             chunk: chunk.clone(),
-            _permit: permit,
+            permit,
         });
     }
 
@@ -178,7 +181,8 @@ impl Drop for Md5Stream {
 /// One stream on the lanes' thread: its state and the chunks not yet hashed.
 struct Lane {
     state: Md5State,
-    queue: VecDeque<Bytes>,
+    /// Each chunk with its share of the budget, given back once it is hashed.
+    queue: VecDeque<(Bytes, OwnedSemaphorePermit)>,
     /// Bytes of the queue's front chunk already hashed.
     offset: usize,
     finish: Option<oneshot::Sender<[u8; 16]>>,
@@ -186,24 +190,28 @@ struct Lane {
 
 impl Lane {
     fn front(&self) -> &[u8] {
-        self.queue.front().map_or(&[], |c| &c[self.offset..])
+        self.queue.front().map_or(&[], |(c, _)| &c[self.offset..])
     }
 
     /// Hashes the front chunk's next `n` bytes one stream alone.
     fn hash_front(&mut self, n: usize) {
-        if let Some(chunk) = self.queue.front() {
+        if let Some((chunk, _)) = self.queue.front() {
             self.state.update(&chunk[self.offset..self.offset + n]);
         }
         self.consume(n);
     }
 
     fn unhashed(&self) -> usize {
-        self.queue.iter().map(Bytes::len).sum::<usize>() - self.offset
+        self.queue.iter().map(|(c, _)| c.len()).sum::<usize>() - self.offset
     }
 
     fn consume(&mut self, n: usize) {
         self.offset += n;
-        if self.queue.front().is_some_and(|c| self.offset == c.len()) {
+        if self
+            .queue
+            .front()
+            .is_some_and(|(c, _)| self.offset == c.len())
+        {
             self.queue.pop_front();
             self.offset = 0;
         }
@@ -298,10 +306,10 @@ impl Hasher {
                     },
                 );
             }
-            Command::Data { id, chunk, .. } => {
+            Command::Data { id, chunk, permit } => {
                 if let Some(lane) = self.lanes.get_mut(&id) {
                     self.queued += chunk.len();
-                    lane.queue.push_back(chunk);
+                    lane.queue.push_back((chunk, permit));
                 }
             }
             Command::Finish { id, reply } => {
@@ -347,7 +355,7 @@ impl Hasher {
         }
         for lane in self.lanes.values_mut() {
             if lane.finish.is_some() || lane.unhashed() >= KEPT_BYTES {
-                while let Some(n) = lane.queue.front().map(|c| c.len() - lane.offset) {
+                while let Some(n) = lane.queue.front().map(|(c, _)| c.len() - lane.offset) {
                     lane.hash_front(n);
                 }
             }
@@ -457,6 +465,31 @@ mod tests {
             let (got, want, len) = task.await.unwrap();
             assert_eq!(got, want, "a stream of {len} bytes");
         }
+    }
+
+    /// A stream's bytes kept waiting for company never hold up another stream's chunk as
+    /// large as the whole budget (nor the kept stream's next chunk, which queues behind it).
+    #[tokio::test]
+    async fn kept_bytes_never_block_a_large_chunk() {
+        let lanes = Arc::new(Md5Lanes::default());
+        let (a_bytes, b_bytes) = (bytes(3 * 1024 * 1024, 3), bytes(BUDGET_BYTES + 4096, 4));
+        let inline = INLINE_BYTES as usize;
+        let both = async {
+            let mut a = Md5Stream::new(lanes.clone());
+            a.update(&a_bytes.slice(..inline)).await;
+            // Alone in the lanes: kept until company or more bytes come.
+            a.update(&a_bytes.slice(inline..inline + 300 * 1024)).await;
+            let mut b = Md5Stream::new(lanes.clone());
+            b.update(&b_bytes.slice(..inline)).await;
+            b.update(&b_bytes.slice(inline..)).await;
+            a.update(&a_bytes.slice(inline + 300 * 1024..)).await;
+            (a.finish().await, b.finish().await)
+        };
+        let (a, b) = tokio::time::timeout(Duration::from_secs(30), both)
+            .await
+            .expect("no stream waits forever for the budget");
+        assert_eq!(a, reference(&a_bytes));
+        assert_eq!(b, reference(&b_bytes));
     }
 
     /// An abandoned stream, its chunks hashed or still waiting, leaves the thread working
