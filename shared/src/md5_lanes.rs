@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use md5_many::{Md5Many, Md5State};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -30,6 +30,10 @@ pub const BUDGET_BYTES: usize = 8 * 1024 * 1024;
 /// The budget's unit: a permit per KiB (a semaphore counts in `u32`).
 const PERMIT_BYTES: usize = 1024;
 
+/// Chunks smaller than this are copied together into one this large before they go to the
+/// thread.
+const GATHER_BYTES: usize = 64 * 1024;
+
 /// How long the thread waits for more streams' chunks before hashing what it has, while
 /// fewer than a full set of lanes have data (more lanes per instruction, fewer wake-ups).
 const LINGER: Duration = Duration::from_millis(2);
@@ -37,8 +41,8 @@ const LINGER: Duration = Duration::from_millis(2);
 /// Bytes queued that make the thread start at once whatever the lanes' count.
 const ENOUGH_QUEUED: usize = 4 * 1024 * 1024;
 
-/// Bytes a stream may keep waiting for other streams to hash beside (at most
-/// `MIN_SIMD_STREAMS - 1` streams keep any, well within [`BUDGET_BYTES`]).
+/// Budget a stream's chunks may hold while waiting for other streams to hash beside (at
+/// most `MIN_SIMD_STREAMS - 1` streams keep any, well within [`BUDGET_BYTES`]).
 const KEPT_BYTES: usize = 1024 * 1024;
 
 /// The most of the budget one chunk takes: what is left while the streams waiting for
@@ -107,7 +111,12 @@ pub struct Md5Stream {
 
 enum Stage {
     Inline(Md5State),
-    Lane { shared: Arc<Shared>, id: u64 },
+    Lane {
+        shared: Arc<Shared>,
+        id: u64,
+        /// Small chunks copied together until [`GATHER_BYTES`].
+        gathered: BytesMut,
+    },
     Done,
 }
 
@@ -132,33 +141,46 @@ impl Md5Stream {
             let state = *state;
             // The thread lives as long as any sender: a send cannot fail.
             let _ = shared.commands.send(Command::Start { id, state });
-            self.stage = Stage::Lane { shared, id };
+            self.stage = Stage::Lane {
+                shared,
+                id,
+                gathered: BytesMut::new(),
+            };
         }
-        let Stage::Lane { shared, id } = &self.stage else {
+        let Stage::Lane {
+            shared,
+            id,
+            gathered,
+        } = &mut self.stage
+        else {
             unreachable!("a finished stream is not updated");
         };
-        if chunk.is_empty() {
-            return;
+        // Small chunks (a source may send a few bytes at a time) are copied together, so that
+        // every chunk the thread holds is worth its share of the budget and holds no larger
+        // read buffer of the HTTP client behind it.
+        if chunk.len() < GATHER_BYTES || !gathered.is_empty() {
+            gathered.extend_from_slice(chunk);
+            if gathered.len() >= GATHER_BYTES {
+                let whole = gathered.split().freeze();
+                send(shared, *id, whole).await;
+            }
+        } else {
+            send(shared, *id, chunk.clone()).await;
         }
-        let permits = chunk.len().div_ceil(PERMIT_BYTES).min(CHUNK_PERMITS) as u32;
-        let permit = shared
-            .budget
-            .clone()
-            .acquire_many_owned(permits)
-            .await
-            .expect("the budget is never closed");
-        let _ = shared.commands.send(Command::Data {
-            id: *id,
-            chunk: chunk.clone(),
-            permit,
-        });
     }
 
     /// The digest of everything hashed.
     pub async fn finish(mut self) -> [u8; 16] {
         match std::mem::replace(&mut self.stage, Stage::Done) {
             Stage::Inline(state) => state.finalize(),
-            Stage::Lane { shared, id } => {
+            Stage::Lane {
+                shared,
+                id,
+                mut gathered,
+            } => {
+                if !gathered.is_empty() {
+                    send(&shared, id, gathered.split().freeze()).await;
+                }
                 let (reply, digest) = oneshot::channel();
                 let _ = shared.commands.send(Command::Finish { id, reply });
                 digest
@@ -172,10 +194,22 @@ impl Md5Stream {
 
 impl Drop for Md5Stream {
     fn drop(&mut self) {
-        if let Stage::Lane { shared, id } = &self.stage {
+        if let Stage::Lane { shared, id, .. } = &self.stage {
             let _ = shared.commands.send(Command::Forget { id: *id });
         }
     }
+}
+
+/// Hands `chunk` of stream `id` to the thread once the budget has room for it.
+async fn send(shared: &Shared, id: u64, chunk: Bytes) {
+    let permits = chunk.len().div_ceil(PERMIT_BYTES).min(CHUNK_PERMITS) as u32;
+    let permit = shared
+        .budget
+        .clone()
+        .acquire_many_owned(permits)
+        .await
+        .expect("the budget is never closed");
+    let _ = shared.commands.send(Command::Data { id, chunk, permit });
 }
 
 /// One stream on the lanes' thread: its state and the chunks not yet hashed.
@@ -199,6 +233,14 @@ impl Lane {
             self.state.update(&chunk[self.offset..self.offset + n]);
         }
         self.consume(n);
+    }
+
+    /// The budget this stream's waiting chunks hold, in bytes.
+    fn held(&self) -> usize {
+        self.queue
+            .iter()
+            .map(|(_, p)| p.num_permits() * PERMIT_BYTES)
+            .sum()
     }
 
     fn unhashed(&self) -> usize {
@@ -333,6 +375,9 @@ impl Hasher {
     /// finishing or holds [`KEPT_BYTES`]: a lone stream is hashed alone a piece at a time.
     fn hash_queued(&mut self) {
         let width = self.engine.lanes();
+        // A CPU without SIMD lanes enough (md5-many gives 1 where it has no vector code):
+        // every stream alone.
+        let simd = width >= MIN_SIMD_STREAMS;
         loop {
             let mut ready: Vec<(u64, usize)> = Vec::new();
             for (id, lane) in self.lanes.iter_mut() {
@@ -341,7 +386,7 @@ impl Hasher {
                     ready.push((*id, lane.ready()));
                 }
             }
-            if ready.len() < MIN_SIMD_STREAMS {
+            if !simd || ready.len() < MIN_SIMD_STREAMS {
                 break;
             }
             // Similar lengths side by side, so that each pass wastes little.
@@ -354,7 +399,7 @@ impl Hasher {
             }
         }
         for lane in self.lanes.values_mut() {
-            if lane.finish.is_some() || lane.unhashed() >= KEPT_BYTES {
+            if !simd || lane.finish.is_some() || lane.held() >= KEPT_BYTES {
                 while let Some(n) = lane.queue.front().map(|(c, _)| c.len() - lane.offset) {
                     lane.hash_front(n);
                 }
@@ -490,6 +535,30 @@ mod tests {
             .expect("no stream waits forever for the budget");
         assert_eq!(a, reference(&a_bytes));
         assert_eq!(b, reference(&b_bytes));
+    }
+
+    /// A source that sends a few bytes at a time: more chunks than the budget has permits,
+    /// from a stream alone in the lanes (whose bytes are kept waiting for company).
+    #[tokio::test]
+    async fn many_tiny_chunks_never_exhaust_the_budget() {
+        let lanes = Arc::new(Md5Lanes::default());
+        let data = bytes(
+            INLINE_BYTES as usize + 3 * BUDGET_BYTES / PERMIT_BYTES * 100,
+            5,
+        );
+        let alone = async {
+            let mut stream = Md5Stream::new(lanes.clone());
+            for at in (0..data.len()).step_by(100) {
+                stream
+                    .update(&data.slice(at..(at + 100).min(data.len())))
+                    .await;
+            }
+            stream.finish().await
+        };
+        let digest = tokio::time::timeout(Duration::from_secs(30), alone)
+            .await
+            .expect("tiny chunks do not use up the budget");
+        assert_eq!(digest, reference(&data));
     }
 
     /// An abandoned stream, its chunks hashed or still waiting, leaves the thread working
