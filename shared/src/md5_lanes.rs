@@ -58,7 +58,8 @@ const MIN_SIMD_STREAMS: usize = 3;
 /// The thread that hashes the uploads of one storage, started with its first large upload.
 #[derive(Default)]
 pub struct Md5Lanes {
-    shared: OnceLock<Arc<Shared>>,
+    /// `None` when the thread could not be started: every stream then hashes on its own.
+    shared: OnceLock<Option<Arc<Shared>>>,
 }
 
 struct Shared {
@@ -68,19 +69,24 @@ struct Shared {
 }
 
 impl Md5Lanes {
-    fn shared(&self) -> &Arc<Shared> {
-        self.shared.get_or_init(|| {
-            let (commands, receiver) = mpsc::channel();
-            std::thread::Builder::new()
-                .name("md5-lanes".into())
-                .spawn(move || Hasher::new(receiver).run())
-                .expect("a thread can be started");
-            Arc::new(Shared {
-                commands,
-                budget: Arc::new(Semaphore::new(BUDGET_BYTES / PERMIT_BYTES)),
-                next_id: AtomicU64::new(0),
+    fn shared(&self) -> Option<&Arc<Shared>> {
+        self.shared
+            .get_or_init(|| {
+                let (commands, receiver) = mpsc::channel();
+                let started = std::thread::Builder::new()
+                    .name("md5-lanes".into())
+                    .spawn(move || Hasher::new(receiver).run());
+                if let Err(e) = started {
+                    tracing::warn!(error = %e, "no thread for the MD5 lanes: each upload hashes its own");
+                    return None;
+                }
+                Some(Arc::new(Shared {
+                    commands,
+                    budget: Arc::new(Semaphore::new(BUDGET_BYTES / PERMIT_BYTES)),
+                    next_id: AtomicU64::new(0),
+                }))
             })
-        })
+            .as_ref()
     }
 }
 
@@ -132,11 +138,15 @@ impl Md5Stream {
     /// Hashes `chunk` next, waiting while the lanes' budget is spent.
     pub async fn update(&mut self, chunk: &Bytes) {
         if let Stage::Inline(state) = &mut self.stage {
-            if state.bytes_hashed() + chunk.len() as u64 <= INLINE_BYTES {
-                state.update(chunk);
-                return;
-            }
-            let shared = self.lanes.shared().clone();
+            let shared = match self.lanes.shared() {
+                Some(shared) if state.bytes_hashed() + chunk.len() as u64 > INLINE_BYTES => {
+                    shared.clone()
+                }
+                _ => {
+                    state.update(chunk);
+                    return;
+                }
+            };
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
             let state = *state;
             // The thread lives as long as any sender: a send cannot fail.
@@ -170,9 +180,9 @@ impl Md5Stream {
     }
 
     /// The digest of everything hashed.
-    pub async fn finish(mut self) -> [u8; 16] {
+    pub async fn finish(&mut self) -> std::io::Result<[u8; 16]> {
         match std::mem::replace(&mut self.stage, Stage::Done) {
-            Stage::Inline(state) => state.finalize(),
+            Stage::Inline(state) => Ok(state.finalize()),
             Stage::Lane {
                 shared,
                 id,
@@ -183,11 +193,12 @@ impl Md5Stream {
                 }
                 let (reply, digest) = oneshot::channel();
                 let _ = shared.commands.send(Command::Finish { id, reply });
+                // Unanswered only if the thread is gone (a bug): said, not panicked on.
                 digest
                     .await
-                    .expect("the lanes' thread answers every finish")
+                    .map_err(|_| std::io::Error::other("the MD5 thread stopped before it answered"))
             }
-            Stage::Done => unreachable!("a stream finishes once"),
+            Stage::Done => Err(std::io::Error::other("the MD5 was already finished")),
         }
     }
 }
@@ -290,8 +301,6 @@ struct Hasher {
     commands: mpsc::Receiver<Command>,
     engine: Md5Many,
     lanes: HashMap<u64, Lane>,
-    queued: usize,
-    finishing: usize,
 }
 
 impl Hasher {
@@ -300,8 +309,6 @@ impl Hasher {
             commands,
             engine: Md5Many::new(),
             lanes: HashMap::new(),
-            queued: 0,
-            finishing: 0,
         }
     }
 
@@ -315,7 +322,7 @@ impl Hasher {
                 while let Ok(command) = self.commands.try_recv() {
                     self.take(command);
                 }
-                if self.finishing > 0 || self.busy() {
+                if self.finishing() || self.busy() {
                     break;
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -329,9 +336,14 @@ impl Hasher {
         }
     }
 
+    /// A stream waits for its digest: no reason to wait for more.
+    fn finishing(&self) -> bool {
+        self.lanes.values().any(|l| l.finish.is_some())
+    }
+
     /// Enough to fill the lanes: no reason to wait.
     fn busy(&self) -> bool {
-        self.queued >= ENOUGH_QUEUED
+        self.lanes.values().map(Lane::unhashed).sum::<usize>() >= ENOUGH_QUEUED
             || self.lanes.values().filter(|l| !l.queue.is_empty()).count() >= self.engine.lanes()
     }
 
@@ -350,21 +362,16 @@ impl Hasher {
             }
             Command::Data { id, chunk, permit } => {
                 if let Some(lane) = self.lanes.get_mut(&id) {
-                    self.queued += chunk.len();
                     lane.queue.push_back((chunk, permit));
                 }
             }
             Command::Finish { id, reply } => {
                 if let Some(lane) = self.lanes.get_mut(&id) {
                     lane.finish = Some(reply);
-                    self.finishing += 1;
                 }
             }
             Command::Forget { id } => {
-                if let Some(lane) = self.lanes.remove(&id) {
-                    self.queued = self.queued.saturating_sub(lane.unhashed());
-                    self.finishing -= usize::from(lane.finish.is_some());
-                }
+                self.lanes.remove(&id);
             }
         }
     }
@@ -405,7 +412,6 @@ impl Hasher {
                 }
             }
         }
-        self.queued = self.lanes.values().map(Lane::unhashed).sum();
     }
 
     /// One SIMD pass: `n` bytes (whole blocks) of each stream in `group`, the spare lanes of
@@ -432,9 +438,6 @@ impl Hasher {
 
     /// Answers the streams whose every chunk is hashed and that asked for their digest.
     fn answer(&mut self) {
-        if self.finishing == 0 {
-            return;
-        }
         let done: Vec<u64> = self
             .lanes
             .iter()
@@ -446,7 +449,6 @@ impl Hasher {
             if let Some(reply) = lane.finish.take() {
                 let _ = reply.send(lane.state.finalize());
             }
-            self.finishing -= 1;
         }
     }
 }
@@ -503,7 +505,7 @@ mod tests {
                     at = end;
                     step += 1;
                 }
-                (stream.finish().await, reference(&data), len)
+                (stream.finish().await.unwrap(), reference(&data), len)
             }));
         }
         for task in tasks {
@@ -528,7 +530,7 @@ mod tests {
             b.update(&b_bytes.slice(..inline)).await;
             b.update(&b_bytes.slice(inline..)).await;
             a.update(&a_bytes.slice(inline + 300 * 1024..)).await;
-            (a.finish().await, b.finish().await)
+            (a.finish().await.unwrap(), b.finish().await.unwrap())
         };
         let (a, b) = tokio::time::timeout(Duration::from_secs(30), both)
             .await
@@ -553,7 +555,7 @@ mod tests {
                     .update(&data.slice(at..(at + 100).min(data.len())))
                     .await;
             }
-            stream.finish().await
+            stream.finish().await.unwrap()
         };
         let digest = tokio::time::timeout(Duration::from_secs(30), alone)
             .await
@@ -578,6 +580,6 @@ mod tests {
         kept.update(&big).await;
         let mut whole = big.to_vec();
         whole.extend_from_slice(&big);
-        assert_eq!(kept.finish().await, reference(&whole));
+        assert_eq!(kept.finish().await.unwrap(), reference(&whole));
     }
 }

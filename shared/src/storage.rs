@@ -296,35 +296,27 @@ trait Grow {
     fn extend_from_slice(&mut self, bytes: &[u8]);
 }
 
-impl Grow for Vec<u8> {
-    fn len(&self) -> usize {
-        Vec::len(self)
-    }
-    fn capacity(&self) -> usize {
-        Vec::capacity(self)
-    }
-    fn reserve_exact(&mut self, additional: usize) {
-        Vec::reserve_exact(self, additional)
-    }
-    fn extend_from_slice(&mut self, bytes: &[u8]) {
-        Vec::extend_from_slice(self, bytes)
-    }
+/// Both buffers' own methods of the same names.
+macro_rules! grow_by_own_methods {
+    ($($buffer:ty),*) => {$(
+        impl Grow for $buffer {
+            fn len(&self) -> usize {
+                <$buffer>::len(self)
+            }
+            fn capacity(&self) -> usize {
+                <$buffer>::capacity(self)
+            }
+            fn reserve_exact(&mut self, additional: usize) {
+                <$buffer>::reserve_exact(self, additional)
+            }
+            fn extend_from_slice(&mut self, bytes: &[u8]) {
+                <$buffer>::extend_from_slice(self, bytes)
+            }
+        }
+    )*};
 }
 
-impl Grow for Buffer {
-    fn len(&self) -> usize {
-        Buffer::len(self)
-    }
-    fn capacity(&self) -> usize {
-        Buffer::capacity(self)
-    }
-    fn reserve_exact(&mut self, additional: usize) {
-        Buffer::reserve_exact(self, additional)
-    }
-    fn extend_from_slice(&mut self, bytes: &[u8]) {
-        Buffer::extend_from_slice(self, bytes)
-    }
-}
+grow_by_own_methods!(Vec<u8>, Buffer);
 
 /// A local upload: written straight into its file, synced with its folder on `finish`.
 struct LocalWrite {
@@ -767,14 +759,26 @@ impl Upload {
     /// storage the file and its folder are synced to disk before this returns, so that an
     /// entry committed after it never points at a file a power loss took away. (S3 answers
     /// a completed upload only once it is durable.)
-    pub async fn finish(self) -> object_store::Result<StoredAsset> {
+    pub async fn finish(mut self) -> object_store::Result<StoredAsset> {
+        // The MD5 first: an upload whose digest cannot be had is abandoned with the reason,
+        // never stored without it.
+        let md5 = match self.md5.finish().await {
+            Ok(digest) => digest,
+            Err(e) => {
+                self.abort().await;
+                return Err(object_store::Error::Generic {
+                    store: "MD5",
+                    source: format!("{e}; nothing was stored, the video may be tried again").into(),
+                });
+            }
+        };
         let Upload {
             key,
             sink,
             hasher,
-            md5,
             size,
             head,
+            ..
         } = self;
         match sink {
             Sink::Multipart(writer) => {
@@ -792,7 +796,7 @@ impl Upload {
             key,
             size,
             sha256: hex::encode(hasher.finalize()),
-            md5: hex::encode(md5.finish().await),
+            md5: hex::encode(md5),
             head: Head(Bytes::from(head)),
         })
     }
