@@ -1,8 +1,8 @@
 //! What happens to one fetch message: each of its videos (one, or several since v5) is handled
 //! on its own, within the worker's download slots, and the message is acknowledged when all are
-//! recorded. What happens to one video: check that it is still pending, take a slot of
-//! its source host, download it, record the outcome (a group per transaction, see
-//! `group_commit`); a failure the retry policy says to try again, or a pause the source host
+//! recorded. What happens to one video: take one of the worker's download slots, check that
+//! it is still pending, take a slot of its source host, download it, give both slots back,
+//! record the outcome (a group per transaction, see `group_commit`); a failure the retry policy says to try again, or a pause the source host
 //! asked for, goes back through a RabbitMQ delay queue. A 304 (or a checksum naming the
 //! stored file) whose stored file the verifier marked damaged meanwhile is downloaded again
 //! at once, without conditions. A message this binary cannot read is rejected, for `settle`
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use prometheus::IntGauge;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use video_import_shared::consume::{Delivered, Disposition};
@@ -46,7 +46,7 @@ pub fn prefetch(concurrency: usize, per_message: u32) -> usize {
     (2 * concurrency / per_message.max(1) as usize).max(1)
 }
 
-/// The videos a worker holds, in a download slot or waiting for one. Its prefetch counts
+/// The videos a worker holds: waiting for a download slot, downloading, or being recorded. Its prefetch counts
 /// messages, and a message holds one video up to `fetch.videos_per_message`: while the videos
 /// held fall short of the slots, the consumer takes messages beyond the prefetch, so that
 /// what the worker holds is counted in videos (see `consume::Room`).
@@ -81,6 +81,16 @@ impl Drop for HeldVideo {
     fn drop(&mut self) {
         self.0.videos.dec();
     }
+}
+
+/// A video's turns to download: one of the worker's download slots and, where its source
+/// host is limited, one of the host's; both given back together when the download ends, so
+/// that the next video downloads while this one is recorded (a slot held through the
+/// recording too left the worker latency-bound where storing is fast: docs/benchmarks.md,
+/// twelfth round).
+struct Turns<'a> {
+    _download: SemaphorePermit<'a>,
+    _host: Option<OwnedSemaphorePermit>,
 }
 
 /// How often a running download looks whether its video is still pending.
@@ -150,7 +160,7 @@ impl Importer {
         message: FetchVideo,
         _held: HeldVideo,
     ) -> Disposition {
-        let Ok(_slot) = self.slots.acquire().await else {
+        let Ok(slot) = self.slots.acquire().await else {
             return Disposition::Requeue;
         };
         if self.shutdown.is_cancelled() {
@@ -162,10 +172,15 @@ impl Importer {
         // Exported as a child of the span that sent the message: the API's request for a
         // first try, the previous try for a retry.
         trace::adopt(&span, trace.as_ref());
-        self.import(message, trace).instrument(span).await
+        self.import(message, trace, slot).instrument(span).await
     }
 
-    async fn import(&self, message: FetchVideo, trace: Option<TraceParent>) -> Disposition {
+    async fn import(
+        &self,
+        message: FetchVideo,
+        trace: Option<TraceParent>,
+        slot: SemaphorePermit<'_>,
+    ) -> Disposition {
         let item = message.item();
         // Read before the check: a cancel noticed any time after it counts.
         let cancels_before = self.cancels_seen.load(Ordering::Acquire);
@@ -190,7 +205,11 @@ impl Importer {
                 None => return Disposition::Requeue,
             }
         }
-        self.fetch_and_record(&item, &message, trace.as_ref(), false, host_slot)
+        let turns = Turns {
+            _download: slot,
+            _host: host_slot,
+        };
+        self.fetch_and_record(&item, &message, trace.as_ref(), false, turns)
             .await
     }
 
@@ -211,9 +230,9 @@ impl Importer {
             .await
     }
 
-    /// Downloads the video in its turn at the source host (`host_slot`, given back as soon
-    /// as the download is over: recording it does not touch the source) and records the
-    /// outcome (or hands it to a delay queue); `fresh`: with no conditional request and no
+    /// Downloads the video in its turns (`turns`, given back as soon as the download is
+    /// over: recording it neither downloads nor touches the source) and records the outcome
+    /// (or hands it to a delay queue); `fresh`: with no conditional request and no
     /// checksum-match skip.
     async fn fetch_and_record(
         &self,
@@ -221,20 +240,20 @@ impl Importer {
         message: &FetchVideo,
         trace: Option<&TraceParent>,
         fresh: bool,
-        host_slot: Option<OwnedSemaphorePermit>,
+        turns: Turns<'_>,
     ) -> Disposition {
         let started = std::time::Instant::now();
         self.metrics.in_flight.inc();
         let fetched = self.download_while_pending(item, fresh).await;
         self.metrics.in_flight.dec();
         if let Err(FetchError::Stopped) = fetched {
-            // Noted before the host's slot is given back: the video that gets it looks again.
+            // Noted before the slots are given back: the video that gets one looks again.
             self.cancels_seen.fetch_add(1, Ordering::AcqRel);
-            drop(host_slot);
+            drop(turns);
             tracing::info!("download stopped: the job was cancelled");
             return Disposition::Ack;
         }
-        drop(host_slot);
+        drop(turns);
         if let Err(FetchError::Transient {
             retry_after: Some(pause),
             ..
@@ -280,8 +299,8 @@ impl Importer {
                 }
             },
         };
-        let downloaded_key = match &fetched {
-            Ok(Fetched::Stored(d)) => Some(d.asset.key.as_str()),
+        let downloaded_key = match fetched {
+            Ok(Fetched::Stored(d)) => Some(d.asset.key),
             _ => None,
         };
         let mut recorded = self
@@ -292,11 +311,22 @@ impl Importer {
             match retry_policy::after_damaged_meanwhile(fresh) {
                 AfterDamage::DownloadAgain => {
                     tracing::info!("the stored file was found damaged while the video was on its way: downloading it again");
+                    let Ok(slot) = self.slots.acquire().await else {
+                        return Disposition::Requeue;
+                    };
+                    if self.shutdown.is_cancelled() {
+                        // Still pending: a worker that stays downloads it.
+                        return Disposition::Requeue;
+                    }
                     let (turn, host_slot) = self.hosts.turn(&item.url).await;
                     if let Turn::Later(pause) = turn {
                         return self.paused(item, message, pause, trace).await;
                     }
-                    return Box::pin(self.fetch_and_record(item, message, trace, true, host_slot))
+                    let turns = Turns {
+                        _download: slot,
+                        _host: host_slot,
+                    };
+                    return Box::pin(self.fetch_and_record(item, message, trace, true, turns))
                         .await;
                 }
                 AfterDamage::GiveUp(reason) => {
@@ -341,11 +371,11 @@ impl Importer {
         if let Some(key) = downloaded_key.filter(|_| !asset_used) {
             let referenced = until_ok(&self.shutdown, || async {
                 let client = self.pool.get().await?;
-                entries::is_referenced(&client, key).await
+                entries::is_referenced(&client, &key).await
             })
             .await;
             if referenced == Some(false) {
-                self.storage.remove(key).await;
+                self.storage.remove(&key).await;
             }
         }
         disposition

@@ -591,6 +591,50 @@ async fn a_hosts_slot_is_given_back_when_the_download_ends_not_when_it_is_record
 }
 
 #[tokio::test]
+async fn a_download_slot_is_given_back_when_the_download_ends_not_when_it_is_recorded() {
+    // One download slot: while the database holds the job's row (recording waits for it),
+    // the worker goes on to download the next video. (Two videos: a worker of one slot keeps
+    // two ready in the queue, so both are handed out before the row is held.)
+    let stack = Stack::start(env(&[("VIDEO_IMPORT__FETCH__CONCURRENCY", "1")])).await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("slots").await;
+    let urls: Vec<String> = (0..2)
+        .map(|i| videos.url(&format!("/slow/150/sample.mp4?n={i}")))
+        .collect();
+    let job = stack
+        .import(&project.token, &batch("archive").urls(&urls))
+        .await;
+    let locker = hold_jobs(&stack).await;
+    let complete = || {
+        videos
+            .counts()
+            .keys()
+            .filter(|label| label.ends_with(" complete"))
+            .count()
+    };
+    stack
+        .poll_until(
+            "both videos downloaded while recording waits for the job's row",
+            Duration::from_secs(30),
+            async || match complete() {
+                2 => Ok(()),
+                _ => Err(format!("{} of 2 downloaded", complete())),
+            },
+        )
+        .await;
+    let status = stack.status(&project.token, &job).await;
+    assert!(
+        status["overview"]["imported"].as_i64().unwrap_or(0) < 2,
+        "recorded while the job's row was held: {status}"
+    );
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let status = stack.wait_finished(&project.token, &job, 60).await;
+    assert_eq!(status["overview"]["imported"], 2, "{status}");
+    assert_eq!(videos.max_in_flight(), 1, "one download at a time");
+    stack.finish().await;
+}
+
+#[tokio::test]
 async fn messages_of_one_video_fill_every_download_slot_and_no_more() {
     // 4 slots and 4 videos to a message: the worker holds 2 messages, enough for its slots
     // twice over when they are full. Videos that come one to a message (here a trickle of
