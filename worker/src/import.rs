@@ -2,8 +2,9 @@
 //! on its own, within the worker's download slots, and the message is acknowledged when all are
 //! recorded. What happens to one video: take one of the worker's download slots, check that
 //! it is still pending, take a slot of its source host, download it, give both slots back,
-//! record the outcome (a group per transaction, see `group_commit`); a failure the retry policy says to try again, or a pause the source host
-//! asked for, goes back through a RabbitMQ delay queue. A 304 (or a checksum naming the
+//! record the outcome (a group per transaction, see `group_commit`); a failure the retry
+//! policy says to try again, or a pause the source host asked for, goes back through a
+//! RabbitMQ delay queue. A 304 (or a checksum naming the
 //! stored file) whose stored file the verifier marked damaged meanwhile is downloaded again
 //! at once, without conditions. A message this binary cannot read is rejected, for `settle`
 //! to deal with.
@@ -46,8 +47,9 @@ pub fn prefetch(concurrency: usize, per_message: u32) -> usize {
     (2 * concurrency / per_message.max(1) as usize).max(1)
 }
 
-/// The videos a worker holds: waiting for a download slot, downloading, or being recorded. Its prefetch counts
-/// messages, and a message holds one video up to `fetch.videos_per_message`: while the videos
+/// The videos a worker holds: waiting for a download slot, downloading, or being recorded.
+/// Its prefetch counts messages, and a message holds one video up to
+/// `fetch.videos_per_message`: while the videos
 /// held fall short of the slots, the consumer takes messages beyond the prefetch, so that
 /// what the worker holds is counted in videos (see `consume::Room`).
 pub struct Held {
@@ -152,27 +154,30 @@ impl Importer {
         }
     }
 
-    /// Handles one video, in one of the worker's download slots; it stops counting as held
-    /// when this returns.
+    /// Handles one video, downloading it in one of the worker's download slots; it stops
+    /// counting as held when this returns.
     async fn handle_video(
         &self,
         trace: Option<TraceParent>,
         message: FetchVideo,
         _held: HeldVideo,
     ) -> Disposition {
-        let Ok(slot) = self.slots.acquire().await else {
+        let Some(slot) = self.download_slot().await else {
             return Disposition::Requeue;
         };
-        if self.shutdown.is_cancelled() {
-            // It waited for a slot until shutdown: a worker that stays takes it.
-            return Disposition::Requeue;
-        }
         let trace_id = trace.as_ref().map_or("", |t| t.trace_id.as_str());
         let span = tracing::info_span!("video", job = %message.job_id, idx = message.idx, attempt = message.attempt, trace_id);
         // Exported as a child of the span that sent the message: the API's request for a
         // first try, the previous try for a retry.
         trace::adopt(&span, trace.as_ref());
         self.import(message, trace, slot).instrument(span).await
+    }
+
+    /// One of the worker's download slots; `None` once shutdown has come (the video, still
+    /// pending, goes back to the queue for a worker that stays).
+    async fn download_slot(&self) -> Option<SemaphorePermit<'_>> {
+        let slot = self.slots.acquire().await.ok()?;
+        (!self.shutdown.is_cancelled()).then_some(slot)
     }
 
     async fn import(
@@ -311,13 +316,9 @@ impl Importer {
             match retry_policy::after_damaged_meanwhile(fresh) {
                 AfterDamage::DownloadAgain => {
                     tracing::info!("the stored file was found damaged while the video was on its way: downloading it again");
-                    let Ok(slot) = self.slots.acquire().await else {
+                    let Some(slot) = self.download_slot().await else {
                         return Disposition::Requeue;
                     };
-                    if self.shutdown.is_cancelled() {
-                        // Still pending: a worker that stays downloads it.
-                        return Disposition::Requeue;
-                    }
                     let (turn, host_slot) = self.hosts.turn(&item.url).await;
                     if let Turn::Later(pause) = turn {
                         return self.paused(item, message, pause, trace).await;

@@ -547,10 +547,26 @@ async fn downloads_from_one_host_are_bounded_per_worker() {
 async fn a_hosts_slot_is_given_back_when_the_download_ends_not_when_it_is_recorded() {
     // One slot for the host: while the database holds the job's row (recording waits for it),
     // the next videos of the host are downloaded all the same, one at a time.
-    let stack = Stack::start(env(&[("VIDEO_IMPORT__FETCH__PER_HOST_CONCURRENCY", "1")])).await;
+    downloads_go_on_while_recording_waits(("VIDEO_IMPORT__FETCH__PER_HOST_CONCURRENCY", "1"), 3)
+        .await;
+}
+
+#[tokio::test]
+async fn a_download_slot_is_given_back_when_the_download_ends_not_when_it_is_recorded() {
+    // One download slot: while the database holds the job's row (recording waits for it),
+    // the worker goes on to download the next video. (Two videos: a worker of one slot keeps
+    // two ready in the queue, so both are handed out before the row is held.)
+    downloads_go_on_while_recording_waits(("VIDEO_IMPORT__FETCH__CONCURRENCY", "1"), 2).await;
+}
+
+/// With `one_slot` (a setting that allows one download at a time), imports `count` slow
+/// videos while the job's row is held: every video is downloaded, one at a time, before any
+/// is recorded, and all are imported once the row is let go.
+async fn downloads_go_on_while_recording_waits(one_slot: (&str, &str), count: usize) {
+    let stack = Stack::start(env(&[one_slot])).await;
     let videos = VideoServer::start().await;
     let project = stack.project("handover").await;
-    let urls: Vec<String> = (0..3)
+    let urls: Vec<String> = (0..count)
         .map(|i| videos.url(&format!("/slow/150/sample.mp4?n={i}")))
         .collect();
     let job = stack
@@ -569,67 +585,19 @@ async fn a_hosts_slot_is_given_back_when_the_download_ends_not_when_it_is_record
             "every video downloaded while recording waits for the job's row",
             Duration::from_secs(30),
             async || match complete() {
-                3 => Ok(()),
-                _ => Err(format!("{} of 3 downloaded", complete())),
+                done if done == count => Ok(()),
+                done => Err(format!("{done} of {count} downloaded")),
             },
         )
         .await;
     let status = stack.status(&project.token, &job).await;
     assert!(
-        status["overview"]["imported"].as_i64().unwrap_or(0) < 3,
+        status["overview"]["imported"].as_i64().unwrap_or(0) < count as i64,
         "recorded while the job's row was held: {status}"
     );
     locker.batch_execute("ROLLBACK").await.unwrap();
     let status = stack.wait_finished(&project.token, &job, 60).await;
-    assert_eq!(status["overview"]["imported"], 3, "{status}");
-    assert_eq!(
-        videos.max_in_flight(),
-        1,
-        "one download from the host at a time"
-    );
-    stack.finish().await;
-}
-
-#[tokio::test]
-async fn a_download_slot_is_given_back_when_the_download_ends_not_when_it_is_recorded() {
-    // One download slot: while the database holds the job's row (recording waits for it),
-    // the worker goes on to download the next video. (Two videos: a worker of one slot keeps
-    // two ready in the queue, so both are handed out before the row is held.)
-    let stack = Stack::start(env(&[("VIDEO_IMPORT__FETCH__CONCURRENCY", "1")])).await;
-    let videos = VideoServer::start().await;
-    let project = stack.project("slots").await;
-    let urls: Vec<String> = (0..2)
-        .map(|i| videos.url(&format!("/slow/150/sample.mp4?n={i}")))
-        .collect();
-    let job = stack
-        .import(&project.token, &batch("archive").urls(&urls))
-        .await;
-    let locker = hold_jobs(&stack).await;
-    let complete = || {
-        videos
-            .counts()
-            .keys()
-            .filter(|label| label.ends_with(" complete"))
-            .count()
-    };
-    stack
-        .poll_until(
-            "both videos downloaded while recording waits for the job's row",
-            Duration::from_secs(30),
-            async || match complete() {
-                2 => Ok(()),
-                _ => Err(format!("{} of 2 downloaded", complete())),
-            },
-        )
-        .await;
-    let status = stack.status(&project.token, &job).await;
-    assert!(
-        status["overview"]["imported"].as_i64().unwrap_or(0) < 2,
-        "recorded while the job's row was held: {status}"
-    );
-    locker.batch_execute("ROLLBACK").await.unwrap();
-    let status = stack.wait_finished(&project.token, &job, 60).await;
-    assert_eq!(status["overview"]["imported"], 2, "{status}");
+    assert_eq!(status["overview"]["imported"], count, "{status}");
     assert_eq!(videos.max_in_flight(), 1, "one download at a time");
     stack.finish().await;
 }
