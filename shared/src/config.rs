@@ -117,6 +117,24 @@ pub struct StorageSettings {
     /// synced in groups, by this many group writers per worker, each syncing its group's
     /// files one after the other: at most this many of their syncs reach the disk at once.
     pub sync_writers: usize,
+    /// Local storage: how the small files of one group write are kept: `packed` (one pack
+    /// file for the group, one sync for all of them) or `files` (a file each, each synced).
+    #[serde(default)]
+    pub small_files: SmallFiles,
+}
+
+/// How local storage keeps small files (those under 1 MiB, written in groups).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmallFiles {
+    /// The files of one group write in one pack file (`packs/*.pack`), each asset a range of
+    /// it: one file created and synced per group instead of one per video. A pack is removed
+    /// by the sweeper once no entry references any of its ranges.
+    #[default]
+    Packed,
+    /// A file each, as for large videos: what releases before packs wrote, and what a
+    /// rolling upgrade from one needs until every api runs this release.
+    Files,
 }
 
 /// How the worker downloads videos.
@@ -481,6 +499,7 @@ impl Default for Settings {
                 presign: Duration::ZERO,
                 verify_rate_mib: 0.0,
                 sync_writers: 4,
+                small_files: SmallFiles::Packed,
             },
             fetch: FetchSettings {
                 allow_private_networks: false,

@@ -1,6 +1,8 @@
 //! Asset storage through `object_store`: the local filesystem by default, S3-compatible
 //! storage when `storage.url` is set. Uploads are multipart, so an object becomes visible
 //! only once complete; keys are fresh for every upload, so nothing committed is overwritten.
+//! Locally, small videos are packed by default: the files of one group write go into one
+//! pack file, and each asset's key names its range of it ([`Location`]).
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -8,7 +10,7 @@ use std::sync::Arc;
 use std::{fs, io};
 
 use crate::batch::Batcher;
-use crate::config::StorageSettings;
+use crate::config::{SmallFiles, StorageSettings};
 use crate::direct_io::{self, Buffer};
 use crate::md5_lanes::{Md5Lanes, Md5Stream};
 use anyhow::Context;
@@ -91,7 +93,7 @@ impl Storage {
                 store,
                 root,
                 bucket: Some((s3, prefix)),
-                local: GroupWrites::on(Disk::default(), settings.sync_writers),
+                local: GroupWrites::on(Disk::default(), settings.sync_writers, SmallFiles::Files),
                 md5: Arc::default(),
             });
         } else {
@@ -104,7 +106,7 @@ impl Storage {
             store,
             root,
             bucket: None,
-            local: GroupWrites::on(Disk::default(), settings.sync_writers),
+            local: GroupWrites::on(Disk::default(), settings.sync_writers, settings.small_files),
             md5: Arc::default(),
         })
     }
@@ -152,7 +154,17 @@ impl Storage {
         key: &str,
         range: std::ops::Range<u64>,
     ) -> object_store::Result<Bytes> {
-        self.store.get_range(&Path::from(key), range).await
+        match Location::of(key) {
+            Location::Object(object) => self.store.get_range(&Path::from(object), range).await,
+            Location::Packed { pack, offset, len } => {
+                let (start, end) = (range.start.min(len), range.end.min(len));
+                if start == end {
+                    return Ok(Bytes::new());
+                }
+                let within = offset + start..offset + end;
+                self.store.get_range(&Path::from(pack), within).await
+            }
+        }
     }
 
     /// Streams `range` of the object at `key` (all of it without one), a chunk at a time:
@@ -181,10 +193,25 @@ impl Storage {
         key: &str,
         range: Option<std::ops::Range<u64>>,
     ) -> object_store::Result<(u64, BoxStream<'static, std::io::Result<Bytes>>)> {
+        let (object, range, packed_len) = match Location::of(key) {
+            Location::Object(object) => (object, range, None),
+            Location::Packed { pack, offset, len } => {
+                // What of the asset its pack still holds: all of it, unless the pack was cut
+                // short (the size then tells, as a short file's does).
+                let pack_size = self.store.head(&Path::from(pack)).await?.size;
+                let held = len.min(pack_size.saturating_sub(offset));
+                let within = range.unwrap_or(0..held);
+                let (start, end) = (within.start.min(held), within.end.min(held));
+                if start == end {
+                    return Ok((held, futures::stream::empty().boxed()));
+                }
+                (pack, Some(offset + start..offset + end), Some(held))
+            }
+        };
         let options = GetOptions::default().with_range(range);
-        let result = self.store.get_opts(&Path::from(key), options).await?;
+        let result = self.store.get_opts(&Path::from(object), options).await?;
         let range = result.range.clone();
-        let size = result.meta.size;
+        let size = packed_len.unwrap_or(result.meta.size);
         let stream = match result.payload {
             GetResultPayload::File(file, _) => {
                 let mut file = tokio::fs::File::from_std(file);
@@ -202,8 +229,21 @@ impl Storage {
         Ok((size, stream))
     }
 
-    /// Deletes the object at `key`; a missing object is not an error.
+    /// Deletes the object at `key`; a missing object is not an error. A packed asset goes
+    /// with its pack when it is the pack's only one; otherwise its bytes stay until no entry
+    /// references any range of the pack and the sweeper removes it.
     pub async fn remove(&self, key: &str) {
+        let key = match Location::of(key) {
+            Location::Object(key) => key,
+            Location::Packed { pack, offset, len } => {
+                let alone = offset == 0
+                    && matches!(self.store.head(&Path::from(pack)).await, Ok(m) if m.size == len);
+                if !alone {
+                    return;
+                }
+                pack
+            }
+        };
         match self.store.delete(&Path::from(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => tracing::warn!(key, error = %e, "could not remove an asset"),
@@ -321,6 +361,7 @@ grow_by_own_methods!(Vec<u8>, Buffer);
 /// A local upload: written straight into its file, synced with its folder on `finish`.
 struct LocalWrite {
     root: PathBuf,
+    key: String,
     path: PathBuf,
     local: Arc<GroupWrites>,
     /// Open once the first bytes were written.
@@ -340,6 +381,7 @@ impl LocalWrite {
     fn new(root: PathBuf, key: &str, local: Arc<GroupWrites>) -> Self {
         Self {
             path: root.join(key),
+            key: key.to_string(),
             root,
             local,
             file: None,
@@ -380,15 +422,18 @@ impl LocalWrite {
         self.settle().await
     }
 
-    /// Writes what is pending and syncs the file and its folder to disk. A file never
-    /// opened (all of it fits in the buffer: every small video) is created, written and
-    /// synced with the other small files finishing at the same time ([`GroupWrites`]).
-    async fn finish(&mut self) -> io::Result<()> {
+    /// Writes what is pending and syncs the file and its folder to disk, and returns the
+    /// key the bytes are stored under. A file never opened (all of it fits in the buffer:
+    /// every small video) is written and synced with the other small files finishing at the
+    /// same time ([`GroupWrites`]), packed with them unless `storage.small_files` is `files`.
+    async fn finish(&mut self) -> io::Result<String> {
         if self.file.is_some() || self.writing.is_some() {
-            return self.flush(true).await;
+            self.flush(true).await?;
+            return Ok(self.key.clone());
         }
         let file = SmallFile {
             root: self.root.clone(),
+            key: self.key.clone(),
             path: self.path.clone(),
             bytes: std::mem::replace(&mut self.pending, direct_io::buffer()),
         };
@@ -504,6 +549,8 @@ impl Disk {
 /// A small file to create, write and sync: all of it is in `bytes`.
 struct SmallFile {
     root: PathBuf,
+    /// Its key, and its path (the key below `root`) when it is written as a file of its own.
+    key: String,
     path: PathBuf,
     bytes: Buffer,
 }
@@ -512,44 +559,55 @@ struct SmallFile {
 const GROUP_FILES: usize = 32;
 
 /// Small files written in groups: the files whose uploads finish while a group is being
-/// written go together in the next one, created, written and synced in one call on the
-/// blocking pool, their folders synced once per group. One hand-off to a blocking thread and
-/// one folder sync per group instead of per file: thread hand-offs were the largest share of
-/// a worker's CPU for small videos (docs/benchmarks.md, ninth round). Each file is still
-/// synced on its own before its upload is told it is durable.
+/// written go together in the next one, written and synced in one call on the blocking
+/// pool. One hand-off to a blocking thread per group instead of per file: thread hand-offs
+/// were the largest share of a worker's CPU for small videos (docs/benchmarks.md, ninth
+/// round). Packed (the default), the group is one new pack file, synced once with its
+/// folder: a file's sync, which writes its inode and flushes the disk's cache, was a third
+/// of a small video's cost (twelfth round). As files, each is created and synced on its
+/// own, their folders once per group. Either way every upload of the group is told it is
+/// durable only after its bytes and the entry naming them are on disk.
 struct GroupWrites {
     disk: Arc<Disk>,
+    /// A pack per group, or a file per upload.
+    small_files: SmallFiles,
     /// Group writes under way at once (`storage.sync_writers`): each syncs its files one
     /// after the other, so this many syncs of small files reach the disk at once.
     count: usize,
     /// Started on first use (it needs the runtime), ended with the storage.
-    writers: std::sync::OnceLock<Batcher<SmallFile, io::Result<()>>>,
+    writers: std::sync::OnceLock<Batcher<SmallFile, io::Result<String>>>,
 }
 
 impl GroupWrites {
-    /// Group writes on `disk`, `count` at once.
-    fn on(disk: Disk, count: usize) -> Arc<Self> {
+    /// Group writes on `disk`, `count` at once, kept as `small_files` says.
+    fn on(disk: Disk, count: usize, small_files: SmallFiles) -> Arc<Self> {
         Arc::new(Self {
             disk: Arc::new(disk),
+            small_files,
             count: count.max(1),
             writers: std::sync::OnceLock::new(),
         })
     }
 
-    /// Creates, writes and syncs `file` (and its folder) with the next group. The writers
+    /// Writes and syncs `file` with the next group and returns the key its bytes are stored
+    /// under (a range of the group's pack, or its own key). The writers
     /// run on the runtime of the first small upload, which must outlive the storage (each
     /// binary has one runtime). Should they stop first (at shutdown), a group already on the
     /// blocking pool may still create its files after their uploads were told it failed:
     /// those files no entry names, which the sweeper removes.
-    async fn write(&self, file: SmallFile) -> io::Result<()> {
+    async fn write(&self, file: SmallFile) -> io::Result<String> {
         let writers = self.writers.get_or_init(|| {
             let disk = self.disk.clone();
+            let small_files = self.small_files;
             Batcher::start(self.count, GROUP_FILES, move |group: Vec<SmallFile>| {
                 let disk = disk.clone();
                 async move {
-                    tokio::task::spawn_blocking(move || write_group(&disk, &group))
-                        .await
-                        .context("a group write ended early")
+                    tokio::task::spawn_blocking(move || match small_files {
+                        SmallFiles::Packed => write_pack(&disk, &group),
+                        SmallFiles::Files => write_group(&disk, &group),
+                    })
+                    .await
+                    .context("a group write ended early")
                 }
             })
         });
@@ -557,11 +615,44 @@ impl GroupWrites {
     }
 }
 
+/// Writes the files of `group` one after the other into one new pack file, then syncs it
+/// and its folder: each file's key (its range of the pack), in order, or the one failure
+/// for all of them (the pack is then removed: nothing names it).
+fn write_pack(disk: &Disk, group: &[SmallFile]) -> Vec<io::Result<String>> {
+    use std::io::Write;
+    let Some(root) = group.first().map(|file| &file.root) else {
+        return Vec::new();
+    };
+    let pack = format!("{PACK_FOLDER}/{}{PACK_SUFFIX}", crate::ids::random_id(16));
+    let path = root.join(&pack);
+    let mut bytes = Vec::with_capacity(group.iter().map(|file| file.bytes.len()).sum());
+    let mut keys = Vec::with_capacity(group.len());
+    for file in group {
+        let len = file.bytes.len() as u64;
+        keys.push(Location::packed_key(&pack, bytes.len() as u64, len));
+        bytes.extend_from_slice(&file.bytes);
+    }
+    let written = (disk.create)(root, &path).and_then(|mut open| {
+        open.write_all(&bytes)?;
+        open.sync_all().map_err(sync_failed)?;
+        sync_folder_of(root, &path, disk).map_err(sync_failed)
+    });
+    match written {
+        Ok(()) => keys.into_iter().map(Ok).collect(),
+        Err(e) => {
+            let _ = fs::remove_file(&path);
+            keys.iter()
+                .map(|_| Err(io::Error::new(e.kind(), e.to_string())))
+                .collect()
+        }
+    }
+}
+
 /// Creates and writes each file of `group`, then syncs each, then each of their folders
-/// once: each file's outcome, in order. The disk starts writing each file's bytes as soon
-/// as they are written, so while the first file is synced the others' bytes are on their
-/// way, and their syncs find little left to wait for.
-fn write_group(disk: &Disk, group: &[SmallFile]) -> Vec<io::Result<()>> {
+/// once: each file's key or failure, in order. The disk starts writing each file's bytes as
+/// soon as they are written, so while the first file is synced the others' bytes are on
+/// their way, and their syncs find little left to wait for.
+fn write_group(disk: &Disk, group: &[SmallFile]) -> Vec<io::Result<String>> {
     use std::io::Write;
     let written: Vec<io::Result<fs::File>> = group
         .iter()
@@ -594,6 +685,10 @@ fn write_group(disk: &Disk, group: &[SmallFile]) -> Vec<io::Result<()>> {
         }
     }
     outcomes
+        .into_iter()
+        .zip(group)
+        .map(|(outcome, file)| outcome.map(|()| file.key.clone()))
+        .collect()
 }
 
 /// Asks the kernel to start writing `file`'s bytes to disk now, without waiting (a hint:
@@ -773,7 +868,7 @@ impl Upload {
             }
         };
         let Upload {
-            key,
+            mut key,
             sink,
             hasher,
             size,
@@ -784,13 +879,14 @@ impl Upload {
             Sink::Multipart(writer) => {
                 writer.finish().await?;
             }
-            Sink::Local(mut local) => {
-                if let Err(e) = local.finish().await {
+            Sink::Local(mut local) => match local.finish().await {
+                Ok(stored_under) => key = stored_under,
+                Err(e) => {
                     // Not durable (or not written): it must not be used, so it must not stay.
                     let _ = tokio::fs::remove_file(&local.path).await;
                     return Err(local_error(e));
                 }
-            }
+            },
         }
         Ok(StoredAsset {
             key,
@@ -848,6 +944,58 @@ pub struct StoredAsset {
     pub head: Head,
 }
 
+/// The folder of pack files, below the storage root.
+const PACK_FOLDER: &str = "packs";
+/// How a pack file's name ends.
+const PACK_SUFFIX: &str = ".pack";
+
+/// Where a stored asset's bytes lie, as its key says: an object (a file) of its own, or a
+/// range of a pack file shared with the other small files of one group write, whose key is
+/// `packs/NAME.pack@OFFSET+LENGTH`. (Keys of objects are `PROJECT/RANDOM.EXT`: never that.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location<'a> {
+    /// The object `key` holds the asset's bytes, all of them.
+    Object(&'a str),
+    /// Bytes `offset..offset + len` of the object `pack` are the asset.
+    Packed {
+        pack: &'a str,
+        offset: u64,
+        len: u64,
+    },
+}
+
+impl<'a> Location<'a> {
+    /// Where the asset stored under `key` lies.
+    pub fn of(key: &'a str) -> Self {
+        let packed = key.rsplit_once('@').and_then(|(pack, range)| {
+            let (offset, len) = range.split_once('+')?;
+            let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+            (pack.starts_with(PACK_FOLDER) && pack.ends_with(PACK_SUFFIX))
+                .then_some(())
+                .filter(|()| digits(offset) && digits(len))?;
+            Some(Location::Packed {
+                pack,
+                offset: offset.parse().ok()?,
+                len: len.parse().ok()?,
+            })
+        });
+        packed.unwrap_or(Location::Object(key))
+    }
+
+    /// The object (file) that holds the asset's bytes.
+    pub fn object(&self) -> &'a str {
+        match *self {
+            Location::Object(object) => object,
+            Location::Packed { pack, .. } => pack,
+        }
+    }
+
+    /// The key of the asset `len` bytes long at `offset` of the pack `pack`.
+    fn packed_key(pack: &str, offset: u64, len: u64) -> String {
+        format!("{pack}@{offset}+{len}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -863,13 +1011,18 @@ mod tests {
         dir
     }
 
-    /// Local storage in `root` that uses `disk`.
+    /// Local storage in `root` that uses `disk`, a file for each small upload.
     fn local_storage(root: &FsPath, disk: Disk) -> Storage {
+        storage_keeping(root, disk, SmallFiles::Files)
+    }
+
+    /// Local storage in `root` that uses `disk` and keeps small files as `small_files` says.
+    fn storage_keeping(root: &FsPath, disk: Disk, small_files: SmallFiles) -> Storage {
         Storage {
             store: Arc::new(LocalFileSystem::new_with_prefix(root).unwrap()),
             root: Some(root.to_path_buf()),
             bucket: None,
-            local: GroupWrites::on(disk, 1),
+            local: GroupWrites::on(disk, 1, small_files),
             md5: Arc::default(),
         }
     }
@@ -1268,6 +1421,171 @@ mod tests {
             "one sync of the folder for the group's two files"
         );
         fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Everything `key` holds, read whole.
+    async fn read_back(storage: &Storage, key: &str) -> (u64, Vec<u8>) {
+        let (size, stream) = storage.read_whole(key).await.unwrap();
+        let chunks: Vec<Bytes> = stream.try_collect().await.unwrap();
+        (size, chunks.concat())
+    }
+
+    #[tokio::test]
+    async fn small_files_that_finish_together_share_one_pack_and_read_back_alone() {
+        let root = temp_folder("packs");
+        // One group write at a time, its first pack's creation held while the others finish:
+        // they wait in line and go together into the next pack.
+        let door = Arc::new(Door::default());
+        let created = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (held, counted) = (door.clone(), created.clone());
+        let disk = Disk {
+            create: Box::new(move |root: &FsPath, path: &FsPath| {
+                if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                    held.pass();
+                }
+                create_new(root, path)
+            }),
+            ..Disk::default()
+        };
+        let storage = storage_keeping(&root, disk, SmallFiles::Packed);
+        let opener = OpenOnDrop(door);
+        let first = finishing(&storage, "1/first.mp4", b"first").await;
+        while created.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let waiting = [
+            finishing(&storage, "1/a.mp4", b"aa").await,
+            finishing(&storage, "2/b.webm", b"bbb").await,
+        ];
+        drop(opener);
+        let first = first.await.unwrap().unwrap();
+        let [a, b] = waiting;
+        let (a, b) = (a.await.unwrap().unwrap(), b.await.unwrap().unwrap());
+
+        let Location::Packed { pack, .. } = Location::of(&first.key) else {
+            panic!("{} is not packed", first.key)
+        };
+        let Location::Packed { pack: together, .. } = Location::of(&a.key) else {
+            panic!("{} is not packed", a.key)
+        };
+        assert_ne!(pack, together, "a pack per group");
+        assert_eq!(
+            [Location::of(&a.key), Location::of(&b.key)],
+            [
+                Location::Packed {
+                    pack: together,
+                    offset: 0,
+                    len: 2
+                },
+                Location::Packed {
+                    pack: together,
+                    offset: 2,
+                    len: 3
+                },
+            ]
+        );
+        // Two pack files and nothing else: no file per upload.
+        let mut packs = files_in(&root);
+        packs.sort();
+        let mut expected = vec![root.join(pack), root.join(together)];
+        expected.sort();
+        assert_eq!(packs, expected);
+        assert_eq!(fs::read(root.join(together)).unwrap(), b"aabbb");
+
+        // Each reads back alone, whole or in part, by every read the storage has.
+        assert_eq!(
+            read_back(&storage, &first.key).await,
+            (5, b"first".to_vec())
+        );
+        assert_eq!(read_back(&storage, &a.key).await, (2, b"aa".to_vec()));
+        assert_eq!(read_back(&storage, &b.key).await, (3, b"bbb".to_vec()));
+        let part: Vec<Bytes> = storage
+            .stream(&b.key, Some(1..3))
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(part.concat(), b"bb");
+        assert_eq!(storage.read(&a.key, 1..2).await.unwrap(), &b"a"[..]);
+        // A range past the asset's end stops at its end, never in its neighbour's bytes.
+        assert_eq!(storage.read(&a.key, 0..10).await.unwrap(), &b"aa"[..]);
+
+        // Removing one asset of a pack leaves the pack (and its neighbours) alone; removing
+        // a pack's only asset removes the pack.
+        storage.remove(&a.key).await;
+        assert_eq!(read_back(&storage, &b.key).await, (3, b"bbb".to_vec()));
+        storage.remove(&first.key).await;
+        assert!(!root.join(pack).exists(), "a pack of one goes with it");
+
+        // A pack cut short: its assets' sizes say what is left of them (as a short file's
+        // size does), down to nothing; a missing pack is a missing object.
+        let cut = |len| {
+            let file = fs::OpenOptions::new().write(true).open(root.join(together));
+            file.unwrap().set_len(len).unwrap();
+        };
+        cut(3);
+        assert_eq!(read_back(&storage, &a.key).await, (2, b"aa".to_vec()));
+        assert_eq!(read_back(&storage, &b.key).await, (1, b"b".to_vec()));
+        cut(1);
+        assert_eq!(read_back(&storage, &b.key).await, (0, Vec::new()));
+        fs::remove_file(root.join(together)).unwrap();
+        assert!(matches!(
+            storage.read_whole(&b.key).await.map(|_| ()),
+            Err(object_store::Error::NotFound { .. })
+        ));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_pack_whose_sync_fails_fails_every_upload_in_it_and_is_not_kept() {
+        let root = temp_folder("failing-pack");
+        let disk = Disk {
+            sync_folder: Box::new(|f: &FsPath| {
+                if f.ends_with(PACK_FOLDER) {
+                    return Err(io::Error::other("the disk went away"));
+                }
+                sync_folder(f)
+            }),
+            ..Disk::default()
+        };
+        let storage = storage_keeping(&root, disk, SmallFiles::Packed);
+        let error = finishing(&storage, "1/c.mp4", b"c")
+            .await
+            .await
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("the disk went away"), "{error}");
+        assert_eq!(files_in(&root), Vec::<PathBuf>::new(), "nothing is kept");
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_key_names_a_range_of_a_pack_only_in_the_packs_own_form() {
+        assert_eq!(
+            Location::of("packs/x1.pack@32768+16384"),
+            Location::Packed {
+                pack: "packs/x1.pack",
+                offset: 32768,
+                len: 16384
+            }
+        );
+        assert_eq!(Location::of("packs/x1.pack@0+1").object(), "packs/x1.pack");
+        for object in [
+            "1/q8w7e6r5t4y3u2i1.mp4",
+            "1/a@b.mp4",
+            "packs/x.pack",
+            "packs/x.pack@1+",
+            "packs/x.pack@+1",
+            "packs/x.pack@1+-2",
+            "packs/x.pack@1+2+3",
+            "other/x.pack@1+2",
+            "packs/x.mp4@1+2",
+        ] {
+            assert_eq!(Location::of(object), Location::Object(object), "{object}");
+            assert_eq!(Location::of(object).object(), object);
+        }
     }
 
     #[tokio::test]

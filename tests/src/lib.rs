@@ -190,6 +190,10 @@ impl Default for Options {
     }
 }
 
+/// Local storage keeps each small video in a file of its own (`storage.small_files = files`)
+/// rather than packed: for tests that damage, count or remove the stored files one by one.
+pub const A_FILE_EACH: (&str, &str) = ("VIDEO_IMPORT__STORAGE__SMALL_FILES", "files");
+
 impl Options {
     /// The default stack (one worker, a notifier) with extra `VIDEO_IMPORT__...` variables.
     pub fn with_env(env: &[(&str, &str)]) -> Options {
@@ -1232,6 +1236,29 @@ pub fn files_below(dir: &Path) -> Vec<String> {
     }
     found.sort();
     found
+}
+
+/// Where the stored asset `key` lies below the storage folder `root`: its file, and the
+/// bytes of that file that are the asset (all of it, or its range of a pack).
+pub fn stored_at(root: &Path, key: &str) -> (PathBuf, std::ops::Range<u64>) {
+    use video_import_shared::storage::Location;
+    let location = Location::of(key);
+    let file = root.join(location.object());
+    let range = match location {
+        Location::Object(_) => 0..std::fs::metadata(&file).map_or(0, |m| m.len()),
+        Location::Packed { offset, len, .. } => offset..offset + len,
+    };
+    (file, range)
+}
+
+/// The bytes of the stored asset `key` below the storage folder `root`, read from disk.
+pub fn stored_bytes(root: &Path, key: &str) -> std::io::Result<Vec<u8>> {
+    let (file, range) = stored_at(root, key);
+    let whole = std::fs::read(file)?;
+    whole
+        .get(range.start as usize..range.end as usize)
+        .map(<[u8]>::to_vec)
+        .ok_or_else(|| std::io::Error::other(format!("{key} lies past its file's end")))
 }
 
 /// A random lowercase id for test data.

@@ -357,7 +357,9 @@ pub async fn is_referenced(client: &impl GenericClient, key: &str) -> anyhow::Re
         .is_some())
 }
 
-/// Those of `keys` that no entry references.
+/// Those of the stored objects `keys` that no entry references: neither as its asset nor,
+/// for a pack file, through any of its ranges (`PACK@OFFSET+LENGTH`, see
+/// `storage::Location`).
 pub async fn unreferenced(
     client: &impl GenericClient,
     keys: &[String],
@@ -365,7 +367,8 @@ pub async fn unreferenced(
     let rows = client
         .query(
             "SELECT k FROM unnest($1::text[]) AS k
-             WHERE NOT EXISTS (SELECT 1 FROM media_entries WHERE asset_key = k)",
+             WHERE NOT EXISTS (SELECT 1 FROM media_entries WHERE asset_key = k)
+               AND NOT EXISTS (SELECT 1 FROM media_entries WHERE split_part(asset_key, '@', 1) = k)",
             &[&keys],
         )
         .await

@@ -25,6 +25,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (15, include_str!("migrations/0015_sources.sql")),
     (16, include_str!("migrations/0016_storage_verify.sql")),
     (17, include_str!("migrations/0017_retention.sql")),
+    (18, include_str!("migrations/0018_packed_assets.sql")),
 ];
 
 /// Migrations after which a binary that does not know them can no longer run (they drop or

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use video_import_tests::videos::VideoServer;
-use video_import_tests::{batch, files_below, Options, Stack};
+use video_import_tests::{batch, files_below, stored_at, Options, Stack};
 
 /// Attaches strace to every thread of process `pid`, tracing `fsync` into `out`, with
 /// `extra` options; the returned child detaches when killed.
@@ -55,7 +55,8 @@ async fn stored_files_are_synced_before_their_entries_commit() {
         .iter()
         .map(|r| r.get::<_, String>(0))
     {
-        let file = std::fs::canonicalize(root.join(&key)).expect("the stored file");
+        // Its own file, or the pack it is a range of.
+        let file = std::fs::canonicalize(stored_at(&root, &key).0).expect("the stored file");
         let folder = file.parent().unwrap().display().to_string();
         assert!(
             traced.contains(&format!("<{}>", file.display())),

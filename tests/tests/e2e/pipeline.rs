@@ -4,7 +4,9 @@
 use serde_json::{json, Value};
 use video_import_tests::receiver::Receiver;
 use video_import_tests::videos::{fixture, sha256, VideoServer};
-use video_import_tests::{batch, files_below, Kind, Options, Stack, NO_TEST_SERVERS};
+use video_import_tests::{
+    batch, files_below, stored_bytes, Kind, Options, Stack, A_FILE_EACH, NO_TEST_SERVERS,
+};
 
 /// The seed's example request, with the video URL pointed at the local server.
 fn seed_body(video_url: &str, webhook: &str) -> String {
@@ -116,7 +118,7 @@ async fn seed_example_imports_the_video_and_signs_the_webhook() {
     assert_eq!(video["video"]["width"], 64);
     // The stored file is the downloaded one.
     let key = entry["asset"]["key"].as_str().unwrap();
-    let stored = std::fs::read(stack.dir.join("videos").join(key)).expect("stored asset");
+    let stored = stored_bytes(&stack.dir.join("videos"), key).expect("stored asset");
     assert_eq!(stored, bytes);
 
     let (code, found) = stack
@@ -135,10 +137,11 @@ async fn seed_example_imports_the_video_and_signs_the_webhook() {
 #[tokio::test]
 async fn two_jobs_importing_the_same_ids_at_once_leave_one_entry_each() {
     // Two workers record groups that hold videos of both jobs: an entry created earlier in
-    // the same group is updated, not inserted twice, and replaced assets are removed.
+    // the same group is updated, not inserted twice, and replaced assets are removed (at
+    // once: a file each; a pack goes with its last entry, see the sweep test).
     let stack = Stack::start(Options {
         workers: 2,
-        ..Options::default()
+        ..Options::with_env(&[A_FILE_EACH])
     })
     .await;
     let videos = VideoServer::start().await;
@@ -173,7 +176,8 @@ async fn two_jobs_importing_the_same_ids_at_once_leave_one_entry_each() {
 
 #[tokio::test]
 async fn reimport_updates_the_same_entry_and_identical_reimport_is_skipped() {
-    let stack = Stack::start(Options::default()).await;
+    // A file each, so that the replaced one is seen removed at once.
+    let stack = Stack::start(Options::with_env(&[A_FILE_EACH])).await;
     let videos = VideoServer::start().await;
     let project = stack.project("upserts").await;
     let one = |file: &str, title: &str| {

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use video_import_shared::secrets::SecretKey;
 use video_import_tests::services::OwnS3;
 use video_import_tests::videos::{fixture, sha256};
-use video_import_tests::{batch, Options, Stack};
+use video_import_tests::{batch, stored_bytes, Options, Stack};
 
 /// The secrets of the tests: none may ever show outside the worker's requests.
 const HEADER_VALUE: &str = "k3y-VALUE-1f9a";
@@ -666,7 +666,7 @@ async fn s3_sources_are_read_through_their_rule_and_need_one() {
         .await;
     let stored_key = entry["asset"]["key"].as_str().unwrap();
     assert_eq!(
-        std::fs::read(stack.dir.join("videos").join(stored_key)).unwrap(),
+        stored_bytes(&stack.dir.join("videos"), stored_key).unwrap(),
         sample
     );
 

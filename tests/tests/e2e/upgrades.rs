@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use video_import_shared::store::migrate;
 use video_import_tests::receiver::Receiver;
 use video_import_tests::videos::{fixture, sha256, VideoServer};
-use video_import_tests::{batch, files_below, Database, Kind, Options, Stack};
+use video_import_tests::{batch, files_below, Database, Kind, Options, Stack, A_FILE_EACH};
 
 /// The tables of migration 0001, each with a key that orders its rows.
 const FIRST_TABLES: [(&str, &str); 8] = [
@@ -507,6 +507,8 @@ async fn rolling_restart_loses_and_duplicates_nothing() {
                 "VIDEO_IMPORT__FETCH__SHUTDOWN_GRACE_SECS".into(),
                 "5".into(),
             ),
+            // A file each: the stored files are counted against the entries below.
+            (A_FILE_EACH.0.into(), A_FILE_EACH.1.into()),
         ],
         ..Options::default()
     })

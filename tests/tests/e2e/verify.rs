@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use video_import_tests::services::OwnS3;
 use video_import_tests::videos::{fixture, sha256, VideoServer};
-use video_import_tests::{batch, Options, Stack};
+use video_import_tests::{batch, stored_at, stored_bytes, Options, Stack, A_FILE_EACH};
 
 /// Each entry by externalId: (entry id, asset key, size).
 async fn entries(stack: &Stack) -> BTreeMap<String, (String, String, i64)> {
@@ -103,9 +103,86 @@ fn flip_a_byte(path: &std::path::Path) -> Vec<u8> {
     bytes
 }
 
+/// Packed (the default), each video is checked by its own range of its pack: a byte changed
+/// in one video's range damages that video only, and a pack removed every video in it; the
+/// next import downloads exactly those again.
+#[tokio::test]
+async fn packed_videos_are_checked_by_their_own_range_of_their_pack() {
+    let stack = Stack::start(Options::default()).await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("packed").await;
+    let body = library(&videos);
+    let job = stack.import(&project.token, &body).await;
+    let status = stack.wait_finished(&project.token, &job, 60).await;
+    assert_eq!(status["overview"]["imported"], 5, "{status}");
+    let before = entries(&stack).await;
+    let root = stack.dir.join("videos");
+    for (id, (_, key, size)) in &before {
+        assert!(key.starts_with("packs/"), "{id}: {key}");
+        assert_eq!(
+            stored_bytes(&root, key).unwrap().len() as i64,
+            *size,
+            "{id}"
+        );
+    }
+
+    // One byte changed in the middle of `flipped`'s range: that video alone is damaged.
+    let (pack, range) = stored_at(&root, &before["flipped"].1);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[(range.start + (range.end - range.start) / 2) as usize] ^= 0xff;
+    std::fs::write(&pack, &bytes).unwrap();
+    let (code, report, stderr) = verify(&stack, &[]).await;
+    assert_eq!(code, 3, "damage found: {report} {stderr}");
+    assert_eq!(
+        (&report["ok"], &report["wrongHash"]),
+        (&json!(4), &json!(1)),
+        "{report}"
+    );
+    assert_eq!(
+        bad_by_id(&report).into_keys().collect::<Vec<_>>(),
+        ["flipped"],
+        "{report}"
+    );
+
+    // `gone`'s pack removed: every video it held is missing (and `flipped`, if elsewhere,
+    // still has the wrong hash).
+    let (gone_pack, _) = stored_at(&root, &before["gone"].1);
+    let expected: BTreeMap<String, String> = before
+        .iter()
+        .filter_map(|(id, (_, key, _))| {
+            if stored_at(&root, key).0 == gone_pack {
+                Some((id.clone(), "missing".to_string()))
+            } else {
+                (id == "flipped").then(|| (id.clone(), "wrong_hash".to_string()))
+            }
+        })
+        .collect();
+    std::fs::remove_file(&gone_pack).unwrap();
+    let (code, report, stderr) = verify(&stack, &[]).await;
+    assert_eq!(code, 3, "damage found: {report} {stderr}");
+    assert_eq!(marked(&stack).await, expected, "{report}");
+
+    // The next import downloads exactly the damaged ones again, and all is whole.
+    let job = stack.import(&project.token, &body).await;
+    let status = stack.wait_finished(&project.token, &job, 60).await;
+    let imported = states(&status)
+        .into_iter()
+        .filter(|(_, state)| state == "imported")
+        .map(|(id, _)| id)
+        .collect::<Vec<_>>();
+    assert_eq!(
+        imported,
+        expected.keys().cloned().collect::<Vec<_>>(),
+        "{status}"
+    );
+    let (code, report, stderr) = verify(&stack, &[]).await;
+    assert_eq!((code, &report["ok"]), (0, &json!(5)), "{report} {stderr}");
+    stack.finish().await;
+}
+
 #[tokio::test]
 async fn storage_verify_finds_damaged_files_and_the_next_import_downloads_only_those_again() {
-    let stack = Stack::start(Options::default()).await;
+    let stack = Stack::start(Options::with_env(&[A_FILE_EACH])).await;
     let videos = VideoServer::start().await;
     let project = stack.project("verify").await;
     stack.project("empty").await;
@@ -399,7 +476,7 @@ async fn storage_verify_checks_objects_in_s3_storage() {
 /// API's gauge shows the marked entries.
 #[tokio::test]
 async fn workers_verify_continuously_one_at_a_time_from_where_the_last_got_to() {
-    let mut stack = Stack::start(Options::default()).await;
+    let mut stack = Stack::start(Options::with_env(&[A_FILE_EACH])).await;
     let videos = VideoServer::start().await;
     let project = stack.project("continuous").await;
     let body = batch("archive")
@@ -569,7 +646,7 @@ impl HeldSource {
 /// instead of failing; the entry gets a whole file and loses its mark.
 #[tokio::test]
 async fn a_304_that_meets_a_file_marked_damaged_meanwhile_is_downloaded_again() {
-    let stack = Stack::start(Options::default()).await;
+    let stack = Stack::start(Options::with_env(&[A_FILE_EACH])).await;
     let source = HeldSource::start().await;
     let project = stack.project("meanwhile").await;
     let body = batch("archive").video(&source.url, "held").build();
