@@ -625,15 +625,29 @@ fn write_pack(disk: &Disk, group: &[SmallFile]) -> Vec<io::Result<String>> {
     };
     let pack = format!("{PACK_FOLDER}/{}{PACK_SUFFIX}", crate::ids::random_id(16));
     let path = root.join(&pack);
-    let mut bytes = Vec::with_capacity(group.iter().map(|file| file.bytes.len()).sum());
     let mut keys = Vec::with_capacity(group.len());
+    let mut offset = 0;
     for file in group {
         let len = file.bytes.len() as u64;
-        keys.push(Location::packed_key(&pack, bytes.len() as u64, len));
-        bytes.extend_from_slice(&file.bytes);
+        keys.push(Location::packed_key(&pack, offset, len));
+        offset += len;
     }
     let written = (disk.create)(root, &path).and_then(|mut open| {
-        open.write_all(&bytes)?;
+        // Written from the uploads' own buffers (no copy of up to 32 MiB into one).
+        let mut slices: Vec<io::IoSlice> = group
+            .iter()
+            .filter(|f| !f.bytes.is_empty())
+            .map(|f| io::IoSlice::new(&f.bytes))
+            .collect();
+        let mut rest = &mut slices[..];
+        while !rest.is_empty() {
+            match open.write_vectored(rest) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
         open.sync_all().map_err(sync_failed)?;
         sync_folder_of(root, &path, disk).map_err(sync_failed)
     });
