@@ -156,14 +156,10 @@ impl Storage {
     ) -> object_store::Result<Bytes> {
         match Location::of(key) {
             Location::Object(object) => self.store.get_range(&Path::from(object), range).await,
-            Location::Packed { pack, offset, len } => {
-                let (start, end) = (range.start.min(len), range.end.min(len));
-                if start == end {
-                    return Ok(Bytes::new());
-                }
-                let within = offset + start..offset + end;
-                self.store.get_range(&Path::from(pack), within).await
-            }
+            Location::Packed { pack, offset, len } => match in_pack(offset, len, range) {
+                Some(within) => self.store.get_range(&Path::from(pack), within).await,
+                None => Ok(Bytes::new()),
+            },
         }
     }
 
@@ -200,12 +196,10 @@ impl Storage {
                 // short (the size then tells, as a short file's does).
                 let pack_size = self.store.head(&Path::from(pack)).await?.size;
                 let held = len.min(pack_size.saturating_sub(offset));
-                let within = range.unwrap_or(0..held);
-                let (start, end) = (within.start.min(held), within.end.min(held));
-                if start == end {
+                let Some(within) = in_pack(offset, held, range.unwrap_or(0..held)) else {
                     return Ok((held, futures::stream::empty().boxed()));
-                }
-                (pack, Some(offset + start..offset + end), Some(held))
+                };
+                (pack, Some(within), Some(held))
             }
         };
         let options = GetOptions::default().with_range(range);
@@ -632,7 +626,10 @@ fn write_pack(disk: &Disk, group: &[SmallFile]) -> Vec<io::Result<String>> {
         keys.push(Location::packed_key(&pack, offset, len));
         offset += len;
     }
+    // Only a pack this write created is removed on failure (never one that was there).
+    let mut created = false;
     let written = (disk.create)(root, &path).and_then(|mut open| {
+        created = true;
         // Written from the uploads' own buffers (no copy of up to 32 MiB into one).
         let mut slices: Vec<io::IoSlice> = group
             .iter()
@@ -654,7 +651,9 @@ fn write_pack(disk: &Disk, group: &[SmallFile]) -> Vec<io::Result<String>> {
     match written {
         Ok(()) => keys.into_iter().map(Ok).collect(),
         Err(e) => {
-            let _ = fs::remove_file(&path);
+            if created {
+                let _ = fs::remove_file(&path);
+            }
             keys.iter()
                 .map(|_| Err(io::Error::new(e.kind(), e.to_string())))
                 .collect()
@@ -958,6 +957,13 @@ pub struct StoredAsset {
     pub head: Head,
 }
 
+/// Where `range` of an asset `len` bytes long at `offset` of its pack lies in the pack, cut
+/// at the asset's end (never into its neighbour's bytes); `None` when nothing is left of it.
+fn in_pack(offset: u64, len: u64, range: std::ops::Range<u64>) -> Option<std::ops::Range<u64>> {
+    let (start, end) = (range.start.min(len), range.end.min(len));
+    (start < end).then(|| offset + start..offset + end)
+}
+
 /// The folder of pack files, below the storage root.
 const PACK_FOLDER: &str = "packs";
 /// How a pack file's name ends.
@@ -983,10 +989,14 @@ impl<'a> Location<'a> {
     pub fn of(key: &'a str) -> Self {
         let packed = key.rsplit_once('@').and_then(|(pack, range)| {
             let (offset, len) = range.split_once('+')?;
+            // Digits only: `parse` would take a leading '+' too.
             let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-            (pack.starts_with(PACK_FOLDER) && pack.ends_with(PACK_SUFFIX))
-                .then_some(())
-                .filter(|()| digits(offset) && digits(len))?;
+            let in_folder = pack
+                .strip_prefix(PACK_FOLDER)
+                .is_some_and(|name| name.starts_with('/'));
+            if !(in_folder && pack.ends_with(PACK_SUFFIX) && digits(offset) && digits(len)) {
+                return None;
+            }
             Some(Location::Packed {
                 pack,
                 offset: offset.parse().ok()?,
@@ -1595,6 +1605,7 @@ mod tests {
             "packs/x.pack@1+-2",
             "packs/x.pack@1+2+3",
             "other/x.pack@1+2",
+            "packsx/y.pack@1+2",
             "packs/x.mp4@1+2",
         ] {
             assert_eq!(Location::of(object), Location::Object(object), "{object}");
