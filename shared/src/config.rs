@@ -100,8 +100,8 @@ pub struct StorageSettings {
     /// Stored objects that no entry references are removed once they are this old.
     #[serde(rename = "sweep_grace_secs", with = "secs")]
     pub sweep_grace: Duration,
-    /// How often a worker sweeps unreferenced objects (0: never; `video-import-api storage
-    /// sweep` does it on demand).
+    /// How often a worker sweeps unreferenced objects and rewrites mostly unused packs (0:
+    /// never; `video-import-api storage sweep` does it on demand).
     #[serde(rename = "sweep_interval_secs", with = "secs")]
     pub sweep_interval: Duration,
     /// With object storage, how long the presigned URL that an asset read is redirected to
@@ -495,7 +495,9 @@ impl Default for Settings {
                 url: String::new(),
                 // Longer than any download may take (fetch.total_timeout_secs) and its commit.
                 sweep_grace: Duration::from_secs(86_400),
-                sweep_interval: Duration::ZERO,
+                // Hourly: packs of replaced small videos give their space back without anyone
+                // having to remember to sweep.
+                sweep_interval: Duration::from_secs(3600),
                 presign: Duration::ZERO,
                 verify_rate_mib: 0.0,
                 sync_writers: 4,

@@ -248,14 +248,57 @@ impl Storage {
     pub fn objects_before(
         &self,
         before: DateTime<Utc>,
-    ) -> impl futures::Stream<Item = object_store::Result<String>> + '_ {
+    ) -> impl futures::Stream<Item = object_store::Result<StoredObject>> + '_ {
         self.store.list(None).filter_map(move |meta| async move {
             match meta {
-                Ok(meta) if meta.last_modified < before => Some(Ok(meta.location.to_string())),
+                Ok(meta) if meta.last_modified < before => Some(Ok(StoredObject {
+                    key: meta.location.to_string(),
+                    size: meta.size,
+                })),
                 Ok(_) => None,
                 Err(e) => Some(Err(e)),
             }
         })
+    }
+
+    /// Whether small videos are packed here (local storage with `storage.small_files =
+    /// packed`): what [`Storage::pack`] needs.
+    pub fn packs_small_files(&self) -> bool {
+        self.root.is_some() && self.local.small_files == SmallFiles::Packed
+    }
+
+    /// Writes `assets` (each all of one asset's bytes) one after the other into one new
+    /// pack, synced with its folder as a group write's, and returns each one's key, in order.
+    /// The sweeper moves the videos still used out of mostly unused packs with it. Only
+    /// where [`Storage::packs_small_files`]; an error elsewhere.
+    pub async fn pack(&self, assets: &[Bytes]) -> io::Result<Vec<String>> {
+        let root = match &self.root {
+            Some(root) if self.packs_small_files() => root.clone(),
+            _ => {
+                return Err(io::Error::other(
+                    "only local storage with storage.small_files = packed keeps packs",
+                ))
+            }
+        };
+        let group: Vec<SmallFile> = assets
+            .iter()
+            .map(|bytes| {
+                let mut buffer = direct_io::buffer();
+                buffer.extend_from_slice(bytes);
+                SmallFile {
+                    root: root.clone(),
+                    key: String::new(),
+                    path: root.clone(),
+                    bytes: buffer,
+                }
+            })
+            .collect();
+        let disk = self.local.disk.clone();
+        tokio::task::spawn_blocking(move || write_pack(&disk, &group))
+            .await
+            .map_err(io::Error::other)?
+            .into_iter()
+            .collect()
     }
 
     /// Counts, and unless `dry_run` removes, the parts of local uploads that were never
@@ -957,6 +1000,13 @@ pub struct StoredAsset {
     pub head: Head,
 }
 
+/// An object in storage, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    pub key: String,
+    pub size: u64,
+}
+
 /// Where `range` of an asset `len` bytes long at `offset` of its pack lies in the pack, cut
 /// at the asset's end (never into its neighbour's bytes); `None` when nothing is left of it.
 fn in_pack(offset: u64, len: u64, range: std::ops::Range<u64>) -> Option<std::ops::Range<u64>> {
@@ -1004,6 +1054,15 @@ impl<'a> Location<'a> {
             })
         });
         packed.unwrap_or(Location::Object(key))
+    }
+
+    /// Whether the object `object` (a key as listed, not an asset's) is a pack file.
+    pub fn is_pack(object: &str) -> bool {
+        object
+            .strip_prefix(PACK_FOLDER)
+            .and_then(|name| name.strip_prefix('/'))
+            .is_some_and(|name| name.len() > PACK_SUFFIX.len() && name.ends_with(PACK_SUFFIX))
+            && !object.contains('@')
     }
 
     /// The object (file) that holds the asset's bytes.
@@ -1583,6 +1642,54 @@ mod tests {
         assert!(error.contains("the disk went away"), "{error}");
         assert_eq!(files_in(&root), Vec::<PathBuf>::new(), "nothing is kept");
         fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[tokio::test]
+    async fn videos_moved_into_a_new_pack_read_back_from_it_alone() {
+        let root = temp_folder("repack");
+        let storage = storage_keeping(&root, Disk::default(), SmallFiles::Packed);
+        let keys = storage
+            .pack(&[
+                Bytes::from_static(b"kept"),
+                Bytes::new(),
+                Bytes::from_static(b"also kept"),
+            ])
+            .await
+            .unwrap();
+        let Location::Packed { pack, .. } = Location::of(&keys[0]) else {
+            panic!("{} is not packed", keys[0])
+        };
+        assert!(Location::is_pack(pack), "{pack}");
+        assert_eq!(files_in(&root), [root.join(pack)], "one new pack");
+        assert_eq!(fs::read(root.join(pack)).unwrap(), b"keptalso kept");
+        assert_eq!(read_back(&storage, &keys[0]).await, (4, b"kept".to_vec()));
+        assert_eq!(read_back(&storage, &keys[1]).await, (0, Vec::new()));
+        assert_eq!(
+            read_back(&storage, &keys[2]).await,
+            (9, b"also kept".to_vec())
+        );
+
+        // Where small videos are not packed, nothing is written.
+        let files = local_storage(&root, Disk::default());
+        assert!(!files.packs_small_files());
+        assert!(files.pack(&[Bytes::from_static(b"x")]).await.is_err());
+        assert_eq!(files_in(&root).len(), 1);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_listed_object_is_a_pack_only_in_the_packs_folder_and_form() {
+        assert!(Location::is_pack("packs/x1.pack"));
+        for object in [
+            "packs/x1.pack@0+1",
+            "packs/.pack",
+            "packs/x1.mp4",
+            "packsx/x1.pack",
+            "1/x1.pack",
+            "packs",
+        ] {
+            assert!(!Location::is_pack(object), "{object}");
+        }
     }
 
     #[test]

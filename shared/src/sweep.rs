@@ -1,7 +1,10 @@
 //! The storage sweeper: removes stored objects that no media-library entry references once
 //! they are older than a grace period. They are left by a process that stopped between an
 //! upload and its commit (killed, or its database went away); a replaced or unused asset is
-//! removed on the spot otherwise. One sweeper runs at a time (a PostgreSQL advisory lock).
+//! removed on the spot otherwise. A pack of small videos goes once no entry uses any of
+//! them; one most of whose bytes no entry uses has the videos still used moved into a new
+//! pack first (local storage, `storage.small_files = packed`), so that the space of replaced
+//! videos comes back. One sweeper runs at a time (a PostgreSQL advisory lock).
 
 use std::time::Duration;
 
@@ -11,11 +14,15 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::storage::Storage;
+use crate::storage::{Location, Storage, StoredObject};
 use crate::store::{entries, locks};
 
 /// Keys checked against the database per query.
 const PAGE: usize = 1000;
+
+/// The bytes of videos a new pack takes at most when the sweeper moves videos out of mostly
+/// unused packs (read into memory, then written: this bounds what a sweep holds).
+const REPACK_BYTES: u64 = 8 * 1024 * 1024;
 
 /// What a sweep found and did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -28,7 +35,16 @@ pub struct Report {
     /// Parts of incomplete local uploads older than the grace period (removed unless a dry
     /// run).
     pub stale_parts: u64,
-    /// Nothing was removed.
+    /// Packs older than the grace period at least half of whose bytes no entry uses any
+    /// more (a replaced video's, one that failed its checksum): unless a dry run, the videos
+    /// still used were moved out into new packs, which leaves these unreferenced for the
+    /// next sweep to remove (a read that had looked up a video's old place finishes first).
+    pub repacked: u64,
+    /// Videos moved out of those packs.
+    pub moved: u64,
+    /// Bytes of those packs no entry uses: what removing them frees.
+    pub reclaimable_bytes: u64,
+    /// Nothing was removed or moved.
     pub dry_run: bool,
 }
 
@@ -54,15 +70,28 @@ async fn sweep_locked(
         dry_run,
         ..Report::default()
     };
+    let mut repack = Repack::default();
     let mut pages = std::pin::pin!(storage.objects_before(before).chunks(PAGE));
     while let Some(page) = pages.next().await {
-        let keys = page
+        let objects = page
             .into_iter()
-            .collect::<Result<Vec<String>, _>>()
+            .collect::<Result<Vec<StoredObject>, _>>()
             .context("listing stored objects")?;
-        report.checked += keys.len() as u64;
+        report.checked += objects.len() as u64;
+        let keys: Vec<String> = objects.iter().map(|o| o.key.clone()).collect();
         let client = pool.get().await.context("connecting to check objects")?;
         let unused = entries::unreferenced(&client, &keys).await?;
+        let unused_set: std::collections::HashSet<&String> = unused.iter().collect();
+        let packs: Vec<&StoredObject> = objects
+            .iter()
+            .filter(|o| storage.packs_small_files() && Location::is_pack(&o.key))
+            .filter(|o| !unused_set.contains(&o.key))
+            .collect();
+        let pack_keys: Vec<String> = packs.iter().map(|o| o.key.clone()).collect();
+        let usage = match pack_keys.is_empty() {
+            true => Default::default(),
+            false => entries::pack_usage(&client, &pack_keys).await?,
+        };
         drop(client);
         report.unreferenced += unused.len() as u64;
         if !dry_run {
@@ -70,12 +99,97 @@ async fn sweep_locked(
                 storage.remove(key).await;
             }
         }
+        for pack in packs {
+            let Some(&used) = usage.get(&pack.key) else {
+                continue;
+            };
+            if !worth_repacking(pack.size, used) {
+                continue;
+            }
+            report.repacked += 1;
+            report.reclaimable_bytes += pack.size.saturating_sub(used);
+            if dry_run {
+                continue;
+            }
+            if repack.bytes + used > REPACK_BYTES {
+                report.moved += repack.flush(storage, pool).await?;
+            }
+            repack.packs.push(pack.key.clone());
+            repack.bytes += used;
+        }
     }
+    report.moved += repack.flush(storage, pool).await?;
     report.stale_parts = storage
         .stale_parts(before, dry_run)
         .await
         .context("removing incomplete uploads")?;
     Ok(report)
+}
+
+/// Whether a pack of `size` bytes of which entries use `used` is worth rewriting: at least
+/// half of it is used by nothing. (A pack nothing uses is removed instead.)
+fn worth_repacking(size: u64, used: u64) -> bool {
+    used > 0 && used.saturating_mul(2) <= size
+}
+
+/// Packs whose videos are to move into one new pack, gathered until they fill one.
+#[derive(Default)]
+struct Repack {
+    packs: Vec<String>,
+    /// The bytes entries use of them.
+    bytes: u64,
+}
+
+impl Repack {
+    /// Moves the videos entries keep in the gathered packs into one new pack and points
+    /// their entries at it; returns how many moved. A video whose bytes are no longer what
+    /// its entry says (cut short, changed) stays where it is, for `storage verify` to report.
+    async fn flush(&mut self, storage: &Storage, pool: &Pool) -> anyhow::Result<u64> {
+        let packs = std::mem::take(&mut self.packs);
+        self.bytes = 0;
+        if packs.is_empty() {
+            return Ok(0);
+        }
+        let client = pool.get().await.context("connecting to move videos")?;
+        let assets = entries::assets_in_packs(&client, &packs).await?;
+        drop(client);
+        let mut moving = Vec::with_capacity(assets.len());
+        let mut bytes = Vec::with_capacity(assets.len());
+        for asset in assets {
+            let len = u64::try_from(asset.size).unwrap_or(0);
+            match storage.read(&asset.key, 0..len).await {
+                Ok(read) if read.len() as u64 == len && sha256_hex(&read) == asset.sha256 => {
+                    moving.push(asset);
+                    bytes.push(read);
+                }
+                Ok(_) => tracing::warn!(
+                    key = %asset.key,
+                    "a packed video's bytes differ from its entry's; left where it is (storage verify reports it)"
+                ),
+                Err(error) => tracing::warn!(
+                    key = %asset.key,
+                    %error,
+                    "a packed video could not be read; left where it is (storage verify reports it)"
+                ),
+            }
+        }
+        if moving.is_empty() {
+            return Ok(0);
+        }
+        let keys = storage
+            .pack(&bytes)
+            .await
+            .context("writing a new pack for the videos of mostly unused packs")?;
+        let moves: Vec<_> = moving.into_iter().zip(keys).collect();
+        let client = pool.get().await.context("connecting to move videos")?;
+        entries::move_assets(&client, &moves).await
+    }
+}
+
+/// The hex SHA-256 of `bytes`, as entries keep it.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// Sweeps every `interval` until `shutdown`.
@@ -100,5 +214,22 @@ pub async fn every(
                 tracing::warn!(error = %format!("{error:#}"), "the storage sweep failed; trying again at the next interval");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pack_is_rewritten_once_at_least_half_of_it_is_unused() {
+        assert!(worth_repacking(100, 50));
+        assert!(worth_repacking(100, 1));
+        assert!(!worth_repacking(100, 51));
+        assert!(!worth_repacking(100, 100));
+        // Nothing used: the pack is removed, not rewritten.
+        assert!(!worth_repacking(100, 0));
+        // A pack cut short (entries claim more than it holds) is left for `storage verify`.
+        assert!(!worth_repacking(10, 40));
     }
 }

@@ -376,6 +376,83 @@ pub async fn unreferenced(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// How many bytes of each of the packs `packs` (object keys) entries still reference, by
+/// pack; a pack no entry references is not in it.
+pub async fn pack_usage(
+    client: &impl GenericClient,
+    packs: &[String],
+) -> anyhow::Result<HashMap<String, u64>> {
+    let rows = client
+        .query(
+            "SELECT split_part(asset_key, '@', 1), sum(asset_size)::int8 FROM media_entries
+             WHERE split_part(asset_key, '@', 1) = ANY($1::text[]) GROUP BY 1",
+            &[&packs],
+        )
+        .await
+        .context("summing the bytes entries use of each pack")?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, i64>(1).max(0) as u64))
+        .collect())
+}
+
+/// An entry's asset that is a range of a pack, as the sweeper moves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackedAsset {
+    pub entry_id: String,
+    pub key: String,
+    pub size: i64,
+    pub sha256: String,
+}
+
+/// The assets of the entries that keep theirs in one of the packs `packs`, except entries
+/// marked damaged (their next import replaces the asset; nothing there to keep).
+pub async fn assets_in_packs(
+    client: &impl GenericClient,
+    packs: &[String],
+) -> anyhow::Result<Vec<PackedAsset>> {
+    let rows = client
+        .query(
+            "SELECT id, asset_key, asset_size, sha256 FROM media_entries
+             WHERE split_part(asset_key, '@', 1) = ANY($1::text[]) AND damaged_at IS NULL
+             ORDER BY asset_key",
+            &[&packs],
+        )
+        .await
+        .context("listing the assets kept in packs")?;
+    Ok(rows
+        .iter()
+        .map(|r| PackedAsset {
+            entry_id: r.get(0),
+            key: r.get(1),
+            size: r.get(2),
+            sha256: r.get(3),
+        })
+        .collect())
+}
+
+/// Points each moved asset's entry at its new key, unless the entry's key changed since
+/// it was read (an import replaced the asset meanwhile: the copy is left unused). The
+/// entry is otherwise untouched: its bytes, version and time stay what they were. Returns
+/// how many entries now use their new key.
+pub async fn move_assets(
+    client: &impl GenericClient,
+    moves: &[(PackedAsset, String)],
+) -> anyhow::Result<u64> {
+    let ids: Vec<&str> = moves.iter().map(|(a, _)| a.entry_id.as_str()).collect();
+    let old: Vec<&str> = moves.iter().map(|(a, _)| a.key.as_str()).collect();
+    let new: Vec<&str> = moves.iter().map(|(_, key)| key.as_str()).collect();
+    client
+        .execute(
+            "UPDATE media_entries m SET asset_key = v.new
+             FROM unnest($1::text[], $2::text[], $3::text[]) AS v(id, old, new)
+             WHERE m.id = v.id AND m.asset_key = v.old",
+            &[&ids, &old, &new],
+        )
+        .await
+        .context("pointing entries at their moved assets")
+}
+
 /// An entry as the API shows it.
 #[derive(Debug, Clone)]
 pub struct EntryRecord {

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use video_import_shared::queue;
+use video_import_shared::store::entries;
 use video_import_tests::receiver::Receiver;
 use video_import_tests::videos::{fixture, sha256, VideoServer};
 use video_import_tests::{batch, files_below, Kind, Options, Stack, A_FILE_EACH};
@@ -519,6 +520,196 @@ async fn objects_left_by_a_worker_killed_before_its_commit_are_swept() {
         )
         .await;
     assert_eq!(left, [key], "{}", stack.log("sweeper"));
+    stack.finish().await;
+}
+
+/// A packed entry: its externalId, offset and length in its pack.
+type PackedEntry = (String, u64, u64);
+
+/// The stored layout: each pack's entries, by pack.
+async fn packs_of(stack: &Stack) -> std::collections::BTreeMap<String, Vec<PackedEntry>> {
+    use video_import_shared::storage::Location;
+    let mut packs = std::collections::BTreeMap::<String, Vec<_>>::new();
+    for row in stack
+        .sql("SELECT external_id, asset_key FROM media_entries ORDER BY asset_key")
+        .await
+    {
+        let key: String = row.get(1);
+        let Location::Packed { pack, offset, len } = Location::of(&key) else {
+            panic!("{key} is not packed");
+        };
+        packs
+            .entry(pack.to_string())
+            .or_default()
+            .push((row.get(0), offset, len));
+    }
+    packs
+}
+
+#[tokio::test]
+async fn a_sweep_moves_the_videos_still_used_out_of_mostly_unused_packs() {
+    // One group writer: the videos that finish while a pack is written share the next one.
+    let stack = Stack::start(env(&[("VIDEO_IMPORT__STORAGE__SYNC_WRITERS", "1")])).await;
+    let videos = VideoServer::start().await;
+    let project = stack.project("repack").await;
+    let storage = stack.dir.join("videos");
+    let padded = |n: usize| videos.url(&format!("/padded/{n}/sample.mp4"));
+    let mut first = batch("archive");
+    for i in 0..24 {
+        first = first.video(padded(i), format!("v{i}"));
+    }
+    let job = stack.import(&project.token, &first).await;
+    let status = stack.wait_finished(&project.token, &job, 60).await;
+    assert_eq!(status["overview"]["imported"], 24, "{status}");
+
+    // In every pack of several videos, all but its smallest are imported again with other
+    // bytes: the pack keeps one video in use and its neighbours' bytes unused.
+    let before = packs_of(&stack).await;
+    let shared: Vec<(&String, &Vec<PackedEntry>)> =
+        before.iter().filter(|(_, v)| v.len() > 1).collect();
+    assert!(
+        !shared.is_empty(),
+        "24 videos finishing at once share no pack: {before:?}"
+    );
+    let mut replace = batch("archive");
+    let mut kept = Vec::new();
+    let mut unused_bytes = 0;
+    for (pack, entries) in &shared {
+        let smallest = entries.iter().min_by_key(|(_, _, len)| *len).unwrap();
+        kept.push(smallest.0.clone());
+        for (id, _, len) in entries.iter().filter(|e| e.0 != smallest.0) {
+            let n: usize = id[1..].parse().unwrap();
+            replace = replace.video(padded(n + 100), id.clone());
+            unused_bytes += len;
+        }
+        let size = std::fs::metadata(storage.join(pack)).unwrap().len();
+        assert_eq!(size, entries.iter().map(|e| e.2).sum::<u64>());
+    }
+    let job = stack.import(&project.token, &replace).await;
+    let status = stack.wait_finished(&project.token, &job, 60).await;
+    assert_eq!(status["state"], "success", "{status}");
+    assert!(status["videos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|v| v["state"] == "imported"));
+
+    // What the kept videos are, read through the API, before anything moves.
+    let read = async |id: &str| {
+        let rows = stack
+            .sql(&format!(
+                "SELECT id, version, asset_key FROM media_entries WHERE external_id = '{id}'"
+            ))
+            .await;
+        let (media_id, version, key): (String, i32, String) =
+            (rows[0].get(0), rows[0].get(1), rows[0].get(2));
+        let response = stack
+            .http
+            .get(format!(
+                "{}/api/v1/mediaLibrary/{media_id}/asset",
+                stack.api_url
+            ))
+            .bearer_auth(&project.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{id}");
+        (version, key, response.bytes().await.unwrap().to_vec())
+    };
+    let mut kept_before = Vec::new();
+    for id in &kept {
+        kept_before.push(read(id).await);
+    }
+
+    // A dry run counts the packs to rewrite and the bytes that would come back; nothing moves.
+    let files_before = files_below(&storage);
+    let dry = stack
+        .api_cli(&["storage", "sweep", "--grace-secs", "0", "--dry-run"])
+        .await;
+    assert!(dry.status.success(), "{}", dry.stderr);
+    let report: Value = serde_json::from_str(&dry.stdout).unwrap();
+    assert_eq!(report["repacked"], shared.len(), "{report}");
+    assert_eq!(report["reclaimableBytes"], unused_bytes, "{report}");
+    assert_eq!(report["moved"], 0, "{report}");
+    assert_eq!(report["unreferenced"], 0, "{report}");
+    assert_eq!(files_below(&storage), files_before);
+
+    // The sweep moves each kept video into one new pack; its entry names it there, with
+    // the same bytes and the same version. The old packs stay until the next sweep.
+    let swept = stack
+        .api_cli(&["storage", "sweep", "--grace-secs", "0"])
+        .await;
+    assert!(swept.status.success(), "{}", swept.stderr);
+    let report: Value = serde_json::from_str(&swept.stdout).unwrap();
+    assert_eq!(report["repacked"], shared.len(), "{report}");
+    assert_eq!(report["moved"], kept.len(), "{report}");
+    let mut new_packs = std::collections::BTreeSet::new();
+    for (id, (version, key, bytes)) in kept.iter().zip(&kept_before) {
+        let (version_now, key_now, bytes_now) = read(id).await;
+        assert_eq!(&bytes_now, bytes, "{id} reads back the same");
+        assert_eq!(version_now, *version, "{id}: a move is not a new version");
+        assert_ne!(&key_now, key, "{id} moved");
+        new_packs.insert(
+            video_import_shared::storage::Location::of(&key_now)
+                .object()
+                .to_string(),
+        );
+    }
+    assert_eq!(new_packs.len(), 1, "{new_packs:?}");
+    for (pack, _) in &shared {
+        assert!(
+            storage.join(pack).exists(),
+            "{pack} is removed by the next sweep"
+        );
+    }
+
+    // The next sweep removes the old packs: what is stored is then exactly what entries use.
+    let swept = stack
+        .api_cli(&["storage", "sweep", "--grace-secs", "0"])
+        .await;
+    let report: Value = serde_json::from_str(&swept.stdout).unwrap();
+    assert_eq!(report["unreferenced"], shared.len(), "{report}");
+    assert_eq!(report["repacked"], 0, "{report}");
+    let stored: u64 = files_below(&storage)
+        .iter()
+        .map(|f| std::fs::metadata(storage.join(f)).unwrap().len())
+        .sum();
+    let used = stack
+        .sql("SELECT sum(asset_size)::int8 FROM media_entries")
+        .await;
+    assert_eq!(stored, used[0].get::<_, i64>(0) as u64);
+    for (id, (_, _, bytes)) in kept.iter().zip(&kept_before) {
+        assert_eq!(&read(id).await.2, bytes, "{id} reads back after the sweep");
+    }
+
+    // A move whose entry's key changed after the sweeper read it (an import replaced the
+    // video meanwhile) leaves the entry as the import left it.
+    let settings = video_import_shared::config::DatabaseSettings {
+        url: stack.db_url.clone(),
+        pool_size: 1,
+        pool_timeout: Duration::from_secs(10),
+    };
+    let pool = video_import_shared::db::connect(&settings).await.unwrap();
+    let client = pool.get().await.unwrap();
+    let (_, key_now, _) = read(&kept[0]).await;
+    let rows = stack
+        .sql(&format!(
+            "SELECT id, asset_size, sha256 FROM media_entries WHERE external_id = '{}'",
+            kept[0]
+        ))
+        .await;
+    let stale = entries::PackedAsset {
+        entry_id: rows[0].get(0),
+        key: kept_before[0].1.clone(),
+        size: rows[0].get(1),
+        sha256: rows[0].get(2),
+    };
+    let elsewhere = "packs/elsewhere.pack@0+1".to_string();
+    let moved = entries::move_assets(&client, &[(stale, elsewhere)])
+        .await
+        .unwrap();
+    assert_eq!(moved, 0);
+    assert_eq!(read(&kept[0]).await.1, key_now);
     stack.finish().await;
 }
 
