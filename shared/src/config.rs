@@ -101,9 +101,10 @@ pub struct StorageSettings {
     #[serde(rename = "sweep_grace_secs", with = "secs")]
     pub sweep_grace: Duration,
     /// How often a worker sweeps unreferenced objects and rewrites mostly unused packs (0:
-    /// never; `video-import-api storage sweep` does it on demand).
-    #[serde(rename = "sweep_interval_secs", with = "secs")]
-    pub sweep_interval: Duration,
+    /// never; `video-import-api storage sweep` does it on demand). Unset, see
+    /// [`StorageSettings::sweep_every`].
+    #[serde(rename = "sweep_interval_secs", with = "optional_secs", default)]
+    pub sweep_interval: Option<Duration>,
     /// With object storage, how long the presigned URL that an asset read is redirected to
     /// stays valid (0: the API streams the file itself). At most 7 days (SigV4's limit).
     #[serde(rename = "presign_secs", with = "secs", default)]
@@ -121,6 +122,24 @@ pub struct StorageSettings {
     /// file for the group, one sync for all of them) or `files` (a file each, each synced).
     #[serde(default)]
     pub small_files: SmallFiles,
+}
+
+/// How often workers sweep when `storage.sweep_interval_secs` is not set, on local storage.
+const DEFAULT_LOCAL_SWEEP: Duration = Duration::from_secs(3600);
+
+impl StorageSettings {
+    /// How often a worker sweeps, if at all: `storage.sweep_interval_secs` (0: never) or,
+    /// unset, hourly on local storage (a folder the service owns, whose packs give the space
+    /// of replaced videos back only through the sweeper) and never on object storage, where a
+    /// bucket may hold objects that are not the service's: set it once the prefix is its own.
+    pub fn sweep_every(&self) -> Option<Duration> {
+        match self.sweep_interval {
+            Some(interval) if interval.is_zero() => None,
+            Some(interval) => Some(interval),
+            None if self.url.is_empty() => Some(DEFAULT_LOCAL_SWEEP),
+            None => None,
+        }
+    }
 }
 
 /// How local storage keeps small files (those under 1 MiB, written in groups).
@@ -388,6 +407,24 @@ mod secs {
     }
 }
 
+/// An optional duration configured as whole seconds: absent (or empty) is none.
+mod optional_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => s.serialize_u64(d.as_secs()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_secs))
+    }
+}
+
 /// Lists of durations configured as whole seconds. A single number is a list of one: the
 /// `config` crate reads `VIDEO_IMPORT__..._SECS=60` as a number, not as a list.
 mod secs_list {
@@ -495,9 +532,7 @@ impl Default for Settings {
                 url: String::new(),
                 // Longer than any download may take (fetch.total_timeout_secs) and its commit.
                 sweep_grace: Duration::from_secs(86_400),
-                // Hourly: packs of replaced small videos give their space back without anyone
-                // having to remember to sweep.
-                sweep_interval: Duration::from_secs(3600),
+                sweep_interval: None,
                 presign: Duration::ZERO,
                 verify_rate_mib: 0.0,
                 sync_writers: 4,
@@ -920,6 +955,19 @@ mod tests {
         );
         let kept = load("[retention]\nfinished_jobs_secs = 0\ninterval_secs = 0\n").unwrap();
         assert!(!kept.retention.enabled(), "0 keeps everything");
+    }
+
+    #[test]
+    fn workers_sweep_local_storage_hourly_unless_told_and_a_bucket_only_when_told() {
+        let local = load("").unwrap();
+        assert_eq!(local.storage.sweep_every(), Some(Duration::from_secs(3600)));
+        let off = load("[storage]\nsweep_interval_secs = 0\n").unwrap();
+        assert_eq!(off.storage.sweep_every(), None);
+        let bucket = load("[storage]\nurl = \"s3://media/imports\"\n").unwrap();
+        assert_eq!(bucket.storage.sweep_every(), None, "a bucket may be shared");
+        let told =
+            load("[storage]\nurl = \"s3://media/imports\"\nsweep_interval_secs = 600\n").unwrap();
+        assert_eq!(told.storage.sweep_every(), Some(Duration::from_secs(600)));
     }
 
     #[test]

@@ -261,6 +261,23 @@ impl Storage {
         })
     }
 
+    /// Sets the object `key`'s modification time to now on local storage (nothing elsewhere):
+    /// the sweeper, which goes by that time, then leaves it alone for another grace period.
+    pub async fn touch(&self, key: &str) -> io::Result<()> {
+        let Some(root) = &self.root else {
+            return Ok(());
+        };
+        let path = root.join(key);
+        tokio::task::spawn_blocking(move || {
+            fs::File::options()
+                .write(true)
+                .open(&path)?
+                .set_modified(std::time::SystemTime::now())
+        })
+        .await
+        .map_err(io::Error::other)?
+    }
+
     /// Whether small videos are packed here (local storage with `storage.small_files =
     /// packed`): what [`Storage::pack`] needs.
     pub fn packs_small_files(&self) -> bool {

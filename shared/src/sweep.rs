@@ -36,14 +36,18 @@ pub struct Report {
     /// run).
     pub stale_parts: u64,
     /// Packs older than the grace period at least half of whose bytes no entry uses any
-    /// more (a replaced video's, one that failed its checksum): unless a dry run, the videos
-    /// still used were moved out into new packs, which leaves these unreferenced for the
-    /// next sweep to remove (a read that had looked up a video's old place finishes first).
+    /// more (a replaced video's, one that failed its checksum). Unless a dry run, the videos
+    /// still used are moved out into new packs, and each such pack is kept for another
+    /// grace period (a read that had looked up a video's old place finishes first, a
+    /// database restored to before the move still finds it), then removed as unreferenced.
     pub repacked: u64,
     /// Videos moved out of those packs.
     pub moved: u64,
     /// Bytes of those packs no entry uses: what removing them frees.
     pub reclaimable_bytes: u64,
+    /// Groups of packs whose videos could not be moved (the disk or the database failed;
+    /// logged): they are tried again at the next sweep.
+    pub repack_failures: u64,
     /// Nothing was removed or moved.
     pub dry_run: bool,
 }
@@ -112,13 +116,13 @@ async fn sweep_locked(
                 continue;
             }
             if repack.bytes + used > REPACK_BYTES {
-                report.moved += repack.flush(storage, pool).await?;
+                repack.flush(storage, pool, &mut report).await;
             }
             repack.packs.push(pack.key.clone());
             repack.bytes += used;
         }
     }
-    report.moved += repack.flush(storage, pool).await?;
+    repack.flush(storage, pool, &mut report).await;
     report.stale_parts = storage
         .stale_parts(before, dry_run)
         .await
@@ -142,48 +146,73 @@ struct Repack {
 
 impl Repack {
     /// Moves the videos entries keep in the gathered packs into one new pack and points
-    /// their entries at it; returns how many moved. A video whose bytes are no longer what
-    /// its entry says (cut short, changed) stays where it is, for `storage verify` to report.
-    async fn flush(&mut self, storage: &Storage, pool: &Pool) -> anyhow::Result<u64> {
+    /// their entries at it, and counts what it did in `report`. A failure is logged and
+    /// counted, and the sweep goes on: removing what nothing references matters most when
+    /// the disk is full, which is when a new pack cannot be written.
+    async fn flush(&mut self, storage: &Storage, pool: &Pool, report: &mut Report) {
         let packs = std::mem::take(&mut self.packs);
         self.bytes = 0;
         if packs.is_empty() {
-            return Ok(0);
+            return;
         }
-        let client = pool.get().await.context("connecting to move videos")?;
-        let assets = entries::assets_in_packs(&client, &packs).await?;
-        drop(client);
-        let mut moving = Vec::with_capacity(assets.len());
-        let mut bytes = Vec::with_capacity(assets.len());
-        for asset in assets {
-            let len = u64::try_from(asset.size).unwrap_or(0);
-            match storage.read(&asset.key, 0..len).await {
-                Ok(read) if read.len() as u64 == len && sha256_hex(&read) == asset.sha256 => {
-                    moving.push(asset);
-                    bytes.push(read);
-                }
-                Ok(_) => tracing::warn!(
-                    key = %asset.key,
-                    "a packed video's bytes differ from its entry's; left where it is (storage verify reports it)"
-                ),
-                Err(error) => tracing::warn!(
-                    key = %asset.key,
-                    %error,
-                    "a packed video could not be read; left where it is (storage verify reports it)"
-                ),
+        match move_videos(storage, pool, &packs).await {
+            Ok(moved) => report.moved += moved,
+            Err(error) => {
+                report.repack_failures += 1;
+                tracing::warn!(
+                    error = %format!("{error:#}"),
+                    packs = packs.len(),
+                    "could not move the videos of mostly unused packs; trying again at the next sweep"
+                );
             }
         }
-        if moving.is_empty() {
-            return Ok(0);
-        }
-        let keys = storage
-            .pack(&bytes)
-            .await
-            .context("writing a new pack for the videos of mostly unused packs")?;
-        let moves: Vec<_> = moving.into_iter().zip(keys).collect();
-        let client = pool.get().await.context("connecting to move videos")?;
-        entries::move_assets(&client, &moves).await
     }
+}
+
+/// Moves the videos entries keep in `packs` into one new pack and points their entries at
+/// it; returns how many moved. A video whose bytes are no longer what its entry says (cut
+/// short, changed) stays where it is, for `storage verify` to report. The old packs are
+/// touched first, so that the sweeper keeps them for another grace period.
+async fn move_videos(storage: &Storage, pool: &Pool, packs: &[String]) -> anyhow::Result<u64> {
+    let client = pool.get().await.context("connecting to move videos")?;
+    let assets = entries::assets_in_packs(&client, packs).await?;
+    drop(client);
+    let mut moving = Vec::with_capacity(assets.len());
+    let mut bytes = Vec::with_capacity(assets.len());
+    for asset in assets {
+        let len = u64::try_from(asset.size).unwrap_or(0);
+        match storage.read(&asset.key, 0..len).await {
+            Ok(read) if read.len() as u64 == len && sha256_hex(&read) == asset.sha256 => {
+                moving.push(asset);
+                bytes.push(read);
+            }
+            Ok(_) => tracing::warn!(
+                key = %asset.key,
+                "a packed video's bytes differ from its entry's; left where it is (storage verify reports it)"
+            ),
+            Err(error) => tracing::warn!(
+                key = %asset.key,
+                %error,
+                "a packed video could not be read; left where it is (storage verify reports it)"
+            ),
+        }
+    }
+    if moving.is_empty() {
+        return Ok(0);
+    }
+    let keys = storage
+        .pack(&bytes)
+        .await
+        .context("writing a new pack for the videos of mostly unused packs")?;
+    for pack in packs {
+        storage
+            .touch(pack)
+            .await
+            .with_context(|| format!("keeping {pack} for another grace period"))?;
+    }
+    let moves: Vec<_> = moving.into_iter().zip(keys).collect();
+    let client = pool.get().await.context("connecting to move videos")?;
+    entries::move_assets(&client, &moves).await
 }
 
 /// The hex SHA-256 of `bytes`, as entries keep it.
@@ -206,8 +235,16 @@ pub async fn every(
             _ = tokio::time::sleep(interval) => {}
         }
         match sweep(&storage, &pool, grace, false).await {
-            Ok(Some(report)) if report.unreferenced > 0 || report.stale_parts > 0 => {
-                tracing::info!(?report, "removed stored objects no entry references");
+            Ok(Some(report))
+                if report.unreferenced > 0
+                    || report.stale_parts > 0
+                    || report.repacked > 0
+                    || report.repack_failures > 0 =>
+            {
+                tracing::info!(
+                    ?report,
+                    "removed stored objects no entry references, moved the videos of mostly unused packs"
+                );
             }
             Ok(_) => {}
             Err(error) => {

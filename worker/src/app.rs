@@ -53,12 +53,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     let dispatch_task = tokio::spawn(dispatcher.run(service.shutdown.clone()));
     let ops_task = service.serve_ops(settings.metrics.listen).await?;
-    if !settings.storage.sweep_interval.is_zero() {
+    if let Some(interval) = settings.storage.sweep_every() {
         tokio::spawn(sweep::every(
             storage.clone(),
             service.pool.clone(),
             settings.storage.sweep_grace,
-            settings.storage.sweep_interval,
+            interval,
             service.shutdown.clone(),
         ));
     }

@@ -376,8 +376,9 @@ pub async fn unreferenced(
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// How many bytes of each of the packs `packs` (object keys) entries still reference, by
-/// pack; a pack no entry references is not in it.
+/// How many bytes of each of the packs `packs` (object keys) entries still use, by pack; a
+/// pack no entry uses is not in it. Entries marked damaged do not count: their next import
+/// replaces what they reference.
 pub async fn pack_usage(
     client: &impl GenericClient,
     packs: &[String],
@@ -385,7 +386,8 @@ pub async fn pack_usage(
     let rows = client
         .query(
             "SELECT split_part(asset_key, '@', 1), sum(asset_size)::int8 FROM media_entries
-             WHERE split_part(asset_key, '@', 1) = ANY($1::text[]) GROUP BY 1",
+             WHERE split_part(asset_key, '@', 1) = ANY($1::text[]) AND damaged_at IS NULL
+             GROUP BY 1",
             &[&packs],
         )
         .await
@@ -432,7 +434,8 @@ pub async fn assets_in_packs(
 }
 
 /// Points each moved asset's entry at its new key, unless the entry's key changed since
-/// it was read (an import replaced the asset meanwhile: the copy is left unused). The
+/// it was read (an import replaced the asset meanwhile) or it was marked damaged since (its
+/// mark names the old place): the copy is then left unused. The
 /// entry is otherwise untouched: its bytes, version and time stay what they were. Returns
 /// how many entries now use their new key.
 pub async fn move_assets(
@@ -446,7 +449,7 @@ pub async fn move_assets(
         .execute(
             "UPDATE media_entries m SET asset_key = v.new
              FROM unnest($1::text[], $2::text[], $3::text[]) AS v(id, old, new)
-             WHERE m.id = v.id AND m.asset_key = v.old",
+             WHERE m.id = v.id AND m.asset_key = v.old AND m.damaged_at IS NULL",
             &[&ids, &old, &new],
         )
         .await
