@@ -125,7 +125,8 @@ impl Dispatcher {
                 remaining: w.remaining(),
             })
             .collect();
-        let takes = fair::allocate(budget, &demands);
+        // Whole messages per project where the round cannot give everyone one: see `fair`.
+        let takes = fair::allocate(budget, self.per_message, &demands);
         let ranges: Vec<(&dispatch::Waiting, i32)> = waiting
             .iter()
             .zip(takes)
