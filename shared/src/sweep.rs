@@ -4,7 +4,8 @@
 //! removed on the spot otherwise. A pack of small videos goes once no entry uses any of
 //! them; one most of whose bytes no entry uses has the videos still used moved into a new
 //! pack first (local storage, `storage.small_files = packed`), so that the space of replaced
-//! videos comes back. One sweeper runs at a time (a PostgreSQL advisory lock).
+//! videos comes back. One sweeper runs at a time (a PostgreSQL advisory lock), and workers
+//! sweep once per interval between them (`store::sweeps`).
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::storage::{Location, Storage, StoredObject};
-use crate::store::{entries, locks};
+use crate::store::{entries, locks, sweeps};
 
 /// Keys checked against the database per query.
 const PAGE: usize = 1000;
@@ -59,7 +60,43 @@ pub async fn sweep(
     grace: Duration,
     dry_run: bool,
 ) -> anyhow::Result<Option<Report>> {
-    locks::while_sweep_locked(pool, sweep_locked(storage, pool, grace, dry_run)).await
+    locks::while_sweep_locked(pool, async {
+        let report = sweep_locked(storage, pool, grace, dry_run).await?;
+        if !dry_run {
+            note_finished(pool).await?;
+        }
+        Ok(report)
+    })
+    .await
+}
+
+/// Sweeps unless another sweeper is at work or a sweep (a worker's or a command's) finished
+/// less than `interval` ago: `None` then. What each worker does every interval, so that a
+/// fleet sweeps about once per interval, not once per worker.
+pub async fn sweep_if_due(
+    storage: &Storage,
+    pool: &Pool,
+    grace: Duration,
+    interval: Duration,
+) -> anyhow::Result<Option<Report>> {
+    let swept = locks::while_sweep_locked(pool, async {
+        let client = pool.get().await.context("connecting to sweep")?;
+        if sweeps::finished_within(&client, interval).await? {
+            return Ok(None);
+        }
+        drop(client);
+        let report = sweep_locked(storage, pool, grace, false).await?;
+        note_finished(pool).await?;
+        Ok(Some(report))
+    })
+    .await?;
+    Ok(swept.flatten())
+}
+
+/// Notes that a sweep finished now.
+async fn note_finished(pool: &Pool) -> anyhow::Result<()> {
+    let client = pool.get().await.context("connecting to note the sweep")?;
+    sweeps::record_finished(&client).await
 }
 
 async fn sweep_locked(
@@ -221,7 +258,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// Sweeps every `interval` until `shutdown`.
+/// Looks every `interval` until `shutdown`, and sweeps when no sweep finished within it.
 pub async fn every(
     storage: Storage,
     pool: Pool,
@@ -234,7 +271,7 @@ pub async fn every(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        match sweep(&storage, &pool, grace, false).await {
+        match sweep_if_due(&storage, &pool, grace, interval).await {
             Ok(Some(report))
                 if report.unreferenced > 0
                     || report.stale_parts > 0

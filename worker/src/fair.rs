@@ -1,22 +1,23 @@
 //! Fair shares of the fetch queue: how many videos each waiting job may hand out in one
-//! dispatch round. Projects share the round equally (round-robin, so a small batch never
-//! waits behind another project's backlog); a share a project cannot use goes to the
-//! others. Within a project, the job with the fewest videos left goes first, so a small
+//! dispatch round. Projects share the round equally (round-robin, so a small batch waits
+//! behind no project's whole backlog: a new project's first batch goes out in the next
+//! round, and a project's turn comes back after at most one message of each other waiting
+//! project); a share a project cannot use goes to the others. Within a project, the job with the fewest videos left goes first, so a small
 //! batch does not wait behind the project's own large ones either, while the large ones are
 //! served one after the other rather than all at once (which would make every group commit
 //! update every job's counter row). For the same reason a round gives out whole messages:
 //! when the budget is too small for every project to get a message's worth, the projects
-//! first in line get one each and the others come first in the next round, rather than
-//! every project getting a video or two (each message would then carry the videos of 32
-//! jobs, and each group commit count them on 32 job rows, which both workers' groups wait
-//! on). Pure, so the rule is tested here and nowhere else.
+//! first in line get a message's worth each (or what they want) and the others come first
+//! in the next round, rather than every project getting a video or two (each message would
+//! then carry the videos of 32 jobs, and each group commit count them on 32 job rows, which
+//! every worker's groups wait on). Pure, so the rule is tested here and nowhere else.
 
 /// One job waiting for dispatch, as the fair share sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Demand<K> {
     pub project: i64,
     /// When the job was last served; smaller goes first when the round is too small to give
-    /// everyone a video (`None`, never served, is smallest).
+    /// everyone a message's worth (`None`, never served, is smallest).
     pub served: K,
     /// Videos it still has to hand out.
     pub remaining: u32,
@@ -159,6 +160,11 @@ mod tests {
         // A project wanting less than a message takes what it wants; the rest goes on.
         let demands = [job(1, 0, 5), job(2, 1, 1000), job(3, 2, 1000)];
         assert_eq!(allocate(40, 32, &demands), vec![5, 32, 3]);
+        // Less than a message in all: the first in line takes it; no unit is one video.
+        let two = [job(1, 0, 1000), job(2, 1, 1000)];
+        assert_eq!(allocate(16, 32, &two), vec![16, 0]);
+        assert_eq!(allocate(16, 0, &two), allocate(16, 1, &two));
+        assert_eq!(allocate(16, 1, &two), vec![8, 8]);
         // Enough for everyone's message: shared equally, and what one cannot use goes to
         // the others, a message's worth at a time.
         assert_eq!(allocate(96, 32, &demands), vec![5, 59, 32]);

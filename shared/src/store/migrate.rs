@@ -26,6 +26,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (16, include_str!("migrations/0016_storage_verify.sql")),
     (17, include_str!("migrations/0017_retention.sql")),
     (18, include_str!("migrations/0018_packed_assets.sql")),
+    (19, include_str!("migrations/0019_storage_sweep.sql")),
 ];
 
 /// Migrations after which a binary that does not know them can no longer run (they drop or

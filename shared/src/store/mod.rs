@@ -19,7 +19,8 @@
 //! - [`webhooks`]: deliveries, their rounds and attempts, held deliveries;
 //! - [`outbox`]: messages written with the state they announce;
 //! - [`backlog`]: how much work of each kind waits; [`locks`]: one-at-a-time work;
-//! - [`verify`]: the entries the storage verifier reads, and where it got to.
+//! - [`verify`]: the entries the storage verifier reads, and where it got to; [`sweeps`]:
+//!   when the storage sweeper last finished.
 //! - [`retention`]: pruning finished jobs down to tombstones, expired idempotency keys.
 
 pub mod backlog;
@@ -37,6 +38,7 @@ pub mod projects;
 pub mod retention;
 pub mod sources;
 pub mod states;
+pub mod sweeps;
 pub mod tokens;
 pub mod usage;
 pub mod verify;

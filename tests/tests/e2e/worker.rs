@@ -523,6 +523,64 @@ async fn objects_left_by_a_worker_killed_before_its_commit_are_swept() {
     stack.finish().await;
 }
 
+#[tokio::test]
+async fn workers_sweep_once_per_interval_between_them() {
+    use video_import_shared::config::{DatabaseSettings, Settings, StorageSettings};
+    use video_import_shared::storage::Storage;
+    use video_import_shared::sweep;
+    let stack = Stack::start(Options::default()).await;
+    let root = stack.dir.join("videos");
+    let storage = Storage::open(&StorageSettings {
+        root: root.display().to_string(),
+        ..Settings::default().storage
+    })
+    .await
+    .unwrap();
+    let pool = video_import_shared::db::connect(&DatabaseSettings {
+        url: stack.db_url.clone(),
+        pool_size: 2,
+        pool_timeout: Duration::from_secs(10),
+    })
+    .await
+    .unwrap();
+    let orphan = |name: &str| {
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join(name), b"left behind").unwrap();
+    };
+    let (grace, hour) = (Duration::ZERO, Duration::from_secs(3600));
+
+    // Never swept: due. Swept a moment ago (by a worker or by the command): not due for an
+    // hour, whoever asks; due again for an interval shorter than the time since.
+    orphan("first.mp4");
+    let first = sweep::sweep_if_due(&storage, &pool, grace, hour).await;
+    assert_eq!(first.unwrap().map(|r| r.unreferenced), Some(1));
+    orphan("second.mp4");
+    let again = sweep::sweep_if_due(&storage, &pool, grace, hour).await;
+    assert_eq!(again.unwrap(), None, "another worker swept a moment ago");
+    assert!(root.join("second.mp4").exists());
+    let command = sweep::sweep(&storage, &pool, grace, false).await.unwrap();
+    assert_eq!(
+        command.map(|r| r.unreferenced),
+        Some(1),
+        "the command always sweeps"
+    );
+    orphan("third.mp4");
+    let later = sweep::sweep_if_due(&storage, &pool, grace, hour).await;
+    assert_eq!(later.unwrap(), None, "the command's sweep counts too");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let due = sweep::sweep_if_due(&storage, &pool, grace, Duration::from_secs(1)).await;
+    assert_eq!(due.unwrap().map(|r| r.unreferenced), Some(1));
+    // A dry run is not a sweep: a second after the last one, with a dry run just now, a
+    // sweep is due.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let dry = sweep::sweep(&storage, &pool, grace, true).await.unwrap();
+    assert!(dry.is_some());
+    orphan("fourth.mp4");
+    let due = sweep::sweep_if_due(&storage, &pool, grace, Duration::from_secs(1)).await;
+    assert_eq!(due.unwrap().map(|r| r.unreferenced), Some(1));
+    stack.finish().await;
+}
+
 /// A packed entry: its externalId, offset and length in its pack.
 type PackedEntry = (String, u64, u64);
 
