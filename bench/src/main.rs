@@ -14,6 +14,7 @@ mod scale;
 mod scenarios;
 mod servers;
 mod stored;
+mod sweeper;
 
 use clap::Parser;
 
@@ -21,7 +22,7 @@ use clap::Parser;
 #[derive(Parser)]
 struct Cli {
     /// Scenarios to run: e2e, accept, large, latency, retried, webhooks, importer, archive, fair,
-    /// polite, retention, growth, disk, polling, fair-growth (default: all).
+    /// polite, retention, growth, disk, polling, fair-growth, sweeper (default: all).
     scenarios: Vec<String>,
     /// Old finished videos the retention scenario loads and prunes.
     #[arg(long, default_value_t = 2_000_000)]
@@ -35,6 +36,9 @@ struct Cli {
     /// Videos of each of the retention scenario's three imports.
     #[arg(long, default_value_t = 10_000)]
     retention_videos: usize,
+    /// Videos in the sweeper scenario's library.
+    #[arg(long, default_value_t = 20_000)]
+    sweeper_videos: usize,
 }
 
 /// One printed result.
@@ -67,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
         "disk",
         "polling",
         "fair-growth",
+        "sweeper",
     ];
     let chosen: Vec<String> = if cli.scenarios.is_empty() {
         all.iter().map(|s| s.to_string()).collect()
@@ -112,6 +117,7 @@ async fn main() -> anyhow::Result<()> {
             "disk" => disk::archive_disk().await,
             "polling" => polling::polling().await,
             "fair-growth" => scale::fairness_growth(&cli.fair_growth_projects).await,
+            "sweeper" => sweeper::sweeper(cli.sweeper_videos).await,
             other => anyhow::bail!(
                 "unknown scenario {other:?}; use one of {} (or profile)",
                 all.join(", ")
