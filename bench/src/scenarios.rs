@@ -55,6 +55,23 @@ pub(crate) async fn post(stack: &Stack, project: &Project, body: &Value) -> anyh
         .to_string())
 }
 
+/// Posts `total` videos from `base` in batches of 1000, each with the webhook `webhook`;
+/// returns how many batches (so many webhooks to wait for).
+pub(crate) async fn post_in_thousands(
+    stack: &Stack,
+    project: &Project,
+    base: &str,
+    total: usize,
+    webhook: &str,
+) -> anyhow::Result<usize> {
+    let batches = total.div_ceil(1000);
+    for b in 0..batches {
+        let n = (total - b * 1000).min(1000);
+        post(stack, project, &batch(base, b * 1000, n, Some(webhook))).await?;
+    }
+    Ok(batches)
+}
+
 pub(crate) async fn imported(stack: &Stack) -> i64 {
     stack
         .sql("SELECT coalesce(sum(imported), 0)::bigint FROM jobs")
@@ -86,16 +103,7 @@ pub(crate) async fn end_to_end_run(total: usize) -> anyhow::Result<f64> {
         .map(|p| crate::polling::cpu_seconds(*p))
         .sum();
     let started = Instant::now();
-    let batches = total.div_ceil(1000);
-    for b in 0..batches {
-        let n = (total - b * 1000).min(1000);
-        post(
-            &stack,
-            &project,
-            &batch(&base, b * 1000, n, Some(&receiver.url)),
-        )
-        .await?;
-    }
+    let batches = post_in_thousands(&stack, &project, &base, total, &receiver.url).await?;
     let accepted = started.elapsed();
     let last = receiver
         .wait_for(batches as u64, Duration::from_secs(1800))

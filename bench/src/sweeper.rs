@@ -11,7 +11,7 @@ use serde_json::Value;
 use video_import_tests::videos::fixture;
 use video_import_tests::{files_below, Stack};
 
-use crate::scenarios::{batch, options, post};
+use crate::scenarios::{options, post_in_thousands};
 use crate::servers::{self, Counter};
 use crate::Row;
 
@@ -53,16 +53,7 @@ pub async fn sweeper(videos: usize) -> anyhow::Result<Vec<Row>> {
     let base = servers::videos(Bytes::from(fixture("bench16k.mp4")), Duration::ZERO).await;
     let receiver = Counter::start(false).await;
     let started = Instant::now();
-    let batches = videos.div_ceil(1000);
-    for b in 0..batches {
-        let n = (videos - b * 1000).min(1000);
-        post(
-            &stack,
-            &project,
-            &batch(&base, b * 1000, n, Some(&receiver.url)),
-        )
-        .await?;
-    }
+    let batches = post_in_thousands(&stack, &project, &base, videos, &receiver.url).await?;
     let last = receiver
         .wait_for(batches as u64, Duration::from_secs(1800))
         .await?;

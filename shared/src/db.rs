@@ -2,7 +2,10 @@
 //! schema and every query live in [`crate::store`].
 
 use anyhow::Context;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime, Timeouts};
+
+/// The connection pool every binary uses (deadpool-postgres's).
+pub use deadpool_postgres::Pool;
 use tokio_postgres::NoTls;
 
 use crate::config::DatabaseSettings;

@@ -1058,10 +1058,7 @@ impl<'a> Location<'a> {
             let (offset, len) = range.split_once('+')?;
             // Digits only: `parse` would take a leading '+' too.
             let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-            let in_folder = pack
-                .strip_prefix(PACK_FOLDER)
-                .is_some_and(|name| name.starts_with('/'));
-            if !(in_folder && pack.ends_with(PACK_SUFFIX) && digits(offset) && digits(len)) {
+            if !(Location::is_pack(pack) && digits(offset) && digits(len)) {
                 return None;
             }
             Some(Location::Packed {

@@ -60,14 +60,7 @@ pub async fn sweep(
     grace: Duration,
     dry_run: bool,
 ) -> anyhow::Result<Option<Report>> {
-    locks::while_sweep_locked(pool, async {
-        let report = sweep_locked(storage, pool, grace, dry_run).await?;
-        if !dry_run {
-            note_finished(pool).await?;
-        }
-        Ok(report)
-    })
-    .await
+    locks::while_sweep_locked(pool, sweep_locked(storage, pool, grace, dry_run)).await
 }
 
 /// Sweeps unless another sweeper is at work or a sweep (a worker's or a command's) finished
@@ -85,18 +78,10 @@ pub async fn sweep_if_due(
             return Ok(None);
         }
         drop(client);
-        let report = sweep_locked(storage, pool, grace, false).await?;
-        note_finished(pool).await?;
-        Ok(Some(report))
+        sweep_locked(storage, pool, grace, false).await.map(Some)
     })
     .await?;
     Ok(swept.flatten())
-}
-
-/// Notes that a sweep finished now.
-async fn note_finished(pool: &Pool) -> anyhow::Result<()> {
-    let client = pool.get().await.context("connecting to note the sweep")?;
-    sweeps::record_finished(&client).await
 }
 
 async fn sweep_locked(
@@ -164,6 +149,10 @@ async fn sweep_locked(
         .stale_parts(before, dry_run)
         .await
         .context("removing incomplete uploads")?;
+    if !dry_run {
+        let client = pool.get().await.context("connecting to note the sweep")?;
+        sweeps::record_finished(&client).await?;
+    }
     Ok(report)
 }
 

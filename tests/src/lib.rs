@@ -885,6 +885,17 @@ impl Stack {
             .as_u16()
     }
 
+    /// A small pool on the stack's database, for calling the store's functions directly.
+    pub async fn pool(&self) -> video_import_shared::db::Pool {
+        video_import_shared::db::connect(&video_import_shared::config::DatabaseSettings {
+            url: self.db_url.clone(),
+            pool_size: 2,
+            pool_timeout: Duration::from_secs(10),
+        })
+        .await
+        .expect("a pool on the stack's database")
+    }
+
     /// A SQL query against the stack's database.
     pub async fn sql(&self, query: &str) -> Vec<tokio_postgres::Row> {
         let (client, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls)

@@ -378,13 +378,7 @@ async fn a_large_job_loses_its_webhook_delivery_before_its_videos_and_a_redelive
     stack
         .wait_webhook(&project.token, &second, "delivered")
         .await;
-    let pool = video_import_shared::db::connect(&video_import_shared::config::DatabaseSettings {
-        url: stack.db_url.clone(),
-        pool_size: 2,
-        pool_timeout: Duration::from_secs(10),
-    })
-    .await
-    .expect("a pool");
+    let pool = stack.pool().await;
     let redeliver = |job: String| {
         let (http, url, token) = (
             stack.http.clone(),

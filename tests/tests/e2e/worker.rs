@@ -525,7 +525,7 @@ async fn objects_left_by_a_worker_killed_before_its_commit_are_swept() {
 
 #[tokio::test]
 async fn workers_sweep_once_per_interval_between_them() {
-    use video_import_shared::config::{DatabaseSettings, Settings, StorageSettings};
+    use video_import_shared::config::{Settings, StorageSettings};
     use video_import_shared::storage::Storage;
     use video_import_shared::sweep;
     let stack = Stack::start(Options::default()).await;
@@ -536,13 +536,7 @@ async fn workers_sweep_once_per_interval_between_them() {
     })
     .await
     .unwrap();
-    let pool = video_import_shared::db::connect(&DatabaseSettings {
-        url: stack.db_url.clone(),
-        pool_size: 2,
-        pool_timeout: Duration::from_secs(10),
-    })
-    .await
-    .unwrap();
+    let pool = stack.pool().await;
     let orphan = |name: &str| {
         std::fs::create_dir_all(&root).unwrap();
         std::fs::write(root.join(name), b"left behind").unwrap();
@@ -749,12 +743,7 @@ async fn a_sweep_moves_the_videos_still_used_out_of_mostly_unused_packs() {
 
     // A move whose entry's key changed after the sweeper read it (an import replaced the
     // video meanwhile) leaves the entry as the import left it.
-    let settings = video_import_shared::config::DatabaseSettings {
-        url: stack.db_url.clone(),
-        pool_size: 1,
-        pool_timeout: Duration::from_secs(10),
-    };
-    let pool = video_import_shared::db::connect(&settings).await.unwrap();
+    let pool = stack.pool().await;
     let client = pool.get().await.unwrap();
     let (_, key_now, _) = read(&kept[0]).await;
     let rows = stack
